@@ -246,9 +246,9 @@ impl DecodeError {
 
 /// Decodes one datagram without copying its payload.
 ///
-/// Checks run in an order that lets a receiver answer usefully: sizes first, then the
-/// version (the layout depends on it), then the CRC (so a corrupted buffer header is reported
-/// as corruption), then the field values.
+/// Checks run in an order that lets a receiver answer usefully: sizes first, then the CRC
+/// (so corruption anywhere, even in the version bits or the buffer header, is reported as
+/// corruption), then the version, then the layout and field values.
 pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     let len = bytes.len();
     if len > MAX_DATAGRAM {
@@ -257,6 +257,16 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     let Some(raw) = RawHeader::peek(bytes) else {
         return Err(DecodeError::TooShort { len });
     };
+    // The CRC is checked before anything it protects is believed, the version included:
+    // a corrupted version byte must read as corruption (NAK 2), not as another version.
+    let crc = bytes[5] & TIME_CRC != 0;
+    if crc && len > HEADER_LEN {
+        let computed = crc8(&bytes[..len - CRC_LEN]);
+        let carried = bytes[len - CRC_LEN];
+        if computed != carried {
+            return Err(DecodeError::CrcMismatch { computed, carried });
+        }
+    }
     if raw.version != VERSION {
         return Err(DecodeError::UnsupportedVersion {
             version: raw.version,
@@ -267,20 +277,10 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     if len < headers {
         return Err(DecodeError::MissingBufferHeader { len });
     }
-    let crc = bytes[5] & TIME_CRC != 0;
-    let end = if crc {
-        if len < headers + CRC_LEN {
-            return Err(DecodeError::MissingCrc { len });
-        }
-        let computed = crc8(&bytes[..len - CRC_LEN]);
-        let carried = bytes[len - CRC_LEN];
-        if computed != carried {
-            return Err(DecodeError::CrcMismatch { computed, carried });
-        }
-        len - CRC_LEN
-    } else {
-        len
-    };
+    if crc && len < headers + CRC_LEN {
+        return Err(DecodeError::MissingCrc { len });
+    }
+    let end = if crc { len - CRC_LEN } else { len };
     let buffer = if multi {
         let index = u16::from_be_bytes([bytes[12], bytes[13]]);
         let total = u16::from_be_bytes([bytes[14], bytes[15]]);

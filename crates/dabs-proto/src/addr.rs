@@ -1,0 +1,40 @@
+//! Where a datagram goes: the network, a local socket, or a queue in this process.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A peer's transport address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Addr {
+    /// UDP: unreliable, so every message is ACKed and retransmitted.
+    Udp(SocketAddr),
+    /// A Unix datagram socket on this host (the spec's "named pipe"): reliable, no ACK/NAK.
+    Local(Arc<str>),
+    /// An endpoint in this process, by its registry id: reliable, no ACK/NAK.
+    InProc(u64),
+}
+
+impl Addr {
+    /// True when the link itself neither loses nor corrupts datagrams, so ACKs and
+    /// retransmissions are left out (replies are still timed).
+    pub fn is_reliable_link(&self) -> bool {
+        !matches!(self, Addr::Udp(_))
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Udp(a) => write!(f, "{a}"),
+            Addr::Local(p) => write!(f, "unix:{p}"),
+            Addr::InProc(id) => write!(f, "inproc:{id}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Addr {
+    fn from(a: SocketAddr) -> Self {
+        Addr::Udp(a)
+    }
+}

@@ -1,0 +1,54 @@
+//! Endpoint tuning.
+
+use std::time::Duration;
+
+/// Timers, limits and defaults of one endpoint.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// First ACK time-out of a message.
+    pub ack_timeout: Duration,
+    /// Largest ACK time-out after growth.
+    pub ack_timeout_max: Duration,
+    /// Each re-attempt multiplies the time-out by this factor.
+    pub backoff: f64,
+    /// Each time-out is spread uniformly by ± this fraction so peers do not retry in step.
+    pub jitter: f64,
+    /// Re-attempts before a message is given up and its call fails.
+    pub max_retries: u32,
+    /// How long an ACKed request may wait for its REPLY.
+    pub reply_timeout: Duration,
+    /// A request is ACKed this long after delivery unless its REPLY goes out first.
+    pub ack_delay: Duration,
+    /// NAKs of one message after which the session is re-opened.
+    pub naks_before_reopen: u32,
+    /// Largest message accepted, in bytes (larger: NAK 5).
+    pub max_message: usize,
+    /// Partial multi-buffer messages one peer may have in progress (more: NAK 5).
+    pub max_partial_per_peer: usize,
+    /// Peers tracked at once.
+    pub max_peers: usize,
+    /// A server session with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Whether messages this endpoint originates carry a CRC byte.
+    pub crc: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ack_timeout: Duration::from_millis(200),
+            ack_timeout_max: Duration::from_secs(2),
+            backoff: 1.6,
+            jitter: 0.2,
+            max_retries: 8,
+            reply_timeout: Duration::from_secs(30),
+            ack_delay: Duration::from_millis(5),
+            naks_before_reopen: 3,
+            max_message: 1 << 20,
+            max_partial_per_peer: 8,
+            max_peers: 65_536,
+            idle_timeout: Duration::from_secs(120),
+            crc: true,
+        }
+    }
+}

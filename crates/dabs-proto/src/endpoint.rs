@@ -1,0 +1,1931 @@
+//! The endpoint state machine.
+
+use crate::{Addr, Config, Stats};
+use dabs_wire::{
+    Datagram, Header, Kind, Latency, MAX_DATAGRAM, NakCode, NakPayload, RawHeader, Reassembly,
+    SentTime, Splitter, SystemCommand, chunk_size, decode, encode, latency,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Duration;
+
+/// A point in time: the driver's monotonic clock, as a duration since an epoch it chose.
+pub type Time = Duration;
+
+const HOUR_MS: u32 = 3_600_000;
+const OPENS_REMEMBERED_PER_PEER: usize = 64;
+const NAK_TEXT_MAX: usize = 200;
+
+/// Identifies one call (a request awaiting its reply) made through [`Endpoint::call`] or
+/// [`Endpoint::open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u64);
+
+/// Identifies a session for its whole life, also across re-opens that change its number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// Identifies a delivered request, for [`Endpoint::reply`] and [`Endpoint::reject`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IncomingId {
+    /// The session it arrived in.
+    pub session: SessionId,
+    /// Its transaction number.
+    pub transaction: u8,
+    /// Its sent-time stamp (tells a new use of the transaction number from an old one).
+    pub sent: SentTime,
+}
+
+/// A request delivered to the application, exactly once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    /// Pass to [`Endpoint::reply`] or [`Endpoint::reject`].
+    pub id: IncomingId,
+    /// Who sent it.
+    pub peer: Addr,
+    /// The session number on the wire.
+    pub session_number: u8,
+    /// The command.
+    pub command: u16,
+    /// Destination queue (the local portion it is for).
+    pub dst: u16,
+    /// The sender's queue.
+    pub src: u16,
+    /// The whole message.
+    pub payload: Vec<u8>,
+    /// One-way latency from its stamp.
+    pub latency: Latency,
+}
+
+/// An `OPEN_SESSION` request, delivered once per (peer, transaction, stamp).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OpenRequest {
+    /// The client's address (where the REPLY goes).
+    pub peer: Addr,
+    /// The request's transaction (the REPLY carries it).
+    pub transaction: u8,
+    /// The request's stamp.
+    pub sent: SentTime,
+    /// The client portion's queue.
+    pub src: u16,
+    /// Whether the client used a CRC (the session then does).
+    pub crc: bool,
+}
+
+/// Something the application must know about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A new request in a session.
+    Request(Incoming),
+    /// A client asks for a session; answer with [`Endpoint::accept_open`] or
+    /// [`Endpoint::reject_open`], or leave it to another endpoint of the farm.
+    Open {
+        /// Identifies the request.
+        request: OpenRequest,
+        /// Its payload (CBOR with at least `app`).
+        payload: Vec<u8>,
+        /// One-way latency from its stamp.
+        latency: Latency,
+    },
+    /// A session-0 datagram other than `OPEN_SESSION`/`ECHO` (farm traffic): not ACKed, not
+    /// deduplicated.
+    Sessionless {
+        /// Sender.
+        peer: Addr,
+        /// Its header.
+        header: Header,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
+    /// A session opened by [`Endpoint::open`] is ready.
+    Opened {
+        /// The open call.
+        call: CallId,
+        /// The new session.
+        session: SessionId,
+        /// The server portion's endpoint.
+        peer: Addr,
+        /// The server portion's queue.
+        queue: u16,
+        /// The REPLY's payload.
+        payload: Vec<u8>,
+    },
+    /// A session was re-opened after NAKs; it may now be on another endpoint.
+    Reopened {
+        /// The session.
+        session: SessionId,
+        /// Where it lives now.
+        peer: Addr,
+        /// Its queue there.
+        queue: u16,
+        /// The REPLY's payload.
+        payload: Vec<u8>,
+    },
+    /// A call's reply.
+    Reply {
+        /// The call.
+        call: CallId,
+        /// The whole reply.
+        payload: Vec<u8>,
+        /// One-way latency of the reply from its stamp.
+        latency: Latency,
+    },
+    /// A call that will not be answered.
+    Failed {
+        /// The call.
+        call: CallId,
+        /// Why.
+        error: CallError,
+    },
+    /// A session ended.
+    SessionClosed {
+        /// The session.
+        session: SessionId,
+        /// Its peer.
+        peer: Addr,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A REPLY was never acknowledged (a system error to report to the farm).
+    ReplyUndelivered {
+        /// The session.
+        session: SessionId,
+        /// The transaction it answered.
+        transaction: u8,
+    },
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No traffic for the idle time-out.
+    Idle,
+    /// The peer sent `CLOSE_SESSION`.
+    ClosedByPeer,
+    /// Closed locally.
+    ClosedLocally,
+    /// Lost and could not be re-opened.
+    Lost,
+}
+
+/// Why a call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No ACK after every re-attempt.
+    #[error("gave up after {attempts} transmissions without an acknowledgement")]
+    GaveUp {
+        /// Transmissions made.
+        attempts: u32,
+    },
+    /// The receiver refused the message.
+    #[error("refused with NAK {code}{}", if text.is_empty() { String::new() } else { format!(": {text}") })]
+    Nak {
+        /// The error number.
+        code: NakCode,
+        /// The receiver's explanation.
+        text: String,
+    },
+    /// The session was lost while the request was acknowledged but unanswered, or could not
+    /// be re-opened. The request may or may not have run.
+    #[error("session lost before the reply arrived")]
+    SessionLost,
+    /// ACKed but no REPLY in time.
+    #[error("no reply within {0:?}")]
+    ReplyTimeout(Duration),
+    /// Larger than the largest message.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The session does not exist (closed or never opened).
+    #[error("no such session")]
+    UnknownSession,
+    /// The request was already answered or is not awaiting an answer.
+    #[error("that request is not awaiting a reply")]
+    NotAwaitingReply,
+    /// The peer's session table is full.
+    #[error("no free session number for that peer")]
+    SessionsExhausted,
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub to: Addr,
+    /// The encoded datagram.
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutState {
+    AwaitAck,
+    AwaitReply { since: Time },
+}
+
+/// A message we originated and must see acknowledged (a request, an open, or a reply).
+struct Out {
+    call: Option<CallId>,
+    to: Addr,
+    header: Header,
+    payload: Vec<u8>,
+    attempts: u32,
+    timeout: Duration,
+    deadline: Option<Time>,
+    state: OutState,
+    naks: u32,
+    /// NAKs before this time belong to the round already being resent.
+    nak_quiet_until: Time,
+    reply: Option<Reassembly>,
+}
+
+enum InState {
+    Receiving(Reassembly),
+    Delivered { ack_due: Option<Time> },
+    Replied,
+    Refused(NakCode, String),
+    Done,
+}
+
+struct InRecord {
+    sent: SentTime,
+    command: u16,
+    crc: bool,
+    src: u16,
+    dst: u16,
+    state: InState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Client,
+    Server,
+}
+
+struct Pending {
+    call: CallId,
+    command: u16,
+    payload: Vec<u8>,
+}
+
+struct Session {
+    peer: Addr,
+    number: u8,
+    role: Role,
+    crc: bool,
+    remote_queue: u16,
+    local_queue: u16,
+    last_active: Time,
+    next_tx: u8,
+    last_request_stamp: Box<[u32; 256]>,
+    last_reply_stamp_in: Box<[u32; 256]>,
+    last_reply_stamp_out: Box<[u32; 256]>,
+    out: HashMap<u8, Out>,
+    replies: HashMap<u8, Out>,
+    inc: HashMap<u8, InRecord>,
+    waiting: VecDeque<Pending>,
+    reopen_with: Option<(Addr, Vec<u8>)>,
+    reopening: bool,
+}
+
+impl Session {
+    fn new(
+        peer: Addr,
+        number: u8,
+        role: Role,
+        crc: bool,
+        remote: u16,
+        local: u16,
+        now: Time,
+    ) -> Self {
+        Self {
+            peer,
+            number,
+            role,
+            crc,
+            remote_queue: remote,
+            local_queue: local,
+            last_active: now,
+            next_tx: 1,
+            last_request_stamp: Box::new([u32::MAX; 256]),
+            last_reply_stamp_in: Box::new([u32::MAX; 256]),
+            last_reply_stamp_out: Box::new([u32::MAX; 256]),
+            out: HashMap::new(),
+            replies: HashMap::new(),
+            inc: HashMap::new(),
+            waiting: VecDeque::new(),
+            reopen_with: None,
+            reopening: false,
+        }
+    }
+
+    /// A transaction number not in flight and not last used with this very stamp, so that
+    /// the receiver can tell the new use from the old one.
+    fn alloc_tx(&mut self, stamp: SentTime) -> Option<u8> {
+        let ms = stamp.millis_of_hour();
+        for _ in 0..255 {
+            let t = self.next_tx;
+            self.next_tx = if t == 255 { 1 } else { t + 1 };
+            if !self.out.contains_key(&t) && self.last_request_stamp[usize::from(t)] != ms {
+                self.last_request_stamp[usize::from(t)] = ms;
+                return Some(t);
+            }
+        }
+        None
+    }
+}
+
+enum OpenPurpose {
+    New { local_queue: u16 },
+    Reopen(SessionId),
+}
+
+struct OpenOut {
+    out: Out,
+    purpose: OpenPurpose,
+}
+
+#[derive(Default)]
+struct Peer {
+    sessions: HashMap<u8, SessionId>,
+    next_number: u8,
+    partials: usize,
+    opens_seen: HashMap<u8, (SentTime, Option<SessionId>)>,
+    opens_order: VecDeque<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Out(SessionId, u8),
+    Reply(SessionId, u8),
+    Ack(SessionId, u8),
+    Open(u8),
+    Kick(SessionId),
+    Sweep,
+}
+
+/// Output side shared by every handler: queues, timers, counters, randomness.
+struct Io {
+    config: Config,
+    rng: SmallRng,
+    wall_epoch_ms: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    timers: BinaryHeap<Reverse<(Time, TimerKey)>>,
+    stats: Stats,
+}
+
+impl Io {
+    fn stamp(&self, now: Time) -> SentTime {
+        SentTime::from_unix_millis(self.wall_ms(now))
+    }
+
+    fn wall_ms(&self, now: Time) -> u64 {
+        self.wall_epoch_ms + now.as_millis() as u64
+    }
+
+    fn latency(&mut self, sent: SentTime, now: Time) -> Latency {
+        let l = latency(sent, self.wall_ms(now));
+        if l.clock_skew {
+            self.stats.clock_skew += 1;
+        } else {
+            self.stats.latency_sum_ms += u64::from(l.millis);
+            self.stats.latency_count += 1;
+        }
+        l
+    }
+
+    fn schedule(&mut self, at: Time, key: TimerKey) {
+        self.timers.push(Reverse((at, key)));
+    }
+
+    fn jittered(&mut self, base: Duration) -> Duration {
+        let j = self.config.jitter.clamp(0.0, 0.9);
+        let f = if j > 0.0 {
+            self.rng.random_range(1.0 - j..=1.0 + j)
+        } else {
+            1.0
+        };
+        base.mul_f64(f)
+    }
+
+    /// Sends every buffer of a message.
+    fn send_message(&mut self, to: &Addr, header: &Header, payload: &[u8]) {
+        let Ok(split) = Splitter::new(payload, header.crc, 0) else {
+            return; // sizes are checked before a message is accepted for sending
+        };
+        for (buffer, part) in split {
+            let mut data = vec![0u8; MAX_DATAGRAM];
+            if let Ok(n) = encode(header, buffer, part, &mut data) {
+                data.truncate(n);
+                self.stats.datagrams_out += 1;
+                self.transmits.push_back(Transmit {
+                    to: to.clone(),
+                    data,
+                });
+            }
+        }
+    }
+
+    /// (Re)transmits an outgoing message and arms its ACK timer.
+    fn transmit_out(&mut self, now: Time, out: &mut Out, key: TimerKey) {
+        if out.attempts > 0 {
+            self.stats.retransmits += 1;
+        }
+        out.attempts += 1;
+        self.send_message(&out.to.clone(), &out.header, &out.payload);
+        if out.to.is_reliable_link() {
+            if out.call.is_some() {
+                out.state = OutState::AwaitReply { since: now };
+                let at = now + self.config.reply_timeout;
+                out.deadline = Some(at);
+                self.schedule(at, key);
+            } else {
+                out.deadline = None;
+            }
+            return;
+        }
+        let wait = self.jittered(out.timeout);
+        out.timeout = out
+            .timeout
+            .mul_f64(self.config.backoff.max(1.0))
+            .min(self.config.ack_timeout_max);
+        let at = now + wait;
+        out.deadline = Some(at);
+        self.schedule(at, key);
+    }
+
+    /// Sends an ACK for (command, session, transaction), echoing the acknowledged stamp.
+    fn ack(
+        &mut self,
+        to: &Addr,
+        command: u16,
+        session: u8,
+        tx: u8,
+        sent: SentTime,
+        dst: u16,
+        src: u16,
+    ) {
+        let header = Header {
+            kind: Kind::Ack,
+            command,
+            session,
+            transaction: tx,
+            sent,
+            crc: self.config.crc,
+            dst,
+            src,
+            ..Header::new(Kind::Ack, command)
+        };
+        self.send_message(to, &header, &[]);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn nak(
+        &mut self,
+        now: Time,
+        to: &Addr,
+        command: u16,
+        session: u8,
+        tx: u8,
+        dst: u16,
+        src: u16,
+        code: NakCode,
+        text: &str,
+    ) {
+        self.stats.nak_sent(code.number());
+        let mut end = text.len().min(NAK_TEXT_MAX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut payload = Vec::with_capacity(2 + end);
+        NakPayload {
+            code,
+            text: &text[..end],
+        }
+        .write_to(&mut payload);
+        let header = Header {
+            session,
+            transaction: tx,
+            sent: self.stamp(now),
+            crc: self.config.crc,
+            dst,
+            src,
+            ..Header::new(Kind::Nak, command)
+        };
+        self.send_message(to, &header, &payload);
+    }
+
+    fn fail(&mut self, call: Option<CallId>, error: CallError) {
+        if let Some(call) = call {
+            self.stats.calls_failed += 1;
+            self.events.push_back(Event::Failed { call, error });
+        }
+    }
+
+    fn new_out(&self, call: Option<CallId>, to: Addr, header: Header, payload: Vec<u8>) -> Out {
+        Out {
+            call,
+            to,
+            header,
+            payload,
+            attempts: 0,
+            timeout: self.config.ack_timeout,
+            deadline: None,
+            state: OutState::AwaitAck,
+            naks: 0,
+            nak_quiet_until: Duration::ZERO,
+            reply: None,
+        }
+    }
+}
+
+/// True when stamp `a` is later than stamp `b` (within half an hour, modulo one hour).
+fn newer(a: SentTime, b: SentTime) -> bool {
+    let d = (a.millis_of_hour() + HOUR_MS - b.millis_of_hour()) % HOUR_MS;
+    d != 0 && d <= HOUR_MS / 2
+}
+
+/// A sans-IO MP endpoint. See the crate documentation.
+pub struct Endpoint {
+    io: Io,
+    peers: HashMap<Addr, Peer>,
+    sessions: HashMap<SessionId, Session>,
+    opens: HashMap<u8, OpenOut>,
+    next_open_tx: u8,
+    next_id: u64,
+    sweep_armed: bool,
+}
+
+impl Endpoint {
+    /// A new endpoint. `seed` drives the jitter of its time-outs (fixed seed: replayable runs);
+    /// `wall_epoch_ms` is the Unix time in ms at `Time::ZERO`, for sent-time stamps.
+    pub fn new(config: Config, seed: u64, wall_epoch_ms: u64) -> Self {
+        Self {
+            io: Io {
+                config,
+                rng: SmallRng::seed_from_u64(seed),
+                wall_epoch_ms,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                timers: BinaryHeap::new(),
+                stats: Stats::default(),
+            },
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            opens: HashMap::new(),
+            next_open_tx: 1,
+            next_id: 1,
+            sweep_armed: false,
+        }
+    }
+
+    /// The endpoint's configuration.
+    pub fn config(&self) -> &Config {
+        &self.io.config
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> &Stats {
+        &self.io.stats
+    }
+
+    /// Sessions currently open (either side).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The peer address and session number of a session.
+    pub fn session_info(&self, session: SessionId) -> Option<(Addr, u8, u16)> {
+        self.sessions
+            .get(&session)
+            .map(|s| (s.peer.clone(), s.number, s.remote_queue))
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.io.transmits.pop_front()
+    }
+
+    /// Next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.io.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] must next be called, if ever.
+    pub fn next_deadline(&mut self) -> Option<Time> {
+        while let Some(Reverse((at, key))) = self.io.timers.peek().copied() {
+            if self.timer_live(at, key) {
+                return Some(at);
+            }
+            self.io.timers.pop();
+        }
+        None
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn arm_sweep(&mut self, now: Time) {
+        if !self.sweep_armed {
+            self.sweep_armed = true;
+            let every = (self.io.config.idle_timeout / 4).max(Duration::from_millis(100));
+            self.io.schedule(now + every, TimerKey::Sweep);
+        }
+    }
+
+    // ---------------------------------------------------------------- client side
+
+    /// Sends `OPEN_SESSION` to `to` (a server or the farm group) from portion queue
+    /// `local_queue`; [`Event::Opened`] or [`Event::Failed`] follows.
+    pub fn open(
+        &mut self,
+        now: Time,
+        to: Addr,
+        local_queue: u16,
+        payload: Vec<u8>,
+    ) -> Result<CallId, CallError> {
+        self.check_size(payload.len())?;
+        let call = CallId(self.next_id());
+        self.start_open(
+            now,
+            to,
+            OpenPurpose::New { local_queue },
+            Some(call),
+            payload,
+            local_queue,
+        )
+        .map(|_| call)
+    }
+
+    fn start_open(
+        &mut self,
+        now: Time,
+        to: Addr,
+        purpose: OpenPurpose,
+        call: Option<CallId>,
+        payload: Vec<u8>,
+        local_queue: u16,
+    ) -> Result<(), CallError> {
+        let mut tx = None;
+        for _ in 0..255 {
+            let t = self.next_open_tx;
+            self.next_open_tx = if t == 255 { 1 } else { t + 1 };
+            if !self.opens.contains_key(&t) {
+                tx = Some(t);
+                break;
+            }
+        }
+        let Some(tx) = tx else {
+            return Err(CallError::SessionsExhausted);
+        };
+        let header = Header {
+            transaction: tx,
+            sent: self.io.stamp(now),
+            crc: self.io.config.crc,
+            src: local_queue,
+            ..Header::new(Kind::Request, SystemCommand::OpenSession.number())
+        };
+        let mut out = self.io.new_out(call, to, header, payload);
+        // OPEN_SESSION is answered by a REPLY, never a bare ACK: keep retransmitting until then.
+        self.io.transmit_out(now, &mut out, TimerKey::Open(tx));
+        self.opens.insert(tx, OpenOut { out, purpose });
+        Ok(())
+    }
+
+    /// Sends a request in `session`; [`Event::Reply`] or [`Event::Failed`] follows.
+    pub fn call(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        command: u16,
+        payload: Vec<u8>,
+    ) -> Result<CallId, CallError> {
+        self.check_size(payload.len())?;
+        if !self.sessions.contains_key(&session) {
+            return Err(CallError::UnknownSession);
+        }
+        let call = CallId(self.next_id());
+        let s = self.sessions.get_mut(&session).expect("checked above");
+        s.waiting.push_back(Pending {
+            call,
+            command,
+            payload,
+        });
+        self.start_waiting(now, session);
+        Ok(call)
+    }
+
+    fn check_size(&self, len: usize) -> Result<(), CallError> {
+        let max = self
+            .io
+            .config
+            .max_message
+            .min(chunk_size(true, 0) * dabs_wire::MAX_BUFFERS);
+        if len > max {
+            Err(CallError::TooLarge { len, max })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn start_waiting(&mut self, now: Time, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.reopening {
+            return;
+        }
+        let stamp = self.io.stamp(now);
+        while let Some(p) = s.waiting.pop_front() {
+            let Some(tx) = s.alloc_tx(stamp) else {
+                s.waiting.push_front(p);
+                // Every number is in flight or was just used in this millisecond.
+                self.io
+                    .schedule(now + Duration::from_millis(1), TimerKey::Kick(sid));
+                return;
+            };
+            let header = Header {
+                session: s.number,
+                transaction: tx,
+                sent: stamp,
+                crc: s.crc,
+                dst: s.remote_queue,
+                src: s.local_queue,
+                ..Header::new(Kind::Request, p.command)
+            };
+            let mut out = self
+                .io
+                .new_out(Some(p.call), s.peer.clone(), header, p.payload);
+            self.io.transmit_out(now, &mut out, TimerKey::Out(sid, tx));
+            s.out.insert(tx, out);
+            s.last_active = now;
+        }
+    }
+
+    /// Closes a session: sends `CLOSE_SESSION` (best effort) and fails its calls.
+    pub fn close(&mut self, now: Time, session: SessionId) {
+        let Some(mut s) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&s.peer) {
+            p.sessions.remove(&s.number);
+        }
+        let header = Header {
+            session: s.number,
+            transaction: s.alloc_tx(self.io.stamp(now)).unwrap_or(1),
+            sent: self.io.stamp(now),
+            crc: s.crc,
+            dst: s.remote_queue,
+            src: s.local_queue,
+            ..Header::new(Kind::Request, SystemCommand::CloseSession.number())
+        };
+        self.io.send_message(&s.peer, &header, &[]);
+        self.drop_session_calls(s, CloseReason::ClosedLocally, session);
+    }
+
+    fn drop_session_calls(&mut self, s: Session, reason: CloseReason, sid: SessionId) {
+        for out in s.out.into_values() {
+            self.io.fail(out.call, CallError::SessionLost);
+        }
+        for p in s.waiting {
+            self.io.fail(Some(p.call), CallError::SessionLost);
+        }
+        if let Some(peer) = self.peers.get_mut(&s.peer) {
+            let partials = s
+                .inc
+                .values()
+                .filter(|r| matches!(r.state, InState::Receiving(_)))
+                .count();
+            peer.partials = peer.partials.saturating_sub(partials);
+        }
+        self.io.events.push_back(Event::SessionClosed {
+            session: sid,
+            peer: s.peer,
+            reason,
+        });
+    }
+
+    // ---------------------------------------------------------------- server side
+
+    /// Accepts an `OPEN_SESSION`: creates the session and sends the REPLY carrying `payload`
+    /// from portion queue `local_queue`. Idempotent for the same request. The request need
+    /// not have reached this endpoint (another farm node may have heard it).
+    pub fn accept_open(
+        &mut self,
+        now: Time,
+        request: &OpenRequest,
+        local_queue: u16,
+        payload: Vec<u8>,
+    ) -> Result<SessionId, CallError> {
+        self.check_size(payload.len())?;
+        let max_peers = self.io.config.max_peers;
+        if !self.peers.contains_key(&request.peer) && self.peers.len() >= max_peers {
+            return Err(CallError::SessionsExhausted);
+        }
+        let peer = self.peers.entry(request.peer.clone()).or_default();
+        if let Some((sent, Some(sid))) = peer.opens_seen.get(&request.transaction)
+            && *sent == request.sent
+            && self.sessions.contains_key(sid)
+        {
+            return Ok(*sid);
+        }
+        let mut number = None;
+        for _ in 0..255 {
+            peer.next_number = if peer.next_number == 255 {
+                1
+            } else {
+                peer.next_number + 1
+            };
+            if !peer.sessions.contains_key(&peer.next_number) {
+                number = Some(peer.next_number);
+                break;
+            }
+        }
+        let Some(number) = number else {
+            return Err(CallError::SessionsExhausted);
+        };
+        let sid = SessionId(self.next_id);
+        self.next_id += 1;
+        peer.sessions.insert(number, sid);
+        remember_open(peer, request.transaction, request.sent, Some(sid));
+        let mut s = Session::new(
+            request.peer.clone(),
+            number,
+            Role::Server,
+            request.crc,
+            request.src,
+            local_queue,
+            now,
+        );
+        let header = Header {
+            session: number,
+            transaction: request.transaction,
+            sent: self.io.stamp(now),
+            crc: request.crc,
+            dst: request.src,
+            src: local_queue,
+            ..Header::new(Kind::Reply, SystemCommand::OpenSession.number())
+        };
+        let mut out = self.io.new_out(None, request.peer.clone(), header, payload);
+        self.io
+            .transmit_out(now, &mut out, TimerKey::Reply(sid, request.transaction));
+        if out.deadline.is_some() {
+            s.replies.insert(request.transaction, out);
+        }
+        self.sessions.insert(sid, s);
+        self.io.stats.sessions_opened += 1;
+        self.arm_sweep(now);
+        Ok(sid)
+    }
+
+    /// Refuses an `OPEN_SESSION` with a NAK.
+    pub fn reject_open(&mut self, now: Time, request: &OpenRequest, code: NakCode, text: &str) {
+        let cmd = SystemCommand::OpenSession.number();
+        self.io.nak(
+            now,
+            &request.peer,
+            cmd,
+            0,
+            request.transaction,
+            request.src,
+            0,
+            code,
+            text,
+        );
+    }
+
+    /// Answers a delivered request.
+    pub fn reply(&mut self, now: Time, id: IncomingId, payload: Vec<u8>) -> Result<(), CallError> {
+        self.check_size(payload.len())?;
+        let s = self
+            .sessions
+            .get_mut(&id.session)
+            .ok_or(CallError::UnknownSession)?;
+        let rec = s
+            .inc
+            .get_mut(&id.transaction)
+            .ok_or(CallError::NotAwaitingReply)?;
+        if rec.sent != id.sent || !matches!(rec.state, InState::Delivered { .. }) {
+            return Err(CallError::NotAwaitingReply);
+        }
+        // Never two replies for one transaction with one stamp: the client tells a late copy
+        // of an earlier reply from a new one by its stamp.
+        let mut stamp = self.io.stamp(now);
+        let last = &mut s.last_reply_stamp_out[usize::from(id.transaction)];
+        if stamp.millis_of_hour() == *last {
+            stamp = SentTime::from_millis_of_hour(stamp.millis_of_hour() + 1);
+        }
+        *last = stamp.millis_of_hour();
+        let header = Header {
+            session: s.number,
+            transaction: id.transaction,
+            sent: stamp,
+            crc: rec.crc,
+            dst: rec.src,
+            src: rec.dst,
+            ..Header::new(Kind::Reply, rec.command)
+        };
+        let mut out = self.io.new_out(None, s.peer.clone(), header, payload);
+        self.io
+            .transmit_out(now, &mut out, TimerKey::Reply(id.session, id.transaction));
+        s.last_active = now;
+        if out.deadline.is_some() {
+            rec.state = InState::Replied;
+            s.replies.insert(id.transaction, out);
+        } else {
+            rec.state = InState::Done;
+        }
+        Ok(())
+    }
+
+    /// Refuses a delivered request with a NAK (for example 6, unknown command). Repeats of
+    /// the request get the same NAK.
+    pub fn reject(
+        &mut self,
+        now: Time,
+        id: IncomingId,
+        code: NakCode,
+        text: &str,
+    ) -> Result<(), CallError> {
+        let s = self
+            .sessions
+            .get_mut(&id.session)
+            .ok_or(CallError::UnknownSession)?;
+        let rec = s
+            .inc
+            .get_mut(&id.transaction)
+            .ok_or(CallError::NotAwaitingReply)?;
+        if rec.sent != id.sent || !matches!(rec.state, InState::Delivered { .. }) {
+            return Err(CallError::NotAwaitingReply);
+        }
+        self.io.nak(
+            now,
+            &s.peer,
+            rec.command,
+            s.number,
+            id.transaction,
+            rec.src,
+            rec.dst,
+            code,
+            text,
+        );
+        rec.state = InState::Refused(code, text.to_owned());
+        Ok(())
+    }
+
+    /// Sends a single-datagram, unacknowledged message with session 0 (farm traffic).
+    pub fn send_sessionless(
+        &mut self,
+        now: Time,
+        to: &Addr,
+        mut header: Header,
+        payload: &[u8],
+    ) -> Result<(), CallError> {
+        header.session = 0;
+        header.sent = self.io.stamp(now);
+        let max = dabs_wire::single_capacity(header.crc, 0);
+        if payload.len() > max {
+            return Err(CallError::TooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        self.io.send_message(to, &header, payload);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Time, from: Addr, bytes: &[u8]) {
+        self.io.stats.datagrams_in += 1;
+        let d = match decode(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.io.stats.decode_errors += 1;
+                // Answer only requests and replies: NAKing an ACK or a NAK could loop.
+                if let Some(raw) = RawHeader::peek(bytes)
+                    && matches!(raw.kind, Kind::Request | Kind::Reply)
+                {
+                    let text = e.to_string();
+                    self.io.nak(
+                        now,
+                        &from,
+                        raw.command,
+                        raw.session,
+                        raw.transaction,
+                        raw.src,
+                        raw.dst,
+                        e.nak_code(),
+                        &text,
+                    );
+                }
+                return;
+            }
+        };
+        if d.header.encrypted {
+            // No session of this endpoint negotiated encryption: count and drop, echo nothing.
+            self.io.stats.decode_errors += 1;
+            return;
+        }
+        if d.header.session != 0
+            && !d.header.crc
+            && let Some(sid) = self.session_of(&from, d.header.session)
+            && self.sessions[&sid].crc
+        {
+            // The session uses CRCs: a datagram without one had its CRC flag flipped in
+            // transit, the one single-byte corruption CRC-8 cannot see by itself.
+            self.io.stats.decode_errors += 1;
+            if matches!(d.header.kind, Kind::Request | Kind::Reply) {
+                self.nak_datagram(
+                    now,
+                    &from,
+                    &d,
+                    NakCode::CrcMismatch,
+                    "session requires a CRC",
+                );
+            }
+            return;
+        }
+        match d.header.kind {
+            Kind::Request if d.header.session == 0 => self.on_sessionless_request(now, from, &d),
+            Kind::Request => self.on_request(now, from, &d),
+            Kind::Reply => self.on_reply(now, from, &d),
+            Kind::Ack => self.on_ack(now, from, &d),
+            Kind::Nak => self.on_nak(now, from, &d),
+        }
+    }
+
+    fn nak_datagram(&mut self, now: Time, to: &Addr, d: &Datagram<'_>, code: NakCode, text: &str) {
+        let h = &d.header;
+        self.io.nak(
+            now,
+            to,
+            h.command,
+            h.session,
+            h.transaction,
+            h.src,
+            h.dst,
+            code,
+            text,
+        );
+    }
+
+    fn on_sessionless_request(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
+        let h = d.header;
+        if h.command == SystemCommand::OpenSession.number() {
+            return self.on_open(now, from, d);
+        }
+        if d.buffer.is_some() {
+            return self.nak_datagram(
+                now,
+                &from,
+                d,
+                NakCode::TooLarge,
+                "multi-buffer messages need a session",
+            );
+        }
+        if h.command == SystemCommand::Echo.number() {
+            // A sessionless probe: answered once, not retransmitted.
+            let header = Header {
+                session: 0,
+                transaction: h.transaction,
+                sent: self.io.stamp(now),
+                crc: h.crc,
+                dst: h.src,
+                src: h.dst,
+                ..Header::new(Kind::Reply, h.command)
+            };
+            self.io.send_message(&from, &header, d.payload);
+            return;
+        }
+        self.io.events.push_back(Event::Sessionless {
+            peer: from,
+            header: h,
+            payload: d.payload.to_vec(),
+        });
+    }
+
+    fn on_open(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
+        let h = d.header;
+        if d.buffer.is_some() {
+            return self.nak_datagram(
+                now,
+                &from,
+                d,
+                NakCode::TooLarge,
+                "OPEN_SESSION must fit one datagram",
+            );
+        }
+        if !self.peers.contains_key(&from) && self.peers.len() >= self.io.config.max_peers {
+            return self.nak_datagram(now, &from, d, NakCode::SessionsExhausted, "too many peers");
+        }
+        let peer = self.peers.entry(from.clone()).or_default();
+        if let Some((sent, accepted)) = peer.opens_seen.get(&h.transaction).copied()
+            && sent == h.sent
+        {
+            self.io.stats.duplicates += 1;
+            if let Some(sid) = accepted {
+                self.resend_reply(now, sid, h.transaction);
+            }
+            return;
+        }
+        remember_open(peer, h.transaction, h.sent, None);
+        let latency = self.io.latency(h.sent, now);
+        let request = OpenRequest {
+            peer: from,
+            transaction: h.transaction,
+            sent: h.sent,
+            src: h.src,
+            crc: h.crc,
+        };
+        self.io.events.push_back(Event::Open {
+            request,
+            payload: d.payload.to_vec(),
+            latency,
+        });
+        self.arm_sweep(now);
+    }
+
+    fn resend_reply(&mut self, now: Time, sid: SessionId, tx: u8) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(out) = s.replies.get_mut(&tx) {
+            self.io.transmit_out(now, out, TimerKey::Reply(sid, tx));
+        }
+    }
+
+    fn session_of(&self, from: &Addr, number: u8) -> Option<SessionId> {
+        self.peers.get(from)?.sessions.get(&number).copied()
+    }
+
+    fn on_request(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
+        let h = d.header;
+        let Some(sid) = self.session_of(&from, h.session) else {
+            let text = format!("session {} is not open", h.session);
+            return self.nak_datagram(now, &from, d, NakCode::UnknownSession, &text);
+        };
+        let s = self
+            .sessions
+            .get_mut(&sid)
+            .expect("peer table and sessions agree");
+        s.last_active = now;
+        let reliable = from.is_reliable_link();
+        if let Some(rec) = s.inc.get_mut(&h.transaction) {
+            if rec.sent == h.sent && rec.command == h.command {
+                match &mut rec.state {
+                    InState::Receiving(r) => match r.add(d) {
+                        Ok(dabs_wire::Progress::Complete) => {
+                            let InState::Receiving(r) =
+                                std::mem::replace(&mut rec.state, InState::Done)
+                            else {
+                                unreachable!()
+                            };
+                            if let Some(p) = self.peers.get_mut(&from) {
+                                p.partials = p.partials.saturating_sub(1);
+                            }
+                            let msg = r.finish().unwrap_or_default();
+                            return self.deliver(now, sid, h, msg);
+                        }
+                        Ok(dabs_wire::Progress::Duplicate) => self.io.stats.duplicates += 1,
+                        Ok(dabs_wire::Progress::Incomplete) => {}
+                        Err(e) => {
+                            s.inc.remove(&h.transaction);
+                            if let Some(p) = self.peers.get_mut(&from) {
+                                p.partials = p.partials.saturating_sub(1);
+                            }
+                            let text = e.to_string();
+                            return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+                        }
+                    },
+                    InState::Delivered { .. } | InState::Done => {
+                        self.io.stats.duplicates += 1;
+                        // One re-ACK per round of a multi-buffer message, not one per buffer.
+                        if !reliable && d.buffer.is_none_or(|b| b.index + 1 == b.total) {
+                            self.io.ack(
+                                &from,
+                                h.command,
+                                h.session,
+                                h.transaction,
+                                h.sent,
+                                h.src,
+                                h.dst,
+                            );
+                        }
+                    }
+                    InState::Replied => {
+                        self.io.stats.duplicates += 1;
+                        self.resend_reply(now, sid, h.transaction);
+                    }
+                    InState::Refused(code, text) => {
+                        self.io.stats.duplicates += 1;
+                        let (code, text) = (*code, text.clone());
+                        self.nak_datagram(now, &from, d, code, &text);
+                    }
+                }
+                return;
+            }
+            if !newer(h.sent, rec.sent) {
+                // A late copy of an earlier use of this transaction number: already handled.
+                self.io.stats.duplicates += 1;
+                return;
+            }
+            let old = s.inc.remove(&h.transaction).expect("present");
+            s.replies.remove(&h.transaction);
+            if matches!(old.state, InState::Receiving(_))
+                && let Some(p) = self.peers.get_mut(&from)
+            {
+                p.partials = p.partials.saturating_sub(1);
+            }
+        }
+        let s = self.sessions.get_mut(&sid).expect("present");
+        if d.buffer.is_none() {
+            return self.deliver(now, sid, h, d.payload.to_vec());
+        }
+        let peer = self.peers.get_mut(&from).expect("session has a peer");
+        if peer.partials >= self.io.config.max_partial_per_peer {
+            return self.nak_datagram(
+                now,
+                &from,
+                d,
+                NakCode::TooLarge,
+                "too many partial messages from this peer",
+            );
+        }
+        let chunk = chunk_size(h.crc, 0);
+        let mut r = match Reassembly::new(d, chunk, self.io.config.max_message) {
+            Ok(r) => r,
+            Err(e @ dabs_wire::ReassemblyError::TooLarge { .. }) => {
+                let text = e.to_string();
+                return self.nak_datagram(now, &from, d, NakCode::TooLarge, &text);
+            }
+            Err(e) => {
+                let text = e.to_string();
+                return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+            }
+        };
+        if let Err(e) = r.add(d) {
+            let text = e.to_string();
+            return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+        }
+        peer.partials += 1;
+        s.inc.insert(
+            h.transaction,
+            InRecord {
+                sent: h.sent,
+                command: h.command,
+                crc: h.crc,
+                src: h.src,
+                dst: h.dst,
+                state: InState::Receiving(r),
+            },
+        );
+    }
+
+    fn deliver(&mut self, now: Time, sid: SessionId, h: Header, payload: Vec<u8>) {
+        let latency = self.io.latency(h.sent, now);
+        self.io.stats.requests_delivered += 1;
+        let s = self.sessions.get_mut(&sid).expect("present");
+        let reliable = s.peer.is_reliable_link();
+        let ack_due = (!reliable).then(|| now + self.io.config.ack_delay);
+        s.inc.insert(
+            h.transaction,
+            InRecord {
+                sent: h.sent,
+                command: h.command,
+                crc: h.crc,
+                src: h.src,
+                dst: h.dst,
+                state: InState::Delivered { ack_due },
+            },
+        );
+        let id = IncomingId {
+            session: sid,
+            transaction: h.transaction,
+            sent: h.sent,
+        };
+        if h.command == SystemCommand::Echo.number() {
+            let _ = self.reply(now, id, payload);
+            return;
+        }
+        if h.command == SystemCommand::CloseSession.number() {
+            let _ = self.reply(now, id, Vec::new());
+            let s = self.sessions.remove(&sid).expect("present");
+            if let Some(p) = self.peers.get_mut(&s.peer) {
+                p.sessions.remove(&s.number);
+            }
+            return self.drop_session_calls(s, CloseReason::ClosedByPeer, sid);
+        }
+        if let Some(at) = ack_due {
+            self.io.schedule(at, TimerKey::Ack(sid, h.transaction));
+        }
+        let peer = s.peer.clone();
+        self.io.events.push_back(Event::Request(Incoming {
+            id,
+            peer,
+            session_number: h.session,
+            command: h.command,
+            dst: h.dst,
+            src: h.src,
+            payload,
+            latency,
+        }));
+    }
+
+    fn on_ack(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
+        let h = d.header;
+        let Some(sid) = self.session_of(&from, h.session) else {
+            return;
+        };
+        let s = self.sessions.get_mut(&sid).expect("present");
+        s.last_active = now;
+        let reply_match = s
+            .replies
+            .get(&h.transaction)
+            .is_some_and(|o| o.header.command == h.command);
+        let req_match = s
+            .out
+            .get(&h.transaction)
+            .is_some_and(|o| o.header.command == h.command && o.state == OutState::AwaitAck);
+        // Both sides may have a message with this transaction outstanding; our ACKs echo the
+        // acknowledged stamp, which settles it. Otherwise the reply is the likelier one.
+        let to_request = match (reply_match, req_match) {
+            (_, false) => false,
+            (false, true) => true,
+            (true, true) => s.out[&h.transaction].header.sent == h.sent,
+        };
+        if to_request {
+            let out = s.out.get_mut(&h.transaction).expect("matched");
+            out.state = OutState::AwaitReply { since: now };
+            // Keep probing, slowly, in case the REPLY is lost or this ACK was stale.
+            let at = now + self.io.config.ack_timeout_max;
+            out.deadline = Some(at);
+            self.io.schedule(at, TimerKey::Out(sid, h.transaction));
+        } else if reply_match {
+            s.replies.remove(&h.transaction);
+            if let Some(rec) = s.inc.get_mut(&h.transaction) {
+                rec.state = InState::Done;
+            }
+        }
+    }
+
+    fn on_reply(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
+        let h = d.header;
+        let reliable = from.is_reliable_link();
+        if h.command == SystemCommand::OpenSession.number()
+            && self.opens.contains_key(&h.transaction)
+            && h.session != 0
+        {
+            return self.on_open_reply(now, from, d);
+        }
+        let Some(sid) = self.session_of(&from, h.session) else {
+            if h.command == SystemCommand::OpenSession.number() && h.session != 0 && !reliable {
+                // Another endpoint answered first, or our ACK was lost: stop its retransmits.
+                self.io.stats.extra_open_replies += 1;
+                self.io.ack(
+                    &from,
+                    h.command,
+                    h.session,
+                    h.transaction,
+                    h.sent,
+                    h.src,
+                    h.dst,
+                );
+            }
+            return;
+        };
+        let s = self.sessions.get_mut(&sid).expect("present");
+        s.last_active = now;
+        let last = s.last_reply_stamp_in[usize::from(h.transaction)];
+        let stale = last != u32::MAX && !newer(h.sent, SentTime::from_millis_of_hour(last));
+        let live = s
+            .out
+            .get(&h.transaction)
+            .is_some_and(|o| o.header.command == h.command);
+        if stale || !live {
+            // A copy of a reply we already took: ACK it again so the sender stops.
+            self.io.stats.duplicates += 1;
+            if !reliable {
+                self.io.ack(
+                    &from,
+                    h.command,
+                    h.session,
+                    h.transaction,
+                    h.sent,
+                    h.src,
+                    h.dst,
+                );
+            }
+            return;
+        }
+        let out = s.out.get_mut(&h.transaction).expect("live");
+        let message = if d.buffer.is_some() {
+            if out
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.header().sent != h.sent)
+            {
+                out.reply = None; // a newer reply replaces a partial older one
+            }
+            if out.reply.is_none() {
+                match Reassembly::new(d, chunk_size(h.crc, 0), self.io.config.max_message) {
+                    Ok(r) => out.reply = Some(r),
+                    Err(e) => {
+                        let code = if matches!(e, dabs_wire::ReassemblyError::TooLarge { .. }) {
+                            NakCode::TooLarge
+                        } else {
+                            NakCode::Malformed
+                        };
+                        let text = e.to_string();
+                        return self.nak_datagram(now, &from, d, code, &text);
+                    }
+                }
+            }
+            let r = out.reply.as_mut().expect("just set");
+            match r.add(d) {
+                Ok(dabs_wire::Progress::Complete) => out
+                    .reply
+                    .take()
+                    .and_then(|r| r.finish().ok())
+                    .unwrap_or_default(),
+                Ok(_) => return,
+                Err(e) => {
+                    out.reply = None;
+                    let text = e.to_string();
+                    return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+                }
+            }
+        } else {
+            d.payload.to_vec()
+        };
+        let out = s.out.remove(&h.transaction).expect("live");
+        s.last_reply_stamp_in[usize::from(h.transaction)] = h.sent.millis_of_hour();
+        if !reliable {
+            self.io.ack(
+                &from,
+                h.command,
+                h.session,
+                h.transaction,
+                h.sent,
+                h.src,
+                h.dst,
+            );
+        }
+        let latency = self.io.latency(h.sent, now);
+        if let Some(call) = out.call {
+            self.io.stats.calls_answered += 1;
+            self.io.events.push_back(Event::Reply {
+                call,
+                payload: message,
+                latency,
+            });
+        }
+        self.start_waiting(now, sid);
+    }
+
+    fn on_open_reply(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
+        let h = d.header;
+        let reliable = from.is_reliable_link();
+        let open = self
+            .opens
+            .get_mut(&h.transaction)
+            .expect("checked by caller");
+        let payload = if d.buffer.is_some() {
+            if open.out.reply.is_none() {
+                match Reassembly::new(d, chunk_size(h.crc, 0), self.io.config.max_message) {
+                    Ok(r) => open.out.reply = Some(r),
+                    Err(_) => return,
+                }
+            }
+            match open.out.reply.as_mut().expect("set").add(d) {
+                Ok(dabs_wire::Progress::Complete) => open
+                    .out
+                    .reply
+                    .take()
+                    .and_then(|r| r.finish().ok())
+                    .unwrap_or_default(),
+                Ok(_) => return,
+                Err(_) => {
+                    open.out.reply = None;
+                    return;
+                }
+            }
+        } else {
+            d.payload.to_vec()
+        };
+        let open = self.opens.remove(&h.transaction).expect("present");
+        if !reliable {
+            self.io.ack(
+                &from,
+                h.command,
+                h.session,
+                h.transaction,
+                h.sent,
+                h.src,
+                h.dst,
+            );
+        }
+        self.io.latency(h.sent, now);
+        let peer = self.peers.entry(from.clone()).or_default();
+        if let Some(old) = peer.sessions.get(&h.session).copied() {
+            // The server reused a number we still hold: the old session is gone there.
+            if let Some(s) = self.sessions.remove(&old) {
+                self.drop_session_calls(s, CloseReason::Lost, old);
+            }
+        }
+        match open.purpose {
+            OpenPurpose::New { local_queue } => {
+                let sid = SessionId(self.next_id());
+                let mut s = Session::new(
+                    from.clone(),
+                    h.session,
+                    Role::Client,
+                    open.out.header.crc,
+                    h.src,
+                    local_queue,
+                    now,
+                );
+                s.reopen_with = Some((open.out.to.clone(), open.out.payload));
+                self.peers
+                    .entry(from.clone())
+                    .or_default()
+                    .sessions
+                    .insert(h.session, sid);
+                self.sessions.insert(sid, s);
+                self.io.stats.sessions_opened += 1;
+                if let Some(call) = open.out.call {
+                    self.io.events.push_back(Event::Opened {
+                        call,
+                        session: sid,
+                        peer: from,
+                        queue: h.src,
+                        payload,
+                    });
+                }
+            }
+            OpenPurpose::Reopen(sid) => {
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                if let Some(p) = self.peers.get_mut(&s.peer) {
+                    p.sessions.remove(&s.number);
+                }
+                s.peer = from.clone();
+                s.number = h.session;
+                s.remote_queue = h.src;
+                s.reopening = false;
+                s.last_reply_stamp_in.fill(u32::MAX);
+                s.last_active = now;
+                self.peers
+                    .entry(from.clone())
+                    .or_default()
+                    .sessions
+                    .insert(h.session, sid);
+                let s = self.sessions.get_mut(&sid).expect("present");
+                for (tx, out) in s.out.iter_mut() {
+                    out.to = from.clone();
+                    out.header.session = h.session;
+                    out.header.dst = h.src;
+                    out.attempts = 0;
+                    out.naks = 0;
+                    out.reply = None;
+                    out.timeout = self.io.config.ack_timeout;
+                    out.state = OutState::AwaitAck;
+                    self.io.transmit_out(now, out, TimerKey::Out(sid, *tx));
+                }
+                self.io.events.push_back(Event::Reopened {
+                    session: sid,
+                    peer: from,
+                    queue: h.src,
+                    payload,
+                });
+                self.start_waiting(now, sid);
+            }
+        }
+    }
+
+    fn on_nak(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
+        let h = d.header;
+        let (code, text) = match NakPayload::parse(d.payload) {
+            Ok(p) => (p.code, p.text.to_owned()),
+            Err(e) => (NakCode::Malformed, e.to_string()),
+        };
+        self.io.stats.nak_received(code.number());
+        let retry = matches!(code, NakCode::CrcMismatch | NakCode::Malformed);
+        if h.session == 0 {
+            if h.command != SystemCommand::OpenSession.number() {
+                return;
+            }
+            let Some(open) = self.opens.get_mut(&h.transaction) else {
+                return;
+            };
+            open.out.naks += 1;
+            if retry {
+                if now >= open.out.nak_quiet_until {
+                    open.out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
+                    self.io
+                        .transmit_out(now, &mut open.out, TimerKey::Open(h.transaction));
+                }
+                return;
+            }
+            let open = self.opens.remove(&h.transaction).expect("present");
+            return self.open_failed(open, CallError::Nak { code, text });
+        }
+        let Some(sid) = self.session_of(&from, h.session) else {
+            return;
+        };
+        let s = self.sessions.get_mut(&sid).expect("present");
+        if let Some(out) = s
+            .out
+            .get_mut(&h.transaction)
+            .filter(|o| o.header.command == h.command)
+        {
+            if retry && (now < out.nak_quiet_until || out.state != OutState::AwaitAck) {
+                // Another buffer of the round being resent, or a copy of a message the peer
+                // has already acknowledged: nothing to restart.
+                return;
+            }
+            out.naks += 1;
+            // NAK 1: the peer lost the session. Repeated NAK 4: the session's state is
+            // confused. Either way a fresh session helps; repeated CRC NAKs are only retried,
+            // since re-opening cannot cure corruption.
+            let reopen = code == NakCode::UnknownSession
+                || (code == NakCode::Malformed && out.naks >= self.io.config.naks_before_reopen);
+            if reopen {
+                return self.reopen(now, sid);
+            }
+            if retry {
+                // A NAK restarts the whole message.
+                out.reply = None;
+                out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
+                return self
+                    .io
+                    .transmit_out(now, out, TimerKey::Out(sid, h.transaction));
+            }
+            let out = s.out.remove(&h.transaction).expect("present");
+            self.io.fail(out.call, CallError::Nak { code, text });
+            return self.start_waiting(now, sid);
+        }
+        if let Some(out) = s
+            .replies
+            .get_mut(&h.transaction)
+            .filter(|o| o.header.command == h.command)
+        {
+            if retry {
+                if now < out.nak_quiet_until {
+                    return;
+                }
+                out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
+                return self
+                    .io
+                    .transmit_out(now, out, TimerKey::Reply(sid, h.transaction));
+            }
+            s.replies.remove(&h.transaction);
+            if let Some(rec) = s.inc.get_mut(&h.transaction) {
+                rec.state = InState::Done;
+            }
+        }
+    }
+
+    fn open_failed(&mut self, open: OpenOut, error: CallError) {
+        match open.purpose {
+            OpenPurpose::New { .. } => self.io.fail(open.out.call, error),
+            OpenPurpose::Reopen(sid) => {
+                if let Some(s) = self.sessions.remove(&sid) {
+                    if let Some(p) = self.peers.get_mut(&s.peer) {
+                        p.sessions.remove(&s.number);
+                    }
+                    self.drop_session_calls(s, CloseReason::Lost, sid);
+                }
+            }
+        }
+    }
+
+    /// Re-opens a client session whose server lost it or keeps refusing its messages.
+    /// Requests not yet acknowledged are sent again in the new session; acknowledged ones
+    /// may have run, so they fail with `SessionLost` rather than risk running twice.
+    fn reopen(&mut self, now: Time, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.reopening {
+            return;
+        }
+        let Some((target, payload)) = s.reopen_with.clone().filter(|_| s.role == Role::Client)
+        else {
+            let s = self.sessions.remove(&sid).expect("present");
+            if let Some(p) = self.peers.get_mut(&s.peer) {
+                p.sessions.remove(&s.number);
+            }
+            return self.drop_session_calls(s, CloseReason::Lost, sid);
+        };
+        s.reopening = true;
+        let acked: Vec<u8> = s
+            .out
+            .iter()
+            .filter(|(_, o)| o.state != OutState::AwaitAck)
+            .map(|(t, _)| *t)
+            .collect();
+        for tx in acked {
+            let out = s.out.remove(&tx).expect("listed");
+            self.io.fail(out.call, CallError::SessionLost);
+        }
+        for out in s.out.values_mut() {
+            out.deadline = None;
+        }
+        let local_queue = s.local_queue;
+        self.io.stats.sessions_reopened += 1;
+        if self
+            .start_open(
+                now,
+                target,
+                OpenPurpose::Reopen(sid),
+                None,
+                payload,
+                local_queue,
+            )
+            .is_err()
+        {
+            let s = self.sessions.remove(&sid).expect("present");
+            self.drop_session_calls(s, CloseReason::Lost, sid);
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    fn timer_live(&self, at: Time, key: TimerKey) -> bool {
+        match key {
+            TimerKey::Out(sid, tx) => self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.out.get(&tx))
+                .is_some_and(|o| o.deadline == Some(at)),
+            TimerKey::Reply(sid, tx) => self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.replies.get(&tx))
+                .is_some_and(|o| o.deadline == Some(at)),
+            TimerKey::Ack(sid, tx) => self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.inc.get(&tx))
+                .is_some_and(
+                    |r| matches!(r.state, InState::Delivered { ack_due: Some(t) } if t == at),
+                ),
+            TimerKey::Open(tx) => self
+                .opens
+                .get(&tx)
+                .is_some_and(|o| o.out.deadline == Some(at)),
+            TimerKey::Kick(sid) => self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| !s.waiting.is_empty()),
+            TimerKey::Sweep => true,
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(Reverse((at, key))) = self.io.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.io.timers.pop();
+            if self.timer_live(at, key) {
+                self.fire(now, key);
+            }
+        }
+    }
+
+    fn fire(&mut self, now: Time, key: TimerKey) {
+        let max_retries = self.io.config.max_retries;
+        match key {
+            TimerKey::Out(sid, tx) => {
+                let s = self.sessions.get_mut(&sid).expect("live");
+                let out = s.out.get_mut(&tx).expect("live");
+                match out.state {
+                    OutState::AwaitAck if out.attempts > max_retries => {
+                        let attempts = out.attempts;
+                        let out = s.out.remove(&tx).expect("live");
+                        self.io.fail(out.call, CallError::GaveUp { attempts });
+                        self.start_waiting(now, sid);
+                    }
+                    OutState::AwaitAck => self.io.transmit_out(now, out, key),
+                    OutState::AwaitReply { since }
+                        if now.saturating_sub(since) >= self.io.config.reply_timeout =>
+                    {
+                        let out = s.out.remove(&tx).expect("live");
+                        self.io.fail(
+                            out.call,
+                            CallError::ReplyTimeout(self.io.config.reply_timeout),
+                        );
+                        self.start_waiting(now, sid);
+                    }
+                    OutState::AwaitReply { .. } => {
+                        // Probe: the receiver answers a repeat with its REPLY or an ACK.
+                        self.io.stats.retransmits += 1;
+                        let (to, header) = (out.to.clone(), out.header);
+                        let payload = std::mem::take(&mut out.payload);
+                        self.io.send_message(&to, &header, &payload);
+                        let out = s.out.get_mut(&tx).expect("live");
+                        out.payload = payload;
+                        let at = now + self.io.config.ack_timeout_max;
+                        out.deadline = Some(at);
+                        self.io.schedule(at, key);
+                    }
+                }
+            }
+            TimerKey::Reply(sid, tx) => {
+                let s = self.sessions.get_mut(&sid).expect("live");
+                let out = s.replies.get_mut(&tx).expect("live");
+                if out.attempts > max_retries {
+                    s.replies.remove(&tx);
+                    if let Some(rec) = s.inc.get_mut(&tx) {
+                        rec.state = InState::Done;
+                    }
+                    self.io.stats.replies_undelivered += 1;
+                    self.io.events.push_back(Event::ReplyUndelivered {
+                        session: sid,
+                        transaction: tx,
+                    });
+                } else {
+                    self.io.transmit_out(now, out, key);
+                }
+            }
+            TimerKey::Ack(sid, tx) => {
+                let s = self.sessions.get_mut(&sid).expect("live");
+                let rec = s.inc.get_mut(&tx).expect("live");
+                rec.state = InState::Delivered { ack_due: None };
+                let (cmd, sent, src, dst) = (rec.command, rec.sent, rec.src, rec.dst);
+                let (peer, number) = (s.peer.clone(), s.number);
+                self.io.ack(&peer, cmd, number, tx, sent, src, dst);
+            }
+            TimerKey::Open(tx) => {
+                let open = self.opens.get_mut(&tx).expect("live");
+                let reliable_wait_over = open.out.to.is_reliable_link();
+                if open.out.attempts > max_retries || reliable_wait_over {
+                    let attempts = open.out.attempts;
+                    let open = self.opens.remove(&tx).expect("live");
+                    self.open_failed(open, CallError::GaveUp { attempts });
+                } else {
+                    self.io.transmit_out(now, &mut open.out, key);
+                }
+            }
+            TimerKey::Kick(sid) => self.start_waiting(now, sid),
+            TimerKey::Sweep => self.sweep(now),
+        }
+    }
+
+    fn sweep(&mut self, now: Time) {
+        let idle = self.io.config.idle_timeout;
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.role == Role::Server
+                    && now.saturating_sub(s.last_active) >= idle
+                    && s.out.is_empty()
+                    && s.replies.is_empty()
+                    && !s.inc.values().any(|r| {
+                        matches!(r.state, InState::Delivered { .. } | InState::Receiving(_))
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in expired {
+            let s = self.sessions.remove(&sid).expect("listed");
+            if let Some(p) = self.peers.get_mut(&s.peer) {
+                p.sessions.remove(&s.number);
+            }
+            self.io.stats.sessions_expired += 1;
+            self.drop_session_calls(s, CloseReason::Idle, sid);
+        }
+        self.peers
+            .retain(|_, p| !p.sessions.is_empty() || p.partials > 0);
+        self.sweep_armed = false;
+        if !self.sessions.is_empty() || !self.peers.is_empty() {
+            self.arm_sweep(now);
+        }
+    }
+}
+
+fn remember_open(peer: &mut Peer, tx: u8, sent: SentTime, accepted: Option<SessionId>) {
+    if peer.opens_seen.insert(tx, (sent, accepted)).is_none() {
+        peer.opens_order.push_back(tx);
+    }
+    while peer.opens_order.len() > OPENS_REMEMBERED_PER_PEER {
+        if let Some(old) = peer.opens_order.pop_front() {
+            peer.opens_seen.remove(&old);
+        }
+    }
+}

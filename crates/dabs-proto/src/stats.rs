@@ -1,0 +1,54 @@
+//! Counters kept by the endpoint for the statistics process and metrics.
+
+use std::collections::BTreeMap;
+
+/// Everything the endpoint counts. Cumulative since creation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams handed in.
+    pub datagrams_in: u64,
+    /// Datagrams handed out.
+    pub datagrams_out: u64,
+    /// Datagrams sent again after a time-out, a NAK or a duplicate request.
+    pub retransmits: u64,
+    /// Datagrams that did not decode.
+    pub decode_errors: u64,
+    /// NAKs sent, by error number.
+    pub naks_sent: BTreeMap<u16, u64>,
+    /// NAKs received, by error number.
+    pub naks_received: BTreeMap<u16, u64>,
+    /// Requests and replies that arrived again after delivery.
+    pub duplicates: u64,
+    /// Requests delivered to the application.
+    pub requests_delivered: u64,
+    /// Calls answered.
+    pub calls_answered: u64,
+    /// Calls failed (gave up, NAKed, session lost, timed out).
+    pub calls_failed: u64,
+    /// Replies given up after the maximum number of re-attempts without an ACK.
+    pub replies_undelivered: u64,
+    /// Sessions opened (either side).
+    pub sessions_opened: u64,
+    /// Sessions re-opened after NAKs.
+    pub sessions_reopened: u64,
+    /// Sessions closed for idleness.
+    pub sessions_expired: u64,
+    /// Extra REPLYs to an `OPEN_SESSION` already answered by another endpoint.
+    pub extra_open_replies: u64,
+    /// Messages whose stamp was ahead of our clock.
+    pub clock_skew: u64,
+    /// Sum of one-way latencies of delivered messages, in ms.
+    pub latency_sum_ms: u64,
+    /// Number of latencies summed.
+    pub latency_count: u64,
+}
+
+impl Stats {
+    pub(crate) fn nak_sent(&mut self, code: u16) {
+        *self.naks_sent.entry(code).or_default() += 1;
+    }
+
+    pub(crate) fn nak_received(&mut self, code: u16) {
+        *self.naks_received.entry(code).or_default() += 1;
+    }
+}
