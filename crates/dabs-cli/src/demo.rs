@@ -4,8 +4,8 @@
 //! delivered shuffled with duplicates and one corrupted datagram, then reassembled.
 
 use dabs_wire::{
-    DecodeError, Header, Kind, MAX_DATAGRAM, Progress, Reassembly, SentTime, Splitter, chunk_size,
-    decode, encode,
+    DecodeError, Header, Kind, MAX_DATAGRAM, Progress, Reassembly, SentTime, Splitter, chunk_size, decode,
+    encode,
 };
 use std::process::ExitCode;
 
@@ -41,11 +41,7 @@ pub fn codec_demo() -> ExitCode {
             }
         }
     }
-    println!(
-        "message of {} bytes -> {} datagrams with CRC-8",
-        message.len(),
-        wire.len()
-    );
+    println!("message of {} bytes -> {} datagrams with CRC-8", message.len(), wire.len());
     let mut corrupted = wire[1].clone();
     corrupted[20] ^= 0x10;
     let arrivals = [
@@ -82,11 +78,7 @@ pub fn codec_demo() -> ExitCode {
             },
         };
         let progress = r.add(&d);
-        println!(
-            "arrival {i}: buffer {}/{} -> {progress:?}",
-            b.index + 1,
-            b.total
-        );
+        println!("arrival {i}: buffer {}/{} -> {progress:?}", b.index + 1, b.total);
         if progress == Ok(Progress::Complete) {
             break;
         }

@@ -29,11 +29,7 @@ pub fn decode_stdin() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if out.flush().is_err() || !all_ok {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if out.flush().is_err() || !all_ok { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn decode_line(line: &str) -> Result<Value, String> {
@@ -94,11 +90,7 @@ pub fn encode_stdin() -> ExitCode {
             }
         }
     }
-    if out.flush().is_err() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if out.flush().is_err() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 const FIELDS: [&str; 16] = [
@@ -128,13 +120,9 @@ fn encode_line(line: &str, out: &mut [u8]) -> Result<usize, String> {
     if let Some(unknown) = obj.keys().find(|k| !FIELDS[..15].contains(&k.as_str())) {
         return Err(format!("field `{unknown}`: unknown field"));
     }
-    let kind_name = obj
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or("field `kind`: missing or not a string")?;
-    let kind = Kind::from_name(kind_name).ok_or_else(|| {
-        format!("field `kind`: {kind_name:?} is not one of request, ack, nak, reply")
-    })?;
+    let kind_name = obj.get("kind").and_then(Value::as_str).ok_or("field `kind`: missing or not a string")?;
+    let kind = Kind::from_name(kind_name)
+        .ok_or_else(|| format!("field `kind`: {kind_name:?} is not one of request, ack, nak, reply"))?;
     let version = match obj.get("version") {
         None | Some(Value::Null) => dabs_wire::VERSION,
         Some(_) => uint(&obj, "version", 31)? as u8,
@@ -148,8 +136,7 @@ fn encode_line(line: &str, out: &mut [u8]) -> Result<usize, String> {
         command: uint(&obj, "command", 65535)? as u16,
         session: uint(&obj, "session", 255)? as u8,
         transaction: uint(&obj, "transaction", 255)? as u8,
-        sent: SentTime::new(minutes, seconds, ms)
-            .map_err(|e| format!("field `{}`: {e}", e.field))?,
+        sent: SentTime::new(minutes, seconds, ms).map_err(|e| format!("field `{}`: {e}", e.field))?,
         encrypted: boolean(&obj, "encrypted")?,
         crc: boolean(&obj, "crc")?,
         dst: uint(&obj, "dst", 65535)? as u16,
@@ -162,34 +149,22 @@ fn encode_line(line: &str, out: &mut [u8]) -> Result<usize, String> {
                 return Err(format!("field `total`: {total} is out of range 2..65535"));
             }
             if index >= total {
-                return Err(format!(
-                    "field `buffer`: {index} is not below total {total}"
-                ));
+                return Err(format!("field `buffer`: {index} is not below total {total}"));
             }
-            Some(BufferHeader {
-                index: index as u16,
-                total: total as u16,
-            })
+            Some(BufferHeader { index: index as u16, total: total as u16 })
         }
         (Some(_), None) => return Err("field `total`: missing while `buffer` is set".into()),
         (None, Some(_)) => return Err("field `buffer`: missing while `total` is set".into()),
     };
-    let payload_hex = obj
-        .get("payload")
-        .and_then(Value::as_str)
-        .ok_or("field `payload`: missing or not a string")?;
-    let payload =
-        hex::decode(payload_hex).map_err(|e| format!("field `payload`: not a hex string: {e}"))?;
+    let payload_hex =
+        obj.get("payload").and_then(Value::as_str).ok_or("field `payload`: missing or not a string")?;
+    let payload = hex::decode(payload_hex).map_err(|e| format!("field `payload`: not a hex string: {e}"))?;
     encode(&header, buffer, &payload, out).map_err(|e| format!("field `payload`: {e}"))
 }
 
 fn uint(obj: &Map<String, Value>, field: &str, max: u64) -> Result<u64, String> {
-    let v = obj
-        .get(field)
-        .ok_or_else(|| format!("field `{field}`: missing"))?;
-    let n = v
-        .as_u64()
-        .ok_or_else(|| format!("field `{field}`: {v} is not an unsigned integer"))?;
+    let v = obj.get(field).ok_or_else(|| format!("field `{field}`: missing"))?;
+    let n = v.as_u64().ok_or_else(|| format!("field `{field}`: {v} is not an unsigned integer"))?;
     if n > max {
         return Err(format!("field `{field}`: {n} is out of range 0..{max}"));
     }

@@ -7,18 +7,12 @@ use std::process::Command;
 fn codec_agrees_with_independent_implementation() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let seed = std::env::var("DABS_SEED").unwrap_or_else(|_| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
         (t.as_nanos() % 1_000_000_007).to_string()
     });
     let out = Command::new("python3")
         .current_dir(root)
-        .args([
-            "tests/interop/check_codec.py",
-            "--dabs",
-            env!("CARGO_BIN_EXE_dabs"),
-        ])
+        .args(["tests/interop/check_codec.py", "--dabs", env!("CARGO_BIN_EXE_dabs")])
         .args(["--seed", &seed, "--count", "4000"])
         .output()
         .expect("python3 must be installed (.ci/run installs it)");
@@ -28,10 +22,7 @@ fn codec_agrees_with_independent_implementation() {
         out.status.success(),
         "codec cross-check failed (replay with DABS_SEED={seed}):\n{stdout}\n{stderr}"
     );
-    assert!(
-        stdout.contains(" 0 failed"),
-        "unexpected checker output: {stdout}"
-    );
+    assert!(stdout.contains(" 0 failed"), "unexpected checker output: {stdout}");
 }
 
 #[test]
@@ -46,17 +37,9 @@ fn decode_reports_errors_per_line_and_carries_on() {
     // A valid ECHO request, then garbage, then a version-7 header, then the valid one again.
     let valid = "0100090101000000000000000a0b";
     let input = format!("{valid}\nzz\n070009010100000000000000\n{valid}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        !out.status.success(),
-        "exit status must report the failed lines"
-    );
+    assert!(!out.status.success(), "exit status must report the failed lines");
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     assert_eq!(lines.len(), 4);
     assert!(lines[0].contains("\"command\":9") && lines[0].contains("\"payload\":\"0a0b\""));

@@ -2,8 +2,8 @@
 
 use crate::{Addr, Config, Stats};
 use dabs_wire::{
-    Datagram, Header, Kind, Latency, MAX_DATAGRAM, NakCode, NakPayload, RawHeader, Reassembly,
-    SentTime, Splitter, SystemCommand, chunk_size, decode, encode, latency,
+    Datagram, Header, Kind, Latency, MAX_DATAGRAM, NakCode, NakPayload, RawHeader, Reassembly, SentTime,
+    Splitter, SystemCommand, chunk_size, decode, encode, latency,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -222,6 +222,38 @@ pub struct Transmit {
     pub data: Vec<u8>,
 }
 
+/// The fields an ACK or NAK copies from the message it answers (queues swapped).
+#[derive(Clone, Copy)]
+struct Answer {
+    command: u16,
+    session: u8,
+    transaction: u8,
+    /// The answered message's source queue: where the answer goes.
+    dst: u16,
+    /// The answered message's destination queue.
+    src: u16,
+}
+
+impl Answer {
+    fn to(h: &Header) -> Self {
+        Self { command: h.command, session: h.session, transaction: h.transaction, dst: h.src, src: h.dst }
+    }
+
+    fn to_raw(h: &RawHeader) -> Self {
+        Self { command: h.command, session: h.session, transaction: h.transaction, dst: h.src, src: h.dst }
+    }
+
+    fn header(self, kind: Kind) -> Header {
+        Header {
+            session: self.session,
+            transaction: self.transaction,
+            dst: self.dst,
+            src: self.src,
+            ..Header::new(kind, self.command)
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum OutState {
     AwaitAck,
@@ -294,15 +326,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(
-        peer: Addr,
-        number: u8,
-        role: Role,
-        crc: bool,
-        remote: u16,
-        local: u16,
-        now: Time,
-    ) -> Self {
+    fn new(peer: Addr, number: u8, role: Role, crc: bool, remote: u16, local: u16, now: Time) -> Self {
         Self {
             peer,
             number,
@@ -406,11 +430,7 @@ impl Io {
 
     fn jittered(&mut self, base: Duration) -> Duration {
         let j = self.config.jitter.clamp(0.0, 0.9);
-        let f = if j > 0.0 {
-            self.rng.random_range(1.0 - j..=1.0 + j)
-        } else {
-            1.0
-        };
+        let f = if j > 0.0 { self.rng.random_range(1.0 - j..=1.0 + j) } else { 1.0 };
         base.mul_f64(f)
     }
 
@@ -424,10 +444,7 @@ impl Io {
             if let Ok(n) = encode(header, buffer, part, &mut data) {
                 data.truncate(n);
                 self.stats.datagrams_out += 1;
-                self.transmits.push_back(Transmit {
-                    to: to.clone(),
-                    data,
-                });
+                self.transmits.push_back(Transmit { to: to.clone(), data });
             }
         }
     }
@@ -451,73 +468,28 @@ impl Io {
             return;
         }
         let wait = self.jittered(out.timeout);
-        out.timeout = out
-            .timeout
-            .mul_f64(self.config.backoff.max(1.0))
-            .min(self.config.ack_timeout_max);
+        out.timeout = out.timeout.mul_f64(self.config.backoff.max(1.0)).min(self.config.ack_timeout_max);
         let at = now + wait;
         out.deadline = Some(at);
         self.schedule(at, key);
     }
 
-    /// Sends an ACK for (command, session, transaction), echoing the acknowledged stamp.
-    fn ack(
-        &mut self,
-        to: &Addr,
-        command: u16,
-        session: u8,
-        tx: u8,
-        sent: SentTime,
-        dst: u16,
-        src: u16,
-    ) {
-        let header = Header {
-            kind: Kind::Ack,
-            command,
-            session,
-            transaction: tx,
-            sent,
-            crc: self.config.crc,
-            dst,
-            src,
-            ..Header::new(Kind::Ack, command)
-        };
+    /// Sends an ACK answering `answer`, echoing the acknowledged stamp.
+    fn ack(&mut self, to: &Addr, answer: Answer, sent: SentTime) {
+        let header = Header { sent, crc: self.config.crc, ..answer.header(Kind::Ack) };
         self.send_message(to, &header, &[]);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn nak(
-        &mut self,
-        now: Time,
-        to: &Addr,
-        command: u16,
-        session: u8,
-        tx: u8,
-        dst: u16,
-        src: u16,
-        code: NakCode,
-        text: &str,
-    ) {
+    /// Sends a NAK answering `answer` with an error number and (truncated) text.
+    fn nak(&mut self, now: Time, to: &Addr, answer: Answer, code: NakCode, text: &str) {
         self.stats.nak_sent(code.number());
         let mut end = text.len().min(NAK_TEXT_MAX);
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         let mut payload = Vec::with_capacity(2 + end);
-        NakPayload {
-            code,
-            text: &text[..end],
-        }
-        .write_to(&mut payload);
-        let header = Header {
-            session,
-            transaction: tx,
-            sent: self.stamp(now),
-            crc: self.config.crc,
-            dst,
-            src,
-            ..Header::new(Kind::Nak, command)
-        };
+        NakPayload { code, text: &text[..end] }.write_to(&mut payload);
+        let header = Header { sent: self.stamp(now), crc: self.config.crc, ..answer.header(Kind::Nak) };
         self.send_message(to, &header, &payload);
     }
 
@@ -602,9 +574,7 @@ impl Endpoint {
 
     /// The peer address and session number of a session.
     pub fn session_info(&self, session: SessionId) -> Option<(Addr, u8, u16)> {
-        self.sessions
-            .get(&session)
-            .map(|s| (s.peer.clone(), s.number, s.remote_queue))
+        self.sessions.get(&session).map(|s| (s.peer.clone(), s.number, s.remote_queue))
     }
 
     /// Next datagram to send.
@@ -655,15 +625,8 @@ impl Endpoint {
     ) -> Result<CallId, CallError> {
         self.check_size(payload.len())?;
         let call = CallId(self.next_id());
-        self.start_open(
-            now,
-            to,
-            OpenPurpose::New { local_queue },
-            Some(call),
-            payload,
-            local_queue,
-        )
-        .map(|_| call)
+        self.start_open(now, to, OpenPurpose::New { local_queue }, Some(call), payload, local_queue)
+            .map(|_| call)
     }
 
     fn start_open(
@@ -715,26 +678,14 @@ impl Endpoint {
         }
         let call = CallId(self.next_id());
         let s = self.sessions.get_mut(&session).expect("checked above");
-        s.waiting.push_back(Pending {
-            call,
-            command,
-            payload,
-        });
+        s.waiting.push_back(Pending { call, command, payload });
         self.start_waiting(now, session);
         Ok(call)
     }
 
     fn check_size(&self, len: usize) -> Result<(), CallError> {
-        let max = self
-            .io
-            .config
-            .max_message
-            .min(chunk_size(true, 0) * dabs_wire::MAX_BUFFERS);
-        if len > max {
-            Err(CallError::TooLarge { len, max })
-        } else {
-            Ok(())
-        }
+        let max = self.io.config.max_message.min(chunk_size(true, 0) * dabs_wire::MAX_BUFFERS);
+        if len > max { Err(CallError::TooLarge { len, max }) } else { Ok(()) }
     }
 
     fn start_waiting(&mut self, now: Time, sid: SessionId) {
@@ -749,8 +700,7 @@ impl Endpoint {
             let Some(tx) = s.alloc_tx(stamp) else {
                 s.waiting.push_front(p);
                 // Every number is in flight or was just used in this millisecond.
-                self.io
-                    .schedule(now + Duration::from_millis(1), TimerKey::Kick(sid));
+                self.io.schedule(now + Duration::from_millis(1), TimerKey::Kick(sid));
                 return;
             };
             let header = Header {
@@ -762,9 +712,7 @@ impl Endpoint {
                 src: s.local_queue,
                 ..Header::new(Kind::Request, p.command)
             };
-            let mut out = self
-                .io
-                .new_out(Some(p.call), s.peer.clone(), header, p.payload);
+            let mut out = self.io.new_out(Some(p.call), s.peer.clone(), header, p.payload);
             self.io.transmit_out(now, &mut out, TimerKey::Out(sid, tx));
             s.out.insert(tx, out);
             s.last_active = now;
@@ -800,18 +748,10 @@ impl Endpoint {
             self.io.fail(Some(p.call), CallError::SessionLost);
         }
         if let Some(peer) = self.peers.get_mut(&s.peer) {
-            let partials = s
-                .inc
-                .values()
-                .filter(|r| matches!(r.state, InState::Receiving(_)))
-                .count();
+            let partials = s.inc.values().filter(|r| matches!(r.state, InState::Receiving(_))).count();
             peer.partials = peer.partials.saturating_sub(partials);
         }
-        self.io.events.push_back(Event::SessionClosed {
-            session: sid,
-            peer: s.peer,
-            reason,
-        });
+        self.io.events.push_back(Event::SessionClosed { session: sid, peer: s.peer, reason });
     }
 
     // ---------------------------------------------------------------- server side
@@ -840,11 +780,7 @@ impl Endpoint {
         }
         let mut number = None;
         for _ in 0..255 {
-            peer.next_number = if peer.next_number == 255 {
-                1
-            } else {
-                peer.next_number + 1
-            };
+            peer.next_number = if peer.next_number == 255 { 1 } else { peer.next_number + 1 };
             if !peer.sessions.contains_key(&peer.next_number) {
                 number = Some(peer.next_number);
                 break;
@@ -876,8 +812,7 @@ impl Endpoint {
             ..Header::new(Kind::Reply, SystemCommand::OpenSession.number())
         };
         let mut out = self.io.new_out(None, request.peer.clone(), header, payload);
-        self.io
-            .transmit_out(now, &mut out, TimerKey::Reply(sid, request.transaction));
+        self.io.transmit_out(now, &mut out, TimerKey::Reply(sid, request.transaction));
         if out.deadline.is_some() {
             s.replies.insert(request.transaction, out);
         }
@@ -890,30 +825,16 @@ impl Endpoint {
     /// Refuses an `OPEN_SESSION` with a NAK.
     pub fn reject_open(&mut self, now: Time, request: &OpenRequest, code: NakCode, text: &str) {
         let cmd = SystemCommand::OpenSession.number();
-        self.io.nak(
-            now,
-            &request.peer,
-            cmd,
-            0,
-            request.transaction,
-            request.src,
-            0,
-            code,
-            text,
-        );
+        let answer =
+            Answer { command: cmd, session: 0, transaction: request.transaction, dst: request.src, src: 0 };
+        self.io.nak(now, &request.peer, answer, code, text);
     }
 
     /// Answers a delivered request.
     pub fn reply(&mut self, now: Time, id: IncomingId, payload: Vec<u8>) -> Result<(), CallError> {
         self.check_size(payload.len())?;
-        let s = self
-            .sessions
-            .get_mut(&id.session)
-            .ok_or(CallError::UnknownSession)?;
-        let rec = s
-            .inc
-            .get_mut(&id.transaction)
-            .ok_or(CallError::NotAwaitingReply)?;
+        let s = self.sessions.get_mut(&id.session).ok_or(CallError::UnknownSession)?;
+        let rec = s.inc.get_mut(&id.transaction).ok_or(CallError::NotAwaitingReply)?;
         if rec.sent != id.sent || !matches!(rec.state, InState::Delivered { .. }) {
             return Err(CallError::NotAwaitingReply);
         }
@@ -935,8 +856,7 @@ impl Endpoint {
             ..Header::new(Kind::Reply, rec.command)
         };
         let mut out = self.io.new_out(None, s.peer.clone(), header, payload);
-        self.io
-            .transmit_out(now, &mut out, TimerKey::Reply(id.session, id.transaction));
+        self.io.transmit_out(now, &mut out, TimerKey::Reply(id.session, id.transaction));
         s.last_active = now;
         if out.deadline.is_some() {
             rec.state = InState::Replied;
@@ -949,35 +869,20 @@ impl Endpoint {
 
     /// Refuses a delivered request with a NAK (for example 6, unknown command). Repeats of
     /// the request get the same NAK.
-    pub fn reject(
-        &mut self,
-        now: Time,
-        id: IncomingId,
-        code: NakCode,
-        text: &str,
-    ) -> Result<(), CallError> {
-        let s = self
-            .sessions
-            .get_mut(&id.session)
-            .ok_or(CallError::UnknownSession)?;
-        let rec = s
-            .inc
-            .get_mut(&id.transaction)
-            .ok_or(CallError::NotAwaitingReply)?;
+    pub fn reject(&mut self, now: Time, id: IncomingId, code: NakCode, text: &str) -> Result<(), CallError> {
+        let s = self.sessions.get_mut(&id.session).ok_or(CallError::UnknownSession)?;
+        let rec = s.inc.get_mut(&id.transaction).ok_or(CallError::NotAwaitingReply)?;
         if rec.sent != id.sent || !matches!(rec.state, InState::Delivered { .. }) {
             return Err(CallError::NotAwaitingReply);
         }
-        self.io.nak(
-            now,
-            &s.peer,
-            rec.command,
-            s.number,
-            id.transaction,
-            rec.src,
-            rec.dst,
-            code,
-            text,
-        );
+        let answer = Answer {
+            command: rec.command,
+            session: s.number,
+            transaction: id.transaction,
+            dst: rec.src,
+            src: rec.dst,
+        };
+        self.io.nak(now, &s.peer, answer, code, text);
         rec.state = InState::Refused(code, text.to_owned());
         Ok(())
     }
@@ -994,10 +899,7 @@ impl Endpoint {
         header.sent = self.io.stamp(now);
         let max = dabs_wire::single_capacity(header.crc, 0);
         if payload.len() > max {
-            return Err(CallError::TooLarge {
-                len: payload.len(),
-                max,
-            });
+            return Err(CallError::TooLarge { len: payload.len(), max });
         }
         self.io.send_message(to, &header, payload);
         Ok(())
@@ -1017,17 +919,7 @@ impl Endpoint {
                     && matches!(raw.kind, Kind::Request | Kind::Reply)
                 {
                     let text = e.to_string();
-                    self.io.nak(
-                        now,
-                        &from,
-                        raw.command,
-                        raw.session,
-                        raw.transaction,
-                        raw.src,
-                        raw.dst,
-                        e.nak_code(),
-                        &text,
-                    );
+                    self.io.nak(now, &from, Answer::to_raw(&raw), e.nak_code(), &text);
                 }
                 return;
             }
@@ -1046,13 +938,7 @@ impl Endpoint {
             // transit, the one single-byte corruption CRC-8 cannot see by itself.
             self.io.stats.decode_errors += 1;
             if matches!(d.header.kind, Kind::Request | Kind::Reply) {
-                self.nak_datagram(
-                    now,
-                    &from,
-                    &d,
-                    NakCode::CrcMismatch,
-                    "session requires a CRC",
-                );
+                self.nak_datagram(now, &from, &d, NakCode::CrcMismatch, "session requires a CRC");
             }
             return;
         }
@@ -1067,17 +953,7 @@ impl Endpoint {
 
     fn nak_datagram(&mut self, now: Time, to: &Addr, d: &Datagram<'_>, code: NakCode, text: &str) {
         let h = &d.header;
-        self.io.nak(
-            now,
-            to,
-            h.command,
-            h.session,
-            h.transaction,
-            h.src,
-            h.dst,
-            code,
-            text,
-        );
+        self.io.nak(now, to, Answer::to(h), code, text);
     }
 
     fn on_sessionless_request(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
@@ -1108,23 +984,13 @@ impl Endpoint {
             self.io.send_message(&from, &header, d.payload);
             return;
         }
-        self.io.events.push_back(Event::Sessionless {
-            peer: from,
-            header: h,
-            payload: d.payload.to_vec(),
-        });
+        self.io.events.push_back(Event::Sessionless { peer: from, header: h, payload: d.payload.to_vec() });
     }
 
     fn on_open(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
         let h = d.header;
         if d.buffer.is_some() {
-            return self.nak_datagram(
-                now,
-                &from,
-                d,
-                NakCode::TooLarge,
-                "OPEN_SESSION must fit one datagram",
-            );
+            return self.nak_datagram(now, &from, d, NakCode::TooLarge, "OPEN_SESSION must fit one datagram");
         }
         if !self.peers.contains_key(&from) && self.peers.len() >= self.io.config.max_peers {
             return self.nak_datagram(now, &from, d, NakCode::SessionsExhausted, "too many peers");
@@ -1141,18 +1007,9 @@ impl Endpoint {
         }
         remember_open(peer, h.transaction, h.sent, None);
         let latency = self.io.latency(h.sent, now);
-        let request = OpenRequest {
-            peer: from,
-            transaction: h.transaction,
-            sent: h.sent,
-            src: h.src,
-            crc: h.crc,
-        };
-        self.io.events.push_back(Event::Open {
-            request,
-            payload: d.payload.to_vec(),
-            latency,
-        });
+        let request =
+            OpenRequest { peer: from, transaction: h.transaction, sent: h.sent, src: h.src, crc: h.crc };
+        self.io.events.push_back(Event::Open { request, payload: d.payload.to_vec(), latency });
         self.arm_sweep(now);
     }
 
@@ -1175,10 +1032,7 @@ impl Endpoint {
             let text = format!("session {} is not open", h.session);
             return self.nak_datagram(now, &from, d, NakCode::UnknownSession, &text);
         };
-        let s = self
-            .sessions
-            .get_mut(&sid)
-            .expect("peer table and sessions agree");
+        let s = self.sessions.get_mut(&sid).expect("peer table and sessions agree");
         s.last_active = now;
         let reliable = from.is_reliable_link();
         if let Some(rec) = s.inc.get_mut(&h.transaction) {
@@ -1186,8 +1040,7 @@ impl Endpoint {
                 match &mut rec.state {
                     InState::Receiving(r) => match r.add(d) {
                         Ok(dabs_wire::Progress::Complete) => {
-                            let InState::Receiving(r) =
-                                std::mem::replace(&mut rec.state, InState::Done)
+                            let InState::Receiving(r) = std::mem::replace(&mut rec.state, InState::Done)
                             else {
                                 unreachable!()
                             };
@@ -1212,15 +1065,7 @@ impl Endpoint {
                         self.io.stats.duplicates += 1;
                         // One re-ACK per round of a multi-buffer message, not one per buffer.
                         if !reliable && d.buffer.is_none_or(|b| b.index + 1 == b.total) {
-                            self.io.ack(
-                                &from,
-                                h.command,
-                                h.session,
-                                h.transaction,
-                                h.sent,
-                                h.src,
-                                h.dst,
-                            );
+                            self.io.ack(&from, Answer::to(&h), h.sent);
                         }
                     }
                     InState::Replied => {
@@ -1309,11 +1154,7 @@ impl Endpoint {
                 state: InState::Delivered { ack_due },
             },
         );
-        let id = IncomingId {
-            session: sid,
-            transaction: h.transaction,
-            sent: h.sent,
-        };
+        let id = IncomingId { session: sid, transaction: h.transaction, sent: h.sent };
         if h.command == SystemCommand::Echo.number() {
             let _ = self.reply(now, id, payload);
             return;
@@ -1349,10 +1190,7 @@ impl Endpoint {
         };
         let s = self.sessions.get_mut(&sid).expect("present");
         s.last_active = now;
-        let reply_match = s
-            .replies
-            .get(&h.transaction)
-            .is_some_and(|o| o.header.command == h.command);
+        let reply_match = s.replies.get(&h.transaction).is_some_and(|o| o.header.command == h.command);
         let req_match = s
             .out
             .get(&h.transaction)
@@ -1392,15 +1230,7 @@ impl Endpoint {
             if h.command == SystemCommand::OpenSession.number() && h.session != 0 && !reliable {
                 // Another endpoint answered first, or our ACK was lost: stop its retransmits.
                 self.io.stats.extra_open_replies += 1;
-                self.io.ack(
-                    &from,
-                    h.command,
-                    h.session,
-                    h.transaction,
-                    h.sent,
-                    h.src,
-                    h.dst,
-                );
+                self.io.ack(&from, Answer::to(&h), h.sent);
             }
             return;
         };
@@ -1408,33 +1238,18 @@ impl Endpoint {
         s.last_active = now;
         let last = s.last_reply_stamp_in[usize::from(h.transaction)];
         let stale = last != u32::MAX && !newer(h.sent, SentTime::from_millis_of_hour(last));
-        let live = s
-            .out
-            .get(&h.transaction)
-            .is_some_and(|o| o.header.command == h.command);
+        let live = s.out.get(&h.transaction).is_some_and(|o| o.header.command == h.command);
         if stale || !live {
             // A copy of a reply we already took: ACK it again so the sender stops.
             self.io.stats.duplicates += 1;
             if !reliable {
-                self.io.ack(
-                    &from,
-                    h.command,
-                    h.session,
-                    h.transaction,
-                    h.sent,
-                    h.src,
-                    h.dst,
-                );
+                self.io.ack(&from, Answer::to(&h), h.sent);
             }
             return;
         }
         let out = s.out.get_mut(&h.transaction).expect("live");
         let message = if d.buffer.is_some() {
-            if out
-                .reply
-                .as_ref()
-                .is_some_and(|r| r.header().sent != h.sent)
-            {
+            if out.reply.as_ref().is_some_and(|r| r.header().sent != h.sent) {
                 out.reply = None; // a newer reply replaces a partial older one
             }
             if out.reply.is_none() {
@@ -1453,11 +1268,9 @@ impl Endpoint {
             }
             let r = out.reply.as_mut().expect("just set");
             match r.add(d) {
-                Ok(dabs_wire::Progress::Complete) => out
-                    .reply
-                    .take()
-                    .and_then(|r| r.finish().ok())
-                    .unwrap_or_default(),
+                Ok(dabs_wire::Progress::Complete) => {
+                    out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
+                }
                 Ok(_) => return,
                 Err(e) => {
                     out.reply = None;
@@ -1471,24 +1284,12 @@ impl Endpoint {
         let out = s.out.remove(&h.transaction).expect("live");
         s.last_reply_stamp_in[usize::from(h.transaction)] = h.sent.millis_of_hour();
         if !reliable {
-            self.io.ack(
-                &from,
-                h.command,
-                h.session,
-                h.transaction,
-                h.sent,
-                h.src,
-                h.dst,
-            );
+            self.io.ack(&from, Answer::to(&h), h.sent);
         }
         let latency = self.io.latency(h.sent, now);
         if let Some(call) = out.call {
             self.io.stats.calls_answered += 1;
-            self.io.events.push_back(Event::Reply {
-                call,
-                payload: message,
-                latency,
-            });
+            self.io.events.push_back(Event::Reply { call, payload: message, latency });
         }
         self.start_waiting(now, sid);
     }
@@ -1496,10 +1297,7 @@ impl Endpoint {
     fn on_open_reply(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
         let h = d.header;
         let reliable = from.is_reliable_link();
-        let open = self
-            .opens
-            .get_mut(&h.transaction)
-            .expect("checked by caller");
+        let open = self.opens.get_mut(&h.transaction).expect("checked by caller");
         let payload = if d.buffer.is_some() {
             if open.out.reply.is_none() {
                 match Reassembly::new(d, chunk_size(h.crc, 0), self.io.config.max_message) {
@@ -1508,12 +1306,9 @@ impl Endpoint {
                 }
             }
             match open.out.reply.as_mut().expect("set").add(d) {
-                Ok(dabs_wire::Progress::Complete) => open
-                    .out
-                    .reply
-                    .take()
-                    .and_then(|r| r.finish().ok())
-                    .unwrap_or_default(),
+                Ok(dabs_wire::Progress::Complete) => {
+                    open.out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
+                }
                 Ok(_) => return,
                 Err(_) => {
                     open.out.reply = None;
@@ -1525,15 +1320,7 @@ impl Endpoint {
         };
         let open = self.opens.remove(&h.transaction).expect("present");
         if !reliable {
-            self.io.ack(
-                &from,
-                h.command,
-                h.session,
-                h.transaction,
-                h.sent,
-                h.src,
-                h.dst,
-            );
+            self.io.ack(&from, Answer::to(&h), h.sent);
         }
         self.io.latency(h.sent, now);
         let peer = self.peers.entry(from.clone()).or_default();
@@ -1556,11 +1343,7 @@ impl Endpoint {
                     now,
                 );
                 s.reopen_with = Some((open.out.to.clone(), open.out.payload));
-                self.peers
-                    .entry(from.clone())
-                    .or_default()
-                    .sessions
-                    .insert(h.session, sid);
+                self.peers.entry(from.clone()).or_default().sessions.insert(h.session, sid);
                 self.sessions.insert(sid, s);
                 self.io.stats.sessions_opened += 1;
                 if let Some(call) = open.out.call {
@@ -1586,11 +1369,7 @@ impl Endpoint {
                 s.reopening = false;
                 s.last_reply_stamp_in.fill(u32::MAX);
                 s.last_active = now;
-                self.peers
-                    .entry(from.clone())
-                    .or_default()
-                    .sessions
-                    .insert(h.session, sid);
+                self.peers.entry(from.clone()).or_default().sessions.insert(h.session, sid);
                 let s = self.sessions.get_mut(&sid).expect("present");
                 for (tx, out) in s.out.iter_mut() {
                     out.to = from.clone();
@@ -1603,12 +1382,7 @@ impl Endpoint {
                     out.state = OutState::AwaitAck;
                     self.io.transmit_out(now, out, TimerKey::Out(sid, *tx));
                 }
-                self.io.events.push_back(Event::Reopened {
-                    session: sid,
-                    peer: from,
-                    queue: h.src,
-                    payload,
-                });
+                self.io.events.push_back(Event::Reopened { session: sid, peer: from, queue: h.src, payload });
                 self.start_waiting(now, sid);
             }
         }
@@ -1633,8 +1407,7 @@ impl Endpoint {
             if retry {
                 if now >= open.out.nak_quiet_until {
                     open.out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
-                    self.io
-                        .transmit_out(now, &mut open.out, TimerKey::Open(h.transaction));
+                    self.io.transmit_out(now, &mut open.out, TimerKey::Open(h.transaction));
                 }
                 return;
             }
@@ -1645,11 +1418,7 @@ impl Endpoint {
             return;
         };
         let s = self.sessions.get_mut(&sid).expect("present");
-        if let Some(out) = s
-            .out
-            .get_mut(&h.transaction)
-            .filter(|o| o.header.command == h.command)
-        {
+        if let Some(out) = s.out.get_mut(&h.transaction).filter(|o| o.header.command == h.command) {
             if retry && (now < out.nak_quiet_until || out.state != OutState::AwaitAck) {
                 // Another buffer of the round being resent, or a copy of a message the peer
                 // has already acknowledged: nothing to restart.
@@ -1668,27 +1437,19 @@ impl Endpoint {
                 // A NAK restarts the whole message.
                 out.reply = None;
                 out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
-                return self
-                    .io
-                    .transmit_out(now, out, TimerKey::Out(sid, h.transaction));
+                return self.io.transmit_out(now, out, TimerKey::Out(sid, h.transaction));
             }
             let out = s.out.remove(&h.transaction).expect("present");
             self.io.fail(out.call, CallError::Nak { code, text });
             return self.start_waiting(now, sid);
         }
-        if let Some(out) = s
-            .replies
-            .get_mut(&h.transaction)
-            .filter(|o| o.header.command == h.command)
-        {
+        if let Some(out) = s.replies.get_mut(&h.transaction).filter(|o| o.header.command == h.command) {
             if retry {
                 if now < out.nak_quiet_until {
                     return;
                 }
                 out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
-                return self
-                    .io
-                    .transmit_out(now, out, TimerKey::Reply(sid, h.transaction));
+                return self.io.transmit_out(now, out, TimerKey::Reply(sid, h.transaction));
             }
             s.replies.remove(&h.transaction);
             if let Some(rec) = s.inc.get_mut(&h.transaction) {
@@ -1721,8 +1482,7 @@ impl Endpoint {
         if s.reopening {
             return;
         }
-        let Some((target, payload)) = s.reopen_with.clone().filter(|_| s.role == Role::Client)
-        else {
+        let Some((target, payload)) = s.reopen_with.clone().filter(|_| s.role == Role::Client) else {
             let s = self.sessions.remove(&sid).expect("present");
             if let Some(p) = self.peers.get_mut(&s.peer) {
                 p.sessions.remove(&s.number);
@@ -1730,12 +1490,8 @@ impl Endpoint {
             return self.drop_session_calls(s, CloseReason::Lost, sid);
         };
         s.reopening = true;
-        let acked: Vec<u8> = s
-            .out
-            .iter()
-            .filter(|(_, o)| o.state != OutState::AwaitAck)
-            .map(|(t, _)| *t)
-            .collect();
+        let acked: Vec<u8> =
+            s.out.iter().filter(|(_, o)| o.state != OutState::AwaitAck).map(|(t, _)| *t).collect();
         for tx in acked {
             let out = s.out.remove(&tx).expect("listed");
             self.io.fail(out.call, CallError::SessionLost);
@@ -1745,17 +1501,7 @@ impl Endpoint {
         }
         let local_queue = s.local_queue;
         self.io.stats.sessions_reopened += 1;
-        if self
-            .start_open(
-                now,
-                target,
-                OpenPurpose::Reopen(sid),
-                None,
-                payload,
-                local_queue,
-            )
-            .is_err()
-        {
+        if self.start_open(now, target, OpenPurpose::Reopen(sid), None, payload, local_queue).is_err() {
             let s = self.sessions.remove(&sid).expect("present");
             self.drop_session_calls(s, CloseReason::Lost, sid);
         }
@@ -1765,11 +1511,9 @@ impl Endpoint {
 
     fn timer_live(&self, at: Time, key: TimerKey) -> bool {
         match key {
-            TimerKey::Out(sid, tx) => self
-                .sessions
-                .get(&sid)
-                .and_then(|s| s.out.get(&tx))
-                .is_some_and(|o| o.deadline == Some(at)),
+            TimerKey::Out(sid, tx) => {
+                self.sessions.get(&sid).and_then(|s| s.out.get(&tx)).is_some_and(|o| o.deadline == Some(at))
+            }
             TimerKey::Reply(sid, tx) => self
                 .sessions
                 .get(&sid)
@@ -1779,17 +1523,9 @@ impl Endpoint {
                 .sessions
                 .get(&sid)
                 .and_then(|s| s.inc.get(&tx))
-                .is_some_and(
-                    |r| matches!(r.state, InState::Delivered { ack_due: Some(t) } if t == at),
-                ),
-            TimerKey::Open(tx) => self
-                .opens
-                .get(&tx)
-                .is_some_and(|o| o.out.deadline == Some(at)),
-            TimerKey::Kick(sid) => self
-                .sessions
-                .get(&sid)
-                .is_some_and(|s| !s.waiting.is_empty()),
+                .is_some_and(|r| matches!(r.state, InState::Delivered { ack_due: Some(t) } if t == at)),
+            TimerKey::Open(tx) => self.opens.get(&tx).is_some_and(|o| o.out.deadline == Some(at)),
+            TimerKey::Kick(sid) => self.sessions.get(&sid).is_some_and(|s| !s.waiting.is_empty()),
             TimerKey::Sweep => true,
         }
     }
@@ -1825,10 +1561,7 @@ impl Endpoint {
                         if now.saturating_sub(since) >= self.io.config.reply_timeout =>
                     {
                         let out = s.out.remove(&tx).expect("live");
-                        self.io.fail(
-                            out.call,
-                            CallError::ReplyTimeout(self.io.config.reply_timeout),
-                        );
+                        self.io.fail(out.call, CallError::ReplyTimeout(self.io.config.reply_timeout));
                         self.start_waiting(now, sid);
                     }
                     OutState::AwaitReply { .. } => {
@@ -1854,10 +1587,7 @@ impl Endpoint {
                         rec.state = InState::Done;
                     }
                     self.io.stats.replies_undelivered += 1;
-                    self.io.events.push_back(Event::ReplyUndelivered {
-                        session: sid,
-                        transaction: tx,
-                    });
+                    self.io.events.push_back(Event::ReplyUndelivered { session: sid, transaction: tx });
                 } else {
                     self.io.transmit_out(now, out, key);
                 }
@@ -1868,7 +1598,11 @@ impl Endpoint {
                 rec.state = InState::Delivered { ack_due: None };
                 let (cmd, sent, src, dst) = (rec.command, rec.sent, rec.src, rec.dst);
                 let (peer, number) = (s.peer.clone(), s.number);
-                self.io.ack(&peer, cmd, number, tx, sent, src, dst);
+                self.io.ack(
+                    &peer,
+                    Answer { command: cmd, session: number, transaction: tx, dst: src, src: dst },
+                    sent,
+                );
             }
             TimerKey::Open(tx) => {
                 let open = self.opens.get_mut(&tx).expect("live");
@@ -1896,9 +1630,10 @@ impl Endpoint {
                     && now.saturating_sub(s.last_active) >= idle
                     && s.out.is_empty()
                     && s.replies.is_empty()
-                    && !s.inc.values().any(|r| {
-                        matches!(r.state, InState::Delivered { .. } | InState::Receiving(_))
-                    })
+                    && !s
+                        .inc
+                        .values()
+                        .any(|r| matches!(r.state, InState::Delivered { .. } | InState::Receiving(_)))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -1910,8 +1645,7 @@ impl Endpoint {
             self.io.stats.sessions_expired += 1;
             self.drop_session_calls(s, CloseReason::Idle, sid);
         }
-        self.peers
-            .retain(|_, p| !p.sessions.is_empty() || p.partials > 0);
+        self.peers.retain(|_, p| !p.sessions.is_empty() || p.partials > 0);
         self.sweep_armed = false;
         if !self.sessions.is_empty() || !self.peers.is_empty() {
             self.arm_sweep(now);

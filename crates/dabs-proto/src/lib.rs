@@ -14,7 +14,6 @@ mod stats;
 pub use addr::Addr;
 pub use config::Config;
 pub use endpoint::{
-    CallError, CallId, Endpoint, Event, Incoming, IncomingId, OpenRequest, SessionId, Time,
-    Transmit,
+    CallError, CallId, Endpoint, Event, Incoming, IncomingId, OpenRequest, SessionId, Time, Transmit,
 };
 pub use stats::Stats;

@@ -30,13 +30,7 @@ pub struct Faults {
 impl Faults {
     /// A perfect network with a fixed delay.
     pub fn none(delay: Duration) -> Self {
-        Self {
-            loss: 0.0,
-            duplicate: 0.0,
-            corrupt: 0.0,
-            min_delay: delay,
-            max_delay: delay,
-        }
+        Self { loss: 0.0, duplicate: 0.0, corrupt: 0.0, min_delay: delay, max_delay: delay }
     }
 }
 
@@ -55,6 +49,9 @@ pub struct NetStats {
     pub delivered: u64,
 }
 
+/// A datagram on the wire: (arrival, sequence, from, to, bytes).
+type InFlight = (Time, u64, Addr, Addr, Vec<u8>);
+
 /// A set of endpoints on a simulated network.
 pub struct Sim {
     /// The network's behaviour; may be changed between steps.
@@ -64,7 +61,7 @@ pub struct Sim {
     now: Time,
     rng: SmallRng,
     endpoints: BTreeMap<Addr, Endpoint>,
-    in_flight: BinaryHeap<Reverse<(Time, u64, Addr, Addr, Vec<u8>)>>,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
     down: Vec<Addr>,
 }
@@ -96,9 +93,7 @@ impl Sim {
 
     /// The endpoint at `addr`.
     pub fn endpoint(&mut self, addr: &Addr) -> &mut Endpoint {
-        self.endpoints
-            .get_mut(addr)
-            .expect("no endpoint at that address")
+        self.endpoints.get_mut(addr).expect("no endpoint at that address")
     }
 
     /// Cuts `addr` off (a crash or partition): everything to or from it is dropped.
@@ -113,11 +108,7 @@ impl Sim {
     pub fn flush(&mut self) {
         let addrs: Vec<Addr> = self.endpoints.keys().cloned().collect();
         for from in addrs {
-            while let Some(t) = self
-                .endpoints
-                .get_mut(&from)
-                .and_then(Endpoint::poll_transmit)
-            {
+            while let Some(t) = self.endpoints.get_mut(&from).and_then(Endpoint::poll_transmit) {
                 self.offer(from.clone(), t.to, t.data);
             }
         }
@@ -125,10 +116,7 @@ impl Sim {
 
     fn offer(&mut self, from: Addr, to: Addr, mut data: Vec<u8>) {
         self.stats.sent += 1;
-        if self.down.contains(&from)
-            || self.down.contains(&to)
-            || self.rng.random_bool(self.faults.loss)
-        {
+        if self.down.contains(&from) || self.down.contains(&to) || self.rng.random_bool(self.faults.loss) {
             self.stats.lost += 1;
             return;
         }
@@ -137,22 +125,11 @@ impl Sim {
             let i = self.rng.random_range(0..data.len());
             data[i] ^= self.rng.random_range(1..=255u8);
         }
-        let copies = if self.rng.random_bool(self.faults.duplicate) {
-            2
-        } else {
-            1
-        };
+        let copies = if self.rng.random_bool(self.faults.duplicate) { 2 } else { 1 };
         self.stats.duplicated += copies - 1;
         for _ in 0..copies {
-            let (lo, hi) = (
-                self.faults.min_delay,
-                self.faults.max_delay.max(self.faults.min_delay),
-            );
-            let delay = if hi > lo {
-                self.rng.random_range(lo..=hi)
-            } else {
-                lo
-            };
+            let (lo, hi) = (self.faults.min_delay, self.faults.max_delay.max(self.faults.min_delay));
+            let delay = if hi > lo { self.rng.random_range(lo..=hi) } else { lo };
             self.seq += 1;
             self.in_flight.push(Reverse((
                 self.now + delay,
@@ -170,11 +147,7 @@ impl Sim {
     pub fn step(&mut self, limit: Time) -> Option<Vec<(Addr, Event)>> {
         self.flush();
         let next_packet = self.in_flight.peek().map(|Reverse((t, ..))| *t);
-        let next_timer = self
-            .endpoints
-            .values_mut()
-            .filter_map(Endpoint::next_deadline)
-            .min();
+        let next_timer = self.endpoints.values_mut().filter_map(Endpoint::next_deadline).min();
         let next = match (next_packet, next_timer) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,

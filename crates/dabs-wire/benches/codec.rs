@@ -120,12 +120,8 @@ fn multi(c: &mut Criterion) {
         println!(
             "allocations per message: multi/{size}B ({n} datagrams): encode {enc}, decode+reassemble {dec}"
         );
-        g.bench_function(BenchmarkId::new("split+encode", size), |b| {
-            b.iter(&mut split_encode)
-        });
-        g.bench_function(BenchmarkId::new("decode+reassemble", size), |b| {
-            b.iter(reassemble)
-        });
+        g.bench_function(BenchmarkId::new("split+encode", size), |b| b.iter(&mut split_encode));
+        g.bench_function(BenchmarkId::new("decode+reassemble", size), |b| b.iter(reassemble));
     }
     g.finish();
 }

@@ -268,9 +268,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         }
     }
     if raw.version != VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            version: raw.version,
-        });
+        return Err(DecodeError::UnsupportedVersion { version: raw.version });
     }
     let multi = bytes[0] & FLAG_MULTI != 0;
     let headers = HEADER_LEN + if multi { BUFFER_HEADER_LEN } else { 0 };
@@ -356,11 +354,7 @@ pub enum EncodeError {
 /// Size of the datagram that [`encode`] would write.
 pub fn encoded_len(header: &Header, buffer: Option<BufferHeader>, payload_len: usize) -> usize {
     HEADER_LEN
-        + if buffer.is_some() {
-            BUFFER_HEADER_LEN
-        } else {
-            0
-        }
+        + if buffer.is_some() { BUFFER_HEADER_LEN } else { 0 }
         + payload_len
         + if header.crc { CRC_LEN } else { 0 }
 }
@@ -391,10 +385,7 @@ pub fn encode(
     }
     let available = out.len();
     let Some(out) = out.get_mut(..len) else {
-        return Err(EncodeError::OutputTooSmall {
-            needed: len,
-            available,
-        });
+        return Err(EncodeError::OutputTooSmall { needed: len, available });
     };
     let multi = if buffer.is_some() { FLAG_MULTI } else { 0 };
     out[0] = multi | header.kind.flags() | header.version;
@@ -451,9 +442,7 @@ mod tests {
         let mut out = [0u8; 64];
         let n = encode(&sample(), None, b"hi", &mut out).unwrap();
         // flags: ACK|NAK|v1 = 0x61; time: ENC|CRC|59 = 0xfb; 58<<2|3 = 0xeb; 999&0xff = 0xe7
-        let body = [
-            0x61, 0x01, 0x09, 7, 42, 0xfb, 0xeb, 0xe7, 0xbe, 0xef, 0x00, 0x03, b'h', b'i',
-        ];
+        let body = [0x61, 0x01, 0x09, 7, 42, 0xfb, 0xeb, 0xe7, 0xbe, 0xef, 0x00, 0x03, b'h', b'i'];
         assert_eq!(&out[..n - 1], &body);
         assert_eq!(out[n - 1], crc8(&body));
         let d = decode(&out[..n]).unwrap();
@@ -480,55 +469,31 @@ mod tests {
         h.crc = false;
         encode(&h, None, &[1; 8], &mut ok).unwrap();
 
-        assert!(matches!(
-            decode(&ok[..11]),
-            Err(DecodeError::TooShort { len: 11 })
-        ));
-        assert!(matches!(
-            decode(&[0x01; 513]),
-            Err(DecodeError::TooLong { len: 513 })
-        ));
+        assert!(matches!(decode(&ok[..11]), Err(DecodeError::TooShort { len: 11 })));
+        assert!(matches!(decode(&[0x01; 513]), Err(DecodeError::TooLong { len: 513 })));
 
         let mut v7 = ok;
         v7[0] = (v7[0] & !0x1f) | 7;
-        assert!(matches!(
-            decode(&v7),
-            Err(DecodeError::UnsupportedVersion { version: 7 })
-        ));
+        assert!(matches!(decode(&v7), Err(DecodeError::UnsupportedVersion { version: 7 })));
 
         let mut multi = ok;
         multi[0] |= 0x80;
-        assert!(matches!(
-            decode(&multi[..14]),
-            Err(DecodeError::MissingBufferHeader { len: 14 })
-        ));
+        assert!(matches!(decode(&multi[..14]), Err(DecodeError::MissingBufferHeader { len: 14 })));
         multi[12..16].copy_from_slice(&[0, 3, 0, 3]);
-        assert!(matches!(
-            decode(&multi),
-            Err(DecodeError::BufferOutOfRange { index: 3, total: 3 })
-        ));
+        assert!(matches!(decode(&multi), Err(DecodeError::BufferOutOfRange { index: 3, total: 3 })));
         multi[12..16].copy_from_slice(&[0, 0, 0, 1]);
-        assert!(matches!(
-            decode(&multi),
-            Err(DecodeError::TooFewBuffers { total: 1 })
-        ));
+        assert!(matches!(decode(&multi), Err(DecodeError::TooFewBuffers { total: 1 })));
 
         let mut crc = ok;
         crc[5] |= 0x40;
-        assert!(matches!(
-            decode(&crc[..12]),
-            Err(DecodeError::MissingCrc { len: 12 })
-        ));
+        assert!(matches!(decode(&crc[..12]), Err(DecodeError::MissingCrc { len: 12 })));
         let e = decode(&crc).unwrap_err();
         assert!(matches!(e, DecodeError::CrcMismatch { .. }));
         assert_eq!(e.nak_code(), crate::NakCode::CrcMismatch);
 
         let mut bad_time = ok;
         bad_time[5] = 60;
-        assert!(matches!(
-            decode(&bad_time),
-            Err(DecodeError::BadSentTime(_))
-        ));
+        assert!(matches!(decode(&bad_time), Err(DecodeError::BadSentTime(_))));
         let msg = decode(&bad_time).unwrap_err().to_string();
         assert!(msg.contains("minutes"), "{msg}");
     }
@@ -537,20 +502,14 @@ mod tests {
     fn encode_refuses_what_decode_would() {
         let mut out = [0u8; 600];
         let h = sample();
-        assert_eq!(
-            encode(&h, None, &[0; 500], &mut out),
-            Err(EncodeError::TooLong { len: 513 })
-        );
+        assert_eq!(encode(&h, None, &[0; 500], &mut out), Err(EncodeError::TooLong { len: 513 }));
         assert_eq!(
             encode(&h, Some(BufferHeader { index: 2, total: 2 }), &[], &mut out),
             Err(EncodeError::BufferOutOfRange { index: 2, total: 2 })
         );
         assert_eq!(
             encode(&h, None, &[0; 10], &mut out[..5]),
-            Err(EncodeError::OutputTooSmall {
-                needed: 23,
-                available: 5
-            })
+            Err(EncodeError::OutputTooSmall { needed: 23, available: 5 })
         );
     }
 }

@@ -124,10 +124,7 @@ impl<'a> NakPayload<'a> {
             return Err(NakPayloadError::TooShort(payload.len()));
         };
         let text = std::str::from_utf8(rest).map_err(|_| NakPayloadError::NotUtf8)?;
-        Ok(Self {
-            code: NakCode::from_number(u16::from_be_bytes([*a, *b])),
-            text,
-        })
+        Ok(Self { code: NakCode::from_number(u16::from_be_bytes([*a, *b])), text })
     }
 
     /// Appends the payload bytes to `out`.
@@ -234,18 +231,11 @@ mod tests {
     #[test]
     fn nak_payload() {
         let mut v = Vec::new();
-        NakPayload {
-            code: NakCode::UnknownApplication,
-            text: "no app \"x\"",
-        }
-        .write_to(&mut v);
+        NakPayload { code: NakCode::UnknownApplication, text: "no app \"x\"" }.write_to(&mut v);
         let p = NakPayload::parse(&v).unwrap();
         assert_eq!(p.code, NakCode::UnknownApplication);
         assert_eq!(p.text, "no app \"x\"");
         assert_eq!(NakPayload::parse(&[1]), Err(NakPayloadError::TooShort(1)));
-        assert_eq!(
-            NakPayload::parse(&[0, 1, 0xff]),
-            Err(NakPayloadError::NotUtf8)
-        );
+        assert_eq!(NakPayload::parse(&[0, 1, 0xff]), Err(NakPayloadError::NotUtf8));
     }
 }

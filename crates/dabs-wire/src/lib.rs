@@ -11,8 +11,8 @@ mod split;
 mod time;
 
 pub use codec::{
-    BufferHeader, Datagram, DecodeError, EncodeError, Header, Kind, RawHeader, crc8, decode,
-    encode, encoded_len,
+    BufferHeader, Datagram, DecodeError, EncodeError, Header, Kind, RawHeader, crc8, decode, encode,
+    encoded_len,
 };
 pub use codes::{NakCode, NakPayload, NakPayloadError, SystemCommand};
 pub use reassembly::{Progress, Reassembly, ReassemblyError};

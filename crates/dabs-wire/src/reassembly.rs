@@ -21,9 +21,7 @@ pub enum ReassemblyError {
     #[error("datagram has no buffer header, it is not part of a multi-buffer message")]
     NotMultiBuffer,
     /// The message would exceed the receiver's limit.
-    #[error(
-        "message of {total} buffers (at least {min_len} bytes) exceeds the limit of {max} bytes"
-    )]
+    #[error("message of {total} buffers (at least {min_len} bytes) exceeds the limit of {max} bytes")]
     TooLarge {
         /// Buffers announced.
         total: u16,
@@ -82,19 +80,11 @@ impl Reassembly {
     /// Prepares to reassemble the message `first` belongs to. `chunk` is the payload size
     /// of a full buffer; `max_message` the largest message the receiver accepts.
     /// `first` is not stored: pass it to [`Reassembly::add`] too.
-    pub fn new(
-        first: &Datagram<'_>,
-        chunk: usize,
-        max_message: usize,
-    ) -> Result<Self, ReassemblyError> {
+    pub fn new(first: &Datagram<'_>, chunk: usize, max_message: usize) -> Result<Self, ReassemblyError> {
         let b = first.buffer.ok_or(ReassemblyError::NotMultiBuffer)?;
         let min_len = (usize::from(b.total) - 1) * chunk + 1;
         if min_len > max_message || chunk == 0 {
-            return Err(ReassemblyError::TooLarge {
-                total: b.total,
-                min_len,
-                max: max_message,
-            });
+            return Err(ReassemblyError::TooLarge { total: b.total, min_len, max: max_message });
         }
         Ok(Self {
             header: first.header,
@@ -114,24 +104,13 @@ impl Reassembly {
             return Err(ReassemblyError::HeaderMismatch { field });
         }
         if b.total != self.total {
-            return Err(ReassemblyError::TotalMismatch {
-                expected: self.total,
-                found: b.total,
-            });
+            return Err(ReassemblyError::TotalMismatch { expected: self.total, found: b.total });
         }
         let last = b.index + 1 == self.total;
         let len = d.payload.len();
-        let length_ok = if last {
-            (1..=self.chunk).contains(&len)
-        } else {
-            len == self.chunk
-        };
+        let length_ok = if last { (1..=self.chunk).contains(&len) } else { len == self.chunk };
         if !length_ok {
-            return Err(ReassemblyError::WrongLength {
-                index: b.index,
-                len,
-                expected: self.chunk,
-            });
+            return Err(ReassemblyError::WrongLength { index: b.index, len, expected: self.chunk });
         }
         let at = usize::from(b.index) * self.chunk;
         let slot = &mut self.data[at..at + len];
@@ -148,11 +127,7 @@ impl Reassembly {
         if last {
             self.last_len = len;
         }
-        Ok(if self.is_complete() {
-            Progress::Complete
-        } else {
-            Progress::Incomplete
-        })
+        Ok(if self.is_complete() { Progress::Complete } else { Progress::Incomplete })
     }
 
     /// True once every buffer is held.
@@ -190,8 +165,7 @@ impl Reassembly {
         if !self.is_complete() {
             return Err(self);
         }
-        self.data
-            .truncate((usize::from(self.total) - 1) * self.chunk + self.last_len);
+        self.data.truncate((usize::from(self.total) - 1) * self.chunk + self.last_len);
         Ok(self.data)
     }
 }
@@ -209,10 +183,7 @@ fn differing_field(a: &Header, b: &Header) -> Option<&'static str> {
         (a.dst == b.dst, "destination queue"),
         (a.src == b.src, "source queue"),
     ];
-    checks
-        .into_iter()
-        .find(|(same, _)| !same)
-        .map(|(_, name)| name)
+    checks.into_iter().find(|(same, _)| !same).map(|(_, name)| name)
 }
 
 #[cfg(test)]
@@ -221,23 +192,12 @@ mod tests {
     use crate::{Header, Kind, Splitter, chunk_size};
 
     fn datagrams(msg: &[u8]) -> Vec<(Header, Option<crate::BufferHeader>, Vec<u8>)> {
-        let h = Header {
-            session: 3,
-            transaction: 9,
-            ..Header::new(Kind::Request, 300)
-        };
-        Splitter::new(msg, false, 0)
-            .unwrap()
-            .map(|(b, p)| (h, b, p.to_vec()))
-            .collect()
+        let h = Header { session: 3, transaction: 9, ..Header::new(Kind::Request, 300) };
+        Splitter::new(msg, false, 0).unwrap().map(|(b, p)| (h, b, p.to_vec())).collect()
     }
 
     fn dg(p: &(Header, Option<crate::BufferHeader>, Vec<u8>)) -> Datagram<'_> {
-        Datagram {
-            header: p.0,
-            buffer: p.1,
-            payload: &p.2,
-        }
+        Datagram { header: p.0, buffer: p.1, payload: &p.2 }
     }
 
     #[test]
@@ -251,12 +211,7 @@ mod tests {
             seen.push(r.add(&dg(&parts[i])).unwrap());
         }
         use Progress::*;
-        assert_eq!(
-            seen,
-            [
-                Incomplete, Incomplete, Duplicate, Incomplete, Duplicate, Complete
-            ]
-        );
+        assert_eq!(seen, [Incomplete, Incomplete, Duplicate, Incomplete, Duplicate, Complete]);
         assert_eq!(r.finish().unwrap(), msg);
     }
 
@@ -270,33 +225,19 @@ mod tests {
 
         let mut other = parts[1].clone();
         other.0.transaction = 10;
-        assert_eq!(
-            r.add(&dg(&other)),
-            Err(ReassemblyError::HeaderMismatch {
-                field: "transaction"
-            })
-        );
+        assert_eq!(r.add(&dg(&other)), Err(ReassemblyError::HeaderMismatch { field: "transaction" }));
 
         let mut short = parts[1].clone();
         short.2.pop();
-        assert!(matches!(
-            r.add(&dg(&short)),
-            Err(ReassemblyError::WrongLength { index: 1, .. })
-        ));
+        assert!(matches!(r.add(&dg(&short)), Err(ReassemblyError::WrongLength { index: 1, .. })));
 
         let mut total = parts[1].clone();
         total.1 = Some(crate::BufferHeader { index: 1, total: 4 });
-        assert!(matches!(
-            r.add(&dg(&total)),
-            Err(ReassemblyError::TotalMismatch { .. })
-        ));
+        assert!(matches!(r.add(&dg(&total)), Err(ReassemblyError::TotalMismatch { .. })));
 
         let mut changed = parts[0].clone();
         changed.2[5] ^= 1;
-        assert_eq!(
-            r.add(&dg(&changed)),
-            Err(ReassemblyError::ConflictingDuplicate { index: 0 })
-        );
+        assert_eq!(r.add(&dg(&changed)), Err(ReassemblyError::ConflictingDuplicate { index: 0 }));
 
         assert_eq!(r.missing().collect::<Vec<_>>(), vec![1, 2]);
         let r = r.finish().unwrap_err();

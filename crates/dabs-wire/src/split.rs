@@ -40,25 +40,12 @@ impl<'a> Splitter<'a> {
         let chunk = chunk_size(crc, overhead);
         let max = chunk * MAX_BUFFERS;
         if message.len() <= single_capacity(crc, overhead) {
-            return Ok(Self {
-                message,
-                chunk,
-                total: 1,
-                next: 0,
-            });
+            return Ok(Self { message, chunk, total: 1, next: 0 });
         }
         if chunk == 0 || message.len() > max {
-            return Err(SplitError {
-                len: message.len(),
-                max,
-            });
+            return Err(SplitError { len: message.len(), max });
         }
-        Ok(Self {
-            message,
-            chunk,
-            total: message.len().div_ceil(chunk),
-            next: 0,
-        })
+        Ok(Self { message, chunk, total: message.len().div_ceil(chunk), next: 0 })
     }
 
     /// Number of datagrams the message takes.
@@ -77,10 +64,7 @@ impl<'a> Splitter<'a> {
         }
         let start = index * self.chunk;
         let end = (start + self.chunk).min(self.message.len());
-        let header = BufferHeader {
-            index: index as u16,
-            total: self.total as u16,
-        };
+        let header = BufferHeader { index: index as u16, total: self.total as u16 };
         Some((Some(header), &self.message[start..end]))
     }
 }
@@ -117,23 +101,14 @@ mod tests {
         assert_eq!(parts[0].1.len(), 496);
         assert_eq!(parts[2].1.len(), 8);
         assert_eq!(parts[2].0, Some(BufferHeader { index: 2, total: 3 }));
-        assert_eq!(
-            parts
-                .iter()
-                .flat_map(|p| p.1.iter().copied())
-                .collect::<Vec<_>>(),
-            msg
-        );
+        assert_eq!(parts.iter().flat_map(|p| p.1.iter().copied()).collect::<Vec<_>>(), msg);
     }
 
     #[test]
     fn too_large_is_refused() {
         let max = 496 * 65535;
         let big = vec![0u8; max + 1];
-        assert_eq!(
-            Splitter::new(&big, false, 0).unwrap_err(),
-            SplitError { len: max + 1, max }
-        );
+        assert_eq!(Splitter::new(&big, false, 0).unwrap_err(), SplitError { len: max + 1, max });
         assert_eq!(Splitter::new(&big[..max], false, 0).unwrap().total(), 65535);
     }
 }

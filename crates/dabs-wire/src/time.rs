@@ -28,20 +28,12 @@ impl SentTime {
     /// Builds a stamp, checking each field's range (minutes and seconds 0..59, ms 0..999).
     pub fn new(minutes: u8, seconds: u8, millis: u16) -> Result<Self, SentTimeError> {
         let check = |field, value: u16, max| {
-            if value > max {
-                Err(SentTimeError { field, value, max })
-            } else {
-                Ok(())
-            }
+            if value > max { Err(SentTimeError { field, value, max }) } else { Ok(()) }
         };
         check("minutes", minutes.into(), 59)?;
         check("seconds", seconds.into(), 59)?;
         check("ms", millis, 999)?;
-        Ok(Self {
-            minutes,
-            seconds,
-            millis,
-        })
+        Ok(Self { minutes, seconds, millis })
     }
 
     /// The stamp for a clock reading in milliseconds since the Unix epoch (UTC).
@@ -52,11 +44,7 @@ impl SentTime {
     /// The stamp for a position within the hour, in milliseconds (taken modulo one hour).
     pub fn from_millis_of_hour(ms: u32) -> Self {
         let ms = ms % HOUR_MS;
-        Self {
-            minutes: (ms / 60_000) as u8,
-            seconds: (ms / 1000 % 60) as u8,
-            millis: (ms % 1000) as u16,
-        }
+        Self { minutes: (ms / 60_000) as u8, seconds: (ms / 1000 % 60) as u8, millis: (ms % 1000) as u16 }
     }
 
     /// Milliseconds since the top of the hour.
@@ -95,15 +83,9 @@ pub fn latency(sent: SentTime, now_unix_ms: u64) -> Latency {
     let now = (now_unix_ms % u64::from(HOUR_MS)) as u32;
     let diff = (now + HOUR_MS - sent.millis_of_hour()) % HOUR_MS;
     if diff > HALF_HOUR_MS {
-        Latency {
-            millis: 0,
-            clock_skew: true,
-        }
+        Latency { millis: 0, clock_skew: true }
     } else {
-        Latency {
-            millis: diff,
-            clock_skew: false,
-        }
+        Latency { millis: diff, clock_skew: false }
     }
 }
 
@@ -122,26 +104,14 @@ mod tests {
     fn latency_wraps_the_hour() {
         let sent = SentTime::new(59, 59, 900).unwrap();
         let now = 3 * u64::from(HOUR_MS) + 150; // 00:00.150 of a later hour
-        assert_eq!(
-            latency(sent, now),
-            Latency {
-                millis: 250,
-                clock_skew: false
-            }
-        );
+        assert_eq!(latency(sent, now), Latency { millis: 250, clock_skew: false });
     }
 
     #[test]
     fn sender_ahead_is_skew() {
         let sent = SentTime::new(10, 0, 5).unwrap();
         let now = 10 * 60_000; // 5 ms before the stamp
-        assert_eq!(
-            latency(sent, now),
-            Latency {
-                millis: 0,
-                clock_skew: true
-            }
-        );
+        assert_eq!(latency(sent, now), Latency { millis: 0, clock_skew: true });
     }
 
     #[test]

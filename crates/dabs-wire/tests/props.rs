@@ -5,12 +5,7 @@ use dabs_wire::*;
 use proptest::prelude::*;
 
 fn kind() -> impl Strategy<Value = Kind> {
-    prop_oneof![
-        Just(Kind::Request),
-        Just(Kind::Ack),
-        Just(Kind::Nak),
-        Just(Kind::Reply)
-    ]
+    prop_oneof![Just(Kind::Request), Just(Kind::Ack), Just(Kind::Nak), Just(Kind::Reply)]
 }
 
 prop_compose! {

@@ -1,0 +1,118 @@
+//! `dabs mp serve`: a standalone MP endpoint that opens sessions for any application and
+//! answers ECHO. For interoperability tests, probes and benchmarks.
+
+use ciborium::Value;
+use dabs_net::{DriverOptions, EndpointHandle};
+use dabs_wire::NakCode;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+/// The queue the standalone portion listens on.
+pub const SERVE_QUEUE: u16 = 1;
+
+/// Starts the serving tasks on a running endpoint: accepts every `OPEN_SESSION`, refuses
+/// application commands with NAK 6 (ECHO is answered by the endpoint itself).
+pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
+    let addr = endpoint.local_addrs().udp;
+    let mut opens = endpoint.open_requests();
+    let farm = farm.to_owned();
+    tokio::spawn(async move {
+        let mut next_id = 1u64;
+        while let Some(open) = opens.recv().await {
+            let app = match app_name(&open.payload) {
+                Ok(app) => app,
+                Err(why) => {
+                    open.reject(NakCode::Malformed, why);
+                    continue;
+                }
+            };
+            let va = format!("mp://{farm}/{app}/dasp/{next_id}");
+            next_id += 1;
+            let reply = open_reply(&va, addr, SERVE_QUEUE);
+            if let Err(e) = open.accept(SERVE_QUEUE, reply).await {
+                tracing::warn!(error = %e, "open not accepted");
+            }
+        }
+    });
+    let mut requests = endpoint.register_queue(SERVE_QUEUE);
+    tokio::spawn(async move {
+        while let Some(req) = requests.recv().await {
+            let command = req.request.command;
+            req.reject(NakCode::UnknownCommand, format!("command {command} is not served here (only ECHO)"));
+        }
+    });
+}
+
+/// Reads `app` from an `OPEN_SESSION` payload.
+pub fn app_name(payload: &[u8]) -> Result<String, String> {
+    let value: Value =
+        ciborium::from_reader(payload).map_err(|e| format!("OPEN_SESSION payload is not CBOR: {e}"))?;
+    let Value::Map(entries) = value else {
+        return Err("OPEN_SESSION payload is not a CBOR map".into());
+    };
+    entries
+        .into_iter()
+        .find_map(|(k, v)| match (k, v) {
+            (Value::Text(k), Value::Text(v)) if k == "app" => Some(v),
+            _ => None,
+        })
+        .ok_or_else(|| "OPEN_SESSION payload has no text key \"app\"".into())
+}
+
+/// The REPLY payload of `OPEN_SESSION` as interop.md fixes it.
+pub fn open_reply(va: &str, addr: SocketAddr, queue: u16) -> Vec<u8> {
+    let map = Value::Map(vec![
+        (Value::Text("va".into()), Value::Text(va.into())),
+        (Value::Text("addr".into()), Value::Text(addr.to_string())),
+        (Value::Text("queue".into()), Value::Integer(queue.into())),
+        (Value::Text("security".into()), Value::Null),
+    ]);
+    let mut out = Vec::new();
+    ciborium::into_writer(&map, &mut out).expect("writing CBOR to a Vec cannot fail");
+    out
+}
+
+/// Runs `dabs mp serve --bind ADDR` until SIGTERM or Ctrl-C.
+pub fn run(bind: SocketAddr, no_crc: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dabs mp serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let mut options = DriverOptions::default();
+        options.config.crc = !no_crc;
+        let endpoint = match dabs_net::spawn(bind, options).await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("dabs mp serve: cannot bind {bind}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        serve_on(&endpoint, "local");
+        println!("{}", endpoint.local_addrs().udp);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        wait_for_stop().await;
+        endpoint.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The driver task: sockets and timers around one sans-IO endpoint.
+
+use crate::handle::{
+    Command, Done, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session,
+};
+use crate::inproc;
+use crate::socket::{DatagramSocket, bind_udp};
+use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
+use dabs_wire::{Header, NakCode};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::UnixDatagram;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// How to run an endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct DriverOptions {
+    /// Protocol tuning.
+    pub config: Config,
+    /// Seed for the time-out jitter (random when `None`).
+    pub seed: Option<u64>,
+    /// Also listen on a Unix datagram socket at this path (same-host partition).
+    pub unix_path: Option<PathBuf>,
+}
+
+/// Binds a UDP socket at `bind` and starts an endpoint on it.
+pub async fn spawn(bind: SocketAddr, options: DriverOptions) -> io::Result<EndpointHandle> {
+    spawn_with_socket(bind_udp(bind)?, options)
+}
+
+/// Starts an endpoint on an already bound datagram socket (tokio's, or a simulated one).
+pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -> io::Result<EndpointHandle> {
+    let udp_addr = socket.local_addr()?;
+    let unix = match &options.unix_path {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            Some(Arc::new(UnixDatagram::bind(path)?))
+        }
+        None => None,
+    };
+    let (inproc_id, inproc_rx) = inproc::register();
+    let local = Arc::new(LocalAddrs { udp: udp_addr, unix: options.unix_path.clone(), inproc: inproc_id });
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let handle = EndpointHandle { cmd: cmd_tx.clone(), local: local.clone() };
+    let wall_epoch_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let seed = options.seed.unwrap_or_else(rand::random);
+    let endpoint = Endpoint::new(options.config, seed, wall_epoch_ms);
+    let unix_out = unix.clone().map(|u| {
+        // Sends to a full Unix socket wait; a separate task keeps that from stalling receives.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(PathBuf, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((path, data)) = rx.recv().await {
+                if let Err(e) = u.send_to(&data, &path).await {
+                    tracing::debug!(path = %path.display(), error = %e, "local socket send failed");
+                }
+            }
+        });
+        tx
+    });
+    let driver = Driver {
+        ep: endpoint,
+        start: Instant::now(),
+        weak: cmd_tx.downgrade(),
+        local,
+        unix_out,
+        calls: HashMap::new(),
+        opens: HashMap::new(),
+        queues: HashMap::new(),
+        open_sink: None,
+        sessionless_sink: None,
+    };
+    drop(cmd_tx);
+    tokio::spawn(driver.run(socket, unix, inproc_rx, cmd_rx));
+    Ok(handle)
+}
+
+struct Driver {
+    ep: Endpoint,
+    start: Instant,
+    weak: mpsc::WeakUnboundedSender<Command>,
+    local: Arc<LocalAddrs>,
+    unix_out: Option<mpsc::UnboundedSender<(PathBuf, Vec<u8>)>>,
+    calls: HashMap<CallId, Done>,
+    opens: HashMap<CallId, oneshot::Sender<Result<Session, Error>>>,
+    queues: HashMap<u16, mpsc::UnboundedSender<IncomingRequest>>,
+    open_sink: Option<mpsc::UnboundedSender<IncomingOpen>>,
+    sessionless_sink: Option<mpsc::UnboundedSender<(Addr, Header, Vec<u8>)>>,
+}
+
+enum Wake {
+    Command(Option<Command>),
+    Udp(io::Result<(usize, SocketAddr)>),
+    Unix(io::Result<(usize, Option<PathBuf>)>),
+    Inproc(Option<(u64, Vec<u8>)>),
+    Timer,
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        self.start.elapsed()
+    }
+
+    fn handle(&self) -> Option<EndpointHandle> {
+        self.weak.upgrade().map(|cmd| EndpointHandle { cmd, local: self.local.clone() })
+    }
+
+    async fn run<S: DatagramSocket>(
+        mut self,
+        udp: S,
+        unix: Option<Arc<UnixDatagram>>,
+        mut inproc_rx: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+        mut cmd_rx: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut udp_buf = vec![0u8; 2048];
+        let mut unix_buf = vec![0u8; 2048];
+        let mut shutdown_ack = None;
+        loop {
+            self.flush(&udp).await;
+            self.dispatch();
+            let deadline = self.ep.next_deadline().map(|d| self.start + d);
+            let wake = tokio::select! {
+                c = cmd_rx.recv() => Wake::Command(c),
+                r = udp.recv_from(&mut udp_buf) => Wake::Udp(r),
+                r = async {
+                    match &unix {
+                        Some(u) => u.recv_from(&mut unix_buf).await.map(|(n, a)| (n, a.as_pathname().map(PathBuf::from))),
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Unix(r),
+                m = inproc_rx.recv() => Wake::Inproc(m),
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Timer,
+            };
+            let now = self.now();
+            match wake {
+                Wake::Command(None) => break,
+                Wake::Command(Some(Command::Shutdown { done })) => {
+                    shutdown_ack = Some(done);
+                    break;
+                }
+                Wake::Command(Some(c)) => self.command(now, c),
+                // Oversized datagrams arrive truncated to the buffer and are refused by the codec.
+                Wake::Udp(Ok((n, from))) => self.ep.handle_datagram(now, Addr::Udp(from), &udp_buf[..n]),
+                // ICMP errors from earlier sends surface here on some systems: not fatal.
+                Wake::Udp(Err(e)) => tracing::debug!(error = %e, "udp receive error"),
+                Wake::Unix(Ok((n, Some(path)))) => {
+                    let from = Addr::Local(path.to_string_lossy().into());
+                    self.ep.handle_datagram(now, from, &unix_buf[..n]);
+                }
+                Wake::Unix(Ok((_, None))) => tracing::debug!("datagram from an unnamed local socket ignored"),
+                Wake::Unix(Err(e)) => tracing::debug!(error = %e, "local socket receive error"),
+                Wake::Inproc(Some((from, data))) => self.ep.handle_datagram(now, Addr::InProc(from), &data),
+                Wake::Inproc(None) => {}
+                Wake::Timer => {}
+            }
+            self.ep.handle_timeout(self.now());
+        }
+        inproc::unregister(self.local.inproc);
+        for (_, done) in self.calls.drain() {
+            done.complete(Err(Error::Closed));
+        }
+        for (_, done) in self.opens.drain() {
+            let _ = done.send(Err(Error::Closed));
+        }
+        if let Some(path) = &self.local.unix {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(done) = shutdown_ack {
+            let _ = done.send(());
+        }
+    }
+
+    async fn flush<S: DatagramSocket>(&mut self, udp: &S) {
+        while let Some(t) = self.ep.poll_transmit() {
+            match t.to {
+                Addr::Udp(a) => {
+                    if let Err(e) = udp.send_to(&t.data, a).await {
+                        tracing::debug!(to = %a, error = %e, "udp send failed");
+                    }
+                }
+                Addr::Local(path) => match &self.unix_out {
+                    Some(tx) => {
+                        let _ = tx.send((PathBuf::from(&*path), t.data));
+                    }
+                    None => tracing::debug!("no local socket to send from"),
+                },
+                Addr::InProc(id) => {
+                    if !inproc::send(self.local.inproc, id, t.data) {
+                        tracing::debug!(to = id, "in-process endpoint is gone");
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, now: Time, c: Command) {
+        match c {
+            Command::Open { to, queue, payload, done } => match self.ep.open(now, to, queue, payload) {
+                Ok(call) => {
+                    self.opens.insert(call, done);
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e.into()));
+                }
+            },
+            Command::Call { session, command, payload, done } => {
+                match self.ep.call(now, session, command, payload) {
+                    Ok(call) => {
+                        self.calls.insert(call, done);
+                    }
+                    Err(e) => done.complete(Err(e.into())),
+                }
+            }
+            Command::Reply { id, payload } => {
+                if let Err(e) = self.ep.reply(now, id, payload) {
+                    tracing::debug!(error = %e, "reply not sent");
+                }
+            }
+            Command::Reject { id, code, text } => {
+                let _ = self.ep.reject(now, id, code, &text);
+            }
+            Command::Accept { request, queue, payload, done } => {
+                let _ = done.send(self.ep.accept_open(now, &request, queue, payload).map_err(Error::from));
+            }
+            Command::RejectOpen { request, code, text } => self.ep.reject_open(now, &request, code, &text),
+            Command::Close { session } => self.ep.close(now, session),
+            Command::Sessionless { to, header, payload } => {
+                if let Err(e) = self.ep.send_sessionless(now, &to, header, &payload) {
+                    tracing::warn!(error = %e, "sessionless datagram not sent");
+                }
+            }
+            Command::Stats { done } => {
+                let _ = done.send(self.ep.stats().clone());
+            }
+            Command::RegisterQueue { queue, sink } => {
+                self.queues.insert(queue, sink);
+            }
+            Command::UnregisterQueue { queue } => {
+                self.queues.remove(&queue);
+            }
+            Command::OpenSink { sink } => self.open_sink = Some(sink),
+            Command::SessionlessSink { sink } => self.sessionless_sink = Some(sink),
+            Command::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(event) = self.ep.poll_event() {
+            let now = self.now();
+            match event {
+                Event::Request(request) => {
+                    let id = request.id;
+                    let dst = request.dst;
+                    let delivered = match (self.queues.get(&dst), self.handle()) {
+                        (Some(sink), Some(handle)) => sink.send(IncomingRequest { request, handle }).is_ok(),
+                        _ => false,
+                    };
+                    if !delivered {
+                        self.queues.remove(&dst);
+                        let _ = self.ep.reject(
+                            now,
+                            id,
+                            NakCode::UnknownQueue,
+                            &format!("no portion at queue {dst}"),
+                        );
+                    }
+                }
+                Event::Open { request, payload, latency } => {
+                    let delivered = match (&self.open_sink, self.handle()) {
+                        (Some(sink), Some(handle)) => sink
+                            .send(IncomingOpen { request: request.clone(), payload, latency, handle })
+                            .is_ok(),
+                        _ => false,
+                    };
+                    if !delivered {
+                        self.ep.reject_open(
+                            now,
+                            &request,
+                            NakCode::UnknownApplication,
+                            "this endpoint hosts no applications",
+                        );
+                    }
+                }
+                Event::Sessionless { peer, header, payload } => {
+                    if let Some(sink) = &self.sessionless_sink {
+                        let _ = sink.send((peer, header, payload));
+                    }
+                }
+                Event::Opened { call, session, peer, queue, payload } => {
+                    if let (Some(done), Some(handle)) = (self.opens.remove(&call), self.handle()) {
+                        let _ = done.send(Ok(Session { id: session, peer, queue, reply: payload, handle }));
+                    }
+                }
+                Event::Reply { call, payload, .. } => {
+                    if let Some(done) = self.calls.remove(&call) {
+                        done.complete(Ok(payload));
+                    }
+                }
+                Event::Failed { call, error } => {
+                    if let Some(done) = self.calls.remove(&call) {
+                        done.complete(Err(error.into()));
+                    } else if let Some(done) = self.opens.remove(&call) {
+                        let _ = done.send(Err(error.into()));
+                    }
+                }
+                Event::Reopened { session, peer, .. } => tracing::info!(?session, %peer, "session re-opened"),
+                Event::SessionClosed { session, peer, reason } => {
+                    tracing::debug!(?session, %peer, ?reason, "session closed")
+                }
+                Event::ReplyUndelivered { session, transaction } => {
+                    tracing::warn!(?session, transaction, "reply never acknowledged")
+                }
+            }
+        }
+    }
+}

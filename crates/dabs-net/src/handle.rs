@@ -1,0 +1,327 @@
+//! The application's side of a driver: handles, sessions, incoming requests.
+
+use dabs_proto::{Addr, CallError, Incoming, IncomingId, OpenRequest, SessionId, Stats};
+use dabs_wire::{Header, Latency, NakCode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, oneshot};
+
+/// Why an operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The protocol reported a failure.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The endpoint's driver has stopped.
+    #[error("the endpoint has stopped")]
+    Closed,
+}
+
+/// A call's reply or its failure.
+pub type CallResult = Result<Vec<u8>, Error>;
+
+pub(crate) enum Done {
+    Future(oneshot::Sender<CallResult>),
+    Callback(Box<dyn FnOnce(CallResult) + Send>),
+}
+
+impl Done {
+    pub(crate) fn complete(self, result: CallResult) {
+        match self {
+            Done::Future(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Callback(f) => f(result),
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Open {
+        to: Addr,
+        queue: u16,
+        payload: Vec<u8>,
+        done: oneshot::Sender<Result<Session, Error>>,
+    },
+    Call {
+        session: SessionId,
+        command: u16,
+        payload: Vec<u8>,
+        done: Done,
+    },
+    Reply {
+        id: IncomingId,
+        payload: Vec<u8>,
+    },
+    Reject {
+        id: IncomingId,
+        code: NakCode,
+        text: String,
+    },
+    Accept {
+        request: OpenRequest,
+        queue: u16,
+        payload: Vec<u8>,
+        done: oneshot::Sender<Result<SessionId, Error>>,
+    },
+    RejectOpen {
+        request: OpenRequest,
+        code: NakCode,
+        text: String,
+    },
+    Close {
+        session: SessionId,
+    },
+    Sessionless {
+        to: Addr,
+        header: Header,
+        payload: Vec<u8>,
+    },
+    Stats {
+        done: oneshot::Sender<Stats>,
+    },
+    RegisterQueue {
+        queue: u16,
+        sink: mpsc::UnboundedSender<IncomingRequest>,
+    },
+    UnregisterQueue {
+        queue: u16,
+    },
+    OpenSink {
+        sink: mpsc::UnboundedSender<IncomingOpen>,
+    },
+    SessionlessSink {
+        sink: mpsc::UnboundedSender<(Addr, Header, Vec<u8>)>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The addresses an endpoint can be reached at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalAddrs {
+    /// Its UDP address.
+    pub udp: SocketAddr,
+    /// Its Unix datagram socket, if it has one.
+    pub unix: Option<PathBuf>,
+    /// Its id in this process's in-process registry.
+    pub inproc: u64,
+}
+
+/// A cloneable handle to a running endpoint.
+#[derive(Clone)]
+pub struct EndpointHandle {
+    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+    pub(crate) local: Arc<LocalAddrs>,
+}
+
+impl EndpointHandle {
+    pub(crate) fn send(&self, c: Command) -> Result<(), Error> {
+        self.cmd.send(c).map_err(|_| Error::Closed)
+    }
+
+    /// Where this endpoint can be reached.
+    pub fn local_addrs(&self) -> &LocalAddrs {
+        &self.local
+    }
+
+    /// Opens a session with a server portion (or through a farm group address) from
+    /// portion queue `queue`, waiting for the REPLY.
+    pub async fn open(&self, to: Addr, queue: u16, payload: Vec<u8>) -> Result<Session, Error> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Open { to, queue, payload, done })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Submits a call now and returns a future of its reply (the asynchronous API).
+    pub fn call_async(&self, session: SessionId, command: u16, payload: Vec<u8>) -> CallFuture {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(Command::Call { session, command, payload, done: Done::Future(tx) });
+        CallFuture { rx, failed: sent.err() }
+    }
+
+    /// Submits a call now; `callback` runs on the driver task with the outcome.
+    pub fn call_with(
+        &self,
+        session: SessionId,
+        command: u16,
+        payload: Vec<u8>,
+        callback: impl FnOnce(CallResult) + Send + 'static,
+    ) {
+        let done = Done::Callback(Box::new(callback));
+        if let Err(Command::Call { done, .. }) =
+            self.cmd.send(Command::Call { session, command, payload, done }).map_err(|e| e.0)
+        {
+            done.complete(Err(Error::Closed));
+        }
+    }
+
+    /// Sends a request and waits for its reply or failure (the synchronous API).
+    pub async fn call(&self, session: SessionId, command: u16, payload: Vec<u8>) -> CallResult {
+        self.call_async(session, command, payload).await
+    }
+
+    /// Closes a session.
+    pub fn close(&self, session: SessionId) {
+        let _ = self.send(Command::Close { session });
+    }
+
+    /// Receives the requests addressed to portion queue `queue` (replacing any earlier
+    /// receiver). Requests for queues nobody registered are NAKed with error 7.
+    pub fn register_queue(&self, queue: u16) -> mpsc::UnboundedReceiver<IncomingRequest> {
+        let (sink, rx) = mpsc::unbounded_channel();
+        let _ = self.send(Command::RegisterQueue { queue, sink });
+        rx
+    }
+
+    /// Stops routing requests to `queue`.
+    pub fn unregister_queue(&self, queue: u16) {
+        let _ = self.send(Command::UnregisterQueue { queue });
+    }
+
+    /// Receives `OPEN_SESSION` requests. Without a receiver they are NAKed with error 11.
+    pub fn open_requests(&self) -> mpsc::UnboundedReceiver<IncomingOpen> {
+        let (sink, rx) = mpsc::unbounded_channel();
+        let _ = self.send(Command::OpenSink { sink });
+        rx
+    }
+
+    /// Receives session-0 farm traffic.
+    pub fn sessionless(&self) -> mpsc::UnboundedReceiver<(Addr, Header, Vec<u8>)> {
+        let (sink, rx) = mpsc::unbounded_channel();
+        let _ = self.send(Command::SessionlessSink { sink });
+        rx
+    }
+
+    /// Sends one unacknowledged session-0 datagram.
+    pub fn send_sessionless(&self, to: Addr, header: Header, payload: Vec<u8>) -> Result<(), Error> {
+        self.send(Command::Sessionless { to, header, payload })
+    }
+
+    /// Accepts an `OPEN_SESSION` heard by this or another endpoint of the farm.
+    pub async fn accept_open(
+        &self,
+        request: OpenRequest,
+        queue: u16,
+        payload: Vec<u8>,
+    ) -> Result<SessionId, Error> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Accept { request, queue, payload, done })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The endpoint's counters.
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Stats { done })?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Stops the driver (pending calls fail with [`Error::Closed`]).
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { done }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// A call in flight; resolves to its reply.
+pub struct CallFuture {
+    rx: oneshot::Receiver<CallResult>,
+    failed: Option<Error>,
+}
+
+impl Future for CallFuture {
+    type Output = CallResult;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CallResult> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// An open session with a server portion.
+#[derive(Clone)]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// The portion's endpoint.
+    pub peer: Addr,
+    /// The portion's queue.
+    pub queue: u16,
+    /// The REPLY payload of the open (CBOR: `va`, `addr`, `queue`, `security`).
+    pub reply: Vec<u8>,
+    pub(crate) handle: EndpointHandle,
+}
+
+impl Session {
+    /// Sends a request and waits for the reply.
+    pub async fn call(&self, command: u16, payload: Vec<u8>) -> CallResult {
+        self.handle.call(self.id, command, payload).await
+    }
+
+    /// Submits a request now; await the future later.
+    pub fn call_async(&self, command: u16, payload: Vec<u8>) -> CallFuture {
+        self.handle.call_async(self.id, command, payload)
+    }
+
+    /// Closes the session.
+    pub fn close(&self) {
+        self.handle.close(self.id);
+    }
+}
+
+/// A request for one of this endpoint's portions. Answer it with [`IncomingRequest::reply`] or
+/// [`IncomingRequest::reject`]; dropping it unanswered leaves the client to time out.
+pub struct IncomingRequest {
+    /// The request.
+    pub request: Incoming,
+    pub(crate) handle: EndpointHandle,
+}
+
+impl IncomingRequest {
+    /// Sends the reply.
+    pub fn reply(self, payload: Vec<u8>) {
+        let _ = self.handle.send(Command::Reply { id: self.request.id, payload });
+    }
+
+    /// Refuses the request with a NAK.
+    pub fn reject(self, code: NakCode, text: impl Into<String>) {
+        let _ = self.handle.send(Command::Reject { id: self.request.id, code, text: text.into() });
+    }
+
+    /// The endpoint it arrived at.
+    pub fn endpoint(&self) -> &EndpointHandle {
+        &self.handle
+    }
+}
+
+/// An `OPEN_SESSION` request that reached this endpoint.
+pub struct IncomingOpen {
+    /// Who asks, and how to answer.
+    pub request: OpenRequest,
+    /// Its payload (CBOR, at least `app`).
+    pub payload: Vec<u8>,
+    /// One-way latency of the request.
+    pub latency: Latency,
+    pub(crate) handle: EndpointHandle,
+}
+
+impl IncomingOpen {
+    /// Accepts: creates the session on portion queue `queue` and REPLYs with `payload`.
+    pub async fn accept(&self, queue: u16, payload: Vec<u8>) -> Result<SessionId, Error> {
+        self.handle.accept_open(self.request.clone(), queue, payload).await
+    }
+
+    /// Refuses with a NAK.
+    pub fn reject(&self, code: NakCode, text: impl Into<String>) {
+        let _ =
+            self.handle.send(Command::RejectOpen { request: self.request.clone(), code, text: text.into() });
+    }
+}

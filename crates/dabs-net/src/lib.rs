@@ -1,0 +1,19 @@
+//! Thin tokio drivers for the sans-IO MP endpoint.
+//!
+//! One task per endpoint owns the [`dabs_proto::Endpoint`] and its sockets (UDP, optionally a
+//! Unix datagram socket, and an in-process queue); it is the endpoint's single receive task,
+//! sorting datagrams into the core and the core's events out to the portions. Applications
+//! talk to it through a cloneable [`EndpointHandle`].
+
+mod driver;
+mod handle;
+mod inproc;
+mod proximity;
+mod socket;
+
+pub use driver::{DriverOptions, spawn, spawn_with_socket};
+pub use handle::{CallFuture, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session};
+pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
+pub use socket::{DatagramSocket, bind_udp};
+
+pub use dabs_proto::{Addr, CallError, Config, Incoming, OpenRequest, SessionId, Stats};
