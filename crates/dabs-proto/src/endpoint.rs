@@ -271,6 +271,8 @@ struct Out {
     deadline: Option<Time>,
     state: OutState,
     naks: u32,
+    /// When it was last put on the wire.
+    last_sent: Time,
     /// NAKs before this time belong to the round already being resent.
     nak_quiet_until: Time,
     reply: Option<Reassembly>,
@@ -455,7 +457,8 @@ impl Io {
             self.stats.retransmits += 1;
         }
         out.attempts += 1;
-        self.send_message(&out.to.clone(), &out.header, &out.payload);
+        out.last_sent = now;
+        self.send_message(&out.to, &out.header, &out.payload);
         if out.to.is_reliable_link() {
             if out.call.is_some() {
                 out.state = OutState::AwaitReply { since: now };
@@ -472,6 +475,13 @@ impl Io {
         let at = now + wait;
         out.deadline = Some(at);
         self.schedule(at, key);
+    }
+
+    /// Sends a message again without touching its re-attempt count or timer.
+    fn resend(&mut self, now: Time, out: &mut Out) {
+        self.stats.retransmits += 1;
+        out.last_sent = now;
+        self.send_message(&out.to, &out.header, &out.payload);
     }
 
     /// Sends an ACK answering `answer`, echoing the acknowledged stamp.
@@ -511,6 +521,7 @@ impl Io {
             deadline: None,
             state: OutState::AwaitAck,
             naks: 0,
+            last_sent: Duration::ZERO,
             nak_quiet_until: Duration::ZERO,
             reply: None,
         }
@@ -1013,12 +1024,15 @@ impl Endpoint {
         self.arm_sweep(now);
     }
 
+    /// Sends a reply again because its request came again (the REPLY was lost). At most once
+    /// per half ACK time-out, and without using up the reply's own re-attempts: a
+    /// multi-buffer request repeated buffer by buffer must not multiply the reply.
     fn resend_reply(&mut self, now: Time, sid: SessionId, tx: u8) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(out) = self.sessions.get_mut(&sid).and_then(|s| s.replies.get_mut(&tx)) else {
             return;
         };
-        if let Some(out) = s.replies.get_mut(&tx) {
-            self.io.transmit_out(now, out, TimerKey::Reply(sid, tx));
+        if now.saturating_sub(out.last_sent) >= self.io.config.ack_timeout / 2 {
+            self.io.resend(now, out);
         }
     }
 
@@ -1070,7 +1084,9 @@ impl Endpoint {
                     }
                     InState::Replied => {
                         self.io.stats.duplicates += 1;
-                        self.resend_reply(now, sid, h.transaction);
+                        if d.buffer.is_none_or(|b| b.index + 1 == b.total) {
+                            self.resend_reply(now, sid, h.transaction);
+                        }
                     }
                     InState::Refused(code, text) => {
                         self.io.stats.duplicates += 1;
@@ -1209,11 +1225,8 @@ impl Endpoint {
             let at = now + self.io.config.ack_timeout_max;
             out.deadline = Some(at);
             self.io.schedule(at, TimerKey::Out(sid, h.transaction));
-        } else if reply_match {
-            s.replies.remove(&h.transaction);
-            if let Some(rec) = s.inc.get_mut(&h.transaction) {
-                rec.state = InState::Done;
-            }
+        } else if reply_match && let Some(reply) = s.replies.remove(&h.transaction) {
+            finish_replied(&mut s.inc, h.transaction, reply.header.command);
         }
     }
 
@@ -1451,9 +1464,8 @@ impl Endpoint {
                 out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
                 return self.io.transmit_out(now, out, TimerKey::Reply(sid, h.transaction));
             }
-            s.replies.remove(&h.transaction);
-            if let Some(rec) = s.inc.get_mut(&h.transaction) {
-                rec.state = InState::Done;
+            if let Some(reply) = s.replies.remove(&h.transaction) {
+                finish_replied(&mut s.inc, h.transaction, reply.header.command);
             }
         }
     }
@@ -1566,12 +1578,7 @@ impl Endpoint {
                     }
                     OutState::AwaitReply { .. } => {
                         // Probe: the receiver answers a repeat with its REPLY or an ACK.
-                        self.io.stats.retransmits += 1;
-                        let (to, header) = (out.to.clone(), out.header);
-                        let payload = std::mem::take(&mut out.payload);
-                        self.io.send_message(&to, &header, &payload);
-                        let out = s.out.get_mut(&tx).expect("live");
-                        out.payload = payload;
+                        self.io.resend(now, out);
                         let at = now + self.io.config.ack_timeout_max;
                         out.deadline = Some(at);
                         self.io.schedule(at, key);
@@ -1582,9 +1589,8 @@ impl Endpoint {
                 let s = self.sessions.get_mut(&sid).expect("live");
                 let out = s.replies.get_mut(&tx).expect("live");
                 if out.attempts > max_retries {
-                    s.replies.remove(&tx);
-                    if let Some(rec) = s.inc.get_mut(&tx) {
-                        rec.state = InState::Done;
+                    if let Some(reply) = s.replies.remove(&tx) {
+                        finish_replied(&mut s.inc, tx, reply.header.command);
                     }
                     self.io.stats.replies_undelivered += 1;
                     self.io.events.push_back(Event::ReplyUndelivered { session: sid, transaction: tx });
@@ -1650,6 +1656,18 @@ impl Endpoint {
         if !self.sessions.is_empty() || !self.peers.is_empty() {
             self.arm_sweep(now);
         }
+    }
+}
+
+/// Marks the request a reply answered as done. The reply table and the request table share
+/// transaction numbers with other commands (an `OPEN_SESSION` REPLY and the session's first
+/// request may both be transaction 1), so the command must match too.
+fn finish_replied(inc: &mut HashMap<u8, InRecord>, tx: u8, command: u16) {
+    if let Some(rec) = inc.get_mut(&tx)
+        && rec.command == command
+        && matches!(rec.state, InState::Replied)
+    {
+        rec.state = InState::Done;
     }
 }
 

@@ -111,11 +111,10 @@ fn run(seed: u64, faults: Faults, total_calls: u64, in_flight: usize, big_every:
                         pending.remove(&call).is_some(),
                         "seed {seed}: failure for unknown call {call:?}"
                     );
+                    // The server never loses a session here, so the only honest failure is running
+                    // out of re-attempts; a time-out or a lost session is a bug.
                     assert!(
-                        matches!(
-                            error,
-                            CallError::GaveUp { .. } | CallError::SessionLost | CallError::ReplyTimeout(_)
-                        ),
+                        matches!(error, CallError::GaveUp { .. }),
                         "seed {seed}: unexpected failure {error}"
                     );
                     *books
@@ -158,8 +157,9 @@ fn ten_thousand_calls_through_a_hostile_network() {
     println!("seed {seed} (replay with DABS_SEED={seed})");
     let books = run(seed, hostile(0.10), 10_000, 32, 50);
     println!("{books:?}");
-    // 10% loss with 13 transmissions per message: failures must be rare, and all typed.
-    assert!(books.failed_total * 100 <= books.calls, "seed {seed}: too many failures {books:?}");
+    // 10% loss with 13 transmissions per message: giving up would take a run of losses far
+    // less likely than one in a billion per call.
+    assert_eq!(books.failed_total, 0, "seed {seed}: {books:?}");
 }
 
 #[test]

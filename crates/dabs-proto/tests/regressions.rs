@@ -1,0 +1,84 @@
+//! Exact datagram orderings that once went wrong, replayed by hand against two endpoints.
+
+use dabs_proto::{Addr, Config, Endpoint, Event, Transmit};
+use std::time::Duration;
+
+fn addr(port: u16) -> Addr {
+    Addr::Udp(([127, 0, 0, 1], port).into())
+}
+
+fn drain(ep: &mut Endpoint) -> Vec<Transmit> {
+    std::iter::from_fn(|| ep.poll_transmit()).collect()
+}
+
+fn events(ep: &mut Endpoint) -> Vec<Event> {
+    std::iter::from_fn(|| ep.poll_event()).collect()
+}
+
+/// Opens a session; returns (client, server, session, the client's ACK of the open REPLY).
+fn opened() -> (Endpoint, Endpoint, dabs_proto::SessionId, Vec<Transmit>) {
+    let t = Duration::ZERO;
+    let mut client = Endpoint::new(Config::default(), 1, 0);
+    let mut server = Endpoint::new(Config::default(), 2, 0);
+    client.open(t, addr(2), 1, vec![]).unwrap();
+    for d in drain(&mut client) {
+        server.handle_datagram(t, addr(1), &d.data);
+    }
+    let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+    server.accept_open(t, &request, 7, vec![]).unwrap();
+    for d in drain(&mut server) {
+        client.handle_datagram(t, addr(2), &d.data);
+    }
+    let Some(Event::Opened { session, .. }) = events(&mut client).pop() else { panic!("not opened") };
+    let ack = drain(&mut client);
+    assert_eq!(ack.len(), 1, "the client ACKs the open REPLY");
+    (client, server, session, ack)
+}
+
+#[test]
+fn late_ack_of_the_open_reply_does_not_swallow_the_first_request() {
+    // The open REPLY and the first request are both transaction 1. The ACK of the REPLY used
+    // to mark the half-received request as answered, so it was never delivered.
+    let (mut client, mut server, session, ack) = opened();
+    let t = Duration::from_millis(1);
+    client.call(t, session, 300, vec![7; 3000]).unwrap();
+    let buffers = drain(&mut client);
+    assert!(buffers.len() > 2);
+    server.handle_datagram(t, addr(1), &buffers[0].data);
+    server.handle_datagram(t, addr(1), &ack[0].data);
+    for b in &buffers[1..] {
+        server.handle_datagram(t, addr(1), &b.data);
+    }
+    let delivered = events(&mut server);
+    assert!(
+        matches!(delivered.as_slice(), [Event::Request(r)] if r.payload == vec![7; 3000]),
+        "request not delivered: {delivered:?}"
+    );
+}
+
+#[test]
+fn a_repeated_multi_buffer_request_gets_one_reply_round() {
+    // The REPLY is lost; the client re-sends all its buffers. The server used to re-send the
+    // whole reply once per buffer and use up the reply's re-attempts doing so.
+    let (mut client, mut server, session, ack) = opened();
+    let t = Duration::from_millis(1);
+    server.handle_datagram(t, addr(1), &ack[0].data);
+    client.call(t, session, 300, vec![1; 5000]).unwrap();
+    let buffers = drain(&mut client);
+    for b in &buffers {
+        server.handle_datagram(t, addr(1), &b.data);
+    }
+    let Some(Event::Request(req)) = events(&mut server).pop() else { panic!("not delivered") };
+    server.reply(t, req.id, vec![2; 5000]).unwrap();
+    let reply_round = drain(&mut server).len();
+    let t = Duration::from_millis(300);
+    for b in &buffers {
+        server.handle_datagram(t, addr(1), &b.data);
+    }
+    let resent = drain(&mut server).len();
+    assert_eq!(resent, reply_round, "one reply round per repeated request round");
+    assert_eq!(server.stats().retransmits, 1);
+    // The re-send did not spend the reply's own re-attempts: it still retransmits on its timer.
+    server.handle_timeout(Duration::from_secs(1));
+    assert_eq!(drain(&mut server).len(), reply_round);
+}
