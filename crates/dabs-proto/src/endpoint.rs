@@ -1337,7 +1337,13 @@ impl Endpoint {
         }
         self.io.latency(h.sent, now);
         let peer = self.peers.entry(from.clone()).or_default();
-        if let Some(old) = peer.sessions.get(&h.session).copied() {
+        let reopening = match open.purpose {
+            OpenPurpose::Reopen(sid) => Some(sid),
+            OpenPurpose::New { .. } => None,
+        };
+        if let Some(old) = peer.sessions.get(&h.session).copied()
+            && Some(old) != reopening
+        {
             // The server reused a number we still hold: the old session is gone there.
             if let Some(s) = self.sessions.remove(&old) {
                 self.drop_session_calls(s, CloseReason::Lost, old);
