@@ -4,12 +4,12 @@ use crate::handle::{
     Command, Done, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session,
 };
 use crate::inproc;
-use crate::socket::{DatagramSocket, bind_udp};
+use crate::socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
 use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
 use dabs_wire::{Header, NakCode};
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::UnixDatagram;
@@ -25,11 +25,17 @@ pub struct DriverOptions {
     pub seed: Option<u64>,
     /// Also listen on a Unix datagram socket at this path (same-host partition).
     pub unix_path: Option<PathBuf>,
+    /// Also listen on a farm's multicast group: (group, interface).
+    pub group: Option<(SocketAddrV4, Ipv4Addr)>,
 }
 
 /// Binds a UDP socket at `bind` and starts an endpoint on it.
 pub async fn spawn(bind: SocketAddr, options: DriverOptions) -> io::Result<EndpointHandle> {
-    spawn_with_socket(bind_udp(bind)?, options)
+    let socket = bind_udp(bind)?;
+    if let Some((_, interface)) = options.group {
+        set_group_interface(&socket, interface)?;
+    }
+    spawn_with_socket(socket, options)
 }
 
 /// Starts an endpoint on an already bound datagram socket (tokio's, or a simulated one).
@@ -40,6 +46,10 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
             let _ = std::fs::remove_file(path);
             Some(Arc::new(UnixDatagram::bind(path)?))
         }
+        None => None,
+    };
+    let group = match options.group {
+        Some((group, interface)) => Some(join_group(group, interface)?),
         None => None,
     };
     let (inproc_id, inproc_rx) = inproc::register();
@@ -77,7 +87,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         sessionless_sink: None,
     };
     drop(cmd_tx);
-    tokio::spawn(driver.run(socket, unix, inproc_rx, cmd_rx));
+    tokio::spawn(driver.run(socket, unix, group, inproc_rx, cmd_rx));
     Ok(handle)
 }
 
@@ -98,6 +108,7 @@ enum Wake {
     Command(Option<Command>),
     Udp(io::Result<(usize, SocketAddr)>),
     Unix(io::Result<(usize, Option<PathBuf>)>),
+    Group(io::Result<(usize, SocketAddr)>),
     Inproc(Option<(u64, Vec<u8>)>),
     Timer,
 }
@@ -115,11 +126,13 @@ impl Driver {
         mut self,
         udp: S,
         unix: Option<Arc<UnixDatagram>>,
+        group: Option<tokio::net::UdpSocket>,
         mut inproc_rx: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
         mut cmd_rx: mpsc::UnboundedReceiver<Command>,
     ) {
         let mut udp_buf = vec![0u8; 2048];
         let mut unix_buf = vec![0u8; 2048];
+        let mut group_buf = vec![0u8; 2048];
         let mut shutdown_ack = None;
         loop {
             self.flush(&udp).await;
@@ -134,6 +147,12 @@ impl Driver {
                         None => std::future::pending().await,
                     }
                 } => Wake::Unix(r),
+                r = async {
+                    match &group {
+                        Some(g) => g.recv_from(&mut group_buf).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Group(r),
                 m = inproc_rx.recv() => Wake::Inproc(m),
                 _ = async {
                     match deadline {
@@ -160,6 +179,10 @@ impl Driver {
                 }
                 Wake::Unix(Ok((_, None))) => tracing::debug!("datagram from an unnamed local socket ignored"),
                 Wake::Unix(Err(e)) => tracing::debug!(error = %e, "local socket receive error"),
+                Wake::Group(Ok((n, from))) => {
+                    self.ep.handle_group_datagram(now, Addr::Udp(from), &group_buf[..n])
+                }
+                Wake::Group(Err(e)) => tracing::debug!(error = %e, "group receive error"),
                 Wake::Inproc(Some((from, data))) => self.ep.handle_datagram(now, Addr::InProc(from), &data),
                 Wake::Inproc(None) => {}
                 Wake::Timer => {}
@@ -276,14 +299,14 @@ impl Driver {
                         );
                     }
                 }
-                Event::Open { request, payload, latency } => {
+                Event::Open { request, payload, latency, via_group } => {
                     let delivered = match (&self.open_sink, self.handle()) {
                         (Some(sink), Some(handle)) => sink
-                            .send(IncomingOpen { request: request.clone(), payload, latency, handle })
+                            .send(IncomingOpen { request: request.clone(), payload, latency, via_group, handle })
                             .is_ok(),
                         _ => false,
                     };
-                    if !delivered {
+                    if !delivered && !via_group {
                         self.ep.reject_open(
                             now,
                             &request,

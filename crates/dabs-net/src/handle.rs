@@ -310,6 +310,8 @@ pub struct IncomingOpen {
     pub payload: Vec<u8>,
     /// One-way latency of the request.
     pub latency: Latency,
+    /// It came to the farm's group address, not this endpoint's own.
+    pub via_group: bool,
     pub(crate) handle: EndpointHandle,
 }
 
@@ -317,6 +319,11 @@ impl IncomingOpen {
     /// Accepts: creates the session on portion queue `queue` and REPLYs with `payload`.
     pub async fn accept(&self, queue: u16, payload: Vec<u8>) -> Result<SessionId, Error> {
         self.handle.accept_open(self.request.clone(), queue, payload).await
+    }
+
+    /// The endpoint it arrived at.
+    pub fn endpoint(&self) -> &EndpointHandle {
+        &self.handle
     }
 
     /// Refuses with a NAK.

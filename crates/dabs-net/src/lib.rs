@@ -14,6 +14,6 @@ mod socket;
 pub use driver::{DriverOptions, spawn, spawn_with_socket};
 pub use handle::{CallFuture, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session};
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
-pub use socket::{DatagramSocket, bind_udp};
+pub use socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
 
 pub use dabs_proto::{Addr, CallError, Config, Incoming, OpenRequest, SessionId, Stats};

@@ -88,6 +88,8 @@ pub enum Event {
         payload: Vec<u8>,
         /// One-way latency from its stamp.
         latency: Latency,
+        /// It arrived on the farm's group address rather than this endpoint's own.
+        via_group: bool,
     },
     /// A session-0 datagram other than `OPEN_SESSION`/`ECHO` (farm traffic): not ACKed, not
     /// deduplicated.
@@ -543,6 +545,7 @@ pub struct Endpoint {
     next_open_tx: u8,
     next_id: u64,
     sweep_armed: bool,
+    from_group: bool,
 }
 
 impl Endpoint {
@@ -565,6 +568,7 @@ impl Endpoint {
             next_open_tx: 1,
             next_id: 1,
             sweep_armed: false,
+            from_group: false,
         }
     }
 
@@ -918,6 +922,13 @@ impl Endpoint {
 
     // ---------------------------------------------------------------- input
 
+    /// Handles one datagram received on the farm's group address (multicast).
+    pub fn handle_group_datagram(&mut self, now: Time, from: Addr, bytes: &[u8]) {
+        self.from_group = true;
+        self.handle_datagram(now, from, bytes);
+        self.from_group = false;
+    }
+
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Time, from: Addr, bytes: &[u8]) {
         self.io.stats.datagrams_in += 1;
@@ -1020,7 +1031,8 @@ impl Endpoint {
         let latency = self.io.latency(h.sent, now);
         let request =
             OpenRequest { peer: from, transaction: h.transaction, sent: h.sent, src: h.src, crc: h.crc };
-        self.io.events.push_back(Event::Open { request, payload: d.payload.to_vec(), latency });
+        let via_group = self.from_group;
+        self.io.events.push_back(Event::Open { request, payload: d.payload.to_vec(), latency, via_group });
         self.arm_sweep(now);
     }
 
