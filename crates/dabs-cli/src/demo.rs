@@ -1,96 +1,280 @@
-//! `dabs demo`: the README's main job.
-//!
-//! Until the farm lands this shows the wire codec at work: a message split into buffers,
-//! delivered shuffled with duplicates and one corrupted datagram, then reassembled.
+//! `dabs demo`: the main job. A 3-node farm of real processes, a crowd of calculator clients
+//! (thin and fat), one node killed half-way, and a summary that accounts for every call.
 
-use dabs_wire::{
-    DecodeError, Header, Kind, MAX_DATAGRAM, Progress, Reassembly, SentTime, Splitter, chunk_size, decode,
-    encode,
+use crate::calc::connect;
+use crate::farm::LocalFarm;
+use dabs_calc::{
+    FloatingPointOps, IntegerOps, LocalFloatingPointOps, LocalIntegerOps, Operands, Profile, Value,
 };
+use dabs_net::{Addr, DriverOptions};
+use dabs_node::shapes::OpenAsk;
+use dabs_node::stats::NodeStats;
+use dabs_wire::SystemCommand;
+use serde_json::json;
+use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Runs the codec demo and prints what happens to each datagram.
-pub fn codec_demo() -> ExitCode {
-    let message: Vec<u8> = (0..2_000u32).map(|i| (i % 251) as u8).collect();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let header = Header {
-        session: 1,
-        transaction: 1,
-        sent: SentTime::from_unix_millis(now_ms),
-        crc: true,
-        ..Header::new(Kind::Request, 9)
+#[derive(Default)]
+struct Tally {
+    calls: AtomicU64,
+    answered: AtomicU64,
+    failed: AtomicU64,
+    wrong: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+/// What one call should produce, computed here for checking.
+async fn expected(op: &str, operands: Operands) -> Result<Value, String> {
+    let r = match operands {
+        Operands::Int(a, b) => match op {
+            "+" => LocalIntegerOps.add(a, b).await,
+            "-" => LocalIntegerOps.sub(a, b).await,
+            "*" => LocalIntegerOps.mul(a, b).await,
+            "/" => LocalIntegerOps.div(a, b).await,
+            _ => LocalIntegerOps.rem(a, b).await,
+        }
+        .map(Value::Int),
+        Operands::Float(x, y) => match op {
+            "+" => LocalFloatingPointOps.add(x, y).await,
+            "-" => LocalFloatingPointOps.sub(x, y).await,
+            "*" => LocalFloatingPointOps.mul(x, y).await,
+            _ => LocalFloatingPointOps.div(x, y).await,
+        }
+        .map(Value::Float),
     };
-    let mut wire: Vec<Vec<u8>> = Vec::new();
-    let splitter = match Splitter::new(&message, true, 0) {
+    r.map_err(|e| e.to_string())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// Asks a node for its statistics and its view of the farm.
+async fn farm_view(mp: std::net::SocketAddr) -> Option<(NodeStats, Vec<NodeStats>)> {
+    let ep = dabs_net::spawn(
+        "127.0.0.1:0".parse().ok()?,
+        DriverOptions { config: crate::calc::client_config(), ..Default::default() },
+    )
+    .await
+    .ok()?;
+    let ask = OpenAsk { node: Some("demo-observer".into()), ..Default::default() };
+    let s = ep.open(Addr::Udp(mp), 0, ask.to_cbor()).await.ok()?;
+    let reply = s.call(SystemCommand::GetStatistics.number(), Vec::new()).await.ok()?;
+    ep.shutdown().await;
+    ciborium::from_reader(&reply[..]).ok()
+}
+
+/// Runs the demo.
+pub fn run(json_out: bool, clients: usize, seconds: u64) -> ExitCode {
+    let dir = std::env::temp_dir().join(format!("dabs-demo-{}", std::process::id()));
+    let mut farm = match LocalFarm::start(3, &dir, None) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("dabs demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("farm group {} ({} nodes, data in {})", farm.group, farm.nodes.len(), dir.display());
+    for n in &farm.nodes {
+        println!("  {} mp {}", n.name, n.mp);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let outcome = rt.block_on(drive(&mut farm, clients, Duration::from_secs(seconds.max(4))));
+    farm.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = match outcome {
         Ok(s) => s,
         Err(e) => {
             eprintln!("dabs demo: {e}");
             return ExitCode::FAILURE;
         }
     };
-    for (buffer, payload) in splitter {
-        let mut out = [0u8; MAX_DATAGRAM];
-        match encode(&header, buffer, payload, &mut out) {
-            Ok(n) => wire.push(out[..n].to_vec()),
-            Err(e) => {
-                eprintln!("dabs demo: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let lost = summary["lost"].as_u64().unwrap_or(1);
+    let wrong = summary["wrong"].as_u64().unwrap_or(1);
+    println!("\nsummary");
+    println!(
+        "  calls {} answered {} failed {} lost {} wrong {}",
+        summary["calls"], summary["answered"], summary["failed"], lost, wrong
+    );
+    println!("  latency p50 {} ms, p99 {} ms", summary["p50_ms"], summary["p99_ms"]);
+    println!(
+        "  clients {} (thin and fat), re-opened after the kill: {}",
+        summary["clients"], summary["reopened_clients"]
+    );
+    for n in summary["per_node"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {:<8} sessions {:>4} portions {} {}",
+            n["node"].as_str().unwrap_or("?"),
+            n["mp"].as_str().unwrap_or("?"),
+            n["sessions"],
+            n["portions"],
+            if n["killed"].as_bool() == Some(true) { "(killed half-way)" } else { "" }
+        );
     }
-    println!("message of {} bytes -> {} datagrams with CRC-8", message.len(), wire.len());
-    let mut corrupted = wire[1].clone();
-    corrupted[20] ^= 0x10;
-    let arrivals = [
-        wire[3].clone(),
-        corrupted,
-        wire[0].clone(),
-        wire[3].clone(),
-        wire[2].clone(),
-        wire[1].clone(),
-        wire[4].clone(),
-    ];
-    let mut reassembly: Option<Reassembly> = None;
-    for (i, bytes) in arrivals.iter().enumerate() {
-        let d = match decode(bytes) {
-            Ok(d) => d,
-            Err(e @ DecodeError::CrcMismatch { .. }) => {
-                println!("arrival {i}: rejected, {e} -> NAK {}", e.nak_code());
-                continue;
-            }
-            Err(e) => {
-                println!("arrival {i}: rejected, {e}");
-                continue;
-            }
-        };
-        let b = d.buffer.expect("demo message is multi-buffer");
-        let r = match reassembly.as_mut() {
-            Some(r) => r,
-            None => match Reassembly::new(&d, chunk_size(true, 0), 1 << 20) {
-                Ok(r) => reassembly.insert(r),
-                Err(e) => {
-                    eprintln!("dabs demo: {e}");
-                    return ExitCode::FAILURE;
+    if json_out {
+        println!("{summary}");
+    }
+    if lost == 0 && wrong == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+async fn drive(
+    farm: &mut LocalFarm,
+    clients: usize,
+    duration: Duration,
+) -> Result<serde_json::Value, String> {
+    // Let the members hear each other and a decider settle (one lease).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let group = std::net::SocketAddr::V4(farm.group);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let profile = if i % 2 == 0 { Profile::Fat } else { Profile::Thin };
+        set.spawn(async move { (profile, connect(group, profile).await) });
+    }
+    let mut started = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (profile, c) = r.map_err(|e| e.to_string())?;
+        started.push((profile, c?));
+    }
+    println!(
+        "{} clients connected ({} thin, {} fat)",
+        started.len(),
+        started.iter().filter(|c| c.0 == Profile::Thin).count(),
+        started.iter().filter(|c| c.0 == Profile::Fat).count()
+    );
+
+    let tally = Arc::new(Tally::default());
+    let deadline = Instant::now() + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    let mut farm_clients = Vec::new();
+    for (i, (_, (calc, client))) in started.into_iter().enumerate() {
+        farm_clients.push(client.clone());
+        let tally = tally.clone();
+        workers.spawn(async move {
+            let mut n = i as i64;
+            while Instant::now() < deadline {
+                n += 1;
+                let (op, operands) = match n % 6 {
+                    0 => ("+", Operands::Int(n, 7)),
+                    1 => ("*", Operands::Int(n, 3)),
+                    2 => ("/", Operands::Int(n * 10, 7)),
+                    3 => ("%", Operands::Int(n, 5)),
+                    4 => ("/", Operands::Float(n as f64, 4.0)),
+                    _ => ("-", Operands::Float(n as f64, 0.5)),
+                };
+                tally.calls.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                let got = calc.compute(op, operands).await;
+                let us = t.elapsed().as_micros() as u64;
+                match got {
+                    Ok(v) => {
+                        tally.answered.fetch_add(1, Ordering::Relaxed);
+                        tally.latencies_us.lock().unwrap().push(us);
+                        if expected(op, operands).await != Ok(v) {
+                            tally.wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "call failed");
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            },
-        };
-        let progress = r.add(&d);
-        println!("arrival {i}: buffer {}/{} -> {progress:?}", b.index + 1, b.total);
-        if progress == Ok(Progress::Complete) {
-            break;
-        }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
     }
-    match reassembly.map(Reassembly::finish) {
-        Some(Ok(m)) if m == message => {
-            println!("reassembled {} bytes, identical to what was sent", m.len());
-            ExitCode::SUCCESS
+
+    // Progress, and the kill half-way.
+    let start = Instant::now();
+    let mut killed: Option<String> = None;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let elapsed = start.elapsed();
+        if killed.is_none() && elapsed >= duration / 2 {
+            let mut per: BTreeMap<String, usize> = BTreeMap::new();
+            for c in &farm_clients {
+                if let Some(Addr::Udp(a)) = c.server().await {
+                    *per.entry(a.to_string()).or_default() += 1;
+                }
+            }
+            let busiest = per.iter().max_by_key(|(_, n)| **n).map(|(a, _)| a.clone());
+            if let Some(idx) = busiest.and_then(|a| farm.nodes.iter().position(|n| n.mp.to_string() == a)) {
+                println!("killing {} ({}) with SIGKILL", farm.nodes[idx].name, farm.nodes[idx].mp);
+                farm.kill(idx);
+                killed = Some(farm.nodes[idx].name.clone());
+            }
         }
-        _ => {
-            eprintln!("dabs demo: reassembly failed");
-            ExitCode::FAILURE
-        }
+        println!(
+            "[{:>3}s] calls {:>6} answered {:>6} failed {:>3}",
+            elapsed.as_secs(),
+            tally.calls.load(Ordering::Relaxed),
+            tally.answered.load(Ordering::Relaxed),
+            tally.failed.load(Ordering::Relaxed)
+        );
     }
+    // Every call still in flight gets a bounded time to finish; what does not is lost.
+    let grace =
+        tokio::time::timeout(Duration::from_secs(15), async { while workers.join_next().await.is_some() {} })
+            .await;
+    if grace.is_err() {
+        workers.abort_all();
+    }
+
+    let mut per_sessions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut reopened = 0;
+    for c in &farm_clients {
+        if let Some(Addr::Udp(a)) = c.server().await {
+            *per_sessions.entry(a.to_string()).or_default() += 1;
+        }
+        if c.reopens() > 0 {
+            reopened += 1;
+        }
+        c.stop().await;
+    }
+    let survivor = farm.nodes.iter().find(|n| Some(&n.name) != killed.as_ref()).map(|n| n.mp);
+    let view = match survivor {
+        Some(mp) => farm_view(mp).await,
+        None => None,
+    };
+    let portions_of = |name: &str| -> Option<usize> {
+        let (me, members) = view.as_ref()?;
+        std::iter::once(me).chain(members.iter()).find(|s| s.node == name).map(|s| s.portions.len())
+    };
+    let per_node: Vec<_> = farm
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.name,
+                "mp": n.mp.to_string(),
+                "sessions": per_sessions.get(&n.mp.to_string()).copied().unwrap_or(0),
+                "portions": portions_of(&n.name).unwrap_or(0),
+                "killed": Some(&n.name) == killed.as_ref(),
+            })
+        })
+        .collect();
+    let mut lat = tally.latencies_us.lock().unwrap().clone();
+    lat.sort_unstable();
+    let calls = tally.calls.load(Ordering::Relaxed);
+    let answered = tally.answered.load(Ordering::Relaxed);
+    let failed = tally.failed.load(Ordering::Relaxed);
+    Ok(json!({
+        "clients": farm_clients.len(),
+        "calls": calls,
+        "answered": answered,
+        "failed": failed,
+        "lost": calls - answered - failed,
+        "wrong": tally.wrong.load(Ordering::Relaxed),
+        "p50_ms": percentile(&lat, 0.50),
+        "p99_ms": percentile(&lat, 0.99),
+        "reopened_clients": reopened,
+        "killed": killed,
+        "per_node": per_node,
+    }))
 }

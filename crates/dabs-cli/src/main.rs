@@ -1,6 +1,9 @@
 //! `dabs`: the command-line entry point.
 
+mod calc;
+mod codec_demo;
 mod demo;
+mod farm;
 mod mp_tools;
 mod serve;
 
@@ -16,8 +19,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The main job: a demonstration run.
-    Demo,
+    /// The main job: a 3-node farm, a crowd of calculator clients, one node killed half-way.
+    Demo {
+        /// Also print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+        /// Calculator clients (thin and fat, half each).
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// How long the clients run, in seconds.
+        #[arg(long, default_value_t = 12)]
+        seconds: u64,
+    },
+    /// Run one server's runtime environment.
+    Node {
+        /// The node's configuration file (TOML; see docs/node.example.toml).
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Local farms.
+    Farm {
+        #[command(subcommand)]
+        command: FarmCommand,
+    },
+    /// The calculator client: `dabs calc --farm GROUP:PORT 7 / 2`.
+    Calc {
+        /// The farm's group address (or one node's MP address).
+        #[arg(long)]
+        farm: std::net::SocketAddr,
+        /// Run integer operations here (a fat client) instead of on the server.
+        #[arg(long)]
+        fat: bool,
+        /// First operand.
+        #[arg(allow_hyphen_values = true)]
+        a: String,
+        /// Operator: + - x (or *) / %
+        op: String,
+        /// Second operand.
+        #[arg(allow_hyphen_values = true)]
+        b: String,
+    },
     /// MP protocol tools.
     Mp {
         #[command(subcommand)]
@@ -26,7 +67,25 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum FarmCommand {
+    /// Start a local farm of node processes on loopback; Ctrl-C stops it.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Directory for configs and data (default: a new temporary one).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// The farm's shared secret, hex.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum MpCommand {
+    /// Show the codec carrying a message through shuffling, duplication and corruption.
+    Demo,
     /// Decode hex datagrams (one per line on stdin) to JSON objects (one per line).
     Decode,
     /// Encode JSON objects (one per line on stdin) to hex datagrams (one per line).
@@ -51,7 +110,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo => demo::codec_demo(),
+        Command::Demo { json, clients, seconds } => demo::run(json, clients, seconds),
+        Command::Node { config } => farm::run_node(&config),
+        Command::Farm { command: FarmCommand::Up { nodes, dir, secret } } => {
+            farm::farm_up(nodes, dir, secret)
+        }
+        Command::Calc { farm, fat, a, op, b } => calc::run(farm, &a, &op, &b, fat),
+        Command::Mp { command: MpCommand::Demo } => codec_demo::codec_demo(),
         Command::Mp { command: MpCommand::Decode } => mp_tools::decode_stdin(),
         Command::Mp { command: MpCommand::Encode } => mp_tools::encode_stdin(),
         Command::Mp { command: MpCommand::Serve { bind, no_crc } } => serve::run(bind, no_crc),

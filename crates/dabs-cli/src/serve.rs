@@ -1,8 +1,8 @@
 //! `dabs mp serve`: a standalone MP endpoint that opens sessions for any application and
 //! answers ECHO. For interoperability tests, probes and benchmarks.
 
-use ciborium::Value;
 use dabs_net::{DriverOptions, EndpointHandle};
+use dabs_node::shapes::{OpenAsk, open_reply};
 use dabs_wire::NakCode;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -19,8 +19,12 @@ pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
     tokio::spawn(async move {
         let mut next_id = 1u64;
         while let Some(open) = opens.recv().await {
-            let app = match app_name(&open.payload) {
-                Ok(app) => app,
+            let app = match OpenAsk::parse(&open.payload) {
+                Ok(OpenAsk { app: Some(app), .. }) => app,
+                Ok(_) => {
+                    open.reject(NakCode::Malformed, "OPEN_SESSION payload has no text key \"app\"");
+                    continue;
+                }
                 Err(why) => {
                     open.reject(NakCode::Malformed, why);
                     continue;
@@ -41,35 +45,6 @@ pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
             req.reject(NakCode::UnknownCommand, format!("command {command} is not served here (only ECHO)"));
         }
     });
-}
-
-/// Reads `app` from an `OPEN_SESSION` payload.
-pub fn app_name(payload: &[u8]) -> Result<String, String> {
-    let value: Value =
-        ciborium::from_reader(payload).map_err(|e| format!("OPEN_SESSION payload is not CBOR: {e}"))?;
-    let Value::Map(entries) = value else {
-        return Err("OPEN_SESSION payload is not a CBOR map".into());
-    };
-    entries
-        .into_iter()
-        .find_map(|(k, v)| match (k, v) {
-            (Value::Text(k), Value::Text(v)) if k == "app" => Some(v),
-            _ => None,
-        })
-        .ok_or_else(|| "OPEN_SESSION payload has no text key \"app\"".into())
-}
-
-/// The REPLY payload of `OPEN_SESSION` as interop.md fixes it.
-pub fn open_reply(va: &str, addr: SocketAddr, queue: u16) -> Vec<u8> {
-    let map = Value::Map(vec![
-        (Value::Text("va".into()), Value::Text(va.into())),
-        (Value::Text("addr".into()), Value::Text(addr.to_string())),
-        (Value::Text("queue".into()), Value::Integer(queue.into())),
-        (Value::Text("security".into()), Value::Null),
-    ]);
-    let mut out = Vec::new();
-    ciborium::into_writer(&map, &mut out).expect("writing CBOR to a Vec cannot fail");
-    out
 }
 
 /// Runs `dabs mp serve --bind ADDR` until SIGTERM or Ctrl-C.

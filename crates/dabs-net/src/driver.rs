@@ -302,7 +302,13 @@ impl Driver {
                 Event::Open { request, payload, latency, via_group } => {
                     let delivered = match (&self.open_sink, self.handle()) {
                         (Some(sink), Some(handle)) => sink
-                            .send(IncomingOpen { request: request.clone(), payload, latency, via_group, handle })
+                            .send(IncomingOpen {
+                                request: request.clone(),
+                                payload,
+                                latency,
+                                via_group,
+                                handle,
+                            })
                             .is_ok(),
                         _ => false,
                     };

@@ -160,11 +160,13 @@ pub enum SystemCommand {
     Announce = 16,
     /// 17 (dabs): resolve a virtual address to a network address.
     ResolveVa = 17,
+    /// 18 (dabs): the farm's decider hands a client's `OPEN_SESSION` to the chosen node.
+    Assign = 18,
 }
 
 impl SystemCommand {
     /// All commands this implementation knows, in number order.
-    pub const ALL: [SystemCommand; 11] = [
+    pub const ALL: [SystemCommand; 12] = [
         SystemCommand::OpenSession,
         SystemCommand::CloseSession,
         SystemCommand::Shutdown,
@@ -176,6 +178,7 @@ impl SystemCommand {
         SystemCommand::Echo,
         SystemCommand::Announce,
         SystemCommand::ResolveVa,
+        SystemCommand::Assign,
     ];
 
     /// The number on the wire.
@@ -202,6 +205,7 @@ impl SystemCommand {
             SystemCommand::Echo => "ECHO",
             SystemCommand::Announce => "ANNOUNCE",
             SystemCommand::ResolveVa => "RESOLVE_VA",
+            SystemCommand::Assign => "ASSIGN",
         }
     }
 }

@@ -1,0 +1,77 @@
+//! `dabs calc --farm GROUP:PORT 7 / 2`: the calculator client from the command line.
+
+use dabs_calc::{CalcClient, Operands, Profile};
+use dabs_net::{Config, DriverOptions};
+use dabs_sdk::{FarmClient, FarmClientOptions};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Client endpoint settings that notice a dead server within about a second.
+pub fn client_config() -> Config {
+    Config {
+        ack_timeout: Duration::from_millis(60),
+        ack_timeout_max: Duration::from_millis(400),
+        max_retries: 5,
+        reply_timeout: Duration::from_secs(10),
+        ..Config::default()
+    }
+}
+
+/// Starts a calculator client on a fresh endpoint.
+pub async fn connect(farm: SocketAddr, profile: Profile) -> Result<(CalcClient, Arc<FarmClient>), String> {
+    let endpoint = dabs_net::spawn(
+        "127.0.0.1:0".parse().expect("literal"),
+        DriverOptions { config: client_config(), ..Default::default() },
+    )
+    .await
+    .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
+    let options = FarmClientOptions { idempotent: true, ..FarmClientOptions::new(farm, dabs_calc::APP) };
+    let client = Arc::new(
+        FarmClient::start(endpoint, options)
+            .await
+            .map_err(|e| format!("cannot reach the farm at {farm}: {e}"))?,
+    );
+    Ok((CalcClient::new(client.clone(), profile), client))
+}
+
+/// Runs one calculation and prints its result.
+pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool) -> ExitCode {
+    let operands = match Operands::parse(a, b) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dabs calc: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dabs calc: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let profile = if fat { Profile::Fat } else { Profile::Thin };
+        let (calc, client) = match connect(farm, profile).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("dabs calc: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = calc.compute(op, operands).await;
+        client.stop().await;
+        match result {
+            Ok(v) => {
+                println!("{v}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dabs calc: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,72 @@
+//! How a node hosts server portions: what a portion receives when it starts, and what it
+//! tells the runtime. The application SDK builds its frameworks on this.
+
+use crate::stats::PortionFigures;
+use dabs_net::{Addr, EndpointHandle, IncomingRequest, SessionId};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// A runtime event for a portion, delivered beside (not inside) its message loop.
+#[derive(Debug)]
+pub enum RuntimeEvent {
+    /// Report your state (free text) on the channel.
+    StateRequest(oneshot::Sender<String>),
+    /// A client was given a session on this portion.
+    AddClient {
+        /// The session.
+        session: SessionId,
+        /// The client's address.
+        peer: Addr,
+    },
+    /// Stop: clean (tell clients, finish pending work) or emergency (tell clients, stop now).
+    Shutdown {
+        /// Emergency rather than clean.
+        emergency: bool,
+    },
+}
+
+/// What a portion reports to the load-balancing process.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PortionReport {
+    /// Its loop is running.
+    Started,
+    /// Its state changed.
+    State(String),
+    /// Something went wrong.
+    Error(String),
+    /// A lock or timer guarding `resource` timed out (starvation).
+    Timeout {
+        /// The resource type.
+        resource: String,
+    },
+    /// It has exited.
+    Exited,
+}
+
+/// Everything a starting portion gets.
+pub struct PortionContext {
+    /// Its application.
+    pub app: String,
+    /// Its virtual address.
+    pub va: String,
+    /// Its queue at the node's endpoint.
+    pub queue: u16,
+    /// Requests for it, in arrival order.
+    pub requests: mpsc::UnboundedReceiver<IncomingRequest>,
+    /// Runtime events.
+    pub events: mpsc::UnboundedReceiver<RuntimeEvent>,
+    /// Where to report; each report carries the portion's virtual address.
+    pub reports: mpsc::UnboundedSender<(String, PortionReport)>,
+    /// Its live figures, shared with the statistics process.
+    pub figures: Arc<PortionFigures>,
+    /// The node's endpoint, for calls the portion makes itself.
+    pub endpoint: EndpointHandle,
+}
+
+/// Starts portions of one application.
+pub trait PortionFactory: Send + Sync + 'static {
+    /// The application's name.
+    fn app(&self) -> &str;
+    /// Starts one portion; it must run its loop on its own task.
+    fn spawn(&self, ctx: PortionContext);
+}

@@ -1,0 +1,701 @@
+//! The runtime of one server: its processes (load balancing, statistics, configuration,
+//! database) as tasks around one MP endpoint.
+
+use crate::config::NodeConfig;
+use crate::db::{Db, PortionRecord};
+use crate::hosting::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
+use crate::membership::{Change, Membership};
+use crate::placement::{Choice, choose};
+use crate::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor, open_reply};
+use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionFigures, PortionStats, Sampler};
+use dabs_net::{Addr, DriverOptions, EndpointHandle, IncomingOpen, IncomingRequest, OpenRequest, Session};
+use dabs_wire::{Header, Kind, NakCode, SentTime, SystemCommand};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The runtime's own queue at its endpoint.
+pub const RUNTIME_QUEUE: u16 = 0;
+/// First queue given to portions.
+const FIRST_PORTION_QUEUE: u16 = 16;
+/// How long the decider waits for a node to confirm an assignment before trying the next.
+const ASSIGN_WAIT: Duration = Duration::from_millis(1500);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// The endpoint could not bind.
+    #[error("cannot bind the MP endpoint at {addr} (group {group}): {source}")]
+    Bind {
+        /// The bind address.
+        addr: SocketAddr,
+        /// The farm group.
+        group: std::net::SocketAddrV4,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+struct Portion {
+    app: String,
+    queue: u16,
+    figures: Arc<PortionFigures>,
+    events: mpsc::UnboundedSender<RuntimeEvent>,
+    started_ms: u64,
+}
+
+struct State {
+    membership: Membership,
+    portions: BTreeMap<String, Portion>,
+    pending: HashMap<String, u64>,
+    accepting: bool,
+    seq: u64,
+    next_queue: u16,
+    next_portion: u64,
+    host: crate::stats::HostSample,
+    events: std::collections::VecDeque<String>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    me: String,
+    started_ms: u64,
+    started: Instant,
+    mp: SocketAddr,
+    endpoint: EndpointHandle,
+    db: Db,
+    factories: Vec<Arc<dyn PortionFactory>>,
+    state: Mutex<State>,
+    peers: tokio::sync::Mutex<HashMap<String, Session>>,
+    reports: mpsc::UnboundedSender<(String, PortionReport)>,
+}
+
+/// A running node.
+pub struct Node {
+    inner: Arc<Inner>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Starts the runtime: database, endpoint on the farm group, portions from the database
+    /// and those to start at initialisation, then the announcing, listening and deciding tasks.
+    pub async fn start(
+        config: NodeConfig,
+        factories: Vec<Arc<dyn PortionFactory>>,
+    ) -> Result<Node, NodeError> {
+        let db = Db::open(&config.node.data_dir)?;
+        let options =
+            DriverOptions { group: Some((config.farm.group, config.farm.interface)), ..Default::default() };
+        let endpoint = dabs_net::spawn(config.node.bind, options)
+            .await
+            .map_err(|source| NodeError::Bind { addr: config.node.bind, group: config.farm.group, source })?;
+        let mp = endpoint.local_addrs().udp;
+        let (reports, reports_rx) = mpsc::unbounded_channel();
+        let lease = config.node.lease;
+        let me = config.node.name.clone();
+        let inner = Arc::new(Inner {
+            me: me.clone(),
+            started_ms: unix_ms(),
+            started: Instant::now(),
+            mp,
+            endpoint: endpoint.clone(),
+            db,
+            factories,
+            state: Mutex::new(State {
+                membership: Membership::new(lease),
+                portions: BTreeMap::new(),
+                pending: HashMap::new(),
+                accepting: true,
+                seq: 0,
+                next_queue: FIRST_PORTION_QUEUE,
+                next_portion: 1,
+                host: Default::default(),
+                events: Default::default(),
+            }),
+            config,
+            peers: tokio::sync::Mutex::new(HashMap::new()),
+            reports,
+        });
+        // The configuration in force, kept for a restart and the operator; never the secret.
+        let mut stored = inner.config.clone();
+        stored.farm.secret = None;
+        let _ = inner.db.put_setting("config", stored.to_toml().as_bytes());
+        inner.restore_portions();
+        inner.start_initial_portions();
+
+        let mut tasks = Vec::new();
+        let opens = endpoint.open_requests();
+        let requests = endpoint.register_queue(RUNTIME_QUEUE);
+        let farm_traffic = endpoint.sessionless();
+        tasks.push(tokio::spawn(inner.clone().announce_loop()));
+        tasks.push(tokio::spawn(inner.clone().listen_loop(farm_traffic)));
+        tasks.push(tokio::spawn(inner.clone().open_loop(opens)));
+        tasks.push(tokio::spawn(inner.clone().runtime_loop(requests)));
+        tasks.push(tokio::spawn(inner.clone().report_loop(reports_rx)));
+        tracing::info!(node = %me, %mp, group = %inner.config.farm.group, "node started");
+        Ok(Node { inner, tasks })
+    }
+
+    /// The node's MP address.
+    pub fn mp_addr(&self) -> SocketAddr {
+        self.inner.mp
+    }
+
+    /// The node's endpoint.
+    pub fn endpoint(&self) -> &EndpointHandle {
+        &self.inner.endpoint
+    }
+
+    /// This node's statistics as it would announce them now.
+    pub fn stats(&self) -> NodeStats {
+        self.inner.own_stats(false)
+    }
+
+    /// The farm as this node sees it.
+    pub fn members(&self) -> Vec<NodeStats> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner()).membership.live().cloned().collect()
+    }
+
+    /// Stops cleanly: tells the farm it is leaving, shuts its portions down, closes the endpoint.
+    pub async fn stop(self) {
+        let inner = self.inner.clone();
+        inner.state.lock().unwrap_or_else(|e| e.into_inner()).accepting = false;
+        for _ in 0..2 {
+            inner.announce(true);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let events: Vec<_> = {
+            let st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.portions.values().map(|p| p.events.clone()).collect()
+        };
+        for e in events {
+            let _ = e.send(RuntimeEvent::Shutdown { emergency: false });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        inner.endpoint.shutdown().await;
+        tracing::info!(node = %inner.me, "node stopped");
+    }
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note(&self, event: String) {
+        tracing::info!(node = %self.me, "{event}");
+        let mut st = self.state();
+        st.events.push_back(event);
+        while st.events.len() > 100 {
+            st.events.pop_front();
+        }
+    }
+
+    fn factory(&self, app: &str) -> Option<&Arc<dyn PortionFactory>> {
+        self.factories.iter().find(|f| f.app() == app)
+    }
+
+    fn restore_portions(self: &Arc<Self>) {
+        match self.db.portions() {
+            Ok(records) => {
+                for r in records {
+                    match self.start_portion(&r.app, Some(r.va.clone()), Some(r.queue), Some(r.started_ms)) {
+                        Ok(_) => self.note(format!("restored portion {} on queue {}", r.va, r.queue)),
+                        Err(e) => tracing::error!(va = %r.va, error = %e, "cannot restore portion"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read portion records"),
+        }
+    }
+
+    fn start_initial_portions(self: &Arc<Self>) {
+        for app in self.config.apps.clone() {
+            let allowed = app.subgroup.is_empty() || app.subgroup.contains(&self.me);
+            let running = self.state().portions.values().any(|p| p.app == app.name);
+            if app.start_at_init && allowed && !running && self.factory(&app.name).is_some() {
+                match self.start_portion(&app.name, None, None, None) {
+                    Ok((va, _)) => self.note(format!("started portion {va} at initialisation")),
+                    Err(e) => tracing::error!(app = %app.name, error = %e, "cannot start portion"),
+                }
+            }
+        }
+    }
+
+    /// Starts a portion of `app`, under `va` and on `queue` when given (a restored or adopted
+    /// portion), records it in the database, and returns its address and queue.
+    fn start_portion(
+        self: &Arc<Self>,
+        app: &str,
+        va: Option<String>,
+        queue: Option<u16>,
+        started_ms: Option<u64>,
+    ) -> Result<(String, u16), String> {
+        let factory =
+            self.factory(app).ok_or_else(|| format!("this node has no application {app:?}"))?.clone();
+        let (va, queue) = {
+            let mut st = self.state();
+            let queue = match queue {
+                Some(q) => q,
+                None => loop {
+                    let q = st.next_queue;
+                    st.next_queue = st.next_queue.checked_add(1).unwrap_or(FIRST_PORTION_QUEUE);
+                    if !st.portions.values().any(|p| p.queue == q) {
+                        break q;
+                    }
+                },
+            };
+            st.next_queue = st.next_queue.max(queue + 1);
+            let va = va.unwrap_or_else(|| {
+                let n = st.next_portion;
+                st.next_portion += 1;
+                format!("mp://{}/{}/dasp/{}-{}", self.config.farm.name, app, self.me, n)
+            });
+            (va, queue)
+        };
+        let requests = self.endpoint.register_queue(queue);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let figures = Arc::new(PortionFigures::default());
+        let started_ms = started_ms.unwrap_or_else(unix_ms);
+        self.db
+            .put_portion(&PortionRecord { va: va.clone(), app: app.into(), queue, started_ms })
+            .map_err(|e| e.to_string())?;
+        self.state().portions.insert(
+            va.clone(),
+            Portion { app: app.into(), queue, figures: figures.clone(), events: events_tx, started_ms },
+        );
+        factory.spawn(PortionContext {
+            app: app.into(),
+            va: va.clone(),
+            queue,
+            requests,
+            events,
+            reports: self.reports.clone(),
+            figures,
+            endpoint: self.endpoint.clone(),
+        });
+        Ok((va, queue))
+    }
+
+    fn own_stats(&self, leaving: bool) -> NodeStats {
+        let mut st = self.state();
+        st.seq += 1;
+        let mut portions: Vec<PortionStats> = st
+            .portions
+            .iter()
+            .map(|(va, p)| PortionStats {
+                app: p.app.clone(),
+                va: va.clone(),
+                queue: p.queue,
+                sessions: p.figures.sessions.load(Ordering::Relaxed),
+                queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
+                latency_ms: p.figures.latency_ms() as f32,
+                timeouts: p.figures.timeouts.load(Ordering::Relaxed),
+            })
+            .collect();
+        // An announcement is one datagram: list the portions with the most room first.
+        portions.sort_by_key(|p| p.sessions);
+        portions.truncate(MAX_ANNOUNCED_PORTIONS);
+        NodeStats {
+            node: self.me.clone(),
+            farm: self.config.farm.name.clone(),
+            mp: self.mp,
+            operator: self.config.node.operator,
+            started_ms: self.started_ms,
+            seq: st.seq,
+            cpu_percent: st.host.cpu_percent,
+            mem_total_mb: st.host.mem_total_mb,
+            mem_free_mb: st.host.mem_free_mb,
+            disk_free_mb: st.host.disk_free_mb,
+            net_bytes_per_s: st.host.net_bytes_per_s,
+            accepting: st.accepting,
+            leaving,
+            portions,
+        }
+    }
+
+    /// Sends this node's statistics to the group and the seeds, and takes them in itself.
+    fn announce(&self, leaving: bool) {
+        let stats = self.own_stats(leaving);
+        let payload = stats.to_announcement();
+        let header = Header { crc: true, ..Header::new(Kind::Request, SystemCommand::Announce.number()) };
+        let group = std::iter::once(SocketAddr::V4(self.config.farm.group));
+        for to in group.chain(self.config.farm.seeds.iter().copied()) {
+            if to != self.mp
+                && let Err(e) = self.endpoint.send_sessionless(Addr::Udp(to), header, payload.clone())
+            {
+                tracing::warn!(error = %e, "announcement not sent");
+            }
+        }
+        if !leaving {
+            self.state().membership.observe(stats, Instant::now());
+        }
+    }
+
+    async fn announce_loop(self: Arc<Self>) {
+        let mut sampler = Sampler::new();
+        let mut last_sample = Instant::now() - Duration::from_secs(10);
+        let mut tick = tokio::time::interval(self.config.node.announce_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if last_sample.elapsed() >= Duration::from_secs(1) {
+                let host = sampler.sample();
+                self.state().host = host;
+                last_sample = Instant::now();
+            }
+            self.announce(false);
+            let gone = self.state().membership.expire(Instant::now());
+            for node in gone {
+                self.note(format!("member {node} lapsed (no announcement within the lease)"));
+                self.peers.lock().await.remove(&node);
+            }
+        }
+    }
+
+    async fn listen_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(Addr, Header, Vec<u8>)>) {
+        let mut last_stored = Instant::now() - Duration::from_secs(60);
+        while let Some((from, header, payload)) = rx.recv().await {
+            if header.command != SystemCommand::Announce.number() {
+                continue;
+            }
+            let stats = match NodeStats::from_cbor(&payload) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "ignored a malformed announcement");
+                    continue;
+                }
+            };
+            if stats.farm != self.config.farm.name || stats.node == self.me {
+                continue;
+            }
+            let node = stats.node.clone();
+            let change = {
+                let mut st = self.state();
+                let change = st.membership.observe(stats.clone(), Instant::now());
+                if change == Change::Updated || change == Change::Joined {
+                    // Its figures now include the clients we sent it.
+                    st.pending.remove(&node);
+                }
+                change
+            };
+            match change {
+                Change::Joined => self.note(format!("member {node} joined at {}", stats.mp)),
+                Change::Left => {
+                    self.note(format!("member {node} left"));
+                    self.peers.lock().await.remove(&node);
+                }
+                _ => {}
+            }
+            if last_stored.elapsed() >= Duration::from_secs(2) {
+                let members: Vec<NodeStats> = self.state().membership.live().cloned().collect();
+                for m in members {
+                    let _ = self.db.put_farm_stats(&m.node, &m.to_cbor());
+                }
+                last_stored = Instant::now();
+            }
+        }
+    }
+
+    /// How recently a member must have announced to be sent clients or to keep its addresses.
+    fn fresh_window(&self) -> Duration {
+        self.config.node.announce_interval * 3
+    }
+
+    /// True when this node decides group opens: it is the oldest live member and has been up
+    /// long enough to have heard everyone older than itself.
+    fn is_decider(&self) -> bool {
+        self.started.elapsed() >= self.config.node.lease
+            && self.state().membership.leader() == Some(self.me.as_str())
+    }
+
+    async fn open_loop(self: Arc<Self>, mut opens: mpsc::UnboundedReceiver<IncomingOpen>) {
+        while let Some(open) = opens.recv().await {
+            let this = self.clone();
+            tokio::spawn(async move { this.handle_open(open).await });
+        }
+    }
+
+    async fn handle_open(self: Arc<Self>, open: IncomingOpen) {
+        let ask = match OpenAsk::parse(&open.payload) {
+            Ok(a) => a,
+            Err(e) => {
+                if !open.via_group || self.is_decider() {
+                    open.reject(NakCode::Malformed, e);
+                }
+                return;
+            }
+        };
+        if let Some(node) = &ask.node {
+            tracing::debug!(peer = %node, "node session opened");
+            let _ = open.accept(RUNTIME_QUEUE, cbor(&BTreeMap::from([("node", self.me.clone())]))).await;
+            return;
+        }
+        let app = ask.app.clone().unwrap_or_default();
+        if !open.via_group {
+            // Sent to this node directly: answer here.
+            match self.accept_local(&open.request, &app, ask.va.as_deref(), false) {
+                Ok(_) => {}
+                Err((code, text)) => open.reject(code, text),
+            }
+            return;
+        }
+        if !self.is_decider() {
+            return;
+        }
+        self.decide(open, &app, ask.va.as_deref()).await;
+    }
+
+    /// The decider's part: choose per R-RE-5 and have the chosen node answer.
+    async fn decide(self: &Arc<Self>, open: IncomingOpen, app: &str, va_hint: Option<&str>) {
+        let Some(app_cfg) = self.config.app(app).cloned() else {
+            let text = format!("farm {} runs no application {app:?}", self.config.farm.name);
+            return open.reject(NakCode::UnknownApplication, text);
+        };
+        let choices = {
+            let st = self.state();
+            choose(&app_cfg, st.membership.fresh(Instant::now(), self.fresh_window()), &st.pending, va_hint)
+        };
+        for choice in choices.iter().take(4) {
+            let node = choice.node().to_owned();
+            *self.state().pending.entry(node.clone()).or_default() += 1;
+            let (va, start_new) = match choice {
+                Choice::Existing { va, .. } => (Some(va.clone()), false),
+                Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
+            };
+            let result = if node == self.me {
+                self.accept_local(&open.request, app, va.as_deref(), start_new).map(|_| ())
+            } else {
+                self.assign_remote(&node, &open.request, app, va, start_new).await
+            };
+            match result {
+                Ok(()) => return,
+                Err((code, text)) => {
+                    tracing::info!(%node, %code, %text, "assignment refused, trying the next choice");
+                    if let Some(p) = self.state().pending.get_mut(&node) {
+                        *p = p.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        open.reject(
+            NakCode::NotAccepting,
+            format!("no server of farm {} can take {app} now", self.config.farm.name),
+        );
+    }
+
+    async fn assign_remote(
+        &self,
+        node: &str,
+        req: &OpenRequest,
+        app: &str,
+        va: Option<String>,
+        start_new: bool,
+    ) -> Result<(), (NakCode, String)> {
+        let Addr::Udp(client) = req.peer else {
+            return Err((NakCode::Malformed, "only network clients can be assigned".into()));
+        };
+        let assign = Assign {
+            client,
+            tx: req.transaction,
+            stamp: req.sent.millis_of_hour(),
+            src: req.src,
+            crc: req.crc,
+            app: app.into(),
+            va,
+            start_new,
+        };
+        let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
+        match tokio::time::timeout(ASSIGN_WAIT, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err((NakCode::NotAccepting, format!("{node}: {e}"))),
+            Err(_) => Err((NakCode::NotAccepting, format!("{node} did not confirm in {ASSIGN_WAIT:?}"))),
+        }
+    }
+
+    async fn call_node(&self, node: &str, command: u16, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+        let session = {
+            let mut peers = self.peers.lock().await;
+            match peers.get(node) {
+                Some(s) => s.clone(),
+                None => {
+                    let addr =
+                        self.state().membership.get(node).map(|m| m.stats.mp).ok_or("not a live member")?;
+                    let ask = OpenAsk { node: Some(self.me.clone()), ..Default::default() };
+                    let s = self
+                        .endpoint
+                        .open(Addr::Udp(addr), RUNTIME_QUEUE, ask.to_cbor())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    peers.insert(node.to_owned(), s.clone());
+                    s
+                }
+            }
+        };
+        let result = session.call(command, payload).await.map_err(|e| e.to_string());
+        if result.is_err() {
+            self.peers.lock().await.remove(node);
+        }
+        result
+    }
+
+    /// Gives the client a session on one of this node's portions of `app`: the one at `va`
+    /// if this node has it, else one with room unless `start_new`, else a new one (under
+    /// `va` when the client is coming back to an address whose node is gone).
+    fn accept_local(
+        self: &Arc<Self>,
+        req: &OpenRequest,
+        app: &str,
+        va: Option<&str>,
+        start_new: bool,
+    ) -> Result<String, (NakCode, String)> {
+        let app_cfg = self.config.app(app).cloned();
+        if app_cfg.is_none() || self.factory(app).is_none() {
+            return Err((
+                NakCode::UnknownApplication,
+                format!("node {} runs no application {app:?}", self.me),
+            ));
+        }
+        let max = app_cfg.map(|a| a.max_sessions_per_portion).unwrap_or(u64::MAX);
+        if !self.state().accepting {
+            return Err((NakCode::NotAccepting, format!("node {} is not accepting new clients", self.me)));
+        }
+        let existing = {
+            let st = self.state();
+            let by_va = va.and_then(|v| st.portions.get_key_value(v));
+            let with_room = || {
+                st.portions
+                    .iter()
+                    .filter(|(_, p)| p.app == app && p.figures.sessions.load(Ordering::Relaxed) < max)
+                    .min_by_key(|(_, p)| (p.figures.sessions.load(Ordering::Relaxed), p.started_ms))
+            };
+            by_va.or(if start_new { None } else { with_room() }).map(|(va, p)| (va.clone(), p.queue))
+        };
+        let (va, queue) = match existing {
+            Some(found) => found,
+            None => {
+                // Adopt the client's old address only when no live member hosts it.
+                let adopt = va
+                    .filter(|v| {
+                        let st = self.state();
+                        let window = self.fresh_window();
+                        !st.membership
+                            .fresh(Instant::now(), window)
+                            .any(|s| s.portions.iter().any(|p| p.va == **v))
+                    })
+                    .map(str::to_owned);
+                let started =
+                    self.start_portion(app, adopt, None, None).map_err(|e| (NakCode::NotAccepting, e))?;
+                self.note(format!("started portion {} for a new client", started.0));
+                started
+            }
+        };
+        let payload = open_reply(&va, self.mp, queue);
+        let endpoint = self.endpoint.clone();
+        let req = req.clone();
+        let (figures, events) = {
+            let st = self.state();
+            let p = &st.portions[&va];
+            (p.figures.clone(), p.events.clone())
+        };
+        tokio::spawn(async move {
+            match endpoint.accept_open(req.clone(), queue, payload).await {
+                Ok(session) => {
+                    figures.sessions.fetch_add(1, Ordering::Relaxed);
+                    let _ = events.send(RuntimeEvent::AddClient { session, peer: req.peer });
+                }
+                Err(e) => tracing::warn!(error = %e, "session not accepted"),
+            }
+        });
+        Ok(va)
+    }
+
+    async fn runtime_loop(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<IncomingRequest>) {
+        while let Some(req) = requests.recv().await {
+            let command = req.request.command;
+            match SystemCommand::from_number(command) {
+                Some(SystemCommand::GetStatistics) => {
+                    let me = self.own_stats(false);
+                    let members: Vec<NodeStats> = self.state().membership.live().cloned().collect();
+                    req.reply(cbor(&(me, members)));
+                }
+                Some(SystemCommand::Assign) => match from_cbor::<Assign>(&req.request.payload, "ASSIGN") {
+                    Ok(a) => {
+                        let open = OpenRequest {
+                            peer: Addr::Udp(a.client),
+                            transaction: a.tx,
+                            sent: SentTime::from_millis_of_hour(a.stamp),
+                            src: a.src,
+                            crc: a.crc,
+                        };
+                        match self.accept_local(&open, &a.app, a.va.as_deref(), a.start_new) {
+                            Ok(va) => req.reply(cbor(&BTreeMap::from([("va", va)]))),
+                            Err((code, text)) => req.reject(code, text),
+                        }
+                    }
+                    Err(e) => req.reject(NakCode::Malformed, e),
+                },
+                Some(SystemCommand::ResolveVa) => {
+                    let va: Result<BTreeMap<String, String>, String> =
+                        from_cbor(&req.request.payload, "RESOLVE_VA");
+                    let va = va.ok().and_then(|m| m.get("va").cloned()).unwrap_or_default();
+                    let found = self.state().membership.host_of(&va).map(|(s, queue)| Resolved {
+                        va: va.clone(),
+                        addr: s.mp,
+                        queue,
+                        node: s.node.clone(),
+                    });
+                    match found {
+                        Some(r) => req.reply(cbor(&r)),
+                        None => {
+                            req.reject(NakCode::UnknownQueue, format!("no live portion has address {va}"))
+                        }
+                    }
+                }
+                _ => req
+                    .reject(NakCode::UnknownCommand, format!("the runtime does not serve command {command}")),
+            }
+        }
+    }
+
+    async fn report_loop(self: Arc<Self>, mut reports: mpsc::UnboundedReceiver<(String, PortionReport)>) {
+        while let Some((va, report)) = reports.recv().await {
+            match report {
+                PortionReport::Started => tracing::debug!(%va, "portion running"),
+                PortionReport::State(s) => tracing::debug!(%va, state = %s, "portion state"),
+                PortionReport::Error(e) => self.note(format!("portion {va} error: {e}")),
+                PortionReport::Timeout { resource } => {
+                    let st = self.state();
+                    if let Some(p) = st.portions.get(&va) {
+                        p.figures.timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(st);
+                    self.note(format!("portion {va} starved on {resource}"));
+                }
+                PortionReport::Exited => {
+                    self.note(format!("portion {va} exited"));
+                    let removed = self.state().portions.remove(&va);
+                    if let Some(p) = removed {
+                        self.endpoint.unregister_queue(p.queue);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Statistics: what a node measures about itself and shares with the farm, and the one load
+//! signal that every decision (placement, spawning, failover, the operator page) reads.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live figures of one server portion, updated by the runtime and the portion framework.
+#[derive(Debug, Default)]
+pub struct PortionFigures {
+    /// Sessions opened on the portion.
+    pub sessions: AtomicU64,
+    /// Requests delivered but not yet taken by the portion's loop.
+    pub queue_depth: AtomicU64,
+    /// Requests handled.
+    pub handled: AtomicU64,
+    /// Sum of one-way request latencies, ms.
+    pub latency_sum_ms: AtomicU64,
+    /// Number of latencies summed.
+    pub latency_count: AtomicU64,
+    /// Lock and timer time-outs reported by the portion.
+    pub timeouts: AtomicU64,
+}
+
+impl PortionFigures {
+    /// Mean request latency so far, ms.
+    pub fn latency_ms(&self) -> f64 {
+        let n = self.latency_count.load(Ordering::Relaxed);
+        if n == 0 { 0.0 } else { self.latency_sum_ms.load(Ordering::Relaxed) as f64 / n as f64 }
+    }
+}
+
+/// One portion as the farm sees it. Keys are short: announcements must fit one datagram.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PortionStats {
+    /// Application name.
+    #[serde(rename = "a")]
+    pub app: String,
+    /// Virtual address.
+    #[serde(rename = "v")]
+    pub va: String,
+    /// Queue at the node's endpoint.
+    #[serde(rename = "q")]
+    pub queue: u16,
+    /// Sessions opened on it.
+    #[serde(rename = "s")]
+    pub sessions: u64,
+    /// Requests waiting.
+    #[serde(rename = "d")]
+    pub queue_depth: u64,
+    /// Mean request latency, ms.
+    #[serde(rename = "l")]
+    pub latency_ms: f32,
+    /// Lock and timer time-outs.
+    #[serde(rename = "t")]
+    pub timeouts: u64,
+}
+
+/// What a node announces about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Node name.
+    #[serde(rename = "n")]
+    pub node: String,
+    /// Farm name.
+    #[serde(rename = "f")]
+    pub farm: String,
+    /// The node's MP endpoint.
+    #[serde(rename = "mp")]
+    pub mp: SocketAddr,
+    /// Its operator interface, if any.
+    #[serde(rename = "op", default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<SocketAddr>,
+    /// When it started (Unix ms): the oldest member leads, ties to the earliest.
+    #[serde(rename = "st")]
+    pub started_ms: u64,
+    /// Announcement sequence number.
+    #[serde(rename = "sq")]
+    pub seq: u64,
+    /// CPU use of the host, percent.
+    #[serde(rename = "c")]
+    pub cpu_percent: f32,
+    /// Memory of the host, MiB.
+    #[serde(rename = "mt")]
+    pub mem_total_mb: u64,
+    /// Available memory, MiB.
+    #[serde(rename = "mf")]
+    pub mem_free_mb: u64,
+    /// Free disk space where the data directory lives, MiB.
+    #[serde(rename = "df")]
+    pub disk_free_mb: u64,
+    /// Network bytes per second, received + sent.
+    #[serde(rename = "nb")]
+    pub net_bytes_per_s: u64,
+    /// Takes new clients.
+    #[serde(rename = "ac")]
+    pub accepting: bool,
+    /// Is stopping (a clean leave).
+    #[serde(rename = "lv", default)]
+    pub leaving: bool,
+    /// Its portions (at most [`MAX_ANNOUNCED_PORTIONS`]).
+    #[serde(rename = "p")]
+    pub portions: Vec<PortionStats>,
+}
+
+/// Portions listed in one announcement, which must fit a single datagram.
+pub const MAX_ANNOUNCED_PORTIONS: usize = 6;
+
+impl NodeStats {
+    /// Sessions over all portions.
+    pub fn sessions(&self) -> u64 {
+        self.portions.iter().map(|p| p.sessions).sum()
+    }
+
+    /// Encodes for an announcement: one datagram, so the busiest portions are left out
+    /// until it fits (the list is kept least-loaded first).
+    pub fn to_announcement(&self) -> Vec<u8> {
+        let capacity = dabs_wire::single_capacity(true, 0);
+        let mut s = self.clone();
+        s.portions.sort_by_key(|p| p.sessions);
+        loop {
+            let bytes = s.to_cbor();
+            if bytes.len() <= capacity || s.portions.is_empty() {
+                return bytes;
+            }
+            s.portions.pop();
+        }
+    }
+
+    /// Encodes as CBOR.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(self, &mut out).expect("CBOR into a Vec cannot fail");
+        out
+    }
+
+    /// Decodes CBOR, with a message saying what was wrong.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
+        ciborium::from_reader(bytes).map_err(|e| format!("bad node statistics: {e}"))
+    }
+}
+
+/// The one load signal: higher is busier. CPU and memory pressure of the host, plus the
+/// work the node has taken on (sessions, waiting requests, latency, starvation time-outs),
+/// so that nodes sharing one host still tell apart.
+pub fn load_score(s: &NodeStats) -> f64 {
+    let cpu = f64::from(s.cpu_percent.clamp(0.0, 100.0)) / 100.0;
+    let mem = if s.mem_total_mb == 0 { 0.0 } else { 1.0 - s.mem_free_mb as f64 / s.mem_total_mb as f64 };
+    let sessions = s.sessions() as f64;
+    let depth: u64 = s.portions.iter().map(|p| p.queue_depth).sum();
+    let timeouts: u64 = s.portions.iter().map(|p| p.timeouts).sum();
+    let latency = s.portions.iter().map(|p| f64::from(p.latency_ms)).fold(0.0, f64::max);
+    cpu * 0.5 + mem * 0.2 + sessions * 0.01 + depth as f64 * 0.05 + latency / 1000.0 + timeouts as f64 * 0.01
+}
+
+/// Samples the host's CPU, memory, disk and network with sysinfo.
+pub struct Sampler {
+    system: Option<sysinfo::System>,
+    disks: Option<sysinfo::Disks>,
+    networks: Option<sysinfo::Networks>,
+    last: std::time::Instant,
+}
+
+/// One reading of the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostSample {
+    /// CPU use, percent.
+    pub cpu_percent: f32,
+    /// Memory, MiB.
+    pub mem_total_mb: u64,
+    /// Available memory, MiB.
+    pub mem_free_mb: u64,
+    /// Free disk, MiB (largest disk).
+    pub disk_free_mb: u64,
+    /// Network bytes per second since the last reading.
+    pub net_bytes_per_s: u64,
+}
+
+impl Sampler {
+    /// A sampler; parts sysinfo cannot read on this platform report zero.
+    pub fn new() -> Self {
+        Self {
+            system: sysinfo::System::new().ok(),
+            disks: sysinfo::Disks::new_with_refreshed_list().ok(),
+            networks: sysinfo::Networks::new_with_refreshed_list().ok(),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Reads the host now.
+    pub fn sample(&mut self) -> HostSample {
+        let mut s = HostSample::default();
+        if let Some(sys) = &mut self.system {
+            sys.refresh_cpu_usage();
+            sys.refresh_memory();
+            s.cpu_percent = sys.global_cpu_usage();
+            s.mem_total_mb = sys.total_memory() >> 20;
+            s.mem_free_mb = sys.available_memory() >> 20;
+        }
+        if let Some(disks) = &mut self.disks {
+            disks.refresh(false);
+            s.disk_free_mb = disks.iter().map(|d| d.available_space()).max().unwrap_or(0) >> 20;
+        }
+        let elapsed = self.last.elapsed().as_secs_f64().max(0.001);
+        self.last = std::time::Instant::now();
+        if let Some(nets) = &mut self.networks {
+            nets.refresh(false);
+            let bytes: u64 = nets.values().map(|n| n.received() + n.transmitted()).sum();
+            s.net_bytes_per_s = (bytes as f64 / elapsed) as u64;
+        }
+        s
+    }
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn stats(node: &str, sessions: u64) -> NodeStats {
+        NodeStats {
+            node: node.into(),
+            farm: "demo".into(),
+            mp: "127.0.0.1:47101".parse().unwrap(),
+            operator: Some("127.0.0.1:8101".parse().unwrap()),
+            started_ms: 1_767_262_662_000,
+            seq: 12_345,
+            cpu_percent: 37.5,
+            mem_total_mb: 24_000,
+            mem_free_mb: 20_000,
+            disk_free_mb: 80_000,
+            net_bytes_per_s: 123_456,
+            accepting: true,
+            leaving: false,
+            portions: (0..MAX_ANNOUNCED_PORTIONS)
+                .map(|i| PortionStats {
+                    app: "calculator-app".into(),
+                    va: format!("mp://demo-farm/calculator-app/dasp/{node}-{i}"),
+                    queue: 16 + i as u16,
+                    sessions,
+                    queue_depth: 3,
+                    latency_ms: 1.25,
+                    timeouts: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn announcement_fits_one_datagram_and_round_trips() {
+        let s = stats("node-1234567", 100_000);
+        assert_eq!(NodeStats::from_cbor(&s.to_cbor()).unwrap(), s);
+        let bytes = s.to_announcement();
+        assert!(bytes.len() <= dabs_wire::single_capacity(true, 0), "{} bytes", bytes.len());
+        let back = NodeStats::from_cbor(&bytes).unwrap();
+        assert!(!back.portions.is_empty() && back.portions.len() < s.portions.len());
+        assert_eq!(back.portions[..], s.portions[..back.portions.len()]);
+        assert!(NodeStats::from_cbor(&bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn more_sessions_is_more_load() {
+        assert!(load_score(&stats("a", 10)) < load_score(&stats("a", 20)));
+    }
+
+    #[test]
+    fn sampler_reads_the_host() {
+        let s = Sampler::new().sample();
+        assert!(s.mem_total_mb > 0 && s.mem_free_mb <= s.mem_total_mb);
+    }
+}

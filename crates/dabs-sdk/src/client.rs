@@ -1,0 +1,206 @@
+//! The client-portion framework: open a session through the farm group, announce `STARTED`,
+//! make calls that follow the server portion when it moves, stop.
+
+use crate::partition::{BoxFuture, Caller, PartitionError};
+use dabs_net::{Addr, CallError, EndpointHandle, Error, Session};
+use dabs_node::shapes::{OpenAsk, parse_open_reply};
+use dabs_wire::{NakCode, SystemCommand};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How a client portion reaches its application.
+#[derive(Clone, Debug)]
+pub struct FarmClientOptions {
+    /// The farm's group address (or one server's MP address).
+    pub farm: SocketAddr,
+    /// The application.
+    pub app: String,
+    /// This client portion's queue at its endpoint.
+    pub queue: u16,
+    /// Re-opens allowed within one call before its failure is returned.
+    pub max_reopens: u32,
+    /// The application's operations may run twice without harm, so a call whose outcome is
+    /// unknown (gave up, session lost) may be sent again after a re-open.
+    pub idempotent: bool,
+    /// `STARTED` attempts, each after a longer, jittered pause.
+    pub started_attempts: u32,
+}
+
+impl FarmClientOptions {
+    /// Options for `app` on the farm at `farm`.
+    pub fn new(farm: SocketAddr, app: &str) -> Self {
+        Self { farm, app: app.into(), queue: 1, max_reopens: 3, idempotent: false, started_attempts: 6 }
+    }
+}
+
+/// Where a client portion is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientStatus {
+    /// Opening its session.
+    Starting,
+    /// Serving calls.
+    Running,
+    /// Stopped by [`FarmClient::stop`].
+    Stopped,
+}
+
+/// A client portion connected to its server portion through the farm.
+pub struct FarmClient {
+    endpoint: EndpointHandle,
+    options: FarmClientOptions,
+    current: tokio::sync::Mutex<Option<Session>>,
+    va: Mutex<Option<String>>,
+    reopens: AtomicU64,
+    status: Mutex<ClientStatus>,
+}
+
+impl FarmClient {
+    /// Opens a session through the farm and announces `STARTED`.
+    pub async fn start(endpoint: EndpointHandle, options: FarmClientOptions) -> Result<Self, Error> {
+        let client = Self {
+            endpoint,
+            options,
+            current: tokio::sync::Mutex::new(None),
+            va: Mutex::new(None),
+            reopens: AtomicU64::new(0),
+            status: Mutex::new(ClientStatus::Starting),
+        };
+        let session = client.session().await?;
+        client.started(&session).await?;
+        *client.status.lock().unwrap_or_else(|e| e.into_inner()) = ClientStatus::Running;
+        Ok(client)
+    }
+
+    /// `STARTED`, sent until answered, each attempt after a longer, jittered pause.
+    async fn started(&self, session: &Session) -> Result<(), Error> {
+        let mut pause = Duration::from_millis(50);
+        let mut last = None;
+        for _ in 0..self.options.started_attempts.max(1) {
+            match session.call(SystemCommand::Started.number(), Vec::new()).await {
+                Ok(_) => return Ok(()),
+                Err(e @ Error::Call(CallError::GaveUp { .. })) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+            let jitter = rand::random_range(0.8..1.2);
+            tokio::time::sleep(pause.mul_f64(jitter)).await;
+            pause *= 2;
+        }
+        Err(last.unwrap_or(Error::Closed))
+    }
+
+    /// The session to use now, opening one through the farm if needed. A client coming back
+    /// names its old virtual address, so it keeps it wherever the portion now runs.
+    async fn session(&self) -> Result<Session, Error> {
+        let mut current = self.current.lock().await;
+        if let Some(s) = current.as_ref() {
+            return Ok(s.clone());
+        }
+        let ask = OpenAsk { app: Some(self.options.app.clone()), va: self.va(), node: None };
+        let s = self.endpoint.open(Addr::Udp(self.options.farm), self.options.queue, ask.to_cbor()).await?;
+        if let Ok((va, _, _)) = parse_open_reply(&s.reply) {
+            *self.va.lock().unwrap_or_else(|e| e.into_inner()) = Some(va);
+        }
+        *current = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn forget(&self, session: &Session) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|s| s.id == session.id) {
+            *current = None;
+            session.close();
+        }
+    }
+
+    /// True when a failure means the request certainly did not run (a refusal), or may have
+    /// run but running it again is harmless.
+    fn worth_reopening(&self, e: &Error) -> bool {
+        match e {
+            Error::Call(CallError::Nak { code, .. }) => matches!(
+                code,
+                NakCode::UnknownSession | NakCode::NotAccepting | NakCode::UnknownQueue | NakCode::Overloaded
+            ),
+            Error::Call(CallError::GaveUp { .. } | CallError::SessionLost | CallError::ReplyTimeout(_)) => {
+                self.options.idempotent
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends a request to the server portion and waits for the reply. When the portion has
+    /// gone or refuses new work, the client re-opens through the farm and sends it again.
+    pub async fn call(&self, command: u16, payload: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let mut reopens = 0;
+        loop {
+            let session = match self.session().await {
+                Ok(s) => s,
+                Err(e) if reopens < self.options.max_reopens && opening_worth_retrying(&e) => {
+                    // The farm may still be noticing a dead member; ask again shortly.
+                    reopens += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(reopens))).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match session.call(command, payload.clone()).await {
+                Err(e) if reopens < self.options.max_reopens && self.worth_reopening(&e) => {
+                    tracing::info!(error = %e, "re-opening through the farm");
+                    reopens += 1;
+                    self.reopens.fetch_add(1, Ordering::Relaxed);
+                    self.forget(&session).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The server portion's virtual address.
+    pub fn va(&self) -> Option<String> {
+        self.va.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The endpoint currently serving this client.
+    pub async fn server(&self) -> Option<Addr> {
+        self.current.lock().await.as_ref().map(|s| s.peer.clone())
+    }
+
+    /// How many times this client had to re-open.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Relaxed)
+    }
+
+    /// Where the client is in its life.
+    pub fn status(&self) -> ClientStatus {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the session.
+    pub async fn stop(&self) {
+        if let Some(s) = self.current.lock().await.take() {
+            s.close();
+        }
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = ClientStatus::Stopped;
+    }
+}
+
+fn opening_worth_retrying(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Call(
+            CallError::GaveUp { .. }
+                | CallError::Nak { code: NakCode::NotAccepting | NakCode::Overloaded, .. }
+        )
+    )
+}
+
+impl Caller for FarmClient {
+    fn call(&self, command: u16, payload: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, PartitionError>> {
+        Box::pin(async move {
+            FarmClient::call(self, command, payload)
+                .await
+                .map_err(|e| PartitionError::Transport(e.to_string()))
+        })
+    }
+}

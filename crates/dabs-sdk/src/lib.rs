@@ -1,0 +1,19 @@
+//! The application SDK.
+//!
+//! - [`server`]: the server-portion framework (message loop, runtime events beside it, state
+//!   reports, clean and emergency shutdown).
+//! - [`client`]: the client-portion framework (open through the farm group, `STARTED`, calls
+//!   that follow the portion when it moves, stop and status).
+//! - [`partition!`]: one definition of a partition's operations, from which the network
+//!   partition and the dispatch to a local implementation are both derived, so a caller
+//!   cannot tell which one it holds.
+
+pub mod client;
+pub mod partition;
+pub mod server;
+
+pub use client::{ClientStatus, FarmClient, FarmClientOptions};
+pub use partition::{
+    Caller, PartitionError, Placed, decode_args, decode_reply, encode_args, encode_err, encode_ok,
+};
+pub use server::{Handled, PortionFactoryFn, ServerPortion};
