@@ -257,6 +257,7 @@ impl Driver {
                 let _ = done.send(self.ep.accept_open(now, &request, queue, payload).map_err(Error::from));
             }
             Command::RejectOpen { request, code, text } => self.ep.reject_open(now, &request, code, &text),
+            Command::ForgetOpen { request } => self.ep.forget_open(&request),
             Command::Close { session } => self.ep.close(now, session),
             Command::Sessionless { to, header, payload } => {
                 if let Err(e) = self.ep.send_sessionless(now, &to, header, &payload) {

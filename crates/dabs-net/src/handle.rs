@@ -72,6 +72,9 @@ pub(crate) enum Command {
         code: NakCode,
         text: String,
     },
+    ForgetOpen {
+        request: OpenRequest,
+    },
     Close {
         session: SessionId,
     },
@@ -324,6 +327,11 @@ impl IncomingOpen {
     /// The endpoint it arrived at.
     pub fn endpoint(&self) -> &EndpointHandle {
         &self.handle
+    }
+
+    /// Leaves it to someone else, and lets the client's retransmission be heard again.
+    pub fn pass(&self) {
+        let _ = self.handle.send(Command::ForgetOpen { request: self.request.clone() });
     }
 
     /// Refuses with a NAK.

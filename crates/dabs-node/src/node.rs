@@ -438,6 +438,8 @@ impl Inner {
             Err(e) => {
                 if !open.via_group || self.is_decider() {
                     open.reject(NakCode::Malformed, e);
+                } else {
+                    open.pass();
                 }
                 return;
             }
@@ -457,6 +459,7 @@ impl Inner {
             return;
         }
         if !self.is_decider() {
+            open.pass();
             return;
         }
         self.decide(open, &app, ask.va.as_deref()).await;

@@ -837,6 +837,18 @@ impl Endpoint {
         Ok(sid)
     }
 
+    /// Lets a repeat of an `OPEN_SESSION` this endpoint chose not to answer be delivered
+    /// again (a farm node that is not deciding yet must hear the client's retransmission once
+    /// the farm has a decider). Opens already accepted are kept.
+    pub fn forget_open(&mut self, request: &OpenRequest) {
+        if let Some(peer) = self.peers.get_mut(&request.peer)
+            && peer.opens_seen.get(&request.transaction) == Some(&(request.sent, None))
+        {
+            peer.opens_seen.remove(&request.transaction);
+            peer.opens_order.retain(|t| *t != request.transaction);
+        }
+    }
+
     /// Refuses an `OPEN_SESSION` with a NAK.
     pub fn reject_open(&mut self, now: Time, request: &OpenRequest, code: NakCode, text: &str) {
         let cmd = SystemCommand::OpenSession.number();

@@ -1,0 +1,225 @@
+//! The farm with real node processes on loopback.
+
+use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
+use dabs_node::shapes::{OpenAsk, parse_open_reply};
+use dabs_node::stats::NodeStats;
+use dabs_wire::SystemCommand;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DABS: &str = env!("CARGO_BIN_EXE_dabs");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dabs-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `dabs farm up` as a child process; stopped with SIGINT on drop.
+struct Farm {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Farm {
+    fn up(nodes: usize, name: &str) -> Self {
+        let dir = temp_dir(name);
+        let child = Command::new(DABS)
+            .args(["farm", "up", "--nodes", &nodes.to_string(), "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let manifest = dir.join("farm.json");
+        let t = Instant::now();
+        while !manifest.exists() {
+            assert!(t.elapsed() < Duration::from_secs(20), "farm did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        Farm { child, dir }
+    }
+
+    fn manifest(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.dir.join("farm.json")).unwrap()).unwrap()
+    }
+
+    fn group(&self) -> std::net::SocketAddr {
+        self.manifest()["group"].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn endpoint() -> EndpointHandle {
+    let config = Config { ack_timeout: Duration::from_millis(100), max_retries: 10, ..Config::default() };
+    dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions { config, ..Default::default() })
+        .await
+        .unwrap()
+}
+
+fn calc_ask() -> Vec<u8> {
+    OpenAsk { app: Some("calc".into()), ..Default::default() }.to_cbor()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_group_opens_are_each_answered_once() {
+    let farm = Farm::up(3, "opens");
+    let group = Addr::Udp(farm.group());
+    // Wait for a decider: the first open succeeds once the farm has settled.
+    let probe = endpoint().await;
+    probe.open(group.clone(), 1, calc_ask()).await.expect("farm never answered");
+
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(endpoint().await);
+    }
+    let opens = clients.iter().map(|ep| {
+        let (ep, group) = (ep.clone(), group.clone());
+        tokio::spawn(async move { ep.open(group, 1, calc_ask()).await })
+    });
+    let mut servers: BTreeMap<String, usize> = BTreeMap::new();
+    for o in opens {
+        let session = o.await.unwrap().expect("open failed");
+        let (_, addr, _) = parse_open_reply(&session.reply).unwrap();
+        assert_eq!(session.peer, Addr::Udp(addr), "the REPLY comes from the portion's own endpoint");
+        *servers.entry(addr.to_string()).or_default() += 1;
+    }
+    // Give any second answer time to arrive, then count: none may have.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for ep in &clients {
+        let stats = ep.stats().await.unwrap();
+        assert_eq!(stats.sessions_opened, 1);
+        assert_eq!(stats.extra_open_replies, 0, "an OPEN_SESSION was answered twice");
+    }
+    assert_eq!(servers.values().sum::<usize>(), 100);
+    assert!(servers.len() >= 2, "a burst of opens should spread over the farm: {servers:?}");
+}
+
+#[test]
+fn killing_a_node_loses_no_calls() {
+    let out =
+        Command::new(DABS).args(["demo", "--json", "--clients", "40", "--seconds", "6"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(summary["wrong"], 0, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["calls"].as_u64().unwrap() > 100, "{summary}");
+    let nodes = summary["per_node"].as_array().unwrap();
+    let killed: Vec<_> = nodes.iter().filter(|n| n["killed"] == true).collect();
+    assert_eq!(killed.len(), 1, "{summary}");
+    assert_eq!(killed[0]["sessions"], 0, "clients left the killed node: {summary}");
+    let moved: u64 = nodes.iter().map(|n| n["sessions"].as_u64().unwrap()).sum();
+    assert_eq!(moved, 40, "every client ends on a live node: {summary}");
+}
+
+fn write_node_config(dir: &Path, group: &str) -> PathBuf {
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[farm]\nname = \"t\"\ngroup = \"{group}\"\n\n[node]\nname = \"solo\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
+             [[app]]\nname = \"calc\"\nstart_at_init = true\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn start_node(config: &Path) -> (Child, std::net::SocketAddr) {
+    let mut child =
+        Command::new(DABS).arg("node").arg("--config").arg(config).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mp = line.split_whitespace().skip_while(|w| *w != "mp").nth(1).unwrap().parse().unwrap();
+    (child, mp)
+}
+
+async fn portions_of(mp: std::net::SocketAddr) -> HashSet<String> {
+    let ep = endpoint().await;
+    let ask = OpenAsk { node: Some("test".into()), ..Default::default() }.to_cbor();
+    let s = ep.open(Addr::Udp(mp), 0, ask).await.unwrap();
+    let reply = s.call(SystemCommand::GetStatistics.number(), vec![]).await.unwrap();
+    let (me, _members): (NodeStats, Vec<NodeStats>) = ciborium::from_reader(&reply[..]).unwrap();
+    me.portions.into_iter().map(|p| p.va).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_comes_back_with_its_portions() {
+    let dir = temp_dir("restart");
+    let group = format!("239.255.{}.{}:{}", rand_byte(), rand_byte(), 40_000 + u16::from(rand_byte()) * 50);
+    let config = write_node_config(&dir, &group);
+    let (mut child, mp) = start_node(&config);
+    // A unicast open makes sure a portion serves clients; then note what the node runs.
+    let ep = endpoint().await;
+    let s = ep.open(Addr::Udp(mp), 1, calc_ask()).await.unwrap();
+    let (va, _, _) = parse_open_reply(&s.reply).unwrap();
+    let before = portions_of(mp).await;
+    assert!(before.contains(&va));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success(), "clean stop on SIGTERM");
+
+    let (mut child, mp) = start_node(&config);
+    let after = portions_of(mp).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(after, before, "portions and their virtual addresses survive a restart");
+}
+
+fn rand_byte() -> u8 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 250 + 2)
+        as u8
+}
+
+#[test]
+fn a_bad_config_is_refused_with_file_and_line() {
+    let dir = temp_dir("badconfig");
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "[farm]\nname = \"t\"\ngroup = \"10.0.0.1:47000\"\n\n[node]\nname = \"n\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"d\"\n")
+        .unwrap();
+    let out = Command::new(DABS).arg("node").arg("--config").arg(&config).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:3:"), "names file and line: {err}");
+    assert!(
+        err.contains("farm.group") && err.contains("not a multicast address"),
+        "says what is wrong: {err}"
+    );
+}
+
+#[test]
+fn independent_calculator_client_against_farm_up() {
+    let farm = Farm::up(3, "interop");
+    let seed = std::env::var("DABS_SEED").unwrap_or_else(|_| (rand_byte() as u64 * 7919).to_string());
+    let out = Command::new("python3")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .arg("tests/interop/check_calc_farm.py")
+        .arg("--farm-json")
+        .arg(farm.dir.join("farm.json"))
+        .args(["--seed", &seed])
+        .output()
+        .expect("python3 must be installed (.ci/run installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "calc farm interop failed (replay with DABS_SEED={seed}):\n{stdout}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
