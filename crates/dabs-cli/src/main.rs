@@ -1,5 +1,6 @@
 //! `dabs`: the command-line entry point.
 
+mod bench;
 mod calc;
 mod codec_demo;
 mod demo;
@@ -37,6 +38,11 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Benchmarks that need a running farm.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Local farms.
     Farm {
         #[command(subcommand)]
@@ -63,6 +69,16 @@ enum Command {
     Mp {
         #[command(subcommand)]
         command: MpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Open-session latency through the farm group: portion running vs. to be started.
+    Open {
+        /// Opens measured per case.
+        #[arg(long, default_value_t = 300)]
+        samples: usize,
     },
 }
 
@@ -112,6 +128,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo { json, clients, seconds } => demo::run(json, clients, seconds),
         Command::Node { config } => farm::run_node(&config),
+        Command::Bench { command: BenchCommand::Open { samples } } => bench::open_latency(samples),
         Command::Farm { command: FarmCommand::Up { nodes, dir, secret } } => {
             farm::farm_up(nodes, dir, secret)
         }

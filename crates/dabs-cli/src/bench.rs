@@ -1,0 +1,74 @@
+//! `dabs bench open`: how long an `OPEN_SESSION` through the farm group takes, when a portion
+//! is already running and when one must be started for the client. Real node processes.
+
+use crate::farm::LocalFarm;
+use dabs_net::{Addr, DriverOptions};
+use dabs_node::shapes::OpenAsk;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn measure(farm: &LocalFarm, samples: usize) -> Result<Vec<f64>, String> {
+    let ep = dabs_net::spawn("127.0.0.1:0".parse().expect("literal"), DriverOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let group = Addr::Udp(std::net::SocketAddr::V4(farm.group));
+    let ask = OpenAsk { app: Some("calc".into()), ..Default::default() }.to_cbor();
+    // The farm answers once it has a decider; the first open waits for that.
+    let warm =
+        ep.open(group.clone(), 1, ask.clone()).await.map_err(|e| format!("farm never answered: {e}"))?;
+    warm.close();
+    let mut ms = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        let s = ep.open(group.clone(), 1, ask.clone()).await.map_err(|e| e.to_string())?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        s.close();
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
+}
+
+/// Runs both cases and prints a Markdown table.
+pub fn open_latency(samples: usize) -> ExitCode {
+    let cases = [
+        ("portion already running", "start_at_init = true\n"),
+        ("portion to be started", "start_at_init = false\nmax_sessions_per_portion = 1\n"),
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!("| case | samples | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, app) in cases {
+        let dir = std::env::temp_dir().join(format!("dabs-bench-open-{}", std::process::id()));
+        let mut farm = match LocalFarm::start_with(3, &dir, None, app) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("dabs bench open: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(1600)).await;
+            measure(&farm, samples).await
+        });
+        farm.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Ok(ms) => println!(
+                "| {label} | {} | {:.3} | {:.3} | {:.3} |",
+                ms.len(),
+                pct(&ms, 0.5),
+                pct(&ms, 0.99),
+                ms.last().copied().unwrap_or(0.0)
+            ),
+            Err(e) => {
+                eprintln!("dabs bench open: {label}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
