@@ -105,8 +105,8 @@ pub fn run(json_out: bool, clients: usize, seconds: u64) -> ExitCode {
     );
     println!("  latency p50 {} ms, p99 {} ms", summary["p50_ms"], summary["p99_ms"]);
     println!(
-        "  clients {} (thin and fat), re-opened after the kill: {}",
-        summary["clients"], summary["reopened_clients"]
+        "  clients {} (thin and fat), re-opened after the kill: {}, kept their virtual address: {}",
+        summary["clients"], summary["reopened_clients"], summary["va_kept"]
     );
     for n in summary["per_node"].as_array().into_iter().flatten() {
         println!(
@@ -149,6 +149,7 @@ async fn drive(
         started.iter().filter(|c| c.0 == Profile::Fat).count()
     );
 
+    let vas_before: Vec<Option<String>> = started.iter().map(|(_, (_, c))| c.va()).collect();
     let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + duration;
     let mut workers = tokio::task::JoinSet::new();
@@ -228,6 +229,7 @@ async fn drive(
 
     let mut per_sessions: BTreeMap<String, u64> = BTreeMap::new();
     let mut reopened = 0;
+    let va_kept = farm_clients.iter().zip(&vas_before).filter(|(c, before)| c.va() == **before).count();
     for c in &farm_clients {
         if let Some(Addr::Udp(a)) = c.server().await {
             *per_sessions.entry(a.to_string()).or_default() += 1;
@@ -274,6 +276,7 @@ async fn drive(
         "p50_ms": percentile(&lat, 0.50),
         "p99_ms": percentile(&lat, 0.99),
         "reopened_clients": reopened,
+        "va_kept": va_kept,
         "killed": killed,
         "per_node": per_node,
     }))

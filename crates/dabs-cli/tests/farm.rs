@@ -126,6 +126,8 @@ fn killing_a_node_loses_no_calls() {
     assert_eq!(killed[0]["sessions"], 0, "clients left the killed node: {summary}");
     let moved: u64 = nodes.iter().map(|n| n["sessions"].as_u64().unwrap()).sum();
     assert_eq!(moved, 40, "every client ends on a live node: {summary}");
+    assert!(summary["reopened_clients"].as_u64().unwrap() > 0, "the kill moved somebody: {summary}");
+    assert_eq!(summary["va_kept"], 40, "clients keep their virtual address across the move: {summary}");
 }
 
 fn write_node_config(dir: &Path, group: &str) -> PathBuf {
@@ -188,6 +190,60 @@ async fn a_restarted_node_comes_back_with_its_portions() {
 fn rand_byte() -> u8 {
     (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 250 + 2)
         as u8
+}
+
+async fn farm_view(
+    mp: std::net::SocketAddr,
+) -> Result<(NodeStats, Vec<NodeStats>, dabs_net::Session), String> {
+    let ep = endpoint().await;
+    let ask = OpenAsk { node: Some("test".into()), ..Default::default() }.to_cbor();
+    let s = ep.open(Addr::Udp(mp), 0, ask).await.map_err(|e| e.to_string())?;
+    let reply = s.call(SystemCommand::GetStatistics.number(), vec![]).await.map_err(|e| e.to_string())?;
+    let (me, members): (NodeStats, Vec<NodeStats>) =
+        ciborium::from_reader(&reply[..]).map_err(|e| e.to_string())?;
+    Ok((me, members, s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
+    let farm = Farm::up(3, "membership");
+    let nodes = farm.manifest()["nodes"].as_array().unwrap().clone();
+    let mp = |i: usize| -> std::net::SocketAddr { nodes[i]["mp"].as_str().unwrap().parse().unwrap() };
+    // Every node sees all three within 1 s of the last one starting.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for i in 0..3 {
+        let (_, members, _) = farm_view(mp(i)).await.unwrap();
+        assert_eq!(
+            members.len(),
+            3,
+            "node {i} sees {:?}",
+            members.iter().map(|m| &m.node).collect::<Vec<_>>()
+        );
+    }
+    // RESOLVE_VA: any node answers for any live portion.
+    let (me2, _, s0) = farm_view(mp(1)).await.unwrap();
+    let va = me2.portions[0].va.clone();
+    let ask = dabs_node::shapes::cbor(&BTreeMap::from([("va", va.clone())]));
+    let (_, _, s2) = farm_view(mp(2)).await.unwrap();
+    let reply = s2.call(SystemCommand::ResolveVa.number(), ask).await.unwrap();
+    let resolved: dabs_node::shapes::Resolved = ciborium::from_reader(&reply[..]).unwrap();
+    assert_eq!((resolved.va, resolved.addr, resolved.node), (va, mp(1), "node-2".to_string()));
+    drop(s0);
+    // Kill node-3: gone from the others' views within 3 s.
+    let pid = nodes[2]["pid"].as_u64().unwrap() as i32;
+    // SAFETY: kill(2) on a process of our own farm.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let t = Instant::now();
+    loop {
+        let (_, members, _) = farm_view(mp(0)).await.unwrap();
+        if members.len() == 2 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "killed node still a member after 3 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

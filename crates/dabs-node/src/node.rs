@@ -60,6 +60,9 @@ struct State {
     next_portion: u64,
     host: crate::stats::HostSample,
     events: std::collections::VecDeque<String>,
+    /// Virtual addresses of dead portions this decider has moved, and where: every client
+    /// coming back to one goes to the same new home.
+    moved: HashMap<String, String>,
 }
 
 struct Inner {
@@ -124,6 +127,7 @@ impl Node {
                 next_portion: 1,
                 host: Default::default(),
                 events: Default::default(),
+                moved: HashMap::new(),
             }),
             config,
             peers: tokio::sync::Mutex::new(HashMap::new()),
@@ -471,10 +475,30 @@ impl Inner {
             let text = format!("farm {} runs no application {app:?}", self.config.farm.name);
             return open.reject(NakCode::UnknownApplication, text);
         };
-        let choices = {
+        let mut choices = {
             let st = self.state();
             choose(&app_cfg, st.membership.fresh(Instant::now(), self.fresh_window()), &st.pending, va_hint)
         };
+        // A client whose portion's node is gone keeps its virtual address: the address moves,
+        // once, to the best node for a new portion, and later clients of it follow.
+        if let Some(va) = va_hint {
+            let hosted = {
+                let st = self.state();
+                let now = Instant::now();
+                let mut fresh = st.membership.fresh(now, self.fresh_window());
+                fresh.any(|s| s.portions.iter().any(|p| p.va == va))
+            };
+            if !hosted {
+                let home = self.state().moved.get(va).cloned().or_else(|| {
+                    choices.iter().find(|c| matches!(c, Choice::StartNew { .. })).map(|c| c.node().to_owned())
+                });
+                if let Some(node) = home {
+                    self.state().moved.insert(va.to_owned(), node.clone());
+                    choices.retain(|c| c.node() != node);
+                    choices.insert(0, Choice::StartNew { node });
+                }
+            }
+        }
         for choice in choices.iter().take(4) {
             let node = choice.node().to_owned();
             *self.state().pending.entry(node.clone()).or_default() += 1;
