@@ -3,26 +3,15 @@
 
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn codec_agrees_with_independent_implementation() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-    let seed = std::env::var("DABS_SEED").unwrap_or_else(|_| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-        (t.as_nanos() % 1_000_000_007).to_string()
-    });
-    let out = Command::new("python3")
-        .current_dir(root)
-        .args(["tests/interop/check_codec.py", "--dabs", env!("CARGO_BIN_EXE_dabs")])
-        .args(["--seed", &seed, "--count", "4000"])
-        .output()
-        .expect("python3 must be installed (.ci/run installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "codec cross-check failed (replay with DABS_SEED={seed}):\n{stdout}\n{stderr}"
+    let dabs = env!("CARGO_BIN_EXE_dabs");
+    common::run_python_check(
+        "check_codec.py",
+        &["--dabs".as_ref(), dabs.as_ref(), "--count".as_ref(), "4000".as_ref()],
     );
-    assert!(stdout.contains(" 0 failed"), "unexpected checker output: {stdout}");
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! The farm with real node processes on loopback.
 
+mod common;
+
 use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
 use dabs_node::shapes::{OpenAsk, parse_open_reply};
 use dabs_node::stats::NodeStats;
@@ -266,16 +268,6 @@ fn a_bad_config_is_refused_with_file_and_line() {
 #[test]
 fn independent_calculator_client_against_farm_up() {
     let farm = Farm::up(3, "interop");
-    let seed = std::env::var("DABS_SEED").unwrap_or_else(|_| (rand_byte() as u64 * 7919).to_string());
-    let out = Command::new("python3")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .arg("tests/interop/check_calc_farm.py")
-        .arg("--farm-json")
-        .arg(farm.dir.join("farm.json"))
-        .args(["--seed", &seed])
-        .output()
-        .expect("python3 must be installed (.ci/run installs it)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "calc farm interop failed (replay with DABS_SEED={seed}):\n{stdout}");
-    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    let manifest = farm.dir.join("farm.json");
+    common::run_python_check("check_calc_farm.py", &["--farm-json".as_ref(), manifest.as_os_str()]);
 }

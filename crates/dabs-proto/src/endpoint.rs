@@ -297,6 +297,12 @@ struct InRecord {
     state: InState,
 }
 
+impl InRecord {
+    fn new(h: &Header, state: InState) -> Self {
+        Self { sent: h.sent, command: h.command, crc: h.crc, src: h.src, dst: h.dst, state }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     Client,
@@ -1164,17 +1170,7 @@ impl Endpoint {
             return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
         }
         peer.partials += 1;
-        s.inc.insert(
-            h.transaction,
-            InRecord {
-                sent: h.sent,
-                command: h.command,
-                crc: h.crc,
-                src: h.src,
-                dst: h.dst,
-                state: InState::Receiving(r),
-            },
-        );
+        s.inc.insert(h.transaction, InRecord::new(&h, InState::Receiving(r)));
     }
 
     fn deliver(&mut self, now: Time, sid: SessionId, h: Header, payload: Vec<u8>) {
@@ -1183,17 +1179,7 @@ impl Endpoint {
         let s = self.sessions.get_mut(&sid).expect("present");
         let reliable = s.peer.is_reliable_link();
         let ack_due = (!reliable).then(|| now + self.io.config.ack_delay);
-        s.inc.insert(
-            h.transaction,
-            InRecord {
-                sent: h.sent,
-                command: h.command,
-                crc: h.crc,
-                src: h.src,
-                dst: h.dst,
-                state: InState::Delivered { ack_due },
-            },
-        );
+        s.inc.insert(h.transaction, InRecord::new(&h, InState::Delivered { ack_due }));
         let id = IncomingId { session: sid, transaction: h.transaction, sent: h.sent };
         if h.command == SystemCommand::Echo.number() {
             let _ = self.reply(now, id, payload);
