@@ -1,7 +1,7 @@
 //! The driver task: sockets and timers around one sans-IO endpoint.
 
 use crate::handle::{
-    Command, Done, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session,
+    Command, Done, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session, TapRecord,
 };
 use crate::inproc;
 use crate::socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
@@ -55,7 +55,8 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
     let (inproc_id, inproc_rx) = inproc::register();
     let local = Arc::new(LocalAddrs { udp: udp_addr, unix: options.unix_path.clone(), inproc: inproc_id });
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let handle = EndpointHandle { cmd: cmd_tx.clone(), local: local.clone() };
+    let (tap, _) = tokio::sync::broadcast::channel(4096);
+    let handle = EndpointHandle { cmd: cmd_tx.clone(), local: local.clone(), tap: tap.clone() };
     let wall_epoch_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -75,6 +76,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         tx
     });
     let driver = Driver {
+        tap,
         ep: endpoint,
         start: Instant::now(),
         weak: cmd_tx.downgrade(),
@@ -92,6 +94,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
 }
 
 struct Driver {
+    tap: tokio::sync::broadcast::Sender<TapRecord>,
     ep: Endpoint,
     start: Instant,
     weak: mpsc::WeakUnboundedSender<Command>,
@@ -119,7 +122,21 @@ impl Driver {
     }
 
     fn handle(&self) -> Option<EndpointHandle> {
-        self.weak.upgrade().map(|cmd| EndpointHandle { cmd, local: self.local.clone() })
+        self.weak.upgrade().map(|cmd| EndpointHandle {
+            cmd,
+            local: self.local.clone(),
+            tap: self.tap.clone(),
+        })
+    }
+
+    fn record(&self, outgoing: bool, peer: &Addr, data: &[u8]) {
+        if self.tap.receiver_count() > 0 {
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let _ = self.tap.send(TapRecord { at_ms, outgoing, peer: peer.clone(), data: data.to_vec() });
+        }
     }
 
     async fn run<S: DatagramSocket>(
@@ -170,20 +187,31 @@ impl Driver {
                 }
                 Wake::Command(Some(c)) => self.command(now, c),
                 // Oversized datagrams arrive truncated to the buffer and are refused by the codec.
-                Wake::Udp(Ok((n, from))) => self.ep.handle_datagram(now, Addr::Udp(from), &udp_buf[..n]),
+                Wake::Udp(Ok((n, from))) => {
+                    let from = Addr::Udp(from);
+                    self.record(false, &from, &udp_buf[..n]);
+                    self.ep.handle_datagram(now, from, &udp_buf[..n]);
+                }
                 // ICMP errors from earlier sends surface here on some systems: not fatal.
                 Wake::Udp(Err(e)) => tracing::debug!(error = %e, "udp receive error"),
                 Wake::Unix(Ok((n, Some(path)))) => {
                     let from = Addr::Local(path.to_string_lossy().into());
+                    self.record(false, &from, &unix_buf[..n]);
                     self.ep.handle_datagram(now, from, &unix_buf[..n]);
                 }
                 Wake::Unix(Ok((_, None))) => tracing::debug!("datagram from an unnamed local socket ignored"),
                 Wake::Unix(Err(e)) => tracing::debug!(error = %e, "local socket receive error"),
                 Wake::Group(Ok((n, from))) => {
-                    self.ep.handle_group_datagram(now, Addr::Udp(from), &group_buf[..n])
+                    let from = Addr::Udp(from);
+                    self.record(false, &from, &group_buf[..n]);
+                    self.ep.handle_group_datagram(now, from, &group_buf[..n]);
                 }
                 Wake::Group(Err(e)) => tracing::debug!(error = %e, "group receive error"),
-                Wake::Inproc(Some((from, data))) => self.ep.handle_datagram(now, Addr::InProc(from), &data),
+                Wake::Inproc(Some((from, data))) => {
+                    let from = Addr::InProc(from);
+                    self.record(false, &from, &data);
+                    self.ep.handle_datagram(now, from, &data);
+                }
                 Wake::Inproc(None) => {}
                 Wake::Timer => {}
             }
@@ -206,6 +234,7 @@ impl Driver {
 
     async fn flush<S: DatagramSocket>(&mut self, udp: &S) {
         while let Some(t) = self.ep.poll_transmit() {
+            self.record(true, &t.to, &t.data);
             match t.to {
                 Addr::Udp(a) => {
                     if let Err(e) = udp.send_to(&t.data, a).await {

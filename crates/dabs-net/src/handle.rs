@@ -115,16 +115,37 @@ pub struct LocalAddrs {
     pub inproc: u64,
 }
 
+/// One datagram seen by the endpoint's tap (for the trace tool).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapRecord {
+    /// Wall clock, Unix ms.
+    pub at_ms: u64,
+    /// Sent (true) or received (false).
+    pub outgoing: bool,
+    /// The other end.
+    pub peer: Addr,
+    /// The datagram as on the wire.
+    pub data: Vec<u8>,
+}
+
 /// A cloneable handle to a running endpoint.
 #[derive(Clone)]
 pub struct EndpointHandle {
     pub(crate) cmd: mpsc::UnboundedSender<Command>,
     pub(crate) local: Arc<LocalAddrs>,
+    pub(crate) tap: tokio::sync::broadcast::Sender<TapRecord>,
 }
 
 impl EndpointHandle {
     pub(crate) fn send(&self, c: Command) -> Result<(), Error> {
         self.cmd.send(c).map_err(|_| Error::Closed)
+    }
+
+    /// Every datagram the endpoint sends or receives from now on, as long as the receiver
+    /// is kept. Tapping costs nothing while nobody listens; a slow listener loses records
+    /// (the receiver reports how many) rather than slowing the endpoint.
+    pub fn tap(&self) -> tokio::sync::broadcast::Receiver<TapRecord> {
+        self.tap.subscribe()
     }
 
     /// Where this endpoint can be reached.

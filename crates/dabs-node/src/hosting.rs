@@ -61,6 +61,8 @@ pub struct PortionContext {
     pub figures: Arc<PortionFigures>,
     /// The node's endpoint, for calls the portion makes itself.
     pub endpoint: EndpointHandle,
+    /// The node's request-latency histogram (seconds), for the metrics.
+    pub latency_histogram: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Starts portions of one application.

@@ -5,9 +5,11 @@ pub mod config;
 pub mod db;
 pub mod hosting;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod placement;
+pub mod settings;
 pub mod shapes;
 pub mod stats;
 
-pub use node::{Node, NodeError, RUNTIME_QUEUE};
+pub use node::{EventRecord, Node, NodeError, NodeHandle, PortionView, RUNTIME_QUEUE};

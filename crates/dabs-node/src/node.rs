@@ -5,7 +5,9 @@ use crate::config::NodeConfig;
 use crate::db::{Db, PortionRecord};
 use crate::hosting::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
 use crate::membership::{Change, Membership};
+use crate::metrics::{Gauges, NodeCounters, latency_histogram};
 use crate::placement::{Choice, choose};
+use crate::settings::{Settings, SettingsError, SettingsPatch};
 use crate::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor, open_reply};
 use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionFigures, PortionStats, Sampler};
 use dabs_net::{Addr, DriverOptions, EndpointHandle, IncomingOpen, IncomingRequest, OpenRequest, Session};
@@ -59,7 +61,7 @@ struct State {
     next_queue: u16,
     next_portion: u64,
     host: crate::stats::HostSample,
-    events: std::collections::VecDeque<String>,
+    events: std::collections::VecDeque<EventRecord>,
     /// Virtual addresses of dead portions this decider has moved, and where: every client
     /// coming back to one goes to the same new home.
     moved: HashMap<String, String>,
@@ -77,6 +79,137 @@ struct Inner {
     state: Mutex<State>,
     peers: tokio::sync::Mutex<HashMap<String, Session>>,
     reports: mpsc::UnboundedSender<(String, PortionReport)>,
+    settings: Mutex<Settings>,
+    counters: NodeCounters,
+    latency: prometheus_client::metrics::histogram::Histogram,
+    operator: Mutex<Option<SocketAddr>>,
+}
+
+/// A line of the node's recent history (spawns, moves, members, alerts).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventRecord {
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// What happened.
+    pub text: String,
+}
+
+/// A portion as the operator sees it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PortionView {
+    /// Virtual address.
+    pub va: String,
+    /// Application.
+    pub app: String,
+    /// Queue at the node's endpoint.
+    pub queue: u16,
+    /// Sessions opened on it.
+    pub sessions: u64,
+    /// Requests handled.
+    pub handled: u64,
+    /// Requests waiting.
+    pub queue_depth: u64,
+    /// Mean request latency, ms.
+    pub latency_ms: f64,
+}
+
+/// The operator's handle on a running node: what the web page, the API and the trace tool use.
+#[derive(Clone)]
+pub struct NodeHandle(Arc<Inner>);
+
+impl NodeHandle {
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.0.me
+    }
+
+    /// Its farm's name.
+    pub fn farm(&self) -> &str {
+        &self.0.config.farm.name
+    }
+
+    /// Its MP address.
+    pub fn mp_addr(&self) -> SocketAddr {
+        self.0.mp
+    }
+
+    /// Its endpoint (for the traffic tap).
+    pub fn endpoint(&self) -> &EndpointHandle {
+        &self.0.endpoint
+    }
+
+    /// Records where its operator interface listens, so the farm can link to it.
+    pub fn set_operator(&self, addr: SocketAddr) {
+        *self.0.operator.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+
+    /// Its statistics now.
+    pub fn stats(&self) -> NodeStats {
+        self.0.own_stats(false)
+    }
+
+    /// The farm as it sees it (itself included), and the current decider.
+    pub fn members(&self) -> (Vec<NodeStats>, Option<String>) {
+        let st = self.0.state();
+        (st.membership.live().cloned().collect(), st.membership.leader().map(str::to_owned))
+    }
+
+    /// Its portions.
+    pub fn portions(&self) -> Vec<PortionView> {
+        let st = self.0.state();
+        st.portions
+            .iter()
+            .map(|(va, p)| PortionView {
+                va: va.clone(),
+                app: p.app.clone(),
+                queue: p.queue,
+                sessions: p.figures.sessions.load(Ordering::Relaxed),
+                handled: p.figures.handled.load(Ordering::Relaxed),
+                queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
+                latency_ms: p.figures.latency_ms(),
+            })
+            .collect()
+    }
+
+    /// Recent events, oldest first.
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.0.state().events.iter().cloned().collect()
+    }
+
+    /// The run-time settings in force.
+    pub fn settings(&self) -> Settings {
+        self.0.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the run-time settings here; the farm picks the change up from this node's
+    /// next announcement.
+    pub fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, SettingsError> {
+        let next = {
+            let mut current = self.0.settings.lock().unwrap_or_else(|e| e.into_inner());
+            let next = current.apply(patch, &self.0.me)?;
+            *current = next.clone();
+            next
+        };
+        self.0.store_settings(&next);
+        self.0.note(format!("settings changed here (version {})", next.version));
+        Ok(next)
+    }
+
+    /// The node's metrics in the Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        let mp = self.0.endpoint.stats().await.unwrap_or_default();
+        let (members, portions) = {
+            let st = self.0.state();
+            (st.membership.len() as u64, st.portions.len() as u64)
+        };
+        let sessions = mp.sessions_opened.saturating_sub(mp.sessions_expired);
+        crate::metrics::render(
+            &mp,
+            &Gauges { sessions, portions, members },
+            &self.0.counters,
+            &self.0.latency,
+        )
+    }
 }
 
 /// A running node.
@@ -129,10 +262,15 @@ impl Node {
                 events: Default::default(),
                 moved: HashMap::new(),
             }),
+            settings: Mutex::new(Settings::from_config(&config)),
             config,
             peers: tokio::sync::Mutex::new(HashMap::new()),
             reports,
+            counters: NodeCounters::default(),
+            latency: latency_histogram(),
+            operator: Mutex::new(None),
         });
+        inner.load_settings();
         // The configuration in force, kept for a restart and the operator; never the secret.
         let mut stored = inner.config.clone();
         stored.farm.secret = None;
@@ -156,6 +294,11 @@ impl Node {
     /// The node's MP address.
     pub fn mp_addr(&self) -> SocketAddr {
         self.inner.mp
+    }
+
+    /// The operator's handle on this node.
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle(self.inner.clone())
     }
 
     /// The node's endpoint.
@@ -205,10 +348,55 @@ impl Inner {
     fn note(&self, event: String) {
         tracing::info!(node = %self.me, "{event}");
         let mut st = self.state();
-        st.events.push_back(event);
+        st.events.push_back(EventRecord { at_ms: unix_ms(), text: event });
         while st.events.len() > 100 {
             st.events.pop_front();
         }
+    }
+
+    /// Settings stored by an earlier run win over the file's when they are newer.
+    fn load_settings(&self) {
+        let stored = self
+            .db
+            .setting("settings")
+            .ok()
+            .flatten()
+            .and_then(|b| from_cbor::<Settings>(&b, "settings").ok());
+        if let Some(stored) = stored {
+            let mut current = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            if stored.newer_than(&current) {
+                *current = stored;
+            }
+        }
+    }
+
+    fn store_settings(&self, s: &Settings) {
+        if let Err(e) = self.db.put_setting("settings", &cbor(s)) {
+            tracing::error!(error = %e, "settings not stored");
+        }
+    }
+
+    /// Takes settings heard from the farm if they are newer than ours.
+    fn adopt_settings(&self, s: Settings) {
+        let adopted = {
+            let mut current = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            if s.newer_than(&current) {
+                *current = s.clone();
+                true
+            } else {
+                false
+            }
+        };
+        if adopted {
+            self.store_settings(&s);
+            self.note(format!("settings version {} from {} adopted", s.version, s.changed_by));
+        }
+    }
+
+    /// An application's record with the run-time settings applied.
+    fn app_config(&self, app: &str) -> Option<crate::config::AppConfig> {
+        let base = self.config.app(app)?;
+        Some(self.settings.lock().unwrap_or_else(|e| e.into_inner()).app_config(base))
     }
 
     fn factory(&self, app: &str) -> Option<&Arc<dyn PortionFactory>> {
@@ -293,6 +481,7 @@ impl Inner {
             reports: self.reports.clone(),
             figures,
             endpoint: self.endpoint.clone(),
+            latency_histogram: self.latency.clone(),
         });
         Ok((va, queue))
     }
@@ -320,7 +509,7 @@ impl Inner {
             node: self.me.clone(),
             farm: self.config.farm.name.clone(),
             mp: self.mp,
-            operator: self.config.node.operator,
+            operator: self.operator.lock().unwrap_or_else(|e| e.into_inner()).or(self.config.node.operator),
             started_ms: self.started_ms,
             seq: st.seq,
             cpu_percent: st.host.cpu_percent,
@@ -330,6 +519,7 @@ impl Inner {
             net_bytes_per_s: st.host.net_bytes_per_s,
             accepting: st.accepting,
             leaving,
+            settings_version: self.settings.lock().unwrap_or_else(|e| e.into_inner()).version,
             portions,
         }
     }
@@ -388,6 +578,19 @@ impl Inner {
             };
             if stats.farm != self.config.farm.name || stats.node == self.me {
                 continue;
+            }
+            let mine = self.settings.lock().unwrap_or_else(|e| e.into_inner()).version;
+            if stats.settings_version > mine {
+                let (this, node) = (self.clone(), stats.node.clone());
+                tokio::spawn(async move {
+                    match this.call_node(&node, SystemCommand::Settings.number(), Vec::new()).await {
+                        Ok(bytes) => match from_cbor::<Settings>(&bytes, "settings") {
+                            Ok(s) => this.adopt_settings(s),
+                            Err(e) => tracing::warn!(%node, error = %e, "bad settings"),
+                        },
+                        Err(e) => tracing::debug!(%node, error = %e, "settings not fetched"),
+                    }
+                });
             }
             let node = stats.node.clone();
             let change = {
@@ -471,7 +674,7 @@ impl Inner {
 
     /// The decider's part: choose per R-RE-5 and have the chosen node answer.
     async fn decide(self: &Arc<Self>, open: IncomingOpen, app: &str, va_hint: Option<&str>) {
-        let Some(app_cfg) = self.config.app(app).cloned() else {
+        let Some(app_cfg) = self.app_config(app) else {
             let text = format!("farm {} runs no application {app:?}", self.config.farm.name);
             return open.reject(NakCode::UnknownApplication, text);
         };
@@ -493,7 +696,10 @@ impl Inner {
                     choices.iter().find(|c| matches!(c, Choice::StartNew { .. })).map(|c| c.node().to_owned())
                 });
                 if let Some(node) = home {
-                    self.state().moved.insert(va.to_owned(), node.clone());
+                    if self.state().moved.insert(va.to_owned(), node.clone()).is_none() {
+                        self.counters.moves.fetch_add(1, Ordering::Relaxed);
+                        self.note(format!("moving {va} (its node is gone) to {node}"));
+                    }
                     choices.retain(|c| c.node() != node);
                     choices.insert(0, Choice::StartNew { node });
                 }
@@ -592,7 +798,7 @@ impl Inner {
         va: Option<&str>,
         start_new: bool,
     ) -> Result<String, (NakCode, String)> {
-        let app_cfg = self.config.app(app).cloned();
+        let app_cfg = self.app_config(app);
         if app_cfg.is_none() || self.factory(app).is_none() {
             return Err((
                 NakCode::UnknownApplication,
@@ -661,6 +867,10 @@ impl Inner {
                     let me = self.own_stats(false);
                     let members: Vec<NodeStats> = self.state().membership.live().cloned().collect();
                     req.reply(cbor(&(me, members)));
+                }
+                Some(SystemCommand::Settings) => {
+                    let s = self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    req.reply(cbor(&s));
                 }
                 Some(SystemCommand::Assign) => match from_cbor::<Assign>(&req.request.payload, "ASSIGN") {
                     Ok(a) => {

@@ -98,6 +98,9 @@ pub struct NodeStats {
     /// Is stopping (a clean leave).
     #[serde(rename = "lv", default)]
     pub leaving: bool,
+    /// Version of the run-time settings it holds: a node with older ones fetches these.
+    #[serde(rename = "sv", default)]
+    pub settings_version: u64,
     /// Its portions (at most [`MAX_ANNOUNCED_PORTIONS`]).
     #[serde(rename = "p")]
     pub portions: Vec<PortionStats>,
@@ -237,6 +240,7 @@ pub(crate) mod tests {
             net_bytes_per_s: 123_456,
             accepting: true,
             leaving: false,
+            settings_version: 3,
             portions: (0..MAX_ANNOUNCED_PORTIONS)
                 .map(|i| PortionStats {
                     app: "calculator-app".into(),

@@ -85,6 +85,7 @@ async fn serve_one<P: ServerPortion>(portion: &mut P, ctx: &PortionContext, req:
     let f = &ctx.figures;
     f.queue_depth.store(ctx.requests.len() as u64, Ordering::Relaxed);
     if !req.request.latency.clock_skew {
+        ctx.latency_histogram.observe(f64::from(req.request.latency.millis) / 1000.0);
         f.latency_sum_ms.fetch_add(u64::from(req.request.latency.millis), Ordering::Relaxed);
         f.latency_count.fetch_add(1, Ordering::Relaxed);
     }

@@ -162,11 +162,13 @@ pub enum SystemCommand {
     ResolveVa = 17,
     /// 18 (dabs): the farm's decider hands a client's `OPEN_SESSION` to the chosen node.
     Assign = 18,
+    /// 19 (dabs): ask a node for the farm's run-time settings it holds.
+    Settings = 19,
 }
 
 impl SystemCommand {
     /// All commands this implementation knows, in number order.
-    pub const ALL: [SystemCommand; 12] = [
+    pub const ALL: [SystemCommand; 13] = [
         SystemCommand::OpenSession,
         SystemCommand::CloseSession,
         SystemCommand::Shutdown,
@@ -179,6 +181,7 @@ impl SystemCommand {
         SystemCommand::Announce,
         SystemCommand::ResolveVa,
         SystemCommand::Assign,
+        SystemCommand::Settings,
     ];
 
     /// The number on the wire.
@@ -206,6 +209,7 @@ impl SystemCommand {
             SystemCommand::Announce => "ANNOUNCE",
             SystemCommand::ResolveVa => "RESOLVE_VA",
             SystemCommand::Assign => "ASSIGN",
+            SystemCommand::Settings => "SETTINGS",
         }
     }
 }

@@ -1,0 +1,255 @@
+//! Settings that can change while the farm runs (R-RE-3): latency limits and per-application
+//! records. A change is validated, numbered, stored, and spreads to every node: announcements
+//! carry the settings version, and a node that hears a newer one fetches it (`SETTINGS`).
+
+use crate::config::{AppConfig, NodeConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The farm's run-time settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Increases with every change; the farm converges on the highest (ties: `changed_by`).
+    pub version: u64,
+    /// The node where the last change was made.
+    pub changed_by: String,
+    /// High-water mark of message latency, ms: above it a server takes no new clients.
+    pub max_message_latency_ms: u64,
+    /// Low-water mark, ms: below it the server takes new clients again.
+    pub low_water_ms: u64,
+    /// Per-application records.
+    pub apps: BTreeMap<String, AppSettings>,
+}
+
+/// The run-time part of an application's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppSettings {
+    /// Servers allowed to run it (empty: all).
+    pub subgroup: Vec<String>,
+    /// Sessions that fill a portion.
+    pub max_sessions_per_portion: u64,
+    /// A server with less free memory (MiB) is not eligible.
+    pub min_free_memory_mb: u64,
+    /// A server busier than this (percent) is not eligible.
+    pub max_cpu_percent: f64,
+}
+
+/// A change: any subset of the fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    /// New high-water mark, ms.
+    #[serde(default)]
+    pub max_message_latency_ms: Option<u64>,
+    /// New low-water mark, ms.
+    #[serde(default)]
+    pub low_water_ms: Option<u64>,
+    /// Per-application changes.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppPatch>,
+}
+
+/// A change to one application's record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppPatch {
+    /// New sub-group.
+    #[serde(default)]
+    pub subgroup: Option<Vec<String>>,
+    /// New portion size.
+    #[serde(default)]
+    pub max_sessions_per_portion: Option<u64>,
+    /// New memory minimum.
+    #[serde(default)]
+    pub min_free_memory_mb: Option<u64>,
+    /// New CPU ceiling.
+    #[serde(default)]
+    pub max_cpu_percent: Option<f64>,
+}
+
+/// A change that was refused: which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SettingsError {
+    /// The field, as a path (`apps.calc.max_cpu_percent`).
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn refuse(field: impl Into<String>, message: impl Into<String>) -> SettingsError {
+    SettingsError { field: field.into(), message: message.into() }
+}
+
+impl Settings {
+    /// The settings a configuration file starts with (version 0).
+    pub fn from_config(config: &NodeConfig) -> Self {
+        Self {
+            version: 0,
+            changed_by: String::new(),
+            max_message_latency_ms: config.latency.max_message_latency.as_millis() as u64,
+            low_water_ms: config.latency.low_water.as_millis() as u64,
+            apps: config
+                .apps
+                .iter()
+                .map(|a| {
+                    (
+                        a.name.clone(),
+                        AppSettings {
+                            subgroup: a.subgroup.clone(),
+                            max_sessions_per_portion: a.max_sessions_per_portion,
+                            min_free_memory_mb: a.min_free_memory_mb,
+                            max_cpu_percent: a.max_cpu_percent,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// True when these settings should replace `other`.
+    pub fn newer_than(&self, other: &Settings) -> bool {
+        (self.version, &self.changed_by) > (other.version, &other.changed_by)
+    }
+
+    /// The settings after `patch`, made at node `by`, or the first thing wrong with it.
+    pub fn apply(&self, patch: &SettingsPatch, by: &str) -> Result<Settings, SettingsError> {
+        let mut next = self.clone();
+        if let Some(v) = patch.max_message_latency_ms {
+            next.max_message_latency_ms = v;
+        }
+        if let Some(v) = patch.low_water_ms {
+            next.low_water_ms = v;
+        }
+        if !(1..=600_000).contains(&next.max_message_latency_ms) {
+            return Err(refuse(
+                "max_message_latency_ms",
+                format!("{} is out of range 1..600000", next.max_message_latency_ms),
+            ));
+        }
+        if next.low_water_ms >= next.max_message_latency_ms {
+            return Err(refuse(
+                "low_water_ms",
+                format!(
+                    "{} must be below max_message_latency_ms ({})",
+                    next.low_water_ms, next.max_message_latency_ms
+                ),
+            ));
+        }
+        for (name, p) in &patch.apps {
+            let field = |f: &str| format!("apps.{name}.{f}");
+            let Some(app) = next.apps.get_mut(name) else {
+                return Err(refuse(format!("apps.{name}"), "no such application in this farm"));
+            };
+            if let Some(g) = &p.subgroup {
+                for (i, n) in g.iter().enumerate() {
+                    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                        return Err(refuse(
+                            field("subgroup"),
+                            format!("{n:?} is not a node name ([A-Za-z0-9_-]+)"),
+                        ));
+                    }
+                    if g[..i].contains(n) {
+                        return Err(refuse(field("subgroup"), format!("{n} is listed twice")));
+                    }
+                }
+                app.subgroup = g.clone();
+            }
+            if let Some(v) = p.max_sessions_per_portion {
+                if !(1..=1_000_000).contains(&v) {
+                    return Err(refuse(
+                        field("max_sessions_per_portion"),
+                        format!("{v} is out of range 1..1000000"),
+                    ));
+                }
+                app.max_sessions_per_portion = v;
+            }
+            if let Some(v) = p.min_free_memory_mb {
+                app.min_free_memory_mb = v;
+            }
+            if let Some(v) = p.max_cpu_percent {
+                if !(v > 0.0 && v <= 100.0) {
+                    return Err(refuse(field("max_cpu_percent"), format!("{v} is out of range (0, 100]")));
+                }
+                app.max_cpu_percent = v;
+            }
+        }
+        next.version = self.version + 1;
+        next.changed_by = by.to_owned();
+        Ok(next)
+    }
+
+    /// An application's record with the run-time settings applied.
+    pub fn app_config(&self, base: &AppConfig) -> AppConfig {
+        let mut a = base.clone();
+        if let Some(s) = self.apps.get(&base.name) {
+            a.subgroup = s.subgroup.clone();
+            a.max_sessions_per_portion = s.max_sessions_per_portion;
+            a.min_free_memory_mb = s.min_free_memory_mb;
+            a.max_cpu_percent = s.max_cpu_percent;
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        let text = include_str!("../../../docs/node.example.toml");
+        Settings::from_config(&NodeConfig::parse(text, std::path::Path::new("x.toml")).unwrap())
+    }
+
+    #[test]
+    fn valid_changes_bump_the_version() {
+        let s = base();
+        let patch = SettingsPatch {
+            max_message_latency_ms: Some(300),
+            apps: BTreeMap::from([(
+                "calc".into(),
+                AppPatch { max_cpu_percent: Some(80.0), ..Default::default() },
+            )]),
+            ..Default::default()
+        };
+        let next = s.apply(&patch, "node-2").unwrap();
+        assert_eq!((next.version, next.changed_by.as_str(), next.max_message_latency_ms), (1, "node-2", 300));
+        assert_eq!(next.apps["calc"].max_cpu_percent, 80.0);
+        assert!(next.newer_than(&s) && !s.newer_than(&next));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let s = base();
+        let e =
+            s.apply(&SettingsPatch { low_water_ms: Some(10_000), ..Default::default() }, "n").unwrap_err();
+        assert_eq!(e.field, "low_water_ms");
+        let e = s
+            .apply(
+                &SettingsPatch {
+                    apps: BTreeMap::from([("nope".into(), AppPatch::default())]),
+                    ..Default::default()
+                },
+                "n",
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "apps.nope");
+        let e = s
+            .apply(
+                &SettingsPatch {
+                    apps: BTreeMap::from([(
+                        "calc".into(),
+                        AppPatch { max_cpu_percent: Some(0.0), ..Default::default() },
+                    )]),
+                    ..Default::default()
+                },
+                "n",
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "apps.calc.max_cpu_percent");
+        assert!(
+            serde_json::from_str::<SettingsPatch>(r#"{"max_latency": 3}"#).is_err(),
+            "unknown keys refused"
+        );
+    }
+}
