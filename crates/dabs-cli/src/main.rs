@@ -7,6 +7,8 @@ mod demo;
 mod farm;
 mod mp_tools;
 mod serve;
+mod status;
+mod trace;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +39,36 @@ enum Command {
         /// The node's configuration file (TOML; see docs/node.example.toml).
         #[arg(long)]
         config: std::path::PathBuf,
+    },
+    /// The farm as a table, from the members' announcements on the group.
+    Status {
+        /// The farm's group address, IP:PORT.
+        #[arg(long)]
+        farm: std::net::SocketAddr,
+        /// The interface the farm's multicast runs on.
+        #[arg(long, default_value = "127.0.0.1")]
+        interface: std::net::Ipv4Addr,
+        /// How long to listen, ms (a member announces every 250 ms by default).
+        #[arg(long, default_value_t = 1200)]
+        listen_ms: u64,
+    },
+    /// Trace a node's MP traffic, decoded, from inside its endpoint.
+    Trace {
+        /// The node's operator URL (http://IP:PORT), as `dabs farm up` prints it.
+        #[arg(long)]
+        node: String,
+        /// Only this session number.
+        #[arg(long)]
+        session: Option<u8>,
+        /// Only traffic of the portion with this virtual address.
+        #[arg(long)]
+        va: Option<String>,
+        /// Only this command number.
+        #[arg(long)]
+        command: Option<u16>,
+        /// One JSON object per datagram.
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks that need a running farm.
     Bench {
@@ -128,6 +160,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo { json, clients, seconds } => demo::run(json, clients, seconds),
         Command::Node { config } => farm::run_node(&config),
+        Command::Status { farm, interface, listen_ms } => status::run(farm, interface, listen_ms),
+        Command::Trace { node, session, va, command, json } => {
+            trace::run(&node, session, va.as_deref(), command, json)
+        }
         Command::Bench { command: BenchCommand::Open { samples } } => bench::open_latency(samples),
         Command::Farm { command: FarmCommand::Up { nodes, dir, secret } } => {
             farm::farm_up(nodes, dir, secret)

@@ -12,59 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const DABS: &str = env!("CARGO_BIN_EXE_dabs");
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dabs-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// `dabs farm up` as a child process; stopped with SIGINT on drop.
-struct Farm {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Farm {
-    fn up(nodes: usize, name: &str) -> Self {
-        let dir = temp_dir(name);
-        let child = Command::new(DABS)
-            .args(["farm", "up", "--nodes", &nodes.to_string(), "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let manifest = dir.join("farm.json");
-        let t = Instant::now();
-        while !manifest.exists() {
-            assert!(t.elapsed() < Duration::from_secs(20), "farm did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        Farm { child, dir }
-    }
-
-    fn manifest(&self) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(self.dir.join("farm.json")).unwrap()).unwrap()
-    }
-
-    fn group(&self) -> std::net::SocketAddr {
-        self.manifest()["group"].as_str().unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for Farm {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGINT);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::{DABS, temp_dir};
 
 async fn endpoint() -> EndpointHandle {
     let config = Config { ack_timeout: Duration::from_millis(100), max_retries: 10, ..Config::default() };
@@ -79,7 +27,7 @@ fn calc_ask() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_group_opens_are_each_answered_once() {
-    let farm = Farm::up(3, "opens");
+    let farm = common::Farm::up(3, "opens");
     let group = Addr::Udp(farm.group());
     // Wait for a decider: the first open succeeds once the farm has settled.
     let probe = endpoint().await;
@@ -208,7 +156,7 @@ async fn farm_view(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
-    let farm = Farm::up(3, "membership");
+    let farm = common::Farm::up(3, "membership");
     let nodes = farm.manifest()["nodes"].as_array().unwrap().clone();
     let mp = |i: usize| -> std::net::SocketAddr { nodes[i]["mp"].as_str().unwrap().parse().unwrap() };
     // Every node sees all three within 1 s of the last one starting.
@@ -267,7 +215,62 @@ fn a_bad_config_is_refused_with_file_and_line() {
 
 #[test]
 fn independent_calculator_client_against_farm_up() {
-    let farm = Farm::up(3, "interop");
+    let farm = common::Farm::up(3, "interop");
     let manifest = farm.dir.join("farm.json");
     common::run_python_check("check_calc_farm.py", &["--farm-json".as_ref(), manifest.as_os_str()]);
+}
+
+#[test]
+fn status_prints_the_farm_and_trace_decodes_its_traffic() {
+    let farm = common::Farm::up(3, "status-trace");
+    std::thread::sleep(Duration::from_millis(800));
+    let group = farm.group().to_string();
+    let out = Command::new(DABS).args(["status", "--farm", &group]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    for n in ["node-1", "node-2", "node-3"] {
+        assert!(table.contains(n), "{n} missing from\n{table}");
+    }
+    assert!(
+        table.lines().any(|l| l.starts_with("node-1") && l.contains('*')),
+        "the leader is marked:\n{table}"
+    );
+
+    // Trace node-1 while a calculation passes through the farm.
+    let url = farm.manifest()["nodes"][0]["operator"].as_str().expect("operator URL in farm.json").to_owned();
+    let mut trace =
+        Command::new(DABS).args(["trace", "--node", &url, "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut filtered = Command::new(DABS)
+        .args(["trace", "--node", &url, "--command", "16"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let calc = Command::new(DABS).args(["calc", "--farm", &group, "6", "x", "7"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&calc.stdout).trim(), "42");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for child in [&mut trace, &mut filtered] {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+    }
+    let json = String::from_utf8_lossy(&trace.wait_with_output().unwrap().stdout).into_owned();
+    let lines: Vec<serde_json::Value> =
+        json.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert!(
+        lines.iter().any(|l| l["command_name"] == "ANNOUNCE" && l["dir"] == "out"),
+        "own announcements traced"
+    );
+    assert!(
+        lines.iter().any(|l| l["command_name"] == "OPEN_SESSION" && l["dir"] == "in"),
+        "group opens traced"
+    );
+    let human = String::from_utf8_lossy(&filtered.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        !human.is_empty() && human.lines().all(|l| l.contains("ANNOUNCE")),
+        "filter by command:\n{human}"
+    );
 }

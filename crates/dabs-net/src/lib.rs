@@ -12,7 +12,9 @@ mod proximity;
 mod socket;
 
 pub use driver::{DriverOptions, spawn, spawn_with_socket};
-pub use handle::{CallFuture, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session};
+pub use handle::{
+    CallFuture, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session, TapRecord,
+};
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
 

@@ -1,0 +1,80 @@
+//! `dabs trace --node URL`: the debug tool. Streams a node's MP traffic, tapped inside its
+//! endpoint (no root, no packet capture), decoded, one datagram per line.
+
+use serde_json::Value;
+use std::process::ExitCode;
+
+/// One trace record for people: time, direction, peer, kind, command, session, transaction,
+/// buffer, size, latency.
+pub fn human(v: &Value) -> String {
+    if let Some(n) = v.get("lagged") {
+        return format!("... {n} datagrams not shown (the trace could not keep up)");
+    }
+    let at = v["at_ms"].as_u64().unwrap_or(0);
+    let time =
+        format!("{:02}:{:02}:{:02}.{:03}", at / 3_600_000 % 24, at / 60_000 % 60, at / 1000 % 60, at % 1000);
+    let dir = if v["dir"] == "out" { "->" } else { "<-" };
+    let peer = v["peer"].as_str().unwrap_or("?");
+    if let Some(e) = v["error"].as_str() {
+        return format!("{time} {dir} {peer:<21} undecodable: {e}");
+    }
+    let command = v["command"].as_u64().unwrap_or(0);
+    let name = v["command_name"].as_str().map(str::to_owned).unwrap_or_else(|| format!("app {command}"));
+    let buffer = match (v["buffer"].as_u64(), v["total"].as_u64()) {
+        (Some(b), Some(t)) => format!(" buf {}/{}", b + 1, t),
+        _ => String::new(),
+    };
+    let latency = v["latency_ms"].as_u64().map(|l| format!(" latency {l} ms")).unwrap_or_default();
+    format!(
+        "{time} {dir} {peer:<21} {:<7} {name:<14} s{} t{} q{}->{}{buffer} {} B{latency}",
+        v["kind"].as_str().unwrap_or("?"),
+        v["session"],
+        v["transaction"],
+        v["src"],
+        v["dst"],
+        v["bytes"],
+    )
+}
+
+/// Runs `dabs trace`.
+pub fn run(node: &str, session: Option<u8>, va: Option<&str>, command: Option<u16>, json: bool) -> ExitCode {
+    let mut query = Vec::new();
+    if let Some(s) = session {
+        query.push(format!("session={s}"));
+    }
+    if let Some(c) = command {
+        query.push(format!("command={c}"));
+    }
+    if let Some(v) = va {
+        let encoded: String = v
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        query.push(format!("va={encoded}"));
+    }
+    let base = node.trim_end_matches('/');
+    let base = if base.starts_with("http://") { base.to_owned() } else { format!("http://{base}") };
+    let query = query.join("&");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = dabs_ops::trace_client(&base, &query, |v| {
+                if json { println!("{v}") } else { println!("{}", human(&v)) }
+            }) => r,
+            _ = crate::serve::wait_for_stop() => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dabs trace: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The OpenAPI 3.0 document of the operator interface, written by hand: the API is small and
+//! its JSON is built by hand too, so a generator would describe nothing more.
+
+use serde_json::{Value, json};
+
+fn schema(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn json_body(description: &str, s: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": s } } })
+}
+
+fn error_response(description: &str) -> Value {
+    json_body(description, schema("Error"))
+}
+
+fn integer(description: &str) -> Value {
+    json!({ "type": "integer", "format": "int64", "minimum": 0, "description": description })
+}
+
+fn number(description: &str) -> Value {
+    json!({ "type": "number", "description": description })
+}
+
+fn string(description: &str) -> Value {
+    json!({ "type": "string", "description": description })
+}
+
+fn nullable_string(description: &str) -> Value {
+    json!({ "type": "string", "nullable": true, "description": description })
+}
+
+fn boolean(description: &str) -> Value {
+    json!({ "type": "boolean", "description": description })
+}
+
+fn nullable_integer(description: &str) -> Value {
+    json!({ "type": "integer", "nullable": true, "description": description })
+}
+
+/// The OpenAPI 3.0 document served at `/openapi.json`.
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "dabs node operator interface",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "One node of a dabs farm: the farm's members and their statistics, this \
+                node's portions, recent events, run-time settings (changes spread to every node \
+                without a restart), Prometheus metrics and a live trace of MP traffic."
+        },
+        "paths": {
+            "/": { "get": {
+                "summary": "The operator web page (self-contained HTML, refreshes every second)",
+                "operationId": "page",
+                "responses": { "200": {
+                    "description": "The page",
+                    "content": { "text/html": { "schema": { "type": "string" } } }
+                } }
+            } },
+            "/api/node": { "get": {
+                "summary": "This node: statistics, portions, settings and the farm's leader",
+                "operationId": "getNode",
+                "responses": { "200": json_body("This node", json!({
+                    "type": "object",
+                    "required": ["node", "portions", "settings", "leader"],
+                    "properties": {
+                        "node": schema("NodeView"),
+                        "portions": { "type": "array", "items": schema("Portion") },
+                        "settings": schema("Settings"),
+                        "leader": nullable_string("The farm's current decider, if known"),
+                    }
+                })) }
+            } },
+            "/api/farm": { "get": {
+                "summary": "The farm as this node sees it, itself included",
+                "operationId": "getFarm",
+                "responses": { "200": json_body("The farm", json!({
+                    "type": "object",
+                    "required": ["farm", "leader", "members"],
+                    "properties": {
+                        "farm": string("Farm name"),
+                        "leader": nullable_string("The farm's current decider, if known"),
+                        "members": { "type": "array", "items": schema("NodeView"),
+                            "description": "Live members, by name" },
+                    }
+                })) }
+            } },
+            "/api/events": { "get": {
+                "summary": "Recent events (spawns, moves, failovers, members, alerts), oldest first",
+                "operationId": "getEvents",
+                "responses": { "200": json_body("Events",
+                    json!({ "type": "array", "items": schema("Event") })) }
+            } },
+            "/api/settings": {
+                "get": {
+                    "summary": "The run-time settings in force",
+                    "operationId": "getSettings",
+                    "responses": { "200": json_body("Settings", schema("Settings")) }
+                },
+                "put": {
+                    "summary": "Changes run-time settings; the change reaches every node without a restart",
+                    "operationId": "putSettings",
+                    "requestBody": {
+                        "required": true,
+                        "content": { "application/json": { "schema": schema("SettingsPatch") } }
+                    },
+                    "responses": {
+                        "200": json_body("The settings after the change (version increased)",
+                            schema("Settings")),
+                        "400": error_response("A value out of range, an unknown key, or a body \
+                            that is not JSON (field \"body\")"),
+                    }
+                }
+            },
+            "/api/trace": { "get": {
+                "summary": "Live trace of the datagrams this node's endpoint sends and receives",
+                "description": "Newline-delimited JSON, one TraceLine per datagram (or a TraceLag \
+                    when the reader fell behind), until the client disconnects.",
+                "operationId": "trace",
+                "parameters": [
+                    { "name": "session", "in": "query", "required": false,
+                      "description": "Only this session byte",
+                      "schema": { "type": "integer", "minimum": 0, "maximum": 255 } },
+                    { "name": "command", "in": "query", "required": false,
+                      "description": "Only this command number",
+                      "schema": { "type": "integer", "minimum": 0, "maximum": 65535 } },
+                    { "name": "va", "in": "query", "required": false,
+                      "description": "Only datagrams to or from this node's portion with this virtual address",
+                      "schema": { "type": "string" } },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A stream of lines",
+                        "content": { "application/x-ndjson": { "schema": { "oneOf": [
+                            schema("TraceLine"), schema("TraceLag")
+                        ] } } }
+                    },
+                    "400": error_response("A parameter is not a number or is unknown"),
+                    "404": error_response("No portion with that virtual address on this node"),
+                }
+            } },
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": { "200": {
+                    "description": "Prometheus text exposition format 0.0.4",
+                    "content": { "text/plain; version=0.0.4; charset=utf-8": {
+                        "schema": { "type": "string" } } }
+                } }
+            } },
+            "/openapi.json": { "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": { "200": json_body("OpenAPI 3.0 document", json!({ "type": "object" })) }
+            } },
+        },
+        "components": { "schemas": {
+            "NodeView": {
+                "type": "object",
+                "description": "A node's statistics, as it last announced them (now, for this node)",
+                "properties": {
+                    "name": string("Node name"),
+                    "farm": string("Farm name"),
+                    "mp": string("MP (UDP) address, IP:PORT"),
+                    "operator": nullable_string("Operator interface address, IP:PORT"),
+                    "operator_url": nullable_string("Link to the node's operator page"),
+                    "leader": boolean("This node is the farm's decider"),
+                    "started_ms": integer("Start time, Unix ms"),
+                    "seq": integer("Announcement sequence number"),
+                    "cpu_percent": number("Host CPU use, percent"),
+                    "mem_total_mb": integer("Host memory, MiB"),
+                    "mem_free_mb": integer("Available memory, MiB"),
+                    "disk_free_mb": integer("Free disk space, MiB"),
+                    "net_bytes_per_s": integer("Network bytes per second, received + sent"),
+                    "accepting": boolean("Takes new clients"),
+                    "leaving": boolean("Is stopping"),
+                    "settings_version": integer("Version of the run-time settings it holds"),
+                    "sessions": integer("Sessions over its announced portions"),
+                    "load": number("Load score: higher is busier"),
+                    "portions": { "type": "array", "items": schema("AnnouncedPortion"),
+                        "description": "Its announced portions (at most 6, least loaded first)" },
+                }
+            },
+            "AnnouncedPortion": {
+                "type": "object",
+                "properties": {
+                    "app": string("Application"),
+                    "va": string("Virtual address mp://FARM/APP/dasp/ID"),
+                    "queue": integer("Queue at the node's endpoint"),
+                    "sessions": integer("Sessions opened on it"),
+                    "queue_depth": integer("Requests waiting"),
+                    "latency_ms": number("Mean request latency, ms"),
+                    "timeouts": integer("Lock and timer time-outs"),
+                }
+            },
+            "Portion": {
+                "type": "object",
+                "description": "A server portion running on this node",
+                "properties": {
+                    "va": string("Virtual address mp://FARM/APP/dasp/ID"),
+                    "app": string("Application"),
+                    "queue": integer("Queue at the node's endpoint"),
+                    "sessions": integer("Sessions opened on it"),
+                    "handled": integer("Requests handled"),
+                    "queue_depth": integer("Requests waiting"),
+                    "latency_ms": number("Mean request latency, ms"),
+                }
+            },
+            "Event": {
+                "type": "object",
+                "required": ["at_ms", "text"],
+                "properties": {
+                    "at_ms": integer("When, Unix ms"),
+                    "text": string("What happened"),
+                }
+            },
+            "Settings": {
+                "type": "object",
+                "properties": {
+                    "version": integer("Increases with every change"),
+                    "changed_by": string("Node where the last change was made"),
+                    "max_message_latency_ms": integer("High-water mark of message latency, ms (1..600000)"),
+                    "low_water_ms": integer("Low-water mark, ms (below max_message_latency_ms)"),
+                    "apps": { "type": "object", "additionalProperties": schema("AppSettings"),
+                        "description": "Per-application records, by name" },
+                }
+            },
+            "AppSettings": {
+                "type": "object",
+                "properties": {
+                    "subgroup": { "type": "array", "items": { "type": "string" },
+                        "description": "Nodes allowed to run it (empty: all)" },
+                    "max_sessions_per_portion": integer("Sessions that fill a portion (1..1000000)"),
+                    "min_free_memory_mb": integer("Less free memory (MiB) makes a node ineligible"),
+                    "max_cpu_percent": number("More CPU use (percent, 0 < x <= 100) makes a node ineligible"),
+                }
+            },
+            "SettingsPatch": {
+                "type": "object",
+                "additionalProperties": false,
+                "description": "Any subset of the settings; unknown keys are refused",
+                "properties": {
+                    "max_message_latency_ms": integer("New high-water mark, ms"),
+                    "low_water_ms": integer("New low-water mark, ms"),
+                    "apps": { "type": "object", "additionalProperties": schema("AppPatch"),
+                        "description": "Changes per application, by name" },
+                }
+            },
+            "AppPatch": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "subgroup": { "type": "array", "items": { "type": "string" } },
+                    "max_sessions_per_portion": integer("New portion size"),
+                    "min_free_memory_mb": integer("New memory minimum, MiB"),
+                    "max_cpu_percent": number("New CPU ceiling, percent"),
+                }
+            },
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": { "error": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {
+                        "field": string("The offending field as a path (apps.calc.max_cpu_percent), \
+                            or \"body\" when the body is not a JSON object"),
+                        "message": string("What is wrong and what is expected"),
+                    }
+                } }
+            },
+            "TraceLine": {
+                "type": "object",
+                "description": "One datagram; when it does not decode, only at_ms, dir, peer, bytes \
+                    and error are set",
+                "properties": {
+                    "at_ms": integer("When the endpoint saw it, Unix ms"),
+                    "dir": { "type": "string", "enum": ["in", "out"] },
+                    "peer": string("The other end (IP:PORT, unix:PATH or inproc:ID)"),
+                    "kind": { "type": "string", "nullable": true,
+                        "enum": ["request", "ack", "nak", "reply", null] },
+                    "command": nullable_integer("Command number"),
+                    "command_name": nullable_string("System command name (OPEN_SESSION, ...)"),
+                    "session": nullable_integer("Session byte"),
+                    "transaction": nullable_integer("Transaction byte"),
+                    "dst": nullable_integer("Destination queue"),
+                    "src": nullable_integer("Source queue"),
+                    "buffer": nullable_integer("Buffer index in a multi-buffer message"),
+                    "total": nullable_integer("Buffers in the message"),
+                    "payload_len": nullable_integer("Payload bytes"),
+                    "bytes": integer("Datagram bytes"),
+                    "latency_ms": nullable_integer("One-way latency from the sent-time stamp (incoming only)"),
+                    "error": nullable_string("Why the datagram does not decode"),
+                }
+            },
+            "TraceLag": {
+                "type": "object",
+                "required": ["lagged"],
+                "properties": { "lagged": integer("Datagrams dropped because the reader fell behind") }
+            },
+        } }
+    })
+}

@@ -1,0 +1,284 @@
+//! The traffic trace: the endpoint's tap as a stream of NDJSON lines, and a client for it.
+
+use crate::api::error;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+pub use dabs_net::TapRecord;
+use dabs_node::NodeHandle;
+use dabs_wire::{RawHeader, SystemCommand, decode, latency};
+use http_body_util::{BodyExt, Empty};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Which datagrams a trace shows; `None` lets everything through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceFilter {
+    /// Only this session byte.
+    pub session: Option<u8>,
+    /// Only this command number.
+    pub command: Option<u16>,
+    /// Only datagrams to or from this portion queue.
+    pub queue: Option<u16>,
+}
+
+impl TraceFilter {
+    /// True when `rec` passes. The header is read without validation so that datagrams that
+    /// do not decode are filtered (and shown) like the rest.
+    pub fn matches(&self, rec: &TapRecord) -> bool {
+        if *self == TraceFilter::default() {
+            return true;
+        }
+        let Some(h) = RawHeader::peek(&rec.data) else {
+            return false;
+        };
+        self.session.is_none_or(|s| s == h.session)
+            && self.command.is_none_or(|c| c == h.command)
+            && self.queue.is_none_or(|q| q == h.dst || q == h.src)
+    }
+}
+
+/// One trace line for `rec`: the decoded header with readable names, the latency of incoming
+/// datagrams from their sent-time stamp, or the decode error (other fields null).
+pub fn trace_line(rec: &TapRecord) -> Value {
+    let dir = if rec.outgoing { "out" } else { "in" };
+    match decode(&rec.data) {
+        Ok(d) => {
+            let h = d.header;
+            json!({
+                "at_ms": rec.at_ms,
+                "dir": dir,
+                "peer": rec.peer.to_string(),
+                "kind": h.kind.name(),
+                "command": h.command,
+                "command_name": SystemCommand::from_number(h.command).map(SystemCommand::name),
+                "session": h.session,
+                "transaction": h.transaction,
+                "dst": h.dst,
+                "src": h.src,
+                "buffer": d.buffer.map(|b| b.index),
+                "total": d.buffer.map(|b| b.total),
+                "payload_len": d.payload.len(),
+                "bytes": rec.data.len(),
+                // Our own stamp on an outgoing datagram says nothing about the network.
+                "latency_ms": (!rec.outgoing).then(|| latency(h.sent, rec.at_ms).millis),
+                "error": null,
+            })
+        }
+        Err(e) => json!({
+            "at_ms": rec.at_ms,
+            "dir": dir,
+            "peer": rec.peer.to_string(),
+            "kind": null,
+            "command": null,
+            "command_name": null,
+            "session": null,
+            "transaction": null,
+            "dst": null,
+            "src": null,
+            "buffer": null,
+            "total": null,
+            "payload_len": null,
+            "bytes": rec.data.len(),
+            "latency_ms": null,
+            "error": e.to_string(),
+        }),
+    }
+}
+
+fn line(v: &Value) -> Result<Bytes, Infallible> {
+    let mut bytes = serde_json::to_vec(v).unwrap_or_default();
+    bytes.push(b'\n');
+    Ok(Bytes::from(bytes))
+}
+
+/// A refused query: status, field and message.
+type Refusal = (StatusCode, String, String);
+
+/// Reads `session`, `command` and `va` from the query; `va` must name a portion here.
+fn filter_from_query(node: &NodeHandle, q: &BTreeMap<String, String>) -> Result<TraceFilter, Refusal> {
+    let bad = |field: &str, message: String| (StatusCode::BAD_REQUEST, field.to_owned(), message);
+    let mut f = TraceFilter::default();
+    for (key, val) in q {
+        match key.as_str() {
+            "session" => {
+                f.session =
+                    Some(val.parse().map_err(|_| bad("session", format!("{val:?} is not a number 0..255")))?);
+            }
+            "command" => {
+                f.command = Some(
+                    val.parse().map_err(|_| bad("command", format!("{val:?} is not a number 0..65535")))?,
+                );
+            }
+            "va" => {
+                let queue = node.portions().into_iter().find(|p| p.va == *val).map(|p| p.queue);
+                let Some(queue) = queue else {
+                    return Err((
+                        StatusCode::NOT_FOUND,
+                        "va".to_owned(),
+                        format!("no portion {val} on this node; trace it on the node that runs it"),
+                    ));
+                };
+                f.queue = Some(queue);
+            }
+            _ => return Err(bad(key, "unknown parameter; expected session, command or va".into())),
+        }
+    }
+    Ok(f)
+}
+
+pub(crate) async fn handler(
+    State(node): State<NodeHandle>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let filter = match filter_from_query(&node, &q) {
+        Ok(f) => f,
+        Err((status, field, message)) => return error(status, &field, message),
+    };
+    let rx = node.endpoint().tap();
+    // The receiver lives in the body: when the client goes away hyper drops the body, and the
+    // tap costs nothing again.
+    let lines = futures_util::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(r) => {
+                    let rec = r;
+                    if filter.matches(&rec) {
+                        return Some((line(&trace_line(&rec)), (rx, filter)));
+                    }
+                }
+                Err(RecvError::Lagged(n)) => return Some((line(&json!({ "lagged": n })), (rx, filter))),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson"), (header::CACHE_CONTROL, "no-store")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// Follows `base_url`'s trace (`http://127.0.0.1:8101`; plain HTTP only) with `query`
+/// (`session=3&command=300`, with or without `?`), calling `on_line` with each line until the
+/// server ends the stream. A refusal comes back as its `field: message`.
+pub async fn trace_client(base_url: &str, query: &str, mut on_line: impl FnMut(Value)) -> Result<(), String> {
+    let Some(rest) = base_url.strip_prefix("http://") else {
+        return Err(format!("{base_url}: only http:// URLs are supported"));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
+    let query = query.trim_start_matches('?');
+    let path = if query.is_empty() { "/api/trace".to_owned() } else { format!("/api/trace?{query}") };
+    let request = hyper::Request::get(path)
+        .header(header::HOST, authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+
+    let work = async {
+        let response =
+            sender.send_request(request).await.map_err(|e| format!("trace request failed: {e}"))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
+                (Some(f), Some(m)) => format!("{f}: {m}"),
+                _ => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            });
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("trace stream broken: {e}"))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let text: Vec<u8> = pending.drain(..=end).collect();
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let v = serde_json::from_slice(&text)
+                    .map_err(|e| format!("bad trace line {:?}: {e}", String::from_utf8_lossy(&text)))?;
+                on_line(v);
+            }
+        }
+        Ok(())
+    };
+    // The connection is driven here rather than in a spawned task, so dropping this future
+    // closes it.
+    tokio::pin!(work, conn);
+    tokio::select! {
+        done = &mut work => done,
+        _ = &mut conn => work.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dabs_net::Addr;
+    use dabs_wire::{Header, Kind, SentTime, encode};
+
+    fn record(outgoing: bool, header: Header, at_ms: u64) -> TapRecord {
+        let mut data = vec![0; 64];
+        let n = encode(&header, None, b"hello", &mut data).unwrap();
+        data.truncate(n);
+        TapRecord { at_ms, outgoing, peer: Addr::Udp("127.0.0.1:9".parse().unwrap()), data }
+    }
+
+    fn header() -> Header {
+        let mut h = Header::new(Kind::Request, 1);
+        h.session = 3;
+        h.transaction = 9;
+        h.dst = 16;
+        h.src = 2;
+        h.sent = SentTime::from_unix_millis(1_000_000);
+        h
+    }
+
+    #[test]
+    fn lines_name_the_fields() {
+        let v = trace_line(&record(false, header(), 1_000_040));
+        assert_eq!(v["dir"], "in");
+        assert_eq!(v["kind"], "request");
+        assert_eq!(v["command_name"], "OPEN_SESSION");
+        assert_eq!((v["session"].as_u64(), v["transaction"].as_u64()), (Some(3), Some(9)));
+        assert_eq!((v["dst"].as_u64(), v["src"].as_u64()), (Some(16), Some(2)));
+        assert_eq!(v["payload_len"], 5);
+        assert_eq!(v["latency_ms"], 40);
+        assert_eq!(v["peer"], "127.0.0.1:9");
+        assert!(v["buffer"].is_null() && v["error"].is_null());
+        let out = trace_line(&record(true, header(), 1_000_040));
+        assert_eq!(out["dir"], "out");
+        assert!(out["latency_ms"].is_null());
+    }
+
+    #[test]
+    fn undecodable_datagrams_carry_the_error() {
+        let rec = TapRecord { at_ms: 1, outgoing: false, peer: Addr::InProc(4), data: vec![1, 2, 3] };
+        let v = trace_line(&rec);
+        assert!(v["error"].as_str().unwrap().contains("shorter"));
+        assert!(v["kind"].is_null() && v["session"].is_null());
+        assert_eq!(v["bytes"], 3);
+    }
+
+    #[test]
+    fn filters_read_the_header() {
+        let rec = record(false, header(), 0);
+        assert!(TraceFilter::default().matches(&rec));
+        assert!(TraceFilter { session: Some(3), command: Some(1), queue: Some(16) }.matches(&rec));
+        assert!(TraceFilter { queue: Some(2), ..Default::default() }.matches(&rec));
+        assert!(!TraceFilter { session: Some(4), ..Default::default() }.matches(&rec));
+        assert!(!TraceFilter { command: Some(300), ..Default::default() }.matches(&rec));
+        assert!(!TraceFilter { queue: Some(17), ..Default::default() }.matches(&rec));
+    }
+}

@@ -1,0 +1,301 @@
+//! The operator interface over real HTTP, in front of a real node running the calculator.
+
+use dabs_node::Node;
+use dabs_node::config::NodeConfig;
+use serde_json::Value;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A node with its operator interface; each test has its own multicast group, so nodes of
+/// tests running side by side do not join one farm.
+struct Served {
+    node: Node,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let r = std::hash::RandomState::new().build_hasher().finish();
+        let group = format!("239.255.{}.{}:{}", r % 250 + 2, (r >> 8) % 250 + 2, 40_000 + (r >> 16) % 20_000);
+        let text = format!(
+            r#"
+[farm]
+name = "ops"
+group = "{group}"
+
+[node]
+name = "node-1"
+bind = "127.0.0.1:0"
+data_dir = "{}"
+
+[[app]]
+name = "calc"
+start_at_init = true
+"#,
+            dir.path().display()
+        );
+        let config = NodeConfig::parse(&text, &dir.path().join("node.toml")).unwrap();
+        let node = Node::start(config, vec![dabs_calc::factory()]).await.unwrap();
+        let (addr, server) = dabs_ops::serve(node.handle(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        Served { node, addr, server, _dir: dir }
+    }
+
+    async fn stop(self) {
+        self.server.abort();
+        self.node.stop().await;
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, None).await
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    async fn put_settings(&self, body: &str) -> (u16, Value) {
+        let r = request(self.addr, "PUT", "/api/settings", Some(body)).await;
+        (r.status, serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body)))
+    }
+}
+
+struct Response {
+    status: u16,
+    /// Header lines, lower-cased.
+    headers: String,
+    body: String,
+}
+
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`, so the body ends with it).
+async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Response {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = headers.to_ascii_lowercase();
+    let body = if headers.contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    Response { status, headers, body }
+}
+
+/// The status line and headers of a response whose body may never end, lower-cased.
+async fn response_head(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0; 1024];
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed before the headers ended");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&raw).to_ascii_lowercase()
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_and_its_farm_are_shown() {
+    let s = Served::start().await;
+    let v = s.get_json("/api/node").await;
+    assert_eq!(v["node"]["name"], "node-1");
+    assert_eq!(v["node"]["farm"], "ops");
+    assert_eq!(v["node"]["mp"], s.node.mp_addr().to_string());
+    assert_eq!(v["node"]["operator"], s.addr.to_string(), "serve tells the node where it listens");
+    assert_eq!(v["settings"]["version"], 0);
+    assert_eq!(v["settings"]["apps"]["calc"]["max_sessions_per_portion"], 1000);
+    let portions = v["portions"].as_array().unwrap();
+    assert_eq!(portions.len(), 1, "{v}");
+    assert_eq!(portions[0]["app"], "calc");
+    assert!(portions[0]["va"].as_str().unwrap().starts_with("mp://ops/calc/dasp/"));
+
+    // The node hears its own announcements and becomes the farm's leader.
+    let t = Instant::now();
+    let farm = loop {
+        let farm = s.get_json("/api/farm").await;
+        if farm["leader"] == "node-1" {
+            break farm;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "no leader: {farm}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(farm["farm"], "ops");
+    let members = farm["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["name"], "node-1");
+    assert_eq!(members[0]["leader"], true);
+    assert_eq!(members[0]["operator_url"], format!("http://{}/", s.addr));
+    assert_eq!(members[0]["portions"].as_array().unwrap().len(), 1);
+    assert_eq!(s.get_json("/api/node").await["leader"], "node-1");
+
+    let events = s.get_json("/api/events").await;
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["text"].as_str().unwrap().contains("initialisation")),
+        "{events}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_change_at_run_time_and_bad_values_are_refused() {
+    let s = Served::start().await;
+    let (status, v) = s.put_settings(r#"{"max_message_latency_ms": 300}"#).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((v["version"].as_u64(), v["max_message_latency_ms"].as_u64()), (Some(1), Some(300)));
+    assert_eq!(v["changed_by"], "node-1");
+    assert_eq!(s.get_json("/api/settings").await["max_message_latency_ms"], 300);
+
+    let (status, v) = s.put_settings(r#"{"low_water_ms": 999999}"#).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["field"], "low_water_ms");
+    assert!(v["error"]["message"].as_str().unwrap().contains("below max_message_latency_ms"), "{v}");
+
+    let (status, v) = s.put_settings(r#"{"max_latency": 3}"#).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["field"], "max_latency");
+
+    let (status, v) = s.put_settings(r#"{"apps": {"calc": {"max_cpu_percent": 0}}}"#).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["field"], "apps.calc.max_cpu_percent");
+
+    let (status, v) = s.put_settings("max_message_latency_ms=5").await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["field"], "body");
+
+    let (status, v) =
+        s.put_settings(r#"{"apps": {"calc": {"subgroup": ["node-1"], "max_cpu_percent": 80}}}"#).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["version"], 2, "refusals change nothing");
+    assert_eq!(v["apps"]["calc"]["subgroup"][0], "node-1");
+    let node = s.get_json("/api/node").await;
+    assert_eq!(node["settings"]["version"], 2);
+    assert_eq!(node["node"]["settings_version"], 2);
+    let events = s.get_json("/api/events").await;
+    assert!(events.to_string().contains("settings changed here (version 2)"), "{events}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_page_and_api_document() {
+    let s = Served::start().await;
+    let m = s.get("/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(m.headers.contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{}", m.headers);
+    assert!(m.body.contains("dabs_mp_datagrams_received_total"), "{}", m.body);
+
+    let page = s.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers.contains("content-type: text/html"));
+    for id in ["members", "portions", "events", "node-name", "updated", "save-settings", "settings-status"] {
+        assert!(page.body.contains(&format!("id=\"{id}\"")), "no #{id}");
+    }
+    assert!(!page.body.contains("src=\"http") && !page.body.contains("href=\"http"), "no external assets");
+
+    let doc = s.get_json("/openapi.json").await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+    for (method, path) in dabs_ops::ROUTES {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in /openapi.json");
+        // Every documented route is served (the trace streams, so only its head is read).
+        if *method == "get" && *path != "/api/trace" {
+            assert_eq!(s.get(path).await.status, 200, "GET {path}");
+        }
+    }
+    for schema in ["NodeView", "Portion", "Event", "Settings", "SettingsPatch", "Error"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "no {schema} schema");
+    }
+
+    let missing = s.get("/api/nope").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("\"error\""));
+    s.stop().await;
+}
+
+/// Follows the trace until the first line, for at most `limit`.
+async fn first_trace_line(addr: SocketAddr, query: &str, limit: Duration) -> Result<Value, String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let base = format!("http://{addr}");
+    let query = query.to_owned();
+    let client = tokio::spawn(async move {
+        dabs_ops::trace_client(&base, &query, |line| {
+            let _ = tx.send(line);
+        })
+        .await
+    });
+    let got = tokio::time::timeout(limit, rx.recv()).await;
+    match got {
+        Ok(Some(line)) => {
+            // Dropping the client closes its connection; the server then drops its tap.
+            client.abort();
+            Ok(line)
+        }
+        Ok(None) => Err(client.await.unwrap().expect_err("a trace without lines ended cleanly")),
+        Err(_) => {
+            client.abort();
+            Err("no trace line in time".into())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_streams_datagrams() {
+    let s = Served::start().await;
+    let line = first_trace_line(s.addr, "", Duration::from_secs(2)).await.unwrap();
+    for key in ["at_ms", "dir", "peer", "kind", "command", "session", "dst", "src", "bytes", "error"] {
+        assert!(line.get(key).is_some(), "no {key} in {line}");
+    }
+    assert!(line["error"].is_null(), "{line}");
+    assert!(line["dir"] == "out" || line["dir"] == "in");
+
+    // Announcements are sessionless: session 0 lets them through, another session does not.
+    let line = first_trace_line(s.addr, "?session=0", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(line["session"], 0);
+    assert!(first_trace_line(s.addr, "session=77", Duration::from_millis(700)).await.is_err());
+
+    let e = first_trace_line(s.addr, "session=abc", Duration::from_secs(2)).await.unwrap_err();
+    assert!(e.starts_with("session: "), "{e}");
+    let e = first_trace_line(s.addr, "va=mp://ops/calc/dasp/nope", Duration::from_secs(2)).await.unwrap_err();
+    assert!(e.starts_with("va: "), "{e}");
+    let e = first_trace_line(s.addr, "colour=red", Duration::from_secs(2)).await.unwrap_err();
+    assert!(e.starts_with("colour: "), "{e}");
+
+    // A portion's virtual address is accepted (its traffic shows once clients call it).
+    let va = s.get_json("/api/node").await["portions"][0]["va"].as_str().unwrap().to_owned();
+    let head = response_head(s.addr, &format!("/api/trace?va={va}&command=300")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: application/x-ndjson"), "{head}");
+    s.stop().await;
+}
+
+#[test]
+fn trace_client_needs_plain_http() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let e = rt.block_on(dabs_ops::trace_client("https://127.0.0.1:1", "", |_| {})).unwrap_err();
+    assert!(e.contains("http://"), "{e}");
+}

@@ -1,0 +1,272 @@
+// Headless-browser test of the node operator web page, as an operator would use it.
+//
+//   node tests/browser/operator.mjs --farm-json DIR/farm.json [--screenshot PATH]
+//
+// Drives Debian's Chromium (/usr/bin/chromium, or $CHROMIUM) through playwright-core against a
+// running `dabs farm up --nodes 3` farm: the members table, a settings change made on one node
+// and seen on another, and a refused value. Prints one line per check and a closing
+// `browser: N passed, M failed`; exits 1 when any check failed. Every wait is bounded, and the
+// browser is always closed. Install: `apt-get install chromium` and `npm ci --prefix tests/browser`
+// (.ci/run does both).
+
+import { chromium } from 'playwright-core';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+const NODES = ['node-1', 'node-2', 'node-3'];
+const FARM_WAIT_MS = 20_000; // farm.json with every node's operator URL
+const PAGE_WAIT_MS = 10_000; // any one thing on a page
+const SPREAD_WAIT_MS = 10_000; // a settings change reaching another node
+const BAD_LOW_WATER = 10_000_000;
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+const { values: opts } = parseArgs({
+  options: {
+    'farm-json': { type: 'string' },
+    screenshot: { type: 'string' },
+    chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+  },
+});
+if (!opts['farm-json']) {
+  console.error('usage: node operator.mjs --farm-json PATH [--screenshot PATH] [--chromium PATH]');
+  process.exit(2);
+}
+
+let passed = 0;
+let failed = 0;
+function pass(name, detail = '') {
+  passed += 1;
+  console.log(`ok   ${name}${detail ? `: ${detail}` : ''}`);
+}
+function fail(name, detail) {
+  failed += 1;
+  console.log(`FAIL ${name}: ${detail}`);
+}
+/**
+ * Runs one check. `fn` returns a detail string, or `{ value, detail }` to hand a value to later
+ * steps. A failure is recorded and stops the run (the later steps need what this one made).
+ */
+async function check(name, fn) {
+  try {
+    const r = await fn();
+    const withValue = r !== null && typeof r === 'object' && 'detail' in r;
+    pass(name, withValue ? r.detail : (r ?? ''));
+    return withValue ? r.value : r;
+  } catch (e) {
+    fail(name, String(e?.message ?? e).split('\n')[0]);
+    throw new Stop();
+  }
+}
+class Stop extends Error {}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `probe` until it returns a truthy value, at most `ms`; throws `what` with the last state. */
+async function until(ms, what, probe) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await probe();
+      if (last?.ok) return last.value;
+    } catch (e) {
+      last = { state: String(e?.message ?? e) };
+    }
+    if (Date.now() >= deadline) throw new Error(`${what} (after ${ms} ms; last seen: ${JSON.stringify(last?.state)})`);
+    await sleep(100);
+  }
+}
+
+async function getJson(url) {
+  const ctl = new AbortController();
+  const t = setTimeout(() => ctl.abort(), 3000);
+  try {
+    const res = await fetch(url, { signal: ctl.signal });
+    if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}`);
+    return await res.json();
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+function readFarm(path) {
+  if (!existsSync(path)) return { state: 'no farm.json yet' };
+  let farm;
+  try {
+    farm = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    return { state: `unreadable: ${e.message}` };
+  }
+  const nodes = Array.isArray(farm.nodes) ? farm.nodes : [];
+  const byName = Object.fromEntries(nodes.map((n) => [n.name, n]));
+  const ready = nodes.length === NODES.length && NODES.every((n) => typeof byName[n]?.operator === 'string');
+  return { ok: ready, value: byName, state: nodes.map((n) => ({ name: n.name, operator: n.operator })) };
+}
+
+/** Opens a node's operator page in a new tab; uncaught page errors are collected. */
+async function openPage(context, node, pageErrors) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(PAGE_WAIT_MS);
+  page.on('pageerror', (e) => pageErrors.push(`${node.name}: ${e.message}`));
+  const res = await page.goto(node.operator, { timeout: PAGE_WAIT_MS, waitUntil: 'load' });
+  if (!res || !res.ok()) throw new Error(`GET ${node.operator}: HTTP ${res ? res.status() : 'no response'}`);
+  return page;
+}
+
+const spanText = (page, id) => page.locator(`#${id}`).innerText({ timeout: 1000 }).then((t) => t.trim());
+
+async function run(context) {
+  const pageErrors = [];
+  const farm = await check('farm.json lists 3 nodes with operator URLs', async () => {
+    const byName = await until(FARM_WAIT_MS, 'farm.json never listed node-1..3 with "operator"', () =>
+      readFarm(opts['farm-json']),
+    );
+    return { value: byName, detail: NODES.map((n) => byName[n].operator).join(' ') };
+  });
+  const [n1, n2, n3] = NODES.map((n) => farm[n]);
+
+  const page1 = await check('node-1 page loads', async () => {
+    const p = await openPage(context, n1, pageErrors);
+    return { value: p, detail: `${n1.operator} "${await p.title()}"` };
+  });
+
+  await check('node-1 members table shows node-1, node-2, node-3', () =>
+    until(PAGE_WAIT_MS, 'members table incomplete', async () => {
+      const shown = await page1.locator('#members tbody tr[data-node]').evaluateAll((rows) =>
+        rows.map((r) => r.getAttribute('data-node')),
+      );
+      return { ok: NODES.every((n) => shown.includes(n)), value: shown.join(', '), state: shown };
+    }),
+  );
+
+  if (opts.screenshot) {
+    await check('screenshot of node-1 page', async () => {
+      await page1.screenshot({ path: opts.screenshot, fullPage: true, timeout: PAGE_WAIT_MS });
+      return opts.screenshot;
+    });
+  }
+
+  // A valid change on node-1.
+  const { current, next } = await check('choose a new max_message_latency_ms', async () => {
+    const current = await until(PAGE_WAIT_MS, '#setting-max_message_latency_ms shows no number', async () => {
+      const t = await spanText(page1, 'setting-max_message_latency_ms');
+      return { ok: /^\d+$/.test(t), value: Number(t), state: t };
+    });
+    const s = await getJson(new URL('/api/settings', n1.operator));
+    const low = Number(s.low_water_ms);
+    if (!Number.isFinite(low)) throw new Error(`/api/settings has no low_water_ms: ${JSON.stringify(s)}`);
+    let next = current + 37;
+    if (next > 600_000) next = current - 37; // the page's upper bound
+    if (next <= low) next = low + 37;
+    return { value: { current, next }, detail: `current ${current}, low_water_ms ${low}, new ${next}` };
+  });
+
+  const savedVersion = await check('node-1 saves the new value', async () => {
+    await page1.locator('#max_message_latency_ms').fill(String(next));
+    await page1.locator('#save-settings').click();
+    const status = await until(PAGE_WAIT_MS, '#settings-status never said "saved"', async () => {
+      const t = await spanText(page1, 'settings-status');
+      return { ok: /saved/.test(t), value: t, state: t };
+    });
+    const v = /version\s+(\d+)/.exec(status);
+    return { value: v ? Number(v[1]) : null, detail: `"${status}"` };
+  });
+
+  await check('node-1 API has the new value', async () => {
+    const s = await getJson(new URL('/api/settings', n1.operator));
+    if (s.max_message_latency_ms !== next) throw new Error(`max_message_latency_ms ${s.max_message_latency_ms}, want ${next}`);
+    return `version ${s.version}`;
+  });
+
+  // It spreads: node-3's page shows it.
+  const page3 = await check('node-3 page loads', async () => {
+    const p = await openPage(context, n3, pageErrors);
+    return { value: p, detail: n3.operator };
+  });
+
+  await check(`node-3 page shows max_message_latency_ms ${next} within ${SPREAD_WAIT_MS / 1000} s`, async () => {
+    const t0 = Date.now();
+    await until(SPREAD_WAIT_MS, `node-3 still shows the old value (was ${current})`, async () => {
+      const t = await spanText(page3, 'setting-max_message_latency_ms');
+      return { ok: t === String(next), value: t, state: t };
+    });
+    let detail = `after ${Date.now() - t0} ms`;
+    if (savedVersion != null) {
+      const v = await spanText(page3, 'setting-version');
+      if (Number(v) < savedVersion) throw new Error(`#setting-version ${v} < saved version ${savedVersion}`);
+      detail += `, version ${v}`;
+    }
+    return detail;
+  });
+
+  // A refused value on node-2.
+  const page2 = await check('node-2 page loads', async () => {
+    const p = await openPage(context, n2, pageErrors);
+    return { value: p, detail: n2.operator };
+  });
+
+  const before2 = await getJson(new URL('/api/settings', n2.operator)).catch(() => null);
+  await check(`node-2 refuses low_water_ms ${BAD_LOW_WATER}`, async () => {
+    await page2.locator('#low_water_ms').fill(String(BAD_LOW_WATER));
+    await page2.locator('#save-settings').click();
+    return until(PAGE_WAIT_MS, '#settings-status did not show an error about low_water_ms', async () => {
+      const el = page2.locator('#settings-status');
+      const t = (await el.innerText({ timeout: 1000 })).trim();
+      const isError = await el.evaluate((e) => e.classList.contains('error'));
+      return { ok: isError && t.includes('low_water_ms'), value: `"${t}"`, state: { text: t, error: isError } };
+    });
+  });
+
+  await check('the refused value changed nothing', async () => {
+    const s = await getJson(new URL('/api/settings', n2.operator));
+    if (s.low_water_ms === BAD_LOW_WATER) throw new Error(`low_water_ms is ${s.low_water_ms}`);
+    if (before2 && s.version !== before2.version) throw new Error(`version went ${before2.version} -> ${s.version}`);
+    return `low_water_ms ${s.low_water_ms}, version ${s.version}`;
+  });
+
+  await check('no uncaught JavaScript errors on the pages', async () => {
+    if (pageErrors.length) throw new Error(pageErrors.join('; '));
+  });
+}
+
+let context;
+const userDataDir = mkdtempSync(join(tmpdir(), 'dabs-browser-'));
+try {
+  try {
+    context = await check('launch Chromium', async () => {
+      if (!existsSync(opts.chromium)) {
+        throw new Error(`${opts.chromium} is missing: run .ci/run's install steps (apt-get install chromium)`);
+      }
+      // launchPersistentContext: the fresh temporary profile is its --user-data-dir.
+      const ctx = await chromium.launchPersistentContext(userDataDir, {
+        executablePath: opts.chromium,
+        headless: true,
+        args: CHROMIUM_ARGS,
+        timeout: 30_000,
+        viewport: { width: 1280, height: 900 },
+      });
+      return { value: ctx, detail: `${opts.chromium} ${ctx.browser()?.version() ?? ''}`.trim() };
+    });
+    await run(context);
+  } catch (e) {
+    if (!(e instanceof Stop)) fail('unexpected error', e?.stack ?? e);
+    else console.log('(stopped: the checks after a failed one were not run)');
+  }
+} finally {
+  if (context) await Promise.race([context.close().catch(() => {}), sleep(10_000)]);
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+
+console.log(`browser: ${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
