@@ -63,6 +63,8 @@ pub struct PortionContext {
     pub endpoint: EndpointHandle,
     /// The node's request-latency histogram (seconds), for the metrics.
     pub latency_histogram: prometheus_client::metrics::histogram::Histogram,
+    /// Time-outs per resource type from the node's configuration (always has `default`).
+    pub timeouts: std::collections::BTreeMap<String, std::time::Duration>,
 }
 
 /// Starts portions of one application.

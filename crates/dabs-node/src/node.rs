@@ -482,6 +482,7 @@ impl Inner {
             figures,
             endpoint: self.endpoint.clone(),
             latency_histogram: self.latency.clone(),
+            timeouts: self.config.timeouts.clone(),
         });
         Ok((va, queue))
     }
