@@ -53,6 +53,32 @@ pub struct NodeConfig {
     pub latency: LatencyLimits,
     /// The `[[app]]` records, in file order; names are unique.
     pub apps: Vec<AppConfig>,
+    /// The `[balance]` section: how this node adds capacity when portions starve.
+    pub balance: BalanceConfig,
+}
+
+/// The `[balance]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalanceConfig {
+    /// Start the extra portion on this server while it has headroom (moving costs more).
+    pub prefer_local: bool,
+    /// This server has headroom while its CPU use is below this, percent.
+    pub local_headroom_cpu_percent: f64,
+    /// At most this many portions of one application on this server (0: one per CPU).
+    pub max_local_portions: u32,
+    /// At most one spawn per application per this interval.
+    pub spawn_cooldown: Duration,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            prefer_local: true,
+            local_headroom_cpu_percent: 85.0,
+            max_local_portions: 0,
+            spawn_cooldown: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The `[farm]` section.
@@ -235,6 +261,15 @@ impl NodeConfig {
         out.push_str("\n[latency]\n");
         kv(&mut out, "max_message_latency_ms", self.latency.max_message_latency.as_millis().to_string());
         kv(&mut out, "low_water_ms", self.latency.low_water.as_millis().to_string());
+        out.push_str("\n[balance]\n");
+        kv(&mut out, "prefer_local", self.balance.prefer_local.to_string());
+        kv(
+            &mut out,
+            "local_headroom_cpu_percent",
+            toml::Value::Float(self.balance.local_headroom_cpu_percent).to_string(),
+        );
+        kv(&mut out, "max_local_portions", self.balance.max_local_portions.to_string());
+        kv(&mut out, "spawn_cooldown_ms", self.balance.spawn_cooldown.as_millis().to_string());
         for app in &self.apps {
             out.push_str("\n[[app]]\n");
             kv(&mut out, "name", toml_str(&app.name));
@@ -257,8 +292,18 @@ struct RawConfig {
     node: Spanned<RawNode>,
     timeouts: Option<BTreeMap<String, Spanned<u64>>>,
     latency: Option<RawLatency>,
+    balance: Option<RawBalance>,
     #[serde(default)]
     app: Vec<Spanned<RawApp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawBalance {
+    prefer_local: Option<bool>,
+    local_headroom_cpu_percent: Option<Spanned<f64>>,
+    max_local_portions: Option<u32>,
+    spawn_cooldown_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -374,6 +419,7 @@ impl Cx<'_> {
         }
         timeouts.entry(DEFAULT_TIMEOUT_KEY.to_string()).or_insert(DEFAULT_TIMEOUT);
         let latency = self.latency(raw.latency)?;
+        let balance = self.balance(raw.balance)?;
         let mut apps = Vec::with_capacity(raw.app.len());
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, app) in raw.app.into_iter().enumerate() {
@@ -391,7 +437,7 @@ impl Cx<'_> {
             seen.insert(app.name.get_ref().clone(), line_column(self.text, app.name.span().start).0);
             apps.push(self.app(app, i)?);
         }
-        Ok(NodeConfig { farm, node, timeouts, latency, apps })
+        Ok(NodeConfig { farm, node, timeouts, latency, apps, balance })
     }
 
     fn farm(&self, raw: RawFarm) -> Result<FarmConfig, ConfigError> {
@@ -528,6 +574,39 @@ impl Cx<'_> {
             return Err(err);
         }
         Ok(LatencyLimits { max_message_latency: max, low_water: low })
+    }
+
+    fn balance(&self, raw: Option<RawBalance>) -> Result<BalanceConfig, ConfigError> {
+        let d = BalanceConfig::default();
+        let Some(raw) = raw else { return Ok(d) };
+        let headroom = match &raw.local_headroom_cpu_percent {
+            Some(v) if !(*v.get_ref() > 0.0 && *v.get_ref() <= 100.0) => {
+                let msg = format!(
+                    "balance.local_headroom_cpu_percent: {} is out of range (expected 0 < x <= 100)",
+                    v.get_ref()
+                );
+                return Err(self.at(v, msg));
+            }
+            Some(v) => *v.get_ref(),
+            None => d.local_headroom_cpu_percent,
+        };
+        let cooldown = match &raw.spawn_cooldown_ms {
+            Some(v) if !(10..=600_000).contains(v.get_ref()) => {
+                let msg = format!(
+                    "balance.spawn_cooldown_ms: {} is out of range (expected 10..=600000)",
+                    v.get_ref()
+                );
+                return Err(self.at(v, msg));
+            }
+            Some(v) => Duration::from_millis(*v.get_ref()),
+            None => d.spawn_cooldown,
+        };
+        Ok(BalanceConfig {
+            prefer_local: raw.prefer_local.unwrap_or(d.prefer_local),
+            local_headroom_cpu_percent: headroom,
+            max_local_portions: raw.max_local_portions.unwrap_or(d.max_local_portions),
+            spawn_cooldown: cooldown,
+        })
     }
 
     fn app(&self, raw: RawApp, i: usize) -> Result<AppConfig, ConfigError> {

@@ -65,7 +65,18 @@ struct State {
     /// Virtual addresses of dead portions this decider has moved, and where: every client
     /// coming back to one goes to the same new home.
     moved: HashMap<String, String>,
+    /// Closed to new clients because message latency passed the high-water mark.
+    latency_closed: bool,
+    /// Lock/timer time-outs of the last [`STARVATION_WINDOW`]: (when, resource, application).
+    timeouts: std::collections::VecDeque<(Instant, String, String)>,
+    /// Last spawn per application, for the cool-down.
+    last_spawn: HashMap<String, Instant>,
+    /// Latency sum and count per portion at the last look, for a windowed mean.
+    latency_marks: HashMap<String, (u64, u64)>,
 }
+
+/// How long a time-out counts as current starvation (no new clients, resource use).
+const STARVATION_WINDOW: Duration = Duration::from_secs(3);
 
 struct Inner {
     config: NodeConfig,
@@ -261,6 +272,10 @@ impl Node {
                 host: Default::default(),
                 events: Default::default(),
                 moved: HashMap::new(),
+                latency_closed: false,
+                timeouts: Default::default(),
+                last_spawn: HashMap::new(),
+                latency_marks: HashMap::new(),
             }),
             settings: Mutex::new(Settings::from_config(&config)),
             config,
@@ -518,9 +533,16 @@ impl Inner {
             mem_free_mb: st.host.mem_free_mb,
             disk_free_mb: st.host.disk_free_mb,
             net_bytes_per_s: st.host.net_bytes_per_s,
-            accepting: st.accepting,
+            accepting: st.accepting && !st.latency_closed && st.timeouts.is_empty(),
             leaving,
             settings_version: self.settings.lock().unwrap_or_else(|e| e.into_inner()).version,
+            starved: {
+                let mut by: BTreeMap<String, u32> = BTreeMap::new();
+                for (_, resource, _) in &st.timeouts {
+                    *by.entry(resource.clone()).or_default() += 1;
+                }
+                by.into_iter().collect()
+            },
             portions,
         }
     }
@@ -555,6 +577,7 @@ impl Inner {
                 self.state().host = host;
                 last_sample = Instant::now();
             }
+            self.rebalance();
             self.announce(false);
             let gone = self.state().membership.expire(Instant::now());
             for node in gone {
@@ -619,6 +642,137 @@ impl Inner {
                 last_stored = Instant::now();
             }
         }
+    }
+
+    /// True when this node takes new clients: not stopping, latency below the high-water
+    /// mark (until back under the low one), and no portion starving right now.
+    fn admits_new_clients(&self) -> bool {
+        let st = self.state();
+        st.accepting && !st.latency_closed && st.timeouts.is_empty()
+    }
+
+    /// The balancing process's periodic look: latency limits, the starvation window, and
+    /// resources approaching an application's floor.
+    fn rebalance(self: &Arc<Self>) {
+        let (high, low) = {
+            let s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            (s.max_message_latency_ms as f64, s.low_water_ms as f64)
+        };
+        let mut changed = None;
+        let mut near_floor = Vec::new();
+        {
+            let mut st = self.state();
+            let now = Instant::now();
+            while st.timeouts.front().is_some_and(|(t, ..)| now.duration_since(*t) > STARVATION_WINDOW) {
+                st.timeouts.pop_front();
+            }
+            // Mean latency of each portion since the last look; the worst one counts.
+            let mut recent: Option<f64> = None;
+            let figures: Vec<(String, u64, u64)> = st
+                .portions
+                .iter()
+                .map(|(va, p)| {
+                    (
+                        va.clone(),
+                        p.figures.latency_sum_ms.load(Ordering::Relaxed),
+                        p.figures.latency_count.load(Ordering::Relaxed),
+                    )
+                })
+                .collect();
+            for (va, sum, count) in figures {
+                let (s0, c0) = st.latency_marks.insert(va, (sum, count)).unwrap_or((0, 0));
+                if count > c0 {
+                    let mean = (sum - s0) as f64 / (count - c0) as f64;
+                    recent = Some(recent.map_or(mean, |r: f64| r.max(mean)));
+                }
+            }
+            match recent {
+                Some(l) if l > high && !st.latency_closed => {
+                    st.latency_closed = true;
+                    changed = Some(format!(
+                        "latency {l:.0} ms above the high-water mark {high} ms: no new clients"
+                    ));
+                }
+                r if st.latency_closed && r.is_none_or(|l| l < low) => {
+                    st.latency_closed = false;
+                    changed =
+                        Some(format!("latency back under the low-water mark {low} ms: taking new clients"));
+                }
+                _ => {}
+            }
+            // Free memory nearing an application's floor: add capacity elsewhere first.
+            let apps: std::collections::BTreeSet<String> =
+                st.portions.values().map(|p| p.app.clone()).collect();
+            for app in apps {
+                if let Some(cfg) = self.config.app(&app)
+                    && cfg.min_free_memory_mb > 0
+                    && st.host.mem_free_mb < cfg.min_free_memory_mb + cfg.min_free_memory_mb / 2
+                {
+                    near_floor.push(app);
+                }
+            }
+        }
+        if let Some(event) = changed {
+            self.note(event);
+        }
+        for app in near_floor {
+            self.spawn_for(&app, "memory", "free memory approaching the application's floor".into());
+        }
+    }
+
+    /// Adds a portion of `app` because of `cause`: here while this server has headroom and
+    /// local preference is on, else on the eligible member with the fewest recent time-outs
+    /// on `resource` (then the lowest load). At most one per application per cool-down.
+    fn spawn_for(self: &Arc<Self>, app: &str, resource: &str, cause: String) {
+        let balance = &self.config.balance;
+        let now = Instant::now();
+        let headroom = {
+            let mut st = self.state();
+            if st.last_spawn.get(app).is_some_and(|t| now.duration_since(*t) < balance.spawn_cooldown) {
+                return;
+            }
+            st.last_spawn.insert(app.to_owned(), now);
+            let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+            let max_local = if balance.max_local_portions == 0 { cpus } else { balance.max_local_portions };
+            let local = st.portions.values().filter(|p| p.app == app).count() as u32;
+            f64::from(st.host.cpu_percent) < balance.local_headroom_cpu_percent && local < max_local
+        };
+        if balance.prefer_local && headroom && resource != "memory" {
+            match self.start_portion(app, None, None, None) {
+                Ok((va, _)) => {
+                    self.counters.spawns.fetch_add(1, Ordering::Relaxed);
+                    self.note(format!("spawned {va} here: {cause}"));
+                }
+                Err(e) => tracing::warn!(%app, error = %e, "spawn failed"),
+            }
+            return;
+        }
+        let Some(app_cfg) = self.app_config(app) else { return };
+        let target = {
+            let st = self.state();
+            let used = |s: &NodeStats| s.starved.iter().find(|(r, _)| r == resource).map_or(0, |(_, n)| *n);
+            st.membership
+                .fresh(now, self.fresh_window())
+                .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
+                .min_by(|a, b| {
+                    used(a)
+                        .cmp(&used(b))
+                        .then(crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)))
+                })
+                .map(|s| s.node.clone())
+        };
+        let Some(target) = target else {
+            self.note(format!("no other server can take a portion of {app} ({cause})"));
+            return;
+        };
+        let this = self.clone();
+        let payload = cbor(&BTreeMap::from([("app", app.to_owned()), ("cause", cause.clone())]));
+        tokio::spawn(async move {
+            match this.call_node(&target, SystemCommand::Spawn.number(), payload).await {
+                Ok(_) => this.note(format!("asked {target} to start a portion: {cause}")),
+                Err(e) => tracing::warn!(%target, error = %e, "remote spawn failed"),
+            }
+        });
     }
 
     /// How recently a member must have announced to be sent clients or to keep its addresses.
@@ -807,7 +961,7 @@ impl Inner {
             ));
         }
         let max = app_cfg.map(|a| a.max_sessions_per_portion).unwrap_or(u64::MAX);
-        if !self.state().accepting {
+        if !self.admits_new_clients() {
             return Err((NakCode::NotAccepting, format!("node {} is not accepting new clients", self.me)));
         }
         let existing = {
@@ -869,6 +1023,21 @@ impl Inner {
                     let members: Vec<NodeStats> = self.state().membership.live().cloned().collect();
                     req.reply(cbor(&(me, members)));
                 }
+                Some(SystemCommand::Spawn) => {
+                    let ask: Result<BTreeMap<String, String>, String> =
+                        from_cbor(&req.request.payload, "SPAWN");
+                    let ask = ask.unwrap_or_default();
+                    let (app, cause) =
+                        (ask.get("app").cloned().unwrap_or_default(), ask.get("cause").cloned());
+                    match self.start_portion(&app, None, None, None) {
+                        Ok((va, _)) => {
+                            self.counters.spawns.fetch_add(1, Ordering::Relaxed);
+                            self.note(format!("spawned {va} on request: {}", cause.unwrap_or_default()));
+                            req.reply(cbor(&BTreeMap::from([("va", va)])));
+                        }
+                        Err(e) => req.reject(NakCode::NotAccepting, e),
+                    }
+                }
                 Some(SystemCommand::Settings) => {
                     let s = self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     req.reply(cbor(&s));
@@ -924,7 +1093,10 @@ impl Inner {
                         p.figures.timeouts.fetch_add(1, Ordering::Relaxed);
                     }
                     drop(st);
+                    let app = self.state().portions.get(&va).map(|p| p.app.clone()).unwrap_or_default();
+                    self.state().timeouts.push_back((Instant::now(), resource.clone(), app.clone()));
                     self.note(format!("portion {va} starved on {resource}"));
+                    self.spawn_for(&app, &resource, format!("portion {va} starved on {resource}"));
                 }
                 PortionReport::Exited => {
                     self.note(format!("portion {va} exited"));

@@ -98,6 +98,9 @@ pub struct NodeStats {
     /// Is stopping (a clean leave).
     #[serde(rename = "lv", default)]
     pub leaving: bool,
+    /// Recent lock/timer time-outs on this node by resource type: its use of each resource.
+    #[serde(rename = "sr", default, skip_serializing_if = "Vec::is_empty")]
+    pub starved: Vec<(String, u32)>,
     /// Version of the run-time settings it holds: a node with older ones fetches these.
     #[serde(rename = "sv", default)]
     pub settings_version: u64,
@@ -241,6 +244,7 @@ pub(crate) mod tests {
             accepting: true,
             leaving: false,
             settings_version: 3,
+            starved: vec![],
             portions: (0..MAX_ANNOUNCED_PORTIONS)
                 .map(|i| PortionStats {
                     app: "calculator-app".into(),

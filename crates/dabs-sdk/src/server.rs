@@ -84,9 +84,15 @@ pub async fn run<P: ServerPortion>(mut portion: P, mut ctx: PortionContext) {
 async fn serve_one<P: ServerPortion>(portion: &mut P, ctx: &PortionContext, req: dabs_net::IncomingRequest) {
     let f = &ctx.figures;
     f.queue_depth.store(ctx.requests.len() as u64, Ordering::Relaxed);
-    if !req.request.latency.clock_skew {
-        ctx.latency_histogram.observe(f64::from(req.request.latency.millis) / 1000.0);
-        f.latency_sum_ms.fetch_add(u64::from(req.request.latency.millis), Ordering::Relaxed);
+    // Latency from the sender's stamp to now, when the portion takes the request: it includes
+    // the time spent waiting in this portion's queue, which is what starvation looks like.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let latency = dabs_wire::latency(req.request.id.sent, now_ms);
+    if !latency.clock_skew {
+        ctx.latency_histogram.observe(f64::from(latency.millis) / 1000.0);
+        f.latency_sum_ms.fetch_add(u64::from(latency.millis), Ordering::Relaxed);
         f.latency_count.fetch_add(1, Ordering::Relaxed);
     }
     let command = req.request.command;

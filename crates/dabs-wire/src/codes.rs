@@ -164,11 +164,13 @@ pub enum SystemCommand {
     Assign = 18,
     /// 19 (dabs): ask a node for the farm's run-time settings it holds.
     Settings = 19,
+    /// 20 (dabs): ask a node to start another portion of an application (starvation elsewhere).
+    Spawn = 20,
 }
 
 impl SystemCommand {
     /// All commands this implementation knows, in number order.
-    pub const ALL: [SystemCommand; 13] = [
+    pub const ALL: [SystemCommand; 14] = [
         SystemCommand::OpenSession,
         SystemCommand::CloseSession,
         SystemCommand::Shutdown,
@@ -182,6 +184,7 @@ impl SystemCommand {
         SystemCommand::ResolveVa,
         SystemCommand::Assign,
         SystemCommand::Settings,
+        SystemCommand::Spawn,
     ];
 
     /// The number on the wire.
@@ -210,6 +213,7 @@ impl SystemCommand {
             SystemCommand::ResolveVa => "RESOLVE_VA",
             SystemCommand::Assign => "ASSIGN",
             SystemCommand::Settings => "SETTINGS",
+            SystemCommand::Spawn => "SPAWN",
         }
     }
 }
