@@ -134,9 +134,9 @@ impl ServerPortion for CalcServer {
     }
 }
 
-/// The factory a node uses to start calculator portions.
+/// The factory a node uses to start calculator portions: a vertical split, one worker per CPU.
 pub fn factory() -> Arc<dyn PortionFactory> {
-    Arc::new(PortionFactoryFn::new(APP, CalcServer::default))
+    Arc::new(PortionFactoryFn::new(APP, CalcServer::default).vertical_split())
 }
 
 /// What a client device can do.

@@ -3,9 +3,12 @@
 
 use dabs_net::SessionId;
 use dabs_node::hosting::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
+use dabs_node::stats::PortionFigures;
 use dabs_wire::{NakCode, SystemCommand};
+use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// The outcome of one request.
@@ -33,57 +36,109 @@ pub trait ServerPortion: Send + 'static {
 }
 
 /// Runs `portion` on the context the runtime gave it, until shutdown.
-pub async fn run<P: ServerPortion>(mut portion: P, mut ctx: PortionContext) {
+pub async fn run<P: ServerPortion>(portion: P, ctx: PortionContext) {
+    run_workers(vec![portion], ctx).await
+}
+
+/// Runs a portion as several workers (a vertical split): each worker is its own instance,
+/// all take requests from the portion's one queue, so a worker stuck in a slow critical
+/// section does not hold up the others. Runtime events are handled here, beside the workers.
+pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext) {
+    let PortionContext { requests, mut events, reports, va, figures, endpoint, latency_histogram, .. } = ctx;
     let report = |r| {
-        let _ = ctx.reports.send((ctx.va.clone(), r));
+        let _ = reports.send((va.clone(), r));
     };
     report(PortionReport::Started);
+    let queue = Arc::new(tokio::sync::Mutex::new(requests));
+    let portions: Vec<Arc<tokio::sync::Mutex<P>>> =
+        portions.into_iter().map(|p| Arc::new(tokio::sync::Mutex::new(p))).collect();
+    // None: keep serving; Some(emergency): stop (after draining the queue unless emergency).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<bool>);
+    let mut workers = tokio::task::JoinSet::new();
+    for portion in &portions {
+        let (portion, queue, mut stop) = (portion.clone(), queue.clone(), stop_rx.clone());
+        let (figures, histogram) = (figures.clone(), latency_histogram.clone());
+        workers.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.changed() => None,
+                    r = async {
+                        // Whoever holds the queue waits for the next request, then lets go.
+                        let mut q = queue.lock().await;
+                        let r = q.recv().await;
+                        (r, q.len())
+                    } => Some(r),
+                };
+                match next {
+                    Some((Some(req), depth)) => {
+                        serve_one(&mut *portion.lock().await, &figures, &histogram, req, depth).await;
+                    }
+                    Some((None, _)) => return,
+                    None => {
+                        if *stop.borrow() == Some(false) {
+                            while let Ok(req) = queue.lock().await.try_recv() {
+                                serve_one(&mut *portion.lock().await, &figures, &histogram, req, 0).await;
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+    }
     let mut clients: Vec<SessionId> = Vec::new();
     let mut events_open = true;
     loop {
         tokio::select! {
-            biased;
-            event = ctx.events.recv(), if events_open => {
+            event = events.recv(), if events_open => {
                 let Some(event) = event else {
                     events_open = false;
                     continue;
                 };
-                portion.on_event(&event);
+                for p in &portions {
+                    p.lock().await.on_event(&event);
+                }
                 match event {
                     RuntimeEvent::StateRequest(tx) => {
-                        let _ = tx.send(portion.state());
+                        let _ = tx.send(portions[0].lock().await.state());
                     }
                     RuntimeEvent::AddClient { session, .. } => clients.push(session),
                     RuntimeEvent::Shutdown { emergency } => {
                         // Tell the clients first, so they move before they time out.
                         let notice = if emergency { b"\xa1\x64kind\x69emergency".to_vec() } else { b"\xa1\x64kind\x65clean".to_vec() };
                         for s in &clients {
-                            drop(ctx.endpoint.call_async(*s, SystemCommand::Shutdown.number(), notice.clone()));
+                            drop(endpoint.call_async(*s, SystemCommand::Shutdown.number(), notice.clone()));
                         }
-                        if !emergency {
-                            while let Ok(req) = ctx.requests.try_recv() {
-                                serve_one(&mut portion, &ctx, req).await;
-                            }
+                        let _ = stop_tx.send(Some(emergency));
+                        if emergency {
+                            workers.abort_all();
                         }
+                        while workers.join_next().await.is_some() {}
                         report(PortionReport::Exited);
                         return;
                     }
                 }
             }
-            req = ctx.requests.recv() => {
-                let Some(req) = req else {
+            done = workers.join_next() => {
+                if done.is_none() {
+                    // Every worker ended: the queue closed.
                     report(PortionReport::Exited);
                     return;
-                };
-                serve_one(&mut portion, &ctx, req).await;
+                }
             }
         }
     }
 }
 
-async fn serve_one<P: ServerPortion>(portion: &mut P, ctx: &PortionContext, req: dabs_net::IncomingRequest) {
-    let f = &ctx.figures;
-    f.queue_depth.store(ctx.requests.len() as u64, Ordering::Relaxed);
+async fn serve_one<P: ServerPortion>(
+    portion: &mut P,
+    f: &PortionFigures,
+    histogram: &Histogram,
+    req: dabs_net::IncomingRequest,
+    depth: usize,
+) {
+    f.queue_depth.store(depth as u64, Ordering::Relaxed);
     // Latency from the sender's stamp to now, when the portion takes the request: it includes
     // the time spent waiting in this portion's queue, which is what starvation looks like.
     let now_ms = std::time::SystemTime::now()
@@ -91,7 +146,7 @@ async fn serve_one<P: ServerPortion>(portion: &mut P, ctx: &PortionContext, req:
         .map_or(0, |d| d.as_millis() as u64);
     let latency = dabs_wire::latency(req.request.id.sent, now_ms);
     if !latency.clock_skew {
-        ctx.latency_histogram.observe(f64::from(latency.millis) / 1000.0);
+        histogram.observe(f64::from(latency.millis) / 1000.0);
         f.latency_sum_ms.fetch_add(u64::from(latency.millis), Ordering::Relaxed);
         f.latency_count.fetch_add(1, Ordering::Relaxed);
     }
@@ -112,6 +167,7 @@ async fn serve_one<P: ServerPortion>(portion: &mut P, ctx: &PortionContext, req:
 pub struct PortionFactoryFn<P, F> {
     app: String,
     make: F,
+    workers: usize,
     _portion: PhantomData<fn() -> P>,
 }
 
@@ -122,7 +178,19 @@ where
 {
     /// Portions of `app` made by `make`.
     pub fn new(app: &str, make: F) -> Self {
-        Self { app: app.into(), make, _portion: PhantomData }
+        Self { app: app.into(), make, workers: 1, _portion: PhantomData }
+    }
+
+    /// A vertical split: every portion runs one worker per CPU of the server.
+    pub fn vertical_split(mut self) -> Self {
+        self.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self
+    }
+
+    /// Every portion runs `n` workers (at least one).
+    pub fn with_workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
     }
 }
 
@@ -136,6 +204,7 @@ where
     }
 
     fn spawn(&self, ctx: PortionContext) {
-        tokio::spawn(run((self.make)(), ctx));
+        let portions = (0..self.workers).map(|_| (self.make)()).collect();
+        tokio::spawn(run_workers(portions, ctx));
     }
 }
