@@ -73,7 +73,16 @@ struct State {
     last_spawn: HashMap<String, Instant>,
     /// Latency sum and count per portion at the last look, for a windowed mean.
     latency_marks: HashMap<String, (u64, u64)>,
+    /// Since when this node has been closed to new clients (latency or starvation).
+    closed_since: Option<Instant>,
+    /// When a portion was last moved away from here.
+    last_move: Option<Instant>,
 }
+
+/// A node closed to new clients this long moves its busiest portion to a healthier server.
+const MOVE_AFTER: Duration = Duration::from_secs(5);
+/// At most one move per this interval.
+const MOVE_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// How long a time-out counts as current starvation (no new clients, resource use).
 const STARVATION_WINDOW: Duration = Duration::from_secs(3);
@@ -276,6 +285,8 @@ impl Node {
                 timeouts: Default::default(),
                 last_spawn: HashMap::new(),
                 latency_marks: HashMap::new(),
+                closed_since: None,
+                last_move: None,
             }),
             settings: Mutex::new(Settings::from_config(&config)),
             config,
@@ -715,9 +726,84 @@ impl Inner {
         if let Some(event) = changed {
             self.note(event);
         }
+        let move_now = {
+            let mut st = self.state();
+            let closed = st.latency_closed || !st.timeouts.is_empty();
+            let now = Instant::now();
+            match (closed, st.closed_since) {
+                (false, _) => {
+                    st.closed_since = None;
+                    false
+                }
+                (true, None) => {
+                    st.closed_since = Some(now);
+                    false
+                }
+                (true, Some(since)) => {
+                    now.duration_since(since) >= MOVE_AFTER
+                        && st.last_move.is_none_or(|t| now.duration_since(t) >= MOVE_COOLDOWN)
+                }
+            }
+        };
+        if move_now {
+            self.move_busiest_portion();
+        }
         for app in near_floor {
             self.spawn_for(&app, "memory", "free memory approaching the application's floor".into());
         }
+    }
+
+    /// Moves this node's busiest portion to the least-loaded healthy member (R-LB-6). The
+    /// target starts a portion under the same virtual address; once the farm has heard of it,
+    /// this node stops taking requests for the old one (NAK 7: not run), so its clients
+    /// re-open through the farm with their address and carry on at the new home, while the
+    /// old portion finishes what it already holds.
+    fn move_busiest_portion(self: &Arc<Self>) {
+        let now = Instant::now();
+        let (va, app, queue, target) = {
+            let mut st = self.state();
+            let Some((va, p)) = st
+                .portions
+                .iter()
+                .filter(|(_, p)| p.figures.sessions.load(Ordering::Relaxed) > 0)
+                .max_by_key(|(_, p)| p.figures.sessions.load(Ordering::Relaxed))
+                .map(|(va, p)| (va.clone(), (p.app.clone(), p.queue)))
+            else {
+                return;
+            };
+            let Some(app_cfg) = self.app_config(&p.0) else { return };
+            let target = st
+                .membership
+                .fresh(now, self.fresh_window())
+                .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
+                .min_by(|a, b| crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)))
+                .map(|s| s.node.clone());
+            let Some(target) = target else { return };
+            st.last_move = Some(now);
+            (va, p.0, p.1, target)
+        };
+        self.counters.moves.fetch_add(1, Ordering::Relaxed);
+        self.note(format!("moving {va} to {target}: this server is overloaded"));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let payload = cbor(&BTreeMap::from([
+                ("app", app.clone()),
+                ("va", va.clone()),
+                ("cause", format!("moved from {} (overloaded)", this.me)),
+            ]));
+            if let Err(e) = this.call_node(&target, SystemCommand::Spawn.number(), payload).await {
+                this.note(format!("move of {va} to {target} failed: {e}"));
+                return;
+            }
+            // Let the farm hear of the new home before clients are sent looking for it.
+            tokio::time::sleep(this.config.node.announce_interval * 2).await;
+            this.endpoint.unregister_queue(queue);
+            if let Some(p) = this.state().portions.remove(&va) {
+                let _ = p.events.send(RuntimeEvent::Shutdown { emergency: false });
+            }
+            let _ = this.db.remove_portion(&va);
+            this.note(format!("{va} now lives on {target}"));
+        });
     }
 
     /// Adds a portion of `app` because of `cause`: here while this server has headroom and
