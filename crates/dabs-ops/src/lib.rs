@@ -8,7 +8,7 @@ mod openapi;
 mod trace;
 
 pub use openapi::document as openapi_document;
-pub use trace::{TapRecord, TraceFilter, trace_client, trace_line};
+pub use trace::{TapRecord, TraceFilter, get_json, trace_client, trace_line};
 
 use axum::Router;
 use axum::routing::get;

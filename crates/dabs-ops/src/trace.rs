@@ -162,10 +162,16 @@ pub(crate) async fn handler(
         .into_response()
 }
 
-/// Follows `base_url`'s trace (`http://127.0.0.1:8101`; plain HTTP only) with `query`
-/// (`session=3&command=300`, with or without `?`), calling `on_line` with each line until the
-/// server ends the stream. A refusal comes back as its `field: message`.
-pub async fn trace_client(base_url: &str, query: &str, mut on_line: impl FnMut(Value)) -> Result<(), String> {
+/// Sends `GET path` to an operator interface at `base_url` (`http://IP:PORT`) and hands the
+/// response to `read` while driving the connection; dropping the future closes it.
+async fn get<T, F>(
+    base_url: &str,
+    path: &str,
+    read: impl FnOnce(hyper::Response<hyper::body::Incoming>) -> F,
+) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
     let Some(rest) = base_url.strip_prefix("http://") else {
         return Err(format!("{base_url}: only http:// URLs are supported"));
     };
@@ -176,26 +182,46 @@ pub async fn trace_client(base_url: &str, query: &str, mut on_line: impl FnMut(V
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
-    let query = query.trim_start_matches('?');
-    let path = if query.is_empty() { "/api/trace".to_owned() } else { format!("/api/trace?{query}") };
     let request = hyper::Request::get(path)
         .header(header::HOST, authority)
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("bad request: {e}"))?;
-
     let work = async {
-        let response =
-            sender.send_request(request).await.map_err(|e| format!("trace request failed: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("GET {path} failed: {e}"))?;
         let status = response.status();
-        let mut body = response.into_body();
         if !status.is_success() {
-            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Err(match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
                 (Some(f), Some(m)) => format!("{f}: {m}"),
                 _ => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
             });
         }
+        read(response).await
+    };
+    tokio::pin!(work, conn);
+    tokio::select! {
+        done = &mut work => done,
+        _ = &mut conn => work.await,
+    }
+}
+
+/// Fetches one JSON document from an operator interface (`http://IP:PORT`, path `/api/...`).
+pub async fn get_json(base_url: &str, path: &str) -> Result<Value, String> {
+    get(base_url, path, |response| async move {
+        let bytes = response.into_body().collect().await.map_err(|e| format!("GET {path}: {e}"))?.to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| format!("GET {path}: not JSON: {e}"))
+    })
+    .await
+}
+
+/// Streams a node's `/api/trace` (with `query`, e.g. `session=3&command=9`), calling `on_line`
+/// with each decoded datagram until the node closes the stream.
+pub async fn trace_client(base_url: &str, query: &str, mut on_line: impl FnMut(Value)) -> Result<(), String> {
+    let query = query.trim_start_matches('?');
+    let path = if query.is_empty() { "/api/trace".to_owned() } else { format!("/api/trace?{query}") };
+    get(base_url, &path, |response| async move {
+        let mut body = response.into_body();
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| format!("trace stream broken: {e}"))?;
@@ -212,14 +238,8 @@ pub async fn trace_client(base_url: &str, query: &str, mut on_line: impl FnMut(V
             }
         }
         Ok(())
-    };
-    // The connection is driven here rather than in a spawned task, so dropping this future
-    // closes it.
-    tokio::pin!(work, conn);
-    tokio::select! {
-        done = &mut work => done,
-        _ = &mut conn => work.await,
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
