@@ -239,6 +239,55 @@ impl CalcClient {
     }
 }
 
+/// The slow calculator's application name.
+pub const SLOW_APP: &str = "slowcalc";
+
+/// The calculator with a deliberately slow critical section, for the ramp demo: every request
+/// holds the portion's single `db` permit for `work`, so a growing crowd of clients starves
+/// the portion the way a real shared resource would, and the lock's time-outs tell the farm.
+pub struct SlowCalcFactory {
+    /// Time spent inside the critical section per request.
+    pub work: std::time::Duration,
+}
+
+struct SlowCalc {
+    lock: Arc<dabs_sdk::sync::TimedSemaphore>,
+    work: std::time::Duration,
+    inner: CalcServer,
+}
+
+impl ServerPortion for SlowCalc {
+    async fn handle(&mut self, command: u16, payload: Vec<u8>) -> Handled {
+        // A time-out is a signal to the farm (reported by the semaphore), not a failure:
+        // the request keeps waiting its turn.
+        let _permit = loop {
+            if let Ok(p) = self.lock.acquire().await {
+                break p;
+            }
+        };
+        tokio::time::sleep(self.work).await;
+        self.inner.handle(command, payload).await
+    }
+}
+
+impl PortionFactory for SlowCalcFactory {
+    fn app(&self) -> &str {
+        SLOW_APP
+    }
+
+    fn spawn(&self, ctx: dabs_node::hosting::PortionContext) {
+        let reporter = dabs_sdk::sync::StarvationReporter::from_context(&ctx);
+        let lock = Arc::new(dabs_sdk::sync::TimedSemaphore::new("db", 1, reporter));
+        // More workers than permits, like a server whose thread pool outnumbers its database
+        // connections: requests then wait at the lock, where the time-out can see them.
+        let workers = 16;
+        let portions = (0..workers)
+            .map(|_| SlowCalc { lock: lock.clone(), work: self.work, inner: CalcServer::default() })
+            .collect();
+        tokio::spawn(dabs_sdk::server::run_workers(portions, ctx));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,13 +21,22 @@ pub fn client_config() -> Config {
 
 /// Starts a calculator client on a fresh endpoint.
 pub async fn connect(farm: SocketAddr, profile: Profile) -> Result<(CalcClient, Arc<FarmClient>), String> {
+    connect_app(farm, profile, dabs_calc::APP).await
+}
+
+/// Starts a client of calculator application `app` (the calculator or its slow variant).
+pub async fn connect_app(
+    farm: SocketAddr,
+    profile: Profile,
+    app: &str,
+) -> Result<(CalcClient, Arc<FarmClient>), String> {
     let endpoint = dabs_net::spawn(
         "127.0.0.1:0".parse().expect("literal"),
         DriverOptions { config: client_config(), ..Default::default() },
     )
     .await
     .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
-    let options = FarmClientOptions { idempotent: true, ..FarmClientOptions::new(farm, dabs_calc::APP) };
+    let options = FarmClientOptions { idempotent: true, ..FarmClientOptions::new(farm, app) };
     let client = Arc::new(
         FarmClient::start(endpoint, options)
             .await

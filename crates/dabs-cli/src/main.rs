@@ -6,6 +6,7 @@ mod codec_demo;
 mod demo;
 mod farm;
 mod mp_tools;
+mod ramp;
 mod serve;
 mod status;
 mod trace;
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// The main job: a 3-node farm, a crowd of calculator clients, one node killed half-way.
     Demo {
+        /// Another demonstration: `ramp` (balancing under a rising load).
+        #[command(subcommand)]
+        which: Option<DemoCommand>,
         /// Also print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
@@ -105,6 +109,16 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum DemoCommand {
+    /// A rising load on the slow calculator: spawns, moves, latency per phase.
+    Ramp {
+        /// Also print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Open-session latency through the farm group: portion running vs. to be started.
     Open {
@@ -158,7 +172,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo { json, clients, seconds } => demo::run(json, clients, seconds),
+        Command::Demo { which: Some(DemoCommand::Ramp { json }), .. } => ramp::run(json),
+        Command::Demo { which: None, json, clients, seconds } => demo::run(json, clients, seconds),
         Command::Node { config } => farm::run_node(&config),
         Command::Status { farm, interface, listen_ms } => status::run(farm, interface, listen_ms),
         Command::Trace { node, session, va, command, json } => {

@@ -274,3 +274,18 @@ fn status_prints_the_farm_and_trace_decodes_its_traffic() {
         "filter by command:\n{human}"
     );
 }
+
+#[test]
+fn a_rising_load_makes_the_farm_spawn_portions_without_losing_calls() {
+    let out = Command::new(DABS).args(["demo", "ramp", "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ramp failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["spawns"].as_u64().unwrap() >= 1, "starvation must add portions: {summary}");
+    assert!(stdout.contains("starved on db"), "the cause is shown:\n{stdout}");
+    let phases = summary["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 5);
+    assert!(phases.iter().all(|p| p["calls"].as_u64().unwrap() > 0), "{summary}");
+}

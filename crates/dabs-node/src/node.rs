@@ -848,7 +848,24 @@ impl Inner {
                 .map(|s| s.node.clone())
         };
         let Some(target) = target else {
-            self.note(format!("no other server can take a portion of {app} ({cause})"));
+            // Nobody else can take it: a portion starves on its own resources, so one more here
+            // still helps, within the local limit.
+            let room = {
+                let st = self.state();
+                let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+                let max_local =
+                    if balance.max_local_portions == 0 { cpus } else { balance.max_local_portions };
+                (st.portions.values().filter(|p| p.app == app).count() as u32) < max_local.max(2) * 2
+            };
+            if room
+                && resource != "memory"
+                && let Ok((va, _)) = self.start_portion(app, None, None, None)
+            {
+                self.counters.spawns.fetch_add(1, Ordering::Relaxed);
+                self.note(format!("spawned {va} here (no other server can take one): {cause}"));
+            } else {
+                self.note(format!("no server can take another portion of {app} ({cause})"));
+            }
             return;
         };
         let this = self.clone();
@@ -1180,8 +1197,16 @@ impl Inner {
                     }
                     drop(st);
                     let app = self.state().portions.get(&va).map(|p| p.app.clone()).unwrap_or_default();
-                    self.state().timeouts.push_back((Instant::now(), resource.clone(), app.clone()));
-                    self.note(format!("portion {va} starved on {resource}"));
+                    let first_in_window = {
+                        let mut st = self.state();
+                        let quiet = !st.timeouts.iter().any(|(_, r, a)| *r == resource && *a == app);
+                        st.timeouts.push_back((Instant::now(), resource.clone(), app.clone()));
+                        quiet
+                    };
+                    // One event per starvation episode, not one per time-out.
+                    if first_in_window {
+                        self.note(format!("portion {va} starved on {resource}: no new clients here for now"));
+                    }
                     self.spawn_for(&app, &resource, format!("portion {va} starved on {resource}"));
                 }
                 PortionReport::Exited => {

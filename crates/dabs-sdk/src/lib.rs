@@ -11,9 +11,16 @@
 pub mod client;
 pub mod partition;
 pub mod server;
+pub mod sync;
+pub mod timers;
 
 pub use client::{ClientStatus, FarmClient, FarmClientOptions};
 pub use partition::{
     Caller, PartitionError, Placed, decode_args, decode_reply, encode_args, encode_err, encode_ok,
 };
 pub use server::{Handled, PortionFactoryFn, ServerPortion};
+pub use sync::{Empty, Permit, QueueFull, StarvationReporter, Starved, TimedQueue, TimedSemaphore};
+pub use timers::{
+    Adjust, Attempt, Callback, Expired, Ratio, ReadOutcome, ReadTimer, ReadTimerConfig, TimedOut,
+    TimeoutPattern, TimerBase, WriteTimer,
+};

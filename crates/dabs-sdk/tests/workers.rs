@@ -74,5 +74,9 @@ async fn one_worker_serves_one_at_a_time_and_a_split_serves_several() {
     assert_eq!(reports, [PortionReport::Started, PortionReport::Exited], "one start, one exit");
     let (peak, reports) = peak_concurrency(4).await;
     assert_eq!(peak, 4, "four workers take four of the eight requests at once");
-    assert_eq!(reports, [PortionReport::Started, PortionReport::Exited], "a split portion still starts and exits once");
+    assert_eq!(
+        reports,
+        [PortionReport::Started, PortionReport::Exited],
+        "a split portion still starts and exits once"
+    );
 }
