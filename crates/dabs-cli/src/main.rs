@@ -4,6 +4,7 @@ mod bench;
 mod calc;
 mod codec_demo;
 mod demo;
+mod drain;
 mod farm;
 mod mp_tools;
 mod ramp;
@@ -73,6 +74,17 @@ enum Command {
         /// One JSON object per datagram.
         #[arg(long)]
         json: bool,
+    },
+    /// Drain a node: no new clients, its clients told (authenticated) to move. `--undo` reverses.
+    Drain {
+        /// The node's MP address, IP:PORT.
+        node: std::net::SocketAddr,
+        /// The farm's shared secret, hex.
+        #[arg(long)]
+        secret: String,
+        /// Take new clients again.
+        #[arg(long)]
+        undo: bool,
     },
     /// Benchmarks that need a running farm.
     Bench {
@@ -176,6 +188,7 @@ fn main() -> ExitCode {
         Command::Demo { which: None, json, clients, seconds } => demo::run(json, clients, seconds),
         Command::Node { config } => farm::run_node(&config),
         Command::Status { farm, interface, listen_ms } => status::run(farm, interface, listen_ms),
+        Command::Drain { node, secret, undo } => drain::run(node, &secret, undo),
         Command::Trace { node, session, va, command, json } => {
             trace::run(&node, session, va.as_deref(), command, json)
         }

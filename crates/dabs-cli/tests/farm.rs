@@ -289,3 +289,49 @@ fn a_rising_load_makes_the_farm_spawn_portions_without_losing_calls() {
     assert_eq!(phases.len(), 5);
     assert!(phases.iter().all(|p| p["calls"].as_u64().unwrap() > 0), "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_clients_with_authenticated_failover() {
+    const SECRET: &str = "00112233445566778899aabbccddeeff";
+    let farm = common::Farm::up_with(3, "drain", &["--secret", SECRET]);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let group = farm.group();
+    let ep = endpoint().await;
+    let mut options = dabs_sdk::FarmClientOptions::new(group, "calc");
+    options.secret = Some(hex_decode(SECRET));
+    options.idempotent = true;
+    let client = dabs_sdk::FarmClient::start(ep, options).await.expect("client starts");
+    let add = |a: i64, b: i64| dabs_sdk::encode_args(&(a, b));
+    assert_eq!(client.call(256, add(2, 3)).await.map(|r| dabs_sdk::decode_reply::<i64>(&r)), Ok(Ok(5)));
+    let Some(Addr::Udp(home)) = client.server().await else { panic!("no server") };
+
+    // A forged drain is refused; the genuine one moves the client.
+    let forged = Command::new(DABS)
+        .args(["drain", &home.to_string(), "--secret", "ffeeddccbbaa99887766554433221100"])
+        .output()
+        .unwrap();
+    assert!(!forged.status.success(), "a drain with the wrong secret must be refused");
+    let out = Command::new(DABS).args(["drain", &home.to_string(), "--secret", SECRET]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = Instant::now();
+    loop {
+        if matches!(client.server().await, Some(Addr::Udp(a)) if a != home) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "client did not move after the drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client.failovers().accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(client.failovers().rejected.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(client.call(256, add(40, 2)).await.map(|r| dabs_sdk::decode_reply::<i64>(&r)), Ok(Ok(42)));
+    // New sessions through the group avoid the drained node.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..6 {
+        let s = endpoint().await.open(Addr::Udp(group), 1, calc_ask()).await.unwrap();
+        assert_ne!(s.peer, Addr::Udp(home), "a new client was sent to the drained node");
+    }
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod db;
+pub mod failover;
 pub mod hosting;
 pub mod membership;
 pub mod metrics;

@@ -50,6 +50,8 @@ struct Portion {
     figures: Arc<PortionFigures>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
     started_ms: u64,
+    /// Its clients' sessions and addresses, to tell them to move.
+    clients: Vec<(dabs_net::SessionId, SocketAddr)>,
 }
 
 struct State {
@@ -77,6 +79,10 @@ struct State {
     closed_since: Option<Instant>,
     /// When a portion was last moved away from here.
     last_move: Option<Instant>,
+    /// The operator drained this node.
+    draining: bool,
+    /// Highest drain nonce accepted, against replays.
+    drain_nonce: u64,
 }
 
 /// A node closed to new clients this long moves its busiest portion to a healthier server.
@@ -287,6 +293,8 @@ impl Node {
                 latency_marks: HashMap::new(),
                 closed_since: None,
                 last_move: None,
+                draining: false,
+                drain_nonce: 0,
             }),
             settings: Mutex::new(Settings::from_config(&config)),
             config,
@@ -496,7 +504,14 @@ impl Inner {
             .map_err(|e| e.to_string())?;
         self.state().portions.insert(
             va.clone(),
-            Portion { app: app.into(), queue, figures: figures.clone(), events: events_tx, started_ms },
+            Portion {
+                app: app.into(),
+                queue,
+                figures: figures.clone(),
+                events: events_tx,
+                started_ms,
+                clients: Vec::new(),
+            },
         );
         factory.spawn(PortionContext {
             app: app.into(),
@@ -544,7 +559,7 @@ impl Inner {
             mem_free_mb: st.host.mem_free_mb,
             disk_free_mb: st.host.disk_free_mb,
             net_bytes_per_s: st.host.net_bytes_per_s,
-            accepting: st.accepting && !st.latency_closed && st.timeouts.is_empty(),
+            accepting: st.accepting && !st.draining && !st.latency_closed && st.timeouts.is_empty(),
             leaving,
             settings_version: self.settings.lock().unwrap_or_else(|e| e.into_inner()).version,
             starved: {
@@ -659,7 +674,68 @@ impl Inner {
     /// mark (until back under the low one), and no portion starving right now.
     fn admits_new_clients(&self) -> bool {
         let st = self.state();
-        st.accepting && !st.latency_closed && st.timeouts.is_empty()
+        st.accepting && !st.draining && !st.latency_closed && st.timeouts.is_empty()
+    }
+
+    /// Drains this node (the operator's failover): no new clients, and every client is told to
+    /// move, in batches so the alternates are not hit by a herd. `undo` reopens it.
+    fn drain(self: &Arc<Self>, undo: bool) {
+        self.state().draining = !undo;
+        if undo {
+            self.note("drain undone: taking new clients again".into());
+            return;
+        }
+        let Some(secret) = self.config.farm.secret.clone() else {
+            self.note("draining without a farm secret: clients cannot be told to move".into());
+            return;
+        };
+        let clients: Vec<(String, dabs_net::SessionId, SocketAddr)> = {
+            let st = self.state();
+            st.portions
+                .values()
+                .flat_map(|p| p.clients.iter().map(|(s, a)| (p.app.clone(), *s, *a)))
+                .collect()
+        };
+        self.note(format!("draining: telling {} clients to move", clients.len()));
+        let this = self.clone();
+        tokio::spawn(async move {
+            for batch in clients.chunks(50) {
+                for (app, session, client) in batch {
+                    let alternates = this.alternates(app);
+                    if alternates.is_empty() {
+                        continue;
+                    }
+                    // Strictly increasing per server, also across restarts: time-based.
+                    let sent = this.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                    let nonce = unix_ms() * 1000 + sent % 1000;
+                    let notice = crate::failover::Failover { alternates, nonce, issued: unix_ms() };
+                    let payload = notice.seal(&secret, this.mp, *client);
+                    drop(this.endpoint.call_async(*session, SystemCommand::Failover.number(), payload));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Up to three alternates for a client of `app`: the least-loaded other members that take
+    /// new clients, each with its emptiest portion of the application.
+    fn alternates(&self, app: &str) -> Vec<crate::failover::Alternate> {
+        let Some(app_cfg) = self.app_config(app) else { return Vec::new() };
+        let st = self.state();
+        let mut members: Vec<&NodeStats> = st
+            .membership
+            .fresh(Instant::now(), self.fresh_window())
+            .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
+            .collect();
+        members.sort_by(|a, b| crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)));
+        members
+            .into_iter()
+            .filter_map(|s| {
+                let p = s.portions.iter().filter(|p| p.app == app).min_by_key(|p| p.sessions)?;
+                Some(crate::failover::Alternate { addr: s.mp, va: p.va.clone() })
+            })
+            .take(3)
+            .collect()
     }
 
     /// The balancing process's periodic look: latency limits, the starvation window, and
@@ -1105,10 +1181,17 @@ impl Inner {
             let p = &st.portions[&va];
             (p.figures.clone(), p.events.clone())
         };
+        let this = self.clone();
+        let portion_va = va.clone();
         tokio::spawn(async move {
             match endpoint.accept_open(req.clone(), queue, payload).await {
                 Ok(session) => {
                     figures.sessions.fetch_add(1, Ordering::Relaxed);
+                    if let Addr::Udp(client) = req.peer
+                        && let Some(p) = this.state().portions.get_mut(&portion_va)
+                    {
+                        p.clients.push((session, client));
+                    }
                     let _ = events.send(RuntimeEvent::AddClient { session, peer: req.peer });
                 }
                 Err(e) => tracing::warn!(error = %e, "session not accepted"),
@@ -1125,6 +1208,35 @@ impl Inner {
                     let me = self.own_stats(false);
                     let members: Vec<NodeStats> = self.state().membership.live().cloned().collect();
                     req.reply(cbor(&(me, members)));
+                }
+                Some(SystemCommand::Drain) => {
+                    let verdict = match &self.config.farm.secret {
+                        None => Err("this farm has no secret: drain is refused".to_owned()),
+                        Some(secret) => crate::failover::open_drain(
+                            &req.request.payload,
+                            secret,
+                            self.mp,
+                            unix_ms(),
+                            30_000,
+                        ),
+                    };
+                    match verdict {
+                        Ok((drain, nonce)) if nonce > self.state().drain_nonce => {
+                            self.state().drain_nonce = nonce;
+                            self.drain(!drain);
+                            req.reply(cbor(&BTreeMap::from([("draining", drain)])));
+                        }
+                        Ok(_) => {
+                            self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                            self.note("DRAIN refused: replayed nonce".into());
+                            req.reject(NakCode::AuthenticationFailed, "replayed");
+                        }
+                        Err(e) => {
+                            self.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                            self.note(format!("DRAIN refused: {e}"));
+                            req.reject(NakCode::AuthenticationFailed, "drain not authenticated");
+                        }
+                    }
                 }
                 Some(SystemCommand::Spawn) => {
                     let ask: Result<BTreeMap<String, String>, String> =

@@ -3,11 +3,12 @@
 
 use crate::partition::{BoxFuture, Caller, PartitionError};
 use dabs_net::{Addr, CallError, EndpointHandle, Error, Session};
+use dabs_node::failover::FailoverVerifier;
 use dabs_node::shapes::{OpenAsk, parse_open_reply};
 use dabs_wire::{NakCode, SystemCommand};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How a client portion reaches its application.
@@ -26,12 +27,25 @@ pub struct FarmClientOptions {
     pub idempotent: bool,
     /// `STARTED` attempts, each after a longer, jittered pause.
     pub started_attempts: u32,
+    /// The farm's shared secret: `FAILOVER` notices are verified with it (none: ignored).
+    pub secret: Option<Vec<u8>>,
+    /// A `FAILOVER` issued further than this from our clock is refused as stale, ms.
+    pub failover_window_ms: u64,
 }
 
 impl FarmClientOptions {
     /// Options for `app` on the farm at `farm`.
     pub fn new(farm: SocketAddr, app: &str) -> Self {
-        Self { farm, app: app.into(), queue: 1, max_reopens: 3, idempotent: false, started_attempts: 6 }
+        Self {
+            farm,
+            app: app.into(),
+            queue: 1,
+            max_reopens: 3,
+            idempotent: false,
+            started_attempts: 6,
+            secret: None,
+            failover_window_ms: 30_000,
+        }
     }
 }
 
@@ -50,22 +64,51 @@ pub enum ClientStatus {
 pub struct FarmClient {
     endpoint: EndpointHandle,
     options: FarmClientOptions,
-    current: tokio::sync::Mutex<Option<Session>>,
-    va: Mutex<Option<String>>,
+    current: Arc<tokio::sync::Mutex<Option<Session>>>,
+    va: Arc<Mutex<Option<String>>>,
     reopens: AtomicU64,
     status: Mutex<ClientStatus>,
+    failovers: Arc<FailoverCounts>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// `FAILOVER` notices this client has acted on and refused.
+#[derive(Debug, Default)]
+pub struct FailoverCounts {
+    /// Verified and followed.
+    pub accepted: AtomicU64,
+    /// Refused (forged, replayed, stale, misaddressed): each an alert.
+    pub rejected: AtomicU64,
+}
+
+impl Drop for FarmClient {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 impl FarmClient {
     /// Opens a session through the farm and announces `STARTED`.
     pub async fn start(endpoint: EndpointHandle, options: FarmClientOptions) -> Result<Self, Error> {
+        let current = Arc::new(tokio::sync::Mutex::new(None));
+        let va = Arc::new(Mutex::new(None));
+        let failovers = Arc::new(FailoverCounts::default());
+        let listener = tokio::spawn(listen(
+            endpoint.clone(),
+            options.clone(),
+            current.clone(),
+            va.clone(),
+            failovers.clone(),
+        ));
         let client = Self {
             endpoint,
             options,
-            current: tokio::sync::Mutex::new(None),
-            va: Mutex::new(None),
+            current,
+            va,
             reopens: AtomicU64::new(0),
             status: Mutex::new(ClientStatus::Starting),
+            failovers,
+            listener,
         };
         let session = client.session().await?;
         client.started(&session).await?;
@@ -166,6 +209,11 @@ impl FarmClient {
         self.current.lock().await.as_ref().map(|s| s.peer.clone())
     }
 
+    /// `FAILOVER` notices followed and refused.
+    pub fn failovers(&self) -> &FailoverCounts {
+        &self.failovers
+    }
+
     /// How many times this client had to re-open.
     pub fn reopens(&self) -> u64 {
         self.reopens.load(Ordering::Relaxed)
@@ -182,6 +230,74 @@ impl FarmClient {
             s.close();
         }
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = ClientStatus::Stopped;
+    }
+}
+
+/// The client portion's own queue: what servers send it. `FAILOVER` is verified and, if
+/// genuine, followed at once (a direct open at the first alternate that answers, naming its
+/// portion); `SHUTDOWN` drops the session so the next call re-opens through the farm.
+async fn listen(
+    endpoint: EndpointHandle,
+    options: FarmClientOptions,
+    current: Arc<tokio::sync::Mutex<Option<Session>>>,
+    va: Arc<Mutex<Option<String>>>,
+    counts: Arc<FailoverCounts>,
+) {
+    let mut requests = endpoint.register_queue(options.queue);
+    let mut verifier = options.secret.as_ref().map(|s| FailoverVerifier::new(s, options.failover_window_ms));
+    let me = endpoint.local_addrs().udp;
+    while let Some(req) = requests.recv().await {
+        let command = req.request.command;
+        let Addr::Udp(server) = req.request.peer.clone() else {
+            req.reject(NakCode::UnknownCommand, "only network servers send client commands");
+            continue;
+        };
+        if command == SystemCommand::Shutdown.number() {
+            req.reply(Vec::new());
+            let mut cur = current.lock().await;
+            if cur.as_ref().is_some_and(|s| s.peer == Addr::Udp(server)) {
+                *cur = None;
+            }
+            continue;
+        }
+        if command != SystemCommand::Failover.number() {
+            req.reject(NakCode::UnknownCommand, format!("a client portion does not serve command {command}"));
+            continue;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let verdict = match verifier.as_mut() {
+            Some(v) => v.verify(&req.request.payload, server, me, now_ms),
+            None => Err(dabs_node::failover::FailoverError::BadMac),
+        };
+        let notice = match verdict {
+            Ok(n) => n,
+            Err(e) => {
+                counts.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%server, error = %e, "FAILOVER ignored (alert)");
+                req.reject(NakCode::AuthenticationFailed, "");
+                continue;
+            }
+        };
+        req.reply(Vec::new());
+        for alt in &notice.alternates {
+            let ask = OpenAsk { app: Some(options.app.clone()), va: Some(alt.va.clone()), node: None };
+            match endpoint.open(Addr::Udp(alt.addr), options.queue, ask.to_cbor()).await {
+                Ok(s) => {
+                    if let Ok((new_va, _, _)) = parse_open_reply(&s.reply) {
+                        *va.lock().unwrap_or_else(|e| e.into_inner()) = Some(new_va);
+                    }
+                    // Calls already in flight finish on the old session; new ones use this.
+                    *current.lock().await = Some(s);
+                    counts.accepted.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(alternate = %alt.addr, error = %e, "alternate refused, trying the next")
+                }
+            }
+        }
     }
 }
 

@@ -166,11 +166,13 @@ pub enum SystemCommand {
     Settings = 19,
     /// 20 (dabs): ask a node to start another portion of an application (starvation elsewhere).
     Spawn = 20,
+    /// 21 (dabs): the operator drains a node (or undoes it), authenticated with the farm secret.
+    Drain = 21,
 }
 
 impl SystemCommand {
     /// All commands this implementation knows, in number order.
-    pub const ALL: [SystemCommand; 14] = [
+    pub const ALL: [SystemCommand; 15] = [
         SystemCommand::OpenSession,
         SystemCommand::CloseSession,
         SystemCommand::Shutdown,
@@ -185,6 +187,7 @@ impl SystemCommand {
         SystemCommand::Assign,
         SystemCommand::Settings,
         SystemCommand::Spawn,
+        SystemCommand::Drain,
     ];
 
     /// The number on the wire.
@@ -214,6 +217,7 @@ impl SystemCommand {
             SystemCommand::Assign => "ASSIGN",
             SystemCommand::Settings => "SETTINGS",
             SystemCommand::Spawn => "SPAWN",
+            SystemCommand::Drain => "DRAIN",
         }
     }
 }

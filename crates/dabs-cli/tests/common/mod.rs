@@ -53,10 +53,16 @@ pub struct Farm {
 impl Farm {
     /// Starts `dabs farm up --nodes N` and waits for its farm.json.
     pub fn up(nodes: usize, name: &str) -> Self {
+        Self::up_with(nodes, name, &[])
+    }
+
+    /// Like [`Farm::up`] with extra `farm up` arguments (e.g. `--secret HEX`).
+    pub fn up_with(nodes: usize, name: &str, extra: &[&str]) -> Self {
         let dir = temp_dir(name);
         let child = Command::new(DABS)
             .args(["farm", "up", "--nodes", &nodes.to_string(), "--dir"])
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
