@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use common::{DABS, temp_dir};
@@ -334,4 +335,95 @@ async fn drain_moves_clients_with_authenticated_failover() {
 
 fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+fn slow_farm_config(dir: &Path, group: &str, i: usize) -> PathBuf {
+    let config = dir.join(format!("node-{i}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[farm]\nname = \"m\"\ngroup = \"{group}\"\n\n[node]\nname = \"node-{i}\"\nbind = \"127.0.0.1:0\"\n\
+             operator = \"127.0.0.1:0\"\ndata_dir = \"node-{i}\"\n\n[timeouts]\ndb = 15\n\n\
+             [[app]]\nname = \"slowcalc\"\nstart_at_init = true\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
+    let dir = temp_dir("move");
+    let group = format!("239.255.{}.{}:{}", rand_byte(), rand_byte(), 41_000 + u16::from(rand_byte()) * 50);
+    let (mut n1, mp1) = start_node(&slow_farm_config(&dir, &group, 1));
+    tokio::time::sleep(Duration::from_millis(1700)).await; // node-1 becomes the decider
+    let group_addr: std::net::SocketAddr = group.parse().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        let mut options = dabs_sdk::FarmClientOptions::new(group_addr, "slowcalc");
+        options.idempotent = true;
+        options.max_reopens = 6;
+        clients
+            .push(std::sync::Arc::new(dabs_sdk::FarmClient::start(endpoint().await, options).await.unwrap()));
+    }
+    let vas: Vec<Option<String>> = clients.iter().map(|c| c.va()).collect();
+    assert!(vas.iter().all(|v| v.is_some() && v == &vas[0]), "all on node-1's one portion: {vas:?}");
+    let (mut n2, _) = start_node(&slow_farm_config(&dir, &group, 2));
+    let (mut n3, _) = start_node(&slow_farm_config(&dir, &group, 3));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (answered, failed) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (c, stop, answered, failed) = (c.clone(), stop.clone(), answered.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = i as i64 * 1_000_000;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                match c
+                    .call(256, dabs_sdk::encode_args(&(n, 1)))
+                    .await
+                    .map(|r| dabs_sdk::decode_reply::<i64>(&r))
+                {
+                    Ok(Ok(v)) if v == n + 1 => answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    _ => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    // Wait (bounded) until some client is served by another node under the same address.
+    let t = Instant::now();
+    let moved = loop {
+        let mut moved = 0;
+        for c in &clients {
+            if matches!(c.server().await, Some(Addr::Udp(a)) if a != mp1) {
+                moved += 1;
+            }
+        }
+        if moved > 0 || t.elapsed() > Duration::from_secs(25) {
+            break moved;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+    }
+    let same_va = clients.iter().filter(|c| c.va() == vas[0]).count();
+    if same_va != clients.len() {
+        eprintln!("before {:?}; after {:?}", vas[0], clients.iter().map(|c| c.va()).collect::<Vec<_>>());
+        for (i, c) in clients.iter().enumerate().take(4) {
+            eprintln!("client {i}: server {:?} reopens {}", c.server().await, c.reopens());
+        }
+    }
+    for child in [&mut n1, &mut n2, &mut n3] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(moved > 0, "no client moved off the overloaded node within 25 s");
+    assert_eq!(same_va, clients.len(), "clients keep their virtual address across the move");
+    assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0, "no call failed");
+    assert!(answered.load(std::sync::atomic::Ordering::Relaxed) > 100);
 }

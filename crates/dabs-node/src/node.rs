@@ -79,6 +79,8 @@ struct State {
     closed_since: Option<Instant>,
     /// When a portion was last moved away from here.
     last_move: Option<Instant>,
+    /// Portions moved away from here: (virtual address, new node, when).
+    moved_out: Vec<(String, String, Instant)>,
     /// The operator drained this node.
     draining: bool,
     /// Highest drain nonce accepted, against replays.
@@ -293,6 +295,7 @@ impl Node {
                 latency_marks: HashMap::new(),
                 closed_since: None,
                 last_move: None,
+                moved_out: Vec::new(),
                 draining: false,
                 drain_nonce: 0,
             }),
@@ -562,6 +565,14 @@ impl Inner {
             accepting: st.accepting && !st.draining && !st.latency_closed && st.timeouts.is_empty(),
             leaving,
             settings_version: self.settings.lock().unwrap_or_else(|e| e.into_inner()).version,
+            moved: {
+                let now = Instant::now();
+                st.moved_out
+                    .iter()
+                    .filter(|(.., t)| now.duration_since(*t) < Duration::from_secs(60))
+                    .map(|(va, node, _)| (va.clone(), node.clone()))
+                    .collect()
+            },
             starved: {
                 let mut by: BTreeMap<String, u32> = BTreeMap::new();
                 for (_, resource, _) in &st.timeouts {
@@ -645,6 +656,9 @@ impl Inner {
             let node = stats.node.clone();
             let change = {
                 let mut st = self.state();
+                for (va, home) in &stats.moved {
+                    st.moved.insert(va.clone(), home.clone());
+                }
                 let change = st.membership.observe(stats.clone(), Instant::now());
                 if change == Change::Updated || change == Change::Joined {
                     // Its figures now include the clients we sent it.
@@ -878,6 +892,11 @@ impl Inner {
                 let _ = p.events.send(RuntimeEvent::Shutdown { emergency: false });
             }
             let _ = this.db.remove_portion(&va);
+            {
+                let mut st = this.state();
+                st.moved_out.push((va.clone(), target.clone(), Instant::now()));
+                st.moved.insert(va.clone(), target.clone());
+            }
             this.note(format!("{va} now lives on {target}"));
         });
     }
@@ -1018,7 +1037,20 @@ impl Inner {
         };
         // A client whose portion's node is gone keeps its virtual address: the address moves,
         // once, to the best node for a new portion, and later clients of it follow.
-        if let Some(va) = va_hint {
+        let known_home = va_hint.and_then(|va| {
+            let st = self.state();
+            let home = st.moved.get(va)?;
+            // Only while the new home is alive; a dead one's addresses are adopted below.
+            st.membership
+                .fresh(Instant::now(), self.fresh_window())
+                .any(|s| s.node == *home)
+                .then(|| home.clone())
+        });
+        if let Some(home) = known_home {
+            // The address was moved on purpose: its clients follow it there.
+            choices.retain(|c| c.node() != home);
+            choices.insert(0, Choice::StartNew { node: home });
+        } else if let Some(va) = va_hint {
             let hosted = {
                 let st = self.state();
                 let now = Instant::now();
@@ -1140,7 +1172,10 @@ impl Inner {
             ));
         }
         let max = app_cfg.map(|a| a.max_sessions_per_portion).unwrap_or(u64::MAX);
-        if !self.admits_new_clients() {
+        // A client returning to a portion this node hosts keeps its address even while the
+        // node takes no new clients; everyone else needs admission.
+        let returning = va.is_some_and(|v| self.state().portions.contains_key(v));
+        if !returning && !self.admits_new_clients() {
             return Err((NakCode::NotAccepting, format!("node {} is not accepting new clients", self.me)));
         }
         let existing = {
@@ -1244,7 +1279,9 @@ impl Inner {
                     let ask = ask.unwrap_or_default();
                     let (app, cause) =
                         (ask.get("app").cloned().unwrap_or_default(), ask.get("cause").cloned());
-                    match self.start_portion(&app, None, None, None) {
+                    // With `va`, the portion moves here under its address.
+                    let va = ask.get("va").cloned();
+                    match self.start_portion(&app, va, None, None) {
                         Ok((va, _)) => {
                             self.counters.spawns.fetch_add(1, Ordering::Relaxed);
                             self.note(format!("spawned {va} on request: {}", cause.unwrap_or_default()));

@@ -43,7 +43,8 @@ pub fn eligible(app: &AppConfig, s: &NodeStats) -> bool {
 /// The ranked choices for a new client of `app`, best first: (i) the least-loaded servers
 /// already running a portion with room; (ii) the least-loaded servers, starting a portion;
 /// (iii) busier servers with a portion that has room. `pending` counts clients assigned to a
-/// node since its last announcement, so a burst of opens does not all land on one node;
+/// node since its last announcement, each as one more session (the unit of [`load_score`]), so
+/// a burst of opens does not all land on one node;
 /// a `va_hint` (a client coming back to its portion) goes first if a live node hosts it.
 /// Ties go to the node that started first, the earliest ballot.
 pub fn choose<'a>(
@@ -53,7 +54,7 @@ pub fn choose<'a>(
     va_hint: Option<&str>,
 ) -> Vec<Choice> {
     let members: Vec<&NodeStats> = members.collect();
-    let score = |s: &NodeStats| load_score(s) + 0.01 * pending.get(&s.node).copied().unwrap_or(0) as f64;
+    let score = |s: &NodeStats| load_score(s) + pending.get(&s.node).copied().unwrap_or(0) as f64;
     let room = |s: &'a NodeStats| {
         let extra = pending.get(&s.node).copied().unwrap_or(0);
         s.portions
@@ -69,7 +70,9 @@ pub fn choose<'a>(
 
     let mut out = Vec::new();
     if let Some(va) = va_hint
-        && let Some(host) = members.iter().find(|s| s.accepting && s.portions.iter().any(|p| p.va == va))
+        // A client coming back to its own portion is not a new client of that server: follow
+        // the address even while the server takes no new ones.
+        && let Some(host) = members.iter().find(|s| !s.leaving && s.portions.iter().any(|p| p.va == va))
     {
         out.push(Choice::Existing { node: host.node.clone(), va: va.to_owned() });
     }

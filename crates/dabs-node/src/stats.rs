@@ -98,6 +98,10 @@ pub struct NodeStats {
     /// Is stopping (a clean leave).
     #[serde(rename = "lv", default)]
     pub leaving: bool,
+    /// Portions this node moved away recently: (virtual address, new node). Announced so the
+    /// farm sends returning clients to the new home at once.
+    #[serde(rename = "mv", default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<(String, String)>,
     /// Recent lock/timer time-outs on this node by resource type: its use of each resource.
     #[serde(rename = "sr", default, skip_serializing_if = "Vec::is_empty")]
     pub starved: Vec<(String, u32)>,
@@ -146,17 +150,27 @@ impl NodeStats {
     }
 }
 
-/// The one load signal: higher is busier. CPU and memory pressure of the host, plus the
-/// work the node has taken on (sessions, waiting requests, latency, starvation time-outs),
-/// so that nodes sharing one host still tell apart.
+/// The one load signal: higher is busier, in units of one client. The work the node has taken
+/// on counts most: one per session, a quarter per waiting request, one per starvation
+/// time-out. CPU and memory pressure of the host (each 0..=1) and the portions' latency,
+/// saturating (`l / (1 s + l)`, so 1 s counts a half), add at most three together: enough to
+/// tell apart nodes with the same work, nodes sharing one host among them, but never more than
+/// a few clients, so a stale or stuck figure (a latency last measured under a burst) cannot
+/// keep a node out of placement. [`crate::placement::choose`] adds one per client sent since
+/// the node's last announcement, in the same unit. `docs/placement.md` has the measurements.
 pub fn load_score(s: &NodeStats) -> f64 {
     let cpu = f64::from(s.cpu_percent.clamp(0.0, 100.0)) / 100.0;
     let mem = if s.mem_total_mb == 0 { 0.0 } else { 1.0 - s.mem_free_mb as f64 / s.mem_total_mb as f64 };
     let sessions = s.sessions() as f64;
     let depth: u64 = s.portions.iter().map(|p| p.queue_depth).sum();
     let timeouts: u64 = s.portions.iter().map(|p| p.timeouts).sum();
-    let latency = s.portions.iter().map(|p| f64::from(p.latency_ms)).fold(0.0, f64::max);
-    cpu * 0.5 + mem * 0.2 + sessions * 0.01 + depth as f64 * 0.05 + latency / 1000.0 + timeouts as f64 * 0.01
+    let latency_s = s.portions.iter().map(|p| f64::from(p.latency_ms)).fold(0.0, f64::max).max(0.0) / 1000.0;
+    sessions
+        + 0.25 * depth as f64
+        + timeouts as f64
+        + cpu
+        + mem.clamp(0.0, 1.0)
+        + latency_s / (1.0 + latency_s)
 }
 
 /// Samples the host's CPU, memory, disk and network with sysinfo.
@@ -245,6 +259,7 @@ pub(crate) mod tests {
             leaving: false,
             settings_version: 3,
             starved: vec![],
+            moved: vec![],
             portions: (0..MAX_ANNOUNCED_PORTIONS)
                 .map(|i| PortionStats {
                     app: "calculator-app".into(),
