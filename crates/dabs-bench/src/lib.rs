@@ -27,6 +27,7 @@ pub use async_trait::async_trait;
 use tokio::task::JoinHandle;
 
 pub mod mp;
+pub mod placement;
 pub mod quic;
 pub mod report;
 pub mod runner;
