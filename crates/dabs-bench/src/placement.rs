@@ -529,6 +529,7 @@ fn blank_stats(i: usize) -> NodeStats {
         disk_free_mb: 100_000,
         net_bytes_per_s: 0,
         accepting: true,
+        draining: false,
         leaving: false,
         starved: Vec::new(),
         moved: Vec::new(),

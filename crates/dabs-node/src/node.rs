@@ -563,6 +563,7 @@ impl Inner {
             disk_free_mb: st.host.disk_free_mb,
             net_bytes_per_s: st.host.net_bytes_per_s,
             accepting: st.accepting && !st.draining && !st.latency_closed && st.timeouts.is_empty(),
+            draining: st.draining,
             leaving,
             settings_version: self.settings.lock().unwrap_or_else(|e| e.into_inner()).version,
             moved: {
@@ -1012,7 +1013,7 @@ impl Inner {
         let app = ask.app.clone().unwrap_or_default();
         if !open.via_group {
             // Sent to this node directly: answer here.
-            match self.accept_local(&open.request, &app, ask.va.as_deref(), false) {
+            match self.accept_local(&open.request, &app, ask.va.as_deref(), false, false) {
                 Ok(_) => {}
                 Err((code, text)) => open.reject(code, text),
             }
@@ -1071,6 +1072,20 @@ impl Inner {
                 }
             }
         }
+        // Every server is closed to new clients by starvation or latency: admission control is
+        // a preference, not a refusal, so place the client by load among those still serving
+        // (never a draining or stopping one) — R-RE-5's "a more loaded server".
+        let overflow = choices.is_empty();
+        if overflow {
+            let st = self.state();
+            let open_to_all: Vec<NodeStats> = st
+                .membership
+                .fresh(Instant::now(), self.fresh_window())
+                .filter(|s| !s.draining && !s.leaving)
+                .map(|s| NodeStats { accepting: true, ..s.clone() })
+                .collect();
+            choices = choose(&app_cfg, open_to_all.iter(), &st.pending, va_hint);
+        }
         for choice in choices.iter().take(4) {
             let node = choice.node().to_owned();
             *self.state().pending.entry(node.clone()).or_default() += 1;
@@ -1079,9 +1094,9 @@ impl Inner {
                 Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
             };
             let result = if node == self.me {
-                self.accept_local(&open.request, app, va.as_deref(), start_new).map(|_| ())
+                self.accept_local(&open.request, app, va.as_deref(), start_new, overflow).map(|_| ())
             } else {
-                self.assign_remote(&node, &open.request, app, va, start_new).await
+                self.assign_remote(&node, &open.request, app, va, start_new, overflow).await
             };
             match result {
                 Ok(()) => return,
@@ -1106,6 +1121,7 @@ impl Inner {
         app: &str,
         va: Option<String>,
         start_new: bool,
+        overflow: bool,
     ) -> Result<(), (NakCode, String)> {
         let Addr::Udp(client) = req.peer else {
             return Err((NakCode::Malformed, "only network clients can be assigned".into()));
@@ -1119,6 +1135,7 @@ impl Inner {
             app: app.into(),
             va,
             start_new,
+            overflow,
         };
         let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
         match tokio::time::timeout(ASSIGN_WAIT, call).await {
@@ -1163,6 +1180,7 @@ impl Inner {
         app: &str,
         va: Option<&str>,
         start_new: bool,
+        overflow: bool,
     ) -> Result<String, (NakCode, String)> {
         let app_cfg = self.app_config(app);
         if app_cfg.is_none() || self.factory(app).is_none() {
@@ -1175,7 +1193,11 @@ impl Inner {
         // A client returning to a portion this node hosts keeps its address even while the
         // node takes no new clients; everyone else needs admission.
         let returning = va.is_some_and(|v| self.state().portions.contains_key(v));
-        if !returning && !self.admits_new_clients() {
+        let overflow_ok = overflow && {
+            let st = self.state();
+            st.accepting && !st.draining
+        };
+        if !returning && !overflow_ok && !self.admits_new_clients() {
             return Err((NakCode::NotAccepting, format!("node {} is not accepting new clients", self.me)));
         }
         let existing = {
@@ -1303,7 +1325,7 @@ impl Inner {
                             src: a.src,
                             crc: a.crc,
                         };
-                        match self.accept_local(&open, &a.app, a.va.as_deref(), a.start_new) {
+                        match self.accept_local(&open, &a.app, a.va.as_deref(), a.start_new, a.overflow) {
                             Ok(va) => req.reply(cbor(&BTreeMap::from([("va", va)]))),
                             Err((code, text)) => req.reject(code, text),
                         }

@@ -103,6 +103,10 @@ pub struct Assign {
     pub va: Option<String>,
     /// Start a new portion rather than use one with room.
     pub start_new: bool,
+    /// No server admits new clients (all starving or slow): admit this one anyway unless
+    /// draining or stopping.
+    #[serde(default)]
+    pub overflow: bool,
 }
 
 /// `RESOLVE_VA` answer.

@@ -95,6 +95,9 @@ pub struct NodeStats {
     /// Takes new clients.
     #[serde(rename = "ac")]
     pub accepting: bool,
+    /// Drained by the operator: never sent clients, not even when every server is full.
+    #[serde(rename = "dr", default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
     /// Is stopping (a clean leave).
     #[serde(rename = "lv", default)]
     pub leaving: bool,
@@ -256,6 +259,7 @@ pub(crate) mod tests {
             disk_free_mb: 80_000,
             net_bytes_per_s: 123_456,
             accepting: true,
+            draining: false,
             leaving: false,
             settings_version: 3,
             starved: vec![],

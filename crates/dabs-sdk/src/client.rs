@@ -110,7 +110,18 @@ impl FarmClient {
             failovers,
             listener,
         };
-        let session = client.session().await?;
+        // A farm that is full right now may have room a moment later: retry like a call does.
+        let mut attempt = 0;
+        let session = loop {
+            match client.session().await {
+                Ok(s) => break s,
+                Err(e) if attempt < client.options.max_reopens && opening_worth_retrying(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         client.started(&session).await?;
         *client.status.lock().unwrap_or_else(|e| e.into_inner()) = ClientStatus::Running;
         Ok(client)
