@@ -133,7 +133,9 @@ async fn local_socket_partition_needs_no_acks() {
     // Open + 20 small + one 21-buffer request; replies likewise: not one ACK either way.
     assert_eq!(c.datagrams_out, 1 + 20 + 21, "client sent ACKs over a reliable link: {c:?}");
     assert_eq!(v.datagrams_out, 1 + 20 + 21, "server sent ACKs over a reliable link: {v:?}");
-    assert!(c.latency_count >= 21, "replies are still timed");
+    // Each driver truncates its clock to whole ms, so a reply can look up to 1 ms early and
+    // count as clock skew: either way it was timed.
+    assert!(c.latency_count + c.clock_skew >= 21, "replies are still timed: {c:?}");
     cli.shutdown().await;
     srv.shutdown().await;
     assert!(!sp.exists() && !cp.exists(), "sockets removed on shutdown");
