@@ -12,10 +12,7 @@ use std::process::ExitCode;
 /// Runs the codec demo and prints what happens to each datagram.
 pub fn codec_demo() -> ExitCode {
     let message: Vec<u8> = (0..2_000u32).map(|i| (i % 251) as u8).collect();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = dabs_net::unix_ms();
     let header = Header {
         session: 1,
         transaction: 1,

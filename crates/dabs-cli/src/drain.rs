@@ -38,9 +38,7 @@ pub fn run(node: SocketAddr, secret_hex: &str, undo: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = dabs_net::unix_ms();
         let payload = dabs_node::failover::seal_drain(&secret, node, !undo, now, now);
         match session.call(SystemCommand::Drain.number(), payload).await {
             Ok(_) => {

@@ -5,6 +5,7 @@ use crate::handle::{
 };
 use crate::inproc;
 use crate::socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
+use crate::unix_ms;
 use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
 use dabs_wire::{Header, NakCode};
 use std::collections::HashMap;
@@ -57,10 +58,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (tap, _) = tokio::sync::broadcast::channel(4096);
     let handle = EndpointHandle { cmd: cmd_tx.clone(), local: local.clone(), tap: tap.clone() };
-    let wall_epoch_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let wall_epoch_ms = unix_ms();
     let seed = options.seed.unwrap_or_else(rand::random);
     let endpoint = Endpoint::new(options.config, seed, wall_epoch_ms);
     let unix_out = unix.clone().map(|u| {
@@ -131,10 +129,7 @@ impl Driver {
 
     fn record(&self, outgoing: bool, peer: &Addr, data: &[u8]) {
         if self.tap.receiver_count() > 0 {
-            let at_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let at_ms = unix_ms();
             let _ = self.tap.send(TapRecord { at_ms, outgoing, peer: peer.clone(), data: data.to_vec() });
         }
     }

@@ -19,3 +19,9 @@ pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
 
 pub use dabs_proto::{Addr, CallError, Config, Incoming, OpenRequest, SessionId, Stats};
+
+/// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it): the
+/// one place the layers above read it, for sent-time stamps, latencies and `issued` fields.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -111,6 +111,8 @@ struct Inner {
     counters: NodeCounters,
     latency: prometheus_client::metrics::histogram::Histogram,
     operator: Mutex<Option<SocketAddr>>,
+    /// A settings fetch is under way.
+    fetching_settings: std::sync::atomic::AtomicBool,
 }
 
 /// A line of the node's recent history (spawns, moves, members, alerts).
@@ -206,14 +208,14 @@ impl NodeHandle {
 
     /// The run-time settings in force.
     pub fn settings(&self) -> Settings {
-        self.0.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.settings_guard().clone()
     }
 
     /// Changes the run-time settings here; the farm picks the change up from this node's
     /// next announcement.
     pub fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, SettingsError> {
         let next = {
-            let mut current = self.0.settings.lock().unwrap_or_else(|e| e.into_inner());
+            let mut current = self.0.settings_guard();
             let next = current.apply(patch, &self.0.me)?;
             *current = next.clone();
             next
@@ -246,12 +248,7 @@ pub struct Node {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use dabs_net::unix_ms;
 
 impl Node {
     /// Starts the runtime: database, endpoint on the farm group, portions from the database
@@ -306,6 +303,7 @@ impl Node {
             counters: NodeCounters::default(),
             latency: latency_histogram(),
             operator: Mutex::new(None),
+            fetching_settings: std::sync::atomic::AtomicBool::new(false),
         });
         inner.load_settings();
         // The configuration in force, kept for a restart and the operator; never the secret.
@@ -391,6 +389,10 @@ impl Inner {
         }
     }
 
+    fn settings_guard(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Settings stored by an earlier run win over the file's when they are newer.
     fn load_settings(&self) {
         let stored = self
@@ -400,7 +402,7 @@ impl Inner {
             .flatten()
             .and_then(|b| from_cbor::<Settings>(&b, "settings").ok());
         if let Some(stored) = stored {
-            let mut current = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            let mut current = self.settings_guard();
             if stored.newer_than(&current) {
                 *current = stored;
             }
@@ -416,7 +418,7 @@ impl Inner {
     /// Takes settings heard from the farm if they are newer than ours.
     fn adopt_settings(&self, s: Settings) {
         let adopted = {
-            let mut current = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            let mut current = self.settings_guard();
             if s.newer_than(&current) {
                 *current = s.clone();
                 true
@@ -433,7 +435,7 @@ impl Inner {
     /// An application's record with the run-time settings applied.
     fn app_config(&self, app: &str) -> Option<crate::config::AppConfig> {
         let base = self.config.app(app)?;
-        Some(self.settings.lock().unwrap_or_else(|e| e.into_inner()).app_config(base))
+        Some(self.settings_guard().app_config(base))
     }
 
     fn factory(&self, app: &str) -> Option<&Arc<dyn PortionFactory>> {
@@ -565,7 +567,7 @@ impl Inner {
             accepting: st.accepting && !st.draining && !st.latency_closed && st.timeouts.is_empty(),
             draining: st.draining,
             leaving,
-            settings_version: self.settings.lock().unwrap_or_else(|e| e.into_inner()).version,
+            settings_version: self.settings_guard().version,
             moved: {
                 let now = Instant::now();
                 st.moved_out
@@ -641,8 +643,9 @@ impl Inner {
             if stats.farm != self.config.farm.name || stats.node == self.me {
                 continue;
             }
-            let mine = self.settings.lock().unwrap_or_else(|e| e.into_inner()).version;
-            if stats.settings_version > mine {
+            let mine = self.settings_guard().version;
+            // One fetch at a time: announcements keep coming while it is under way.
+            if stats.settings_version > mine && !self.fetching_settings.swap(true, Ordering::SeqCst) {
                 let (this, node) = (self.clone(), stats.node.clone());
                 tokio::spawn(async move {
                     match this.call_node(&node, SystemCommand::Settings.number(), Vec::new()).await {
@@ -652,6 +655,7 @@ impl Inner {
                         },
                         Err(e) => tracing::debug!(%node, error = %e, "settings not fetched"),
                     }
+                    this.fetching_settings.store(false, Ordering::SeqCst);
                 });
             }
             let node = stats.node.clone();
@@ -757,7 +761,7 @@ impl Inner {
     /// resources approaching an application's floor.
     fn rebalance(self: &Arc<Self>) {
         let (high, low) = {
-            let s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            let s = self.settings_guard();
             (s.max_message_latency_ms as f64, s.low_water_ms as f64)
         };
         let mut changed = None;
@@ -902,6 +906,15 @@ impl Inner {
         });
     }
 
+    /// Portions of one application this node runs at most (`[balance] max_local_portions`,
+    /// 0 meaning one per CPU).
+    fn max_local_portions(&self) -> u32 {
+        match self.config.balance.max_local_portions {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            n => n,
+        }
+    }
+
     /// Adds a portion of `app` because of `cause`: here while this server has headroom and
     /// local preference is on, else on the eligible member with the fewest recent time-outs
     /// on `resource` (then the lowest load). At most one per application per cool-down.
@@ -914,8 +927,7 @@ impl Inner {
                 return;
             }
             st.last_spawn.insert(app.to_owned(), now);
-            let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-            let max_local = if balance.max_local_portions == 0 { cpus } else { balance.max_local_portions };
+            let max_local = self.max_local_portions();
             let local = st.portions.values().filter(|p| p.app == app).count() as u32;
             f64::from(st.host.cpu_percent) < balance.local_headroom_cpu_percent && local < max_local
         };
@@ -948,9 +960,7 @@ impl Inner {
             // still helps, within the local limit.
             let room = {
                 let st = self.state();
-                let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-                let max_local =
-                    if balance.max_local_portions == 0 { cpus } else { balance.max_local_portions };
+                let max_local = self.max_local_portions();
                 (st.portions.values().filter(|p| p.app == app).count() as u32) < max_local.max(2) * 2
             };
             if room
@@ -1313,7 +1323,7 @@ impl Inner {
                     }
                 }
                 Some(SystemCommand::Settings) => {
-                    let s = self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let s = self.settings_guard().clone();
                     req.reply(cbor(&s));
                 }
                 Some(SystemCommand::Assign) => match from_cbor::<Assign>(&req.request.payload, "ASSIGN") {

@@ -275,9 +275,7 @@ async fn listen(
             req.reject(NakCode::UnknownCommand, format!("a client portion does not serve command {command}"));
             continue;
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = dabs_net::unix_ms();
         let verdict = match verifier.as_mut() {
             Some(v) => v.verify(&req.request.payload, server, me, now_ms),
             None => Err(dabs_node::failover::FailoverError::BadMac),

@@ -141,9 +141,7 @@ async fn serve_one<P: ServerPortion>(
     f.queue_depth.store(depth as u64, Ordering::Relaxed);
     // Latency from the sender's stamp to now, when the portion takes the request: it includes
     // the time spent waiting in this portion's queue, which is what starvation looks like.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = dabs_net::unix_ms();
     let latency = dabs_wire::latency(req.request.id.sent, now_ms);
     if !latency.clock_skew {
         histogram.observe(f64::from(latency.millis) / 1000.0);
