@@ -92,8 +92,54 @@ pub struct Channel {
     va: String,
     local_queue: u16,
     open_payload: Vec<u8>,
-    current: tokio::sync::Mutex<Option<(Addr, Session)>>,
+    current: tokio::sync::Mutex<Option<(Addr, Route)>>,
     max_moves: u32,
+}
+
+/// One call's use of a route; ends the use even if the call is cancelled.
+struct InUse(Route);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.end_call();
+    }
+}
+
+/// A session in use by a channel. A session the channel has moved away from is closed only
+/// when its last call has finished: closing it earlier would fail calls that may have run.
+#[derive(Clone)]
+struct Route {
+    session: Session,
+    /// Calls in flight, and whether the channel has moved away.
+    use_state: Arc<Mutex<(usize, bool)>>,
+}
+
+impl Route {
+    fn new(session: Session) -> Self {
+        Self { session, use_state: Arc::default() }
+    }
+
+    fn begin_call(&self) {
+        self.use_state.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+    }
+
+    fn end_call(&self) {
+        let mut st = self.use_state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 -= 1;
+        if st.0 == 0 && st.1 {
+            self.session.close();
+        }
+    }
+
+    fn retire(&self) {
+        let mut st = self.use_state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.1 {
+            st.1 = true;
+            if st.0 == 0 {
+                self.session.close();
+            }
+        }
+    }
 }
 
 impl Channel {
@@ -121,32 +167,39 @@ impl Channel {
         self.current.lock().await.as_ref().map(|(a, _)| a.clone())
     }
 
-    async fn session(&self) -> Result<(Addr, Session), Error> {
+    /// The route to use now, counted as in use by one call until [`Route::end_call`] (via [`InUse`]).
+    async fn session(&self) -> Result<(Addr, Route), Error> {
         let mut current = self.current.lock().await;
         let obj = self.resolver.resolve(&self.va).ok_or(Error::Call(CallError::Nak {
             code: NakCode::UnknownQueue,
             text: format!("{} does not resolve", self.va),
         }))?;
         let route = obj.route().ok_or(Error::Call(CallError::UnknownSession))?;
-        if let Some((addr, s)) = current.as_ref()
+        if let Some((addr, r)) = current.as_ref()
             && *addr == route
         {
-            return Ok((addr.clone(), s.clone()));
+            r.begin_call();
+            return Ok((addr.clone(), r.clone()));
         }
         if let Some((_, old)) = current.take() {
-            old.close();
+            old.retire();
         }
         let session = self.endpoint.open(route.clone(), self.local_queue, self.open_payload.clone()).await?;
-        *current = Some((route.clone(), session.clone()));
-        Ok((route, session))
+        let r = Route::new(session);
+        r.begin_call();
+        *current = Some((route.clone(), r.clone()));
+        Ok((route, r))
     }
 
     /// Sends a request to the portion wherever it is, following moves.
     pub async fn call(&self, command: u16, payload: Vec<u8>) -> Result<Vec<u8>, Error> {
         let mut moves = 0;
         loop {
-            let (route, session) = self.session().await?;
-            match session.call(command, payload.clone()).await {
+            let (route, r) = self.session().await?;
+            let in_use = InUse(r);
+            let result = in_use.0.session.call(command, payload.clone()).await;
+            drop(in_use);
+            match result {
                 Err(Error::Call(CallError::Nak { code, .. }))
                     if matches!(
                         code,
@@ -156,8 +209,10 @@ impl Channel {
                     // Refused unrun: the portion is leaving or gone from `route`.
                     moves += 1;
                     let mut current = self.current.lock().await;
-                    if current.as_ref().is_some_and(|(a, _)| *a == route) {
-                        *current = None;
+                    if current.as_ref().is_some_and(|(a, _)| *a == route)
+                        && let Some((_, gone)) = current.take()
+                    {
+                        gone.retire();
                     }
                     drop(current);
                     tokio::time::sleep(std::time::Duration::from_millis(2 * u64::from(moves))).await;
