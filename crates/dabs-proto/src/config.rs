@@ -31,6 +31,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Whether messages this endpoint originates carry a CRC byte.
     pub crc: bool,
+    /// Whether this endpoint answers a client's `KEY_EXCHANGE` (encrypted sessions). Sessions
+    /// are encrypted only when a client asks ([`crate::Endpoint::open_encrypted`]); with
+    /// `false` the request is refused with NAK 9 and the client's open fails.
+    pub accept_encryption: bool,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             max_peers: 65_536,
             idle_timeout: Duration::from_secs(120),
             crc: true,
+            accept_encryption: true,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The endpoint state machine.
 
+use crate::crypto::{self, Crypto, ENCRYPTION_OVERHEAD, KEY_EXCHANGE, OpenError, Sealer};
 use crate::{Addr, Config, Stats};
 use dabs_wire::{
-    Datagram, Header, Kind, Latency, MAX_DATAGRAM, NakCode, NakPayload, RawHeader, Reassembly, SentTime,
-    Splitter, SystemCommand, chunk_size, decode, encode, latency,
+    BUFFER_HEADER_LEN, CRC_LEN, Datagram, HEADER_LEN, Header, Kind, Latency, MAX_DATAGRAM, NakCode,
+    NakPayload, RawHeader, Reassembly, SentTime, Splitter, SystemCommand, chunk_size, crc8, decode, encode,
+    latency,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -333,6 +335,19 @@ struct Session {
     waiting: VecDeque<Pending>,
     reopen_with: Option<(Addr, Vec<u8>)>,
     reopening: bool,
+    crypto: Crypto,
+    /// Client: the session (re-)opens encrypted.
+    wants_encryption: bool,
+    /// Client: the `Opened`/`Reopened` event held back until the key exchange completes.
+    pending_open: Option<PendingOpen>,
+    /// Client: key exchanges started since the session last had keys.
+    key_exchanges: u32,
+}
+
+struct PendingOpen {
+    call: Option<CallId>,
+    payload: Vec<u8>,
+    reopened: bool,
 }
 
 impl Session {
@@ -355,7 +370,21 @@ impl Session {
             waiting: VecDeque::new(),
             reopen_with: None,
             reopening: false,
+            crypto: Crypto::Plain,
+            wants_encryption: false,
+            pending_open: None,
+            key_exchanges: 0,
         }
+    }
+
+    /// Bytes encryption adds to each datagram of this session.
+    fn overhead(&self) -> usize {
+        if self.crypto.is_plain() && !self.wants_encryption { 0 } else { ENCRYPTION_OVERHEAD }
+    }
+
+    /// False while a key exchange is under way: requests wait.
+    fn ready(&self) -> bool {
+        !matches!(self.crypto, Crypto::Handshake(_)) && self.pending_open.is_none()
     }
 
     /// A transaction number not in flight and not last used with this very stamp, so that
@@ -382,6 +411,7 @@ enum OpenPurpose {
 struct OpenOut {
     out: Out,
     purpose: OpenPurpose,
+    encrypt: bool,
 }
 
 #[derive(Default)]
@@ -444,14 +474,39 @@ impl Io {
         base.mul_f64(f)
     }
 
-    /// Sends every buffer of a message.
-    fn send_message(&mut self, to: &Addr, header: &Header, payload: &[u8]) {
-        let Ok(split) = Splitter::new(payload, header.crc, 0) else {
+    /// Sends every buffer of a message, each encrypted on its own when `seal` is given (and
+    /// the command is not one that sets sessions up).
+    fn send_message(&mut self, to: &Addr, header: &Header, payload: &[u8], seal: Option<&mut Sealer>) {
+        let mut seal = seal.filter(|_| !crypto::exempt(header.command));
+        let overhead = if seal.is_some() { ENCRYPTION_OVERHEAD } else { 0 };
+        let Ok(split) = Splitter::new(payload, header.crc, overhead) else {
             return; // sizes are checked before a message is accepted for sending
         };
+        let header = Header { encrypted: seal.is_some(), ..*header };
+        let mut body = Vec::new();
         for (buffer, part) in split {
             let mut data = vec![0u8; MAX_DATAGRAM];
-            if let Ok(n) = encode(header, buffer, part, &mut data) {
+            let n = match seal.as_deref_mut() {
+                None => encode(&header, buffer, part, &mut data),
+                Some(sealer) => {
+                    body.clear();
+                    body.resize(part.len() + ENCRYPTION_OVERHEAD, 0);
+                    let Ok(n) = encode(&header, buffer, &body, &mut data) else {
+                        continue;
+                    };
+                    let headers = HEADER_LEN + if buffer.is_some() { BUFFER_HEADER_LEN } else { 0 };
+                    let end = if header.crc { n - CRC_LEN } else { n };
+                    let (ad, rest) = data.split_at_mut(headers);
+                    if !sealer.seal(ad, &mut rest[..end - headers], part) {
+                        continue;
+                    }
+                    if header.crc {
+                        data[end] = crc8(&data[..end]);
+                    }
+                    Ok(n)
+                }
+            };
+            if let Ok(n) = n {
                 data.truncate(n);
                 self.stats.datagrams_out += 1;
                 self.transmits.push_back(Transmit { to: to.clone(), data });
@@ -460,13 +515,13 @@ impl Io {
     }
 
     /// (Re)transmits an outgoing message and arms its ACK timer.
-    fn transmit_out(&mut self, now: Time, out: &mut Out, key: TimerKey) {
+    fn transmit_out(&mut self, now: Time, out: &mut Out, key: TimerKey, seal: Option<&mut Sealer>) {
         if out.attempts > 0 {
             self.stats.retransmits += 1;
         }
         out.attempts += 1;
         out.last_sent = now;
-        self.send_message(&out.to, &out.header, &out.payload);
+        self.send_message(&out.to, &out.header, &out.payload, seal);
         if out.to.is_reliable_link() {
             if out.call.is_some() {
                 out.state = OutState::AwaitReply { since: now };
@@ -486,20 +541,28 @@ impl Io {
     }
 
     /// Sends a message again without touching its re-attempt count or timer.
-    fn resend(&mut self, now: Time, out: &mut Out) {
+    fn resend(&mut self, now: Time, out: &mut Out, seal: Option<&mut Sealer>) {
         self.stats.retransmits += 1;
         out.last_sent = now;
-        self.send_message(&out.to, &out.header, &out.payload);
+        self.send_message(&out.to, &out.header, &out.payload, seal);
     }
 
     /// Sends an ACK answering `answer`, echoing the acknowledged stamp.
-    fn ack(&mut self, to: &Addr, answer: Answer, sent: SentTime) {
+    fn ack(&mut self, to: &Addr, answer: Answer, sent: SentTime, seal: Option<&mut Sealer>) {
         let header = Header { sent, crc: self.config.crc, ..answer.header(Kind::Ack) };
-        self.send_message(to, &header, &[]);
+        self.send_message(to, &header, &[], seal);
     }
 
     /// Sends a NAK answering `answer` with an error number and (truncated) text.
-    fn nak(&mut self, now: Time, to: &Addr, answer: Answer, code: NakCode, text: &str) {
+    fn nak(
+        &mut self,
+        now: Time,
+        to: &Addr,
+        answer: Answer,
+        code: NakCode,
+        text: &str,
+        seal: Option<&mut Sealer>,
+    ) {
         self.stats.nak_sent(code.number());
         let mut end = text.len().min(NAK_TEXT_MAX);
         while !text.is_char_boundary(end) {
@@ -508,7 +571,7 @@ impl Io {
         let mut payload = Vec::with_capacity(2 + end);
         NakPayload { code, text: &text[..end] }.write_to(&mut payload);
         let header = Header { sent: self.stamp(now), crc: self.config.crc, ..answer.header(Kind::Nak) };
-        self.send_message(to, &header, &payload);
+        self.send_message(to, &header, &payload, seal);
     }
 
     fn fail(&mut self, call: Option<CallId>, error: CallError) {
@@ -644,12 +707,45 @@ impl Endpoint {
         local_queue: u16,
         payload: Vec<u8>,
     ) -> Result<CallId, CallError> {
-        self.check_size(payload.len())?;
-        let call = CallId(self.next_id());
-        self.start_open(now, to, OpenPurpose::New { local_queue }, Some(call), payload, local_queue)
-            .map(|_| call)
+        self.open_with(now, to, local_queue, payload, false)
     }
 
+    /// Like [`Endpoint::open`], but the session is encrypted: once the `OPEN_SESSION` REPLY
+    /// arrives the endpoint runs the [`crate::KEY_EXCHANGE`] handshake with the server, and
+    /// [`Event::Opened`] follows only when the session keys are in place (a server that refuses
+    /// or does not know the exchange fails the call). The payload is the application's, as for
+    /// `open`; the layers above may put a security offer in it.
+    pub fn open_encrypted(
+        &mut self,
+        now: Time,
+        to: Addr,
+        local_queue: u16,
+        payload: Vec<u8>,
+    ) -> Result<CallId, CallError> {
+        self.open_with(now, to, local_queue, payload, true)
+    }
+
+    /// [`Endpoint::open`] or [`Endpoint::open_encrypted`], by `encrypt`.
+    pub fn open_with(
+        &mut self,
+        now: Time,
+        to: Addr,
+        local_queue: u16,
+        payload: Vec<u8>,
+        encrypt: bool,
+    ) -> Result<CallId, CallError> {
+        self.check_size(payload.len(), 0)?;
+        let call = CallId(self.next_id());
+        let purpose = OpenPurpose::New { local_queue };
+        self.start_open(now, to, purpose, Some(call), payload, local_queue, encrypt).map(|_| call)
+    }
+
+    /// Whether a session's datagrams are encrypted (its key exchange has completed).
+    pub fn session_encrypted(&self, session: SessionId) -> bool {
+        self.sessions.get(&session).is_some_and(|s| matches!(s.crypto, Crypto::Keys(_)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn start_open(
         &mut self,
         now: Time,
@@ -658,6 +754,7 @@ impl Endpoint {
         call: Option<CallId>,
         payload: Vec<u8>,
         local_queue: u16,
+        encrypt: bool,
     ) -> Result<(), CallError> {
         let mut tx = None;
         for _ in 0..255 {
@@ -680,8 +777,8 @@ impl Endpoint {
         };
         let mut out = self.io.new_out(call, to, header, payload);
         // OPEN_SESSION is answered by a REPLY, never a bare ACK: keep retransmitting until then.
-        self.io.transmit_out(now, &mut out, TimerKey::Open(tx));
-        self.opens.insert(tx, OpenOut { out, purpose });
+        self.io.transmit_out(now, &mut out, TimerKey::Open(tx), None);
+        self.opens.insert(tx, OpenOut { out, purpose, encrypt });
         Ok(())
     }
 
@@ -693,10 +790,10 @@ impl Endpoint {
         command: u16,
         payload: Vec<u8>,
     ) -> Result<CallId, CallError> {
-        self.check_size(payload.len())?;
-        if !self.sessions.contains_key(&session) {
+        let Some(s) = self.sessions.get(&session) else {
             return Err(CallError::UnknownSession);
-        }
+        };
+        self.check_size(payload.len(), s.overhead())?;
         let call = CallId(self.next_id());
         let s = self.sessions.get_mut(&session).expect("checked above");
         s.waiting.push_back(Pending { call, command, payload });
@@ -704,8 +801,8 @@ impl Endpoint {
         Ok(call)
     }
 
-    fn check_size(&self, len: usize) -> Result<(), CallError> {
-        let max = self.io.config.max_message.min(chunk_size(true, 0) * dabs_wire::MAX_BUFFERS);
+    fn check_size(&self, len: usize, overhead: usize) -> Result<(), CallError> {
+        let max = self.io.config.max_message.min(chunk_size(true, overhead) * dabs_wire::MAX_BUFFERS);
         if len > max { Err(CallError::TooLarge { len, max }) } else { Ok(()) }
     }
 
@@ -713,7 +810,7 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if s.reopening {
+        if s.reopening || !s.ready() {
             return;
         }
         let stamp = self.io.stamp(now);
@@ -734,7 +831,7 @@ impl Endpoint {
                 ..Header::new(Kind::Request, p.command)
             };
             let mut out = self.io.new_out(Some(p.call), s.peer.clone(), header, p.payload);
-            self.io.transmit_out(now, &mut out, TimerKey::Out(sid, tx));
+            self.io.transmit_out(now, &mut out, TimerKey::Out(sid, tx), s.crypto.sealer());
             s.out.insert(tx, out);
             s.last_active = now;
         }
@@ -757,7 +854,7 @@ impl Endpoint {
             src: s.local_queue,
             ..Header::new(Kind::Request, SystemCommand::CloseSession.number())
         };
-        self.io.send_message(&s.peer, &header, &[]);
+        self.io.send_message(&s.peer, &header, &[], s.crypto.sealer());
         self.drop_session_calls(s, CloseReason::ClosedLocally, session);
     }
 
@@ -767,6 +864,9 @@ impl Endpoint {
         }
         for p in s.waiting {
             self.io.fail(Some(p.call), CallError::SessionLost);
+        }
+        if let Some(p) = s.pending_open {
+            self.io.fail(p.call, CallError::SessionLost);
         }
         if let Some(peer) = self.peers.get_mut(&s.peer) {
             let partials = s.inc.values().filter(|r| matches!(r.state, InState::Receiving(_))).count();
@@ -787,7 +887,7 @@ impl Endpoint {
         local_queue: u16,
         payload: Vec<u8>,
     ) -> Result<SessionId, CallError> {
-        self.check_size(payload.len())?;
+        self.check_size(payload.len(), 0)?;
         let max_peers = self.io.config.max_peers;
         if !self.peers.contains_key(&request.peer) && self.peers.len() >= max_peers {
             return Err(CallError::SessionsExhausted);
@@ -833,7 +933,7 @@ impl Endpoint {
             ..Header::new(Kind::Reply, SystemCommand::OpenSession.number())
         };
         let mut out = self.io.new_out(None, request.peer.clone(), header, payload);
-        self.io.transmit_out(now, &mut out, TimerKey::Reply(sid, request.transaction));
+        self.io.transmit_out(now, &mut out, TimerKey::Reply(sid, request.transaction), None);
         if out.deadline.is_some() {
             s.replies.insert(request.transaction, out);
         }
@@ -860,12 +960,13 @@ impl Endpoint {
         let cmd = SystemCommand::OpenSession.number();
         let answer =
             Answer { command: cmd, session: 0, transaction: request.transaction, dst: request.src, src: 0 };
-        self.io.nak(now, &request.peer, answer, code, text);
+        self.io.nak(now, &request.peer, answer, code, text, None);
     }
 
     /// Answers a delivered request.
     pub fn reply(&mut self, now: Time, id: IncomingId, payload: Vec<u8>) -> Result<(), CallError> {
-        self.check_size(payload.len())?;
+        let overhead = self.sessions.get(&id.session).map_or(0, Session::overhead);
+        self.check_size(payload.len(), overhead)?;
         let s = self.sessions.get_mut(&id.session).ok_or(CallError::UnknownSession)?;
         let rec = s.inc.get_mut(&id.transaction).ok_or(CallError::NotAwaitingReply)?;
         if rec.sent != id.sent || !matches!(rec.state, InState::Delivered { .. }) {
@@ -889,7 +990,7 @@ impl Endpoint {
             ..Header::new(Kind::Reply, rec.command)
         };
         let mut out = self.io.new_out(None, s.peer.clone(), header, payload);
-        self.io.transmit_out(now, &mut out, TimerKey::Reply(id.session, id.transaction));
+        self.io.transmit_out(now, &mut out, TimerKey::Reply(id.session, id.transaction), s.crypto.sealer());
         s.last_active = now;
         if out.deadline.is_some() {
             rec.state = InState::Replied;
@@ -915,7 +1016,7 @@ impl Endpoint {
             dst: rec.src,
             src: rec.dst,
         };
-        self.io.nak(now, &s.peer, answer, code, text);
+        self.io.nak(now, &s.peer, answer, code, text, s.crypto.sealer());
         rec.state = InState::Refused(code, text.to_owned());
         Ok(())
     }
@@ -934,7 +1035,7 @@ impl Endpoint {
         if payload.len() > max {
             return Err(CallError::TooLarge { len: payload.len(), max });
         }
-        self.io.send_message(to, &header, payload);
+        self.io.send_message(to, &header, payload, None);
         Ok(())
     }
 
@@ -959,16 +1060,24 @@ impl Endpoint {
                     && matches!(raw.kind, Kind::Request | Kind::Reply)
                 {
                     let text = e.to_string();
-                    self.io.nak(now, &from, Answer::to_raw(&raw), e.nak_code(), &text);
+                    let crc = matches!(e, dabs_wire::DecodeError::CrcMismatch { .. });
+                    let seal = sealer_of(&self.peers, &mut self.sessions, &from, raw.session);
+                    if seal.is_some() && !crc && !crypto::exempt(raw.command) {
+                        // In a keyed session a header that does not even decode cannot be
+                        // authentic: dropped like any forgery. Only a CRC mismatch (noise on
+                        // the line, which the spec answers with NAK 2) is still NAKed.
+                        self.io.stats.auth_failures += 1;
+                        return;
+                    }
+                    self.io.nak(now, &from, Answer::to_raw(&raw), e.nak_code(), &text, seal);
                 }
                 return;
             }
         };
-        if d.header.encrypted {
-            // No session of this endpoint negotiated encryption: count and drop, echo nothing.
-            self.io.stats.decode_errors += 1;
+        let mut plain = Vec::new();
+        let Some(d) = self.admit(now, &from, bytes, d, &mut plain) else {
             return;
-        }
+        };
         if d.header.session != 0
             && !d.header.crc
             && let Some(sid) = self.session_of(&from, d.header.session)
@@ -991,9 +1100,95 @@ impl Endpoint {
         }
     }
 
+    /// Applies the session's encryption to a decoded datagram: the plaintext datagram, or
+    /// `None` when it must be dropped (counted, never answered).
+    fn admit<'a>(
+        &mut self,
+        now: Time,
+        from: &Addr,
+        bytes: &[u8],
+        d: Datagram<'a>,
+        plain: &'a mut Vec<u8>,
+    ) -> Option<Datagram<'a>> {
+        let h = d.header;
+        let sid = if h.session == 0 { None } else { self.session_of(from, h.session) };
+        let session = sid.and_then(|sid| self.sessions.get_mut(&sid));
+        if let Some(s) = &session
+            && !h.encrypted
+            && h.command == KEY_EXCHANGE
+            && h.kind == Kind::Request
+            && !s.crypto.is_plain()
+            && (s.role == Role::Client || s.crypto.is_confirmed())
+            && !s.inc.get(&h.transaction).is_some_and(|r| r.command == KEY_EXCHANGE && r.sent == h.sent)
+        {
+            // In a keyed session only repeats of the exchange that keyed it pass in clear: a
+            // forged one must not displace a live transaction's record.
+            self.io.stats.auth_failures += 1;
+            return None;
+        }
+        let known = session.is_some();
+        let crypto = session.map(|s| &mut s.crypto);
+        let mut confirmed_now = false;
+        let admitted = match (h.encrypted, crypto) {
+            (true, Some(Crypto::Keys(keys))) if !crypto::exempt(h.command) => {
+                let headers = HEADER_LEN + if d.buffer.is_some() { BUFFER_HEADER_LEN } else { 0 };
+                match keys.open.open(&bytes[..headers], d.payload) {
+                    Ok(p) => {
+                        confirmed_now = !keys.confirmed;
+                        keys.confirmed = true;
+                        *plain = p;
+                        Some(Datagram { payload: plain.as_slice(), ..d })
+                    }
+                    Err(OpenError::Replay) => {
+                        self.io.stats.replays_dropped += 1;
+                        None
+                    }
+                    Err(OpenError::Auth) => {
+                        self.io.stats.auth_failures += 1;
+                        None
+                    }
+                }
+            }
+            // Encrypted without keys to open it, or in clear where the session requires
+            // encryption: dropped and counted, its contents echoed nowhere.
+            (true, _) => {
+                self.io.stats.auth_failures += 1;
+                if !known && h.session != 0 && h.kind == Kind::Request {
+                    // The session is gone here (expired, or this endpoint restarted): say so,
+                    // as for any request, so that the client re-opens and re-keys.
+                    let text = format!("session {} is not open", h.session);
+                    self.nak_datagram(now, from, &d, NakCode::UnknownSession, &text);
+                }
+                None
+            }
+            // A NAK 1 cannot be encrypted (its sender has no session, hence no keys); it only
+            // makes the client re-open, with a new key exchange.
+            (false, Some(Crypto::Keys(_)))
+                if h.kind == Kind::Nak
+                    && NakPayload::parse(d.payload).is_ok_and(|p| p.code == NakCode::UnknownSession) =>
+            {
+                Some(d)
+            }
+            (false, Some(Crypto::Keys(_) | Crypto::Handshake(_))) if !crypto::exempt(h.command) => {
+                self.io.stats.auth_failures += 1;
+                None
+            }
+            (false, _) => Some(d),
+        };
+        if confirmed_now && let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
+            // The peer holds the keys, so the exchange is over: forget its request and REPLY.
+            // Their clear headers were never authenticated (a stamp damaged in transit must
+            // not shadow a later request that reuses the transaction number).
+            s.inc.retain(|_, r| r.command != KEY_EXCHANGE);
+            s.replies.retain(|_, o| o.header.command != KEY_EXCHANGE);
+        }
+        admitted
+    }
+
     fn nak_datagram(&mut self, now: Time, to: &Addr, d: &Datagram<'_>, code: NakCode, text: &str) {
         let h = &d.header;
-        self.io.nak(now, to, Answer::to(h), code, text);
+        let seal = sealer_of(&self.peers, &mut self.sessions, to, h.session);
+        self.io.nak(now, to, Answer::to(h), code, text, seal);
     }
 
     fn on_sessionless_request(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
@@ -1021,7 +1216,7 @@ impl Endpoint {
                 src: h.dst,
                 ..Header::new(Kind::Reply, h.command)
             };
-            self.io.send_message(&from, &header, d.payload);
+            self.io.send_message(&from, &header, d.payload, None);
             return;
         }
         self.io.events.push_back(Event::Sessionless { peer: from, header: h, payload: d.payload.to_vec() });
@@ -1058,11 +1253,14 @@ impl Endpoint {
     /// per half ACK time-out, and without using up the reply's own re-attempts: a
     /// multi-buffer request repeated buffer by buffer must not multiply the reply.
     fn resend_reply(&mut self, now: Time, sid: SessionId, tx: u8) {
-        let Some(out) = self.sessions.get_mut(&sid).and_then(|s| s.replies.get_mut(&tx)) else {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(out) = s.replies.get_mut(&tx) else {
             return;
         };
         if now.saturating_sub(out.last_sent) >= self.io.config.ack_timeout / 2 {
-            self.io.resend(now, out);
+            self.io.resend(now, out, s.crypto.sealer());
         }
     }
 
@@ -1109,7 +1307,7 @@ impl Endpoint {
                         self.io.stats.duplicates += 1;
                         // One re-ACK per round of a multi-buffer message, not one per buffer.
                         if !reliable && d.buffer.is_none_or(|b| b.index + 1 == b.total) {
-                            self.io.ack(&from, Answer::to(&h), h.sent);
+                            self.io.ack(&from, Answer::to(&h), h.sent, s.crypto.sealer());
                         }
                     }
                     InState::Replied => {
@@ -1153,7 +1351,7 @@ impl Endpoint {
                 "too many partial messages from this peer",
             );
         }
-        let chunk = chunk_size(h.crc, 0);
+        let chunk = chunk_size(h.crc, if h.encrypted { ENCRYPTION_OVERHEAD } else { 0 });
         let mut r = match Reassembly::new(d, chunk, self.io.config.max_message) {
             Ok(r) => r,
             Err(e @ dabs_wire::ReassemblyError::TooLarge { .. }) => {
@@ -1185,6 +1383,9 @@ impl Endpoint {
             let _ = self.reply(now, id, payload);
             return;
         }
+        if h.command == KEY_EXCHANGE {
+            return self.on_key_exchange(now, sid, id, &payload);
+        }
         if h.command == SystemCommand::CloseSession.number() {
             let _ = self.reply(now, id, Vec::new());
             let s = self.sessions.remove(&sid).expect("present");
@@ -1209,6 +1410,50 @@ impl Endpoint {
         }));
     }
 
+    /// Server: answers Noise message 1 with message 2 (in clear) and keys the session.
+    fn on_key_exchange(&mut self, now: Time, sid: SessionId, id: IncomingId, msg1: &[u8]) {
+        let accept = self.io.config.accept_encryption;
+        let s = self.sessions.get_mut(&sid).expect("present");
+        let result = if !accept {
+            Err("this endpoint does not offer encryption".to_owned())
+        } else if s.role != Role::Server || s.crypto.is_confirmed() {
+            Err("the session is already keyed".to_owned())
+        } else {
+            let prologue = crypto::prologue(s.number, s.remote_queue, s.local_queue);
+            crypto::respond(&prologue, msg1).map_err(|e| format!("key exchange: {e}"))
+        };
+        match result {
+            Ok((keys, msg2)) => {
+                if !s.crypto.is_plain() {
+                    // The client started over (our keys never verified at its end): the
+                    // earlier exchange and its REPLY are void.
+                    s.crypto = Crypto::Plain;
+                    let old: Vec<u8> = s
+                        .replies
+                        .iter()
+                        .filter(|(tx, o)| o.header.command == KEY_EXCHANGE && **tx != id.transaction)
+                        .map(|(tx, _)| *tx)
+                        .collect();
+                    for tx in old {
+                        s.replies.remove(&tx);
+                        finish_replied(&mut s.inc, tx, KEY_EXCHANGE);
+                    }
+                } else {
+                    self.io.stats.sessions_encrypted += 1;
+                }
+                let _ = self.reply(now, id, msg2);
+                let s = self.sessions.get_mut(&sid).expect("present");
+                s.crypto = Crypto::Keys(Box::new(keys));
+            }
+            Err(text) => {
+                if accept {
+                    self.io.stats.auth_failures += 1;
+                }
+                let _ = self.reject(now, id, NakCode::AuthenticationFailed, &text);
+            }
+        }
+    }
+
     fn on_ack(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
         let h = d.header;
         let Some(sid) = self.session_of(&from, h.session) else {
@@ -1216,7 +1461,12 @@ impl Endpoint {
         };
         let s = self.sessions.get_mut(&sid).expect("present");
         s.last_active = now;
-        let reply_match = s.replies.get(&h.transaction).is_some_and(|o| o.header.command == h.command);
+        // An ACK echoing a stamp older than our reply's answers an earlier reply to this
+        // transaction number (a late or duplicated copy), not this one.
+        let reply_match = s
+            .replies
+            .get(&h.transaction)
+            .is_some_and(|o| o.header.command == h.command && !newer(o.header.sent, h.sent));
         let req_match = s
             .out
             .get(&h.transaction)
@@ -1253,7 +1503,7 @@ impl Endpoint {
             if h.command == SystemCommand::OpenSession.number() && h.session != 0 && !reliable {
                 // Another endpoint answered first, or our ACK was lost: stop its retransmits.
                 self.io.stats.extra_open_replies += 1;
-                self.io.ack(&from, Answer::to(&h), h.sent);
+                self.io.ack(&from, Answer::to(&h), h.sent, None);
             }
             return;
         };
@@ -1266,17 +1516,18 @@ impl Endpoint {
             // A copy of a reply we already took: ACK it again so the sender stops.
             self.io.stats.duplicates += 1;
             if !reliable {
-                self.io.ack(&from, Answer::to(&h), h.sent);
+                self.io.ack(&from, Answer::to(&h), h.sent, s.crypto.sealer());
             }
             return;
         }
         let out = s.out.get_mut(&h.transaction).expect("live");
+        let overhead = if h.encrypted { ENCRYPTION_OVERHEAD } else { 0 };
         let message = if d.buffer.is_some() {
             if out.reply.as_ref().is_some_and(|r| r.header().sent != h.sent) {
                 out.reply = None; // a newer reply replaces a partial older one
             }
             if out.reply.is_none() {
-                match Reassembly::new(d, chunk_size(h.crc, 0), self.io.config.max_message) {
+                match Reassembly::new(d, chunk_size(h.crc, overhead), self.io.config.max_message) {
                     Ok(r) => out.reply = Some(r),
                     Err(e) => {
                         let code = if matches!(e, dabs_wire::ReassemblyError::TooLarge { .. }) {
@@ -1304,16 +1555,130 @@ impl Endpoint {
         } else {
             d.payload.to_vec()
         };
+        let key_exchange = h.command == KEY_EXCHANGE && out.call.is_none() && s.role == Role::Client;
+        if key_exchange {
+            // Noise message 2. One that does not verify is dropped and counted, and the
+            // exchange starts over (fresh ephemeral key, new transaction): message 1 may be
+            // what was damaged, and then every copy of this REPLY would fail alike.
+            let keys = match &mut s.crypto {
+                Crypto::Handshake(hs) => crypto::finish(hs, &message).ok(),
+                _ => None,
+            };
+            let Some(keys) = keys else {
+                self.io.stats.auth_failures += 1;
+                s.out.remove(&h.transaction);
+                if s.key_exchanges > self.io.config.max_retries {
+                    let text = "the key exchange did not verify".to_owned();
+                    let error = CallError::Nak { code: NakCode::AuthenticationFailed, text };
+                    return self.key_exchange_failed(now, sid, error);
+                }
+                return self.start_key_exchange(now, sid);
+            };
+            s.crypto = Crypto::Keys(Box::new(keys));
+            self.io.stats.sessions_encrypted += 1;
+        }
         let out = s.out.remove(&h.transaction).expect("live");
-        s.last_reply_stamp_in[usize::from(h.transaction)] = h.sent.millis_of_hour();
+        if !key_exchange {
+            // (The exchange's REPLY is not authenticated: its stamp must not shadow a later
+            // reply to this transaction number.)
+            s.last_reply_stamp_in[usize::from(h.transaction)] = h.sent.millis_of_hour();
+        }
         if !reliable {
-            self.io.ack(&from, Answer::to(&h), h.sent);
+            self.io.ack(&from, Answer::to(&h), h.sent, s.crypto.sealer());
         }
         let latency = self.io.latency(h.sent, now);
+        if key_exchange {
+            return self.key_exchange_done(now, sid);
+        }
         if let Some(call) = out.call {
             self.io.stats.calls_answered += 1;
             self.io.events.push_back(Event::Reply { call, payload: message, latency });
         }
+        self.start_waiting(now, sid);
+    }
+
+    /// Client: starts the Noise handshake in a session just (re-)opened. Requests wait until
+    /// it completes.
+    fn start_key_exchange(&mut self, now: Time, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let prologue = crypto::prologue(s.number, s.local_queue, s.remote_queue);
+        let (hs, msg1) = match crypto::initiate(&prologue) {
+            Ok(x) => x,
+            Err(e) => {
+                let text = format!("key exchange: {e}");
+                return self.key_exchange_failed(
+                    now,
+                    sid,
+                    CallError::Nak { code: NakCode::AuthenticationFailed, text },
+                );
+            }
+        };
+        s.crypto = Crypto::Handshake(Box::new(hs));
+        s.key_exchanges += 1;
+        let stamp = self.io.stamp(now);
+        let Some(tx) = s.alloc_tx(stamp) else {
+            return self.key_exchange_failed(now, sid, CallError::SessionsExhausted);
+        };
+        let header = Header {
+            session: s.number,
+            transaction: tx,
+            sent: stamp,
+            crc: s.crc,
+            dst: s.remote_queue,
+            src: s.local_queue,
+            ..Header::new(Kind::Request, KEY_EXCHANGE)
+        };
+        let mut out = self.io.new_out(None, s.peer.clone(), header, msg1);
+        self.io.transmit_out(now, &mut out, TimerKey::Out(sid, tx), None);
+        s.out.insert(tx, out);
+        s.last_active = now;
+    }
+
+    /// Client: the session has its keys. Sends what waited and tells the application.
+    fn key_exchange_done(&mut self, now: Time, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        s.key_exchanges = 0;
+        let Some(pending) = s.pending_open.take() else {
+            return self.start_waiting(now, sid);
+        };
+        let (peer, queue) = (s.peer.clone(), s.remote_queue);
+        if pending.reopened {
+            // Requests carried over from the lost session go out now, encrypted.
+            for (tx, out) in s.out.iter_mut() {
+                if out.attempts == 0 {
+                    self.io.transmit_out(now, out, TimerKey::Out(sid, *tx), s.crypto.sealer());
+                }
+            }
+            self.io.events.push_back(Event::Reopened { session: sid, peer, queue, payload: pending.payload });
+        } else if let Some(call) = pending.call {
+            self.io.events.push_back(Event::Opened {
+                call,
+                session: sid,
+                peer,
+                queue,
+                payload: pending.payload,
+            });
+        }
+        self.start_waiting(now, sid);
+    }
+
+    /// Client: the key exchange failed; the session is closed and its open call fails.
+    fn key_exchange_failed(&mut self, now: Time, sid: SessionId, error: CallError) {
+        let call = self.sessions.get_mut(&sid).and_then(|s| s.pending_open.take()).and_then(|p| p.call);
+        self.close(now, sid);
+        self.io.fail(call, error);
+    }
+
+    /// A message of ours will not be answered: fails its call, or the key exchange it was.
+    fn out_failed(&mut self, now: Time, sid: SessionId, out: Out, error: CallError) {
+        if out.header.command == KEY_EXCHANGE && out.call.is_none() {
+            return self.key_exchange_failed(now, sid, error);
+        }
+        self.io.fail(out.call, error);
         self.start_waiting(now, sid);
     }
 
@@ -1343,7 +1708,7 @@ impl Endpoint {
         };
         let open = self.opens.remove(&h.transaction).expect("present");
         if !reliable {
-            self.io.ack(&from, Answer::to(&h), h.sent);
+            self.io.ack(&from, Answer::to(&h), h.sent, None);
         }
         self.io.latency(h.sent, now);
         let peer = self.peers.entry(from.clone()).or_default();
@@ -1372,9 +1737,15 @@ impl Endpoint {
                     now,
                 );
                 s.reopen_with = Some((open.out.to.clone(), open.out.payload));
+                s.wants_encryption = open.encrypt;
                 self.peers.entry(from.clone()).or_default().sessions.insert(h.session, sid);
-                self.sessions.insert(sid, s);
                 self.io.stats.sessions_opened += 1;
+                if open.encrypt {
+                    s.pending_open = Some(PendingOpen { call: open.out.call, payload, reopened: false });
+                    self.sessions.insert(sid, s);
+                    return self.start_key_exchange(now, sid);
+                }
+                self.sessions.insert(sid, s);
                 if let Some(call) = open.out.call {
                     self.io.events.push_back(Event::Opened {
                         call,
@@ -1400,6 +1771,11 @@ impl Endpoint {
                 s.last_active = now;
                 self.peers.entry(from.clone()).or_default().sessions.insert(h.session, sid);
                 let s = self.sessions.get_mut(&sid).expect("present");
+                // The old session's keys die with it; an encrypted session keys the new one
+                // before anything is sent again.
+                s.crypto = Crypto::Plain;
+                s.out.retain(|_, o| !(o.header.command == KEY_EXCHANGE && o.call.is_none()));
+                let encrypt = s.wants_encryption;
                 for (tx, out) in s.out.iter_mut() {
                     out.to = from.clone();
                     out.header.session = h.session;
@@ -1409,7 +1785,18 @@ impl Endpoint {
                     out.reply = None;
                     out.timeout = self.io.config.ack_timeout;
                     out.state = OutState::AwaitAck;
-                    self.io.transmit_out(now, out, TimerKey::Out(sid, *tx));
+                    out.deadline = None;
+                    if !encrypt {
+                        self.io.transmit_out(now, out, TimerKey::Out(sid, *tx), None);
+                    }
+                }
+                if encrypt {
+                    // A re-open during the first key exchange still owes the open call.
+                    s.pending_open = Some(match s.pending_open.take() {
+                        Some(first) => PendingOpen { payload, ..first },
+                        None => PendingOpen { call: None, payload, reopened: true },
+                    });
+                    return self.start_key_exchange(now, sid);
                 }
                 self.io.events.push_back(Event::Reopened { session: sid, peer: from, queue: h.src, payload });
                 self.start_waiting(now, sid);
@@ -1436,7 +1823,7 @@ impl Endpoint {
             if retry {
                 if now >= open.out.nak_quiet_until {
                     open.out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
-                    self.io.transmit_out(now, &mut open.out, TimerKey::Open(h.transaction));
+                    self.io.transmit_out(now, &mut open.out, TimerKey::Open(h.transaction), None);
                 }
                 return;
             }
@@ -1466,11 +1853,10 @@ impl Endpoint {
                 // A NAK restarts the whole message.
                 out.reply = None;
                 out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
-                return self.io.transmit_out(now, out, TimerKey::Out(sid, h.transaction));
+                return self.io.transmit_out(now, out, TimerKey::Out(sid, h.transaction), s.crypto.sealer());
             }
             let out = s.out.remove(&h.transaction).expect("present");
-            self.io.fail(out.call, CallError::Nak { code, text });
-            return self.start_waiting(now, sid);
+            return self.out_failed(now, sid, out, CallError::Nak { code, text });
         }
         if let Some(out) = s.replies.get_mut(&h.transaction).filter(|o| o.header.command == h.command) {
             if retry {
@@ -1478,7 +1864,12 @@ impl Endpoint {
                     return;
                 }
                 out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
-                return self.io.transmit_out(now, out, TimerKey::Reply(sid, h.transaction));
+                return self.io.transmit_out(
+                    now,
+                    out,
+                    TimerKey::Reply(sid, h.transaction),
+                    s.crypto.sealer(),
+                );
             }
             if let Some(reply) = s.replies.remove(&h.transaction) {
                 finish_replied(&mut s.inc, h.transaction, reply.header.command);
@@ -1518,6 +1909,7 @@ impl Endpoint {
             return self.drop_session_calls(s, CloseReason::Lost, sid);
         };
         s.reopening = true;
+        s.out.retain(|_, o| !(o.header.command == KEY_EXCHANGE && o.call.is_none()));
         let acked: Vec<u8> =
             s.out.iter().filter(|(_, o)| o.state != OutState::AwaitAck).map(|(t, _)| *t).collect();
         for tx in acked {
@@ -1529,7 +1921,11 @@ impl Endpoint {
         }
         let local_queue = s.local_queue;
         self.io.stats.sessions_reopened += 1;
-        if self.start_open(now, target, OpenPurpose::Reopen(sid), None, payload, local_queue).is_err() {
+        let encrypt = s.wants_encryption;
+        if self
+            .start_open(now, target, OpenPurpose::Reopen(sid), None, payload, local_queue, encrypt)
+            .is_err()
+        {
             let s = self.sessions.remove(&sid).expect("present");
             self.drop_session_calls(s, CloseReason::Lost, sid);
         }
@@ -1581,20 +1977,19 @@ impl Endpoint {
                     OutState::AwaitAck if out.attempts > max_retries => {
                         let attempts = out.attempts;
                         let out = s.out.remove(&tx).expect("live");
-                        self.io.fail(out.call, CallError::GaveUp { attempts });
-                        self.start_waiting(now, sid);
+                        self.out_failed(now, sid, out, CallError::GaveUp { attempts });
                     }
-                    OutState::AwaitAck => self.io.transmit_out(now, out, key),
+                    OutState::AwaitAck => self.io.transmit_out(now, out, key, s.crypto.sealer()),
                     OutState::AwaitReply { since }
                         if now.saturating_sub(since) >= self.io.config.reply_timeout =>
                     {
                         let out = s.out.remove(&tx).expect("live");
-                        self.io.fail(out.call, CallError::ReplyTimeout(self.io.config.reply_timeout));
-                        self.start_waiting(now, sid);
+                        let error = CallError::ReplyTimeout(self.io.config.reply_timeout);
+                        self.out_failed(now, sid, out, error);
                     }
                     OutState::AwaitReply { .. } => {
                         // Probe: the receiver answers a repeat with its REPLY or an ACK.
-                        self.io.resend(now, out);
+                        self.io.resend(now, out, s.crypto.sealer());
                         let at = now + self.io.config.ack_timeout_max;
                         out.deadline = Some(at);
                         self.io.schedule(at, key);
@@ -1611,7 +2006,7 @@ impl Endpoint {
                     self.io.stats.replies_undelivered += 1;
                     self.io.events.push_back(Event::ReplyUndelivered { session: sid, transaction: tx });
                 } else {
-                    self.io.transmit_out(now, out, key);
+                    self.io.transmit_out(now, out, key, s.crypto.sealer());
                 }
             }
             TimerKey::Ack(sid, tx) => {
@@ -1624,6 +2019,7 @@ impl Endpoint {
                     &peer,
                     Answer { command: cmd, session: number, transaction: tx, dst: src, src: dst },
                     sent,
+                    s.crypto.sealer(),
                 );
             }
             TimerKey::Open(tx) => {
@@ -1634,7 +2030,7 @@ impl Endpoint {
                     let open = self.opens.remove(&tx).expect("live");
                     self.open_failed(open, CallError::GaveUp { attempts });
                 } else {
-                    self.io.transmit_out(now, &mut open.out, key);
+                    self.io.transmit_out(now, &mut open.out, key, None);
                 }
             }
             TimerKey::Kick(sid) => self.start_waiting(now, sid),
@@ -1685,6 +2081,17 @@ fn finish_replied(inc: &mut HashMap<u8, InRecord>, tx: u8, command: u16) {
     {
         rec.state = InState::Done;
     }
+}
+
+/// The sealer of the session `number` with `peer`, if it has keys.
+fn sealer_of<'s>(
+    peers: &HashMap<Addr, Peer>,
+    sessions: &'s mut HashMap<SessionId, Session>,
+    peer: &Addr,
+    number: u8,
+) -> Option<&'s mut Sealer> {
+    let sid = peers.get(peer)?.sessions.get(&number)?;
+    sessions.get_mut(sid)?.crypto.sealer()
 }
 
 fn remember_open(peer: &mut Peer, tx: u8, sent: SentTime, accepted: Option<SessionId>) {

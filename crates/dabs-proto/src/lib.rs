@@ -5,14 +5,24 @@
 //! events ([`Endpoint::poll_event`]) and its next deadline ([`Endpoint::next_deadline`]).
 //! It owns no socket, no clock and no task, so the tokio drivers and the deterministic
 //! simulator run exactly the same code.
+//!
+//! Sessions may be encrypted ([`Endpoint::open_encrypted`]): a Noise handshake
+//! ([`KEY_EXCHANGE`]) keys the session, then every datagram is sealed with ChaCha20-Poly1305
+//! under an explicit nonce, its header authenticated, replays rejected (`docs/protocol.md`,
+//! "Encryption").
 
 mod addr;
 mod config;
+mod crypto;
 mod endpoint;
 mod stats;
 
 pub use addr::Addr;
 pub use config::Config;
+pub use crypto::{
+    ENCRYPTION_OVERHEAD, KEY_EXCHANGE, NOISE_PARAMS, REPLAY_WINDOW, SECURITY_SPEC, SecuritySpec,
+    security_spec,
+};
 pub use endpoint::{
     CallError, CallId, Endpoint, Event, Incoming, IncomingId, OpenRequest, SessionId, Time, Transmit,
 };

@@ -41,6 +41,13 @@ pub struct Stats {
     pub latency_sum_ms: u64,
     /// Number of latencies summed.
     pub latency_count: u64,
+    /// Sessions whose key exchange completed (either side).
+    pub sessions_encrypted: u64,
+    /// Datagrams dropped because they failed authentication: a bad tag, encrypted without
+    /// session keys, in clear in an encrypted session, or a key exchange that did not verify.
+    pub auth_failures: u64,
+    /// Encrypted datagrams dropped because their nonce was seen already or is too old.
+    pub replays_dropped: u64,
 }
 
 impl Stats {
