@@ -530,6 +530,7 @@ fn blank_stats(i: usize) -> NodeStats {
         net_bytes_per_s: 0,
         accepting: true,
         draining: false,
+        health: 100,
         leaving: false,
         starved: Vec::new(),
         moved: Vec::new(),

@@ -113,12 +113,22 @@ impl LocalFarm {
 
     /// Like [`LocalFarm::start`], with extra keys for the calculator's `[[app]]` record.
     pub fn start_with(n: usize, dir: &Path, secret: Option<&str>, app_extra: &str) -> Result<Self, String> {
+        Self::start_each(n, dir, secret, |_| app_extra.to_owned())
+    }
+
+    /// Like [`LocalFarm::start_with`], with extra configuration per node (`extra(i)`, i from 1).
+    pub fn start_each(
+        n: usize,
+        dir: &Path,
+        secret: Option<&str>,
+        extra: impl Fn(usize) -> String,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let group = pick_group();
         let mut farm = LocalFarm { group, nodes: Vec::new(), dir: dir.to_owned() };
         for i in 1..=n {
             let config = dir.join(format!("node-{i}.toml"));
-            std::fs::write(&config, node_config_text("local", group, i, secret, app_extra))
+            std::fs::write(&config, node_config_text("local", group, i, secret, &extra(i)))
                 .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
             farm.nodes.push(spawn_node(&format!("node-{i}"), &config)?);
         }

@@ -5,6 +5,7 @@ mod calc;
 mod codec_demo;
 mod demo;
 mod drain;
+mod failover_demo;
 mod farm;
 mod mp_tools;
 mod ramp;
@@ -128,6 +129,15 @@ enum DemoCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A server whose mandatory service stops pushes its clients away, then calls them back.
+    Failover {
+        /// Also print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+        /// Clients on the failing node.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -185,6 +195,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { which: Some(DemoCommand::Ramp { json }), .. } => ramp::run(json),
+        Command::Demo { which: Some(DemoCommand::Failover { json, clients }), .. } => {
+            failover_demo::run(json, clients)
+        }
         Command::Demo { which: None, json, clients, seconds } => demo::run(json, clients, seconds),
         Command::Node { config } => farm::run_node(&config),
         Command::Status { farm, interface, listen_ms } => status::run(farm, interface, listen_ms),

@@ -291,6 +291,32 @@ fn a_rising_load_makes_the_farm_spawn_portions_without_losing_calls() {
     assert!(phases.iter().all(|p| p["calls"].as_u64().unwrap() > 0), "{summary}");
 }
 
+/// R-FO end to end with real processes: a stopped mandatory service takes node-1 past its
+/// failover threshold; every client is moved, nothing is lost, forged notices are refused, and
+/// the return after the service comes back is paced by the return bound (40 per 250 ms).
+#[test]
+fn a_failing_service_pushes_clients_away_and_they_return_staggered() {
+    let out = Command::new(DABS).args(["demo", "failover", "--clients", "120", "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "failover demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(s["on_node1_at_start"], 120, "{s}");
+    assert_eq!(s["moved"], 120, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(s["forged_injected"], 12, "{s}");
+    assert_eq!(s["forged_rejected"], 12, "{s}");
+    assert_eq!(s["returned"], 120, "{s}");
+    // 120 clients at 40 per 250 ms: admissions 81..120 cannot start before 500 ms after the
+    // first. Clients see their return up to a round trip later, hence the margin.
+    assert!(s["return_span_ms"].as_u64().unwrap() >= 400, "the return was not paced: {s}");
+    assert!(s["move_max_ms"].as_u64().unwrap() < s["baseline_ms"].as_u64().unwrap(), "{s}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_clients_with_authenticated_failover() {
     const SECRET: &str = "00112233445566778899aabbccddeeff";

@@ -11,6 +11,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::health::{Check, HealthConfig, Service};
+use crate::zones::{ClientClass, FailoverPolicy, Thresholds};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -55,6 +57,10 @@ pub struct NodeConfig {
     pub apps: Vec<AppConfig>,
     /// The `[balance]` section: how this node adds capacity when portions starve.
     pub balance: BalanceConfig,
+    /// The `[health]` section: self-monitoring (R-FO-1).
+    pub health: HealthConfig,
+    /// The `[failover]` section: thresholds, classes, order and pace of moving clients.
+    pub failover: FailoverPolicy,
 }
 
 /// The `[balance]` section.
@@ -270,6 +276,8 @@ impl NodeConfig {
         );
         kv(&mut out, "max_local_portions", self.balance.max_local_portions.to_string());
         kv(&mut out, "spawn_cooldown_ms", self.balance.spawn_cooldown.as_millis().to_string());
+        self.health_toml(&mut out);
+        self.failover_toml(&mut out);
         for app in &self.apps {
             out.push_str("\n[[app]]\n");
             kv(&mut out, "name", toml_str(&app.name));
@@ -283,6 +291,51 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    fn health_toml(&self, out: &mut String) {
+        let h = &self.health;
+        out.push_str("\n[health]\n");
+        kv(out, "interval_ms", h.interval.as_millis().to_string());
+        kv(out, "check_timeout_ms", h.check_timeout.as_millis().to_string());
+        kv(out, "queue_limit", h.queue_limit.to_string());
+        kv(out, "include_cpu", h.include_cpu.to_string());
+        for s in &h.services {
+            let check = match &s.check {
+                Check::Mp | Check::Database => continue, // built in
+                Check::Tcp(addr) => ("tcp", toml_str(&addr.to_string())),
+                Check::Command(argv) => ("command", toml_list(argv.iter().cloned())),
+            };
+            out.push_str("\n[[health.service]]\n");
+            kv(out, "name", toml_str(&s.name));
+            kv(out, check.0, check.1);
+            kv(out, "mandatory", s.mandatory.to_string());
+            kv(out, "weight", s.weight.to_string());
+        }
+    }
+
+    fn failover_toml(&self, out: &mut String) {
+        let f = &self.failover;
+        let thresholds = |out: &mut String, t: &Thresholds| {
+            kv(out, "failover_threshold", t.failover.to_string());
+            kv(out, "connection_threshold", t.connection.to_string());
+            kv(out, "return_threshold", t.returning.to_string());
+        };
+        out.push_str("\n[failover]\n");
+        thresholds(out, &f.thresholds);
+        kv(out, "first", toml_list(f.first.iter().cloned()));
+        kv(out, "device_groups", toml_list(f.device_groups.iter().cloned()));
+        kv(out, "batch", f.batch.to_string());
+        kv(out, "batch_interval_ms", f.batch_interval.as_millis().to_string());
+        kv(out, "return_batch", f.return_batch.to_string());
+        kv(out, "return_interval_ms", f.return_interval.as_millis().to_string());
+        for c in &f.classes {
+            out.push_str("\n[[failover.class]]\n");
+            kv(out, "name", toml_str(&c.name));
+            thresholds(out, &c.thresholds);
+        }
+    }
+}
+
 // Raw deserialization structs: values are `Spanned` so validation can point at their line.
 
 #[derive(Deserialize)]
@@ -293,8 +346,66 @@ struct RawConfig {
     timeouts: Option<BTreeMap<String, Spanned<u64>>>,
     latency: Option<RawLatency>,
     balance: Option<RawBalance>,
+    health: Option<RawHealth>,
+    failover: Option<RawFailover>,
     #[serde(default)]
     app: Vec<Spanned<RawApp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawHealth {
+    interval_ms: Option<Spanned<u64>>,
+    check_timeout_ms: Option<Spanned<u64>>,
+    queue_limit: Option<Spanned<u64>>,
+    include_cpu: Option<bool>,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawService {
+    name: Spanned<String>,
+    tcp: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    mandatory: bool,
+    weight: Option<Spanned<u64>>,
+}
+
+/// The three thresholds as written (in `[failover]` and each `[[failover.class]]`).
+struct RawThresholds<'a> {
+    failover: &'a Option<Spanned<u64>>,
+    connection: &'a Option<Spanned<u64>>,
+    returning: &'a Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawFailover {
+    failover_threshold: Option<Spanned<u64>>,
+    connection_threshold: Option<Spanned<u64>>,
+    return_threshold: Option<Spanned<u64>>,
+    #[serde(default)]
+    first: Vec<Spanned<String>>,
+    #[serde(default)]
+    device_groups: Vec<String>,
+    batch: Option<Spanned<u64>>,
+    batch_interval_ms: Option<Spanned<u64>>,
+    return_batch: Option<Spanned<u64>>,
+    return_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    class: Vec<Spanned<RawClass>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawClass {
+    name: Spanned<String>,
+    failover_threshold: Option<Spanned<u64>>,
+    connection_threshold: Option<Spanned<u64>>,
+    return_threshold: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -437,7 +548,138 @@ impl Cx<'_> {
             seen.insert(app.name.get_ref().clone(), line_column(self.text, app.name.span().start).0);
             apps.push(self.app(app, i)?);
         }
-        Ok(NodeConfig { farm, node, timeouts, latency, apps, balance })
+        let health = self.health(raw.health)?;
+        let failover = self.failover(raw.failover)?;
+        Ok(NodeConfig { farm, node, timeouts, latency, apps, balance, health, failover })
+    }
+
+    fn health(&self, raw: Option<RawHealth>) -> Result<HealthConfig, ConfigError> {
+        let mut cfg = HealthConfig::default();
+        let Some(raw) = raw else { return Ok(cfg) };
+        if let Some(v) = &raw.interval_ms {
+            cfg.interval = self.ms_in(v, "health.interval_ms", (50, 60_000))?;
+        }
+        if let Some(v) = &raw.check_timeout_ms {
+            cfg.check_timeout = self.ms_in(v, "health.check_timeout_ms", (10, 60_000))?;
+        }
+        if let Some(v) = &raw.queue_limit {
+            cfg.queue_limit = self.int_in(v, "health.queue_limit", (1, 1_000_000))?;
+        }
+        cfg.include_cpu = raw.include_cpu.unwrap_or(cfg.include_cpu);
+        for (i, s) in raw.service.iter().enumerate() {
+            let s = s.get_ref();
+            let key = format!("health.service[{i}]");
+            let name = self.name(&s.name, &format!("{key}.name"))?;
+            if cfg.services.iter().any(|k| k.name == name) {
+                return Err(self.at(
+                    &s.name,
+                    format!("{key}.name: {name:?} is already a service (expected unique names; mp and database are built in)"),
+                ));
+            }
+            let check = match (&s.tcp, &s.command) {
+                (Some(tcp), None) => Check::Tcp(self.socket_addr(tcp, &format!("{key}.tcp"))?),
+                (None, Some(argv)) if !argv.get_ref().is_empty() => Check::Command(argv.get_ref().clone()),
+                (None, Some(argv)) => {
+                    return Err(self.at(
+                        argv,
+                        format!("{key}.command: is empty (expected a program and its arguments)"),
+                    ));
+                }
+                _ => {
+                    return Err(self.at(
+                        &s.name,
+                        format!(
+                            "{key}: expected exactly one of tcp = \"IP:PORT\" and command = [\"program\", …]"
+                        ),
+                    ));
+                }
+            };
+            let weight = match &s.weight {
+                Some(w) => self.int_in(w, &format!("{key}.weight"), (0, 100))? as u8,
+                None => 50,
+            };
+            cfg.services.push(Service { name, check, mandatory: s.mandatory, weight });
+        }
+        Ok(cfg)
+    }
+
+    fn thresholds(
+        &self,
+        raw: &RawThresholds<'_>,
+        key: &str,
+        base: Thresholds,
+    ) -> Result<Thresholds, ConfigError> {
+        let get = |v: &Option<Spanned<u64>>, name: &str, default: u8| -> Result<u8, ConfigError> {
+            match v {
+                Some(v) => Ok(self.int_in(v, &format!("{key}{name}"), (0, 100))? as u8),
+                None => Ok(default),
+            }
+        };
+        let failover = get(raw.failover, "failover_threshold", base.failover)?;
+        let connection = get(raw.connection, "connection_threshold", base.connection)?;
+        // Deferred clients come back no earlier than new ones are let in, unless told otherwise.
+        let returning = get(raw.returning, "return_threshold", base.returning.max(connection))?;
+        Ok(Thresholds { failover, connection, returning })
+    }
+
+    fn failover(&self, raw: Option<RawFailover>) -> Result<FailoverPolicy, ConfigError> {
+        let mut cfg = FailoverPolicy::default();
+        let Some(raw) = raw else { return Ok(cfg) };
+        let written = RawThresholds {
+            failover: &raw.failover_threshold,
+            connection: &raw.connection_threshold,
+            returning: &raw.return_threshold,
+        };
+        cfg.thresholds = self.thresholds(&written, "failover.", cfg.thresholds)?;
+        for (i, f) in raw.first.iter().enumerate() {
+            let text = f.get_ref();
+            if text.parse::<SocketAddr>().is_err() && text.parse::<std::net::IpAddr>().is_err() {
+                return Err(self.at(
+                    f,
+                    format!("failover.first[{i}]: {text:?} is not a client address (expected \"IP\" or \"IP:PORT\")"),
+                ));
+            }
+            cfg.first.push(text.clone());
+        }
+        cfg.device_groups = raw.device_groups;
+        if let Some(v) = &raw.batch {
+            cfg.batch = self.int_in(v, "failover.batch", (1, 100_000))? as usize;
+        }
+        if let Some(v) = &raw.batch_interval_ms {
+            cfg.batch_interval = self.ms_in(v, "failover.batch_interval_ms", (1, 60_000))?;
+        }
+        if let Some(v) = &raw.return_batch {
+            cfg.return_batch = self.int_in(v, "failover.return_batch", (1, 100_000))? as usize;
+        }
+        if let Some(v) = &raw.return_interval_ms {
+            cfg.return_interval = self.ms_in(v, "failover.return_interval_ms", (1, 600_000))?;
+        }
+        for (i, c) in raw.class.iter().enumerate() {
+            let c = c.get_ref();
+            let key = format!("failover.class[{i}]");
+            let name = self.name(&c.name, &format!("{key}.name"))?;
+            if cfg.classes.iter().any(|k| k.name == name) {
+                return Err(
+                    self.at(&c.name, format!("{key}.name: duplicate class {name:?} (expected unique names)"))
+                );
+            }
+            let written = RawThresholds {
+                failover: &c.failover_threshold,
+                connection: &c.connection_threshold,
+                returning: &c.return_threshold,
+            };
+            let thresholds = self.thresholds(&written, &format!("{key}."), cfg.thresholds)?;
+            cfg.classes.push(ClientClass { name, thresholds });
+        }
+        Ok(cfg)
+    }
+
+    fn int_in(&self, value: &Spanned<u64>, key: &str, (lo, hi): (u64, u64)) -> Result<u64, ConfigError> {
+        let v = *value.get_ref();
+        if !(lo..=hi).contains(&v) {
+            return Err(self.at(value, format!("{key}: {v} is out of range (expected {lo}..={hi})")));
+        }
+        Ok(v)
     }
 
     fn farm(&self, raw: RawFarm) -> Result<FarmConfig, ConfigError> {

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod failover;
+pub mod health;
 pub mod hosting;
 pub mod membership;
 pub mod metrics;
@@ -12,5 +13,6 @@ pub mod placement;
 pub mod settings;
 pub mod shapes;
 pub mod stats;
+pub mod zones;
 
 pub use node::{EventRecord, Node, NodeError, NodeHandle, PortionView, RUNTIME_QUEUE};

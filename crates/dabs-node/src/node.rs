@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+mod deferral;
+use deferral::{ClientEntry, Deferred};
+
 /// The runtime's own queue at its endpoint.
 pub const RUNTIME_QUEUE: u16 = 0;
 /// First queue given to portions.
@@ -50,8 +53,8 @@ struct Portion {
     figures: Arc<PortionFigures>,
     events: mpsc::UnboundedSender<RuntimeEvent>,
     started_ms: u64,
-    /// Its clients' sessions and addresses, to tell them to move.
-    clients: Vec<(dabs_net::SessionId, SocketAddr)>,
+    /// Its clients, to tell them to move.
+    clients: Vec<ClientEntry>,
 }
 
 struct State {
@@ -85,6 +88,16 @@ struct State {
     draining: bool,
     /// Highest drain nonce accepted, against replays.
     drain_nonce: u64,
+    /// The last self-assessment (R-FO-1).
+    health: crate::health::Health,
+    /// When an announcement last arrived (ours come back over the group): the MP listener works.
+    heard_at: Option<Instant>,
+    /// Clients sent to alternates, to call back when healthy again.
+    deferred: Vec<Deferred>,
+    /// Bounds how fast deferred clients come back.
+    return_gate: crate::zones::ReturnGate,
+    /// A batch run of FAILOVERs is under way.
+    pushing: bool,
 }
 
 /// A node closed to new clients this long moves its busiest portion to a healthier server.
@@ -295,6 +308,14 @@ impl Node {
                 moved_out: Vec::new(),
                 draining: false,
                 drain_nonce: 0,
+                health: Default::default(),
+                heard_at: None,
+                deferred: Vec::new(),
+                return_gate: crate::zones::ReturnGate::new(
+                    config.failover.return_batch,
+                    config.failover.return_interval,
+                ),
+                pushing: false,
             }),
             settings: Mutex::new(Settings::from_config(&config)),
             config,
@@ -322,6 +343,7 @@ impl Node {
         tasks.push(tokio::spawn(inner.clone().open_loop(opens)));
         tasks.push(tokio::spawn(inner.clone().runtime_loop(requests)));
         tasks.push(tokio::spawn(inner.clone().report_loop(reports_rx)));
+        tasks.push(tokio::spawn(inner.clone().health_loop()));
         tracing::info!(node = %me, %mp, group = %inner.config.farm.group, "node started");
         Ok(Node { inner, tasks })
     }
@@ -564,8 +586,9 @@ impl Inner {
             mem_free_mb: st.host.mem_free_mb,
             disk_free_mb: st.host.disk_free_mb,
             net_bytes_per_s: st.host.net_bytes_per_s,
-            accepting: st.accepting && !st.draining && !st.latency_closed && st.timeouts.is_empty(),
+            accepting: Self::admits(&st, &self.config.failover.thresholds),
             draining: st.draining,
+            health: st.health.score,
             leaving,
             settings_version: self.settings_guard().version,
             moved: {
@@ -640,7 +663,11 @@ impl Inner {
                     continue;
                 }
             };
-            if stats.farm != self.config.farm.name || stats.node == self.me {
+            if stats.farm != self.config.farm.name {
+                continue;
+            }
+            self.state().heard_at = Some(Instant::now());
+            if stats.node == self.me {
                 continue;
             }
             let mine = self.settings_guard().version;
@@ -691,9 +718,17 @@ impl Inner {
 
     /// True when this node takes new clients: not stopping, latency below the high-water
     /// mark (until back under the low one), and no portion starving right now.
-    fn admits_new_clients(&self) -> bool {
-        let st = self.state();
-        st.accepting && !st.draining && !st.latency_closed && st.timeouts.is_empty()
+    fn admits_new_clients(&self, class: Option<&str>) -> bool {
+        Self::admits(&self.state(), &self.config.failover.thresholds_for(class))
+    }
+
+    /// Admission of a new client with `thresholds`: also its health zone (R-FO-2).
+    fn admits(st: &State, thresholds: &crate::zones::Thresholds) -> bool {
+        st.accepting
+            && !st.draining
+            && !st.latency_closed
+            && st.timeouts.is_empty()
+            && thresholds.admits_new(st.health.score)
     }
 
     /// Drains this node (the operator's failover): no new clients, and every client is told to
@@ -701,39 +736,17 @@ impl Inner {
     fn drain(self: &Arc<Self>, undo: bool) {
         self.state().draining = !undo;
         if undo {
+            // The failover process calls the deferred clients back, staggered.
             self.note("drain undone: taking new clients again".into());
             return;
         }
-        let Some(secret) = self.config.farm.secret.clone() else {
+        if self.config.farm.secret.is_none() {
             self.note("draining without a farm secret: clients cannot be told to move".into());
             return;
-        };
-        let clients: Vec<(String, dabs_net::SessionId, SocketAddr)> = {
-            let st = self.state();
-            st.portions
-                .values()
-                .flat_map(|p| p.clients.iter().map(|(s, a)| (p.app.clone(), *s, *a)))
-                .collect()
-        };
-        self.note(format!("draining: telling {} clients to move", clients.len()));
-        let this = self.clone();
-        tokio::spawn(async move {
-            for batch in clients.chunks(50) {
-                for (app, session, client) in batch {
-                    let alternates = this.alternates(app);
-                    if alternates.is_empty() {
-                        continue;
-                    }
-                    // Strictly increasing per server, also across restarts: time-based.
-                    let sent = this.counters.failovers.fetch_add(1, Ordering::Relaxed);
-                    let nonce = unix_ms() * 1000 + sent % 1000;
-                    let notice = crate::failover::Failover { alternates, nonce, issued: unix_ms() };
-                    let payload = notice.seal(&secret, this.mp, *client);
-                    drop(this.endpoint.call_async(*session, SystemCommand::Failover.number(), payload));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        }
+        let clients: usize = self.state().portions.values().map(|p| p.clients.len()).sum();
+        self.note(format!("draining: telling {clients} clients to move"));
+        self.push_clients();
     }
 
     /// Up to three alternates for a client of `app`: the least-loaded other members that take
@@ -1020,10 +1033,9 @@ impl Inner {
             let _ = open.accept(RUNTIME_QUEUE, cbor(&BTreeMap::from([("node", self.me.clone())]))).await;
             return;
         }
-        let app = ask.app.clone().unwrap_or_default();
         if !open.via_group {
             // Sent to this node directly: answer here.
-            match self.accept_local(&open.request, &app, ask.va.as_deref(), false, false) {
+            match self.accept_local(&open.request, &ask, ask.va.as_deref(), false, false) {
                 Ok(_) => {}
                 Err((code, text)) => open.reject(code, text),
             }
@@ -1033,11 +1045,13 @@ impl Inner {
             open.pass();
             return;
         }
-        self.decide(open, &app, ask.va.as_deref()).await;
+        self.decide(open, &ask).await;
     }
 
     /// The decider's part: choose per R-RE-5 and have the chosen node answer.
-    async fn decide(self: &Arc<Self>, open: IncomingOpen, app: &str, va_hint: Option<&str>) {
+    async fn decide(self: &Arc<Self>, open: IncomingOpen, ask: &OpenAsk) {
+        let app = ask.app.as_deref().unwrap_or_default();
+        let va_hint = ask.va.as_deref();
         let Some(app_cfg) = self.app_config(app) else {
             let text = format!("farm {} runs no application {app:?}", self.config.farm.name);
             return open.reject(NakCode::UnknownApplication, text);
@@ -1104,9 +1118,9 @@ impl Inner {
                 Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
             };
             let result = if node == self.me {
-                self.accept_local(&open.request, app, va.as_deref(), start_new, overflow).map(|_| ())
+                self.accept_local(&open.request, ask, va.as_deref(), start_new, overflow).map(|_| ())
             } else {
-                self.assign_remote(&node, &open.request, app, va, start_new, overflow).await
+                self.assign_remote(&node, &open.request, ask, va, start_new, overflow).await
             };
             match result {
                 Ok(()) => return,
@@ -1128,7 +1142,7 @@ impl Inner {
         &self,
         node: &str,
         req: &OpenRequest,
-        app: &str,
+        ask: &OpenAsk,
         va: Option<String>,
         start_new: bool,
         overflow: bool,
@@ -1142,10 +1156,12 @@ impl Inner {
             stamp: req.sent.millis_of_hour(),
             src: req.src,
             crc: req.crc,
-            app: app.into(),
+            app: ask.app.clone().unwrap_or_default(),
             va,
             start_new,
             overflow,
+            class: ask.class.clone(),
+            group: ask.group.clone(),
         };
         let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
         match tokio::time::timeout(ASSIGN_WAIT, call).await {
@@ -1187,11 +1203,12 @@ impl Inner {
     fn accept_local(
         self: &Arc<Self>,
         req: &OpenRequest,
-        app: &str,
+        ask: &OpenAsk,
         va: Option<&str>,
         start_new: bool,
         overflow: bool,
     ) -> Result<String, (NakCode, String)> {
+        let app = ask.app.as_deref().unwrap_or_default();
         let app_cfg = self.app_config(app);
         if app_cfg.is_none() || self.factory(app).is_none() {
             return Err((
@@ -1207,9 +1224,13 @@ impl Inner {
             let st = self.state();
             st.accepting && !st.draining
         };
-        if !returning && !overflow_ok && !self.admits_new_clients() {
+        let came_back = self.admit_deferred(req)?;
+        if !came_back && !returning && !overflow_ok && !self.admits_new_clients(ask.class.as_deref()) {
             return Err((NakCode::NotAccepting, format!("node {} is not accepting new clients", self.me)));
         }
+        let serve_once = !came_back
+            && self.config.failover.thresholds_for(ask.class.as_deref()).zone(self.state().health.score)
+                == crate::zones::Zone::ServeOnce;
         let existing = {
             let st = self.state();
             let by_va = va.and_then(|v| st.portions.get_key_value(v));
@@ -1250,14 +1271,22 @@ impl Inner {
         };
         let this = self.clone();
         let portion_va = va.clone();
+        let traits = (ask.class.clone(), ask.group.clone());
         tokio::spawn(async move {
             match endpoint.accept_open(req.clone(), queue, payload).await {
                 Ok(session) => {
                     figures.sessions.fetch_add(1, Ordering::Relaxed);
-                    if let Addr::Udp(client) = req.peer
+                    if let Addr::Udp(addr) = req.peer
                         && let Some(p) = this.state().portions.get_mut(&portion_va)
                     {
-                        p.clients.push((session, client));
+                        p.clients.push(ClientEntry {
+                            session,
+                            addr,
+                            queue: req.src,
+                            class: traits.0,
+                            group: traits.1,
+                            serve_once,
+                        });
                     }
                     let _ = events.send(RuntimeEvent::AddClient { session, peer: req.peer });
                 }
@@ -1265,6 +1294,43 @@ impl Inner {
             }
         });
         Ok(va)
+    }
+
+    /// A client this node deferred, coming back (called back or on its own): admitted while
+    /// the node is better than the client's return threshold and the return gate has room
+    /// (R-FO-4), else refused so it stays where it is. `Ok(false)`: not a deferred client.
+    fn admit_deferred(&self, req: &OpenRequest) -> Result<bool, (NakCode, String)> {
+        let Addr::Udp(addr) = req.peer else { return Ok(false) };
+        let mut st = self.state();
+        let Some(i) = st.deferred.iter().position(|d| d.client.addr == addr && d.client.queue == req.src)
+        else {
+            return Ok(false);
+        };
+        let health = st.health.score;
+        let th = self.config.failover.thresholds_for(st.deferred[i].client.class.as_deref());
+        if st.draining || !th.admits_returning(health) {
+            return Err((
+                NakCode::NotAccepting,
+                format!(
+                    "node {} is not taking deferred clients back yet (health {health}, return threshold {})",
+                    self.me, th.returning
+                ),
+            ));
+        }
+        if !st.return_gate.admit(Instant::now()) {
+            let f = &self.config.failover;
+            return Err((
+                NakCode::NotAccepting,
+                format!(
+                    "node {} takes back at most {} deferred clients per {} ms; stay where you are",
+                    self.me,
+                    f.return_batch,
+                    f.return_interval.as_millis()
+                ),
+            ));
+        }
+        st.deferred.remove(i);
+        Ok(true)
     }
 
     async fn runtime_loop(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<IncomingRequest>) {
@@ -1335,7 +1401,13 @@ impl Inner {
                             src: a.src,
                             crc: a.crc,
                         };
-                        match self.accept_local(&open, &a.app, a.va.as_deref(), a.start_new, a.overflow) {
+                        let ask = OpenAsk {
+                            app: Some(a.app.clone()),
+                            class: a.class.clone(),
+                            group: a.group.clone(),
+                            ..Default::default()
+                        };
+                        match self.accept_local(&open, &ask, a.va.as_deref(), a.start_new, a.overflow) {
                             Ok(va) => req.reply(cbor(&BTreeMap::from([("va", va)]))),
                             Err((code, text)) => req.reject(code, text),
                         }

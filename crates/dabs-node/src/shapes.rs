@@ -14,6 +14,10 @@ pub struct OpenAsk {
     pub va: Option<String>,
     /// The asking node (`node`), for node-to-node sessions.
     pub node: Option<String>,
+    /// The client's class (`class`): its own failover and connection thresholds.
+    pub class: Option<String>,
+    /// The client's device group (`group`): which clients are deferred first.
+    pub group: Option<String>,
 }
 
 impl OpenAsk {
@@ -30,7 +34,9 @@ impl OpenAsk {
                 (Some("app"), Value::Text(t)) => ask.app = Some(t),
                 (Some("va"), Value::Text(t)) => ask.va = Some(t),
                 (Some("node"), Value::Text(t)) => ask.node = Some(t),
-                (Some(key @ ("app" | "va" | "node")), _) => {
+                (Some("class"), Value::Text(t)) => ask.class = Some(t),
+                (Some("group"), Value::Text(t)) => ask.group = Some(t),
+                (Some(key @ ("app" | "va" | "node" | "class" | "group")), _) => {
                     return Err(format!("OPEN_SESSION key {key:?} must be text"));
                 }
                 _ => {}
@@ -45,7 +51,14 @@ impl OpenAsk {
     /// Encodes the ask.
     pub fn to_cbor(&self) -> Vec<u8> {
         let mut m = Vec::new();
-        for (k, v) in [("app", &self.app), ("va", &self.va), ("node", &self.node)] {
+        let keys = [
+            ("app", &self.app),
+            ("va", &self.va),
+            ("node", &self.node),
+            ("class", &self.class),
+            ("group", &self.group),
+        ];
+        for (k, v) in keys {
             if let Some(v) = v {
                 m.push((Value::Text(k.into()), Value::Text(v.clone())));
             }
@@ -107,6 +120,12 @@ pub struct Assign {
     /// draining or stopping.
     #[serde(default)]
     pub overflow: bool,
+    /// The client's class, if it named one.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// The client's device group, if it named one.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// `RESOLVE_VA` answer.
@@ -140,7 +159,13 @@ mod tests {
 
     #[test]
     fn open_shapes_round_trip() {
-        let ask = OpenAsk { app: Some("calc".into()), va: Some("mp://f/calc/dasp/1".into()), node: None };
+        let ask = OpenAsk {
+            app: Some("calc".into()),
+            va: Some("mp://f/calc/dasp/1".into()),
+            node: None,
+            class: Some("gold".into()),
+            group: None,
+        };
         assert_eq!(OpenAsk::parse(&ask.to_cbor()).unwrap(), ask);
         assert!(OpenAsk::parse(&cbor(&Value::Map(vec![]))).unwrap_err().contains("\"app\""));
         assert!(OpenAsk::parse(b"\xff").is_err());

@@ -20,14 +20,28 @@ pub struct PortionFigures {
     pub latency_count: AtomicU64,
     /// Lock and timer time-outs reported by the portion.
     pub timeouts: AtomicU64,
+    /// Each client session's recent request latency, ms (an average weighting the last
+    /// request 1/4), for deferring the clients that suffer most first (R-FO-3).
+    pub client_latency_ms: std::sync::Mutex<std::collections::HashMap<u64, f32>>,
 }
 
 impl PortionFigures {
+    /// Records one request's latency for client session `session`.
+    pub fn observe_client(&self, session: u64, latency_ms: f32) {
+        let mut map = self.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner());
+        let avg = map.entry(session).or_insert(latency_ms);
+        *avg += (latency_ms - *avg) / 4.0;
+    }
+
     /// Mean request latency so far, ms.
     pub fn latency_ms(&self) -> f64 {
         let n = self.latency_count.load(Ordering::Relaxed);
         if n == 0 { 0.0 } else { self.latency_sum_ms.load(Ordering::Relaxed) as f64 / n as f64 }
     }
+}
+
+fn full_health() -> u8 {
+    100
 }
 
 /// One portion as the farm sees it. Keys are short: announcements must fit one datagram.
@@ -98,6 +112,9 @@ pub struct NodeStats {
     /// Drained by the operator: never sent clients, not even when every server is full.
     #[serde(rename = "dr", default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// Its own health score, 0 (down) ..= 100 (R-FO-1).
+    #[serde(rename = "h", default = "full_health")]
+    pub health: u8,
     /// Is stopping (a clean leave).
     #[serde(rename = "lv", default)]
     pub leaving: bool,
@@ -260,6 +277,7 @@ pub(crate) mod tests {
             net_bytes_per_s: 123_456,
             accepting: true,
             draining: false,
+            health: 100,
             leaving: false,
             settings_version: 3,
             starved: vec![],

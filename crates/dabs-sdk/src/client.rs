@@ -31,6 +31,10 @@ pub struct FarmClientOptions {
     pub secret: Option<Vec<u8>>,
     /// A `FAILOVER` issued further than this from our clock is refused as stale, ms.
     pub failover_window_ms: u64,
+    /// This client's class: servers apply that class's failover and connection thresholds.
+    pub class: Option<String>,
+    /// This client's device group: servers defer groups in their configured order.
+    pub device_group: Option<String>,
 }
 
 impl FarmClientOptions {
@@ -45,6 +49,8 @@ impl FarmClientOptions {
             started_attempts: 6,
             secret: None,
             failover_window_ms: 30_000,
+            class: None,
+            device_group: None,
         }
     }
 }
@@ -73,12 +79,31 @@ pub struct FarmClient {
 }
 
 /// `FAILOVER` notices this client has acted on and refused.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FailoverCounts {
     /// Verified and followed.
     pub accepted: AtomicU64,
     /// Refused (forged, replayed, stale, misaddressed): each an alert.
     pub rejected: AtomicU64,
+    /// Moves made on a notice, watchable: the count goes up once the new session is open.
+    moves: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for FailoverCounts {
+    fn default() -> Self {
+        Self {
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            moves: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl FailoverCounts {
+    /// Wakes when this client has moved to another server on a `FAILOVER`.
+    pub fn moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.moves.subscribe()
+    }
 }
 
 impl Drop for FarmClient {
@@ -151,7 +176,7 @@ impl FarmClient {
         if let Some(s) = current.as_ref() {
             return Ok(s.clone());
         }
-        let ask = OpenAsk { app: Some(self.options.app.clone()), va: self.va(), node: None };
+        let ask = OpenAsk { va: self.va(), ..ask_for(&self.options) };
         let s = self.endpoint.open(Addr::Udp(self.options.farm), self.options.queue, ask.to_cbor()).await?;
         if let Ok((va, _, _)) = parse_open_reply(&s.reply) {
             *self.va.lock().unwrap_or_else(|e| e.into_inner()) = Some(va);
@@ -291,7 +316,7 @@ async fn listen(
         };
         req.reply(Vec::new());
         for alt in &notice.alternates {
-            let ask = OpenAsk { app: Some(options.app.clone()), va: Some(alt.va.clone()), node: None };
+            let ask = OpenAsk { va: Some(alt.va.clone()), ..ask_for(&options) };
             match endpoint.open(Addr::Udp(alt.addr), options.queue, ask.to_cbor()).await {
                 Ok(s) => {
                     if let Ok((new_va, _, _)) = parse_open_reply(&s.reply) {
@@ -300,6 +325,7 @@ async fn listen(
                     // Calls already in flight finish on the old session; new ones use this.
                     *current.lock().await = Some(s);
                     counts.accepted.fetch_add(1, Ordering::Relaxed);
+                    counts.moves.send_modify(|n| *n += 1);
                     break;
                 }
                 Err(e) => {
@@ -307,6 +333,16 @@ async fn listen(
                 }
             }
         }
+    }
+}
+
+/// What this client asks for in every `OPEN_SESSION`.
+fn ask_for(options: &FarmClientOptions) -> OpenAsk {
+    OpenAsk {
+        app: Some(options.app.clone()),
+        class: options.class.clone(),
+        group: options.device_group.clone(),
+        ..Default::default()
     }
 }
 

@@ -147,6 +147,10 @@ async fn serve_one<P: ServerPortion>(
         histogram.observe(f64::from(latency.millis) / 1000.0);
         f.latency_sum_ms.fetch_add(u64::from(latency.millis), Ordering::Relaxed);
         f.latency_count.fetch_add(1, Ordering::Relaxed);
+        if req.request.command != SystemCommand::Started.number() {
+            // Only real work counts as "served" for the serve-once zone.
+            f.observe_client(req.request.id.session.0, latency.millis as f32);
+        }
     }
     let command = req.request.command;
     if command == SystemCommand::Started.number() {
