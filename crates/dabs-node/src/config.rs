@@ -1109,6 +1109,38 @@ data_dir = "/var/lib/dabs/node-1"
     }
 
     #[test]
+    fn example_health_and_failover_sections() {
+        let c = parse(EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = c.health.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["mp", "database", "orders-db", "log-shipper"]);
+        assert_eq!(c.health.services[2].check, Check::Tcp("127.0.0.1:5432".parse().unwrap()));
+        assert!(c.health.services[2].mandatory);
+        assert_eq!(c.health.services[3].weight, 30);
+        assert_eq!(c.failover.thresholds, Thresholds { failover: 10, connection: 25, returning: 40 });
+        assert_eq!(c.failover.first, ["10.0.0.7"]);
+        let gold = c.failover.thresholds_for(Some("gold"));
+        assert_eq!(gold, Thresholds { failover: 5, connection: 10, returning: 40 });
+        assert_eq!(c.failover.return_batch, 50);
+    }
+
+    #[test]
+    fn bad_health_and_failover_keys_are_refused_with_their_line() {
+        refused(
+            &with("[failover]", "failover_threshold = 101"),
+            Some(12),
+            &["failover.failover_threshold", "0..=100"],
+        );
+        refused(&with("[failover]", "first = [\"not-an-ip\"]"), Some(12), &["failover.first[0]", "IP:PORT"]);
+        refused(&with("[failover]", "batch = 0"), Some(12), &["failover.batch", "1..=100000"]);
+        let both = "[[health.service]]\nname = \"x\"\ntcp = \"127.0.0.1:1\"\ncommand = [\"true\"]\n";
+        refused(&format!("{MINIMAL}\n{both}"), Some(12), &["health.service[0]", "exactly one of tcp"]);
+        let builtin = "[[health.service]]\nname = \"mp\"\ntcp = \"127.0.0.1:1\"\n";
+        refused(&format!("{MINIMAL}\n{builtin}"), Some(12), &["already a service", "built in"]);
+        let weight = "[[health.service]]\nname = \"y\"\ncommand = [\"true\"]\nweight = 200\n";
+        refused(&format!("{MINIMAL}\n{weight}"), Some(14), &["health.service[0].weight", "0..=100"]);
+    }
+
+    #[test]
     fn defaults_fill_in() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.farm.interface, Ipv4Addr::LOCALHOST);
