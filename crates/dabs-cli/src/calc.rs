@@ -30,13 +30,23 @@ pub async fn connect_app(
     profile: Profile,
     app: &str,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
+    connect_app_with(farm, profile, app, None).await
+}
+
+/// Like [`connect_app`], verifying `FAILOVER` notices with the farm's `secret`.
+pub async fn connect_app_with(
+    farm: SocketAddr,
+    profile: Profile,
+    app: &str,
+    secret: Option<Vec<u8>>,
+) -> Result<(CalcClient, Arc<FarmClient>), String> {
     let endpoint = dabs_net::spawn(
         "127.0.0.1:0".parse().expect("literal"),
         DriverOptions { config: client_config(), ..Default::default() },
     )
     .await
     .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
-    let options = FarmClientOptions { idempotent: true, ..FarmClientOptions::new(farm, app) };
+    let options = FarmClientOptions { idempotent: true, secret, ..FarmClientOptions::new(farm, app) };
     let client = Arc::new(
         FarmClient::start(endpoint, options)
             .await

@@ -128,6 +128,9 @@ enum DemoCommand {
         /// Also print the summary as one JSON object on the last line.
         #[arg(long)]
         json: bool,
+        /// Run without a farm secret, so starving portions cannot hand clients on (to compare).
+        #[arg(long)]
+        no_client_moves: bool,
     },
     /// A server whose mandatory service stops pushes its clients away, then calls them back.
     Failover {
@@ -194,7 +197,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo { which: Some(DemoCommand::Ramp { json }), .. } => ramp::run(json),
+        Command::Demo { which: Some(DemoCommand::Ramp { json, no_client_moves }), .. } => {
+            ramp::run(json, !no_client_moves)
+        }
         Command::Demo { which: Some(DemoCommand::Failover { json, clients }), .. } => {
             failover_demo::run(json, clients)
         }

@@ -4,7 +4,7 @@
 //! new clients and moves portions off servers that stay overloaded. The demo prints the
 //! portions per node over time, each spawn and move with its cause, and latency per phase.
 
-use crate::calc::connect_app;
+use crate::calc::connect_app_with;
 use crate::farm::LocalFarm;
 use dabs_calc::{Operands, Profile};
 use serde_json::{Value, json};
@@ -25,12 +25,17 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// Runs the ramp.
-pub fn run(json_out: bool) -> ExitCode {
+pub fn run(json_out: bool, client_moves: bool) -> ExitCode {
     let dir = std::env::temp_dir().join(format!("dabs-ramp-{}", std::process::id()));
     // Both calculators; the slow one's lock time-out is 15 ms, its work 2 ms per request.
     let app =
         "start_at_init = true\n\n[[app]]\nname = \"slowcalc\"\nstart_at_init = true\n\n[timeouts]\ndb = 15\n";
-    let mut farm = match LocalFarm::start_with(3, &dir, None, app) {
+    // A farm secret, so starving portions can hand clients to less busy ones (FAILOVER).
+    let secret: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
+    let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    // Without it (--no-client-moves) starving portions keep their clients: the comparison run.
+    let secret_arg = client_moves.then_some(secret_hex.as_str());
+    let mut farm = match LocalFarm::start_with(3, &dir, secret_arg, app) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("dabs demo ramp: {e}");
@@ -39,7 +44,7 @@ pub fn run(json_out: bool) -> ExitCode {
     };
     println!("farm group {} ({} nodes)", farm.group, farm.nodes.len());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let outcome = rt.block_on(drive(&farm));
+    let outcome = rt.block_on(drive(&farm, secret));
     farm.stop();
     let _ = std::fs::remove_dir_all(&dir);
     let summary = match outcome {
@@ -75,7 +80,7 @@ struct Phase {
     latencies_us: Mutex<Vec<u64>>,
 }
 
-async fn drive(farm: &LocalFarm) -> Result<Value, String> {
+async fn drive(farm: &LocalFarm, secret: Vec<u8>) -> Result<Value, String> {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let group = std::net::SocketAddr::V4(farm.group);
     let operators: Vec<(String, String)> =
@@ -88,7 +93,7 @@ async fn drive(farm: &LocalFarm) -> Result<Value, String> {
     let mut workers = tokio::task::JoinSet::new();
     let mut started = 0;
     let mut seen_until: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut spawns, mut moves) = (0u64, 0u64);
+    let (mut spawns, mut moves, mut client_moves) = (0u64, 0u64, 0u64);
     let mut spawn_nodes = std::collections::BTreeSet::new();
     let mut portions_per_node = BTreeMap::new();
     let t0 = Instant::now();
@@ -96,7 +101,8 @@ async fn drive(farm: &LocalFarm) -> Result<Value, String> {
         current.store(i as u64, Ordering::SeqCst);
         println!("phase {}: {clients} clients", i + 1);
         while started < clients {
-            let (calc, client) = connect_app(group, Profile::Thin, dabs_calc::SLOW_APP).await?;
+            let (calc, client) =
+                connect_app_with(group, Profile::Thin, dabs_calc::SLOW_APP, Some(secret.clone())).await?;
             let (phases, current, stop) = (phases.clone(), current.clone(), stop.clone());
             let (calls, answered, failed) = (calls.clone(), answered.clone(), failed.clone());
             let n0 = started as i64;
@@ -143,6 +149,10 @@ async fn drive(farm: &LocalFarm) -> Result<Value, String> {
                     if text.starts_with("spawned") {
                         spawns += 1;
                         spawn_nodes.insert(name.clone());
+                    } else if text.contains("clients off starving") {
+                        // "moving N clients off starving portions …"
+                        let n = text.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok());
+                        client_moves += n.unwrap_or(0);
                     } else if text.starts_with("moving") {
                         moves += 1;
                     }
@@ -178,6 +188,7 @@ async fn drive(farm: &LocalFarm) -> Result<Value, String> {
         "spawns": spawns,
         "spawn_nodes": spawn_nodes,
         "moves": moves,
+        "clients_moved": client_moves,
         "portions_per_node": portions_per_node,
         "phases": phases_json,
         "calls": c,

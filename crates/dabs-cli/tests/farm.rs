@@ -286,6 +286,8 @@ fn a_rising_load_makes_the_farm_spawn_portions_without_losing_calls() {
     assert_eq!(summary["failed"], 0, "{summary}");
     assert!(summary["spawns"].as_u64().unwrap() >= 1, "starvation must add portions: {summary}");
     assert!(stdout.contains("starved on db"), "the cause is shown:\n{stdout}");
+    // Clients waiting on a starved portion are handed to less busy ones, by FAILOVER.
+    assert!(summary["clients_moved"].as_u64().unwrap() >= 1, "no client left a starving portion: {summary}");
     let phases = summary["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 5);
     assert!(phases.iter().all(|p| p["calls"].as_u64().unwrap() > 0), "{summary}");

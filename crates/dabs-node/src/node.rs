@@ -98,6 +98,10 @@ struct State {
     return_gate: crate::zones::ReturnGate,
     /// A batch run of FAILOVERs is under way.
     pushing: bool,
+    /// Each portion's time-out count at the last look, to see which starved since.
+    starve_marks: HashMap<String, u64>,
+    /// When each starving portion last gave clients away.
+    last_spread: HashMap<String, Instant>,
 }
 
 /// A node closed to new clients this long moves its busiest portion to a healthier server.
@@ -316,6 +320,8 @@ impl Node {
                     config.failover.return_interval,
                 ),
                 pushing: false,
+                starve_marks: HashMap::new(),
+                last_spread: HashMap::new(),
             }),
             settings: Mutex::new(Settings::from_config(&config)),
             config,
@@ -856,6 +862,7 @@ impl Inner {
         if move_now {
             self.move_busiest_portion();
         }
+        self.spread_starved();
         for app in near_floor {
             self.spawn_for(&app, "memory", "free memory approaching the application's floor".into());
         }

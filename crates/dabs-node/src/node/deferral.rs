@@ -277,6 +277,85 @@ impl Inner {
     }
 }
 
+/// A starving portion gives clients away at most this often.
+const SPREAD_COOLDOWN: Duration = Duration::from_secs(2);
+
+impl Inner {
+    /// Clients of a portion that starved since the last look move to the application's
+    /// least-busy other portions (a sibling here, or on a member taking new clients): half
+    /// the difference in clients, highest latency first. Spawned portions otherwise only
+    /// take new clients, and the ones already waiting on the starved lock stay starved.
+    pub(super) fn spread_starved(&self) {
+        if self.config.farm.secret.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut moves = Vec::new();
+        {
+            let mut st = self.state();
+            let counts: Vec<(String, u64)> = st
+                .portions
+                .iter()
+                .map(|(va, p)| (va.clone(), p.figures.timeouts.load(Ordering::Relaxed)))
+                .collect();
+            let mut starving = Vec::new();
+            for (va, t) in counts {
+                if st.starve_marks.insert(va.clone(), t).is_some_and(|before| t > before) {
+                    starving.push(va);
+                }
+            }
+            for va in &starving {
+                if st.last_spread.get(va).is_some_and(|t| now.duration_since(*t) < SPREAD_COOLDOWN) {
+                    continue;
+                }
+                let Some(p) = st.portions.get(va) else { continue };
+                let (app, mine) = (p.app.clone(), p.clients.len() as u64);
+                let mut homes: Vec<(Alternate, u64)> = st
+                    .portions
+                    .iter()
+                    .filter(|(v, q)| q.app == app && !starving.contains(v))
+                    .map(|(v, q)| (Alternate { addr: self.mp, va: v.clone() }, q.clients.len() as u64))
+                    .collect();
+                let fresh = st.membership.fresh(now, self.fresh_window());
+                for m in fresh.filter(|m| m.node != self.me && m.accepting) {
+                    for q in m.portions.iter().filter(|q| q.app == app) {
+                        homes.push((Alternate { addr: m.mp, va: q.va.clone() }, q.sessions));
+                    }
+                }
+                homes.sort_by_key(|(_, n)| *n);
+                let Some(least) = homes.first().map(|(_, n)| *n) else { continue };
+                if mine <= least + 1 {
+                    continue;
+                }
+                let give = ((mine - least) / 2).min(self.config.failover.batch as u64) as usize;
+                let alternates: Vec<Alternate> = homes.into_iter().take(3).map(|(a, _)| a).collect();
+                let p = st.portions.get_mut(va).expect("looked up above");
+                let latency = p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                p.clients.sort_by(|a, b| {
+                    let l = |c: &ClientEntry| latency.get(&c.session.0).copied().unwrap_or(0.0);
+                    l(a).total_cmp(&l(b))
+                });
+                // Highest latency last: take from the back.
+                for n in 0..give {
+                    let Some(c) = p.clients.pop() else { break };
+                    let mut alts = alternates.clone();
+                    let len = alts.len();
+                    alts.rotate_left(n % len);
+                    moves.push((c, alts));
+                }
+                st.last_spread.insert(va.clone(), now);
+            }
+        }
+        if !moves.is_empty() {
+            self.counters.moves.fetch_add(1, Ordering::Relaxed);
+            self.note(format!("moving {} clients off starving portions to less busy ones", moves.len()));
+        }
+        for (client, alternates) in moves {
+            self.send_failover(&client, alternates);
+        }
+    }
+}
+
 fn zone_text(zone: Zone) -> &'static str {
     match zone {
         Zone::Open => "taking new clients",
