@@ -1,0 +1,152 @@
+//! R-FO-2's zones on real nodes (in this process, over loopback UDP and the farm's multicast
+//! group): a dependent service of node-1 goes down, lowering its health between the two
+//! thresholds, and node-1 must treat existing and new clients as its zone says.
+
+use dabs_net::{Addr, CallError, DriverOptions, Error};
+use dabs_node::Node;
+use dabs_node::config::NodeConfig;
+use dabs_sdk::{FarmClient, FarmClientOptions};
+use dabs_wire::NakCode;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "00112233445566778899aabbccddeeff";
+
+/// A node of farm `group`; node-1 declares a dependent TCP service costing 60 health points.
+async fn node(group: &str, i: usize, dir: &std::path::Path, failover: &str, service: SocketAddr) -> Node {
+    let health = if i == 1 {
+        format!(
+            "[health]\ninterval_ms = 100\n\n[[health.service]]\nname = \"cache\"\ntcp = \"{service}\"\nweight = 60\n"
+        )
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "[farm]\nname = \"zones\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n\n\
+         [node]\nname = \"node-{i}\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n{health}\n\
+         [failover]\n{failover}\n\n[[app]]\nname = \"calc\"\nstart_at_init = true\n",
+        dir.join(format!("node-{i}")).display()
+    );
+    let config =
+        NodeConfig::parse(&text, &dir.join(format!("node-{i}.toml"))).unwrap_or_else(|e| panic!("{e}"));
+    Node::start(config, vec![dabs_calc::factory()]).await.unwrap()
+}
+
+fn group() -> String {
+    let r = std::hash::RandomState::new().build_hasher().finish();
+    format!("239.255.{}.{}:{}", r % 250 + 2, (r >> 8) % 250 + 2, 40_000 + (r >> 16) % 20_000)
+}
+
+async fn client(at: SocketAddr) -> Result<FarmClient, Error> {
+    let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let options = FarmClientOptions {
+        secret: Some(
+            SECRET
+                .as_bytes()
+                .chunks(2)
+                .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+                .collect(),
+        ),
+        max_reopens: 0,
+        ..FarmClientOptions::new(at, "calc")
+    };
+    FarmClient::start(ep, options).await
+}
+
+async fn add(c: &FarmClient, a: i64, b: i64) -> i64 {
+    let reply = c.call(256, dabs_sdk::encode_args(&(a, b))).await.expect("call answered");
+    dabs_sdk::decode_reply::<i64>(&reply).expect("an integer")
+}
+
+/// Polls until `f` holds (bounded).
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+/// Connection threshold above failover (C 50 > F 10): at health 40 existing clients stay and
+/// new ones are refused; back at 100 new ones are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_the_thresholds_existing_clients_stay_and_new_ones_are_refused() {
+    let dir = tempfile_dir("refuse");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = service.local_addr().unwrap();
+    let g = group();
+    let failover = "failover_threshold = 10\nconnection_threshold = 50\nreturn_threshold = 50";
+    let n1 = node(&g, 1, &dir, failover, at).await;
+    let n2 = node(&g, 2, &dir, failover, at).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let home = n1.mp_addr();
+    let existing = client(home).await.expect("node-1 takes clients while healthy");
+    assert_eq!(add(&existing, 2, 3).await, 5);
+
+    drop(service); // health 100 - 60 = 40: between F and C
+    eventually("node-1 refuses a new client", async || {
+        matches!(client(home).await, Err(Error::Call(CallError::Nak { code: NakCode::NotAccepting, .. })))
+    })
+    .await;
+    // The existing client stays on node-1 and is served there.
+    for i in 0..10 {
+        assert_eq!(add(&existing, i, 1).await, i + 1);
+        assert_eq!(existing.server().await, Some(Addr::Udp(home)), "an existing client was moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(existing.failovers().accepted.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    let _back = TcpListener::bind(at).unwrap();
+    eventually("node-1 takes new clients again", async || client(home).await.is_ok()).await;
+    n1.stop().await;
+    n2.stop().await;
+}
+
+/// Connection threshold below failover (C 10 < F 50): at health 40 existing clients are
+/// deferred to node-2, and a new client is admitted, served once, then moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_connection_threshold_lower_new_clients_are_served_once_then_moved() {
+    let dir = tempfile_dir("serve-once");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = service.local_addr().unwrap();
+    let g = group();
+    let failover = "failover_threshold = 50\nconnection_threshold = 10\nreturn_threshold = 90";
+    let n1 = node(&g, 1, &dir, failover, at).await;
+    let n2 = node(&g, 2, &dir, failover, at).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (home, other) = (n1.mp_addr(), n2.mp_addr());
+    let existing = client(home).await.expect("node-1 takes clients while healthy");
+    assert_eq!(add(&existing, 1, 1).await, 2);
+
+    drop(service); // health 40: deferred (≤ F) but new clients admitted (> C)
+    eventually("the existing client is deferred to node-2", async || {
+        add(&existing, 1, 2).await == 3 && existing.server().await == Some(Addr::Udp(other))
+    })
+    .await;
+
+    let newcomer = client(home).await.expect("admitted in the serve-once zone");
+    assert_eq!(newcomer.server().await, Some(Addr::Udp(home)));
+    // It stays until served once (STARTED does not count) ...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(newcomer.server().await, Some(Addr::Udp(home)), "moved before being served");
+    assert_eq!(add(&newcomer, 20, 22).await, 42);
+    // ... then moves.
+    eventually("the newcomer is moved after its first request", async || {
+        newcomer.server().await == Some(Addr::Udp(other))
+    })
+    .await;
+    assert_eq!(add(&newcomer, 5, 5).await, 10);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dabs-zones-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
