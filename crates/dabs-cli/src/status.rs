@@ -37,8 +37,20 @@ pub async fn collect(
 pub fn table(members: &[NodeStats]) -> String {
     let leader = members.iter().min_by_key(|m| (m.started_ms, m.node.clone())).map(|m| m.node.clone());
     let mut rows = vec![
-        ["NODE", "MP", "OPERATOR", "LEADER", "CPU%", "FREE MiB", "SESSIONS", "PORTIONS", "ACCEPTING", "LOAD"]
-            .map(String::from),
+        [
+            "NODE",
+            "MP",
+            "OPERATOR",
+            "LEADER",
+            "CPU%",
+            "FREE MiB",
+            "SESSIONS",
+            "PORTIONS",
+            "HEALTH",
+            "ACCEPTING",
+            "LOAD",
+        ]
+        .map(String::from),
     ];
     for m in members {
         rows.push([
@@ -50,6 +62,7 @@ pub fn table(members: &[NodeStats]) -> String {
             m.mem_free_mb.to_string(),
             m.sessions().to_string(),
             m.portions.len().to_string(),
+            m.health.to_string(),
             if m.accepting { "yes".into() } else { "no".into() },
             format!("{:.3}", load_score(m)),
         ]);

@@ -43,6 +43,8 @@ pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>) -> Value {
         "net_bytes_per_s": s.net_bytes_per_s,
         "accepting": s.accepting,
         "leaving": s.leaving,
+        "draining": s.draining,
+        "health": s.health,
         "settings_version": s.settings_version,
         "sessions": s.sessions(),
         "load": load_score(s),

@@ -176,6 +176,8 @@ pub fn document() -> Value {
                     "net_bytes_per_s": integer("Network bytes per second, received + sent"),
                     "accepting": boolean("Takes new clients"),
                     "leaving": boolean("Is stopping"),
+                    "draining": boolean("The operator drained it: its clients are being moved"),
+                    "health": integer("Its own health score, 0 (down) to 100, read against the failover thresholds"),
                     "settings_version": integer("Version of the run-time settings it holds"),
                     "sessions": integer("Sessions over its announced portions"),
                     "load": number("Load score: higher is busier"),
