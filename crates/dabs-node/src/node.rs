@@ -1293,6 +1293,7 @@ impl Inner {
                             class: traits.0,
                             group: traits.1,
                             serve_once,
+                            retry_after: None,
                         });
                     }
                     let _ = events.send(RuntimeEvent::AddClient { session, peer: req.peer });

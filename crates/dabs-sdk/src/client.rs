@@ -314,7 +314,8 @@ async fn listen(
                 continue;
             }
         };
-        req.reply(Vec::new());
+        // Answered once the move is made: a refusal tells the server we are still its client.
+        let mut moved = false;
         for alt in &notice.alternates {
             let ask = OpenAsk { va: Some(alt.va.clone()), ..ask_for(&options) };
             match endpoint.open(Addr::Udp(alt.addr), options.queue, ask.to_cbor()).await {
@@ -326,12 +327,18 @@ async fn listen(
                     *current.lock().await = Some(s);
                     counts.accepted.fetch_add(1, Ordering::Relaxed);
                     counts.moves.send_modify(|n| *n += 1);
+                    moved = true;
                     break;
                 }
                 Err(e) => {
                     tracing::info!(alternate = %alt.addr, error = %e, "alternate refused, trying the next")
                 }
             }
+        }
+        if moved {
+            req.reply(Vec::new());
+        } else {
+            req.reject(NakCode::NotAccepting, "no alternate took this client; it stays");
         }
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct ClientEntry {
     pub group: Option<String>,
     /// Admitted in the serve-once zone: moved after its first request.
     pub serve_once: bool,
+    /// It could not move last time (no alternate took it): not asked again before this.
+    pub retry_after: Option<Instant>,
 }
 
 /// A client sent away, to be called back when this node is healthy again.
@@ -139,8 +141,8 @@ impl Inner {
                     this.state().pushing = false;
                     return;
                 }
-                for (client, alternates) in batch {
-                    this.send_failover(&client, alternates);
+                for (va, client, alternates) in batch {
+                    this.send_failover(&client, alternates, Some(va));
                 }
                 tokio::time::sleep(this.config.failover.batch_interval).await;
             }
@@ -149,7 +151,7 @@ impl Inner {
 
     /// The next clients to send away, most urgent first, each with its alternates; they move
     /// from the portions' client lists to the deferred list.
-    fn pick_batch(&self) -> Vec<(ClientEntry, Vec<Alternate>)> {
+    fn pick_batch(&self) -> Vec<(String, ClientEntry, Vec<Alternate>)> {
         let policy = &self.config.failover;
         let st = self.state();
         let health = st.health.score;
@@ -160,12 +162,14 @@ impl Inner {
             for (i, c) in p.clients.iter().enumerate() {
                 let th = policy.thresholds_for(c.class.as_deref());
                 let served = latencies.contains_key(&c.session.0);
-                let go = draining
-                    || match th.zone(health) {
-                        Zone::Open | Zone::NoNewClients => false,
-                        Zone::ServeOnce => !c.serve_once || served,
-                        Zone::Defer => true,
-                    };
+                let resting = c.retry_after.is_some_and(|t| Instant::now() < t);
+                let go = !resting
+                    && (draining
+                        || match th.zone(health) {
+                            Zone::Open | Zone::NoNewClients => false,
+                            Zone::ServeOnce => !c.serve_once || served,
+                            Zone::Defer => true,
+                        });
                 if go {
                     let latency_ms = latencies.get(&c.session.0).copied().unwrap_or(0.0);
                     let info = ClientInfo {
@@ -211,25 +215,55 @@ impl Inner {
             let len = alts.len();
             alts.rotate_left(n % len);
             let app = p.app.clone();
-            out.push((client.clone(), alts));
+            out.push((va.clone(), client.clone(), alts));
             st.deferred.push(Deferred { app, client, at: now, called_back: None });
         }
         out
     }
 
-    fn send_failover(&self, client: &ClientEntry, alternates: Vec<Alternate>) {
+    /// Tells `client` to move to `alternates`. With `home` (its portion here), a client that
+    /// answers that no alternate took it (NAK 12) is kept as a client of `home`, asked again
+    /// no sooner than a second later.
+    fn send_failover(
+        self: &Arc<Self>,
+        client: &ClientEntry,
+        alternates: Vec<Alternate>,
+        home: Option<String>,
+    ) {
         let Some(secret) = &self.config.farm.secret else { return };
         // Strictly increasing per server, also across restarts: time-based.
         let sent = self.counters.failovers.fetch_add(1, Ordering::Relaxed);
         let nonce = unix_ms() * 1000 + sent % 1000;
         let notice = Failover { alternates, nonce, issued: unix_ms() };
         let payload = notice.seal(secret, self.mp, client.addr);
-        drop(self.endpoint.call_async(client.session, SystemCommand::Failover.number(), payload));
+        let call = self.endpoint.call_async(client.session, SystemCommand::Failover.number(), payload);
+        let Some(va) = home else {
+            drop(call);
+            return;
+        };
+        let (this, mut client) = (self.clone(), client.clone());
+        tokio::spawn(async move {
+            let stays = matches!(
+                call.await,
+                Err(dabs_net::Error::Call(dabs_net::CallError::Nak {
+                    code: dabs_wire::NakCode::NotAccepting,
+                    ..
+                }))
+            );
+            if stays {
+                let mut st = this.state();
+                st.deferred.retain(|d| d.client.session != client.session);
+                client.retry_after = Some(Instant::now() + Duration::from_secs(1));
+                if let Some(p) = st.portions.get_mut(&va) {
+                    p.clients.push(client);
+                }
+            }
+        });
     }
 
     /// Calls deferred clients back while this node is better than their return threshold, no
     /// more than the return gate lets in: a `FAILOVER` naming this node as the alternate.
-    fn call_back(&self) {
+    fn call_back(self: &Arc<Self>) {
         let policy = &self.config.failover;
         let now = Instant::now();
         let mut calls = Vec::new();
@@ -272,7 +306,7 @@ impl Inner {
             self.note(format!("calling back {} deferred clients", calls.len()));
         }
         for (client, va) in calls {
-            self.send_failover(&client, vec![Alternate { addr: self.mp, va }]);
+            self.send_failover(&client, vec![Alternate { addr: self.mp, va }], None);
         }
     }
 }
@@ -285,7 +319,7 @@ impl Inner {
     /// least-busy other portions (a sibling here, or on a member taking new clients): half
     /// the difference in clients, highest latency first. Spawned portions otherwise only
     /// take new clients, and the ones already waiting on the starved lock stay starved.
-    pub(super) fn spread_starved(&self) {
+    pub(super) fn spread_starved(self: &Arc<Self>) {
         if self.config.farm.secret.is_none() {
             return;
         }
@@ -341,7 +375,7 @@ impl Inner {
                     let mut alts = alternates.clone();
                     let len = alts.len();
                     alts.rotate_left(n % len);
-                    moves.push((c, alts));
+                    moves.push((c, alts, va.clone()));
                 }
                 st.last_spread.insert(va.clone(), now);
             }
@@ -350,8 +384,8 @@ impl Inner {
             self.counters.moves.fetch_add(1, Ordering::Relaxed);
             self.note(format!("moving {} clients off starving portions to less busy ones", moves.len()));
         }
-        for (client, alternates) in moves {
-            self.send_failover(&client, alternates);
+        for (client, alternates, va) in moves {
+            self.send_failover(&client, alternates, Some(va));
         }
     }
 }
