@@ -152,7 +152,8 @@ pub enum Event {
         /// Why.
         reason: CloseReason,
     },
-    /// A REPLY was never acknowledged (a system error to report to the farm).
+    /// A REPLY was not acknowledged after every re-attempt (a system error to report to the
+    /// farm). It is kept, no longer retransmitted, to answer a repeat of its request.
     ReplyUndelivered {
         /// The session.
         session: SessionId,
@@ -280,6 +281,11 @@ struct Out {
     /// NAKs before this time belong to the round already being resent.
     nak_quiet_until: Time,
     reply: Option<Reassembly>,
+    /// A REPLY whose re-attempts ran out: no longer retransmitted on its timer, but kept to
+    /// answer a repeat of its request (which has run and must not run again). Freed by the
+    /// ACK, by a new use of its transaction number, when its request has not come again for
+    /// `reply_timeout`, or with its session.
+    parked: bool,
 }
 
 enum InState {
@@ -595,6 +601,7 @@ impl Io {
             last_sent: Duration::ZERO,
             nak_quiet_until: Duration::ZERO,
             reply: None,
+            parked: false,
         }
     }
 }
@@ -1864,6 +1871,10 @@ impl Endpoint {
                     return;
                 }
                 out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
+                if out.parked {
+                    // Sent once more, without re-arming the re-attempts that ran out.
+                    return self.io.resend(now, out, s.crypto.sealer());
+                }
                 return self.io.transmit_out(
                     now,
                     out,
@@ -1999,10 +2010,27 @@ impl Endpoint {
             TimerKey::Reply(sid, tx) => {
                 let s = self.sessions.get_mut(&sid).expect("live");
                 let out = s.replies.get_mut(&tx).expect("live");
-                if out.attempts > max_retries {
-                    if let Some(reply) = s.replies.remove(&tx) {
-                        finish_replied(&mut s.inc, tx, reply.header.command);
+                // A client still waiting repeats its request at least every `ack_timeout_max`
+                // (re-attempts, then probes); one silent this long has moved on.
+                let hold = self.io.config.reply_timeout;
+                if out.parked {
+                    let until = out.last_sent + hold;
+                    if now >= until {
+                        if let Some(reply) = s.replies.remove(&tx) {
+                            finish_replied(&mut s.inc, tx, reply.header.command);
+                        }
+                    } else {
+                        out.deadline = Some(until);
+                        self.io.schedule(until, key);
                     }
+                } else if out.attempts > max_retries {
+                    // Stop pushing, but keep the REPLY: its request ran, so a repeat of the
+                    // request (the client's next re-attempt or probe) can only be answered
+                    // with it. Dropping it left the client to time out.
+                    out.parked = true;
+                    let until = out.last_sent.max(now) + hold;
+                    out.deadline = Some(until);
+                    self.io.schedule(until, key);
                     self.io.stats.replies_undelivered += 1;
                     self.io.events.push_back(Event::ReplyUndelivered { session: sid, transaction: tx });
                 } else {
@@ -2047,7 +2075,8 @@ impl Endpoint {
                 s.role == Role::Server
                     && now.saturating_sub(s.last_active) >= idle
                     && s.out.is_empty()
-                    && s.replies.is_empty()
+                    // A parked REPLY is not traffic: it must not keep an idle session alive.
+                    && s.replies.values().all(|o| o.parked)
                     && !s
                         .inc
                         .values()
