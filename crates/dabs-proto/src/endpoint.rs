@@ -546,6 +546,16 @@ impl Io {
         self.schedule(at, key);
     }
 
+    /// The request was received (its ACK, or part of its REPLY, came): its re-attempts are
+    /// over; it is probed slowly until the REPLY is complete or `reply_timeout` passes.
+    fn await_reply(&mut self, now: Time, out: &mut Out, key: TimerKey) {
+        out.state = OutState::AwaitReply { since: now };
+        // Keep probing, slowly, in case the REPLY is lost or the ACK was stale.
+        let at = now + self.config.ack_timeout_max;
+        out.deadline = Some(at);
+        self.schedule(at, key);
+    }
+
     /// Sends a message again without touching its re-attempt count or timer.
     fn resend(&mut self, now: Time, out: &mut Out, seal: Option<&mut Sealer>) {
         self.stats.retransmits += 1;
@@ -1487,11 +1497,7 @@ impl Endpoint {
         };
         if to_request {
             let out = s.out.get_mut(&h.transaction).expect("matched");
-            out.state = OutState::AwaitReply { since: now };
-            // Keep probing, slowly, in case the REPLY is lost or this ACK was stale.
-            let at = now + self.io.config.ack_timeout_max;
-            out.deadline = Some(at);
-            self.io.schedule(at, TimerKey::Out(sid, h.transaction));
+            self.io.await_reply(now, out, TimerKey::Out(sid, h.transaction));
         } else if reply_match && let Some(reply) = s.replies.remove(&h.transaction) {
             finish_replied(&mut s.inc, h.transaction, reply.header.command);
         }
@@ -1552,7 +1558,16 @@ impl Endpoint {
                 Ok(dabs_wire::Progress::Complete) => {
                     out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
                 }
-                Ok(_) => return,
+                Ok(_) => {
+                    // Part of the REPLY proves the request arrived (the spec counts a REPLY as
+                    // its ACK): stop the re-attempts and wait for the rest, which the server
+                    // retransmits and sends again for each probe. Counting on until GaveUp
+                    // failed calls that had run and were being answered.
+                    if out.state == OutState::AwaitAck {
+                        self.io.await_reply(now, out, TimerKey::Out(sid, h.transaction));
+                    }
+                    return;
+                }
                 Err(e) => {
                     out.reply = None;
                     let text = e.to_string();

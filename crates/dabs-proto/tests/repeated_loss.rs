@@ -22,10 +22,11 @@ enum From {
     Server,
 }
 
-/// A datagram on its way and who sent it.
+/// A datagram on its way: who sent it, and when.
 struct Sent<'a> {
     from: From,
     data: &'a [u8],
+    at: Duration,
 }
 
 impl Sent<'_> {
@@ -36,6 +37,10 @@ impl Sent<'_> {
     /// A datagram of the call (not of opening the session).
     fn of_call(&self) -> bool {
         decode(self.data).unwrap().header.command == COMMAND
+    }
+
+    fn buffer_index(&self) -> Option<u16> {
+        decode(self.data).unwrap().buffer.map(|b| b.index)
     }
 }
 
@@ -71,12 +76,12 @@ fn call(
             let c = drain(&mut client);
             let s = drain(&mut server);
             for d in &c {
-                if !lose(&Sent { from: From::Client, data: &d.data }, &server) {
+                if !lose(&Sent { from: From::Client, data: &d.data, at: t }, &server) {
                     server.handle_datagram(t, addr(1), &d.data);
                 }
             }
             for d in &s {
-                if !lose(&Sent { from: From::Server, data: &d.data }, &server) {
+                if !lose(&Sent { from: From::Server, data: &d.data, at: t }, &server) {
                     client.handle_datagram(t, addr(2), &d.data);
                 }
             }
@@ -147,6 +152,18 @@ fn a_reply_given_up_is_still_sent_to_a_repeated_request() {
     });
     assert_eq!(o.server.stats().replies_undelivered, 1, "the loss must outlast the REPLY's re-attempts");
     answered_once(&o, 40);
+}
+
+#[test]
+fn a_partly_received_reply_counts_as_the_acknowledgement() {
+    // The REPLY (11 buffers) loses its buffer 3 in every round for 20 s, longer than the
+    // client's re-attempts of the request last. The buffers that do arrive show the request
+    // was received, so the client must wait for the rest instead of giving up; the client used
+    // to count on and fail with GaveUp although the request had run.
+    let o = call(40, 5_000, Duration::ZERO, Duration::from_secs(60), |d, _| {
+        d.from == From::Server && d.at < Duration::from_secs(20) && d.buffer_index() == Some(3)
+    });
+    answered_once(&o, 5_000);
 }
 
 /// A session whose one call ran at the server and whose REPLY was lost in every re-attempt
