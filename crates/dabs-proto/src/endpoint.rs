@@ -286,6 +286,8 @@ struct Out {
     /// ACK, by a new use of its transaction number, when its request has not come again for
     /// `reply_timeout`, or with its session.
     parked: bool,
+    /// Times it was put on the wire, re-attempts and probes alike (see [`round_order`]).
+    rounds: u32,
 }
 
 enum InState {
@@ -483,6 +485,19 @@ impl Io {
     /// Sends every buffer of a message, each encrypted on its own when `seal` is given (and
     /// the command is not one that sets sessions up).
     fn send_message(&mut self, to: &Addr, header: &Header, payload: &[u8], seal: Option<&mut Sealer>) {
+        self.send_round(to, header, payload, seal, 0);
+    }
+
+    /// [`Io::send_message`] for the `round`th time (from 0): the buffers go in
+    /// [`round_order`].
+    fn send_round(
+        &mut self,
+        to: &Addr,
+        header: &Header,
+        payload: &[u8],
+        seal: Option<&mut Sealer>,
+        round: u32,
+    ) {
         let mut seal = seal.filter(|_| !crypto::exempt(header.command));
         let overhead = if seal.is_some() { ENCRYPTION_OVERHEAD } else { 0 };
         let Ok(split) = Splitter::new(payload, header.crc, overhead) else {
@@ -490,7 +505,10 @@ impl Io {
         };
         let header = Header { encrypted: seal.is_some(), ..*header };
         let mut body = Vec::new();
-        for (buffer, part) in split {
+        for index in round_order(split.total(), round) {
+            let Some((buffer, part)) = split.buffer(index) else {
+                continue;
+            };
             let mut data = vec![0u8; MAX_DATAGRAM];
             let n = match seal.as_deref_mut() {
                 None => encode(&header, buffer, part, &mut data),
@@ -527,7 +545,8 @@ impl Io {
         }
         out.attempts += 1;
         out.last_sent = now;
-        self.send_message(&out.to, &out.header, &out.payload, seal);
+        self.send_round(&out.to, &out.header, &out.payload, seal, out.rounds);
+        out.rounds = out.rounds.wrapping_add(1);
         if out.to.is_reliable_link() {
             if out.call.is_some() {
                 out.state = OutState::AwaitReply { since: now };
@@ -560,7 +579,8 @@ impl Io {
     fn resend(&mut self, now: Time, out: &mut Out, seal: Option<&mut Sealer>) {
         self.stats.retransmits += 1;
         out.last_sent = now;
-        self.send_message(&out.to, &out.header, &out.payload, seal);
+        self.send_round(&out.to, &out.header, &out.payload, seal, out.rounds);
+        out.rounds = out.rounds.wrapping_add(1);
     }
 
     /// Sends an ACK answering `answer`, echoing the acknowledged stamp.
@@ -612,8 +632,24 @@ impl Io {
             nak_quiet_until: Duration::ZERO,
             reply: None,
             parked: false,
+            rounds: 0,
         }
     }
+}
+
+/// The order in which the `round`th transmission (from 0) of a message of `total` buffers
+/// sends them. The first goes in order; each later one starts at another buffer, spread by
+/// the golden ratio. Loss often depends on a datagram's place in a burst (a link outage takes
+/// everything still in flight, so the first buffers most often; a full queue drops the tail):
+/// sent in one fixed order, the same buffers were lost in every round, and since the receiver
+/// keeps what it has, the message never completed. The last buffer stays last, because a
+/// receiver answers a repeated message once per round, on its last buffer.
+fn round_order(total: usize, round: u32) -> impl Iterator<Item = usize> {
+    let rotated = total.saturating_sub(1);
+    // round · φ modulo 1, as a 32-bit fraction, scaled to 0..rotated.
+    let fraction = u64::from(round.wrapping_mul(0x9E37_79B9));
+    let start = usize::try_from((fraction * rotated as u64) >> 32).unwrap_or(0);
+    (start..rotated).chain(0..start).chain(rotated..total)
 }
 
 /// True when stamp `a` is later than stamp `b` (within half an hour, modulo one hour).
@@ -2146,5 +2182,37 @@ fn remember_open(peer: &mut Peer, tx: u8, sent: SentTime, accepted: Option<Sessi
         if let Some(old) = peer.opens_order.pop_front() {
             peer.opens_seen.remove(&old);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn every_round_sends_every_buffer_once_and_the_last_one_last() {
+        for total in 1..70 {
+            for round in 0..40 {
+                let order: Vec<usize> = round_order(total, round).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..total).collect::<Vec<_>>(), "total {total}, round {round}");
+                assert_eq!(order.last(), Some(&(total - 1)));
+                if round == 0 {
+                    assert_eq!(order, sorted, "the first transmission goes in order");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounds_start_at_buffers_spread_over_the_message() {
+        // Eleven transmissions of a 17-buffer message (the turmoil test's calls): each starts
+        // somewhere else, so no buffer stays at the exposed head of the burst.
+        let starts: Vec<usize> = (0..11).map(|r| round_order(17, r).next().unwrap()).collect();
+        let mut distinct = starts.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), starts.len(), "{starts:?}");
     }
 }
