@@ -11,6 +11,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::ops::Range;
 use std::time::Duration;
 
 /// A point in time: the driver's monotonic clock, as a duration since an epoch it chose.
@@ -19,6 +20,10 @@ pub type Time = Duration;
 const HOUR_MS: u32 = 3_600_000;
 const OPENS_REMEMBERED_PER_PEER: usize = 64;
 const NAK_TEXT_MAX: usize = 200;
+/// A re-sent multi-buffer message goes out this many datagrams at a time...
+const PACE_BURST: usize = 4;
+/// ...one group every this long (see [`Io::put_out`]).
+const PACE_GAP: Duration = Duration::from_millis(1);
 
 /// Identifies one call (a request awaiting its reply) made through [`Endpoint::call`] or
 /// [`Endpoint::open`].
@@ -288,6 +293,18 @@ struct Out {
     parked: bool,
     /// Times it was put on the wire, re-attempts and probes alike (see [`round_order`]).
     rounds: u32,
+    /// The round still going out in groups, if any (see [`Io::put_out`]).
+    pace: Option<Pace>,
+}
+
+/// A round of a message being sent in groups.
+#[derive(Clone, Copy)]
+struct Pace {
+    round: u32,
+    /// Place in [`round_order`] of the next buffer to send.
+    next: usize,
+    /// When the next group goes.
+    at: Time,
 }
 
 enum InState {
@@ -435,6 +452,10 @@ struct Peer {
 enum TimerKey {
     Out(SessionId, u8),
     Reply(SessionId, u8),
+    /// The next group of a request's (or key exchange's) round.
+    PaceOut(SessionId, u8),
+    /// The next group of a REPLY's round.
+    PaceReply(SessionId, u8),
     Ack(SessionId, u8),
     Open(u8),
     Kick(SessionId),
@@ -485,11 +506,11 @@ impl Io {
     /// Sends every buffer of a message, each encrypted on its own when `seal` is given (and
     /// the command is not one that sets sessions up).
     fn send_message(&mut self, to: &Addr, header: &Header, payload: &[u8], seal: Option<&mut Sealer>) {
-        self.send_round(to, header, payload, seal, 0);
+        self.send_round(to, header, payload, seal, 0, 0..usize::MAX);
     }
 
-    /// [`Io::send_message`] for the `round`th time (from 0): the buffers go in
-    /// [`round_order`].
+    /// Sends the buffers at `places` of [`round_order`] for the `round`th transmission (from
+    /// 0) of a message, as [`Io::send_message`]. Returns how many buffers the message has.
     fn send_round(
         &mut self,
         to: &Addr,
@@ -497,15 +518,17 @@ impl Io {
         payload: &[u8],
         seal: Option<&mut Sealer>,
         round: u32,
-    ) {
+        places: Range<usize>,
+    ) -> usize {
         let mut seal = seal.filter(|_| !crypto::exempt(header.command));
         let overhead = if seal.is_some() { ENCRYPTION_OVERHEAD } else { 0 };
         let Ok(split) = Splitter::new(payload, header.crc, overhead) else {
-            return; // sizes are checked before a message is accepted for sending
+            return 0; // sizes are checked before a message is accepted for sending
         };
+        let total = split.total();
         let header = Header { encrypted: seal.is_some(), ..*header };
         let mut body = Vec::new();
-        for index in round_order(split.total(), round) {
+        for index in round_order(total, round).skip(places.start).take(places.len()) {
             let Some((buffer, part)) = split.buffer(index) else {
                 continue;
             };
@@ -536,6 +559,55 @@ impl Io {
                 self.transmits.push_back(Transmit { to: to.clone(), data });
             }
         }
+        total
+    }
+
+    /// Puts a message on the wire once more, and returns when its last datagram goes. The
+    /// first transmission goes out at once. A re-sent one (the path has lost something) of
+    /// more than [`PACE_BURST`] buffers goes out that many at a time, [`PACE_GAP`] apart, the
+    /// rest on the `pace` timer: a burst is what a loss at a full queue or a link outage takes
+    /// most of, and sent back to back a large message could lose some buffer in every round.
+    /// Each group is sealed when it goes, so nonces keep the order of the wire.
+    fn put_out(
+        &mut self,
+        now: Time,
+        out: &mut Out,
+        seal: Option<&mut Sealer>,
+        pace: Option<TimerKey>,
+    ) -> Time {
+        let round = out.rounds;
+        out.rounds = round.wrapping_add(1);
+        out.pace = None;
+        let pace = pace.filter(|_| round > 0 && !out.to.is_reliable_link());
+        let places = if pace.is_some() { 0..PACE_BURST } else { 0..usize::MAX };
+        let total = self.send_round(&out.to, &out.header, &out.payload, seal, round, places);
+        let mut end = now;
+        if let Some(key) = pace
+            && total > PACE_BURST
+        {
+            let at = now + PACE_GAP;
+            out.pace = Some(Pace { round, next: PACE_BURST, at });
+            self.schedule(at, key);
+            let groups = u32::try_from(total.div_ceil(PACE_BURST)).unwrap_or(u32::MAX);
+            end = now + PACE_GAP * (groups - 1);
+        }
+        out.last_sent = end;
+        end
+    }
+
+    /// Sends the next group of the round being paced.
+    fn pace_next(&mut self, now: Time, out: &mut Out, key: TimerKey, seal: Option<&mut Sealer>) {
+        let Some(p) = out.pace.take() else {
+            return;
+        };
+        let places = p.next..p.next + PACE_BURST;
+        let total = self.send_round(&out.to, &out.header, &out.payload, seal, p.round, places);
+        let next = p.next + PACE_BURST;
+        if next < total {
+            let at = now + PACE_GAP;
+            out.pace = Some(Pace { next, at, ..p });
+            self.schedule(at, key);
+        }
     }
 
     /// (Re)transmits an outgoing message and arms its ACK timer.
@@ -544,9 +616,7 @@ impl Io {
             self.stats.retransmits += 1;
         }
         out.attempts += 1;
-        out.last_sent = now;
-        self.send_round(&out.to, &out.header, &out.payload, seal, out.rounds);
-        out.rounds = out.rounds.wrapping_add(1);
+        let sent = self.put_out(now, out, seal, pace_key(key));
         if out.to.is_reliable_link() {
             if out.call.is_some() {
                 out.state = OutState::AwaitReply { since: now };
@@ -560,7 +630,8 @@ impl Io {
         }
         let wait = self.jittered(out.timeout);
         out.timeout = out.timeout.mul_f64(self.config.backoff.max(1.0)).min(self.config.ack_timeout_max);
-        let at = now + wait;
+        // Counted from the last group: a round still going out cannot have been ACKed yet.
+        let at = sent + wait;
         out.deadline = Some(at);
         self.schedule(at, key);
     }
@@ -569,18 +640,17 @@ impl Io {
     /// over; it is probed slowly until the REPLY is complete or `reply_timeout` passes.
     fn await_reply(&mut self, now: Time, out: &mut Out, key: TimerKey) {
         out.state = OutState::AwaitReply { since: now };
+        out.pace = None; // the receiver has it all
         // Keep probing, slowly, in case the REPLY is lost or the ACK was stale.
         let at = now + self.config.ack_timeout_max;
         out.deadline = Some(at);
         self.schedule(at, key);
     }
 
-    /// Sends a message again without touching its re-attempt count or timer.
-    fn resend(&mut self, now: Time, out: &mut Out, seal: Option<&mut Sealer>) {
+    /// Sends a message again without touching its re-attempt count or timer (`key`).
+    fn resend(&mut self, now: Time, out: &mut Out, key: TimerKey, seal: Option<&mut Sealer>) {
         self.stats.retransmits += 1;
-        out.last_sent = now;
-        self.send_round(&out.to, &out.header, &out.payload, seal, out.rounds);
-        out.rounds = out.rounds.wrapping_add(1);
+        self.put_out(now, out, seal, pace_key(key));
     }
 
     /// Sends an ACK answering `answer`, echoing the acknowledged stamp.
@@ -633,7 +703,17 @@ impl Io {
             reply: None,
             parked: false,
             rounds: 0,
+            pace: None,
         }
+    }
+}
+
+/// The timer that sends the next group of a paced round of the message timed by `key`.
+fn pace_key(key: TimerKey) -> Option<TimerKey> {
+    match key {
+        TimerKey::Out(sid, tx) => Some(TimerKey::PaceOut(sid, tx)),
+        TimerKey::Reply(sid, tx) => Some(TimerKey::PaceReply(sid, tx)),
+        _ => None, // OPEN_SESSION fits one datagram
     }
 }
 
@@ -1312,8 +1392,9 @@ impl Endpoint {
         let Some(out) = s.replies.get_mut(&tx) else {
             return;
         };
+        // (`last_sent` is when a paced round's last group goes: never two rounds at once.)
         if now.saturating_sub(out.last_sent) >= self.io.config.ack_timeout / 2 {
-            self.io.resend(now, out, s.crypto.sealer());
+            self.io.resend(now, out, TimerKey::Reply(sid, tx), s.crypto.sealer());
         }
     }
 
@@ -1844,6 +1925,7 @@ impl Endpoint {
                     out.timeout = self.io.config.ack_timeout;
                     out.state = OutState::AwaitAck;
                     out.deadline = None;
+                    out.pace = None;
                     if !encrypt {
                         self.io.transmit_out(now, out, TimerKey::Out(sid, *tx), None);
                     }
@@ -1908,10 +1990,12 @@ impl Endpoint {
                 return self.reopen(now, sid);
             }
             if retry {
-                // A NAK restarts the whole message.
+                // A NAK restarts the whole message; NAKs of the round being sent (paced, it may
+                // take a while) are that round's.
                 out.reply = None;
-                out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
-                return self.io.transmit_out(now, out, TimerKey::Out(sid, h.transaction), s.crypto.sealer());
+                self.io.transmit_out(now, out, TimerKey::Out(sid, h.transaction), s.crypto.sealer());
+                out.nak_quiet_until = out.last_sent + self.io.config.ack_timeout / 2;
+                return;
             }
             let out = s.out.remove(&h.transaction).expect("present");
             return self.out_failed(now, sid, out, CallError::Nak { code, text });
@@ -1921,17 +2005,15 @@ impl Endpoint {
                 if now < out.nak_quiet_until {
                     return;
                 }
-                out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
+                let key = TimerKey::Reply(sid, h.transaction);
                 if out.parked {
                     // Sent once more, without re-arming the re-attempts that ran out.
-                    return self.io.resend(now, out, s.crypto.sealer());
+                    self.io.resend(now, out, key, s.crypto.sealer());
+                } else {
+                    self.io.transmit_out(now, out, key, s.crypto.sealer());
                 }
-                return self.io.transmit_out(
-                    now,
-                    out,
-                    TimerKey::Reply(sid, h.transaction),
-                    s.crypto.sealer(),
-                );
+                out.nak_quiet_until = out.last_sent + self.io.config.ack_timeout / 2;
+                return;
             }
             if let Some(reply) = s.replies.remove(&h.transaction) {
                 finish_replied(&mut s.inc, h.transaction, reply.header.command);
@@ -1980,6 +2062,7 @@ impl Endpoint {
         }
         for out in s.out.values_mut() {
             out.deadline = None;
+            out.pace = None; // sent again, whole, in the new session
         }
         let local_queue = s.local_queue;
         self.io.stats.sessions_reopened += 1;
@@ -2005,6 +2088,16 @@ impl Endpoint {
                 .get(&sid)
                 .and_then(|s| s.replies.get(&tx))
                 .is_some_and(|o| o.deadline == Some(at)),
+            TimerKey::PaceOut(sid, tx) => self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.out.get(&tx))
+                .is_some_and(|o| o.pace.is_some_and(|p| p.at == at)),
+            TimerKey::PaceReply(sid, tx) => self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.replies.get(&tx))
+                .is_some_and(|o| o.pace.is_some_and(|p| p.at == at)),
             TimerKey::Ack(sid, tx) => self
                 .sessions
                 .get(&sid)
@@ -2051,7 +2144,7 @@ impl Endpoint {
                     }
                     OutState::AwaitReply { .. } => {
                         // Probe: the receiver answers a repeat with its REPLY or an ACK.
-                        self.io.resend(now, out, s.crypto.sealer());
+                        self.io.resend(now, out, key, s.crypto.sealer());
                         let at = now + self.io.config.ack_timeout_max;
                         out.deadline = Some(at);
                         self.io.schedule(at, key);
@@ -2111,6 +2204,16 @@ impl Endpoint {
                 } else {
                     self.io.transmit_out(now, &mut open.out, key, None);
                 }
+            }
+            TimerKey::PaceOut(sid, tx) => {
+                let s = self.sessions.get_mut(&sid).expect("live");
+                let out = s.out.get_mut(&tx).expect("live");
+                self.io.pace_next(now, out, key, s.crypto.sealer());
+            }
+            TimerKey::PaceReply(sid, tx) => {
+                let s = self.sessions.get_mut(&sid).expect("live");
+                let out = s.replies.get_mut(&tx).expect("live");
+                self.io.pace_next(now, out, key, s.crypto.sealer());
             }
             TimerKey::Kick(sid) => self.start_waiting(now, sid),
             TimerKey::Sweep => self.sweep(now),
