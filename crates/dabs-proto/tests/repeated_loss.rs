@@ -1,6 +1,6 @@
-//! Calls under loss that repeats in every retransmission round, driven by hand against two
-//! endpoints on a lossless clock: each test drops a fixed pattern of datagrams and shows that
-//! the call is still answered, exactly once. (Replays of what the turmoil test found.)
+//! Calls under loss that repeats in every retransmission round, two endpoints driven by hand
+//! on a simulated clock: each test drops a fixed pattern of datagrams and shows that the call
+//! is still answered, and run, exactly once. (What the turmoil test found, made deterministic.)
 
 use dabs_proto::{Addr, Config, Endpoint, Event, IncomingId, SessionId, Transmit};
 use dabs_wire::{Kind, decode};
@@ -22,8 +22,8 @@ enum From {
     Server,
 }
 
-/// A datagram on its way: who sent it, its place in the burst it was sent in (datagrams an
-/// endpoint emitted at one instant), and when.
+/// A datagram on its way: who sent it, its place in the burst it was sent in (the datagrams
+/// an endpoint emitted at one instant) and that burst's length, and when.
 struct Sent<'a> {
     from: From,
     position: usize,
