@@ -26,9 +26,13 @@ impl DatagramSocket for SimSocket {
 const QUEUE: u16 = 3;
 const REVERSE: u16 = 301;
 
-/// Seeds run by default. Seeds 3, 6 and 13 currently fail (a multi-buffer call gives up or
-/// times out under bursty loss); they are recorded as an open bug, replay with DABS_SEED=3.
-const SEEDS: [u64; 3] = [1, 2, 4];
+/// Seeds run by default. 3 and 13 once failed: turmoil's link outages drop everything still
+/// in flight, so the head of every 17-datagram burst was lost round after round (now rounds
+/// are rotated and re-sent ones paced), and a client gave up on a request whose REPLY was
+/// arriving (a partial REPLY now counts as the ACK; a REPLY the server stops pushing is kept
+/// for the client's probes). 6 was reported failing too; 18 needed the pacing. Seeds 1..=20
+/// pass (runs are not bit-for-bit replays: tokio's select and the wall clock vary).
+const SEEDS: [u64; 7] = [1, 2, 3, 4, 6, 13, 18];
 
 #[test]
 fn driver_survives_loss_and_a_partition() {

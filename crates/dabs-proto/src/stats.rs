@@ -25,7 +25,8 @@ pub struct Stats {
     pub calls_answered: u64,
     /// Calls failed (gave up, NAKed, session lost, timed out).
     pub calls_failed: u64,
-    /// Replies given up after the maximum number of re-attempts without an ACK.
+    /// Replies not acknowledged after the maximum number of re-attempts (then kept only to
+    /// answer a repeat of their request).
     pub replies_undelivered: u64,
     /// Sessions opened (either side).
     pub sessions_opened: u64,
