@@ -85,6 +85,9 @@ struct State {
     draining: bool,
     /// Highest drain nonce accepted, against replays.
     drain_nonce: u64,
+    /// The portion (virtual address) of each open client session, so a session that ends is
+    /// taken off its portion's count.
+    open_sessions: HashMap<dabs_net::SessionId, String>,
 }
 
 /// A node closed to new clients this long moves its busiest portion to a healthier server.
@@ -133,7 +136,7 @@ pub struct PortionView {
     pub app: String,
     /// Queue at the node's endpoint.
     pub queue: u16,
-    /// Sessions opened on it.
+    /// Sessions open on it now.
     pub sessions: u64,
     /// Requests handled.
     pub handled: u64,
@@ -295,6 +298,7 @@ impl Node {
                 moved_out: Vec::new(),
                 draining: false,
                 drain_nonce: 0,
+                open_sessions: HashMap::new(),
             }),
             settings: Mutex::new(Settings::from_config(&config)),
             config,
@@ -317,11 +321,13 @@ impl Node {
         let opens = endpoint.open_requests();
         let requests = endpoint.register_queue(RUNTIME_QUEUE);
         let farm_traffic = endpoint.sessionless();
+        let closed = endpoint.closed_sessions();
         tasks.push(tokio::spawn(inner.clone().announce_loop()));
         tasks.push(tokio::spawn(inner.clone().listen_loop(farm_traffic)));
         tasks.push(tokio::spawn(inner.clone().open_loop(opens)));
         tasks.push(tokio::spawn(inner.clone().runtime_loop(requests)));
         tasks.push(tokio::spawn(inner.clone().report_loop(reports_rx)));
+        tasks.push(tokio::spawn(inner.clone().closed_loop(closed)));
         tracing::info!(node = %me, %mp, group = %inner.config.farm.group, "node started");
         Ok(Node { inner, tasks })
     }
@@ -1253,12 +1259,18 @@ impl Inner {
         tokio::spawn(async move {
             match endpoint.accept_open(req.clone(), queue, payload).await {
                 Ok(session) => {
+                    let mut st = this.state();
+                    // Accepting the same open again gives the same session: count it once.
+                    if st.open_sessions.insert(session, portion_va.clone()).is_some() {
+                        return;
+                    }
                     figures.sessions.fetch_add(1, Ordering::Relaxed);
                     if let Addr::Udp(client) = req.peer
-                        && let Some(p) = this.state().portions.get_mut(&portion_va)
+                        && let Some(p) = st.portions.get_mut(&portion_va)
                     {
                         p.clients.push((session, client));
                     }
+                    drop(st);
                     let _ = events.send(RuntimeEvent::AddClient { session, peer: req.peer });
                 }
                 Err(e) => tracing::warn!(error = %e, "session not accepted"),
@@ -1361,6 +1373,24 @@ impl Inner {
                 }
                 _ => req
                     .reject(NakCode::UnknownCommand, format!("the runtime does not serve command {command}")),
+            }
+        }
+    }
+
+    /// Takes every session that ends off its portion's count, so `sessions` is the number of
+    /// open sessions rather than of sessions ever opened.
+    async fn closed_loop(self: Arc<Self>, mut closed: mpsc::UnboundedReceiver<dabs_net::SessionId>) {
+        while let Some(session) = closed.recv().await {
+            let mut st = self.state();
+            // Sessions this node opened to its peers are not in the map.
+            let Some(va) = st.open_sessions.remove(&session) else { continue };
+            if let Some(p) = st.portions.get_mut(&va) {
+                let _ = p
+                    .figures
+                    .sessions
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                p.clients.retain(|(s, _)| *s != session);
+                let _ = p.events.send(RuntimeEvent::RemoveClient { session });
             }
         }
     }

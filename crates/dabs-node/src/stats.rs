@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Live figures of one server portion, updated by the runtime and the portion framework.
 #[derive(Debug, Default)]
 pub struct PortionFigures {
-    /// Sessions opened on the portion.
+    /// Client sessions open on the portion now (added when accepted, removed when they end).
     pub sessions: AtomicU64,
     /// Requests delivered but not yet taken by the portion's loop.
     pub queue_depth: AtomicU64,
@@ -42,7 +42,7 @@ pub struct PortionStats {
     /// Queue at the node's endpoint.
     #[serde(rename = "q")]
     pub queue: u16,
-    /// Sessions opened on it.
+    /// Sessions open on it now.
     #[serde(rename = "s")]
     pub sessions: u64,
     /// Requests waiting.

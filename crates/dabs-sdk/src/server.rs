@@ -104,6 +104,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                         let _ = tx.send(portions[0].lock().await.state());
                     }
                     RuntimeEvent::AddClient { session, .. } => clients.push(session),
+                    RuntimeEvent::RemoveClient { session } => clients.retain(|s| *s != session),
                     RuntimeEvent::Shutdown { emergency } => {
                         // Tell the clients first, so they move before they time out.
                         let notice = if emergency { b"\xa1\x64kind\x69emergency".to_vec() } else { b"\xa1\x64kind\x65clean".to_vec() };
