@@ -542,6 +542,7 @@ fn blank_stats(i: usize) -> NodeStats {
             queue_depth: 0,
             latency_ms: 0.0,
             timeouts: 0,
+            service_ms: None,
         }],
     }
 }

@@ -144,6 +144,8 @@ pub struct PortionView {
     pub queue_depth: u64,
     /// Mean request latency, ms.
     pub latency_ms: f64,
+    /// Busy time per request handled, ms (recent average); `None` before the first.
+    pub service_ms: Option<f64>,
 }
 
 /// The operator's handle on a running node: what the web page, the API and the trace tool use.
@@ -200,6 +202,7 @@ impl NodeHandle {
                 handled: p.figures.handled.load(Ordering::Relaxed),
                 queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
                 latency_ms: p.figures.latency_ms(),
+                service_ms: p.figures.service_ms(),
             })
             .collect()
     }
@@ -553,6 +556,7 @@ impl Inner {
                 queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
                 latency_ms: p.figures.latency_ms() as f32,
                 timeouts: p.figures.timeouts.load(Ordering::Relaxed),
+                service_ms: p.figures.service_ms().map(|ms| ms as f32),
             })
             .collect();
         // An announcement is one datagram: list the portions with the most room first.

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Live figures of one server portion, updated by the runtime and the portion framework.
 #[derive(Debug, Default)]
@@ -20,6 +22,8 @@ pub struct PortionFigures {
     pub latency_count: AtomicU64,
     /// Lock and timer time-outs reported by the portion.
     pub timeouts: AtomicU64,
+    /// Busy time per request handled, averaged over the last [`ServiceTime::WINDOW`] or so.
+    pub service: Mutex<ServiceTime>,
 }
 
 impl PortionFigures {
@@ -27,6 +31,58 @@ impl PortionFigures {
     pub fn latency_ms(&self) -> f64 {
         let n = self.latency_count.load(Ordering::Relaxed);
         if n == 0 { 0.0 } else { self.latency_sum_ms.load(Ordering::Relaxed) as f64 / n as f64 }
+    }
+
+    /// Records one request handled: `busy` is what it cost the portion, `at` when it ended on
+    /// the portion's own clock (any fixed origin).
+    pub fn record_service(&self, at: Duration, busy: Duration) {
+        self.service.lock().unwrap_or_else(|e| e.into_inner()).record(at.as_secs_f64(), busy.as_secs_f64());
+    }
+
+    /// Busy time per request, ms; `None` until a request has been handled.
+    pub fn service_ms(&self) -> Option<f64> {
+        self.service.lock().unwrap_or_else(|e| e.into_inner()).mean_s().map(|s| s * 1e3)
+    }
+}
+
+/// A portion's busy time per request handled: an exponentially weighted mean in which each
+/// request counts `exp(-age / WINDOW)`. It is kept as two decayed sums, busy time and requests,
+/// whose ratio is the mean. Weighting by time rather than per request makes a busy portion and
+/// a quiet one average over the same span (a per-request weight would remember minutes of a
+/// quiet portion and a fraction of a second of a busy one), and a quiet spell changes nothing:
+/// both sums decay alike, so the last known figure stays until new requests replace it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ServiceTime {
+    /// Decayed sum of busy seconds.
+    busy_s: f64,
+    /// Decayed number of requests.
+    count: f64,
+    /// When the sums were last decayed, seconds on the caller's clock.
+    at_s: f64,
+}
+
+impl ServiceTime {
+    /// The time constant of the average: long enough that a speed-1 server of the placement
+    /// benchmark (about one request a second) averages over tens of requests, short enough to
+    /// follow a host that gets busier within a minute.
+    pub const WINDOW: Duration = Duration::from_secs(30);
+
+    /// Adds one request that took `busy_s` seconds and ended at `at_s` (seconds on any clock
+    /// that does not go backwards by more than the workers' overlap; earlier times decay nothing).
+    pub fn record(&mut self, at_s: f64, busy_s: f64) {
+        if !(busy_s.is_finite() && at_s.is_finite()) {
+            return;
+        }
+        let elapsed = (at_s - self.at_s).max(0.0);
+        let keep = if self.count > 0.0 { (-elapsed / Self::WINDOW.as_secs_f64()).exp() } else { 0.0 };
+        self.busy_s = self.busy_s * keep + busy_s.max(0.0);
+        self.count = self.count * keep + 1.0;
+        self.at_s = self.at_s.max(at_s);
+    }
+
+    /// The mean busy time per request, seconds; `None` before the first request.
+    pub fn mean_s(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.busy_s / self.count)
     }
 }
 
@@ -54,6 +110,10 @@ pub struct PortionStats {
     /// Lock and timer time-outs.
     #[serde(rename = "t")]
     pub timeouts: u64,
+    /// Busy time per request handled, ms, averaged over about [`ServiceTime::WINDOW`]; `None`
+    /// until it has handled one (and from nodes that predate the field).
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub service_ms: Option<f32>,
 }
 
 /// What a node announces about itself.
@@ -273,6 +333,7 @@ pub(crate) mod tests {
                     queue_depth: 3,
                     latency_ms: 1.25,
                     timeouts: 0,
+                    service_ms: Some(2.5),
                 })
                 .collect(),
         }
@@ -293,6 +354,65 @@ pub(crate) mod tests {
     #[test]
     fn more_sessions_is_more_load() {
         assert!(load_score(&stats("a", 10)) < load_score(&stats("a", 20)));
+    }
+
+    #[test]
+    fn service_time_is_a_time_weighted_mean_over_the_window() {
+        let mut t = ServiceTime::default();
+        assert_eq!(t.mean_s(), None);
+        // Steady 10 ms requests, ten a second for ten minutes (20 windows).
+        for i in 0..6000 {
+            t.record(f64::from(i) * 0.1, 0.010);
+        }
+        assert!((t.mean_s().unwrap() - 0.010).abs() < 1e-12);
+        // The server becomes twice as slow. One window later the mean has moved 1 - 1/e (63 %)
+        // of the way, three windows later 95 %.
+        let window = ServiceTime::WINDOW.as_secs_f64();
+        let mut at = 599.9;
+        let mut after = |t: &mut ServiceTime, secs: f64| {
+            let end = at + secs;
+            while at < end - 1e-9 {
+                at += 0.1;
+                t.record(at, 0.020);
+            }
+            t.mean_s().unwrap()
+        };
+        let one = after(&mut t, window);
+        assert!((one - (0.020 - 0.010 / std::f64::consts::E)).abs() < 0.0003, "{one}");
+        let three = after(&mut t, 2.0 * window);
+        assert!((three - (0.020 - 0.010 * (-3.0f64).exp())).abs() < 0.0003, "{three}");
+        // A quiet hour keeps the figure; then the first new requests count at once.
+        let before = t.mean_s().unwrap();
+        t.record(at + 3600.0, 0.005);
+        assert!((t.mean_s().unwrap() - 0.005).abs() < 1e-6, "stale history is forgotten");
+        assert!(before > 0.019);
+    }
+
+    #[test]
+    fn service_time_averages_the_same_span_at_any_rate() {
+        // Two portions see the same step from 10 ms to 20 ms, one at 100 requests a second and
+        // one at one request a second: a window later both have moved equally far.
+        let mut busy = ServiceTime::default();
+        let mut quiet = ServiceTime::default();
+        for (t, step) in [(&mut busy, 0.01), (&mut quiet, 1.0)] {
+            let mut at = 0.0;
+            while at < 330.0 {
+                at += step;
+                t.record(at, if at <= 300.0 { 0.010 } else { 0.020 });
+            }
+        }
+        let (b, q) = (busy.mean_s().unwrap(), quiet.mean_s().unwrap());
+        assert!((b - q).abs() < 0.0005, "busy {b}, quiet {q}");
+        assert!((b - (0.020 - 0.010 / std::f64::consts::E)).abs() < 0.0005, "{b}");
+    }
+
+    #[test]
+    fn portion_figures_record_service_times() {
+        let f = PortionFigures::default();
+        assert_eq!(f.service_ms(), None);
+        f.record_service(Duration::from_secs(1), Duration::from_millis(4));
+        f.record_service(Duration::from_secs(1), Duration::from_millis(6));
+        assert!((f.service_ms().unwrap() - 5.0).abs() < 1e-9);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>) -> Value {
             "queue_depth": p.queue_depth,
             "latency_ms": p.latency_ms,
             "timeouts": p.timeouts,
+            "service_ms": p.service_ms,
         })).collect::<Vec<_>>(),
     })
 }

@@ -39,6 +39,10 @@ fn nullable_integer(description: &str) -> Value {
     json!({ "type": "integer", "nullable": true, "description": description })
 }
 
+fn nullable_number(description: &str) -> Value {
+    json!({ "type": "number", "nullable": true, "description": description })
+}
+
 /// The OpenAPI 3.0 document served at `/openapi.json`.
 pub fn document() -> Value {
     json!({
@@ -193,6 +197,7 @@ pub fn document() -> Value {
                     "queue_depth": integer("Requests waiting"),
                     "latency_ms": number("Mean request latency, ms"),
                     "timeouts": integer("Lock and timer time-outs"),
+                    "service_ms": nullable_number("Busy time per request handled, ms, time-weighted mean over about 30 s; null before the first request"),
                 }
             },
             "Portion": {
@@ -206,6 +211,7 @@ pub fn document() -> Value {
                     "handled": integer("Requests handled"),
                     "queue_depth": integer("Requests waiting"),
                     "latency_ms": number("Mean request latency, ms"),
+                    "service_ms": nullable_number("Busy time per request handled, ms, time-weighted mean over about 30 s; null before the first request"),
                 }
             },
             "Event": {

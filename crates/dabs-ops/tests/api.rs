@@ -153,6 +153,9 @@ async fn the_node_and_its_farm_are_shown() {
     assert_eq!(members[0]["leader"], true);
     assert_eq!(members[0]["operator_url"], format!("http://{}/", s.addr));
     assert_eq!(members[0]["portions"].as_array().unwrap().len(), 1);
+    // No client yet: no service time measured.
+    assert!(members[0]["portions"][0]["service_ms"].is_null(), "{farm}");
+    assert!(portions[0]["service_ms"].is_null());
     assert_eq!(s.get_json("/api/node").await["leader"], "node-1");
 
     let events = s.get_json("/api/events").await;
