@@ -57,7 +57,10 @@ struct Portion {
 struct State {
     membership: Membership,
     portions: BTreeMap<String, Portion>,
-    pending: HashMap<String, u64>,
+    /// Clients this node sent each node as decider that its last announcement does not show.
+    pending: crate::placement::Pending,
+    /// Clients this node has taken on a decider's behalf since it started (announced).
+    accepted: u64,
     accepting: bool,
     seq: u64,
     next_queue: u16,
@@ -284,7 +287,8 @@ impl Node {
             state: Mutex::new(State {
                 membership: Membership::new(lease),
                 portions: BTreeMap::new(),
-                pending: HashMap::new(),
+                pending: Default::default(),
+                accepted: 0,
                 accepting: true,
                 seq: 0,
                 next_queue: FIRST_PORTION_QUEUE,
@@ -578,6 +582,7 @@ impl Inner {
             draining: st.draining,
             leaving,
             settings_version: self.settings_guard().version,
+            accepted: Some(st.accepted),
             moved: {
                 let now = Instant::now();
                 st.moved_out
@@ -611,7 +616,9 @@ impl Inner {
             }
         }
         if !leaving {
-            self.state().membership.observe(stats, Instant::now());
+            let mut st = self.state();
+            st.pending.observe(&stats);
+            st.membership.observe(stats, Instant::now());
         }
     }
 
@@ -675,9 +682,11 @@ impl Inner {
                     st.moved.insert(va.clone(), home.clone());
                 }
                 let change = st.membership.observe(stats.clone(), Instant::now());
-                if change == Change::Updated || change == Change::Joined {
-                    // Its figures now include the clients we sent it.
-                    st.pending.remove(&node);
+                match change {
+                    // Its figures now include the clients it says it accepted.
+                    Change::Updated | Change::Joined => st.pending.observe(&stats),
+                    Change::Left => st.pending.forget(&node),
+                    Change::Stale => {}
                 }
                 change
             };
@@ -756,7 +765,9 @@ impl Inner {
             .fresh(Instant::now(), self.fresh_window())
             .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
             .collect();
-        members.sort_by(|a, b| crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)));
+        let farm = crate::stats::ServiceTimes::of(st.membership.fresh(Instant::now(), self.fresh_window()));
+        let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
+        members.sort_by(|a, b| load(a).total_cmp(&load(b)));
         members
             .into_iter()
             .filter_map(|s| {
@@ -877,11 +888,13 @@ impl Inner {
                 return;
             };
             let Some(app_cfg) = self.app_config(&p.0) else { return };
+            let farm = crate::stats::ServiceTimes::of(st.membership.fresh(now, self.fresh_window()));
+            let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
             let target = st
                 .membership
                 .fresh(now, self.fresh_window())
                 .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
-                .min_by(|a, b| crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)))
+                .min_by(|a, b| load(a).total_cmp(&load(b)))
                 .map(|s| s.node.clone());
             let Some(target) = target else { return };
             st.last_move = Some(now);
@@ -955,14 +968,12 @@ impl Inner {
         let target = {
             let st = self.state();
             let used = |s: &NodeStats| s.starved.iter().find(|(r, _)| r == resource).map_or(0, |(_, n)| *n);
+            let farm = crate::stats::ServiceTimes::of(st.membership.fresh(now, self.fresh_window()));
+            let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
             st.membership
                 .fresh(now, self.fresh_window())
                 .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
-                .min_by(|a, b| {
-                    used(a)
-                        .cmp(&used(b))
-                        .then(crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)))
-                })
+                .min_by(|a, b| used(a).cmp(&used(b)).then(load(a).total_cmp(&load(b))))
                 .map(|s| s.node.clone())
         };
         let Some(target) = target else {
@@ -1108,13 +1119,17 @@ impl Inner {
         }
         for choice in choices.iter().take(4) {
             let node = choice.node().to_owned();
-            *self.state().pending.entry(node.clone()).or_default() += 1;
+            self.state().pending.sent(&node);
             let (va, start_new) = match choice {
                 Choice::Existing { va, .. } => (Some(va.clone()), false),
                 Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
             };
             let result = if node == self.me {
-                self.accept_local(&open.request, app, va.as_deref(), start_new, overflow).map(|_| ())
+                let local = self.accept_local(&open.request, app, va.as_deref(), start_new, overflow);
+                if local.is_ok() {
+                    self.state().accepted += 1;
+                }
+                local.map(|_| ())
             } else {
                 self.assign_remote(&node, &open.request, app, va, start_new, overflow).await
             };
@@ -1122,9 +1137,7 @@ impl Inner {
                 Ok(()) => return,
                 Err((code, text)) => {
                     tracing::info!(%node, %code, %text, "assignment refused, trying the next choice");
-                    if let Some(p) = self.state().pending.get_mut(&node) {
-                        *p = p.saturating_sub(1);
-                    }
+                    self.state().pending.refused(&node);
                 }
             }
         }
@@ -1352,7 +1365,12 @@ impl Inner {
                             crc: a.crc,
                         };
                         match self.accept_local(&open, &a.app, a.va.as_deref(), a.start_new, a.overflow) {
-                            Ok(va) => req.reply(cbor(&BTreeMap::from([("va", va)]))),
+                            Ok(va) => {
+                                // Counted before the reply, so a decider that hears the reply
+                                // finds the client in this node's next announcement.
+                                self.state().accepted += 1;
+                                req.reply(cbor(&BTreeMap::from([("va", va)])))
+                            }
                             Err((code, text)) => req.reject(code, text),
                         }
                     }

@@ -181,8 +181,9 @@ pub fn document() -> Value {
                     "accepting": boolean("Takes new clients"),
                     "leaving": boolean("Is stopping"),
                     "settings_version": integer("Version of the run-time settings it holds"),
-                    "sessions": integer("Sessions over its announced portions"),
-                    "load": number("Load score: higher is busier"),
+                    "accepted": nullable_integer("Clients it has taken on a decider's behalf since it started (the decider's pending = sent − accepted); null from nodes that predate it"),
+                    "sessions": integer("Client sessions open on its announced portions"),
+                    "load": number("Load score: higher is busier, in clients of a portion as fast as the farm's median (each portion's clients weighted by its service time over the median)"),
                     "portions": { "type": "array", "items": schema("AnnouncedPortion"),
                         "description": "Its announced portions (at most 6, least loaded first)" },
                 }
