@@ -46,12 +46,16 @@ impl PortionFigures {
     }
 }
 
-/// A portion's busy time per request handled: an exponentially weighted mean in which each
-/// request counts `exp(-age / WINDOW)`. It is kept as two decayed sums, busy time and requests,
-/// whose ratio is the mean. Weighting by time rather than per request makes a busy portion and
-/// a quiet one average over the same span (a per-request weight would remember minutes of a
-/// quiet portion and a fraction of a second of a busy one), and a quiet spell changes nothing:
-/// both sums decay alike, so the last known figure stays until new requests replace it.
+/// A portion's busy time per request handled: an exponentially weighted mean over the last
+/// [`ServiceTime::WINDOW`] or the last [`ServiceTime::MIN_REQUESTS`] requests, whichever is
+/// longer. It is kept as two decayed sums, busy time and requests, whose ratio is the mean;
+/// each new request first decays them by `exp(-elapsed / WINDOW)`, but never by more than
+/// `1 - 1/MIN_REQUESTS`. Weighting by time makes portions that handle a request or more a
+/// second average over the same span whatever their rate (a per-request weight would remember
+/// a fraction of a second of a busy one); the floor keeps a portion whose requests take
+/// seconds from announcing the mean of two or three of them, which is noise (the placement
+/// benchmark's sweep measures both). A quiet spell changes nothing: both sums decay alike, so
+/// the last known figure stays until new requests replace it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ServiceTime {
     /// Decayed sum of busy seconds.
@@ -63,10 +67,13 @@ pub struct ServiceTime {
 }
 
 impl ServiceTime {
-    /// The time constant of the average: long enough that a speed-1 server of the placement
-    /// benchmark (about one request a second) averages over tens of requests, short enough to
-    /// follow a host that gets busier within a minute.
+    /// The time constant of the average: long enough to smooth a portion's requests over tens
+    /// of seconds, short enough to follow a host that gets busier within a minute.
     pub const WINDOW: Duration = Duration::from_secs(30);
+
+    /// The fewest requests the average spans (about twice as many weigh in it: a mean of
+    /// exponential service times is then within ±13 % or so).
+    pub const MIN_REQUESTS: f64 = 32.0;
 
     /// Adds one request that took `busy_s` seconds and ended at `at_s` (seconds on any clock
     /// that does not go backwards by more than the workers' overlap; earlier times decay nothing).
@@ -75,7 +82,11 @@ impl ServiceTime {
             return;
         }
         let elapsed = (at_s - self.at_s).max(0.0);
-        let keep = if self.count > 0.0 { (-elapsed / Self::WINDOW.as_secs_f64()).exp() } else { 0.0 };
+        let keep = if self.count > 0.0 {
+            (-elapsed / Self::WINDOW.as_secs_f64()).exp().max(1.0 - 1.0 / Self::MIN_REQUESTS)
+        } else {
+            0.0
+        };
         self.busy_s = self.busy_s * keep + busy_s.max(0.0);
         self.count = self.count * keep + 1.0;
         self.at_s = self.at_s.max(at_s);
@@ -544,20 +555,41 @@ pub(crate) mod tests {
         assert!((one - (0.020 - 0.010 / std::f64::consts::E)).abs() < 0.0003, "{one}");
         let three = after(&mut t, 2.0 * window);
         assert!((three - (0.020 - 0.010 * (-3.0f64).exp())).abs() < 0.0003, "{three}");
-        // A quiet hour keeps the figure; then the first new requests count at once.
+        // A quiet hour keeps the figure: the first request after it is one among many.
         let before = t.mean_s().unwrap();
-        t.record(at + 3600.0, 0.005);
-        assert!((t.mean_s().unwrap() - 0.005).abs() < 1e-6, "stale history is forgotten");
         assert!(before > 0.019);
+        t.record(at + 3600.0, 0.005);
+        let after = t.mean_s().unwrap();
+        assert!(after < before && after > 0.019, "{before} then {after}");
     }
 
     #[test]
-    fn service_time_averages_the_same_span_at_any_rate() {
+    fn slow_requests_are_averaged_over_at_least_min_requests() {
+        // One 10 s request every 10 s, then 20 s ones: thirty seconds would hold three
+        // requests; the average moves as a 32-request one does instead.
+        let mut t = ServiceTime::default();
+        let mut at = 0.0;
+        for _ in 0..1000 {
+            at += 10.0;
+            t.record(at, 10.0);
+        }
+        for _ in 0..32 {
+            at += 10.0;
+            t.record(at, 20.0);
+        }
+        let old_weight = (1.0 - 1.0 / ServiceTime::MIN_REQUESTS).powi(32);
+        let want = 20.0 - 10.0 * old_weight;
+        assert!((t.mean_s().unwrap() - want).abs() < 1e-6, "{} against {want}", t.mean_s().unwrap());
+        assert!(old_weight > 0.35, "a third of the weight still on the earlier requests");
+    }
+
+    #[test]
+    fn service_time_averages_the_same_span_at_a_request_a_second_or_more() {
         // Two portions see the same step from 10 ms to 20 ms, one at 100 requests a second and
-        // one at one request a second: a window later both have moved equally far.
+        // one at two a second: a window later both have moved equally far.
         let mut busy = ServiceTime::default();
         let mut quiet = ServiceTime::default();
-        for (t, step) in [(&mut busy, 0.01), (&mut quiet, 1.0)] {
+        for (t, step) in [(&mut busy, 0.01), (&mut quiet, 0.5)] {
             let mut at = 0.0;
             while at < 330.0 {
                 at += step;
