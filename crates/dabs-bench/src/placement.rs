@@ -1,8 +1,9 @@
 //! Deterministic placement benchmark: a discrete-event simulation of one decider placing jobs
 //! on a heterogeneous farm, comparing the node's own placement (the real
-//! [`dabs_node::placement::choose`] and [`dabs_node::stats::load_score`], fed with
-//! [`NodeStats`] built from late load reports) with the usual load-balancing policies and a
-//! shortest-expected-delay oracle. `docs/placement.md` describes the model; the binary
+//! [`dabs_node::placement::choose`], [`dabs_node::stats::load_score`] and
+//! [`dabs_node::placement::Pending`], fed with [`NodeStats`] built from late load reports whose
+//! service times come from the node's own [`ServiceTime`]) with the usual load-balancing
+//! policies and a shortest-expected-delay oracle. `docs/placement.md` describes the model; the binary
 //! `dabs-bench-placement` prints the tables and draws `docs/placement.svg`.
 //!
 //! A run is a pure function of its [`Scenario`], [`Policy`] and seed: arrivals and job sizes
@@ -10,8 +11,8 @@
 //! sees exactly the same jobs (common random numbers).
 
 use dabs_node::config::AppConfig;
-use dabs_node::placement::choose;
-use dabs_node::stats::{NodeStats, PortionStats, load_score};
+use dabs_node::placement::{Pending, choose};
+use dabs_node::stats::{NodeStats, PortionStats, ServiceTime};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -24,11 +25,8 @@ pub const SPEEDS: [f64; 10] = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 4.0, 4.0, 8.0]
 /// The loads of the main table (offered work / total capacity).
 pub const LOADS: [f64; 4] = [0.5, 0.8, 0.9, 0.95];
 
-/// A server samples its host (CPU, network) at most this often, seconds, as `node.rs` does.
+/// A server samples its host's CPU at most this often, seconds, as `node.rs` does.
 pub const HOST_SAMPLE_S: f64 = 1.0;
-
-/// Network bytes per job (request and reply), counted when the job finishes.
-pub const BYTES_PER_JOB: f64 = 1_000.0;
 
 /// A run whose backlog at the last arrival exceeds this share of the measured jobs is
 /// reported as unstable: some server receives more work than it can do.
@@ -101,17 +99,27 @@ impl Scenario {
     }
 }
 
-/// Where a what-if policy takes a server's per-client service time from.
+/// Where the simulated servers' announced service time comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Capacity {
-    /// Estimated from the announced CPU use and network throughput (busy fraction per job
-    /// finished) over host samples of `window_s` seconds.
-    CpuPerJob {
-        /// Host sample length, seconds.
-        window_s: u32,
-    },
-    /// Announced exactly (`mean demand / speed`), as a new statistics field would carry it.
-    Announced,
+pub enum Service {
+    /// None announced (a node that predates the field): every portion counts as the median.
+    None,
+    /// Measured as the node measures it: each job's busy time (demand ÷ speed) recorded in a
+    /// [`ServiceTime`] when it finishes, its mean announced.
+    Measured,
+    /// What-if: the exact mean (`mean demand ÷ speed`), as if measurement had no noise.
+    Exact,
+}
+
+/// What the simulated servers announce besides the figures nodes announced before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Announced {
+    /// Their portions' service time.
+    pub service: Service,
+    /// Their count of clients accepted, so the decider's pending is sent − accepted; without
+    /// it the decider takes every announcement to show every client sent (pending cleared on
+    /// arrival), as it did before.
+    pub accepted: bool,
 }
 
 /// A placement policy, with the information it is given.
@@ -132,43 +140,37 @@ pub enum Policy {
     /// operator had configured every server's speed as its weight.
     PowerOfTwoBySpeed,
     /// The node's placement: [`choose`] over [`NodeStats`] built from the late reports, with
-    /// the decider's pending counts kept exactly as `node.rs` keeps them.
-    Dabs,
-    /// The same ranking with the `load_score` the node had before this benchmark (a copy,
-    /// [`previous_load_score`], with its 0.01 per pending client).
-    DabsBefore,
-    /// What-if (not in the node): the new `load_score` plus pending, plus one for the new
-    /// client, times a per-client service time taken from `capacity`; pending counted from
-    /// the report's snapshot instead of from its arrival when `from_snapshot`.
-    WhatIf {
-        /// Where the service time comes from.
-        capacity: Capacity,
-        /// Count pending clients from the moment the report was taken.
-        from_snapshot: bool,
-    },
+    /// the decider's [`Pending`], the servers announcing what `Announced` says.
+    Dabs(Announced),
     /// Join the shortest expected delay with perfect, instant information: the server with the
     /// least `(jobs in system + 1) / speed`, ties at random.
     Oracle,
 }
 
 impl Policy {
+    /// The node's placement as it is: measured service times and accepted counts.
+    pub const DABS: Policy = Policy::Dabs(Announced { service: Service::Measured, accepted: true });
+
+    /// The node's placement before either field existed (a farm of older nodes): the same code,
+    /// which then counts every portion at the median speed and clears pending on arrival.
+    pub const DABS_BEFORE: Policy = Policy::Dabs(Announced { service: Service::None, accepted: false });
+
     /// The policies of the main table, in order.
     pub const MAIN: [Policy; 7] = [
         Policy::RoundRobin,
         Policy::Random,
         Policy::LeastConnections,
         Policy::PowerOfTwo,
-        Policy::DabsBefore,
-        Policy::Dabs,
+        Policy::DABS_BEFORE,
+        Policy::DABS,
         Policy::Oracle,
     ];
 
-    /// The what-if variants, in order.
-    pub const WHAT_IF: [Policy; 4] = [
-        Policy::WhatIf { capacity: Capacity::CpuPerJob { window_s: 1 }, from_snapshot: false },
-        Policy::WhatIf { capacity: Capacity::CpuPerJob { window_s: 10 }, from_snapshot: false },
-        Policy::WhatIf { capacity: Capacity::Announced, from_snapshot: false },
-        Policy::WhatIf { capacity: Capacity::Announced, from_snapshot: true },
+    /// One field at a time, and the what-if of exact service times, in order.
+    pub const PARTS: [Policy; 3] = [
+        Policy::Dabs(Announced { service: Service::Measured, accepted: false }),
+        Policy::Dabs(Announced { service: Service::None, accepted: true }),
+        Policy::Dabs(Announced { service: Service::Exact, accepted: true }),
     ];
 
     /// Name in the tables.
@@ -181,19 +183,19 @@ impl Policy {
             Policy::PowerOfTwoBySpeed => {
                 "reference: power-of-two-choices weighted by configured speed".into()
             }
-            Policy::Dabs => "**dabs**".into(),
-            Policy::DabsBefore => "dabs, previous load_score".into(),
-            Policy::Oracle => "JSQ oracle (shortest expected delay)".into(),
-            Policy::WhatIf { capacity, from_snapshot } => {
-                let cap = match capacity {
-                    Capacity::CpuPerJob { window_s } => {
-                        format!("service time from CPU ÷ throughput, {window_s} s host samples")
-                    }
-                    Capacity::Announced => "service time announced".into(),
+            Policy::DABS => "**dabs**".into(),
+            Policy::DABS_BEFORE => "dabs before (no service time, pending cleared on arrival)".into(),
+            Policy::Dabs(Announced { service, accepted }) => {
+                let service = match service {
+                    Service::None => "no service time",
+                    Service::Measured => "service time measured",
+                    Service::Exact => "what-if: exact service time",
                 };
-                let pending = if from_snapshot { ", pending from the snapshot" } else { "" };
-                format!("what-if: dabs + {cap}{pending}")
+                let pending =
+                    if accepted { "pending = sent − accepted" } else { "pending cleared on arrival" };
+                format!("dabs, {service}, {pending}")
             }
+            Policy::Oracle => "JSQ oracle (shortest expected delay)".into(),
         }
     }
 
@@ -205,17 +207,10 @@ impl Policy {
             Policy::LeastConnections => "least-connections",
             Policy::PowerOfTwo => "power-of-two",
             Policy::PowerOfTwoBySpeed => "power-of-two by speed",
-            Policy::Dabs => "dabs",
-            Policy::DabsBefore => "dabs, previous score",
+            Policy::DABS => "dabs",
+            Policy::DABS_BEFORE => "dabs before",
+            Policy::Dabs(_) => "dabs variant",
             Policy::Oracle => "JSQ oracle",
-            Policy::WhatIf { .. } => "what-if",
-        }
-    }
-
-    fn host_sample_s(self) -> f64 {
-        match self {
-            Policy::WhatIf { capacity: Capacity::CpuPerJob { window_s }, .. } => f64::from(window_s),
-            _ => HOST_SAMPLE_S,
         }
     }
 }
@@ -254,14 +249,15 @@ struct Server {
     response_since_report: f64,
     /// Mean response time carried in the reports, ms.
     latency_ms: f32,
-    /// Last host sample: when, busy time and jobs finished then, and the figures it gave.
+    /// Last host sample: when, busy time then, and the CPU figure it gave.
     sampled_at: f64,
     busy_at_sample: f64,
-    done_at_sample: u64,
-    done_total: u64,
     cpu_percent: f32,
-    net_bytes_per_s: u64,
     seq: u64,
+    /// Busy time per job, as the SDK's portion loop keeps it.
+    service: ServiceTime,
+    /// Jobs placed here (the node's count of clients accepted).
+    accepted: u64,
     /// Waits (arrival to start of service) since start, summed, and their number.
     wait_sum: f64,
     wait_n: u64,
@@ -279,11 +275,10 @@ impl Server {
             latency_ms: 0.0,
             sampled_at: 0.0,
             busy_at_sample: 0.0,
-            done_at_sample: 0,
-            done_total: 0,
             cpu_percent: 0.0,
-            net_bytes_per_s: 0,
             seq: 0,
+            service: ServiceTime::default(),
+            accepted: 0,
             wait_sum: 0.0,
             wait_n: 0,
         }
@@ -293,17 +288,16 @@ impl Server {
         self.busy_acc + if self.queue.is_empty() { 0.0 } else { t - self.busy_since }
     }
 
-    /// Takes a report at `t`: the host figures are re-sampled once `host_sample_s` has passed
+    /// Takes a report at `t`: the CPU figure is re-sampled once [`HOST_SAMPLE_S`] has passed
     /// (like the node's sampler), the latency is the mean response time of the jobs finished
-    /// since the last report (kept when none finished).
-    fn report(&mut self, index: usize, t: f64, sc: &Scenario, host_sample_s: f64) -> Report {
-        if t - self.sampled_at >= host_sample_s - 1e-9 {
+    /// since the last report (kept when none finished), the service time and the accepted
+    /// count are announced as `announced` says.
+    fn report(&mut self, index: usize, t: f64, sc: &Scenario, announced: Announced) -> Report {
+        if t - self.sampled_at >= HOST_SAMPLE_S - 1e-9 {
             let busy = self.busy_until(t);
             let span = t - self.sampled_at;
             self.cpu_percent = (100.0 * ((busy - self.busy_at_sample) / span).clamp(0.0, 1.0)) as f32;
-            self.net_bytes_per_s =
-                (BYTES_PER_JOB * (self.done_total - self.done_at_sample) as f64 / span) as u64;
-            (self.sampled_at, self.busy_at_sample, self.done_at_sample) = (t, busy, self.done_total);
+            (self.sampled_at, self.busy_at_sample) = (t, busy);
         }
         match sc.latency {
             LatencyFigure::RecentResponse if self.done_since_report > 0 => {
@@ -320,14 +314,18 @@ impl Server {
         self.seq += 1;
         Report {
             server: index,
-            taken: t,
             delivered: t + sc.report_age_s,
             seq: self.seq,
             sessions: self.queue.len() as u64,
             queue_depth: self.queue.len().saturating_sub(1) as u64,
             cpu_percent: self.cpu_percent,
-            net_bytes_per_s: self.net_bytes_per_s,
             latency_ms: self.latency_ms,
+            service_ms: match announced.service {
+                Service::None => None,
+                Service::Measured => self.service.mean_s().map(|s| (s * 1e3) as f32),
+                Service::Exact => Some((sc.mean_service_s / self.speed * 1e3) as f32),
+            },
+            accepted: announced.accepted.then_some(self.accepted),
         }
     }
 }
@@ -336,14 +334,14 @@ impl Server {
 #[derive(Clone, Copy, Debug)]
 struct Report {
     server: usize,
-    taken: f64,
     delivered: f64,
     seq: u64,
     sessions: u64,
     queue_depth: u64,
     cpu_percent: f32,
-    net_bytes_per_s: u64,
     latency_ms: f32,
+    service_ms: Option<f32>,
+    accepted: Option<u64>,
 }
 
 /// Markov-modulated Poisson arrivals with exponential job demands.
@@ -406,14 +404,12 @@ fn node_name(i: usize) -> String {
 }
 
 /// The decider of a dabs farm: the last report it has from each server, as [`NodeStats`] in
-/// its membership table, and the clients it has sent to each since (`pending`).
+/// its membership table, and its [`Pending`] count of the clients it sent each.
 struct Decider {
     app: AppConfig,
     members: Vec<Option<NodeStats>>,
-    pending: HashMap<String, u64>,
+    pending: Pending,
     index: HashMap<String, usize>,
-    /// For `from_snapshot`: when each server was sent each client not yet in a report.
-    sent: Vec<VecDeque<f64>>,
 }
 
 impl Decider {
@@ -423,93 +419,33 @@ impl Decider {
         Decider {
             app,
             members: vec![None; n],
-            pending: HashMap::new(),
+            pending: Pending::new(),
             index: (0..n).map(|i| (node_name(i), i)).collect(),
-            sent: vec![VecDeque::new(); n],
         }
     }
 
-    /// A report arrives. The node stores it in its membership table and forgets the clients it
-    /// sent that node (`node.rs`: "its figures now include the clients we sent it") — which,
-    /// with late reports, also forgets those sent after the report was taken. With
-    /// `from_snapshot` only the clients sent before the report was taken are forgotten.
-    fn deliver(&mut self, r: &Report, from_snapshot: bool) {
+    /// A report arrives: stored in the membership table and shown to [`Pending`], as `node.rs`
+    /// does with an announcement.
+    fn deliver(&mut self, r: &Report) {
         let stats = self.members[r.server].get_or_insert_with(|| blank_stats(r.server));
         stats.seq = r.seq;
         stats.cpu_percent = r.cpu_percent;
-        stats.net_bytes_per_s = r.net_bytes_per_s;
+        stats.accepted = r.accepted;
         let p = &mut stats.portions[0];
         p.sessions = r.sessions;
         p.queue_depth = r.queue_depth;
         p.latency_ms = r.latency_ms;
-        let sent = &mut self.sent[r.server];
-        while sent.front().is_some_and(|&at| at <= r.taken) {
-            sent.pop_front();
-        }
-        if from_snapshot && !sent.is_empty() {
-            self.pending.insert(stats.node.clone(), sent.len() as u64);
-        } else {
-            self.pending.remove(&stats.node);
-        }
+        p.service_ms = r.service_ms;
+        self.pending.observe(stats);
     }
 
-    fn pending(&self, s: &NodeStats) -> f64 {
-        self.pending.get(&s.node).copied().unwrap_or(0) as f64
+    /// The server chosen, or `None` before any report has arrived.
+    fn decide(&mut self) -> Option<usize> {
+        let ranked = choose(&self.app, self.members.iter().flatten(), &self.pending, None);
+        let node = ranked.first()?.node().to_owned();
+        self.pending.sent(&node);
+        Some(self.index[&node])
     }
-
-    /// The server chosen at `now`, or `None` before any report has arrived.
-    fn decide(&mut self, policy: Policy, sc: &Scenario, now: f64) -> Option<usize> {
-        let by_score = |score: &dyn Fn(&NodeStats) -> f64| {
-            // choose()'s order: lowest score, then the node that started first.
-            self.members
-                .iter()
-                .flatten()
-                .map(|s| (score(s), s))
-                .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.started_ms.cmp(&b.1.started_ms)))
-                .map(|(_, s)| s.node.clone())
-        };
-        let node = match policy {
-            Policy::DabsBefore => by_score(&|s| previous_load_score(s) + 0.01 * self.pending(s))?,
-            Policy::WhatIf { capacity, .. } => {
-                // Busy seconds per job finished over the last host sample, when it finished any.
-                let measured = |s: &NodeStats| {
-                    let busy = f64::from(s.cpu_percent) / 100.0;
-                    let jobs_per_s = s.net_bytes_per_s as f64 / BYTES_PER_JOB;
-                    (jobs_per_s > 0.0 && busy > 0.0).then(|| busy / jobs_per_s)
-                };
-                // A server that finished nothing is taken to be as slow as the slowest measured.
-                let slowest = self.members.iter().flatten().filter_map(measured).fold(0.0, f64::max);
-                let per_client = |s: &NodeStats| -> f64 {
-                    match capacity {
-                        Capacity::Announced => sc.mean_service_s / sc.speeds[self.index[&s.node]],
-                        Capacity::CpuPerJob { .. } => {
-                            measured(s).unwrap_or(if slowest > 0.0 { slowest } else { 1.0 })
-                        }
-                    }
-                };
-                by_score(&|s| (load_score(s) + self.pending(s) + 1.0) * per_client(s))?
-            }
-            _ => {
-                let ranked = choose(&self.app, self.members.iter().flatten(), &self.pending, None);
-                ranked.first()?.node().to_owned()
-            }
-        };
-        let i = self.index[&node];
-        *self.pending.entry(node).or_default() += 1;
-        self.sent[i].push_back(now);
-        Some(i)
-    }
-}
-
-/// `load_score` as it was before this benchmark, kept to show what changed.
-pub fn previous_load_score(s: &NodeStats) -> f64 {
-    let cpu = f64::from(s.cpu_percent.clamp(0.0, 100.0)) / 100.0;
-    let mem = if s.mem_total_mb == 0 { 0.0 } else { 1.0 - s.mem_free_mb as f64 / s.mem_total_mb as f64 };
-    let sessions = s.sessions() as f64;
-    let depth: u64 = s.portions.iter().map(|p| p.queue_depth).sum();
-    let timeouts: u64 = s.portions.iter().map(|p| p.timeouts).sum();
-    let latency = s.portions.iter().map(|p| f64::from(p.latency_ms)).fold(0.0, f64::max);
-    cpu * 0.5 + mem * 0.2 + sessions * 0.01 + depth as f64 * 0.05 + latency / 1000.0 + timeouts as f64 * 0.01
 }
 
 /// Statistics of server `i` with everything but the load figures filled in: one portion of
@@ -535,6 +471,7 @@ fn blank_stats(i: usize) -> NodeStats {
         starved: Vec::new(),
         moved: Vec::new(),
         settings_version: 1,
+        accepted: None,
         portions: vec![PortionStats {
             app: APP.into(),
             va: format!("mp://bench/{APP}/dasp/{}-0", node_name(i)),
@@ -543,6 +480,7 @@ fn blank_stats(i: usize) -> NodeStats {
             queue_depth: 0,
             latency_ms: 0.0,
             timeouts: 0,
+            service_ms: None,
         }],
     }
 }
@@ -563,8 +501,11 @@ pub fn simulate(sc: &Scenario, policy: Policy, seed: u64) -> RunResult {
     let mut servers: Vec<Server> = sc.speeds.iter().map(|&s| Server::new(s)).collect();
     let mut arrivals = Arrivals::new(sc, seed);
     let mut coin = SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_c01a);
-    let host_sample_s = policy.host_sample_s();
-    let from_snapshot = matches!(policy, Policy::WhatIf { from_snapshot: true, .. });
+    // What the servers announce; only the dabs policies read it.
+    let announced = match policy {
+        Policy::Dabs(a) => a,
+        _ => Announced { service: Service::None, accepted: false },
+    };
     // Events ordered by (time, sequence); bit patterns of f64 >= 0 order like the values.
     let mut heap = Heap::new();
     let mut seq = 0u64;
@@ -613,7 +554,7 @@ pub fn simulate(sc: &Scenario, policy: Policy, seed: u64) -> RunResult {
             }
             while in_flight.front().is_some_and(|r| r.delivered <= t) {
                 let r = in_flight.pop_front().expect("checked");
-                decider.deliver(&r, from_snapshot);
+                decider.deliver(&r);
             }
             let mut round_robin = || {
                 rr = (rr + 1) % n;
@@ -664,11 +605,10 @@ pub fn simulate(sc: &Scenario, policy: Policy, seed: u64) -> RunResult {
                 }
                 // Before the first report arrives the decider knows nothing: round-robin
                 // (only during the warm-up).
-                Policy::Dabs | Policy::DabsBefore | Policy::WhatIf { .. } => {
-                    decider.decide(policy, sc, t).unwrap_or_else(round_robin)
-                }
+                Policy::Dabs(_) => decider.decide().unwrap_or_else(round_robin),
             };
             let s = &mut servers[target];
+            s.accepted += 1;
             s.queue.push_back(Job { id, arrival: t, demand });
             if s.queue.len() == 1 {
                 s.wait_n += 1;
@@ -686,8 +626,9 @@ pub fn simulate(sc: &Scenario, policy: Policy, seed: u64) -> RunResult {
                 let job = s.queue.pop_front().expect("a job in service");
                 let response = t - job.arrival;
                 s.done_since_report += 1;
-                s.done_total += 1;
                 s.response_since_report += response;
+                // The SDK records each request's busy time when its handler returns.
+                s.service.record(t, job.demand / s.speed);
                 if job.id >= first_measured {
                     responses.push(response);
                 }
@@ -701,7 +642,7 @@ pub fn simulate(sc: &Scenario, policy: Policy, seed: u64) -> RunResult {
                 }
             }
             Event::Report(i) => {
-                in_flight.push_back(servers[i].report(i, t, sc, host_sample_s));
+                in_flight.push_back(servers[i].report(i, t, sc, announced));
                 push(&mut heap, t + sc.report_interval_s, Event::Report(i));
             }
         }
@@ -958,14 +899,14 @@ pub fn svg_plot(rows: &[Summary], title: &str) -> String {
         if pts.is_empty() {
             continue;
         }
-        let dash = match policy {
-            Policy::Oracle | Policy::DabsBefore => r#" stroke-dasharray="6 4""#,
+        let dash = match *policy {
+            Policy::Oracle | Policy::DABS_BEFORE => r#" stroke-dasharray="6 4""#,
             // Round-robin and random overlap: show both.
             Policy::RoundRobin => r#" stroke-dasharray="2 3""#,
             _ => "",
         };
-        let width = match policy {
-            Policy::Dabs => 3,
+        let width = match *policy {
+            Policy::DABS => 3,
             Policy::RoundRobin => 6,
             _ => 2,
         };
@@ -1022,11 +963,11 @@ mod tests {
 
     #[test]
     fn runs_are_deterministic() {
-        let a = simulate(&small(0.8), Policy::Dabs, 7);
-        let b = simulate(&small(0.8), Policy::Dabs, 7);
+        let a = simulate(&small(0.8), Policy::DABS, 7);
+        let b = simulate(&small(0.8), Policy::DABS, 7);
         assert_eq!(a.responses, b.responses);
         assert_eq!(a.utilisation, b.utilisation);
-        let c = simulate(&small(0.8), Policy::Dabs, 8);
+        let c = simulate(&small(0.8), Policy::DABS, 8);
         assert_ne!(a.responses, c.responses);
     }
 
@@ -1055,39 +996,45 @@ mod tests {
         let sc = small(0.9);
         let oracle = quantile(&sorted(&sc, Policy::Oracle, 3), 0.99);
         assert!(oracle < quantile(&sorted(&sc, Policy::LeastConnections, 3), 0.99));
-        let runs = [simulate(&sc, Policy::Dabs, 3)];
-        assert!(!summarise(&sc, Policy::Dabs, &runs).unstable);
+        let runs = [simulate(&sc, Policy::DABS, 3)];
+        assert!(!summarise(&sc, Policy::DABS, &runs).unstable);
     }
 
     #[test]
-    fn late_reports_reset_pending_as_the_node_does() {
-        let mut d = Decider::new(2);
-        let report = |server, taken: f64| Report {
+    fn announcing_service_times_and_accepted_counts_lowers_the_tail() {
+        let sc = small(0.9);
+        let now = quantile(&sorted(&sc, Policy::DABS, 3), 0.99);
+        let before = quantile(&sorted(&sc, Policy::DABS_BEFORE, 3), 0.99);
+        assert!(now < 0.8 * before, "p99 {now} s against {before} s before");
+    }
+
+    #[test]
+    fn a_late_report_leaves_pending_what_it_does_not_show() {
+        let report = |server, taken: f64, accepted| Report {
             server,
-            taken,
             delivered: taken + 1.0,
-            seq: 1,
+            seq: (taken * 4.0) as u64 + 1,
             sessions: 0,
             queue_depth: 0,
             cpu_percent: 0.0,
-            net_bytes_per_s: 0,
             latency_ms: 0.0,
+            service_ms: None,
+            accepted,
         };
-        d.deliver(&report(0, 0.0), false);
-        d.deliver(&report(1, 0.0), false);
-        let sc = small(0.5);
-        for k in 0..4 {
-            d.decide(Policy::Dabs, &sc, 1.0 + f64::from(k) * 0.1);
+        for counted in [true, false] {
+            let count = |n| counted.then_some(n);
+            let mut d = Decider::new(2);
+            d.deliver(&report(0, 0.0, count(0)));
+            d.deliver(&report(1, 0.0, count(0)));
+            let picks: Vec<usize> = (0..4).map(|_| d.decide().unwrap()).collect();
+            let to_0 = picks.iter().filter(|&&i| i == 0).count() as u64;
+            assert_eq!(d.pending.get("server-00") + d.pending.get("server-01"), 4);
+            // Server 0's report was taken when it had accepted one of them: the rest stay
+            // pending, unless the server announces no count (the node's former behaviour).
+            d.deliver(&report(0, 0.25, count(1.min(to_0))));
+            let want = if counted { to_0 - 1.min(to_0) } else { 0 };
+            assert_eq!(d.pending.get("server-00"), want, "counted {counted}, picks {picks:?}");
         }
-        assert_eq!(d.pending.values().sum::<u64>(), 4);
-        // A report taken at 1.15 s: the node forgets every client it sent server 0, the
-        // what-if only those sent before 1.15 s.
-        let sent_to_0 = d.sent[0].iter().filter(|&&at| at > 1.15).count() as u64;
-        let mut what_if = Decider { sent: d.sent.clone(), pending: d.pending.clone(), ..Decider::new(2) };
-        d.deliver(&report(0, 1.15), false);
-        assert_eq!(d.pending.get("server-00"), None);
-        what_if.deliver(&report(0, 1.15), true);
-        assert_eq!(what_if.pending.get("server-00").copied().unwrap_or(0), sent_to_0);
     }
 
     #[test]
@@ -1104,7 +1051,7 @@ mod tests {
     #[test]
     fn threads_do_not_change_results() {
         let sc = Scenario { warmup_jobs: 500, jobs: 2_000, ..Scenario::standard(0.8) };
-        let cells: Vec<_> = [Policy::Dabs, Policy::PowerOfTwo, Policy::Oracle]
+        let cells: Vec<_> = [Policy::DABS, Policy::PowerOfTwo, Policy::Oracle]
             .into_iter()
             .map(|p| (sc.clone(), p, 5))
             .collect();
@@ -1120,7 +1067,7 @@ mod tests {
         let rows: Vec<Summary> = LOADS
             .iter()
             .map(|&load| Summary {
-                policy: Policy::Dabs,
+                policy: Policy::DABS,
                 load,
                 mean_service_s: 1.0,
                 p50: 0.1,

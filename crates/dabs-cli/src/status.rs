@@ -1,6 +1,6 @@
 //! `dabs status --farm GROUP:PORT`: the farm as a table, from the members' own announcements.
 
-use dabs_node::stats::{NodeStats, load_score};
+use dabs_node::stats::{NodeStats, ServiceTimes, load_score};
 use dabs_wire::{SystemCommand, decode};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -36,6 +36,7 @@ pub async fn collect(
 /// Renders members as an aligned table.
 pub fn table(members: &[NodeStats]) -> String {
     let leader = members.iter().min_by_key(|m| (m.started_ms, m.node.clone())).map(|m| m.node.clone());
+    let farm = ServiceTimes::of(members);
     let mut rows = vec![
         [
             "NODE",
@@ -64,7 +65,7 @@ pub fn table(members: &[NodeStats]) -> String {
             m.portions.len().to_string(),
             m.health.to_string(),
             if m.accepting { "yes".into() } else { "no".into() },
-            format!("{:.3}", load_score(m)),
+            format!("{:.3}", load_score(m, &farm)),
         ]);
     }
     let widths: Vec<usize> =

@@ -85,6 +85,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         queues: HashMap::new(),
         open_sink: None,
         sessionless_sink: None,
+        closed_sink: None,
     };
     drop(cmd_tx);
     tokio::spawn(driver.run(socket, unix, group, inproc_rx, cmd_rx));
@@ -103,6 +104,7 @@ struct Driver {
     queues: HashMap<u16, mpsc::UnboundedSender<IncomingRequest>>,
     open_sink: Option<mpsc::UnboundedSender<IncomingOpen>>,
     sessionless_sink: Option<mpsc::UnboundedSender<(Addr, Header, Vec<u8>)>>,
+    closed_sink: Option<mpsc::UnboundedSender<dabs_proto::SessionId>>,
 }
 
 enum Wake {
@@ -299,6 +301,7 @@ impl Driver {
             }
             Command::OpenSink { sink } => self.open_sink = Some(sink),
             Command::SessionlessSink { sink } => self.sessionless_sink = Some(sink),
+            Command::ClosedSink { sink } => self.closed_sink = Some(sink),
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -370,7 +373,10 @@ impl Driver {
                 }
                 Event::Reopened { session, peer, .. } => tracing::info!(?session, %peer, "session re-opened"),
                 Event::SessionClosed { session, peer, reason } => {
-                    tracing::debug!(?session, %peer, ?reason, "session closed")
+                    tracing::debug!(?session, %peer, ?reason, "session closed");
+                    if let Some(sink) = &self.closed_sink {
+                        let _ = sink.send(session);
+                    }
                 }
                 Event::ReplyUndelivered { session, transaction } => {
                     tracing::warn!(?session, transaction, "reply never acknowledged")

@@ -99,6 +99,9 @@ pub(crate) enum Command {
     SessionlessSink {
         sink: mpsc::UnboundedSender<(Addr, Header, Vec<u8>)>,
     },
+    ClosedSink {
+        sink: mpsc::UnboundedSender<SessionId>,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -218,6 +221,14 @@ impl EndpointHandle {
     pub fn sessionless(&self) -> mpsc::UnboundedReceiver<(Addr, Header, Vec<u8>)> {
         let (sink, rx) = mpsc::unbounded_channel();
         let _ = self.send(Command::SessionlessSink { sink });
+        rx
+    }
+
+    /// Receives the id of every session that ends from now on (closed by either side, idle,
+    /// or lost), replacing any earlier receiver: what a host needs to count open sessions.
+    pub fn closed_sessions(&self) -> mpsc::UnboundedReceiver<SessionId> {
+        let (sink, rx) = mpsc::unbounded_channel();
+        let _ = self.send(Command::ClosedSink { sink });
         rx
     }
 

@@ -18,6 +18,11 @@ pub enum RuntimeEvent {
         /// The client's address.
         peer: Addr,
     },
+    /// A client's session on this portion ended (closed, idle or lost).
+    RemoveClient {
+        /// The session.
+        session: SessionId,
+    },
     /// Stop: clean (tell clients, finish pending work) or emergency (tell clients, stop now).
     Shutdown {
         /// Emergency rather than clean.

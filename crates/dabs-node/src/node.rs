@@ -60,7 +60,10 @@ struct Portion {
 struct State {
     membership: Membership,
     portions: BTreeMap<String, Portion>,
-    pending: HashMap<String, u64>,
+    /// Clients this node sent each node as decider that its last announcement does not show.
+    pending: crate::placement::Pending,
+    /// Clients this node has taken on a decider's behalf since it started (announced).
+    accepted: u64,
     accepting: bool,
     seq: u64,
     next_queue: u16,
@@ -102,6 +105,9 @@ struct State {
     starve_marks: HashMap<String, u64>,
     /// When each starving portion last gave clients away.
     last_spread: HashMap<String, Instant>,
+    /// The portion (virtual address) of each open client session, so a session that ends is
+    /// taken off its portion's count.
+    open_sessions: HashMap<dabs_net::SessionId, String>,
 }
 
 /// A node closed to new clients this long moves its busiest portion to a healthier server.
@@ -150,7 +156,7 @@ pub struct PortionView {
     pub app: String,
     /// Queue at the node's endpoint.
     pub queue: u16,
-    /// Sessions opened on it.
+    /// Sessions open on it now.
     pub sessions: u64,
     /// Requests handled.
     pub handled: u64,
@@ -158,6 +164,8 @@ pub struct PortionView {
     pub queue_depth: u64,
     /// Mean request latency, ms.
     pub latency_ms: f64,
+    /// Busy time per request handled, ms (recent average); `None` before the first.
+    pub service_ms: Option<f64>,
 }
 
 /// The operator's handle on a running node: what the web page, the API and the trace tool use.
@@ -214,6 +222,7 @@ impl NodeHandle {
                 handled: p.figures.handled.load(Ordering::Relaxed),
                 queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
                 latency_ms: p.figures.latency_ms(),
+                service_ms: p.figures.service_ms(),
             })
             .collect()
     }
@@ -295,7 +304,8 @@ impl Node {
             state: Mutex::new(State {
                 membership: Membership::new(lease),
                 portions: BTreeMap::new(),
-                pending: HashMap::new(),
+                pending: Default::default(),
+                accepted: 0,
                 accepting: true,
                 seq: 0,
                 next_queue: FIRST_PORTION_QUEUE,
@@ -322,6 +332,7 @@ impl Node {
                 pushing: false,
                 starve_marks: HashMap::new(),
                 last_spread: HashMap::new(),
+                open_sessions: HashMap::new(),
             }),
             settings: Mutex::new(Settings::from_config(&config)),
             config,
@@ -344,12 +355,14 @@ impl Node {
         let opens = endpoint.open_requests();
         let requests = endpoint.register_queue(RUNTIME_QUEUE);
         let farm_traffic = endpoint.sessionless();
+        let closed = endpoint.closed_sessions();
         tasks.push(tokio::spawn(inner.clone().announce_loop()));
         tasks.push(tokio::spawn(inner.clone().listen_loop(farm_traffic)));
         tasks.push(tokio::spawn(inner.clone().open_loop(opens)));
         tasks.push(tokio::spawn(inner.clone().runtime_loop(requests)));
         tasks.push(tokio::spawn(inner.clone().report_loop(reports_rx)));
         tasks.push(tokio::spawn(inner.clone().health_loop()));
+        tasks.push(tokio::spawn(inner.clone().closed_loop(closed)));
         tracing::info!(node = %me, %mp, group = %inner.config.farm.group, "node started");
         Ok(Node { inner, tasks })
     }
@@ -575,6 +588,7 @@ impl Inner {
                 queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
                 latency_ms: p.figures.latency_ms() as f32,
                 timeouts: p.figures.timeouts.load(Ordering::Relaxed),
+                service_ms: p.figures.service_ms().map(|ms| ms as f32),
             })
             .collect();
         // An announcement is one datagram: list the portions with the most room first.
@@ -597,6 +611,7 @@ impl Inner {
             health: st.health.score,
             leaving,
             settings_version: self.settings_guard().version,
+            accepted: Some(st.accepted),
             moved: {
                 let now = Instant::now();
                 st.moved_out
@@ -630,7 +645,9 @@ impl Inner {
             }
         }
         if !leaving {
-            self.state().membership.observe(stats, Instant::now());
+            let mut st = self.state();
+            st.pending.observe(&stats);
+            st.membership.observe(stats, Instant::now());
         }
     }
 
@@ -698,9 +715,11 @@ impl Inner {
                     st.moved.insert(va.clone(), home.clone());
                 }
                 let change = st.membership.observe(stats.clone(), Instant::now());
-                if change == Change::Updated || change == Change::Joined {
-                    // Its figures now include the clients we sent it.
-                    st.pending.remove(&node);
+                match change {
+                    // Its figures now include the clients it says it accepted.
+                    Change::Updated | Change::Joined => st.pending.observe(&stats),
+                    Change::Left => st.pending.forget(&node),
+                    Change::Stale => {}
                 }
                 change
             };
@@ -765,7 +784,9 @@ impl Inner {
             .fresh(Instant::now(), self.fresh_window())
             .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
             .collect();
-        members.sort_by(|a, b| crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)));
+        let farm = crate::stats::ServiceTimes::of(st.membership.fresh(Instant::now(), self.fresh_window()));
+        let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
+        members.sort_by(|a, b| load(a).total_cmp(&load(b)));
         members
             .into_iter()
             .filter_map(|s| {
@@ -887,11 +908,13 @@ impl Inner {
                 return;
             };
             let Some(app_cfg) = self.app_config(&p.0) else { return };
+            let farm = crate::stats::ServiceTimes::of(st.membership.fresh(now, self.fresh_window()));
+            let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
             let target = st
                 .membership
                 .fresh(now, self.fresh_window())
                 .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
-                .min_by(|a, b| crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)))
+                .min_by(|a, b| load(a).total_cmp(&load(b)))
                 .map(|s| s.node.clone());
             let Some(target) = target else { return };
             st.last_move = Some(now);
@@ -965,14 +988,12 @@ impl Inner {
         let target = {
             let st = self.state();
             let used = |s: &NodeStats| s.starved.iter().find(|(r, _)| r == resource).map_or(0, |(_, n)| *n);
+            let farm = crate::stats::ServiceTimes::of(st.membership.fresh(now, self.fresh_window()));
+            let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
             st.membership
                 .fresh(now, self.fresh_window())
                 .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
-                .min_by(|a, b| {
-                    used(a)
-                        .cmp(&used(b))
-                        .then(crate::stats::load_score(a).total_cmp(&crate::stats::load_score(b)))
-                })
+                .min_by(|a, b| used(a).cmp(&used(b)).then(load(a).total_cmp(&load(b))))
                 .map(|s| s.node.clone())
         };
         let Some(target) = target else {
@@ -1119,13 +1140,17 @@ impl Inner {
         }
         for choice in choices.iter().take(4) {
             let node = choice.node().to_owned();
-            *self.state().pending.entry(node.clone()).or_default() += 1;
+            self.state().pending.sent(&node);
             let (va, start_new) = match choice {
                 Choice::Existing { va, .. } => (Some(va.clone()), false),
                 Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
             };
             let result = if node == self.me {
-                self.accept_local(&open.request, ask, va.as_deref(), start_new, overflow).map(|_| ())
+                let local = self.accept_local(&open.request, ask, va.as_deref(), start_new, overflow);
+                if local.is_ok() {
+                    self.state().accepted += 1;
+                }
+                local.map(|_| ())
             } else {
                 self.assign_remote(&node, &open.request, ask, va, start_new, overflow).await
             };
@@ -1133,9 +1158,7 @@ impl Inner {
                 Ok(()) => return,
                 Err((code, text)) => {
                     tracing::info!(%node, %code, %text, "assignment refused, trying the next choice");
-                    if let Some(p) = self.state().pending.get_mut(&node) {
-                        *p = p.saturating_sub(1);
-                    }
+                    self.state().pending.refused(&node);
                 }
             }
         }
@@ -1282,9 +1305,14 @@ impl Inner {
         tokio::spawn(async move {
             match endpoint.accept_open(req.clone(), queue, payload).await {
                 Ok(session) => {
+                    let mut st = this.state();
+                    // Accepting the same open again gives the same session: count it once.
+                    if st.open_sessions.insert(session, portion_va.clone()).is_some() {
+                        return;
+                    }
                     figures.sessions.fetch_add(1, Ordering::Relaxed);
                     if let Addr::Udp(addr) = req.peer
-                        && let Some(p) = this.state().portions.get_mut(&portion_va)
+                        && let Some(p) = st.portions.get_mut(&portion_va)
                     {
                         p.clients.push(ClientEntry {
                             session,
@@ -1296,6 +1324,7 @@ impl Inner {
                             retry_after: None,
                         });
                     }
+                    drop(st);
                     let _ = events.send(RuntimeEvent::AddClient { session, peer: req.peer });
                 }
                 Err(e) => tracing::warn!(error = %e, "session not accepted"),
@@ -1416,7 +1445,12 @@ impl Inner {
                             ..Default::default()
                         };
                         match self.accept_local(&open, &ask, a.va.as_deref(), a.start_new, a.overflow) {
-                            Ok(va) => req.reply(cbor(&BTreeMap::from([("va", va)]))),
+                            Ok(va) => {
+                                // Counted before the reply, so a decider that hears the reply
+                                // finds the client in this node's next announcement.
+                                self.state().accepted += 1;
+                                req.reply(cbor(&BTreeMap::from([("va", va)])))
+                            }
                             Err((code, text)) => req.reject(code, text),
                         }
                     }
@@ -1441,6 +1475,27 @@ impl Inner {
                 }
                 _ => req
                     .reject(NakCode::UnknownCommand, format!("the runtime does not serve command {command}")),
+            }
+        }
+    }
+
+    /// Takes every session that ends off its portion's count, so `sessions` is the number of
+    /// open sessions rather than of sessions ever opened.
+    async fn closed_loop(self: Arc<Self>, mut closed: mpsc::UnboundedReceiver<dabs_net::SessionId>) {
+        while let Some(session) = closed.recv().await {
+            let mut st = self.state();
+            // A deferred client whose session ended can no longer be called back.
+            st.deferred.retain(|d| d.client.session != session);
+            // Sessions this node opened to its peers are not in the map.
+            let Some(va) = st.open_sessions.remove(&session) else { continue };
+            if let Some(p) = st.portions.get_mut(&va) {
+                let _ = p
+                    .figures
+                    .sessions
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                p.clients.retain(|c| c.session != session);
+                p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).remove(&session.0);
+                let _ = p.events.send(RuntimeEvent::RemoveClient { session });
             }
         }
     }

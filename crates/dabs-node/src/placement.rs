@@ -1,7 +1,7 @@
 //! Choosing a server for a new client (R-RE-5).
 
 use crate::config::AppConfig;
-use crate::stats::{NodeStats, load_score};
+use crate::stats::{NodeStats, ServiceTimes, load_score};
 use std::collections::HashMap;
 
 /// Where a client should go.
@@ -30,6 +30,80 @@ impl Choice {
     }
 }
 
+/// The clients a decider has sent each node that the node's last announcement does not show
+/// yet: pending = sent − accepted, from the decider's own count of clients sent and the
+/// node's announced count of clients it accepted ([`NodeStats::accepted`]). A late
+/// announcement thus still counts the clients sent after it was taken, and only those.
+///
+/// Counters that go backwards do not make pending negative or huge: the count of clients
+/// sent and not yet seen accepted never exceeds the clients sent and never goes below zero.
+/// A node that restarted (a new `started_ms`) or whose count fell starts afresh at zero
+/// pending: the clients sent to its earlier life are gone with it. A node that accepted more
+/// than this decider sent (clients placed by a previous decider) also ends at zero. A decider
+/// that restarts starts with no counts, so it first sees every node at zero. A node that
+/// announces no count (an older version) is taken to include every client sent so far, as
+/// before this count existed.
+#[derive(Clone, Debug, Default)]
+pub struct Pending {
+    nodes: HashMap<String, Tally>,
+}
+
+/// One node's tally at the decider.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    /// Clients sent to it (assignments not refused).
+    sent: u64,
+    /// Of those, the ones its announcements have shown accepted (never more than `sent`).
+    seen: u64,
+    /// Its last announced count, and the life (`started_ms`) it belongs to.
+    accepted: Option<(u64, u64)>,
+}
+
+impl Pending {
+    /// No clients sent yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A client is being sent to `node`.
+    pub fn sent(&mut self, node: &str) {
+        self.nodes.entry(node.to_owned()).or_default().sent += 1;
+    }
+
+    /// `node` refused the client just sent (or did not confirm it): it is not pending there.
+    pub fn refused(&mut self, node: &str) {
+        if let Some(t) = self.nodes.get_mut(node) {
+            t.sent = t.sent.saturating_sub(1);
+            t.seen = t.seen.min(t.sent);
+        }
+    }
+
+    /// Takes in an announcement of `s` (a new one, not a duplicate or an older one).
+    pub fn observe(&mut self, s: &NodeStats) {
+        let t = self.nodes.entry(s.node.clone()).or_default();
+        match (s.accepted, t.accepted) {
+            // Same life, count not lower: the clients it accepted since its last announcement,
+            // at most those still pending (the rest were someone else's).
+            (Some(now), Some((before, life))) if life == s.started_ms && now >= before => {
+                t.seen = t.seen.saturating_add(now - before).min(t.sent);
+            }
+            // First seen, restarted, count went backwards, or no count: start afresh.
+            _ => t.seen = t.sent,
+        }
+        t.accepted = s.accepted.map(|a| (a, s.started_ms));
+    }
+
+    /// Clients sent to `node` that its last announcement does not show.
+    pub fn get(&self, node: &str) -> u64 {
+        self.nodes.get(node).map_or(0, |t| t.sent - t.seen)
+    }
+
+    /// Forgets `node` (it left the farm).
+    pub fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+    }
+}
+
 /// True when `s` may take clients of `app`: accepting, in the app's sub-group, above the
 /// resource minimums.
 pub fn eligible(app: &AppConfig, s: &NodeStats) -> bool {
@@ -42,21 +116,24 @@ pub fn eligible(app: &AppConfig, s: &NodeStats) -> bool {
 
 /// The ranked choices for a new client of `app`, best first: (i) the least-loaded servers
 /// already running a portion with room; (ii) the least-loaded servers, starting a portion;
-/// (iii) busier servers with a portion that has room. `pending` counts clients assigned to a
-/// node since its last announcement, each as one more session (the unit of [`load_score`]), so
-/// a burst of opens does not all land on one node;
-/// a `va_hint` (a client coming back to its portion) goes first if a live node hosts it.
-/// Ties go to the node that started first, the earliest ballot.
+/// (iii) busier servers with a portion that has room. `pending` counts the clients sent to a
+/// node that its last announcement does not show, each as one more session of the application
+/// on it (the unit of [`load_score`], weighted by the node's service time), so a burst of opens
+/// does not all land on one node; a `va_hint` (a client coming back to its portion) goes first
+/// if a live node hosts it. Ties go to the node that started first, the earliest ballot.
 pub fn choose<'a>(
     app: &AppConfig,
     members: impl Iterator<Item = &'a NodeStats>,
-    pending: &HashMap<String, u64>,
+    pending: &Pending,
     va_hint: Option<&str>,
 ) -> Vec<Choice> {
     let members: Vec<&NodeStats> = members.collect();
-    let score = |s: &NodeStats| load_score(s) + pending.get(&s.node).copied().unwrap_or(0) as f64;
+    let farm = ServiceTimes::of(members.iter().copied());
+    let score = |s: &NodeStats| {
+        load_score(s, &farm) + pending.get(&s.node) as f64 * farm.client_weight(s, Some(&app.name))
+    };
     let room = |s: &'a NodeStats| {
-        let extra = pending.get(&s.node).copied().unwrap_or(0);
+        let extra = pending.get(&s.node);
         s.portions
             .iter()
             .filter(|p| p.app == app.name && p.sessions + extra < app.max_sessions_per_portion)
@@ -110,7 +187,7 @@ mod tests {
         let b = stats("b", 10);
         let mut c = stats("c", 0);
         c.portions.clear();
-        let ch = choose(&app(), [&a, &b, &c].into_iter(), &HashMap::new(), None);
+        let ch = choose(&app(), [&a, &b, &c].into_iter(), &Pending::new(), None);
         assert_eq!(ch[0], Choice::Existing { node: "b".into(), va: b.portions[0].va.clone() });
         assert!(matches!(&ch[1], Choice::StartNew { node } if node == "c"), "{ch:?}");
     }
@@ -119,8 +196,10 @@ mod tests {
     fn pending_assignments_spread_a_burst() {
         let a = stats("a", 10);
         let b = stats("b", 10);
-        let mut pending = HashMap::new();
-        pending.insert("a".to_string(), 5);
+        let mut pending = Pending::new();
+        for _ in 0..5 {
+            pending.sent("a");
+        }
         assert_eq!(choose(&app(), [&a, &b].into_iter(), &pending, None)[0].node(), "b");
     }
 
@@ -130,13 +209,127 @@ mod tests {
         cfg.subgroup = vec!["b".into()];
         let a = stats("a", 0);
         let b = stats("b", 900);
-        let ch = choose(&cfg, [&a, &b].into_iter(), &HashMap::new(), None);
+        let ch = choose(&cfg, [&a, &b].into_iter(), &Pending::new(), None);
         assert!(ch.iter().all(|c| c.node() == "b"), "{ch:?}");
         cfg.subgroup.clear();
         cfg.min_free_memory_mb = 30_000;
-        assert!(choose(&cfg, [&a, &b].into_iter(), &HashMap::new(), None).is_empty());
+        assert!(choose(&cfg, [&a, &b].into_iter(), &Pending::new(), None).is_empty());
         let hint = a.portions[2].va.clone();
-        assert_eq!(choose(&app(), [&a, &b].into_iter(), &HashMap::new(), Some(&hint))[0].node(), "a");
+        assert_eq!(choose(&app(), [&a, &b].into_iter(), &Pending::new(), Some(&hint))[0].node(), "a");
+    }
+
+    /// `s` announcing `accepted` clients taken in its life that started at `started_ms`.
+    fn announced(s: &NodeStats, accepted: u64, started_ms: u64) -> NodeStats {
+        NodeStats { accepted: Some(accepted), started_ms, seq: s.seq + 1, ..s.clone() }
+    }
+
+    #[test]
+    fn pending_is_sent_minus_accepted_across_a_late_report() {
+        let a = stats("a", 10);
+        let mut p = Pending::new();
+        p.observe(&announced(&a, 100, 1));
+        assert_eq!(p.get("a"), 0, "first sight: nothing sent yet");
+        for _ in 0..5 {
+            p.sent("a");
+        }
+        assert_eq!(p.get("a"), 5);
+        // An announcement taken after the node had accepted 3 of the 5 arrives late, after
+        // 2 more were sent: 4 are pending, not 0 (clearing on arrival) nor 7.
+        p.sent("a");
+        p.sent("a");
+        p.observe(&announced(&a, 103, 1));
+        assert_eq!(p.get("a"), 4);
+        // The next one shows all 7.
+        p.observe(&announced(&a, 107, 1));
+        assert_eq!(p.get("a"), 0);
+        // A refused assignment is not pending.
+        p.sent("a");
+        p.refused("a");
+        assert_eq!(p.get("a"), 0);
+        assert_eq!(p.get("unknown"), 0);
+    }
+
+    #[test]
+    fn counters_that_go_backwards_give_neither_negative_nor_huge_pending() {
+        let a = stats("a", 10);
+        let mut p = Pending::new();
+        p.observe(&announced(&a, 500, 1));
+        for _ in 0..3 {
+            p.sent("a");
+        }
+        // The node restarted: a new life whose count starts again from zero.
+        p.observe(&announced(&a, 1, 2));
+        assert_eq!(p.get("a"), 0, "clients of its earlier life are gone with it");
+        p.sent("a");
+        p.observe(&announced(&a, 2, 2));
+        assert_eq!(p.get("a"), 0);
+        // Its count falls within one life (a reset we cannot explain): start afresh, no wrap.
+        p.sent("a");
+        p.sent("a");
+        p.observe(&announced(&a, 0, 2));
+        assert_eq!(p.get("a"), 0);
+        p.sent("a");
+        p.observe(&announced(&a, 0, 2));
+        assert_eq!(p.get("a"), 1);
+        // It accepted far more than this decider sent (a previous decider's clients): zero,
+        // and what is sent next counts again.
+        p.observe(&announced(&a, 1_000, 2));
+        assert_eq!(p.get("a"), 0);
+        p.sent("a");
+        assert_eq!(p.get("a"), 1);
+        // A restarted decider knows nothing: its first look at a busy node is zero pending.
+        let mut fresh = Pending::new();
+        fresh.observe(&announced(&a, 1_000, 2));
+        fresh.sent("a");
+        fresh.observe(&announced(&a, 1_000, 2));
+        assert_eq!(fresh.get("a"), 1);
+        // A node without the count (an older version): every announcement shows everything.
+        let mut old = a.clone();
+        old.accepted = None;
+        p.sent("a");
+        p.observe(&old);
+        assert_eq!(p.get("a"), 0);
+    }
+
+    #[test]
+    fn a_late_report_keeps_later_clients_in_the_ranking() {
+        // Two equal nodes; 4 clients sent to a, of which its (late) announcement shows 2.
+        let a = stats("a", 10);
+        let b = stats("b", 10);
+        let mut p = Pending::new();
+        p.observe(&announced(&a, 0, 1));
+        p.observe(&announced(&b, 0, 1));
+        for _ in 0..4 {
+            p.sent("a");
+        }
+        // (As many of its clients left meanwhile: its sessions figure is unchanged.)
+        let a_now = announced(&a, 2, 1);
+        p.observe(&a_now);
+        assert_eq!(p.get("a"), 2);
+        // Cleared on arrival, a would tie with b and win on its name; the 2 not yet shown
+        // send the client to b.
+        assert_eq!(choose(&app(), [&a_now, &b].into_iter(), &p, None)[0].node(), "b");
+    }
+
+    #[test]
+    fn a_faster_node_gets_the_client_with_equal_sessions() {
+        let mut fast = stats("fast", 10);
+        let mut slow = stats("slow", 10);
+        // The slow node started first, so it would win a tie.
+        slow.started_ms = fast.started_ms - 1;
+        for p in &mut fast.portions {
+            p.service_ms = Some(1.0);
+        }
+        for p in &mut slow.portions {
+            p.service_ms = Some(4.0);
+        }
+        assert_eq!(choose(&app(), [&slow, &fast].into_iter(), &Pending::new(), None)[0].node(), "fast");
+        // Until enough is pending there to outweigh the speed.
+        let mut p = Pending::new();
+        for _ in 0..250 {
+            p.sent("fast");
+        }
+        assert_eq!(choose(&app(), [&slow, &fast].into_iter(), &p, None)[0].node(), "slow");
     }
 
     #[test]
@@ -144,7 +337,7 @@ mod tests {
         let mut cfg = app();
         cfg.max_sessions_per_portion = 5;
         let a = stats("a", 5);
-        let ch = choose(&cfg, [&a].into_iter(), &HashMap::new(), None);
+        let ch = choose(&cfg, [&a].into_iter(), &Pending::new(), None);
         assert_eq!(ch, vec![Choice::StartNew { node: "a".into() }]);
     }
 }

@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use dabs_node::NodeHandle;
 use dabs_node::settings::{SettingsError, SettingsPatch};
-use dabs_node::stats::{NodeStats, load_score};
+use dabs_node::stats::{NodeStats, ServiceTimes, load_score};
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("page.html");
@@ -18,8 +18,9 @@ pub(crate) fn error(status: StatusCode, field: &str, message: impl Into<String>)
 }
 
 /// A node's statistics with readable names: the announcement's short wire keys are for the
-/// datagram, not for people or API clients.
-pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>) -> Value {
+/// datagram, not for people or API clients. Its load is read against `farm`, the service
+/// times of the members it is shown with.
+pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>, farm: &ServiceTimes) -> Value {
     // An interface bound to every address is reached at the node's own MP address.
     let operator = s.operator.map(|mut a| {
         if a.ip().is_unspecified() {
@@ -46,8 +47,9 @@ pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>) -> Value {
         "draining": s.draining,
         "health": s.health,
         "settings_version": s.settings_version,
+        "accepted": s.accepted,
         "sessions": s.sessions(),
-        "load": load_score(s),
+        "load": load_score(s, farm),
         "portions": s.portions.iter().map(|p| json!({
             "app": p.app,
             "va": p.va,
@@ -56,6 +58,7 @@ pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>) -> Value {
             "queue_depth": p.queue_depth,
             "latency_ms": p.latency_ms,
             "timeouts": p.timeouts,
+            "service_ms": p.service_ms,
         })).collect::<Vec<_>>(),
     })
 }
@@ -65,9 +68,11 @@ pub(crate) async fn page() -> Html<&'static str> {
 }
 
 pub(crate) async fn node(State(node): State<NodeHandle>) -> axum::Json<Value> {
-    let (_, leader) = node.members();
+    let (members, leader) = node.members();
+    let me = node.stats();
+    let farm = ServiceTimes::of(members.iter().filter(|m| m.node != me.node).chain([&me]));
     axum::Json(json!({
-        "node": node_view(&node.stats(), leader.as_deref()),
+        "node": node_view(&me, leader.as_deref(), &farm),
         "portions": node.portions(),
         "settings": node.settings(),
         "leader": leader,
@@ -81,10 +86,11 @@ pub(crate) async fn farm(State(node): State<NodeHandle>) -> axum::Json<Value> {
         members.push(node.stats());
     }
     members.sort_by(|a, b| a.node.cmp(&b.node));
+    let farm = ServiceTimes::of(&members);
     axum::Json(json!({
         "farm": node.farm(),
         "leader": leader,
-        "members": members.iter().map(|m| node_view(m, leader.as_deref())).collect::<Vec<_>>(),
+        "members": members.iter().map(|m| node_view(m, leader.as_deref(), &farm)).collect::<Vec<_>>(),
     }))
 }
 

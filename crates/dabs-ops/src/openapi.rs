@@ -39,6 +39,10 @@ fn nullable_integer(description: &str) -> Value {
     json!({ "type": "integer", "nullable": true, "description": description })
 }
 
+fn nullable_number(description: &str) -> Value {
+    json!({ "type": "number", "nullable": true, "description": description })
+}
+
 /// The OpenAPI 3.0 document served at `/openapi.json`.
 pub fn document() -> Value {
     json!({
@@ -179,8 +183,9 @@ pub fn document() -> Value {
                     "draining": boolean("The operator drained it: its clients are being moved"),
                     "health": integer("Its own health score, 0 (down) to 100, read against the failover thresholds"),
                     "settings_version": integer("Version of the run-time settings it holds"),
-                    "sessions": integer("Sessions over its announced portions"),
-                    "load": number("Load score: higher is busier"),
+                    "accepted": nullable_integer("Clients it has taken on a decider's behalf since it started (the decider's pending = sent − accepted); null from nodes that predate it"),
+                    "sessions": integer("Client sessions open on its announced portions"),
+                    "load": number("Load score: higher is busier, in clients of a portion as fast as the farm's median (each portion's clients weighted by its service time over the median)"),
                     "portions": { "type": "array", "items": schema("AnnouncedPortion"),
                         "description": "Its announced portions (at most 6, least loaded first)" },
                 }
@@ -191,10 +196,11 @@ pub fn document() -> Value {
                     "app": string("Application"),
                     "va": string("Virtual address mp://FARM/APP/dasp/ID"),
                     "queue": integer("Queue at the node's endpoint"),
-                    "sessions": integer("Sessions opened on it"),
+                    "sessions": integer("Client sessions open on it now"),
                     "queue_depth": integer("Requests waiting"),
                     "latency_ms": number("Mean request latency, ms"),
                     "timeouts": integer("Lock and timer time-outs"),
+                    "service_ms": nullable_number("Busy time per request handled, ms, time-weighted mean over about 30 s; null before the first request"),
                 }
             },
             "Portion": {
@@ -204,10 +210,11 @@ pub fn document() -> Value {
                     "va": string("Virtual address mp://FARM/APP/dasp/ID"),
                     "app": string("Application"),
                     "queue": integer("Queue at the node's endpoint"),
-                    "sessions": integer("Sessions opened on it"),
+                    "sessions": integer("Client sessions open on it now"),
                     "handled": integer("Requests handled"),
                     "queue_depth": integer("Requests waiting"),
                     "latency_ms": number("Mean request latency, ms"),
+                    "service_ms": nullable_number("Busy time per request handled, ms, time-weighted mean over about 30 s; null before the first request"),
                 }
             },
             "Event": {

@@ -153,6 +153,13 @@ async fn the_node_and_its_farm_are_shown() {
     assert_eq!(members[0]["leader"], true);
     assert_eq!(members[0]["operator_url"], format!("http://{}/", s.addr));
     assert_eq!(members[0]["portions"].as_array().unwrap().len(), 1);
+    // No client yet: nothing accepted, no service time measured, and the load is the next
+    // client (1) plus host pressure.
+    assert_eq!(members[0]["accepted"], 0);
+    assert!(members[0]["portions"][0]["service_ms"].is_null(), "{farm}");
+    let load = members[0]["load"].as_f64().unwrap();
+    assert!((1.0..=4.0).contains(&load), "{load}");
+    assert!(portions[0]["service_ms"].is_null());
     assert_eq!(s.get_json("/api/node").await["leader"], "node-1");
 
     let events = s.get_json("/api/events").await;

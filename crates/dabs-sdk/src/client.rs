@@ -324,7 +324,16 @@ async fn listen(
                         *va.lock().unwrap_or_else(|e| e.into_inner()) = Some(new_va);
                     }
                     // Calls already in flight finish on the old session; new ones use this.
-                    *current.lock().await = Some(s);
+                    let left = current.lock().await.replace(s);
+                    // A session with another server than the sender (we are called back) is
+                    // done with once its calls have had time to finish; the sender's stays
+                    // open so it can call us back.
+                    if let Some(old) = left.filter(|o| o.peer != Addr::Udp(server)) {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(LEFT_SESSION_GRACE).await;
+                            old.close();
+                        });
+                    }
                     counts.accepted.fetch_add(1, Ordering::Relaxed);
                     counts.moves.send_modify(|n| *n += 1);
                     moved = true;
@@ -342,6 +351,9 @@ async fn listen(
         }
     }
 }
+
+/// How long a session this client moved away from stays open for calls still in flight.
+const LEFT_SESSION_GRACE: Duration = Duration::from_secs(30);
 
 /// What this client asks for in every `OPEN_SESSION`.
 fn ask_for(options: &FarmClientOptions) -> OpenAsk {

@@ -54,6 +54,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
         portions.into_iter().map(|p| Arc::new(tokio::sync::Mutex::new(p))).collect();
     // None: keep serving; Some(emergency): stop (after draining the queue unless emergency).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<bool>);
+    let clock = Clock { origin: tokio::time::Instant::now(), workers: portions.len().max(1) as u32 };
     let mut workers = tokio::task::JoinSet::new();
     for portion in &portions {
         let (portion, queue, mut stop) = (portion.clone(), queue.clone(), stop_rx.clone());
@@ -72,13 +73,14 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                 };
                 match next {
                     Some((Some(req), depth)) => {
-                        serve_one(&mut *portion.lock().await, &figures, &histogram, req, depth).await;
+                        serve_one(&mut *portion.lock().await, &figures, &histogram, req, depth, clock).await;
                     }
                     Some((None, _)) => return,
                     None => {
                         if *stop.borrow() == Some(false) {
                             while let Ok(req) = queue.lock().await.try_recv() {
-                                serve_one(&mut *portion.lock().await, &figures, &histogram, req, 0).await;
+                                serve_one(&mut *portion.lock().await, &figures, &histogram, req, 0, clock)
+                                    .await;
                             }
                         }
                         return;
@@ -104,6 +106,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                         let _ = tx.send(portions[0].lock().await.state());
                     }
                     RuntimeEvent::AddClient { session, .. } => clients.push(session),
+                    RuntimeEvent::RemoveClient { session } => clients.retain(|s| *s != session),
                     RuntimeEvent::Shutdown { emergency } => {
                         // Tell the clients first, so they move before they time out.
                         let notice = if emergency { b"\xa1\x64kind\x69emergency".to_vec() } else { b"\xa1\x64kind\x65clean".to_vec() };
@@ -131,12 +134,22 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
     }
 }
 
+/// What the workers of one portion time their handlers with.
+#[derive(Clone, Copy)]
+struct Clock {
+    /// The portion's start: service times are recorded against time since then.
+    origin: tokio::time::Instant,
+    /// Workers taking requests from the portion's one queue.
+    workers: u32,
+}
+
 async fn serve_one<P: ServerPortion>(
     portion: &mut P,
     f: &PortionFigures,
     histogram: &Histogram,
     req: dabs_net::IncomingRequest,
     depth: usize,
+    clock: Clock,
 ) {
     f.queue_depth.store(depth as u64, Ordering::Relaxed);
     // Latency from the sender's stamp to now, when the portion takes the request: it includes
@@ -158,7 +171,14 @@ async fn serve_one<P: ServerPortion>(
         return;
     }
     let payload = req.request.payload.clone();
-    match portion.handle(command, payload).await {
+    // The handler's time is the portion's service time (tokio's clock, which tests can pause).
+    // With several workers on the one queue, each request holds a W-th of the portion: at
+    // saturation handler time ÷ W is exactly one over its throughput (Little's law).
+    let started = tokio::time::Instant::now();
+    let handled = portion.handle(command, payload).await;
+    let ended = tokio::time::Instant::now();
+    f.record_service(ended - clock.origin, (ended - started) / clock.workers);
+    match handled {
         Handled::Reply(r) => req.reply(r),
         Handled::Reject(code, text) => req.reject(code, text),
     }

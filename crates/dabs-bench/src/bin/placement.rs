@@ -52,7 +52,7 @@ struct Args {
 const SWEEP: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
 
 const SWEEP_POLICIES: [Policy; 5] =
-    [Policy::LeastConnections, Policy::PowerOfTwo, Policy::Dabs, Policy::WHAT_IF[3], Policy::Oracle];
+    [Policy::LeastConnections, Policy::PowerOfTwo, Policy::DABS_BEFORE, Policy::DABS, Policy::Oracle];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
             groups.push((scenario(load, 1.0), policy));
         }
     }
-    for policy in Policy::WHAT_IF.into_iter().chain([Policy::PowerOfTwoBySpeed]) {
+    for policy in Policy::PARTS.into_iter().chain([Policy::PowerOfTwoBySpeed]) {
         groups.push((scenario(0.9, 1.0), policy));
     }
     if !args.no_sweep {
@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let (dabs, oracle, p2c, lc) = (
-        find(Policy::Dabs, 0.9, 1.0),
+        find(Policy::DABS, 0.9, 1.0),
         find(Policy::Oracle, 0.9, 1.0),
         find(Policy::PowerOfTwo, 0.9, 1.0),
         find(Policy::LeastConnections, 0.9, 1.0),
@@ -177,12 +177,17 @@ fn main() -> anyhow::Result<()> {
     print!("{}", utilisation_table(&at_09, &sc.speeds));
 
     println!(
-        "\n## What would close the gap (load 0.9; variants the node does not implement, and a speed-aware baseline)\n"
+        "\n## What each field gives (load 0.9; one at a time, a what-if with exact service times, and a speed-aware baseline)\n"
     );
     println!("| variant | p50 (ms) | p99 (ms) | max (ms) | p99 ÷ oracle | p99 ÷ power-of-two |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let rows = Policy::WHAT_IF.iter().chain(&[Policy::PowerOfTwoBySpeed]).map(|&p| find(p, 0.9, 1.0));
-    for s in std::iter::once(dabs).chain(rows).chain([oracle]) {
+    let before = find(Policy::DABS_BEFORE, 0.9, 1.0);
+    let rows = Policy::PARTS.iter().chain(&[Policy::PowerOfTwoBySpeed]).map(|&p| find(p, 0.9, 1.0));
+    let rows: Vec<&Summary> = rows.collect();
+    let (parts, reference) = rows.split_at(Policy::PARTS.len() - 1);
+    let order =
+        std::iter::once(before).chain(parts.iter().copied()).chain([dabs]).chain(reference.iter().copied());
+    for s in order.chain([oracle]) {
         println!(
             "| {}{} | {:.0} | {:.0} | {:.0} | {:.2} | {:.3} |",
             s.policy.name(),
@@ -212,7 +217,7 @@ fn main() -> anyhow::Result<()> {
                 print!(" {:.2}{} |", s.p99 / d, if s.unstable { " ‡" } else { "" });
             }
             let (a, o, q) =
-                (find(Policy::Dabs, 0.9, d), find(Policy::Oracle, 0.9, d), find(Policy::PowerOfTwo, 0.9, d));
+                (find(Policy::DABS, 0.9, d), find(Policy::Oracle, 0.9, d), find(Policy::PowerOfTwo, 0.9, d));
             println!(" {:.2} | {:.3} |", a.p99 / o.p99, a.p99 / q.p99);
         }
     }

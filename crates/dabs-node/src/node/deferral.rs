@@ -210,6 +210,11 @@ impl Inner {
             let Some(p) = st.portions.get_mut(&va) else { continue };
             let client = p.clients.remove(i);
             p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).remove(&client.session.0);
+            // No longer an active client here, though its session stays open for a call back.
+            let _ =
+                p.figures.sessions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            st.open_sessions.remove(&client.session);
+            let Some(p) = st.portions.get(&va) else { continue };
             let mut alts = alternates[&p.app].clone();
             // Spread the batch over the alternates: each client's first choice differs.
             let len = alts.len();
@@ -255,7 +260,10 @@ impl Inner {
                 st.deferred.retain(|d| d.client.session != client.session);
                 client.retry_after = Some(Instant::now() + Duration::from_secs(1));
                 if let Some(p) = st.portions.get_mut(&va) {
+                    p.figures.sessions.fetch_add(1, Ordering::Relaxed);
+                    let session = client.session;
                     p.clients.push(client);
+                    st.open_sessions.insert(session, va);
                 }
             }
         });
@@ -372,10 +380,17 @@ impl Inner {
                 // Highest latency last: take from the back.
                 for n in 0..give {
                     let Some(c) = p.clients.pop() else { break };
+                    let _ = p
+                        .figures
+                        .sessions
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                     let mut alts = alternates.clone();
                     let len = alts.len();
                     alts.rotate_left(n % len);
                     moves.push((c, alts, va.clone()));
+                }
+                for (c, ..) in &moves {
+                    st.open_sessions.remove(&c.session);
                 }
                 st.last_spread.insert(va.clone(), now);
             }

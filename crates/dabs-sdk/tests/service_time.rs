@@ -1,0 +1,66 @@
+//! The portion framework times each handler and keeps the portion's service time: busy time per
+//! request, divided among the workers of a vertical split. On tokio's paused clock, so the
+//! figures are exact and do not depend on how fast the machine is.
+
+use dabs_net::{Addr, DriverOptions};
+use dabs_node::hosting::{PortionContext, PortionFactory, RuntimeEvent};
+use dabs_node::stats::PortionFigures;
+use dabs_sdk::{Handled, PortionFactoryFn, ServerPortion};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Takes as many milliseconds as the first byte of the request says.
+struct Sleeper;
+
+impl ServerPortion for Sleeper {
+    async fn handle(&mut self, _command: u16, payload: Vec<u8>) -> Handled {
+        tokio::time::sleep(Duration::from_millis(u64::from(payload[0]))).await;
+        Handled::Reply(payload)
+    }
+}
+
+/// Serves `requests` (handler milliseconds) one after another on a portion of `workers`
+/// workers; returns the portion's service time, ms.
+async fn service_ms(workers: usize, requests: &[u8]) -> Option<f64> {
+    let server = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let (reports, _reports) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let figures = Arc::new(PortionFigures::default());
+    let ctx = PortionContext {
+        app: "sleeper".into(),
+        va: "mp://t/sleeper/dasp/1".into(),
+        queue: 16,
+        requests: server.register_queue(16),
+        events,
+        reports,
+        figures: figures.clone(),
+        endpoint: server.clone(),
+        latency_histogram: dabs_node::metrics::latency_histogram(),
+        timeouts: Default::default(),
+    };
+    PortionFactoryFn::new("sleeper", || Sleeper).with_workers(workers).spawn(ctx);
+    let mut opens = server.open_requests();
+    tokio::spawn(async move {
+        while let Some(o) = opens.recv().await {
+            let _ = o.accept(16, vec![]).await;
+        }
+    });
+    let client = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let s = client.open(Addr::Udp(server.local_addrs().udp), 1, vec![]).await.unwrap();
+    assert_eq!(figures.service_ms(), None, "nothing handled yet");
+    for &ms in requests {
+        assert_eq!(s.call(300, vec![ms]).await.unwrap(), vec![ms]);
+    }
+    let _ = events_tx.send(RuntimeEvent::Shutdown { emergency: false });
+    figures.service_ms()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_handler_is_timed_and_a_split_shares_the_time() {
+    // Within a few seconds nothing decays measurably: the mean of 10, 20 and 30 ms.
+    let one = service_ms(1, &[10, 20, 30]).await.unwrap();
+    assert!((one - 20.0).abs() < 0.05, "{one}");
+    // Four workers on one queue: each request holds a quarter of the portion.
+    let four = service_ms(4, &[40, 40]).await.unwrap();
+    assert!((four - 10.0).abs() < 0.05, "{four}");
+}
