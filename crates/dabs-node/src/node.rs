@@ -8,7 +8,7 @@ use crate::membership::{Change, Membership};
 use crate::metrics::{Gauges, NodeCounters, latency_histogram};
 use crate::placement::{Choice, choose};
 use crate::settings::{Settings, SettingsError, SettingsPatch};
-use crate::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor, open_reply};
+use crate::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor, negotiate_security, open_reply_secured};
 use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionFigures, PortionStats, Sampler};
 use dabs_net::{Addr, DriverOptions, EndpointHandle, IncomingOpen, IncomingRequest, OpenRequest, Session};
 use dabs_wire::{Header, Kind, NakCode, SentTime, SystemCommand};
@@ -258,8 +258,10 @@ impl Node {
         factories: Vec<Arc<dyn PortionFactory>>,
     ) -> Result<Node, NodeError> {
         let db = Db::open(&config.node.data_dir)?;
-        let options =
+        let mut options =
             DriverOptions { group: Some((config.farm.group, config.farm.interface)), ..Default::default() };
+        // The endpoint refuses the key exchange too: no session is keyed here against the setting.
+        options.config.accept_encryption = config.node.accept_encryption;
         let endpoint = dabs_net::spawn(config.node.bind, options)
             .await
             .map_err(|source| NodeError::Bind { addr: config.node.bind, group: config.farm.group, source })?;
@@ -1020,10 +1022,22 @@ impl Inner {
             let _ = open.accept(RUNTIME_QUEUE, cbor(&BTreeMap::from([("node", self.me.clone())]))).await;
             return;
         }
+        // A security offer is a demand: refuse it rather than answer in clear.
+        let security = match negotiate_security(ask.security.as_deref(), self.config.node.accept_encryption) {
+            Ok(spec) => spec.is_some(),
+            Err(why) => {
+                if !open.via_group || self.is_decider() {
+                    open.reject(NakCode::EncryptionRefused, format!("node {}: {why}", self.me));
+                } else {
+                    open.pass();
+                }
+                return;
+            }
+        };
         let app = ask.app.clone().unwrap_or_default();
         if !open.via_group {
             // Sent to this node directly: answer here.
-            match self.accept_local(&open.request, &app, ask.va.as_deref(), false, false) {
+            match self.accept_local(&open.request, &app, ask.va.as_deref(), false, false, security) {
                 Ok(_) => {}
                 Err((code, text)) => open.reject(code, text),
             }
@@ -1033,11 +1047,11 @@ impl Inner {
             open.pass();
             return;
         }
-        self.decide(open, &app, ask.va.as_deref()).await;
+        self.decide(open, &app, ask.va.as_deref(), security).await;
     }
 
     /// The decider's part: choose per R-RE-5 and have the chosen node answer.
-    async fn decide(self: &Arc<Self>, open: IncomingOpen, app: &str, va_hint: Option<&str>) {
+    async fn decide(self: &Arc<Self>, open: IncomingOpen, app: &str, va_hint: Option<&str>, security: bool) {
         let Some(app_cfg) = self.app_config(app) else {
             let text = format!("farm {} runs no application {app:?}", self.config.farm.name);
             return open.reject(NakCode::UnknownApplication, text);
@@ -1104,9 +1118,10 @@ impl Inner {
                 Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
             };
             let result = if node == self.me {
-                self.accept_local(&open.request, app, va.as_deref(), start_new, overflow).map(|_| ())
+                self.accept_local(&open.request, app, va.as_deref(), start_new, overflow, security)
+                    .map(|_| ())
             } else {
-                self.assign_remote(&node, &open.request, app, va, start_new, overflow).await
+                self.assign_remote(&node, &open.request, app, va, start_new, overflow, security).await
             };
             match result {
                 Ok(()) => return,
@@ -1124,6 +1139,7 @@ impl Inner {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn assign_remote(
         &self,
         node: &str,
@@ -1132,6 +1148,7 @@ impl Inner {
         va: Option<String>,
         start_new: bool,
         overflow: bool,
+        security: bool,
     ) -> Result<(), (NakCode, String)> {
         let Addr::Udp(client) = req.peer else {
             return Err((NakCode::Malformed, "only network clients can be assigned".into()));
@@ -1146,6 +1163,7 @@ impl Inner {
             va,
             start_new,
             overflow,
+            security,
         };
         let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
         match tokio::time::timeout(ASSIGN_WAIT, call).await {
@@ -1183,7 +1201,8 @@ impl Inner {
 
     /// Gives the client a session on one of this node's portions of `app`: the one at `va`
     /// if this node has it, else one with room unless `start_new`, else a new one (under
-    /// `va` when the client is coming back to an address whose node is gone).
+    /// `va` when the client is coming back to an address whose node is gone). With `security`
+    /// the session is to be encrypted: the REPLY names the specification.
     fn accept_local(
         self: &Arc<Self>,
         req: &OpenRequest,
@@ -1191,7 +1210,15 @@ impl Inner {
         va: Option<&str>,
         start_new: bool,
         overflow: bool,
+        security: bool,
     ) -> Result<String, (NakCode, String)> {
+        // The decider may run another setting than this node (a farm set up unevenly).
+        if security && !self.config.node.accept_encryption {
+            return Err((
+                NakCode::EncryptionRefused,
+                format!("node {}: encryption is turned off here (accept_encryption = false)", self.me),
+            ));
+        }
         let app_cfg = self.app_config(app);
         if app_cfg.is_none() || self.factory(app).is_none() {
             return Err((
@@ -1240,7 +1267,7 @@ impl Inner {
                 started
             }
         };
-        let payload = open_reply(&va, self.mp, queue);
+        let payload = open_reply_secured(&va, self.mp, queue, security.then_some(&dabs_proto::SECURITY_SPEC));
         let endpoint = self.endpoint.clone();
         let req = req.clone();
         let (figures, events) = {
@@ -1335,7 +1362,14 @@ impl Inner {
                             src: a.src,
                             crc: a.crc,
                         };
-                        match self.accept_local(&open, &a.app, a.va.as_deref(), a.start_new, a.overflow) {
+                        match self.accept_local(
+                            &open,
+                            &a.app,
+                            a.va.as_deref(),
+                            a.start_new,
+                            a.overflow,
+                            a.security,
+                        ) {
                             Ok(va) => req.reply(cbor(&BTreeMap::from([("va", va)]))),
                             Err((code, text)) => req.reject(code, text),
                         }
