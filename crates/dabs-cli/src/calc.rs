@@ -30,13 +30,23 @@ pub async fn connect_app(
     profile: Profile,
     app: &str,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
+    connect_with(farm, profile, app, false).await
+}
+
+/// Like [`connect_app`], with the session encrypted when `encrypt`.
+pub async fn connect_with(
+    farm: SocketAddr,
+    profile: Profile,
+    app: &str,
+    encrypt: bool,
+) -> Result<(CalcClient, Arc<FarmClient>), String> {
     let endpoint = dabs_net::spawn(
         "127.0.0.1:0".parse().expect("literal"),
         DriverOptions { config: client_config(), ..Default::default() },
     )
     .await
     .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
-    let options = FarmClientOptions { idempotent: true, ..FarmClientOptions::new(farm, app) };
+    let options = FarmClientOptions { idempotent: true, encrypt, ..FarmClientOptions::new(farm, app) };
     let client = Arc::new(
         FarmClient::start(endpoint, options)
             .await
@@ -45,8 +55,8 @@ pub async fn connect_app(
     Ok((CalcClient::new(client.clone(), profile), client))
 }
 
-/// Runs one calculation and prints its result.
-pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool) -> ExitCode {
+/// Runs one calculation and prints its result; with `encrypt` over an encrypted session.
+pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool, encrypt: bool) -> ExitCode {
     let operands = match Operands::parse(a, b) {
         Ok(o) => o,
         Err(e) => {
@@ -63,7 +73,7 @@ pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool) -> ExitCode 
     };
     rt.block_on(async {
         let profile = if fat { Profile::Fat } else { Profile::Thin };
-        let (calc, client) = match connect(farm, profile).await {
+        let (calc, client) = match connect_with(farm, profile, dabs_calc::APP, encrypt).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("dabs calc: {e}");

@@ -4,7 +4,7 @@
 use crate::partition::{BoxFuture, Caller, PartitionError};
 use dabs_net::{Addr, CallError, EndpointHandle, Error, Session};
 use dabs_node::failover::FailoverVerifier;
-use dabs_node::shapes::{OpenAsk, parse_open_reply};
+use dabs_node::shapes::{OpenAsk, SecurityOffer, parse_open_reply, parse_open_security};
 use dabs_wire::{NakCode, SystemCommand};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +31,10 @@ pub struct FarmClientOptions {
     pub secret: Option<Vec<u8>>,
     /// A `FAILOVER` issued further than this from our clock is refused as stale, ms.
     pub failover_window_ms: u64,
+    /// Encrypt every session (R-MP-5): offer security in `OPEN_SESSION`, key the session
+    /// before the first call, and refuse a server that answers in clear. Re-opens and moves
+    /// to a `FAILOVER` alternate are encrypted too.
+    pub encrypt: bool,
 }
 
 impl FarmClientOptions {
@@ -45,6 +49,7 @@ impl FarmClientOptions {
             started_attempts: 6,
             secret: None,
             failover_window_ms: 30_000,
+            encrypt: false,
         }
     }
 }
@@ -151,8 +156,7 @@ impl FarmClient {
         if let Some(s) = current.as_ref() {
             return Ok(s.clone());
         }
-        let ask = OpenAsk { app: Some(self.options.app.clone()), va: self.va(), node: None };
-        let s = self.endpoint.open(Addr::Udp(self.options.farm), self.options.queue, ask.to_cbor()).await?;
+        let s = open_session(&self.endpoint, &self.options, Addr::Udp(self.options.farm), self.va()).await?;
         if let Ok((va, _, _)) = parse_open_reply(&s.reply) {
             *self.va.lock().unwrap_or_else(|e| e.into_inner()) = Some(va);
         }
@@ -291,8 +295,7 @@ async fn listen(
         };
         req.reply(Vec::new());
         for alt in &notice.alternates {
-            let ask = OpenAsk { app: Some(options.app.clone()), va: Some(alt.va.clone()), node: None };
-            match endpoint.open(Addr::Udp(alt.addr), options.queue, ask.to_cbor()).await {
+            match open_session(&endpoint, &options, Addr::Udp(alt.addr), Some(alt.va.clone())).await {
                 Ok(s) => {
                     if let Ok((new_va, _, _)) = parse_open_reply(&s.reply) {
                         *va.lock().unwrap_or_else(|e| e.into_inner()) = Some(new_va);
@@ -306,6 +309,38 @@ async fn listen(
                     tracing::info!(alternate = %alt.addr, error = %e, "alternate refused, trying the next")
                 }
             }
+        }
+    }
+}
+
+/// Opens a session for `options.app` at `to` (the farm or one server), encrypted when
+/// `options.encrypt`: the ask then offers [`dabs_net::SECURITY_SPEC`] and the REPLY must
+/// name it, or the session is closed and the open fails with [`Error::NotEncrypted`].
+async fn open_session(
+    endpoint: &EndpointHandle,
+    options: &FarmClientOptions,
+    to: Addr,
+    va: Option<String>,
+) -> Result<Session, Error> {
+    let security = options.encrypt.then(|| vec![SecurityOffer::of(&dabs_net::SECURITY_SPEC)]);
+    let ask = OpenAsk { app: Some(options.app.clone()), va, node: None, security };
+    let s = endpoint.open_with(to, options.queue, ask.to_cbor(), options.encrypt).await?;
+    if !options.encrypt {
+        return Ok(s);
+    }
+    let refusal = match parse_open_security(&s.reply) {
+        Ok(Some(spec)) if spec.matches(&dabs_net::SECURITY_SPEC) && s.encrypted => None,
+        Ok(Some(spec)) if s.encrypted => Some(format!("it chose another specification: {spec:?}")),
+        Ok(Some(_)) => Some("the session was not keyed".to_owned()),
+        Ok(None) => Some("its REPLY says security: null".to_owned()),
+        Err(e) => Some(e),
+    };
+    match refusal {
+        None => Ok(s),
+        Some(why) => {
+            // Never fall back to clear: nothing has been sent in this session yet.
+            s.close();
+            Err(Error::NotEncrypted(why))
         }
     }
 }
