@@ -9,7 +9,7 @@
 //!   bidirectional stream per request or one long-lived stream with
 //!   length-prefixed frames (see [`quic::QuicMode`]);
 //! * [`mp::MpEcho`] — MP, the project's own protocol, through `dabs-net`'s
-//!   tokio driver, with and without the CRC byte.
+//!   tokio driver, with and without the CRC byte, in clear and encrypted.
 //!
 //! Another transport plugs in as one more implementation of [`Transport`] +
 //! [`Client`]; see `README.md` for the recipe.
@@ -145,6 +145,8 @@ pub fn default_transports() -> anyhow::Result<Vec<Arc<dyn Transport>>> {
         Arc::new(quic::Quic::new(quic::QuicMode::FramedStream)?),
         Arc::new(mp::MpEcho::new(false)),
         Arc::new(mp::MpEcho::new(true)),
+        Arc::new(mp::MpEcho::encrypted(false)),
+        Arc::new(mp::MpEcho::encrypted(true)),
     ])
 }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use dabs_bench::Transport as _;
+use dabs_bench::mp::MpEcho;
 use dabs_bench::report::{self, RunInfo, TransportInfo};
 use dabs_bench::runner::{self, BenchConfig};
 
@@ -33,7 +35,7 @@ struct Args {
     /// Concurrent client counts.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     clients: Vec<usize>,
-    /// Only these transports (by name, e.g. `udp,tcp,quic,"quic 1-stream",mp,mp+crc`).
+    /// Only these transports (by name, e.g. `udp,tcp,quic,"quic 1-stream",mp,mp+crc,mp+enc,mp+crc+enc`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// At most this many measured round trips per cell.
@@ -45,6 +47,10 @@ struct Args {
     /// tokio worker threads (default: number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Sessions opened one after another per MP transport, to time the open (and the key
+    /// exchange of the encrypted ones); 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    opens: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,10 +119,23 @@ fn main() -> anyhow::Result<()> {
                 eprintln!("{name:>14} {size:>5} B x{clients:<3} FAILED: {e:#}")
             }
         }));
+    let mut opens = Vec::new();
+    if args.opens > 0 {
+        let mp = [MpEcho::new(false), MpEcho::new(true), MpEcho::encrypted(false), MpEcho::encrypted(true)];
+        for t in mp.iter().filter(|t| args.only.is_empty() || args.only.iter().any(|o| *o == t.name())) {
+            // A tenth as many unmeasured opens first, to warm caches and the allocator.
+            let o = runtime.block_on(t.open_cost(args.opens / 10, args.opens))?;
+            eprintln!(
+                "{:>14} open x{}  p50 {:>8.1} µs  p99 {:>8.1} µs  mean {:>8.1} µs",
+                o.transport, o.samples, o.p50_us, o.p99_us, o.mean_us
+            );
+            opens.push(o);
+        }
+    }
     runtime.shutdown_timeout(Duration::from_secs(2));
     eprintln!("{} cells in {:.1} s", results.len(), started.elapsed().as_secs_f64());
 
-    let json = report::json(&info, &results)?;
+    let json = report::json(&info, &results, &opens)?;
     if let Some(path) = &args.json_out {
         std::fs::write(path, &json).with_context(|| format!("write {}", path.display()))?;
     }
@@ -125,6 +144,9 @@ fn main() -> anyhow::Result<()> {
         writeln!(stdout, "{json}")?;
     } else {
         write!(stdout, "{}", report::markdown(&info, &results))?;
+        if !opens.is_empty() {
+            write!(stdout, "\n{}", report::opens_markdown(&opens))?;
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::mp::OpenCost;
 use crate::runner::{BenchConfig, CellResult};
 
 /// Name of the reference transport the ratio columns divide by.
@@ -32,6 +33,19 @@ pub struct TransportInfo {
 pub struct Report<'a> {
     pub info: &'a RunInfo,
     pub results: &'a [CellResult],
+    /// Session opens, clear and encrypted (empty when not measured).
+    pub opens: &'a [OpenCost],
+}
+
+/// Suffix of the encrypted MP transports; the name without it is their clear counterpart.
+pub const ENCRYPTED_SUFFIX: &str = "+enc";
+
+/// The clear counterpart of an encrypted cell (`mp+enc` → `mp`), same payload and clients.
+fn clear_twin<'a>(results: &'a [CellResult], r: &CellResult) -> Option<&'a CellResult> {
+    let clear = r.transport.strip_suffix(ENCRYPTED_SUFFIX)?;
+    results
+        .iter()
+        .find(|x| x.transport == clear && x.payload_bytes == r.payload_bytes && x.clients == r.clients)
 }
 
 /// The reference (raw UDP) cell with the same payload and client count.
@@ -112,10 +126,74 @@ pub fn markdown(info: &RunInfo, results: &[CellResult]) -> String {
     for t in &info.transports {
         let _ = writeln!(out, "- **{}**: {}", t.name, t.description);
     }
+    let encrypted: Vec<(&CellResult, &CellResult)> =
+        results.iter().filter_map(|r| clear_twin(results, r).map(|c| (r, c))).collect();
+    if !encrypted.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nEncrypted MP against the same MP in clear (×clear: encrypted ÷ clear; latency: \
+             higher is slower, throughput: lower is slower):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| transport | payload | clients | p50 µs | p99 µs | round trips/s | p50 ×clear | p99 ×clear | rt/s ×clear |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (r, c) in encrypted {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.transport,
+                size(r.payload_bytes),
+                r.clients,
+                num(r.p50_us, 1),
+                num(r.p99_us, 1),
+                num(r.round_trips_per_s, 0),
+                ratio(r.p50_us, Some(c.p50_us)),
+                ratio(r.p99_us, Some(c.p99_us)),
+                ratio(r.round_trips_per_s, Some(c.round_trips_per_s)),
+            );
+        }
+    }
+    out
+}
+
+/// Render the cost of opening sessions: one row per transport, and for an encrypted one
+/// what the key exchange adds to its clear counterpart's open.
+pub fn opens_markdown(opens: &[OpenCost]) -> String {
+    let mut out = String::new();
+    if opens.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "Opening a session, one open at a time from one client endpoint, each closed before the next \
+         (send of OPEN_SESSION to the session handed over; encrypted: including the key exchange):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| transport | opens | p50 µs | p99 µs | mean µs | p50 ×clear | key exchange, p50 µs |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for o in opens {
+        let clear =
+            o.transport.strip_suffix(ENCRYPTED_SUFFIX).and_then(|c| opens.iter().find(|x| x.transport == c));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            o.transport,
+            o.samples,
+            num(o.p50_us, 1),
+            num(o.p99_us, 1),
+            num(o.mean_us, 1),
+            ratio(o.p50_us, clear.map(|c| c.p50_us)),
+            clear.map_or_else(|| "–".into(), |c| num(o.p50_us - c.p50_us, 1)),
+        );
+    }
     out
 }
 
 /// Render the JSON document (pretty-printed).
-pub fn json(info: &RunInfo, results: &[CellResult]) -> serde_json::Result<String> {
-    serde_json::to_string_pretty(&Report { info, results })
+pub fn json(info: &RunInfo, results: &[CellResult], opens: &[OpenCost]) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&Report { info, results, opens })
 }

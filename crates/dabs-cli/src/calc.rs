@@ -30,14 +30,16 @@ pub async fn connect_app(
     profile: Profile,
     app: &str,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
-    connect_app_with(farm, profile, app, None).await
+    connect_with(farm, profile, app, false, None).await
 }
 
-/// Like [`connect_app`], verifying `FAILOVER` notices with the farm's `secret`.
-pub async fn connect_app_with(
+/// Like [`connect_app`], with the session encrypted when `encrypt`, and `FAILOVER` notices
+/// verified with the farm's `secret`.
+pub async fn connect_with(
     farm: SocketAddr,
     profile: Profile,
     app: &str,
+    encrypt: bool,
     secret: Option<Vec<u8>>,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
     let endpoint = dabs_net::spawn(
@@ -46,7 +48,8 @@ pub async fn connect_app_with(
     )
     .await
     .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
-    let options = FarmClientOptions { idempotent: true, secret, ..FarmClientOptions::new(farm, app) };
+    let options =
+        FarmClientOptions { idempotent: true, encrypt, secret, ..FarmClientOptions::new(farm, app) };
     let client = Arc::new(
         FarmClient::start(endpoint, options)
             .await
@@ -55,8 +58,8 @@ pub async fn connect_app_with(
     Ok((CalcClient::new(client.clone(), profile), client))
 }
 
-/// Runs one calculation and prints its result.
-pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool) -> ExitCode {
+/// Runs one calculation and prints its result; with `encrypt` over an encrypted session.
+pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool, encrypt: bool) -> ExitCode {
     let operands = match Operands::parse(a, b) {
         Ok(o) => o,
         Err(e) => {
@@ -73,7 +76,7 @@ pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool) -> ExitCode 
     };
     rt.block_on(async {
         let profile = if fat { Profile::Fat } else { Profile::Thin };
-        let (calc, client) = match connect(farm, profile).await {
+        let (calc, client) = match connect_with(farm, profile, dabs_calc::APP, encrypt, None).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("dabs calc: {e}");

@@ -105,6 +105,10 @@ enum Command {
         /// Run integer operations here (a fat client) instead of on the server.
         #[arg(long)]
         fat: bool,
+        /// Encrypt the session (Noise NN key exchange, ChaCha20-Poly1305); fail rather than
+        /// calculate in clear if the farm does not agree.
+        #[arg(long)]
+        encrypt: bool,
         /// First operand.
         #[arg(allow_hyphen_values = true)]
         a: String,
@@ -214,7 +218,7 @@ fn main() -> ExitCode {
         Command::Farm { command: FarmCommand::Up { nodes, dir, secret } } => {
             farm::farm_up(nodes, dir, secret)
         }
-        Command::Calc { farm, fat, a, op, b } => calc::run(farm, &a, &op, &b, fat),
+        Command::Calc { farm, fat, encrypt, a, op, b } => calc::run(farm, &a, &op, &b, fat, encrypt),
         Command::Mp { command: MpCommand::Demo } => codec_demo::codec_demo(),
         Command::Mp { command: MpCommand::Decode } => mp_tools::decode_stdin(),
         Command::Mp { command: MpCommand::Encode } => mp_tools::encode_stdin(),

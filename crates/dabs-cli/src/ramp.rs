@@ -4,7 +4,7 @@
 //! new clients and moves portions off servers that stay overloaded. The demo prints the
 //! portions per node over time, each spawn and move with its cause, and latency per phase.
 
-use crate::calc::connect_app_with;
+use crate::calc::connect_with;
 use crate::farm::LocalFarm;
 use dabs_calc::{Operands, Profile};
 use serde_json::{Value, json};
@@ -102,7 +102,7 @@ async fn drive(farm: &LocalFarm, secret: Vec<u8>) -> Result<Value, String> {
         println!("phase {}: {clients} clients", i + 1);
         while started < clients {
             let (calc, client) =
-                connect_app_with(group, Profile::Thin, dabs_calc::SLOW_APP, Some(secret.clone())).await?;
+                connect_with(group, Profile::Thin, dabs_calc::SLOW_APP, false, Some(secret.clone())).await?;
             let (phases, current, stop) = (phases.clone(), current.clone(), stop.clone());
             let (calls, answered, failed) = (calls.clone(), answered.clone(), failed.clone());
             let n0 = started as i64;

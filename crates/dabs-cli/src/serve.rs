@@ -2,7 +2,7 @@
 //! answers ECHO. For interoperability tests, probes and benchmarks.
 
 use dabs_net::{DriverOptions, EndpointHandle};
-use dabs_node::shapes::{OpenAsk, open_reply};
+use dabs_node::shapes::{OpenAsk, negotiate_security, open_reply_secured};
 use dabs_wire::NakCode;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -10,8 +10,9 @@ use std::process::ExitCode;
 /// The queue the standalone portion listens on.
 pub const SERVE_QUEUE: u16 = 1;
 
-/// Starts the serving tasks on a running endpoint: accepts every `OPEN_SESSION`, refuses
-/// application commands with NAK 6 (ECHO is answered by the endpoint itself).
+/// Starts the serving tasks on a running endpoint: accepts every `OPEN_SESSION` (encrypted
+/// when it offers security), refuses application commands with NAK 6 (ECHO is answered by
+/// the endpoint itself).
 pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
     let addr = endpoint.local_addrs().udp;
     let mut opens = endpoint.open_requests();
@@ -19,8 +20,8 @@ pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
     tokio::spawn(async move {
         let mut next_id = 1u64;
         while let Some(open) = opens.recv().await {
-            let app = match OpenAsk::parse(&open.payload) {
-                Ok(OpenAsk { app: Some(app), .. }) => app,
+            let (app, offer) = match OpenAsk::parse(&open.payload) {
+                Ok(OpenAsk { app: Some(app), security, .. }) => (app, security),
                 Ok(_) => {
                     open.reject(NakCode::Malformed, "OPEN_SESSION payload has no text key \"app\"");
                     continue;
@@ -30,9 +31,17 @@ pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
                     continue;
                 }
             };
+            // `run` keeps the endpoint's default configuration, which answers key exchanges.
+            let security = match negotiate_security(offer.as_deref(), true) {
+                Ok(s) => s,
+                Err(why) => {
+                    open.reject(NakCode::EncryptionRefused, why);
+                    continue;
+                }
+            };
             let va = format!("mp://{farm}/{app}/dasp/{next_id}");
             next_id += 1;
-            let reply = open_reply(&va, addr, SERVE_QUEUE);
+            let reply = open_reply_secured(&va, addr, SERVE_QUEUE, security.as_ref());
             if let Err(e) = open.accept(SERVE_QUEUE, reply).await {
                 tracing::warn!(error = %e, "open not accepted");
             }

@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::process::ExitCode;
 
 /// One trace record for people: time, direction, peer, kind, command, session, transaction,
-/// buffer, size, latency.
+/// buffer, size, `ENC` for an encrypted datagram, latency.
 pub fn human(v: &Value) -> String {
     if let Some(n) = v.get("lagged") {
         return format!("... {n} datagrams not shown (the trace could not keep up)");
@@ -25,8 +25,9 @@ pub fn human(v: &Value) -> String {
         _ => String::new(),
     };
     let latency = v["latency_ms"].as_u64().map(|l| format!(" latency {l} ms")).unwrap_or_default();
+    let sealed = if v["encrypted"] == true { " ENC" } else { "" };
     format!(
-        "{time} {dir} {peer:<21} {:<7} {name:<14} s{} t{} q{}->{}{buffer} {} B{latency}",
+        "{time} {dir} {peer:<21} {:<7} {name:<14} s{} t{} q{}->{}{buffer} {} B{sealed}{latency}",
         v["kind"].as_str().unwrap_or("?"),
         v["session"],
         v["transaction"],

@@ -255,14 +255,16 @@ impl Driver {
 
     fn command(&mut self, now: Time, c: Command) {
         match c {
-            Command::Open { to, queue, payload, done } => match self.ep.open(now, to, queue, payload) {
-                Ok(call) => {
-                    self.opens.insert(call, done);
+            Command::Open { to, queue, payload, encrypt, done } => {
+                match self.ep.open_with(now, to, queue, payload, encrypt) {
+                    Ok(call) => {
+                        self.opens.insert(call, done);
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(e.into()));
+                    }
                 }
-                Err(e) => {
-                    let _ = done.send(Err(e.into()));
-                }
-            },
+            }
             Command::Call { session, command, payload, done } => {
                 match self.ep.call(now, session, command, payload) {
                     Ok(call) => {
@@ -356,7 +358,15 @@ impl Driver {
                 }
                 Event::Opened { call, session, peer, queue, payload } => {
                     if let (Some(done), Some(handle)) = (self.opens.remove(&call), self.handle()) {
-                        let _ = done.send(Ok(Session { id: session, peer, queue, reply: payload, handle }));
+                        let encrypted = self.ep.session_encrypted(session);
+                        let _ = done.send(Ok(Session {
+                            id: session,
+                            peer,
+                            queue,
+                            reply: payload,
+                            encrypted,
+                            handle,
+                        }));
                     }
                 }
                 Event::Reply { call, payload, .. } => {

@@ -18,6 +18,10 @@ pub enum Error {
     /// The endpoint's driver has stopped.
     #[error("the endpoint has stopped")]
     Closed,
+    /// An encrypted session was asked for and the server's REPLY did not agree to one (its
+    /// `security` is null or another specification); the session was closed unused.
+    #[error("the server did not agree to encrypt the session: {0}")]
+    NotEncrypted(String),
 }
 
 /// A call's reply or its failure.
@@ -44,6 +48,7 @@ pub(crate) enum Command {
         to: Addr,
         queue: u16,
         payload: Vec<u8>,
+        encrypt: bool,
         done: oneshot::Sender<Result<Session, Error>>,
     },
     Call {
@@ -159,8 +164,27 @@ impl EndpointHandle {
     /// Opens a session with a server portion (or through a farm group address) from
     /// portion queue `queue`, waiting for the REPLY.
     pub async fn open(&self, to: Addr, queue: u16, payload: Vec<u8>) -> Result<Session, Error> {
+        self.open_with(to, queue, payload, false).await
+    }
+
+    /// Like [`EndpointHandle::open`], but the session is encrypted: the key exchange runs
+    /// after the REPLY and the session is handed over only once it is keyed (a server that
+    /// refuses encryption fails the open). The payload is the caller's; the farm's clients put
+    /// their security offer in it (`dabs_node::shapes::OpenAsk::security`).
+    pub async fn open_encrypted(&self, to: Addr, queue: u16, payload: Vec<u8>) -> Result<Session, Error> {
+        self.open_with(to, queue, payload, true).await
+    }
+
+    /// [`EndpointHandle::open`] or [`EndpointHandle::open_encrypted`], by `encrypt`.
+    pub async fn open_with(
+        &self,
+        to: Addr,
+        queue: u16,
+        payload: Vec<u8>,
+        encrypt: bool,
+    ) -> Result<Session, Error> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::Open { to, queue, payload, done })?;
+        self.send(Command::Open { to, queue, payload, encrypt, done })?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -292,6 +316,8 @@ pub struct Session {
     pub queue: u16,
     /// The REPLY payload of the open (CBOR: `va`, `addr`, `queue`, `security`).
     pub reply: Vec<u8>,
+    /// Its datagrams are encrypted (the key exchange completed before it was handed over).
+    pub encrypted: bool,
     pub(crate) handle: EndpointHandle,
 }
 

@@ -18,7 +18,10 @@ pub use handle::{
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
 
-pub use dabs_proto::{Addr, CallError, Config, Incoming, OpenRequest, SessionId, Stats};
+pub use dabs_proto::{
+    Addr, CallError, Config, Incoming, KEY_EXCHANGE, OpenRequest, SECURITY_SPEC, SecuritySpec, SessionId,
+    Stats,
+};
 
 /// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it): the
 /// one place the layers above read it, for sent-time stamps, latencies and `issued` fields.

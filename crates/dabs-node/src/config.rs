@@ -117,6 +117,9 @@ pub struct NodeSection {
     pub announce_interval: Duration,
     /// How long a node stays a member without announcing (> 2 announce intervals, <= 60 s).
     pub lease: Duration,
+    /// Whether clients may open encrypted sessions here (R-MP-5); with `false` a client that
+    /// offers security is refused with NAK 13. Default true.
+    pub accept_encryption: bool,
 }
 
 /// The `[latency]` section: message latency limits.
@@ -247,7 +250,8 @@ impl NodeConfig {
         if let Some(secret) = secret {
             kv(&mut out, "secret", toml_str(&hex_encode(secret)));
         }
-        let NodeSection { name, bind, data_dir, operator, announce_interval, lease } = &self.node;
+        let NodeSection { name, bind, data_dir, operator, announce_interval, lease, accept_encryption } =
+            &self.node;
         out.push_str("\n[node]\n");
         kv(&mut out, "name", toml_str(name));
         kv(&mut out, "bind", toml_str(&bind.to_string()));
@@ -257,6 +261,7 @@ impl NodeConfig {
         }
         kv(&mut out, "announce_interval_ms", announce_interval.as_millis().to_string());
         kv(&mut out, "lease_ms", lease.as_millis().to_string());
+        kv(&mut out, "accept_encryption", accept_encryption.to_string());
         out.push_str("\n[timeouts]\n");
         if !self.timeouts.contains_key(DEFAULT_TIMEOUT_KEY) {
             kv(&mut out, DEFAULT_TIMEOUT_KEY, DEFAULT_TIMEOUT.as_millis().to_string());
@@ -438,6 +443,7 @@ struct RawNode {
     operator: Option<Spanned<String>>,
     announce_interval_ms: Option<Spanned<u64>>,
     lease_ms: Option<Spanned<u64>>,
+    accept_encryption: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -794,7 +800,8 @@ impl Cx<'_> {
             };
             return Err(err);
         }
-        Ok(NodeSection { name, bind, data_dir, operator, announce_interval, lease })
+        let accept_encryption = raw.accept_encryption.unwrap_or(true);
+        Ok(NodeSection { name, bind, data_dir, operator, announce_interval, lease, accept_encryption })
     }
 
     fn latency(&self, raw: Option<RawLatency>) -> Result<LatencyLimits, ConfigError> {
@@ -1149,6 +1156,7 @@ data_dir = "/var/lib/dabs/node-1"
         assert_eq!(c.node.operator, None);
         assert_eq!(c.node.announce_interval, Duration::from_millis(250));
         assert_eq!(c.node.lease, Duration::from_millis(1500));
+        assert!(c.node.accept_encryption, "encryption is accepted unless turned off");
         assert_eq!(c.timeouts, BTreeMap::from([("default".to_string(), Duration::from_millis(100))]));
         assert_eq!(c.timeout_for("db"), Duration::from_millis(100));
         assert_eq!(c.latency.max_message_latency, Duration::from_millis(200));
@@ -1186,6 +1194,7 @@ data_dir = "/var/lib/dabs/node-1"
         full.farm.seeds = vec!["10.0.0.2:47101".parse().unwrap(), "[::1]:47102".parse().unwrap()];
         full.farm.secret = Some((0u8..32).collect());
         full.node.operator = Some("127.0.0.1:8101".parse().unwrap());
+        full.node.accept_encryption = false;
         full.node.data_dir = PathBuf::from("/srv/dabs \"quoted\" \\ dir");
         full.timeouts.insert("odd key.with dot".to_string(), Duration::from_millis(7));
         let mut app = AppConfig::new("second_app");
@@ -1351,6 +1360,20 @@ data_dir = "/var/lib/dabs/node-1"
         refused(&format!("{MINIMAL}app = 5\n"), Some(10), &["node.app"]);
         refused(&format!("app = 5\n{MINIMAL}"), Some(1), &["app", "sequence"]);
         refused("farm = 5\n", Some(1), &["farm", "a table"]);
+        refused(&with("[node]", "accept_encryption = \"no\""), Some(7), &["node.accept_encryption", "bool"]);
+        refused(
+            &with("[farm]", "accept_encryption = false"),
+            Some(3),
+            &["farm.accept_encryption", "unknown key"],
+        );
+    }
+
+    #[test]
+    fn encryption_can_be_refused() {
+        let c = parse(&with("[node]", "accept_encryption = false")).unwrap();
+        assert!(!c.node.accept_encryption);
+        let back = NodeConfig::parse(&c.to_toml(), Path::new("/etc/dabs/gen.toml")).unwrap();
+        assert_eq!(back, c, "written and read back");
     }
 
     #[test]

@@ -54,6 +54,19 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
     counter(&mut r, "mp_requests_delivered", "MP requests delivered to portions", mp.requests_delivered);
     counter(&mut r, "mp_calls_failed", "MP calls that failed", mp.calls_failed);
     counter(&mut r, "mp_clock_skew", "MP messages stamped ahead of our clock", mp.clock_skew);
+    counter(
+        &mut r,
+        "mp_sessions_encrypted",
+        "MP sessions whose key exchange completed",
+        mp.sessions_encrypted,
+    );
+    counter(
+        &mut r,
+        "mp_auth_failures",
+        "MP datagrams dropped for failed authentication (bad tag, clear in an encrypted session, no keys)",
+        mp.auth_failures,
+    );
+    counter(&mut r, "mp_replays_dropped", "Encrypted MP datagrams dropped as replays", mp.replays_dropped);
     for (name, help, map) in [
         ("mp_naks_sent", "NAKs sent, by error number", &mp.naks_sent),
         ("mp_naks_received", "NAKs received, by error number", &mp.naks_received),
@@ -98,7 +111,14 @@ mod tests {
 
     #[test]
     fn exposition_has_every_family() {
-        let mut mp = dabs_proto::Stats { datagrams_in: 7, retransmits: 2, ..Default::default() };
+        let mut mp = dabs_proto::Stats {
+            datagrams_in: 7,
+            retransmits: 2,
+            sessions_encrypted: 5,
+            auth_failures: 6,
+            replays_dropped: 8,
+            ..Default::default()
+        };
         mp.naks_sent.insert(2, 3);
         let h = latency_histogram();
         h.observe(0.002);
@@ -108,6 +128,9 @@ mod tests {
             "dabs_mp_datagrams_received_total 7",
             "dabs_mp_retransmits_total 2",
             "dabs_mp_naks_sent_total{code=\"2\"} 3",
+            "dabs_mp_sessions_encrypted_total 5",
+            "dabs_mp_auth_failures_total 6",
+            "dabs_mp_replays_dropped_total 8",
             "dabs_sessions 4",
             "dabs_farm_members 3",
             "dabs_spawns_total 0",

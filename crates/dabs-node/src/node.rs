@@ -8,7 +8,7 @@ use crate::membership::{Change, Membership};
 use crate::metrics::{Gauges, NodeCounters, latency_histogram};
 use crate::placement::{Choice, choose};
 use crate::settings::{Settings, SettingsError, SettingsPatch};
-use crate::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor, open_reply};
+use crate::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor, negotiate_security, open_reply_secured};
 use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionFigures, PortionStats, Sampler};
 use dabs_net::{Addr, DriverOptions, EndpointHandle, IncomingOpen, IncomingRequest, OpenRequest, Session};
 use dabs_wire::{Header, Kind, NakCode, SentTime, SystemCommand};
@@ -284,8 +284,10 @@ impl Node {
         factories: Vec<Arc<dyn PortionFactory>>,
     ) -> Result<Node, NodeError> {
         let db = Db::open(&config.node.data_dir)?;
-        let options =
+        let mut options =
             DriverOptions { group: Some((config.farm.group, config.farm.interface)), ..Default::default() };
+        // The endpoint refuses the key exchange too: no session is keyed here against the setting.
+        options.config.accept_encryption = config.node.accept_encryption;
         let endpoint = dabs_net::spawn(config.node.bind, options)
             .await
             .map_err(|source| NodeError::Bind { addr: config.node.bind, group: config.farm.group, source })?;
@@ -1061,9 +1063,21 @@ impl Inner {
             let _ = open.accept(RUNTIME_QUEUE, cbor(&BTreeMap::from([("node", self.me.clone())]))).await;
             return;
         }
+        // A security offer is a demand: refuse it rather than answer in clear.
+        let security = match negotiate_security(ask.security.as_deref(), self.config.node.accept_encryption) {
+            Ok(spec) => spec.is_some(),
+            Err(why) => {
+                if !open.via_group || self.is_decider() {
+                    open.reject(NakCode::EncryptionRefused, format!("node {}: {why}", self.me));
+                } else {
+                    open.pass();
+                }
+                return;
+            }
+        };
         if !open.via_group {
             // Sent to this node directly: answer here.
-            match self.accept_local(&open.request, &ask, ask.va.as_deref(), false, false) {
+            match self.accept_local(&open.request, &ask, ask.va.as_deref(), false, false, security) {
                 Ok(_) => {}
                 Err((code, text)) => open.reject(code, text),
             }
@@ -1073,11 +1087,11 @@ impl Inner {
             open.pass();
             return;
         }
-        self.decide(open, &ask).await;
+        self.decide(open, &ask, security).await;
     }
 
     /// The decider's part: choose per R-RE-5 and have the chosen node answer.
-    async fn decide(self: &Arc<Self>, open: IncomingOpen, ask: &OpenAsk) {
+    async fn decide(self: &Arc<Self>, open: IncomingOpen, ask: &OpenAsk, security: bool) {
         let app = ask.app.as_deref().unwrap_or_default();
         let va_hint = ask.va.as_deref();
         let Some(app_cfg) = self.app_config(app) else {
@@ -1146,13 +1160,14 @@ impl Inner {
                 Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
             };
             let result = if node == self.me {
-                let local = self.accept_local(&open.request, ask, va.as_deref(), start_new, overflow);
+                let local =
+                    self.accept_local(&open.request, ask, va.as_deref(), start_new, overflow, security);
                 if local.is_ok() {
                     self.state().accepted += 1;
                 }
                 local.map(|_| ())
             } else {
-                self.assign_remote(&node, &open.request, ask, va, start_new, overflow).await
+                self.assign_remote(&node, &open.request, ask, va, start_new, overflow, security).await
             };
             match result {
                 Ok(()) => return,
@@ -1168,6 +1183,7 @@ impl Inner {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn assign_remote(
         &self,
         node: &str,
@@ -1176,6 +1192,7 @@ impl Inner {
         va: Option<String>,
         start_new: bool,
         overflow: bool,
+        security: bool,
     ) -> Result<(), (NakCode, String)> {
         let Addr::Udp(client) = req.peer else {
             return Err((NakCode::Malformed, "only network clients can be assigned".into()));
@@ -1192,6 +1209,7 @@ impl Inner {
             overflow,
             class: ask.class.clone(),
             group: ask.group.clone(),
+            security,
         };
         let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
         match tokio::time::timeout(ASSIGN_WAIT, call).await {
@@ -1229,7 +1247,8 @@ impl Inner {
 
     /// Gives the client a session on one of this node's portions of `app`: the one at `va`
     /// if this node has it, else one with room unless `start_new`, else a new one (under
-    /// `va` when the client is coming back to an address whose node is gone).
+    /// `va` when the client is coming back to an address whose node is gone). With `security`
+    /// the session is to be encrypted: the REPLY names the specification.
     fn accept_local(
         self: &Arc<Self>,
         req: &OpenRequest,
@@ -1237,8 +1256,16 @@ impl Inner {
         va: Option<&str>,
         start_new: bool,
         overflow: bool,
+        security: bool,
     ) -> Result<String, (NakCode, String)> {
         let app = ask.app.as_deref().unwrap_or_default();
+        // The decider may run another setting than this node (a farm set up unevenly).
+        if security && !self.config.node.accept_encryption {
+            return Err((
+                NakCode::EncryptionRefused,
+                format!("node {}: encryption is turned off here (accept_encryption = false)", self.me),
+            ));
+        }
         let app_cfg = self.app_config(app);
         if app_cfg.is_none() || self.factory(app).is_none() {
             return Err((
@@ -1291,7 +1318,7 @@ impl Inner {
                 started
             }
         };
-        let payload = open_reply(&va, self.mp, queue);
+        let payload = open_reply_secured(&va, self.mp, queue, security.then_some(&dabs_proto::SECURITY_SPEC));
         let endpoint = self.endpoint.clone();
         let req = req.clone();
         let (figures, events) = {
@@ -1444,7 +1471,14 @@ impl Inner {
                             group: a.group.clone(),
                             ..Default::default()
                         };
-                        match self.accept_local(&open, &ask, a.va.as_deref(), a.start_new, a.overflow) {
+                        match self.accept_local(
+                            &open,
+                            &ask,
+                            a.va.as_deref(),
+                            a.start_new,
+                            a.overflow,
+                            a.security,
+                        ) {
                             Ok(va) => {
                                 // Counted before the reply, so a decider that hears the reply
                                 // finds the client in this node's next announcement.

@@ -2,6 +2,7 @@
 //! `shared/spec/interop.md`.
 
 use ciborium::Value;
+use dabs_proto::{SECURITY_SPEC, SecuritySpec};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -18,6 +19,115 @@ pub struct OpenAsk {
     pub class: Option<String>,
     /// The client's device group (`group`): which clients are deferred first.
     pub group: Option<String>,
+    /// The client's security offer (`security`): the encryption specifications it accepts,
+    /// best first. `None`: no offer, the session stays in clear.
+    pub security: Option<Vec<SecurityOffer>>,
+}
+
+/// One encryption specification as a CBOR map with the keys of [`SecuritySpec`]: offered by
+/// a client in `OPEN_SESSION`, or chosen by the server in its REPLY. Keys a sender leaves
+/// out are `None`; keys this version does not know are ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SecurityOffer {
+    /// `key_size`: bits of each transport key.
+    pub key_size: Option<u64>,
+    /// `key_exchange`: the key-exchange technique (a Noise protocol name).
+    pub key_exchange: Option<String>,
+    /// `cipher`: the per-datagram cipher.
+    pub cipher: Option<String>,
+    /// `signature`: what authenticates each datagram.
+    pub signature: Option<String>,
+}
+
+impl SecurityOffer {
+    /// `spec` with all four keys.
+    pub fn of(spec: &SecuritySpec) -> Self {
+        Self {
+            key_size: Some(spec.key_size.into()),
+            key_exchange: Some(spec.key_exchange.into()),
+            cipher: Some(spec.cipher.into()),
+            signature: Some(spec.signature.into()),
+        }
+    }
+
+    /// Whether this names `spec`: key size, key exchange and cipher equal; the signature equal
+    /// or left out (it follows from the cipher, and its text is descriptive).
+    pub fn matches(&self, spec: &SecuritySpec) -> bool {
+        self.key_size == Some(spec.key_size.into())
+            && self.key_exchange.as_deref() == Some(spec.key_exchange)
+            && self.cipher.as_deref() == Some(spec.cipher)
+            && self.signature.as_deref().is_none_or(|s| s == spec.signature)
+    }
+
+    fn to_value(&self) -> Value {
+        let mut m = Vec::new();
+        if let Some(bits) = self.key_size {
+            m.push((Value::Text("key_size".into()), Value::Integer(bits.into())));
+        }
+        for (k, v) in
+            [("key_exchange", &self.key_exchange), ("cipher", &self.cipher), ("signature", &self.signature)]
+        {
+            if let Some(v) = v {
+                m.push((Value::Text(k.into()), Value::Text(v.clone())));
+            }
+        }
+        Value::Map(m)
+    }
+
+    fn from_value(value: Value, what: &str) -> Result<Self, String> {
+        let Value::Map(entries) = value else {
+            return Err(format!("{what} is not a map"));
+        };
+        let mut offer = SecurityOffer::default();
+        for (k, v) in entries {
+            match (k.as_text(), v) {
+                (Some("key_size"), Value::Integer(i)) => {
+                    offer.key_size =
+                        Some(u64::try_from(i).map_err(|_| format!("{what}: \"key_size\" is negative"))?);
+                }
+                (Some("key_exchange"), Value::Text(t)) => offer.key_exchange = Some(t),
+                (Some("cipher"), Value::Text(t)) => offer.cipher = Some(t),
+                (Some("signature"), Value::Text(t)) => offer.signature = Some(t),
+                (Some("key_size"), _) => {
+                    return Err(format!("{what}: \"key_size\" must be an unsigned integer"));
+                }
+                (Some(key @ ("key_exchange" | "cipher" | "signature")), _) => {
+                    return Err(format!("{what}: {key:?} must be text"));
+                }
+                _ => {}
+            }
+        }
+        Ok(offer)
+    }
+}
+
+/// The security a server agrees to for an `OPEN_SESSION` with security offer `offer`:
+/// `Ok(None)` without an offer (a clear session), `Ok(Some(spec))` for the first offered
+/// specification it implements, or `Err` with the reason it refuses — encryption is turned
+/// off here (`accept_encryption` false), or no offered specification is implemented. A
+/// refusal is answered with NAK 13 ([`dabs_wire::NakCode::EncryptionRefused`]): an offer is
+/// a demand, the client never falls back to clear by itself.
+pub fn negotiate_security(
+    offer: Option<&[SecurityOffer]>,
+    accept_encryption: bool,
+) -> Result<Option<SecuritySpec>, String> {
+    let Some(offer) = offer else {
+        return Ok(None);
+    };
+    if !accept_encryption {
+        return Err("encryption is turned off here (accept_encryption = false)".into());
+    }
+    if offer.iter().any(|o| o.matches(&SECURITY_SPEC)) {
+        return Ok(Some(SECURITY_SPEC));
+    }
+    Err(format!(
+        "none of the {} offered security specifications is implemented here (this server offers \
+         {}-bit {} keyed by {})",
+        offer.len(),
+        SECURITY_SPEC.key_size,
+        SECURITY_SPEC.cipher,
+        SECURITY_SPEC.key_exchange
+    ))
 }
 
 impl OpenAsk {
@@ -38,6 +148,25 @@ impl OpenAsk {
                 (Some("group"), Value::Text(t)) => ask.group = Some(t),
                 (Some(key @ ("app" | "va" | "node" | "class" | "group")), _) => {
                     return Err(format!("OPEN_SESSION key {key:?} must be text"));
+                }
+                (Some("security"), Value::Null) => ask.security = None,
+                (Some("security"), v @ Value::Map(_)) => {
+                    ask.security = Some(vec![SecurityOffer::from_value(v, "OPEN_SESSION security offer")?]);
+                }
+                (Some("security"), Value::Array(list)) => {
+                    let offers = list
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            SecurityOffer::from_value(v, &format!("OPEN_SESSION security offer {i}"))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    ask.security = Some(offers);
+                }
+                (Some("security"), _) => {
+                    return Err(
+                        "OPEN_SESSION key \"security\" must be null, a map or an array of maps".into()
+                    );
                 }
                 _ => {}
             }
@@ -63,18 +192,53 @@ impl OpenAsk {
                 m.push((Value::Text(k.into()), Value::Text(v.clone())));
             }
         }
+        // One specification goes as a map, several as a list, best first.
+        match self.security.as_deref() {
+            None => {}
+            Some([one]) => m.push((Value::Text("security".into()), one.to_value())),
+            Some(list) => m.push((
+                Value::Text("security".into()),
+                Value::Array(list.iter().map(SecurityOffer::to_value).collect()),
+            )),
+        }
         cbor(&Value::Map(m))
     }
 }
 
-/// The REPLY payload of `OPEN_SESSION`: `va`, `addr`, `queue`, `security`.
+/// The REPLY payload of `OPEN_SESSION`: `va`, `addr`, `queue`, `security` (null).
 pub fn open_reply(va: &str, addr: SocketAddr, queue: u16) -> Vec<u8> {
+    open_reply_secured(va, addr, queue, None)
+}
+
+/// The REPLY payload of `OPEN_SESSION` with the chosen encryption specification in
+/// `security` (null for a clear session).
+pub fn open_reply_secured(
+    va: &str,
+    addr: SocketAddr,
+    queue: u16,
+    security: Option<&SecuritySpec>,
+) -> Vec<u8> {
+    let security = security.map_or(Value::Null, |s| SecurityOffer::of(s).to_value());
     cbor(&Value::Map(vec![
         (Value::Text("va".into()), Value::Text(va.into())),
         (Value::Text("addr".into()), Value::Text(addr.to_string())),
         (Value::Text("queue".into()), Value::Integer(queue.into())),
-        (Value::Text("security".into()), Value::Null),
+        (Value::Text("security".into()), security),
     ]))
+}
+
+/// The `security` of an `OPEN_SESSION` REPLY: the specification the server chose, or `None`
+/// when it is null or missing (a clear session).
+pub fn parse_open_security(payload: &[u8]) -> Result<Option<SecurityOffer>, String> {
+    let value: Value =
+        ciborium::from_reader(payload).map_err(|e| format!("OPEN_SESSION reply is not CBOR: {e}"))?;
+    let Value::Map(entries) = value else {
+        return Err("OPEN_SESSION reply is not a CBOR map".into());
+    };
+    match entries.into_iter().find(|(k, _)| k.as_text() == Some("security")).map(|(_, v)| v) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => SecurityOffer::from_value(v, "OPEN_SESSION reply \"security\"").map(Some),
+    }
 }
 
 /// The `va`, `addr` and `queue` of an `OPEN_SESSION` REPLY.
@@ -126,6 +290,11 @@ pub struct Assign {
     /// The client's device group, if it named one.
     #[serde(default)]
     pub group: Option<String>,
+    /// The client's security offer was accepted: the chosen node answers with the encryption
+    /// specification (or refuses with NAK 13 if it does not accept encryption). Absent from
+    /// an older decider: the REPLY says null and an encrypting client gives up.
+    #[serde(default)]
+    pub security: bool,
 }
 
 /// `RESOLVE_VA` answer.
@@ -162,9 +331,8 @@ mod tests {
         let ask = OpenAsk {
             app: Some("calc".into()),
             va: Some("mp://f/calc/dasp/1".into()),
-            node: None,
             class: Some("gold".into()),
-            group: None,
+            ..Default::default()
         };
         assert_eq!(OpenAsk::parse(&ask.to_cbor()).unwrap(), ask);
         assert!(OpenAsk::parse(&cbor(&Value::Map(vec![]))).unwrap_err().contains("\"app\""));
@@ -174,5 +342,119 @@ mod tests {
             parse_open_reply(&reply).unwrap(),
             ("mp://f/calc/dasp/1".into(), "127.0.0.1:5".parse().unwrap(), 16)
         );
+        assert_eq!(parse_open_security(&reply), Ok(None));
+    }
+
+    fn map(entries: Vec<(&str, Value)>) -> Value {
+        Value::Map(entries.into_iter().map(|(k, v)| (Value::Text(k.into()), v)).collect())
+    }
+
+    fn ask_with(security: Value) -> Result<OpenAsk, String> {
+        OpenAsk::parse(&cbor(&map(vec![("app", Value::Text("calc".into())), ("security", security)])))
+    }
+
+    #[test]
+    fn security_offers_parse_as_a_map_a_list_or_null() {
+        let ours = SecurityOffer::of(&SECURITY_SPEC);
+        let ask =
+            OpenAsk { app: Some("calc".into()), security: Some(vec![ours.clone()]), ..Default::default() };
+        assert_eq!(OpenAsk::parse(&ask.to_cbor()).unwrap(), ask);
+        let two = OpenAsk {
+            security: Some(vec![SecurityOffer { cipher: Some("AES-256-GCM".into()), ..ours.clone() }, ours]),
+            ..ask.clone()
+        };
+        assert_eq!(OpenAsk::parse(&two.to_cbor()).unwrap(), two);
+        assert_eq!(ask_with(Value::Null).unwrap().security, None);
+        // Unknown keys, in the offer and around it, are ignored.
+        let extra = ask_with(map(vec![
+            ("cipher", Value::Text("ChaCha20-Poly1305".into())),
+            ("rekey_after", Value::Integer(5.into())),
+        ]))
+        .unwrap();
+        assert_eq!(extra.security.unwrap()[0].cipher.as_deref(), Some("ChaCha20-Poly1305"));
+        for (bad, needle) in [
+            (Value::Bool(true), "must be null, a map or an array of maps"),
+            (Value::Array(vec![Value::Integer(1.into())]), "offer 0 is not a map"),
+            (map(vec![("key_size", Value::Text("256".into()))]), "\"key_size\" must be an unsigned integer"),
+            (map(vec![("key_size", Value::Integer((-1).into()))]), "negative"),
+            (map(vec![("cipher", Value::Integer(1.into()))]), "\"cipher\" must be text"),
+        ] {
+            let err = ask_with(bad).unwrap_err();
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn the_server_picks_the_offered_spec_it_implements_or_refuses() {
+        let ours = SecurityOffer::of(&SECURITY_SPEC);
+        assert_eq!(negotiate_security(None, true), Ok(None));
+        assert_eq!(negotiate_security(None, false), Ok(None), "a clear client is served either way");
+        assert_eq!(negotiate_security(Some(std::slice::from_ref(&ours)), true), Ok(Some(SECURITY_SPEC)));
+        let refused = negotiate_security(Some(std::slice::from_ref(&ours)), false).unwrap_err();
+        assert!(refused.contains("turned off"), "{refused}");
+        let other = SecurityOffer { cipher: Some("AES-256-GCM".into()), ..ours.clone() };
+        let none = negotiate_security(Some(std::slice::from_ref(&other)), true).unwrap_err();
+        assert!(none.contains("none of the 1 offered") && none.contains("ChaCha20-Poly1305"), "{none}");
+        assert_eq!(negotiate_security(Some(&[other, ours.clone()]), true), Ok(Some(SECURITY_SPEC)));
+        // The descriptive signature may be left out; the other three keys may not.
+        let short = SecurityOffer { signature: None, ..ours.clone() };
+        assert_eq!(negotiate_security(Some(&[short]), true), Ok(Some(SECURITY_SPEC)));
+        let no_size = SecurityOffer { key_size: None, ..ours };
+        assert!(negotiate_security(Some(&[no_size]), true).is_err());
+        assert!(negotiate_security(Some(&[]), true).is_err(), "an empty offer names nothing");
+    }
+
+    #[test]
+    fn the_reply_carries_the_chosen_spec() {
+        let addr: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let reply = open_reply_secured("mp://f/calc/dasp/1", addr, 16, Some(&SECURITY_SPEC));
+        assert_eq!(parse_open_reply(&reply).unwrap(), ("mp://f/calc/dasp/1".into(), addr, 16));
+        let chosen = parse_open_security(&reply).unwrap().expect("a spec");
+        assert_eq!(chosen, SecurityOffer::of(&SECURITY_SPEC));
+        assert!(chosen.matches(&SECURITY_SPEC));
+        let Value::Map(entries) = ciborium::from_reader::<Value, _>(&reply[..]).unwrap() else { panic!() };
+        let security = entries.iter().find(|(k, _)| k.as_text() == Some("security")).unwrap();
+        assert_eq!(
+            security.1,
+            map(vec![
+                ("key_size", Value::Integer(256.into())),
+                ("key_exchange", Value::Text("Noise_NN_25519_ChaChaPoly_BLAKE2s".into())),
+                ("cipher", Value::Text("ChaCha20-Poly1305".into())),
+                ("signature", Value::Text(SECURITY_SPEC.signature.into())),
+            ]),
+            "the map docs/protocol.md shows"
+        );
+        assert!(parse_open_security(&cbor(&map(vec![("security", Value::Bool(true))]))).is_err());
+        assert!(parse_open_security(b"\xff").is_err());
+    }
+
+    #[test]
+    fn an_assign_from_an_older_decider_asks_for_no_security() {
+        // ASSIGN as a decider without encryption support writes it.
+        #[derive(Serialize)]
+        struct OldAssign {
+            client: SocketAddr,
+            tx: u8,
+            stamp: u32,
+            src: u16,
+            crc: bool,
+            app: String,
+            va: Option<String>,
+            start_new: bool,
+            overflow: bool,
+        }
+        let old = OldAssign {
+            client: "127.0.0.1:9".parse().unwrap(),
+            tx: 1,
+            stamp: 5,
+            src: 1,
+            crc: true,
+            app: "calc".into(),
+            va: None,
+            start_new: false,
+            overflow: true,
+        };
+        let a: Assign = from_cbor(&cbor(&old), "ASSIGN").unwrap();
+        assert!(!a.security && a.overflow);
     }
 }

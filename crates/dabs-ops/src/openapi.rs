@@ -299,6 +299,8 @@ pub fn document() -> Value {
                     "buffer": nullable_integer("Buffer index in a multi-buffer message"),
                     "total": nullable_integer("Buffers in the message"),
                     "payload_len": nullable_integer("Payload bytes"),
+                    "encrypted": { "type": "boolean", "nullable": true,
+                        "description": "ENCRYPTED flag: the payload is nonce, ciphertext and tag" },
                     "bytes": integer("Datagram bytes"),
                     "latency_ms": nullable_integer("One-way latency from the sent-time stamp (incoming only)"),
                     "error": nullable_string("Why the datagram does not decode"),

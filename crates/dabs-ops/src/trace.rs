@@ -54,7 +54,7 @@ pub fn trace_line(rec: &TapRecord) -> Value {
                 "peer": rec.peer.to_string(),
                 "kind": h.kind.name(),
                 "command": h.command,
-                "command_name": SystemCommand::from_number(h.command).map(SystemCommand::name),
+                "command_name": command_name(h.command),
                 "session": h.session,
                 "transaction": h.transaction,
                 "dst": h.dst,
@@ -62,6 +62,8 @@ pub fn trace_line(rec: &TapRecord) -> Value {
                 "buffer": d.buffer.map(|b| b.index),
                 "total": d.buffer.map(|b| b.total),
                 "payload_len": d.payload.len(),
+                // Sealed: the payload is nonce + ciphertext + tag, only the header is readable.
+                "encrypted": h.encrypted,
                 "bytes": rec.data.len(),
                 // Our own stamp on an outgoing datagram says nothing about the network.
                 "latency_ms": (!rec.outgoing).then(|| latency(h.sent, rec.at_ms).millis),
@@ -82,10 +84,19 @@ pub fn trace_line(rec: &TapRecord) -> Value {
             "buffer": null,
             "total": null,
             "payload_len": null,
+            "encrypted": null,
             "bytes": rec.data.len(),
             "latency_ms": null,
             "error": e.to_string(),
         }),
+    }
+}
+
+/// The name of a system command, `KEY_EXCHANGE` included (the endpoint core owns that one).
+fn command_name(command: u16) -> Option<&'static str> {
+    match SystemCommand::from_number(command) {
+        Some(c) => Some(c.name()),
+        None => (command == dabs_net::KEY_EXCHANGE).then_some("KEY_EXCHANGE"),
     }
 }
 
@@ -277,6 +288,11 @@ mod tests {
         assert_eq!(v["latency_ms"], 40);
         assert_eq!(v["peer"], "127.0.0.1:9");
         assert!(v["buffer"].is_null() && v["error"].is_null());
+        assert_eq!(v["encrypted"], false);
+        let sealed = trace_line(&record(false, Header { encrypted: true, ..header() }, 1_000_040));
+        assert_eq!(sealed["encrypted"], true);
+        let exchange = trace_line(&record(false, Header { command: 22, ..header() }, 1_000_040));
+        assert_eq!(exchange["command_name"], "KEY_EXCHANGE");
         let out = trace_line(&record(true, header(), 1_000_040));
         assert_eq!(out["dir"], "out");
         assert!(out["latency_ms"].is_null());

@@ -4,7 +4,7 @@
 use crate::partition::{BoxFuture, Caller, PartitionError};
 use dabs_net::{Addr, CallError, EndpointHandle, Error, Session};
 use dabs_node::failover::FailoverVerifier;
-use dabs_node::shapes::{OpenAsk, parse_open_reply};
+use dabs_node::shapes::{OpenAsk, SecurityOffer, parse_open_reply, parse_open_security};
 use dabs_wire::{NakCode, SystemCommand};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,10 @@ pub struct FarmClientOptions {
     pub class: Option<String>,
     /// This client's device group: servers defer groups in their configured order.
     pub device_group: Option<String>,
+    /// Encrypt every session (R-MP-5): offer security in `OPEN_SESSION`, key the session
+    /// before the first call, and refuse a server that answers in clear. Re-opens and moves
+    /// to a `FAILOVER` alternate are encrypted too.
+    pub encrypt: bool,
 }
 
 impl FarmClientOptions {
@@ -51,6 +55,7 @@ impl FarmClientOptions {
             failover_window_ms: 30_000,
             class: None,
             device_group: None,
+            encrypt: false,
         }
     }
 }
@@ -176,8 +181,7 @@ impl FarmClient {
         if let Some(s) = current.as_ref() {
             return Ok(s.clone());
         }
-        let ask = OpenAsk { va: self.va(), ..ask_for(&self.options) };
-        let s = self.endpoint.open(Addr::Udp(self.options.farm), self.options.queue, ask.to_cbor()).await?;
+        let s = open_session(&self.endpoint, &self.options, Addr::Udp(self.options.farm), self.va()).await?;
         if let Ok((va, _, _)) = parse_open_reply(&s.reply) {
             *self.va.lock().unwrap_or_else(|e| e.into_inner()) = Some(va);
         }
@@ -317,8 +321,7 @@ async fn listen(
         // Answered once the move is made: a refusal tells the server we are still its client.
         let mut moved = false;
         for alt in &notice.alternates {
-            let ask = OpenAsk { va: Some(alt.va.clone()), ..ask_for(&options) };
-            match endpoint.open(Addr::Udp(alt.addr), options.queue, ask.to_cbor()).await {
+            match open_session(&endpoint, &options, Addr::Udp(alt.addr), Some(alt.va.clone())).await {
                 Ok(s) => {
                     if let Ok((new_va, _, _)) = parse_open_reply(&s.reply) {
                         *va.lock().unwrap_or_else(|e| e.into_inner()) = Some(new_va);
@@ -362,6 +365,38 @@ fn ask_for(options: &FarmClientOptions) -> OpenAsk {
         class: options.class.clone(),
         group: options.device_group.clone(),
         ..Default::default()
+    }
+}
+
+/// Opens a session for `options.app` at `to` (the farm or one server), encrypted when
+/// `options.encrypt`: the ask then offers [`dabs_net::SECURITY_SPEC`] and the REPLY must
+/// name it, or the session is closed and the open fails with [`Error::NotEncrypted`].
+async fn open_session(
+    endpoint: &EndpointHandle,
+    options: &FarmClientOptions,
+    to: Addr,
+    va: Option<String>,
+) -> Result<Session, Error> {
+    let security = options.encrypt.then(|| vec![SecurityOffer::of(&dabs_net::SECURITY_SPEC)]);
+    let ask = OpenAsk { va, security, ..ask_for(options) };
+    let s = endpoint.open_with(to, options.queue, ask.to_cbor(), options.encrypt).await?;
+    if !options.encrypt {
+        return Ok(s);
+    }
+    let refusal = match parse_open_security(&s.reply) {
+        Ok(Some(spec)) if spec.matches(&dabs_net::SECURITY_SPEC) && s.encrypted => None,
+        Ok(Some(spec)) if s.encrypted => Some(format!("it chose another specification: {spec:?}")),
+        Ok(Some(_)) => Some("the session was not keyed".to_owned()),
+        Ok(None) => Some("its REPLY says security: null".to_owned()),
+        Err(e) => Some(e),
+    };
+    match refusal {
+        None => Ok(s),
+        Some(why) => {
+            // Never fall back to clear: nothing has been sent in this session yet.
+            s.close();
+            Err(Error::NotEncrypted(why))
+        }
     }
 }
 

@@ -27,7 +27,10 @@ pub enum NakCode {
     UnknownApplication,
     /// 12 (dabs): the server is draining or over its connection threshold.
     NotAccepting,
-    /// Any other number: 13..255 reserved for dabs, 256.. for applications.
+    /// 13 (dabs): the server does not accept the client's security offer (it refuses
+    /// encryption, or implements none of the offered specifications).
+    EncryptionRefused,
+    /// Any other number: 14..255 reserved for dabs, 256.. for applications.
     Other(u16),
 }
 
@@ -47,6 +50,7 @@ impl NakCode {
             NakCode::SessionsExhausted => 10,
             NakCode::UnknownApplication => 11,
             NakCode::NotAccepting => 12,
+            NakCode::EncryptionRefused => 13,
             NakCode::Other(n) => n,
         }
     }
@@ -66,6 +70,7 @@ impl NakCode {
             10 => NakCode::SessionsExhausted,
             11 => NakCode::UnknownApplication,
             12 => NakCode::NotAccepting,
+            13 => NakCode::EncryptionRefused,
             n => NakCode::Other(n),
         }
     }
@@ -85,6 +90,7 @@ impl NakCode {
             NakCode::SessionsExhausted => "no free session number for this peer",
             NakCode::UnknownApplication => "unknown application",
             NakCode::NotAccepting => "server is not accepting new clients",
+            NakCode::EncryptionRefused => "security offer not accepted",
             NakCode::Other(n) if n >= 256 => "application-defined error",
             NakCode::Other(_) => "unassigned error number",
         }
