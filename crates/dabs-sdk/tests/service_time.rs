@@ -2,11 +2,11 @@
 //! request, divided among the workers of a vertical split. On tokio's paused clock, so the
 //! figures are exact and do not depend on how fast the machine is.
 
-use dabs_net::{Addr, DriverOptions};
-use dabs_node::hosting::{PortionContext, PortionFactory, RuntimeEvent};
-use dabs_node::stats::PortionFigures;
-use dabs_sdk::{Handled, PortionFactoryFn, ServerPortion};
-use std::sync::Arc;
+mod common;
+
+use common::{Hosted, host};
+use dabs_node::hosting::RuntimeEvent;
+use dabs_sdk::{Handled, ServerPortion};
 use std::time::Duration;
 
 /// Takes as many milliseconds as the first byte of the request says.
@@ -22,31 +22,7 @@ impl ServerPortion for Sleeper {
 /// Serves `requests` (handler milliseconds) one after another on a portion of `workers`
 /// workers; returns the portion's service time, ms.
 async fn service_ms(workers: usize, requests: &[u8]) -> Option<f64> {
-    let server = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
-    let (reports, _reports) = tokio::sync::mpsc::unbounded_channel();
-    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let figures = Arc::new(PortionFigures::default());
-    let ctx = PortionContext {
-        app: "sleeper".into(),
-        va: "mp://t/sleeper/dasp/1".into(),
-        queue: 16,
-        requests: server.register_queue(16),
-        events,
-        reports,
-        figures: figures.clone(),
-        endpoint: server.clone(),
-        latency_histogram: dabs_node::metrics::latency_histogram(),
-        timeouts: Default::default(),
-    };
-    PortionFactoryFn::new("sleeper", || Sleeper).with_workers(workers).spawn(ctx);
-    let mut opens = server.open_requests();
-    tokio::spawn(async move {
-        while let Some(o) = opens.recv().await {
-            let _ = o.accept(16, vec![]).await;
-        }
-    });
-    let client = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
-    let s = client.open(Addr::Udp(server.local_addrs().udp), 1, vec![]).await.unwrap();
+    let Hosted { session: s, figures, events: events_tx, .. } = host("sleeper", || Sleeper, workers).await;
     assert_eq!(figures.service_ms(), None, "nothing handled yet");
     for &ms in requests {
         assert_eq!(s.call(300, vec![ms]).await.unwrap(), vec![ms]);

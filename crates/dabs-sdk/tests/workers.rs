@@ -1,11 +1,11 @@
 //! A vertical split runs several workers on one portion queue; a single worker serves one
 //! request at a time. Observed as concurrency inside the handler, not as timing.
 
-use dabs_net::{Addr, DriverOptions};
-use dabs_node::hosting::{PortionContext, PortionFactory, PortionReport};
-use dabs_node::stats::PortionFigures;
-use dabs_sdk::{Handled, PortionFactoryFn, ServerPortion};
-use std::sync::Arc;
+mod common;
+
+use common::{Hosted, host};
+use dabs_node::hosting::PortionReport;
+use dabs_sdk::{Handled, ServerPortion};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -27,30 +27,7 @@ impl ServerPortion for Slow {
 async fn peak_concurrency(workers: usize) -> (usize, Vec<PortionReport>) {
     BUSY.store(0, Ordering::SeqCst);
     PEAK.store(0, Ordering::SeqCst);
-    let server = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let ctx = PortionContext {
-        app: "slow".into(),
-        va: "mp://t/slow/dasp/1".into(),
-        queue: 16,
-        requests: server.register_queue(16),
-        events,
-        reports: reports_tx,
-        figures: Arc::new(PortionFigures::default()),
-        endpoint: server.clone(),
-        latency_histogram: dabs_node::metrics::latency_histogram(),
-        timeouts: Default::default(),
-    };
-    PortionFactoryFn::new("slow", || Slow).with_workers(workers).spawn(ctx);
-    let mut opens = server.open_requests();
-    tokio::spawn(async move {
-        while let Some(o) = opens.recv().await {
-            let _ = o.accept(16, vec![]).await;
-        }
-    });
-    let client = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
-    let s = client.open(Addr::Udp(server.local_addrs().udp), 1, vec![]).await.unwrap();
+    let Hosted { session: s, events: events_tx, mut reports, .. } = host("slow", || Slow, workers).await;
     let calls: Vec<_> = (0..8u8).map(|i| s.call_async(300, vec![i])).collect();
     for (i, c) in calls.into_iter().enumerate() {
         assert_eq!(c.await.unwrap(), vec![i as u8]);
