@@ -75,8 +75,9 @@ struct State {
     moved: HashMap<String, String>,
     /// Closed to new clients because message latency passed the high-water mark.
     latency_closed: bool,
-    /// Lock/timer time-outs of the last [`STARVATION_WINDOW`]: (when, resource, application).
-    timeouts: std::collections::VecDeque<(Instant, String, String)>,
+    /// Lock/timer time-outs of the last [`STARVATION_WINDOW`]: (when, resource, application,
+    /// portion).
+    timeouts: std::collections::VecDeque<(Instant, String, String, String)>,
     /// Last spawn per application, for the cool-down.
     last_spawn: HashMap<String, Instant>,
     /// Latency sum and count per portion at the last look, for a windowed mean.
@@ -589,7 +590,8 @@ impl Inner {
                 sessions: p.figures.sessions.load(Ordering::Relaxed),
                 queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
                 latency_ms: p.figures.latency_ms() as f32,
-                timeouts: p.figures.timeouts.load(Ordering::Relaxed),
+                // Recent ones only: a portion that starved once must not look busy forever.
+                timeouts: st.timeouts.iter().filter(|(.., v)| v == va).count() as u64,
                 service_ms: p.figures.service_ms().map(|ms| ms as f32),
             })
             .collect();
@@ -624,7 +626,7 @@ impl Inner {
             },
             starved: {
                 let mut by: BTreeMap<String, u32> = BTreeMap::new();
-                for (_, resource, _) in &st.timeouts {
+                for (_, resource, ..) in &st.timeouts {
                     *by.entry(resource.clone()).or_default() += 1;
                 }
                 by.into_iter().collect()
@@ -1549,8 +1551,8 @@ impl Inner {
                     let app = self.state().portions.get(&va).map(|p| p.app.clone()).unwrap_or_default();
                     let first_in_window = {
                         let mut st = self.state();
-                        let quiet = !st.timeouts.iter().any(|(_, r, a)| *r == resource && *a == app);
-                        st.timeouts.push_back((Instant::now(), resource.clone(), app.clone()));
+                        let quiet = !st.timeouts.iter().any(|(_, r, a, _)| *r == resource && *a == app);
+                        st.timeouts.push_back((Instant::now(), resource.clone(), app.clone(), va.clone()));
                         quiet
                     };
                     // One event per starvation episode, not one per time-out.

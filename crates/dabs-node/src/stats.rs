@@ -133,7 +133,7 @@ pub struct PortionStats {
     /// Mean request latency, ms.
     #[serde(rename = "l")]
     pub latency_ms: f32,
-    /// Lock and timer time-outs.
+    /// Lock and timer time-outs in the last starvation window (3 s).
     #[serde(rename = "t")]
     pub timeouts: u64,
     /// Busy time per request handled, ms, averaged over about [`ServiceTime::WINDOW`]; `None`

@@ -199,7 +199,7 @@ pub fn document() -> Value {
                     "sessions": integer("Client sessions open on it now"),
                     "queue_depth": integer("Requests waiting"),
                     "latency_ms": number("Mean request latency, ms"),
-                    "timeouts": integer("Lock and timer time-outs"),
+                    "timeouts": integer("Lock and timer time-outs in the last 3 s (the starvation window)"),
                     "service_ms": nullable_number("Busy time per request handled, ms, time-weighted mean over about 30 s; null before the first request"),
                 }
             },
