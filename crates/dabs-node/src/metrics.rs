@@ -48,7 +48,7 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
     let mut r = Registry::with_prefix("dabs");
     counter(&mut r, "mp_datagrams_received", "MP datagrams received", mp.datagrams_in);
     counter(&mut r, "mp_datagrams_sent", "MP datagrams sent", mp.datagrams_out);
-    counter(&mut r, "mp_retransmits", "MP datagrams sent again", mp.retransmits);
+    counter(&mut r, "mp_retransmits", "MP messages sent again (rounds of all their buffers)", mp.retransmits);
     counter(&mut r, "mp_decode_errors", "MP datagrams that did not decode", mp.decode_errors);
     counter(&mut r, "mp_duplicates", "MP messages that arrived again", mp.duplicates);
     counter(&mut r, "mp_requests_delivered", "MP requests delivered to portions", mp.requests_delivered);

@@ -9,7 +9,8 @@ pub struct Stats {
     pub datagrams_in: u64,
     /// Datagrams handed out.
     pub datagrams_out: u64,
-    /// Datagrams sent again after a time-out, a NAK or a duplicate request.
+    /// Messages sent again (each a round of all its buffers) after a time-out, a NAK or a
+    /// duplicate request.
     pub retransmits: u64,
     /// Datagrams that did not decode.
     pub decode_errors: u64,
