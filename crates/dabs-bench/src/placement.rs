@@ -471,6 +471,7 @@ fn blank_stats(i: usize) -> NodeStats {
         starved: Vec::new(),
         moved: Vec::new(),
         settings_version: 1,
+        no_encryption: false,
         accepted: None,
         portions: vec![PortionStats {
             app: APP.into(),

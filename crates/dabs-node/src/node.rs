@@ -615,6 +615,7 @@ impl Inner {
             health: st.health.score,
             leaving,
             settings_version: self.settings_guard().version,
+            no_encryption: !self.config.node.accept_encryption,
             accepted: Some(st.accepted),
             moved: {
                 let now = Instant::now();
@@ -1066,7 +1067,16 @@ impl Inner {
             return;
         }
         // A security offer is a demand: refuse it rather than answer in clear.
-        let security = match negotiate_security(ask.security.as_deref(), self.config.node.accept_encryption) {
+        // Through the group, the farm can encrypt if any member accepts encryption (a farm set
+        // up unevenly); the decider then places the client on one that does.
+        let can_encrypt = self.config.node.accept_encryption
+            || (open.via_group
+                && self
+                    .state()
+                    .membership
+                    .fresh(Instant::now(), self.fresh_window())
+                    .any(|s| !s.no_encryption));
+        let security = match negotiate_security(ask.security.as_deref(), can_encrypt) {
             Ok(spec) => spec.is_some(),
             Err(why) => {
                 if !open.via_group || self.is_decider() {
@@ -1102,7 +1112,8 @@ impl Inner {
         };
         let mut choices = {
             let st = self.state();
-            choose(&app_cfg, st.membership.fresh(Instant::now(), self.fresh_window()), &st.pending, va_hint)
+            let fresh = st.membership.fresh(Instant::now(), self.fresh_window());
+            choose(&app_cfg, fresh.filter(|s| !security || !s.no_encryption), &st.pending, va_hint)
         };
         // A client whose portion's node is gone keeps its virtual address: the address moves,
         // once, to the best node for a new portion, and later clients of it follow.
@@ -1149,7 +1160,7 @@ impl Inner {
             let open_to_all: Vec<NodeStats> = st
                 .membership
                 .fresh(Instant::now(), self.fresh_window())
-                .filter(|s| !s.draining && !s.leaving)
+                .filter(|s| !s.draining && !s.leaving && (!security || !s.no_encryption))
                 .map(|s| NodeStats { accepting: true, ..s.clone() })
                 .collect();
             choices = choose(&app_cfg, open_to_all.iter(), &st.pending, va_hint);

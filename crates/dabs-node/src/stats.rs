@@ -200,6 +200,10 @@ pub struct NodeStats {
     /// Version of the run-time settings it holds: a node with older ones fetches these.
     #[serde(rename = "sv", default)]
     pub settings_version: u64,
+    /// It refuses encrypted sessions (`accept_encryption = false`): the decider sends
+    /// encrypting clients elsewhere.
+    #[serde(rename = "ne", default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_encryption: bool,
     /// Clients it has taken on a decider's behalf since it started (placed here by any decider,
     /// itself included; not direct opens): the decider subtracts it from the clients it sent
     /// to know which ones this announcement does not show yet. `None` from nodes that predate it.
@@ -421,6 +425,7 @@ pub(crate) mod tests {
             health: 100,
             leaving: false,
             settings_version: 3,
+            no_encryption: false,
             accepted: Some(40),
             starved: vec![],
             moved: vec![],
