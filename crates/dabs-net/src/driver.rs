@@ -293,7 +293,9 @@ impl Driver {
                 }
             }
             Command::Stats { done } => {
-                let _ = done.send(self.ep.stats().clone());
+                let mut stats = self.ep.stats().clone();
+                stats.sessions_open = self.ep.session_count() as u64;
+                let _ = done.send(stats);
             }
             Command::RegisterQueue { queue, sink } => {
                 self.queues.insert(queue, sink);

@@ -150,3 +150,27 @@ async fn in_process_partition() {
     let c = cli.stats().await.unwrap();
     assert_eq!(c.datagrams_out, 2, "open and one request, no ACKs: {c:?}");
 }
+
+#[tokio::test]
+async fn open_sessions_are_counted_as_they_open_and_close() {
+    let srv = server(DriverOptions::default()).await;
+    let cli = client(DriverOptions::default()).await;
+    let to = Addr::Udp(srv.local_addrs().udp);
+    let a = cli.open(to.clone(), 1, vec![]).await.unwrap();
+    let b = cli.open(to, 1, vec![]).await.unwrap();
+    assert_eq!(cli.stats().await.unwrap().sessions_open, 2);
+    a.close();
+    b.close();
+    // The server hears both CLOSE_SESSIONs; the gauge falls back, while the counter of
+    // sessions ever opened does not.
+    for _ in 0..200 {
+        let s = srv.stats().await.unwrap();
+        if s.sessions_open == 0 {
+            assert_eq!(s.sessions_opened, 2);
+            assert_eq!(cli.stats().await.unwrap().sessions_open, 0);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the server still counts {} open sessions", srv.stats().await.unwrap().sessions_open);
+}

@@ -78,7 +78,7 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
         r.register(name, help, family);
     }
     for (name, help, value) in [
-        ("sessions", "Open MP sessions", gauges.sessions),
+        ("sessions", "MP sessions open now (clients' and this node's own to its peers)", gauges.sessions),
         ("portions", "Running server portions", gauges.portions),
         ("farm_members", "Live farm members seen by this node", gauges.members),
     ] {

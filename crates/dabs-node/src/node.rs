@@ -259,7 +259,7 @@ impl NodeHandle {
             let st = self.0.state();
             (st.membership.len() as u64, st.portions.len() as u64)
         };
-        let sessions = mp.sessions_opened.saturating_sub(mp.sessions_expired);
+        let sessions = mp.sessions_open;
         crate::metrics::render(
             &mp,
             &Gauges { sessions, portions, members },

@@ -35,6 +35,9 @@ pub struct Stats {
     pub sessions_reopened: u64,
     /// Sessions closed for idleness.
     pub sessions_expired: u64,
+    /// Sessions open when these figures were read (a gauge; drivers fill it in, from
+    /// [`crate::Endpoint::session_count`]).
+    pub sessions_open: u64,
     /// Extra REPLYs to an `OPEN_SESSION` already answered by another endpoint.
     pub extra_open_replies: u64,
     /// Messages whose stamp was ahead of our clock.
