@@ -150,3 +150,33 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A return threshold below the failover threshold must not call deferred clients back into
+/// a zone that would send them away again (ping-pong): at health 40 with F 60 and return 20,
+/// the deferred client stays where it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_clients_are_not_called_back_into_a_zone_that_defers_them() {
+    let dir = tempfile_dir("no-ping-pong");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = service.local_addr().unwrap();
+    let g = group();
+    let failover = "failover_threshold = 60\nconnection_threshold = 10\nreturn_threshold = 20";
+    let n1 = node(&g, 1, &dir, failover, at).await;
+    let n2 = node(&g, 2, &dir, failover, at).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (home, other) = (n1.mp_addr(), n2.mp_addr());
+    let c = client(home).await.expect("node-1 takes clients while healthy");
+    assert_eq!(add(&c, 1, 1).await, 2);
+    drop(service); // health 40: deferred; above the return threshold, yet still deferring
+    eventually("the client is deferred to node-2", async || {
+        add(&c, 1, 2).await == 3 && c.server().await == Some(Addr::Udp(other))
+    })
+    .await;
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(c.server().await, Some(Addr::Udp(other)), "called back into the defer zone");
+    }
+    assert_eq!(c.failovers().accepted.load(std::sync::atomic::Ordering::Relaxed), 1, "moved more than once");
+    n1.stop().await;
+    n2.stop().await;
+}

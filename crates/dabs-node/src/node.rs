@@ -106,6 +106,11 @@ struct State {
     starve_marks: HashMap<String, u64>,
     /// When each starving portion last gave clients away.
     last_spread: HashMap<String, Instant>,
+    /// Sessions of clients sent away from a portion (still open, for a call back), so their
+    /// end still reaches the portion.
+    left_sessions: HashMap<dabs_net::SessionId, String>,
+    /// The last FAILOVER nonce sent.
+    last_nonce: u64,
     /// The portion (virtual address) of each open client session, so a session that ends is
     /// taken off its portion's count.
     open_sessions: HashMap<dabs_net::SessionId, String>,
@@ -335,6 +340,8 @@ impl Node {
                 pushing: false,
                 starve_marks: HashMap::new(),
                 last_spread: HashMap::new(),
+                left_sessions: HashMap::new(),
+                last_nonce: 0,
                 open_sessions: HashMap::new(),
             }),
             settings: Mutex::new(Settings::from_config(&config)),
@@ -781,13 +788,15 @@ impl Inner {
 
     /// Up to three alternates for a client of `app`: the least-loaded other members that take
     /// new clients, each with its emptiest portion of the application.
-    fn alternates(&self, app: &str) -> Vec<crate::failover::Alternate> {
+    /// With `encrypted`, only members that accept encrypted sessions.
+    fn alternates(&self, app: &str, encrypted: bool) -> Vec<crate::failover::Alternate> {
         let Some(app_cfg) = self.app_config(app) else { return Vec::new() };
         let st = self.state();
         let mut members: Vec<&NodeStats> = st
             .membership
             .fresh(Instant::now(), self.fresh_window())
             .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
+            .filter(|s| !encrypted || !s.no_encryption)
             .collect();
         let farm = crate::stats::ServiceTimes::of(st.membership.fresh(Instant::now(), self.fresh_window()));
         let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
@@ -1362,6 +1371,7 @@ impl Inner {
                             group: traits.1,
                             serve_once,
                             retry_after: None,
+                            encrypted: security,
                         });
                     }
                     drop(st);
@@ -1385,7 +1395,7 @@ impl Inner {
         };
         let health = st.health.score;
         let th = self.config.failover.thresholds_for(st.deferred[i].client.class.as_deref());
-        if st.draining || !th.admits_returning(health) {
+        if st.draining || !th.admits_returning(health) || !th.keeps_existing(health) {
             return Err((
                 NakCode::NotAccepting,
                 format!(
@@ -1533,6 +1543,14 @@ impl Inner {
             let mut st = self.state();
             // A deferred client whose session ended can no longer be called back.
             st.deferred.retain(|d| d.client.session != session);
+            // A client sent away is no longer counted; its portion still hears the end.
+            if let Some(va) = st.left_sessions.remove(&session) {
+                if let Some(p) = st.portions.get(&va) {
+                    p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).remove(&session.0);
+                    let _ = p.events.send(RuntimeEvent::RemoveClient { session });
+                }
+                continue;
+            }
             // Sessions this node opened to its peers are not in the map.
             let Some(va) = st.open_sessions.remove(&session) else { continue };
             if let Some(p) = st.portions.get_mut(&va) {

@@ -264,8 +264,9 @@ impl FarmClient {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the session.
+    /// Closes the session; notices that arrive later are no longer followed.
     pub async fn stop(&self) {
+        self.listener.abort();
         if let Some(s) = self.current.lock().await.take() {
             s.close();
         }

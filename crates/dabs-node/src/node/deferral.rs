@@ -25,6 +25,8 @@ pub(super) struct ClientEntry {
     pub serve_once: bool,
     /// It could not move last time (no alternate took it): not asked again before this.
     pub retry_after: Option<Instant>,
+    /// Its session is encrypted: it moves only to members that accept encryption.
+    pub encrypted: bool,
 }
 
 /// A client sent away, to be called back when this node is healthy again.
@@ -135,10 +137,17 @@ impl Inner {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            // Cleared however the run ends, so a failure cannot stop all later pushes.
+            struct Done(Arc<Inner>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.state().pushing = false;
+                }
+            }
+            let _done = Done(this.clone());
             loop {
                 let batch = this.pick_batch();
                 if batch.is_empty() {
-                    this.state().pushing = false;
                     return;
                 }
                 for (va, client, alternates) in batch {
@@ -156,10 +165,10 @@ impl Inner {
         let st = self.state();
         let health = st.health.score;
         let draining = st.draining;
-        let mut due: Vec<(String, usize, ClientInfo)> = Vec::new();
+        let mut due: Vec<(String, dabs_net::SessionId, bool, ClientInfo)> = Vec::new();
         for (va, p) in &st.portions {
             let latencies = p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, c) in p.clients.iter().enumerate() {
+            for c in &p.clients {
                 let th = policy.thresholds_for(c.class.as_deref());
                 let served = latencies.contains_key(&c.session.0);
                 let resting = c.retry_after.is_some_and(|t| Instant::now() < t);
@@ -178,50 +187,38 @@ impl Inner {
                         group: c.group.clone(),
                         latency_ms,
                     };
-                    due.push((va.clone(), i, info));
+                    due.push((va.clone(), c.session, c.encrypted, info));
                 }
             }
         }
         if due.is_empty() {
             return Vec::new();
         }
-        policy.defer_order(&mut due, |(_, _, info)| info);
-        let apps: std::collections::BTreeSet<String> =
-            due.iter().filter_map(|(va, ..)| st.portions.get(va).map(|p| p.app.clone())).collect();
+        policy.defer_order(&mut due, |(.., info)| info);
+        let kinds: std::collections::BTreeSet<(String, bool)> = due
+            .iter()
+            .filter_map(|(va, _, encrypted, _)| st.portions.get(va).map(|p| (p.app.clone(), *encrypted)))
+            .collect();
         drop(st);
-        let alternates: std::collections::HashMap<String, Vec<Alternate>> =
-            apps.into_iter().map(|app| (app.clone(), self.alternates(&app))).collect();
+        let alternates: std::collections::HashMap<(String, bool), Vec<Alternate>> =
+            kinds.into_iter().map(|(app, enc)| ((app.clone(), enc), self.alternates(&app, enc))).collect();
         let mut st = self.state();
-        let mut chosen: Vec<(String, usize)> = Vec::new();
-        for (va, i, _) in due {
-            if chosen.len() >= policy.batch {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (va, session, encrypted, _) in due {
+            if out.len() >= policy.batch {
                 break;
             }
-            let Some(p) = st.portions.get(&va) else { continue };
-            if alternates.get(&p.app).is_some_and(|a| !a.is_empty()) {
-                chosen.push((va, i));
-            }
-        }
-        // Remove from the back of each list so the indices stay valid.
-        chosen.sort_by_key(|c| std::cmp::Reverse(c.1));
-        let now = Instant::now();
-        let mut out = Vec::with_capacity(chosen.len());
-        for (n, (va, i)) in chosen.into_iter().enumerate() {
-            let Some(p) = st.portions.get_mut(&va) else { continue };
-            let client = p.clients.remove(i);
-            p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).remove(&client.session.0);
-            // No longer an active client here, though its session stays open for a call back.
-            let _ =
-                p.figures.sessions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-            st.open_sessions.remove(&client.session);
-            let Some(p) = st.portions.get(&va) else { continue };
-            let mut alts = alternates[&p.app].clone();
+            let Some(key) = st.portions.get(&va).map(|p| (p.app.clone(), encrypted)) else { continue };
+            let Some(alts) = alternates.get(&key).filter(|a| !a.is_empty()) else { continue };
+            let mut alts = alts.clone();
+            // Found again by session: the lists may have changed while the lock was free.
+            let Some(client) = take_client(&mut st, &va, session) else { continue };
             // Spread the batch over the alternates: each client's first choice differs.
             let len = alts.len();
-            alts.rotate_left(n % len);
-            let app = p.app.clone();
+            alts.rotate_left(out.len() % len);
             out.push((va.clone(), client.clone(), alts));
-            st.deferred.push(Deferred { app, client, at: now, called_back: None });
+            st.deferred.push(Deferred { app: key.0, client, at: now, called_back: None });
         }
         out
     }
@@ -236,9 +233,14 @@ impl Inner {
         home: Option<String>,
     ) {
         let Some(secret) = &self.config.farm.secret else { return };
-        // Strictly increasing per server, also across restarts: time-based.
-        let sent = self.counters.failovers.fetch_add(1, Ordering::Relaxed);
-        let nonce = unix_ms() * 1000 + sent % 1000;
+        self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+        // Strictly increasing per server: time-based so it also grows across restarts, and
+        // never below the last one even if the clock steps back or many go out in one ms.
+        let nonce = {
+            let mut st = self.state();
+            st.last_nonce = (st.last_nonce + 1).max(unix_ms() * 1000);
+            st.last_nonce
+        };
         let notice = Failover { alternates, nonce, issued: unix_ms() };
         let payload = notice.seal(secret, self.mp, client.addr);
         let call = self.endpoint.call_async(client.session, SystemCommand::Failover.number(), payload);
@@ -248,14 +250,9 @@ impl Inner {
         };
         let (this, mut client) = (self.clone(), client.clone());
         tokio::spawn(async move {
-            let stays = matches!(
-                call.await,
-                Err(dabs_net::Error::Call(dabs_net::CallError::Nak {
-                    code: dabs_wire::NakCode::NotAccepting,
-                    ..
-                }))
-            );
-            if stays {
+            // Only a REPLY says it moved: a refusal (NAK 12 — no alternate took it; NAK 9 — it
+            // could not verify the notice) or no answer leaves it a client here.
+            if call.await.is_err() {
                 let mut st = this.state();
                 st.deferred.retain(|d| d.client.session != client.session);
                 client.retry_after = Some(Instant::now() + Duration::from_secs(1));
@@ -263,6 +260,7 @@ impl Inner {
                     p.figures.sessions.fetch_add(1, Ordering::Relaxed);
                     let session = client.session;
                     p.clients.push(client);
+                    st.left_sessions.remove(&session);
                     st.open_sessions.insert(session, va);
                 }
             }
@@ -301,7 +299,10 @@ impl Inner {
                 if room == 0 {
                     break;
                 }
-                let ready = policy.thresholds_for(d.client.class.as_deref()).admits_returning(health)
+                let th = policy.thresholds_for(d.client.class.as_deref());
+                // Back only where it may stay: else the next push sends it away again.
+                let ready = th.admits_returning(health)
+                    && th.keeps_existing(health)
                     && d.called_back.is_none_or(|t| now.duration_since(t) >= CALL_BACK_AGAIN);
                 if let (true, Some((va, _))) = (ready, homes.get(&d.app)) {
                     d.called_back = Some(now);
@@ -340,6 +341,13 @@ impl Inner {
                 .iter()
                 .map(|(va, p)| (va.clone(), p.figures.timeouts.load(Ordering::Relaxed)))
                 .collect();
+            // Forget portions that are gone.
+            let live: std::collections::HashSet<&String> = counts.iter().map(|(va, _)| va).collect();
+            let gone: Vec<String> = st.starve_marks.keys().filter(|va| !live.contains(va)).cloned().collect();
+            for va in gone {
+                st.starve_marks.remove(&va);
+                st.last_spread.remove(&va);
+            }
             let mut starving = Vec::new();
             for (va, t) in counts {
                 if st.starve_marks.insert(va.clone(), t).is_some_and(|before| t > before) {
@@ -358,39 +366,38 @@ impl Inner {
                     .filter(|(v, q)| q.app == app && !starving.contains(v))
                     .map(|(v, q)| (Alternate { addr: self.mp, va: v.clone() }, q.clients.len() as u64))
                     .collect();
+                // Members that refuse encryption only if none of these clients is encrypted.
+                let any_encrypted = p.clients.iter().any(|c| c.encrypted);
                 let fresh = st.membership.fresh(now, self.fresh_window());
-                for m in fresh.filter(|m| m.node != self.me && m.accepting) {
+                for m in
+                    fresh.filter(|m| m.node != self.me && m.accepting && !(any_encrypted && m.no_encryption))
+                {
                     for q in m.portions.iter().filter(|q| q.app == app) {
                         homes.push((Alternate { addr: m.mp, va: q.va.clone() }, q.sessions));
                     }
                 }
                 homes.sort_by_key(|(_, n)| *n);
+                // Announced figures come from the network: saturate rather than overflow.
                 let Some(least) = homes.first().map(|(_, n)| *n) else { continue };
-                if mine <= least + 1 {
+                if mine <= least.saturating_add(1) {
                     continue;
                 }
                 let give = ((mine - least) / 2).min(self.config.failover.batch as u64) as usize;
                 let alternates: Vec<Alternate> = homes.into_iter().take(3).map(|(a, _)| a).collect();
-                let p = st.portions.get_mut(va).expect("looked up above");
+                let p = st.portions.get(va).expect("looked up above");
                 let latency = p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                p.clients.sort_by(|a, b| {
-                    let l = |c: &ClientEntry| latency.get(&c.session.0).copied().unwrap_or(0.0);
-                    l(a).total_cmp(&l(b))
-                });
-                // Highest latency last: take from the back.
-                for n in 0..give {
-                    let Some(c) = p.clients.pop() else { break };
-                    let _ = p
-                        .figures
-                        .sessions
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                let mut by_latency: Vec<(dabs_net::SessionId, f32)> = p
+                    .clients
+                    .iter()
+                    .map(|c| (c.session, latency.get(&c.session.0).copied().unwrap_or(0.0)))
+                    .collect();
+                by_latency.sort_by(|a, b| b.1.total_cmp(&a.1));
+                for (n, (session, _)) in by_latency.into_iter().take(give).enumerate() {
+                    let Some(c) = take_client(&mut st, va, session) else { continue };
                     let mut alts = alternates.clone();
                     let len = alts.len();
                     alts.rotate_left(n % len);
                     moves.push((c, alts, va.clone()));
-                }
-                for (c, ..) in &moves {
-                    st.open_sessions.remove(&c.session);
                 }
                 st.last_spread.insert(va.clone(), now);
             }
@@ -403,6 +410,19 @@ impl Inner {
             self.send_failover(&client, alternates, Some(va));
         }
     }
+}
+
+/// Takes client `session` off portion `va`: no longer an active client there (its session
+/// stays open, for a call back), remembered so the session's end still reaches the portion.
+fn take_client(st: &mut super::State, va: &str, session: dabs_net::SessionId) -> Option<ClientEntry> {
+    let p = st.portions.get_mut(va)?;
+    let i = p.clients.iter().position(|c| c.session == session)?;
+    let client = p.clients.remove(i);
+    p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).remove(&session.0);
+    let _ = p.figures.sessions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    st.open_sessions.remove(&session);
+    st.left_sessions.insert(session, va.to_owned());
+    Some(client)
 }
 
 fn zone_text(zone: Zone) -> &'static str {
