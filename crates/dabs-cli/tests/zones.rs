@@ -180,3 +180,28 @@ async fn deferred_clients_are_not_called_back_into_a_zone_that_defers_them() {
     n1.stop().await;
     n2.stop().await;
 }
+
+/// A SPAWN naming a portion that already runs on the node (repeated, or sent by anyone who
+/// opened a node session) leaves it alone: same address, same queue, its client still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_for_a_hosted_address_does_not_replace_the_portion() {
+    let dir = tempfile_dir("respawn");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let n1 = node(&group(), 1, &dir, "", service.local_addr().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = client(n1.mp_addr()).await.expect("client starts");
+    assert_eq!(add(&c, 2, 2).await, 4);
+    let before = n1.handle().portions();
+    assert_eq!(before.len(), 1);
+    let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let ask = dabs_node::shapes::OpenAsk { node: Some("stranger".into()), ..Default::default() };
+    let s = ep.open(Addr::Udp(n1.mp_addr()), 0, ask.to_cbor()).await.unwrap();
+    let spawn =
+        dabs_node::shapes::cbor(&std::collections::BTreeMap::from([("app", "calc"), ("va", &before[0].va)]));
+    s.call(dabs_wire::SystemCommand::Spawn.number(), spawn).await.unwrap();
+    let after = n1.handle().portions();
+    assert_eq!(after.len(), 1);
+    assert_eq!((&after[0].va, after[0].queue), (&before[0].va, before[0].queue));
+    assert_eq!(add(&c, 3, 3).await, 6, "the client is still served by the same portion");
+    n1.stop().await;
+}

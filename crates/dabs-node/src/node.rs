@@ -533,6 +533,11 @@ impl Inner {
             self.factory(app).ok_or_else(|| format!("this node has no application {app:?}"))?.clone();
         let (va, queue) = {
             let mut st = self.state();
+            // A portion already running here under this address is the answer: starting
+            // another would replace it (a repeated or forged SPAWN must not take it over).
+            if let Some(existing) = va.as_ref().and_then(|v| st.portions.get(v)) {
+                return Ok((va.clone().unwrap_or_default(), existing.queue));
+            }
             let queue = match queue {
                 Some(q) => q,
                 None => loop {
@@ -1466,6 +1471,11 @@ impl Inner {
                         (ask.get("app").cloned().unwrap_or_default(), ask.get("cause").cloned());
                     // With `va`, the portion moves here under its address.
                     let va = ask.get("va").cloned();
+                    if let Some(v) = va.as_ref().filter(|v| self.state().portions.contains_key(*v)) {
+                        // Already here (a repeated SPAWN): nothing to start, nothing to count.
+                        req.reply(cbor(&BTreeMap::from([("va", v.clone())])));
+                        continue;
+                    }
                     match self.start_portion(&app, va, None, None) {
                         Ok((va, _)) => {
                             self.counters.spawns.fetch_add(1, Ordering::Relaxed);
