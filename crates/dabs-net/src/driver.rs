@@ -148,7 +148,7 @@ impl Driver {
         let mut unix_buf = vec![0u8; 2048];
         let mut group_buf = vec![0u8; 2048];
         let mut shutdown_ack = None;
-        loop {
+        'serve: loop {
             self.flush(&udp).await;
             self.dispatch();
             let deadline = self.ep.next_deadline().map(|d| self.start + d);
@@ -176,6 +176,20 @@ impl Driver {
                 } => Wake::Timer,
             };
             let now = self.now();
+            if !matches!(wake, Wake::Command(_) | Wake::Timer) {
+                // Orders given before this datagram arrived take effect first: a portion that
+                // registered its open sink or queue and then published its address must not
+                // see the first open refused (NAK 6) because select! picked the socket.
+                while let Ok(c) = cmd_rx.try_recv() {
+                    match c {
+                        Command::Shutdown { done } => {
+                            shutdown_ack = Some(done);
+                            break 'serve;
+                        }
+                        c => self.command(now, c),
+                    }
+                }
+            }
             match wake {
                 Wake::Command(None) => break,
                 Wake::Command(Some(Command::Shutdown { done })) => {
