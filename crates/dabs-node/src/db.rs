@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 const PORTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("portions");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 const FARM: TableDefinition<&str, &[u8]> = TableDefinition::new("farm_stats");
+const NEXT_PORTION_ID: &str = "next_portion_id";
+
+fn id_from_bytes(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
 
 /// A portion this node runs: its virtual address maps to this node and queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +99,26 @@ impl Db {
         self.put(PORTIONS, &p.va, &bytes)
     }
 
+    /// Records a portion this node named, and raises the stored next portion number to at
+    /// least `next_id` in the same transaction, so no name is handed out twice across restarts
+    /// (a portion that moved away keeps its name elsewhere in the farm).
+    pub fn put_new_portion(&self, p: &PortionRecord, next_id: u64) -> Result<(), DbError> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(p, &mut bytes).map_err(|e| self.err(e))?;
+        self.write(|tx| {
+            tx.open_table(PORTIONS)?.insert(p.va.as_str(), bytes.as_slice())?;
+            let mut settings = tx.open_table(SETTINGS)?;
+            let stored = settings.get(NEXT_PORTION_ID)?.map(|v| id_from_bytes(v.value())).unwrap_or(0);
+            settings.insert(NEXT_PORTION_ID, next_id.max(stored).to_be_bytes().as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The next portion number to hand out (1 on a new database).
+    pub fn next_portion_id(&self) -> Result<u64, DbError> {
+        Ok(self.setting(NEXT_PORTION_ID)?.map(|v| id_from_bytes(&v)).unwrap_or(0).max(1))
+    }
+
     /// Forgets a portion.
     pub fn remove_portion(&self, va: &str) -> Result<(), DbError> {
         self.write(|tx| {
@@ -158,6 +183,30 @@ mod tests {
         assert_eq!(db.farm_stats().unwrap().len(), 1);
         db.remove_portion(&rec.va).unwrap();
         assert!(db.portions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn portion_numbers_are_never_handed_out_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |n: u64| PortionRecord {
+            va: format!("mp://demo/calc/dasp/node-1-{n}"),
+            app: "calc".into(),
+            queue: 16,
+            started_ms: 5,
+        };
+        {
+            let db = Db::open(dir.path()).unwrap();
+            assert_eq!(db.next_portion_id().unwrap(), 1);
+            db.put_new_portion(&rec(1), 2).unwrap();
+            db.put_new_portion(&rec(3), 4).unwrap();
+            // A write that lost a race to a later number does not lower it.
+            db.put_new_portion(&rec(2), 3).unwrap();
+            // The portion moved away: its record goes, its number stays used.
+            db.remove_portion(&rec(3).va).unwrap();
+        }
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.next_portion_id().unwrap(), 4);
+        assert_eq!(db.portions().unwrap().len(), 2);
     }
 
     #[test]

@@ -290,6 +290,7 @@ impl Node {
         factories: Vec<Arc<dyn PortionFactory>>,
     ) -> Result<Node, NodeError> {
         let db = Db::open(&config.node.data_dir)?;
+        let next_portion = db.next_portion_id()?;
         let mut options =
             DriverOptions { group: Some((config.farm.group, config.farm.interface)), ..Default::default() };
         // The endpoint refuses the key exchange too: no session is keyed here against the setting.
@@ -317,7 +318,7 @@ impl Node {
                 accepting: true,
                 seq: 0,
                 next_queue: FIRST_PORTION_QUEUE,
-                next_portion: 1,
+                next_portion,
                 host: Default::default(),
                 events: Default::default(),
                 moved: HashMap::new(),
@@ -531,7 +532,7 @@ impl Inner {
     ) -> Result<(String, u16), String> {
         let factory =
             self.factory(app).ok_or_else(|| format!("this node has no application {app:?}"))?.clone();
-        let (va, queue) = {
+        let (va, queue, next_id) = {
             let mut st = self.state();
             // A portion already running here under this address is the answer: starting
             // another would replace it (a repeated or forged SPAWN must not take it over).
@@ -549,20 +550,29 @@ impl Inner {
                 },
             };
             st.next_queue = st.next_queue.max(queue + 1);
+            let named = va.is_none();
             let va = va.unwrap_or_else(|| {
-                let n = st.next_portion;
-                st.next_portion += 1;
-                format!("mp://{}/{}/dasp/{}-{}", self.config.farm.name, app, self.me, n)
+                loop {
+                    let n = st.next_portion;
+                    st.next_portion += 1;
+                    let va = format!("mp://{}/{}/dasp/{}-{}", self.config.farm.name, app, self.me, n);
+                    if !st.portions.contains_key(&va) {
+                        break va;
+                    }
+                }
             });
-            (va, queue)
+            (va, queue, named.then_some(st.next_portion))
         };
         let requests = self.endpoint.register_queue(queue);
         let (events_tx, events) = mpsc::unbounded_channel();
         let figures = Arc::new(PortionFigures::default());
         let started_ms = started_ms.unwrap_or_else(unix_ms);
-        self.db
-            .put_portion(&PortionRecord { va: va.clone(), app: app.into(), queue, started_ms })
-            .map_err(|e| e.to_string())?;
+        let record = PortionRecord { va: va.clone(), app: app.into(), queue, started_ms };
+        match next_id {
+            Some(next) => self.db.put_new_portion(&record, next),
+            None => self.db.put_portion(&record),
+        }
+        .map_err(|e| e.to_string())?;
         self.state().portions.insert(
             va.clone(),
             Portion {
