@@ -473,6 +473,7 @@ fn blank_stats(i: usize) -> NodeStats {
         settings_version: 1,
         no_encryption: false,
         accepted: None,
+        client_alerts: 0,
         portions: vec![PortionStats {
             app: APP.into(),
             va: format!("mp://bench/{APP}/dasp/{}-0", node_name(i)),

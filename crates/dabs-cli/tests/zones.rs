@@ -40,6 +40,10 @@ fn group() -> String {
 
 async fn client(at: SocketAddr) -> Result<FarmClient, Error> {
     let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    client_on(ep, at).await
+}
+
+async fn client_on(ep: dabs_net::EndpointHandle, at: SocketAddr) -> Result<FarmClient, Error> {
     let options = FarmClientOptions {
         secret: Some(
             SECRET
@@ -203,5 +207,62 @@ async fn a_spawn_for_a_hosted_address_does_not_replace_the_portion() {
     assert_eq!(after.len(), 1);
     assert_eq!((&after[0].va, after[0].queue), (&before[0].va, before[0].queue));
     assert_eq!(add(&c, 3, 3).await, 6, "the client is still served by the same portion");
+    n1.stop().await;
+}
+
+/// A FAILOVER its client cannot verify is refused (NAK 9) and raised with the farm: the client
+/// sends ALERT to its own portion, and that portion's node counts it in its statistics and
+/// metrics and lists it among its events; a burst of forgeries raises one alert a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_failover_is_raised_with_the_clients_node() {
+    let dir = tempfile_dir("alert");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let n1 = node(&group(), 1, &dir, "", service.local_addr().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let (target, queue) = (ep.local_addrs().udp, FarmClientOptions::new(n1.mp_addr(), "calc").queue);
+    // The client's endpoint takes sessions to its queue (as the failover demo's do), so a
+    // stranger can reach the client's FAILOVER handling.
+    let mut opens = ep.open_requests();
+    tokio::spawn(async move {
+        while let Some(open) = opens.recv().await {
+            let _ = open.accept(queue, Vec::new()).await;
+        }
+    });
+    let c = client_on(ep, n1.mp_addr()).await.expect("client starts");
+    assert_eq!(add(&c, 2, 2).await, 4);
+    assert_eq!(n1.handle().stats().client_alerts, 0);
+
+    let attacker = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let ask = dabs_node::shapes::cbor(&std::collections::BTreeMap::from([("queue", queue)]));
+    let s = attacker.open(Addr::Udp(target), 1, ask).await.expect("the client endpoint takes sessions");
+    for nonce in 1..=3 {
+        let notice = dabs_node::failover::Failover {
+            alternates: vec![dabs_node::failover::Alternate {
+                addr: attacker.local_addrs().udp,
+                va: "mp://zones/calc/dasp/evil-1".into(),
+            }],
+            nonce,
+            issued: dabs_net::unix_ms(),
+        };
+        let forged = notice.seal(&[0x5a; 16], attacker.local_addrs().udp, target);
+        match s.call(dabs_wire::SystemCommand::Failover.number(), forged).await {
+            Err(Error::Call(CallError::Nak { code: NakCode::AuthenticationFailed, .. })) => {}
+            other => panic!("a forged FAILOVER was not refused with NAK 9: {other:?}"),
+        }
+    }
+    assert_eq!(c.failovers().rejected.load(std::sync::atomic::Ordering::Relaxed), 3);
+    eventually("node-1 counts the client's alert", async || n1.handle().stats().client_alerts >= 1).await;
+    let events = n1.handle().events();
+    let alert = events.iter().find(|e| e.text.contains("client alert")).expect("the alert is an event");
+    assert!(alert.text.contains("failover_rejected"), "{}", alert.text);
+    assert!(alert.text.contains(&attacker.local_addrs().udp.to_string()), "names the sender: {}", alert.text);
+    assert!(n1.handle().metrics().await.contains("dabs_client_alerts_total 1"));
+    // Three forgeries within a second: one alert, not three.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(n1.handle().stats().client_alerts, 1);
+    // The client still computes, on its own server.
+    assert_eq!(add(&c, 3, 4).await, 7);
+    attacker.shutdown().await;
     n1.stop().await;
 }

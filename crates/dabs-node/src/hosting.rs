@@ -44,6 +44,8 @@ pub enum PortionReport {
         /// The resource type.
         resource: String,
     },
+    /// One of its clients raised an alert (what it said, decoded for a person).
+    ClientAlert(String),
     /// It has exited.
     Exited,
 }

@@ -19,6 +19,8 @@ pub struct NodeCounters {
     pub failovers: AtomicU64,
     /// Messages refused because they failed authentication.
     pub auth_failures: AtomicU64,
+    /// Alerts raised by clients of this node's portions (a FAILOVER they could not verify).
+    pub client_alerts: AtomicU64,
 }
 
 /// Request latency buckets: 0.1 ms to about 3 s.
@@ -95,6 +97,12 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
         "Messages refused for failed authentication",
         node.auth_failures.load(Ordering::Relaxed),
     );
+    counter(
+        &mut r,
+        "client_alerts",
+        "Alerts raised by clients of this node's portions (e.g. a FAILOVER they could not verify)",
+        node.client_alerts.load(Ordering::Relaxed),
+    );
     r.register(
         "request_latency_seconds",
         "One-way latency of requests delivered to portions",
@@ -122,8 +130,11 @@ mod tests {
         mp.naks_sent.insert(2, 3);
         let h = latency_histogram();
         h.observe(0.002);
-        let text =
-            render(&mp, &Gauges { sessions: 4, portions: 1, members: 3 }, &NodeCounters::default(), &h);
+        let counters = NodeCounters::default();
+        counters.moves.store(9, Ordering::Relaxed);
+        counters.failovers.store(10, Ordering::Relaxed);
+        counters.client_alerts.store(11, Ordering::Relaxed);
+        let text = render(&mp, &Gauges { sessions: 4, portions: 1, members: 3 }, &counters, &h);
         for needle in [
             "dabs_mp_datagrams_received_total 7",
             "dabs_mp_retransmits_total 2",
@@ -135,6 +146,9 @@ mod tests {
             "dabs_farm_members 3",
             "dabs_spawns_total 0",
             "dabs_auth_failures_total 0",
+            "dabs_moves_total 9",
+            "dabs_failovers_total 10",
+            "dabs_client_alerts_total 11",
             "dabs_request_latency_seconds_count 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");

@@ -639,6 +639,7 @@ impl Inner {
             settings_version: self.settings_guard().version,
             no_encryption: !self.config.node.accept_encryption,
             accepted: Some(st.accepted),
+            client_alerts: self.counters.client_alerts.load(Ordering::Relaxed),
             moved: {
                 let now = Instant::now();
                 st.moved_out
@@ -1609,6 +1610,11 @@ impl Inner {
                         self.note(format!("portion {va} starved on {resource}: no new clients here for now"));
                     }
                     self.spawn_for(&app, &resource, format!("portion {va} starved on {resource}"));
+                }
+                PortionReport::ClientAlert(what) => {
+                    self.counters.client_alerts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%va, alert = %what, "client alert");
+                    self.note(format!("client alert at portion {va}: {what}"));
                 }
                 PortionReport::Exited => {
                     self.note(format!("portion {va} exited"));

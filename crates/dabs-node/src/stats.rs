@@ -209,9 +209,17 @@ pub struct NodeStats {
     /// to know which ones this announcement does not show yet. `None` from nodes that predate it.
     #[serde(rename = "ak", default, skip_serializing_if = "Option::is_none")]
     pub accepted: Option<u64>,
+    /// Alerts its portions' clients have raised since it started (e.g. a FAILOVER that did
+    /// not verify: someone may be forging the farm's messages).
+    #[serde(rename = "ca", default, skip_serializing_if = "is_zero")]
+    pub client_alerts: u64,
     /// Its portions (at most [`MAX_ANNOUNCED_PORTIONS`]).
     #[serde(rename = "p")]
     pub portions: Vec<PortionStats>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Portions listed in one announcement, which must fit a single datagram.
@@ -427,6 +435,7 @@ pub(crate) mod tests {
             settings_version: 3,
             no_encryption: false,
             accepted: Some(40),
+            client_alerts: 2,
             starved: vec![],
             moved: vec![],
             portions: (0..MAX_ANNOUNCED_PORTIONS)

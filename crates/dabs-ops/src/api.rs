@@ -46,6 +46,7 @@ pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>, farm: &ServiceTimes
         "leaving": s.leaving,
         "draining": s.draining,
         "health": s.health,
+        "client_alerts": s.client_alerts,
         "settings_version": s.settings_version,
         "accepted": s.accepted,
         "sessions": s.sessions(),

@@ -182,6 +182,7 @@ pub fn document() -> Value {
                     "leaving": boolean("Is stopping"),
                     "draining": boolean("The operator drained it: its clients are being moved"),
                     "health": integer("Its own health score, 0 (down) to 100, read against the failover thresholds"),
+                    "client_alerts": integer("Alerts raised by clients of its portions since it started (e.g. a FAILOVER they could not verify: someone may be forging the farm's messages)"),
                     "settings_version": integer("Version of the run-time settings it holds"),
                     "accepted": nullable_integer("Clients it has taken on a decider's behalf since it started (the decider's pending = sent − accepted); null from nodes that predate it"),
                     "sessions": integer("Client sessions open on its announced portions"),

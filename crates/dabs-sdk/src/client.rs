@@ -287,6 +287,7 @@ async fn listen(
     let mut requests = endpoint.register_queue(options.queue);
     let mut verifier = options.secret.as_ref().map(|s| FailoverVerifier::new(s, options.failover_window_ms));
     let me = endpoint.local_addrs().udp;
+    let mut last_alert: Option<tokio::time::Instant> = None;
     while let Some(req) = requests.recv().await {
         let command = req.request.command;
         let Addr::Udp(server) = req.request.peer.clone() else {
@@ -313,9 +314,18 @@ async fn listen(
         let notice = match verdict {
             Ok(n) => n,
             Err(e) => {
-                counts.rejected.fetch_add(1, Ordering::Relaxed);
+                let rejected = counts.rejected.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(%server, error = %e, "FAILOVER ignored (alert)");
                 req.reject(NakCode::AuthenticationFailed, "");
+                // Raised with the farm through our own server portion (whose session we trust),
+                // at most once a second however many forgeries arrive.
+                if last_alert.is_none_or(|t| t.elapsed() >= ALERT_INTERVAL) {
+                    last_alert = Some(tokio::time::Instant::now());
+                    let alert = failover_alert(server, &e.to_string(), rejected);
+                    if let Some(s) = current.lock().await.as_ref() {
+                        drop(s.call_async(SystemCommand::Alert.number(), alert));
+                    }
+                }
                 continue;
             }
         };
@@ -354,6 +364,22 @@ async fn listen(
             req.reject(NakCode::NotAccepting, "no alternate took this client; it stays");
         }
     }
+}
+
+/// The shortest time between two alerts this client raises with its server.
+const ALERT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The `ALERT` payload for a FAILOVER that did not verify (docs/protocol.md).
+fn failover_alert(from: std::net::SocketAddr, reason: &str, rejected: u64) -> Vec<u8> {
+    let alert = ciborium::Value::Map(vec![
+        ("alert".into(), "failover_rejected".into()),
+        ("from".into(), from.to_string().into()),
+        ("reason".into(), reason.into()),
+        ("rejected".into(), rejected.into()),
+    ]);
+    let mut out = Vec::new();
+    ciborium::into_writer(&alert, &mut out).expect("CBOR into a Vec cannot fail");
+    out
 }
 
 /// How long a session this client moved away from stays open for calls still in flight.

@@ -45,9 +45,8 @@ pub async fn run<P: ServerPortion>(portion: P, ctx: PortionContext) {
 /// section does not hold up the others. Runtime events are handled here, beside the workers.
 pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext) {
     let PortionContext { requests, mut events, reports, va, figures, endpoint, latency_histogram, .. } = ctx;
-    let report = |r| {
-        let _ = reports.send((va.clone(), r));
-    };
+    let reporter = Reporter { va, reports };
+    let report = |r| reporter.send(r);
     report(PortionReport::Started);
     let queue = Arc::new(tokio::sync::Mutex::new(requests));
     let portions: Vec<Arc<tokio::sync::Mutex<P>>> =
@@ -58,7 +57,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
     let mut workers = tokio::task::JoinSet::new();
     for portion in &portions {
         let (portion, queue, mut stop) = (portion.clone(), queue.clone(), stop_rx.clone());
-        let (figures, histogram) = (figures.clone(), latency_histogram.clone());
+        let (figures, histogram, reporter) = (figures.clone(), latency_histogram.clone(), reporter.clone());
         workers.spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -73,14 +72,21 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                 };
                 match next {
                     Some((Some(req), depth)) => {
-                        serve_one(&mut *portion.lock().await, &figures, &histogram, req, depth, clock).await;
+                        let served =
+                            Served { figures: &figures, histogram: &histogram, reporter: &reporter, clock };
+                        serve_one(&mut *portion.lock().await, served, req, depth).await;
                     }
                     Some((None, _)) => return,
                     None => {
                         if *stop.borrow() == Some(false) {
                             while let Ok(req) = queue.lock().await.try_recv() {
-                                serve_one(&mut *portion.lock().await, &figures, &histogram, req, 0, clock)
-                                    .await;
+                                let served = Served {
+                                    figures: &figures,
+                                    histogram: &histogram,
+                                    reporter: &reporter,
+                                    clock,
+                                };
+                                serve_one(&mut *portion.lock().await, served, req, 0).await;
                             }
                         }
                         return;
@@ -134,6 +140,28 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
     }
 }
 
+/// Sends a portion's reports to its runtime, tagged with its virtual address.
+#[derive(Clone)]
+struct Reporter {
+    va: String,
+    reports: tokio::sync::mpsc::UnboundedSender<(String, PortionReport)>,
+}
+
+impl Reporter {
+    fn send(&self, report: PortionReport) {
+        let _ = self.reports.send((self.va.clone(), report));
+    }
+}
+
+/// What a worker serves a request with.
+#[derive(Clone, Copy)]
+struct Served<'a> {
+    figures: &'a PortionFigures,
+    histogram: &'a Histogram,
+    reporter: &'a Reporter,
+    clock: Clock,
+}
+
 /// What the workers of one portion time their handlers with.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -145,12 +173,11 @@ struct Clock {
 
 async fn serve_one<P: ServerPortion>(
     portion: &mut P,
-    f: &PortionFigures,
-    histogram: &Histogram,
+    served: Served<'_>,
     req: dabs_net::IncomingRequest,
     depth: usize,
-    clock: Clock,
 ) {
+    let Served { figures: f, histogram, reporter, clock } = served;
     f.queue_depth.store(depth as u64, Ordering::Relaxed);
     // Latency from the sender's stamp to now, when the portion takes the request: it includes
     // the time spent waiting in this portion's queue, which is what starvation looks like.
@@ -170,6 +197,12 @@ async fn serve_one<P: ServerPortion>(
         req.reply(Vec::new());
         return;
     }
+    if command == SystemCommand::Alert.number() {
+        // Not the application's business: the runtime counts and shows it.
+        reporter.send(PortionReport::ClientAlert(describe_alert(&req.request.peer, &req.request.payload)));
+        req.reply(Vec::new());
+        return;
+    }
     let payload = req.request.payload.clone();
     // The handler's time is the portion's service time (tokio's clock, which tests can pause).
     // With several workers on the one queue, each request holds a W-th of the portion: at
@@ -183,6 +216,25 @@ async fn serve_one<P: ServerPortion>(
         Handled::Reject(code, text) => req.reject(code, text),
     }
     f.handled.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A client's `ALERT` payload (CBOR map, see docs/protocol.md) as a line for the operator;
+/// whatever the client sent, the alert is kept, with what could not be read said plainly.
+fn describe_alert(peer: &dabs_net::Addr, payload: &[u8]) -> String {
+    let alert: Result<std::collections::BTreeMap<String, ciborium::Value>, _> =
+        ciborium::from_reader(payload);
+    let text = |m: &std::collections::BTreeMap<String, ciborium::Value>, k: &str| {
+        m.get(k).and_then(|v| v.as_text()).map(str::to_owned).unwrap_or_else(|| "?".into())
+    };
+    match alert {
+        Ok(m) => format!(
+            "client {peer} reports {} from {}: {}",
+            text(&m, "alert"),
+            text(&m, "from"),
+            text(&m, "reason")
+        ),
+        Err(e) => format!("client {peer} sent an alert that is not a CBOR map ({e})"),
+    }
 }
 
 /// A [`PortionFactory`] from an application name and a constructor.

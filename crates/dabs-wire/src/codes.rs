@@ -174,11 +174,14 @@ pub enum SystemCommand {
     Spawn = 20,
     /// 21 (dabs): the operator drains a node (or undoes it), authenticated with the farm secret.
     Drain = 21,
+    /// 23 (dabs): a client raises an alert with its server portion (e.g. a FAILOVER it could
+    /// not verify), so the farm counts and shows it.
+    Alert = 23,
 }
 
 impl SystemCommand {
     /// All commands this implementation knows, in number order.
-    pub const ALL: [SystemCommand; 15] = [
+    pub const ALL: [SystemCommand; 16] = [
         SystemCommand::OpenSession,
         SystemCommand::CloseSession,
         SystemCommand::Shutdown,
@@ -194,6 +197,7 @@ impl SystemCommand {
         SystemCommand::Settings,
         SystemCommand::Spawn,
         SystemCommand::Drain,
+        SystemCommand::Alert,
     ];
 
     /// The number on the wire.
@@ -224,6 +228,7 @@ impl SystemCommand {
             SystemCommand::Settings => "SETTINGS",
             SystemCommand::Spawn => "SPAWN",
             SystemCommand::Drain => "DRAIN",
+            SystemCommand::Alert => "ALERT",
         }
     }
 }
