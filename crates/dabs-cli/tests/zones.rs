@@ -266,3 +266,49 @@ async fn a_forged_failover_is_raised_with_the_clients_node() {
     attacker.shutdown().await;
     n1.stop().await;
 }
+
+/// R-LB-4's latency limits on a real node: a portion's measured latency above the high-water
+/// mark closes the node to new clients; latency between the marks keeps it closed; below the
+/// low-water mark it takes new clients again. The latency is made by clients whose clocks are
+/// behind (their stamps look that much older), so the test needs no slow machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_above_the_high_mark_closes_the_node_until_below_the_low_mark() {
+    let dir = tempfile_dir("latency");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let limits = "\n[latency]\nmax_message_latency_ms = 150\nlow_water_ms = 60\n";
+    let n1 = node(&group(), 1, &dir, limits, service.local_addr().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let behind = async |ms: i64| {
+        let options = DriverOptions { clock_offset_ms: -ms, ..Default::default() };
+        let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+        client_on(ep, n1.mp_addr()).await.expect("client starts while the node is open")
+    };
+    let (slow, between, fresh) = (behind(600).await, behind(100).await, behind(0).await);
+    assert!(n1.handle().stats().accepting);
+
+    // Calls measured at 600 ms and more: closed.
+    for i in 0..5 {
+        assert_eq!(add(&slow, i, 1).await, i + 1);
+    }
+    eventually("node-1 closes above the high-water mark", async || !n1.handle().stats().accepting).await;
+    assert!(n1.handle().events().iter().any(|e| e.text.contains("above the high-water mark")));
+
+    // Calls measured at 100 ms and more: between the marks, still closed. (A look that finds no
+    // calls at all counts as recovered, so calls keep coming faster than the node looks.)
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(add(&between, 2, 2).await, 4);
+        assert!(!n1.handle().stats().accepting, "reopened with latency between the marks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Fresh calls: below the low-water mark, open again.
+    let reopened = Instant::now() + Duration::from_secs(10);
+    while !n1.handle().stats().accepting {
+        assert!(Instant::now() < reopened, "still closed 10 s after latency fell below the low-water mark");
+        assert_eq!(add(&fresh, 3, 3).await, 6);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(n1.handle().events().iter().any(|e| e.text.contains("under the low-water mark")));
+    n1.stop().await;
+}

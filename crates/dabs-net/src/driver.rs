@@ -28,6 +28,10 @@ pub struct DriverOptions {
     pub unix_path: Option<PathBuf>,
     /// Also listen on a farm's multicast group: (group, interface).
     pub group: Option<(SocketAddrV4, Ipv4Addr)>,
+    /// Added to the wall clock this endpoint stamps its datagrams with, ms: a sender whose
+    /// clock is behind (negative) makes its receivers measure that much more latency. For
+    /// tests and fault injection; 0 in production.
+    pub clock_offset_ms: i64,
 }
 
 /// Binds a UDP socket at `bind` and starts an endpoint on it.
@@ -58,7 +62,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (tap, _) = tokio::sync::broadcast::channel(4096);
     let handle = EndpointHandle { cmd: cmd_tx.clone(), local: local.clone(), tap: tap.clone() };
-    let wall_epoch_ms = unix_ms();
+    let wall_epoch_ms = unix_ms().saturating_add_signed(options.clock_offset_ms);
     let seed = options.seed.unwrap_or_else(rand::random);
     let endpoint = Endpoint::new(options.config, seed, wall_epoch_ms);
     let unix_out = unix.clone().map(|u| {
