@@ -1017,14 +1017,8 @@ impl Inner {
         let Some(app_cfg) = self.app_config(app) else { return };
         let target = {
             let st = self.state();
-            let used = |s: &NodeStats| s.starved.iter().find(|(r, _)| r == resource).map_or(0, |(_, n)| *n);
-            let farm = crate::stats::ServiceTimes::of(st.membership.fresh(now, self.fresh_window()));
-            let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
-            st.membership
-                .fresh(now, self.fresh_window())
-                .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
-                .min_by(|a, b| used(a).cmp(&used(b)).then(load(a).total_cmp(&load(b))))
-                .map(|s| s.node.clone())
+            let members: Vec<&NodeStats> = st.membership.fresh(now, self.fresh_window()).collect();
+            crate::placement::spawn_target(&app_cfg, &members, &self.me, resource).map(|s| s.node.clone())
         };
         let Some(target) = target else {
             // Nobody else can take it: a portion starves on its own resources, so one more here

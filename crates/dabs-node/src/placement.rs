@@ -114,6 +114,25 @@ pub fn eligible(app: &AppConfig, s: &NodeStats) -> bool {
         && f64::from(s.cpu_percent) <= app.max_cpu_percent
 }
 
+/// Where another portion of `app` goes when its portions starve on `resource` and this node
+/// (`me`) does not take it (R-LB-3): the eligible member with the lowest use of that resource
+/// (fewest recent time-outs on it), then the lowest load; ties to the earliest in `members`.
+pub fn spawn_target<'a>(
+    app: &AppConfig,
+    members: &[&'a NodeStats],
+    me: &str,
+    resource: &str,
+) -> Option<&'a NodeStats> {
+    let used = |s: &NodeStats| s.starved.iter().find(|(r, _)| r == resource).map_or(0, |(_, n)| *n);
+    let farm = crate::stats::ServiceTimes::of(members.iter().copied());
+    let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
+    members
+        .iter()
+        .copied()
+        .filter(|s| s.node != me && eligible(app, s))
+        .min_by(|a, b| used(a).cmp(&used(b)).then(load(a).total_cmp(&load(b))))
+}
+
 /// The ranked choices for a new client of `app`, best first: (i) the least-loaded servers
 /// already running a portion with room; (ii) the least-loaded servers, starting a portion;
 /// (iii) busier servers with a portion that has room. `pending` counts the clients sent to a
@@ -216,6 +235,30 @@ mod tests {
         assert!(choose(&cfg, [&a, &b].into_iter(), &Pending::new(), None).is_empty());
         let hint = a.portions[2].va.clone();
         assert_eq!(choose(&app(), [&a, &b].into_iter(), &Pending::new(), Some(&hint))[0].node(), "a");
+    }
+
+    #[test]
+    fn spawns_go_where_the_starved_resource_is_least_used_then_least_loaded() {
+        let me = stats("me", 0);
+        let mut a = stats("a", 10);
+        a.starved = vec![("db".into(), 3), ("cpu".into(), 0)];
+        let mut b = stats("b", 200);
+        b.starved = vec![("db".into(), 1)];
+        let c = stats("c", 100); // no time-outs at all
+        let members = [&me, &a, &b, &c];
+        // Lowest use of the starved resource wins over load: c (0 on db), never this node.
+        assert_eq!(spawn_target(&app(), &members, "me", "db").unwrap().node, "c");
+        // Equal use (0 on cpu for a, c, b): the least loaded of them.
+        assert_eq!(spawn_target(&app(), &members, "me", "cpu").unwrap().node, "a");
+        // Not eligible (memory floor, or not accepting): skipped even when least used.
+        let mut cfg = app();
+        cfg.min_free_memory_mb = 30_000;
+        assert_eq!(spawn_target(&cfg, &members, "me", "db"), None);
+        let mut c_closed = c.clone();
+        c_closed.accepting = false;
+        assert_eq!(spawn_target(&app(), &[&me, &a, &b, &c_closed], "me", "db").unwrap().node, "b");
+        // Alone in the farm: nobody else.
+        assert_eq!(spawn_target(&app(), &[&me], "me", "db"), None);
     }
 
     /// `s` announcing `accepted` clients taken in its life that started at `started_ms`.
