@@ -1,7 +1,7 @@
 //! The endpoint's promises, each shown with two endpoints driven by hand.
 
-use dabs_proto::{Addr, CallError, Config, Endpoint, Event, Transmit};
-use dabs_wire::{Kind, NakCode, NakPayload, decode};
+use dabs_proto::{Addr, CallError, CallId, Config, Endpoint, Event, SessionId, Transmit};
+use dabs_wire::{Kind, NakCode, NakPayload, SystemCommand, crc8, decode};
 use std::time::Duration;
 
 fn addr(port: u16) -> Addr {
@@ -28,8 +28,17 @@ fn nak_code(d: &Transmit) -> Option<NakCode> {
 }
 
 fn pair(server_config: Config) -> (Endpoint, Endpoint, dabs_proto::SessionId) {
+    pair_with(Config::default(), 1, server_config)
+}
+
+/// A session opened by a client with `client_config` whose time-outs follow `client_seed`.
+fn pair_with(
+    client_config: Config,
+    client_seed: u64,
+    server_config: Config,
+) -> (Endpoint, Endpoint, dabs_proto::SessionId) {
     let t = Duration::ZERO;
-    let mut client = Endpoint::new(Config::default(), 1, 0);
+    let mut client = Endpoint::new(client_config, client_seed, 0);
     let mut server = Endpoint::new(server_config, 2, 0);
     client.open(t, addr(2), 1, vec![]).unwrap();
     let out = drain(&mut client);
@@ -171,4 +180,343 @@ fn unknown_application_nak_fails_the_open() {
         panic!("{evs:?}")
     };
     assert_eq!((*c, *code, text.as_str()), (call, NakCode::UnknownApplication, "no application \"x\""));
+}
+
+/// Runs both endpoints' timers from `from` to `until`, carrying every datagram between them;
+/// returns the events each raised (client's, server's).
+fn run_both(
+    client: &mut Endpoint,
+    server: &mut Endpoint,
+    from: Duration,
+    until: Duration,
+) -> (Vec<Event>, Vec<Event>) {
+    let (mut client_events, mut server_events) = (Vec::new(), Vec::new());
+    let mut t = from;
+    loop {
+        loop {
+            let c = drain(client);
+            let s = drain(server);
+            if c.is_empty() && s.is_empty() {
+                break;
+            }
+            deliver(server, 1, t, &c);
+            deliver(client, 2, t, &s);
+        }
+        client_events.extend(events(client));
+        server_events.extend(events(server));
+        match [client.next_deadline(), server.next_deadline()].into_iter().flatten().min() {
+            Some(next) if next <= until => {
+                t = next.max(t);
+                client.handle_timeout(t);
+                server.handle_timeout(t);
+            }
+            _ => return (client_events, server_events),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- retransmission timing
+
+/// A call into a session whose server has gone silent: when the request went out, and when
+/// and how the call ended.
+struct Unanswered {
+    /// Every transmission of the request, the first included.
+    sent_at: Vec<Duration>,
+    /// When the call failed.
+    failed_at: Duration,
+    error: CallError,
+}
+
+impl Unanswered {
+    /// The waits between transmissions, then the wait from the last one to the failure.
+    fn intervals(&self) -> Vec<Duration> {
+        let mut ends = self.sent_at[1..].to_vec();
+        ends.push(self.failed_at);
+        self.sent_at.iter().zip(ends).map(|(a, b)| b - *a).collect()
+    }
+}
+
+fn unanswered_call(config: Config, seed: u64) -> Unanswered {
+    let (mut client, _server, s) = pair_with(config, seed, Config::default());
+    let t0 = Duration::from_millis(1);
+    let call = client.call(t0, s, 300, b"anyone there?".to_vec()).unwrap();
+    let first = drain(&mut client);
+    assert_eq!(first.len(), 1, "a small request is one datagram");
+    let mut sent_at = vec![t0];
+    loop {
+        // Nothing reaches the server and nothing comes back: only the client's timers move.
+        let at = client.next_deadline().expect("a call in flight has a deadline");
+        assert!(at < t0 + Duration::from_secs(120), "the call never ended");
+        client.handle_timeout(at);
+        let out = drain(&mut client);
+        for d in &out {
+            assert_eq!(d.data, first[0].data, "a re-attempt is the same datagram, original stamp included");
+        }
+        if !out.is_empty() {
+            sent_at.push(at);
+        }
+        match events(&mut client).as_slice() {
+            [] => {}
+            [Event::Failed { call: c, error }] if *c == call => {
+                return Unanswered { sent_at, failed_at: at, error: error.clone() };
+            }
+            other => panic!("unexpected events {other:?}"),
+        }
+    }
+}
+
+/// The ACK time-out before each re-attempt without jitter: `ack_timeout`, growing by
+/// `backoff` per attempt, never above `ack_timeout_max`; one per transmission.
+fn nominal_waits(config: &Config) -> Vec<Duration> {
+    let mut wait = config.ack_timeout;
+    (0..=config.max_retries)
+        .map(|_| {
+            let w = wait;
+            wait = wait.mul_f64(config.backoff).min(config.ack_timeout_max);
+            w
+        })
+        .collect()
+}
+
+/// Checks one unanswered call against `config`: `max_retries` re-attempts, each after the
+/// nominal wait spread by at most ± `jitter`, then `GaveUp`. Returns each wait as a fraction
+/// of its nominal value.
+fn check_retransmission_schedule(config: &Config, run: &Unanswered) -> Vec<f64> {
+    let retries = config.max_retries;
+    assert_eq!(run.sent_at.len(), retries as usize + 1, "one first transmission and max_retries re-attempts");
+    assert_eq!(run.error, CallError::GaveUp { attempts: retries + 1 });
+    let nominal = nominal_waits(config);
+    let intervals = run.intervals();
+    assert_eq!(intervals.len(), nominal.len());
+    let slack = 1e-6; // Duration arithmetic rounds to nanoseconds
+    let ratios: Vec<f64> =
+        intervals.iter().zip(&nominal).map(|(i, n)| i.as_secs_f64() / n.as_secs_f64()).collect();
+    for (k, r) in ratios.iter().enumerate() {
+        assert!(
+            (1.0 - config.jitter - slack..=1.0 + config.jitter + slack).contains(r),
+            "wait {k} is {:?}, outside {:?} ± {}: {intervals:?}",
+            intervals[k],
+            nominal[k],
+            config.jitter
+        );
+        assert!(intervals[k] <= config.ack_timeout_max.mul_f64(1.0 + config.jitter + slack));
+    }
+    // While the time-out grows, growth outweighs the spread, so each wait is longer than the
+    // one before.
+    let growing = nominal.windows(2).take_while(|w| w[1] > w[0]).count();
+    assert!(growing >= 2, "the configuration must show some growth: {nominal:?}");
+    assert!(config.backoff * (1.0 - config.jitter) > 1.0 + config.jitter);
+    for k in 0..growing {
+        assert!(intervals[k + 1] > intervals[k], "wait {} did not grow: {intervals:?}", k + 1);
+    }
+    // Then it stays at the cap.
+    assert!(nominal[growing..].iter().all(|n| *n == config.ack_timeout_max), "{nominal:?}");
+    assert!(growing + 2 < nominal.len(), "the configuration must reach the cap: {nominal:?}");
+    ratios
+}
+
+/// Largest minus smallest.
+fn spread(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::MIN, f64::max) - xs.iter().copied().fold(f64::MAX, f64::min)
+}
+
+#[test]
+fn an_unanswered_request_is_retried_with_growing_jittered_timeouts_then_gives_up() {
+    // The defaults (docs/protocol.md): 200 ms, ×1.6 up to 2 s, ± 20 %, 8 re-attempts.
+    let config = Config::default();
+    let a = unanswered_call(config.clone(), 11);
+    let b = unanswered_call(config.clone(), 12);
+    let ra = check_retransmission_schedule(&config, &a);
+    let rb = check_retransmission_schedule(&config, &b);
+    // Jittered: the waits are spread within one run (the capped ones are all 2 s nominal, yet
+    // differ), and two endpoints with different seeds do not retry in step.
+    assert!(spread(&ra) > 0.1, "waits barely jittered: {:?}", a.intervals());
+    let capped = &a.intervals()[5..];
+    assert!(capped.windows(2).all(|w| w[0] != w[1]), "capped waits identical: {capped:?}");
+    assert!(
+        a.intervals().iter().zip(b.intervals()).all(|(x, y)| *x != y),
+        "{:?} {:?}",
+        a.intervals(),
+        b.intervals()
+    );
+    assert!(spread(&rb) > 0.1, "waits barely jittered: {:?}", b.intervals());
+    // The same seed replays the same schedule.
+    assert_eq!(unanswered_call(config, 11).sent_at, a.sent_at);
+}
+
+#[test]
+fn retransmission_follows_the_configured_backoff_cap_and_retries() {
+    let config = Config {
+        ack_timeout: Duration::from_millis(50),
+        ack_timeout_max: Duration::from_millis(700),
+        backoff: 2.0,
+        jitter: 0.1,
+        max_retries: 6,
+        ..Config::default()
+    };
+    // Nominal waits 50, 100, 200, 400, 700, 700, 700 ms.
+    let run = unanswered_call(config.clone(), 5);
+    let ratios = check_retransmission_schedule(&config, &run);
+    assert!(spread(&ratios) > 0.02, "waits barely jittered: {:?}", run.intervals());
+    // Without jitter the waits are exactly the nominal ones: the spread above is the jitter.
+    let exact = Config { jitter: 0.0, ..config };
+    let run = unanswered_call(exact.clone(), 5);
+    let ratios = check_retransmission_schedule(&exact, &run);
+    assert!(ratios.iter().all(|r| (r - 1.0).abs() < 1e-6), "{:?}", run.intervals());
+}
+
+// ---------------------------------------------------------------- NAKs and re-opening
+
+/// `d` with an impossible sent time (1023 ms) and a CRC that matches again: it arrives
+/// intact but malformed, and its receiver NAKs it with 4.
+fn malformed(d: &Transmit) -> Vec<u8> {
+    let mut b = d.data.clone();
+    b[6] |= 0x03;
+    b[7] = 0xFF;
+    let n = b.len();
+    b[n - 1] = crc8(&b[..n - 1]);
+    b
+}
+
+/// `d` with one payload byte damaged in transit: its receiver NAKs it with 2.
+fn corrupted(d: &Transmit) -> Vec<u8> {
+    let mut b = d.data.clone();
+    b[12] ^= 0x5A;
+    b
+}
+
+fn command(d: &Transmit) -> u16 {
+    decode(&d.data).unwrap().header.command
+}
+
+fn session_number(d: &Transmit) -> u8 {
+    decode(&d.data).unwrap().header.session
+}
+
+/// One call in an open session whose request the network damages, one round at a time.
+struct Damaged {
+    client: Endpoint,
+    server: Endpoint,
+    session: SessionId,
+    call: CallId,
+    number: u8,
+    /// The request as the client last sent it.
+    request: Transmit,
+    t: Duration,
+}
+
+impl Damaged {
+    fn new(client_config: Config) -> Self {
+        let (mut client, server, session) = pair_with(client_config, 1, Config::default());
+        let (_, number, _) = client.session_info(session).unwrap();
+        let t = Duration::from_millis(1);
+        let call = client.call(t, session, 300, b"question".to_vec()).unwrap();
+        let mut sent = drain(&mut client);
+        assert_eq!(sent.len(), 1);
+        Self { client, server, session, call, number, request: sent.remove(0), t }
+    }
+
+    /// The request reaches the server damaged so that it answers `code` (2 or 4); the NAK
+    /// reaches the client. Returns what the client sends in reply. Rounds are 150 ms apart,
+    /// past the 100 ms in which further NAKs count as the same round's.
+    fn round(&mut self, code: NakCode) -> Vec<Transmit> {
+        let bytes = match code {
+            NakCode::Malformed => malformed(&self.request),
+            NakCode::CrcMismatch => corrupted(&self.request),
+            other => panic!("no damage earns NAK {other}"),
+        };
+        self.server.handle_datagram(self.t, addr(1), &bytes);
+        let nak = drain(&mut self.server);
+        assert_eq!(nak.iter().filter_map(nak_code).collect::<Vec<_>>(), [code]);
+        assert!(events(&mut self.server).is_empty(), "a damaged request is never delivered");
+        deliver(&mut self.client, 2, self.t, &nak);
+        assert!(events(&mut self.client).is_empty(), "a NAK {code} does not end the call");
+        let sent = drain(&mut self.client);
+        self.t += Duration::from_millis(150);
+        sent
+    }
+
+    /// A round after which the client must only have sent the same request again.
+    fn retried(&mut self, code: NakCode, round: usize) {
+        let sent = self.round(code);
+        assert_eq!(sent.len(), 1, "round {round}: {sent:?}");
+        assert_eq!(sent[0].data, self.request.data, "round {round}: the same request, in the same session");
+        assert_eq!(self.client.stats().sessions_reopened, 0, "round {round}");
+    }
+
+    /// Lets the request through now and checks that the call is answered once, the request
+    /// run once, and nothing more happens for a minute.
+    fn answered_once(mut self, session_number: u8) {
+        let t = self.t;
+        deliver(&mut self.server, 1, t, std::slice::from_ref(&self.request));
+        let evs = events(&mut self.server);
+        let [Event::Request(req)] = evs.as_slice() else { panic!("{evs:?}") };
+        assert_eq!((req.payload.as_slice(), req.session_number), (&b"question"[..], session_number));
+        self.server.reply(t, req.id, b"answer".to_vec()).unwrap();
+        let (client_events, server_events) =
+            run_both(&mut self.client, &mut self.server, t, t + Duration::from_secs(60));
+        let [Event::Reply { call, payload, .. }] = client_events.as_slice() else {
+            panic!("{client_events:?}")
+        };
+        assert_eq!((*call, payload.as_slice()), (self.call, &b"answer"[..]));
+        assert!(server_events.is_empty(), "{server_events:?}");
+        assert_eq!(self.server.stats().requests_delivered, 1);
+        assert_eq!(self.client.stats().calls_failed, 0);
+    }
+}
+
+fn malformed_naks_reopen_after(naks_before_reopen: u32) {
+    let config = Config { naks_before_reopen, ..Config::default() };
+    let mut run = Damaged::new(config);
+    for round in 1..naks_before_reopen as usize {
+        run.retried(NakCode::Malformed, round);
+    }
+    // The last NAK 4 re-opens: an OPEN_SESSION goes to the server, and nothing else yet.
+    let sent = run.round(NakCode::Malformed);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((command(&sent[0]), session_number(&sent[0])), (SystemCommand::OpenSession.number(), 0));
+    assert_eq!(run.client.stats().sessions_reopened, 1);
+    let t = run.t;
+    deliver(&mut run.server, 1, t, &sent);
+    let Some(Event::Open { request, .. }) = events(&mut run.server).pop() else { panic!("no re-open") };
+    run.server.accept_open(t, &request, 7, vec![]).unwrap();
+    let reply = drain(&mut run.server);
+    deliver(&mut run.client, 2, t, &reply);
+    let evs = events(&mut run.client);
+    assert!(
+        matches!(evs.as_slice(), [Event::Reopened { session, .. }] if *session == run.session),
+        "{evs:?}"
+    );
+    let (_, number, _) = run.client.session_info(run.session).unwrap();
+    assert_ne!(number, run.number, "the session moved to a new number");
+    // The client ACKs the open REPLY and sends the unacknowledged request again, in the new
+    // session.
+    let mut sent = drain(&mut run.client);
+    sent.retain(|d| command(d) == 300);
+    assert_eq!(sent.len(), 1, "the request goes again, once");
+    assert_eq!(session_number(&sent[0]), number);
+    run.request = sent.remove(0);
+    run.answered_once(number);
+}
+
+#[test]
+fn repeated_malformed_naks_reopen_the_session_and_the_request_is_answered_once() {
+    malformed_naks_reopen_after(Config::default().naks_before_reopen);
+    malformed_naks_reopen_after(1);
+    malformed_naks_reopen_after(5);
+}
+
+#[test]
+fn repeated_crc_naks_are_only_retried() {
+    // A new session cannot cure corruption (docs/protocol.md, "NAKs").
+    let config = Config::default();
+    let rounds = config.naks_before_reopen as usize + 3;
+    assert!(rounds < config.max_retries as usize, "the NAK rounds must not use up the re-attempts");
+    let mut run = Damaged::new(config);
+    for round in 1..=rounds {
+        run.retried(NakCode::CrcMismatch, round);
+    }
+    let number = run.number;
+    assert_eq!(run.client.session_info(run.session).unwrap().1, number);
+    run.answered_once(number);
 }
