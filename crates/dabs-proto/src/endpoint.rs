@@ -280,6 +280,8 @@ struct Out {
     timeout: Duration,
     deadline: Option<Time>,
     state: OutState,
+    /// NAK 4 rounds it met (the session is re-opened after `naks_before_reopen`); CRC NAKs
+    /// do not count.
     naks: u32,
     /// When it was last put on the wire.
     last_sent: Time,
@@ -1959,7 +1961,6 @@ impl Endpoint {
             let Some(open) = self.opens.get_mut(&h.transaction) else {
                 return;
             };
-            open.out.naks += 1;
             if retry {
                 if now >= open.out.nak_quiet_until {
                     open.out.nak_quiet_until = now + self.io.config.ack_timeout / 2;
@@ -1980,10 +1981,14 @@ impl Endpoint {
                 // has already acknowledged: nothing to restart.
                 return;
             }
-            out.naks += 1;
             // NAK 1: the peer lost the session. Repeated NAK 4: the session's state is
             // confused. Either way a fresh session helps; repeated CRC NAKs are only retried,
-            // since re-opening cannot cure corruption.
+            // since re-opening cannot cure corruption. So only NAK 4 rounds count: CRC NAKs
+            // counted too, and two of them plus one NAK 4 re-opened a session on a noisy path
+            // (failing its ACKed calls with `SessionLost`).
+            if code == NakCode::Malformed {
+                out.naks += 1;
+            }
             let reopen = code == NakCode::UnknownSession
                 || (code == NakCode::Malformed && out.naks >= self.io.config.naks_before_reopen);
             if reopen {

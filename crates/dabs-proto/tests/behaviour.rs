@@ -520,3 +520,20 @@ fn repeated_crc_naks_are_only_retried() {
     assert_eq!(run.client.session_info(run.session).unwrap().1, number);
     run.answered_once(number);
 }
+
+#[test]
+fn crc_naks_do_not_count_towards_reopening_on_malformed_naks() {
+    // Only NAK 4 rounds count: two CRC NAKs and then one NAK 4 are not three NAK 4s.
+    let config = Config::default();
+    assert_eq!(config.naks_before_reopen, 3);
+    let mut run = Damaged::new(config);
+    run.retried(NakCode::CrcMismatch, 1);
+    run.retried(NakCode::CrcMismatch, 2);
+    run.retried(NakCode::Malformed, 3);
+    run.retried(NakCode::CrcMismatch, 4);
+    run.retried(NakCode::Malformed, 5);
+    // The third NAK 4 does.
+    let sent = run.round(NakCode::Malformed);
+    assert_eq!(sent.iter().map(command).collect::<Vec<_>>(), [SystemCommand::OpenSession.number()]);
+    assert_eq!(run.client.stats().sessions_reopened, 1);
+}
