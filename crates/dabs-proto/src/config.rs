@@ -19,7 +19,8 @@ pub struct Config {
     pub reply_timeout: Duration,
     /// A request is ACKed this long after delivery unless its REPLY goes out first.
     pub ack_delay: Duration,
-    /// NAKs of one message after which the session is re-opened.
+    /// NAK 4 (malformed) rounds of one message after which the session is re-opened (CRC
+    /// NAKs are only retried: a new session cannot cure corruption).
     pub naks_before_reopen: u32,
     /// Largest message accepted, in bytes (larger: NAK 5).
     pub max_message: usize,
