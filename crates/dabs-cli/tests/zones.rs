@@ -312,3 +312,43 @@ async fn latency_above_the_high_mark_closes_the_node_until_below_the_low_mark() 
     assert!(n1.handle().events().iter().any(|e| e.text.contains("under the low-water mark")));
     n1.stop().await;
 }
+
+/// The thresholds of clients without a class are run-time settings: at health 40 the node is
+/// open under the configured connection threshold 25, refuses new clients once the operator
+/// raises it to 50, and takes them again when it is lowered, all without a restart; a client of
+/// a configured class keeps its own thresholds meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_changed_at_run_time_take_effect_without_a_restart() {
+    let dir = tempfile_dir("live-thresholds");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let failover = "failover_threshold = 10\nconnection_threshold = 25\n\n\
+                    [[failover.class]]\nname = \"gold\"\nfailover_threshold = 5\nconnection_threshold = 20\n";
+    let n1 = node(&group(), 1, &dir, failover, service.local_addr().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let home = n1.mp_addr();
+    drop(service); // health 100 - 60 = 40
+    eventually("node-1's health falls to 40", async || n1.handle().stats().health == 40).await;
+    assert!(n1.handle().stats().accepting, "40 is above the configured connection threshold 25");
+    assert!(client(home).await.is_ok());
+
+    let raise = dabs_node::settings::SettingsPatch { connection_threshold: Some(50), ..Default::default() };
+    let s = n1.handle().update_settings(&raise).expect("a valid change");
+    assert_eq!(s.thresholds().connection, 50);
+    eventually("node-1 refuses new clients under the raised threshold", async || {
+        matches!(client(home).await, Err(Error::Call(CallError::Nak { code: NakCode::NotAccepting, .. })))
+    })
+    .await;
+    assert!(!n1.handle().stats().accepting);
+    // A gold client (connection threshold 20 of its own) is still admitted.
+    let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let gold = FarmClientOptions { class: Some("gold".into()), ..FarmClientOptions::new(home, "calc") };
+    let gold = FarmClient::start(ep, gold).await.expect("a gold client is admitted at health 40");
+    assert_eq!(add(&gold, 1, 1).await, 2);
+
+    let lower = dabs_node::settings::SettingsPatch { connection_threshold: Some(30), ..Default::default() };
+    n1.handle().update_settings(&lower).expect("a valid change");
+    eventually("node-1 takes new clients again", async || client(home).await.is_ok()).await;
+    let bad = dabs_node::settings::SettingsPatch { failover_threshold: Some(250), ..Default::default() };
+    assert_eq!(n1.handle().update_settings(&bad).unwrap_err().field, "failover_threshold");
+    n1.stop().await;
+}

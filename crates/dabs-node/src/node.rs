@@ -600,6 +600,12 @@ impl Inner {
     }
 
     fn own_stats(&self, leaving: bool) -> NodeStats {
+        // Read first and let go: a guard taken inside the struct literal below would live to
+        // its end, and a second one there deadlocks.
+        let (thresholds, settings_version) = {
+            let s = self.settings_guard();
+            (s.thresholds(), s.version)
+        };
         let mut st = self.state();
         st.seq += 1;
         let mut portions: Vec<PortionStats> = st
@@ -632,11 +638,11 @@ impl Inner {
             mem_free_mb: st.host.mem_free_mb,
             disk_free_mb: st.host.disk_free_mb,
             net_bytes_per_s: st.host.net_bytes_per_s,
-            accepting: Self::admits(&st, &self.config.failover.thresholds),
+            accepting: Self::admits(&st, &thresholds),
             draining: st.draining,
             health: st.health.score,
             leaving,
-            settings_version: self.settings_guard().version,
+            settings_version,
             no_encryption: !self.config.node.accept_encryption,
             accepted: Some(st.accepted),
             client_alerts: self.counters.client_alerts.load(Ordering::Relaxed),
@@ -772,7 +778,13 @@ impl Inner {
     /// True when this node takes new clients: not stopping, latency below the high-water
     /// mark (until back under the low one), and no portion starving right now.
     fn admits_new_clients(&self, class: Option<&str>) -> bool {
-        Self::admits(&self.state(), &self.config.failover.thresholds_for(class))
+        Self::admits(&self.state(), &self.thresholds_for(class))
+    }
+
+    /// The thresholds for a client of `class`: its class's configured ones, else the farm's
+    /// run-time settings (changed live by the operator).
+    fn thresholds_for(&self, class: Option<&str>) -> crate::zones::Thresholds {
+        self.config.failover.class_thresholds(class).unwrap_or_else(|| self.settings_guard().thresholds())
     }
 
     /// Admission of a new client with `thresholds`: also its health zone (R-FO-2).
@@ -1318,7 +1330,7 @@ impl Inner {
             return Err((NakCode::NotAccepting, format!("node {} is not accepting new clients", self.me)));
         }
         let serve_once = !came_back
-            && self.config.failover.thresholds_for(ask.class.as_deref()).zone(self.state().health.score)
+            && self.thresholds_for(ask.class.as_deref()).zone(self.state().health.score)
                 == crate::zones::Zone::ServeOnce;
         let existing = {
             let st = self.state();
@@ -1404,7 +1416,7 @@ impl Inner {
             return Ok(false);
         };
         let health = st.health.score;
-        let th = self.config.failover.thresholds_for(st.deferred[i].client.class.as_deref());
+        let th = self.thresholds_for(st.deferred[i].client.class.as_deref());
         if st.draining || !th.admits_returning(health) || !th.keeps_existing(health) {
             return Err((
                 NakCode::NotAccepting,

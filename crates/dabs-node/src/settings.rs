@@ -1,8 +1,9 @@
-//! Settings that can change while the farm runs (R-RE-3): latency limits and per-application
-//! records. A change is validated, numbered, stored, and spreads to every node: announcements
+//! Settings that can change while the farm runs (R-RE-3): latency limits, the failover and
+//! connection thresholds of clients without a configured class, and per-application records. A change is validated, numbered, stored, and spreads to every node: announcements
 //! carry the settings version, and a node that hears a newer one fetches it (`SETTINGS`).
 
 use crate::config::{AppConfig, NodeConfig};
+use crate::zones::Thresholds;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -17,8 +18,30 @@ pub struct Settings {
     pub max_message_latency_ms: u64,
     /// Low-water mark, ms: below it the server takes new clients again.
     pub low_water_ms: u64,
+    /// Health at or below which a server defers its clients (R-FO-2), 0..=100; clients of a
+    /// configured class keep their class's thresholds.
+    #[serde(default = "default_failover")]
+    pub failover_threshold: u8,
+    /// Health above which a server admits new clients, 0..=100.
+    #[serde(default = "default_connection")]
+    pub connection_threshold: u8,
+    /// Health above which deferred clients are called back and admitted again, 0..=100.
+    #[serde(default = "default_return")]
+    pub return_threshold: u8,
     /// Per-application records.
     pub apps: BTreeMap<String, AppSettings>,
+}
+
+fn default_failover() -> u8 {
+    Thresholds::default().failover
+}
+
+fn default_connection() -> u8 {
+    Thresholds::default().connection
+}
+
+fn default_return() -> u8 {
+    Thresholds::default().returning
 }
 
 /// The run-time part of an application's record.
@@ -44,6 +67,15 @@ pub struct SettingsPatch {
     /// New low-water mark, ms.
     #[serde(default)]
     pub low_water_ms: Option<u64>,
+    /// New failover threshold (health, 0..=100).
+    #[serde(default)]
+    pub failover_threshold: Option<u64>,
+    /// New connection threshold (health, 0..=100).
+    #[serde(default)]
+    pub connection_threshold: Option<u64>,
+    /// New return threshold (health, 0..=100).
+    #[serde(default)]
+    pub return_threshold: Option<u64>,
     /// Per-application changes.
     #[serde(default)]
     pub apps: BTreeMap<String, AppPatch>,
@@ -89,6 +121,9 @@ impl Settings {
             changed_by: String::new(),
             max_message_latency_ms: config.latency.max_message_latency.as_millis() as u64,
             low_water_ms: config.latency.low_water.as_millis() as u64,
+            failover_threshold: config.failover.thresholds.failover,
+            connection_threshold: config.failover.thresholds.connection,
+            return_threshold: config.failover.thresholds.returning,
             apps: config
                 .apps
                 .iter()
@@ -136,6 +171,19 @@ impl Settings {
                 ),
             ));
         }
+        // Any arrangement of failover and connection is allowed (R-FO-2 has three).
+        for (value, field, slot) in [
+            (patch.failover_threshold, "failover_threshold", &mut next.failover_threshold),
+            (patch.connection_threshold, "connection_threshold", &mut next.connection_threshold),
+            (patch.return_threshold, "return_threshold", &mut next.return_threshold),
+        ] {
+            if let Some(v) = value {
+                *slot = u8::try_from(v)
+                    .ok()
+                    .filter(|v| *v <= 100)
+                    .ok_or_else(|| refuse(field, format!("{v} is out of range 0..100 (a health score)")))?;
+            }
+        }
         for (name, p) in &patch.apps {
             let field = |f: &str| format!("apps.{name}.{f}");
             let Some(app) = next.apps.get_mut(name) else {
@@ -179,6 +227,15 @@ impl Settings {
         Ok(next)
     }
 
+    /// The thresholds of clients without a configured class.
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            failover: self.failover_threshold,
+            connection: self.connection_threshold,
+            returning: self.return_threshold,
+        }
+    }
+
     /// An application's record with the run-time settings applied.
     pub fn app_config(&self, base: &AppConfig) -> AppConfig {
         let mut a = base.clone();
@@ -216,6 +273,36 @@ mod tests {
         assert_eq!((next.version, next.changed_by.as_str(), next.max_message_latency_ms), (1, "node-2", 300));
         assert_eq!(next.apps["calc"].max_cpu_percent, 80.0);
         assert!(next.newer_than(&s) && !s.newer_than(&next));
+    }
+
+    #[test]
+    fn thresholds_change_in_any_arrangement_within_0_to_100() {
+        let s = base();
+        let patch = SettingsPatch {
+            failover_threshold: Some(60),
+            connection_threshold: Some(30),
+            return_threshold: Some(80),
+            ..Default::default()
+        };
+        let next = s.apply(&patch, "node-2").unwrap();
+        assert_eq!(next.thresholds(), Thresholds { failover: 60, connection: 30, returning: 80 });
+        assert_eq!(next.version, s.version + 1);
+        for field in ["failover_threshold", "connection_threshold", "return_threshold"] {
+            let mut bad = SettingsPatch::default();
+            *match field {
+                "failover_threshold" => &mut bad.failover_threshold,
+                "connection_threshold" => &mut bad.connection_threshold,
+                _ => &mut bad.return_threshold,
+            } = Some(101);
+            let e = s.apply(&bad, "n").unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(e.message.contains("0..100"), "{e}");
+        }
+        // Settings stored before the thresholds were run-time ones still load.
+        let old = serde_json::json!({"version": 3, "changed_by": "n", "max_message_latency_ms": 200,
+            "low_water_ms": 100, "apps": {}});
+        let old: Settings = serde_json::from_value(old).unwrap();
+        assert_eq!(old.thresholds(), Thresholds::default());
     }
 
     #[test]

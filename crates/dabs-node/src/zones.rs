@@ -117,9 +117,12 @@ impl Default for FailoverPolicy {
 impl FailoverPolicy {
     /// The thresholds of `class` (the default ones for none or an unknown class).
     pub fn thresholds_for(&self, class: Option<&str>) -> Thresholds {
-        class
-            .and_then(|c| self.classes.iter().find(|k| k.name == c))
-            .map_or(self.thresholds, |k| k.thresholds)
+        self.class_thresholds(class).unwrap_or(self.thresholds)
+    }
+
+    /// The thresholds of a configured class, `None` for a client of no configured class.
+    pub fn class_thresholds(&self, class: Option<&str>) -> Option<Thresholds> {
+        class.and_then(|c| self.classes.iter().find(|k| k.name == c)).map(|k| k.thresholds)
     }
 
     /// Sorts `clients` into the order they are deferred: the configured list first, then the

@@ -127,7 +127,14 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> SettingsError
     SettingsError { field: field.into(), message: message.into() }
 }
 
-const TOP_KEYS: &[&str] = &["max_message_latency_ms", "low_water_ms", "apps"];
+const TOP_KEYS: &[&str] = &[
+    "max_message_latency_ms",
+    "low_water_ms",
+    "failover_threshold",
+    "connection_threshold",
+    "return_threshold",
+    "apps",
+];
 const APP_KEYS: &[&str] = &["subgroup", "max_sessions_per_portion", "min_free_memory_mb", "max_cpu_percent"];
 
 /// Reads a settings change from a request body. The JSON is walked before it is deserialized
@@ -140,7 +147,11 @@ pub(crate) fn patch_from_json(body: &[u8]) -> Result<SettingsPatch, SettingsErro
     };
     for (key, val) in top {
         match key.as_str() {
-            "max_message_latency_ms" | "low_water_ms" => whole(key, val)?,
+            "max_message_latency_ms"
+            | "low_water_ms"
+            | "failover_threshold"
+            | "connection_threshold"
+            | "return_threshold" => whole(key, val)?,
             "apps" => {
                 let Some(apps) = val.as_object() else {
                     return Err(refuse("apps", "expected an object of application name to changes"));

@@ -233,6 +233,9 @@ pub fn document() -> Value {
                     "changed_by": string("Node where the last change was made"),
                     "max_message_latency_ms": integer("High-water mark of message latency, ms (1..600000)"),
                     "low_water_ms": integer("Low-water mark, ms (below max_message_latency_ms)"),
+                    "failover_threshold": integer("Health (0..100) at or below which a node defers its clients; clients of a configured class keep their class's thresholds"),
+                    "connection_threshold": integer("Health (0..100) above which a node admits new clients"),
+                    "return_threshold": integer("Health (0..100) above which deferred clients are called back and admitted"),
                     "apps": { "type": "object", "additionalProperties": schema("AppSettings"),
                         "description": "Per-application records, by name" },
                 }
@@ -254,6 +257,9 @@ pub fn document() -> Value {
                 "properties": {
                     "max_message_latency_ms": integer("New high-water mark, ms"),
                     "low_water_ms": integer("New low-water mark, ms"),
+                    "failover_threshold": integer("New failover threshold, 0..100"),
+                    "connection_threshold": integer("New connection threshold, 0..100"),
+                    "return_threshold": integer("New return threshold, 0..100"),
                     "apps": { "type": "object", "additionalProperties": schema("AppPatch"),
                         "description": "Changes per application, by name" },
                 }

@@ -107,7 +107,7 @@ impl Inner {
             }
         };
         let health = assess(&reading, cfg);
-        let thresholds = self.config.failover.thresholds;
+        let thresholds = self.settings_guard().thresholds();
         let (before, after) = (thresholds.zone(self.state().health.score), thresholds.zone(health.score));
         let news = (before != after).then(|| {
             let why = if health.causes.is_empty() {
@@ -162,6 +162,8 @@ impl Inner {
     /// from the portions' client lists to the deferred list.
     fn pick_batch(&self) -> Vec<(String, ClientEntry, Vec<Alternate>)> {
         let policy = &self.config.failover;
+        // Read before the state lock: clients of no configured class follow the live settings.
+        let defaults = self.settings_guard().thresholds();
         let st = self.state();
         let health = st.health.score;
         let draining = st.draining;
@@ -169,7 +171,7 @@ impl Inner {
         for (va, p) in &st.portions {
             let latencies = p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner());
             for c in &p.clients {
-                let th = policy.thresholds_for(c.class.as_deref());
+                let th = policy.class_thresholds(c.class.as_deref()).unwrap_or(defaults);
                 let served = latencies.contains_key(&c.session.0);
                 let resting = c.retry_after.is_some_and(|t| Instant::now() < t);
                 let go = !resting
@@ -271,6 +273,7 @@ impl Inner {
     /// more than the return gate lets in: a `FAILOVER` naming this node as the alternate.
     fn call_back(self: &Arc<Self>) {
         let policy = &self.config.failover;
+        let defaults = self.settings_guard().thresholds();
         let now = Instant::now();
         let mut calls = Vec::new();
         {
@@ -299,7 +302,7 @@ impl Inner {
                 if room == 0 {
                     break;
                 }
-                let th = policy.thresholds_for(d.client.class.as_deref());
+                let th = policy.class_thresholds(d.client.class.as_deref()).unwrap_or(defaults);
                 // Back only where it may stay: else the next push sends it away again.
                 let ready = th.admits_returning(health)
                     && th.keeps_existing(health)
