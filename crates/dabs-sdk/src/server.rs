@@ -104,6 +104,33 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                     events_open = false;
                     continue;
                 };
+                if let RuntimeEvent::Shutdown { emergency } = event {
+                    // Tell the clients first, so they move before they time out.
+                    let notice = if emergency { b"\xa1\x64kind\x69emergency".to_vec() } else { b"\xa1\x64kind\x65clean".to_vec() };
+                    for s in &clients {
+                        drop(endpoint.call_async(*s, SystemCommand::Shutdown.number(), notice.clone()));
+                    }
+                    let _ = stop_tx.send(Some(emergency));
+                    if emergency {
+                        // At once: before the portion's callback, which would wait for a
+                        // handler in progress to let go of the portion.
+                        workers.abort_all();
+                        while workers.join_next().await.is_some() {}
+                        // Queued requests never ran: refused, their clients re-open at once
+                        // instead of waiting out the reply time-out.
+                        while let Ok(req) = queue.lock().await.try_recv() {
+                            req.reject(NakCode::NotAccepting, "the portion shut down (emergency)");
+                        }
+                    }
+                    for p in &portions {
+                        p.lock().await.on_event(&event);
+                    }
+                    while let Some(done) = workers.join_next().await {
+                        report_panic(&report, done);
+                    }
+                    report(PortionReport::Exited);
+                    return;
+                }
                 for p in &portions {
                     p.lock().await.on_event(&event);
                 }
@@ -113,30 +140,35 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                     }
                     RuntimeEvent::AddClient { session, .. } => clients.push(session),
                     RuntimeEvent::RemoveClient { session } => clients.retain(|s| *s != session),
-                    RuntimeEvent::Shutdown { emergency } => {
-                        // Tell the clients first, so they move before they time out.
-                        let notice = if emergency { b"\xa1\x64kind\x69emergency".to_vec() } else { b"\xa1\x64kind\x65clean".to_vec() };
-                        for s in &clients {
-                            drop(endpoint.call_async(*s, SystemCommand::Shutdown.number(), notice.clone()));
-                        }
-                        let _ = stop_tx.send(Some(emergency));
-                        if emergency {
-                            workers.abort_all();
-                        }
-                        while workers.join_next().await.is_some() {}
-                        report(PortionReport::Exited);
-                        return;
-                    }
+                    RuntimeEvent::Shutdown { .. } => unreachable!("handled above"),
                 }
             }
             done = workers.join_next() => {
-                if done.is_none() {
+                match done {
                     // Every worker ended: the queue closed.
-                    report(PortionReport::Exited);
-                    return;
+                    None => {
+                        report(PortionReport::Exited);
+                        return;
+                    }
+                    Some(done) => report_panic(&report, done),
                 }
             }
         }
+    }
+}
+
+/// A worker that panicked is an error the runtime hears of (the others carry on).
+fn report_panic(report: &impl Fn(PortionReport), done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        let p = e.into_panic();
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        report(PortionReport::Error(format!("a worker panicked: {what}")));
     }
 }
 
