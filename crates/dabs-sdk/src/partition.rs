@@ -58,6 +58,8 @@ pub fn decode_args<T: DeserializeOwned>(payload: &[u8], arity: usize) -> Result<
         ciborium::from_reader(payload).map_err(|e| bad(format!("operands are not CBOR: {e}")))?;
     match &value {
         ciborium::Value::Array(items) if items.len() == arity => {}
+        // No operands: the empty tuple encodes as null.
+        ciborium::Value::Null if arity == 0 => {}
         ciborium::Value::Array(items) => {
             return Err(bad(format!("expected {arity} operands, got {}", items.len())));
         }
@@ -186,7 +188,8 @@ macro_rules! partition {
         $vis async fn $serve<T: $name>(imp: &T, command: u16, payload: &[u8]) -> ::std::option::Option<::std::vec::Vec<u8>> {
             $(
                 if command == $cmd {
-                    let arity = [$(stringify!($arg)),*].len();
+                    let names: &[&str] = &[$(stringify!($arg)),*];
+                    let arity = names.len();
                     let args: ::std::result::Result<($($ty,)*), _> = $crate::decode_args(payload, arity);
                     let result = match args {
                         Ok(($($arg,)*)) => imp.$method($($arg),*).await,
@@ -202,4 +205,55 @@ macro_rules! partition {
             None
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    crate::partition! {
+        /// A counter with an operation of no operands.
+        pub trait Counter via CounterNet, serve serve_counter {
+            /// The count.
+            fn count() -> u64 = 300;
+            /// The count plus n.
+            fn plus(n: u64) -> u64 = 301;
+        }
+    }
+
+    struct Seven;
+
+    impl Counter for Seven {
+        async fn count(&self) -> Result<u64, PartitionError> {
+            Ok(7)
+        }
+        async fn plus(&self, n: u64) -> Result<u64, PartitionError> {
+            Ok(7 + n)
+        }
+    }
+
+    /// Answers calls by serving them on [`Seven`], as a server portion would.
+    struct Loopback;
+
+    impl Caller for Loopback {
+        fn call(&self, command: u16, payload: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, PartitionError>> {
+            Box::pin(
+                async move { Ok(serve_counter(&Seven, command, &payload).await.expect("a counter command")) },
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn operations_without_operands_work_locally_and_over_the_network() {
+        let both: [Placed<Seven, CounterNet>; 2] =
+            [Placed::Local(Seven), Placed::Network(CounterNet::new(Arc::new(Loopback)))];
+        for p in &both {
+            assert_eq!(p.count().await.unwrap(), 7);
+            assert_eq!(p.plus(3).await.unwrap(), 10);
+        }
+        // One operand where none is expected is refused, not ignored.
+        let reply = serve_counter(&Seven, 300, &encode_args(&(1u64,))).await.unwrap();
+        assert!(decode_reply::<u64>(&reply).is_err());
+    }
 }
