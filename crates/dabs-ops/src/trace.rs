@@ -14,20 +14,26 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use tokio::sync::broadcast::error::RecvError;
 
-/// Which datagrams a trace shows; `None` lets everything through.
+/// Which datagrams a trace shows; `None` lets everything through, and the filters that are
+/// set must all pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceFilter {
-    /// Only this session byte.
+    /// Only this session byte (as on the wire: numbers are per peer, so two clients may both
+    /// have a session 1).
     pub session: Option<u8>,
     /// Only this command number.
     pub command: Option<u16>,
-    /// Only datagrams to or from this portion queue.
-    pub queue: Option<u16>,
+    /// Only the traffic of the portion on this queue of this endpoint: incoming datagrams
+    /// whose destination queue is it, outgoing ones whose source queue is it. The queue at the
+    /// other end is never looked at: it is the peer's own numbering, and any peer may use the
+    /// same number for a portion of its own.
+    pub portion_queue: Option<u16>,
 }
 
 impl TraceFilter {
     /// True when `rec` passes. The header is read without validation so that datagrams that
-    /// do not decode are filtered (and shown) like the rest.
+    /// do not decode are filtered (and shown) like the rest; one too short for a header passes
+    /// only when no filter is set.
     pub fn matches(&self, rec: &TapRecord) -> bool {
         if *self == TraceFilter::default() {
             return true;
@@ -35,10 +41,44 @@ impl TraceFilter {
         let Some(h) = RawHeader::peek(&rec.data) else {
             return false;
         };
+        // Whoever sends a datagram puts its own queue in `src` and the receiver's in `dst`;
+        // ACKs, NAKs and REPLYs swap the queues of what they answer, so they follow the same
+        // rule and show with the requests they answer.
+        let ours = if rec.outgoing { h.src } else { h.dst };
         self.session.is_none_or(|s| s == h.session)
             && self.command.is_none_or(|c| c == h.command)
-            && self.queue.is_none_or(|q| q == h.dst || q == h.src)
+            && self.portion_queue.is_none_or(|q| q == ours)
     }
+
+    /// Reads a command for the `command` filter: a number 0..65535, or a system command's name
+    /// in any case (`ECHO`, `open_session`, `KEY_EXCHANGE`, ...).
+    pub fn parse_command(text: &str) -> Result<u16, String> {
+        let text = text.trim();
+        if let Ok(n) = text.parse::<u16>() {
+            return Ok(n);
+        }
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{text} is not a command number 0..65535"));
+        }
+        let named = system_commands();
+        if let Some((n, _)) = named.iter().find(|(_, name)| name.eq_ignore_ascii_case(text)) {
+            return Ok(*n);
+        }
+        let names: Vec<&str> = named.iter().map(|(_, name)| *name).collect();
+        Err(format!(
+            "unknown command {text:?}: give a number 0..65535 or a system command name ({})",
+            names.join(", ")
+        ))
+    }
+}
+
+/// Every system command this implementation names, `KEY_EXCHANGE` included, by number.
+fn system_commands() -> Vec<(u16, &'static str)> {
+    let mut all: Vec<(u16, &'static str)> =
+        SystemCommand::ALL.iter().map(|c| (c.number(), c.name())).collect();
+    all.push((dabs_net::KEY_EXCHANGE, "KEY_EXCHANGE"));
+    all.sort_unstable();
+    all
 }
 
 /// One trace line for `rec`: the decoded header with readable names, the latency of incoming
@@ -109,7 +149,8 @@ fn line(v: &Value) -> Result<Bytes, Infallible> {
 /// A refused query: status, field and message.
 type Refusal = (StatusCode, String, String);
 
-/// Reads `session`, `command` and `va` from the query; `va` must name a portion here.
+/// Reads `session`, `command` (a number or a system command name) and `va` from the query;
+/// `va` must name a portion here, and is looked up once: its queue at this endpoint.
 fn filter_from_query(node: &NodeHandle, q: &BTreeMap<String, String>) -> Result<TraceFilter, Refusal> {
     let bad = |field: &str, message: String| (StatusCode::BAD_REQUEST, field.to_owned(), message);
     let mut f = TraceFilter::default();
@@ -119,11 +160,7 @@ fn filter_from_query(node: &NodeHandle, q: &BTreeMap<String, String>) -> Result<
                 f.session =
                     Some(val.parse().map_err(|_| bad("session", format!("{val:?} is not a number 0..255")))?);
             }
-            "command" => {
-                f.command = Some(
-                    val.parse().map_err(|_| bad("command", format!("{val:?} is not a number 0..65535")))?,
-                );
-            }
+            "command" => f.command = Some(TraceFilter::parse_command(val).map_err(|e| bad("command", e))?),
             "va" => {
                 let queue = node.portions().into_iter().find(|p| p.va == *val).map(|p| p.queue);
                 let Some(queue) = queue else {
@@ -133,7 +170,7 @@ fn filter_from_query(node: &NodeHandle, q: &BTreeMap<String, String>) -> Result<
                         format!("no portion {val} on this node; trace it on the node that runs it"),
                     ));
                 };
-                f.queue = Some(queue);
+                f.portion_queue = Some(queue);
             }
             _ => return Err(bad(key, "unknown parameter; expected session, command or va".into())),
         }
@@ -311,10 +348,104 @@ mod tests {
     fn filters_read_the_header() {
         let rec = record(false, header(), 0);
         assert!(TraceFilter::default().matches(&rec));
-        assert!(TraceFilter { session: Some(3), command: Some(1), queue: Some(16) }.matches(&rec));
-        assert!(TraceFilter { queue: Some(2), ..Default::default() }.matches(&rec));
+        assert!(TraceFilter { session: Some(3), command: Some(1), portion_queue: Some(16) }.matches(&rec));
         assert!(!TraceFilter { session: Some(4), ..Default::default() }.matches(&rec));
         assert!(!TraceFilter { command: Some(300), ..Default::default() }.matches(&rec));
-        assert!(!TraceFilter { queue: Some(17), ..Default::default() }.matches(&rec));
+        assert!(!TraceFilter { portion_queue: Some(17), ..Default::default() }.matches(&rec));
+        // Every filter that is set must pass.
+        assert!(!TraceFilter { session: Some(3), command: Some(300), ..Default::default() }.matches(&rec));
+        assert!(
+            !TraceFilter { session: Some(3), portion_queue: Some(2), ..Default::default() }.matches(&rec)
+        );
+        // Too short for a header: shown only unfiltered.
+        let short = TapRecord { at_ms: 1, outgoing: false, peer: Addr::InProc(4), data: vec![1, 2, 3] };
+        assert!(TraceFilter::default().matches(&short));
+        assert!(!TraceFilter { session: Some(0), ..Default::default() }.matches(&short));
+        assert!(!TraceFilter { portion_queue: Some(0), ..Default::default() }.matches(&short));
+    }
+
+    /// A datagram of `kind` between our queue `ours` and the peer's queue `theirs`, in the
+    /// direction `outgoing`, with the queues where its sender puts them.
+    fn between(outgoing: bool, kind: Kind, command: u16, session: u8, ours: u16, theirs: u16) -> TapRecord {
+        let (dst, src) = if outgoing { (theirs, ours) } else { (ours, theirs) };
+        let h = Header { session, transaction: 1, dst, src, ..Header::new(kind, command) };
+        record(outgoing, h, 0)
+    }
+
+    #[test]
+    fn the_portion_filter_takes_only_that_portions_traffic_here() {
+        // Our portion A is on queue 16, portion B on queue 17. A's client uses queue 1; B's
+        // client happens to use queue 16 at its end, and B also calls a portion on queue 16 of
+        // another node: none of B's traffic carries A's queue at *this* endpoint.
+        let a = TraceFilter { portion_queue: Some(16), ..Default::default() };
+        let (open, app) = (SystemCommand::OpenSession.number(), 256);
+        let ours = [
+            // The session opened to A: the REPLY comes from A's queue, the client ACKs it there.
+            between(true, Kind::Reply, open, 1, 16, 1),
+            between(false, Kind::Ack, open, 1, 16, 1),
+            // A request to A, its ACK, REPLY, the client's ACK of the REPLY.
+            between(false, Kind::Request, app, 1, 16, 1),
+            between(true, Kind::Ack, app, 1, 16, 1),
+            between(true, Kind::Reply, app, 1, 16, 1),
+            between(false, Kind::Ack, app, 1, 16, 1),
+            // A NAK from A, and A's own call out to somebody and its answer.
+            between(true, Kind::Nak, app, 1, 16, 1),
+            between(true, Kind::Request, app, 4, 16, 30),
+            between(false, Kind::Reply, app, 4, 16, 30),
+            between(false, Kind::Nak, app, 4, 16, 30),
+        ];
+        let theirs = [
+            // The OPEN_SESSION request is addressed to the node's runtime (queue 0).
+            between(false, Kind::Request, open, 0, 0, 1),
+            // B's client on queue 16 of its endpoint: request, ACK, REPLY, ACK.
+            between(false, Kind::Request, app, 2, 17, 16),
+            between(true, Kind::Ack, app, 2, 17, 16),
+            between(true, Kind::Reply, app, 2, 17, 16),
+            between(false, Kind::Ack, app, 2, 17, 16),
+            // B calling a portion on queue 16 of another endpoint, and its answers.
+            between(true, Kind::Request, app, 5, 17, 16),
+            between(false, Kind::Reply, app, 5, 17, 16),
+            between(false, Kind::Nak, app, 5, 17, 16),
+            // The runtime's farm traffic.
+            between(true, Kind::Request, SystemCommand::Announce.number(), 0, 0, 0),
+        ];
+        for rec in &ours {
+            assert!(a.matches(rec), "A's traffic left out: {}", trace_line(rec));
+        }
+        for rec in &theirs {
+            assert!(!a.matches(rec), "not A's traffic shown: {}", trace_line(rec));
+        }
+        // Matching either queue, as the filter once did, would have let B's traffic in.
+        let either = |r: &TapRecord| RawHeader::peek(&r.data).is_some_and(|h| h.dst == 16 || h.src == 16);
+        assert_eq!(theirs.iter().filter(|r| either(r)).count(), 7);
+        // A datagram that does not decode is judged by the header it still has.
+        let mut damaged = between(false, Kind::Request, app, 1, 16, 1);
+        damaged.data[0] = (damaged.data[0] & !0x1f) | 7;
+        assert!(trace_line(&damaged)["error"].is_string());
+        assert!(a.matches(&damaged));
+        damaged.data[8..10].copy_from_slice(&17u16.to_be_bytes());
+        assert!(!a.matches(&damaged));
+    }
+
+    #[test]
+    fn commands_are_numbers_or_system_names() {
+        assert_eq!(TraceFilter::parse_command("9"), Ok(9));
+        assert_eq!(TraceFilter::parse_command("65535"), Ok(65535));
+        assert_eq!(TraceFilter::parse_command("ECHO"), Ok(9));
+        assert_eq!(TraceFilter::parse_command("echo"), Ok(9));
+        assert_eq!(TraceFilter::parse_command(" Open_Session "), Ok(1));
+        assert_eq!(TraceFilter::parse_command("key_exchange"), Ok(22));
+        assert_eq!(TraceFilter::parse_command("ALERT"), Ok(23));
+        for c in SystemCommand::ALL {
+            assert_eq!(TraceFilter::parse_command(c.name()), Ok(c.number()));
+            assert_eq!(TraceFilter::parse_command(&c.name().to_lowercase()), Ok(c.number()));
+        }
+        let e = TraceFilter::parse_command("70000").unwrap_err();
+        assert!(e.contains("0..65535"), "{e}");
+        let e = TraceFilter::parse_command("OPEN").unwrap_err();
+        assert!(e.contains("unknown command \"OPEN\"") && e.contains("OPEN_SESSION, CLOSE_SESSION"), "{e}");
+        assert!(e.contains("DRAIN, KEY_EXCHANGE, ALERT"), "listed by number: {e}");
+        assert!(TraceFilter::parse_command("").is_err());
+        assert!(TraceFilter::parse_command("-1").is_err());
     }
 }
