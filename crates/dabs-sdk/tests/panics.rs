@@ -26,9 +26,12 @@ async fn a_panicking_handler_is_reported_and_the_other_workers_serve_on() {
     assert_eq!(s.call(300, vec![1]).await.unwrap(), vec![1]);
     // The request whose handler panicked gets no answer (whether it ran is unknown).
     drop(s.call_async(BOOM, vec![2]));
-    let report = tokio::time::timeout(Duration::from_secs(10), reports.recv()).await.expect("a report").unwrap();
+    let report =
+        tokio::time::timeout(Duration::from_secs(10), reports.recv()).await.expect("a report").unwrap();
     match &report.1 {
-        PortionReport::Error(e) => assert!(e.contains("worker panicked") && e.contains("asked to fail"), "{e}"),
+        PortionReport::Error(e) => {
+            assert!(e.contains("worker panicked") && e.contains("asked to fail"), "{e}")
+        }
         other => panic!("expected an error report, got {other:?}"),
     }
     for i in 3..8u8 {
