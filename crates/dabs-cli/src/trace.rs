@@ -37,14 +37,27 @@ pub fn human(v: &Value) -> String {
     )
 }
 
-/// Runs `dabs trace`.
-pub fn run(node: &str, session: Option<u8>, va: Option<&str>, command: Option<u16>, json: bool) -> ExitCode {
+/// Runs `dabs trace`. `command` is a number or a system command name in any case (`ECHO`,
+/// `open_session`); an unknown name is refused (exit status 2) before the node is asked.
+pub fn run(
+    node: &str,
+    session: Option<u8>,
+    va: Option<&str>,
+    command: Option<impl std::fmt::Display>,
+    json: bool,
+) -> ExitCode {
     let mut query = Vec::new();
     if let Some(s) = session {
         query.push(format!("session={s}"));
     }
     if let Some(c) = command {
-        query.push(format!("command={c}"));
+        match dabs_ops::TraceFilter::parse_command(&c.to_string()) {
+            Ok(n) => query.push(format!("command={n}")),
+            Err(e) => {
+                eprintln!("dabs trace: --command: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     if let Some(v) = va {
         let encoded: String = v
