@@ -1,4 +1,5 @@
-//! R-FO-2's zones on real nodes (in this process, over loopback UDP and the farm's multicast
+//! R-FO-2's zones, and other runtime behaviour (latency marks, live thresholds, alerts, drain
+//! replays), on real nodes (in this process, over loopback UDP and the farm's multicast
 //! group): a dependent service of node-1 goes down, lowering its health between the two
 //! thresholds, and node-1 must treat existing and new clients as its zone says.
 
@@ -15,6 +16,18 @@ const SECRET: &str = "00112233445566778899aabbccddeeff";
 
 /// A node of farm `group`; node-1 declares a dependent TCP service costing 60 health points.
 async fn node(group: &str, i: usize, dir: &std::path::Path, failover: &str, service: SocketAddr) -> Node {
+    node_at(group, i, dir, failover, service, "127.0.0.1:0").await
+}
+
+/// [`node`] bound to the MP address `bind`.
+async fn node_at(
+    group: &str,
+    i: usize,
+    dir: &std::path::Path,
+    failover: &str,
+    service: SocketAddr,
+    bind: &str,
+) -> Node {
     let health = if i == 1 {
         format!(
             "[health]\ninterval_ms = 100\n\n[[health.service]]\nname = \"cache\"\ntcp = \"{service}\"\nweight = 60\n"
@@ -24,7 +37,7 @@ async fn node(group: &str, i: usize, dir: &std::path::Path, failover: &str, serv
     };
     let text = format!(
         "[farm]\nname = \"zones\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n\n\
-         [node]\nname = \"node-{i}\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n{health}\n\
+         [node]\nname = \"node-{i}\"\nbind = \"{bind}\"\ndata_dir = \"{}\"\n\n{health}\n\
          [failover]\n{failover}\n\n[[app]]\nname = \"calc\"\nstart_at_init = true\n",
         dir.join(format!("node-{i}")).display()
     );
@@ -350,5 +363,50 @@ async fn thresholds_changed_at_run_time_take_effect_without_a_restart() {
     eventually("node-1 takes new clients again", async || client(home).await.is_ok()).await;
     let bad = dabs_node::settings::SettingsPatch { failover_threshold: Some(250), ..Default::default() };
     assert_eq!(n1.handle().update_settings(&bad).unwrap_err().field, "failover_threshold");
+    n1.stop().await;
+}
+
+/// A DRAIN is taken once: the same sealed message sent again is refused (NAK 9), also after
+/// the node restarts on the same address within the message's 30 s window, since the last
+/// nonce taken is kept in the node's database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_drain_is_refused_also_after_a_restart() {
+    let dir = tempfile_dir("drain-replay");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let g = group();
+    let n1 = node_at(&g, 1, &dir, "", service.local_addr().unwrap(), &bind).await;
+    let at = n1.mp_addr();
+    let secret: Vec<u8> = SECRET
+        .as_bytes()
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect();
+    let now = dabs_net::unix_ms();
+    let drain = dabs_node::failover::seal_drain(&secret, at, true, now, now);
+    let undo = dabs_node::failover::seal_drain(&secret, at, false, now + 1, now);
+    let send = async |payload: &Vec<u8>| {
+        let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+        let ask = dabs_node::shapes::OpenAsk { node: Some("operator".into()), ..Default::default() };
+        let s = ep.open(Addr::Udp(at), 0, ask.to_cbor()).await.expect("a node session");
+        let r = s.call(dabs_wire::SystemCommand::Drain.number(), payload.clone()).await;
+        ep.shutdown().await;
+        r
+    };
+    let refused = |r: &Result<Vec<u8>, Error>| {
+        matches!(r, Err(Error::Call(CallError::Nak { code: NakCode::AuthenticationFailed, .. })))
+    };
+    send(&drain).await.expect("the first DRAIN is taken");
+    assert!(n1.handle().stats().draining);
+    assert!(refused(&send(&drain).await), "a replayed DRAIN was taken");
+    send(&undo).await.expect("the undo is taken");
+    assert!(!n1.handle().stats().draining);
+
+    n1.stop().await;
+    let n1 = node_at(&g, 1, &dir, "", service.local_addr().unwrap(), &bind).await;
+    assert_eq!(n1.mp_addr(), at, "restarted on the same address");
+    assert!(refused(&send(&drain).await), "the DRAIN was replayable after a restart");
+    assert!(refused(&send(&undo).await), "the undo was replayable after a restart");
+    assert!(!n1.handle().stats().draining);
     n1.stop().await;
 }

@@ -25,6 +25,8 @@ use deferral::{ClientEntry, Deferred};
 /// The runtime's own queue at its endpoint.
 pub const RUNTIME_QUEUE: u16 = 0;
 /// First queue given to portions.
+/// Database key of the last DRAIN nonce taken.
+const DRAIN_NONCE: &str = "drain_nonce";
 const FIRST_PORTION_QUEUE: u16 = 16;
 /// How long the decider waits for a node to confirm an assignment before trying the next.
 const ASSIGN_WAIT: Duration = Duration::from_millis(1500);
@@ -291,6 +293,12 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let db = Db::open(&config.node.data_dir)?;
         let next_portion = db.next_portion_id()?;
+        // The last DRAIN nonce taken survives a restart: a captured DRAIN must not be
+        // replayable just because the node came back within its 30 s window.
+        let drain_nonce = db
+            .setting(DRAIN_NONCE)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
         let mut options =
             DriverOptions { group: Some((config.farm.group, config.farm.interface)), ..Default::default() };
         // The endpoint refuses the key exchange too: no session is keyed here against the setting.
@@ -330,7 +338,7 @@ impl Node {
                 last_move: None,
                 moved_out: Vec::new(),
                 draining: false,
-                drain_nonce: 0,
+                drain_nonce,
                 health: Default::default(),
                 heard_at: None,
                 deferred: Vec::new(),
@@ -423,6 +431,12 @@ impl Node {
             t.abort();
         }
         inner.endpoint.shutdown().await;
+        // Aborted tasks let go of the runtime as they are dropped; waiting for that (briefly)
+        // closes the database, so the same directory can be opened again at once.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&inner) > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tracing::info!(node = %inner.me, "node stopped");
     }
 }
@@ -686,7 +700,7 @@ impl Inner {
     }
 
     async fn announce_loop(self: Arc<Self>) {
-        let mut sampler = Sampler::new();
+        let mut sampler = Sampler::for_data_dir(&self.config.node.data_dir);
         let mut last_sample = Instant::now() - Duration::from_secs(10);
         let mut tick = tokio::time::interval(self.config.node.announce_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1465,6 +1479,9 @@ impl Inner {
                     match verdict {
                         Ok((drain, nonce)) if nonce > self.state().drain_nonce => {
                             self.state().drain_nonce = nonce;
+                            if let Err(e) = self.db.put_setting(DRAIN_NONCE, &nonce.to_be_bytes()) {
+                                tracing::error!(error = %e, "drain nonce not stored");
+                            }
                             self.drain(!drain);
                             req.reply(cbor(&BTreeMap::from([("draining", drain)])));
                         }
