@@ -28,6 +28,18 @@ async fn node_at(
     service: SocketAddr,
     bind: &str,
 ) -> Node {
+    let config = config(group, i, dir, failover, service, bind);
+    Node::start(config, vec![dabs_calc::factory()]).await.unwrap()
+}
+
+fn config(
+    group: &str,
+    i: usize,
+    dir: &std::path::Path,
+    failover: &str,
+    service: SocketAddr,
+    bind: &str,
+) -> NodeConfig {
     let health = if i == 1 {
         format!(
             "[health]\ninterval_ms = 100\n\n[[health.service]]\nname = \"cache\"\ntcp = \"{service}\"\nweight = 60\n"
@@ -41,9 +53,7 @@ async fn node_at(
          [failover]\n{failover}\n\n[[app]]\nname = \"calc\"\nstart_at_init = true\n",
         dir.join(format!("node-{i}")).display()
     );
-    let config =
-        NodeConfig::parse(&text, &dir.join(format!("node-{i}.toml"))).unwrap_or_else(|e| panic!("{e}"));
-    Node::start(config, vec![dabs_calc::factory()]).await.unwrap()
+    NodeConfig::parse(&text, &dir.join(format!("node-{i}.toml"))).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn group() -> String {
@@ -409,4 +419,77 @@ async fn a_replayed_drain_is_refused_also_after_a_restart() {
     assert!(refused(&send(&undo).await), "the undo was replayable after a restart");
     assert!(!n1.handle().stats().draining);
     n1.stop().await;
+}
+
+/// Counts how often each request ran, over every portion of every node: integer add (256)
+/// whose first operand is the request's id.
+#[derive(Clone, Default)]
+struct Runs(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i64, u32>>>);
+
+impl dabs_sdk::ServerPortion for Runs {
+    async fn handle(&mut self, command: u16, payload: Vec<u8>) -> dabs_sdk::Handled {
+        let reply = match dabs_sdk::decode_args::<(i64, i64)>(&payload, 2) {
+            Ok((id, b)) if command == 256 => {
+                *self.0.lock().unwrap().entry(id).or_default() += 1;
+                dabs_sdk::encode_ok(&(id + b))
+            }
+            _ => dabs_sdk::encode_err("bad_operands", "only add"),
+        };
+        dabs_sdk::Handled::Reply(reply)
+    }
+}
+
+/// R-FO-3/4: clients pushed off a failing node by FAILOVER while they keep calling lose no
+/// request and run none twice: every call is answered once and ran exactly once, over both
+/// nodes' portions together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_moved_by_failover_run_every_request_exactly_once() {
+    let dir = tempfile_dir("exactly-once");
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let g = group();
+    let failover = "failover_threshold = 50\nconnection_threshold = 60\nreturn_threshold = 90";
+    let runs = Runs::default();
+    let factory = || -> std::sync::Arc<dyn dabs_node::hosting::PortionFactory> {
+        let runs = runs.clone();
+        std::sync::Arc::new(dabs_sdk::PortionFactoryFn::new("calc", move || runs.clone()))
+    };
+    let start = async |i: usize| {
+        let c = config(&g, i, &dir, failover, service.local_addr().unwrap(), "127.0.0.1:0");
+        Node::start(c, vec![factory()]).await.unwrap()
+    };
+    let (n1, n2) = (start(1).await, start(2).await);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (home, other) = (n1.mp_addr(), n2.mp_addr());
+    const CLIENTS: i64 = 8;
+    const CALLS: i64 = 60;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(std::sync::Arc::new(client(home).await.expect("node-1 takes clients while healthy")));
+    }
+    let mut loops = tokio::task::JoinSet::new();
+    for (c, client) in clients.iter().enumerate() {
+        let client = client.clone();
+        loops.spawn(async move {
+            for k in 0..CALLS {
+                let id = c as i64 * 1000 + k;
+                let reply = client.call(256, dabs_sdk::encode_args(&(id, 1))).await;
+                assert_eq!(dabs_sdk::decode_reply::<i64>(&reply.expect("answered")).unwrap(), id + 1);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(service); // health 40: at or below F 50, every client is deferred to node-2
+    while let Some(done) = loops.join_next().await {
+        done.expect("a client's calls were all answered, right");
+    }
+    for c in &clients {
+        assert_eq!(c.server().await, Some(Addr::Udp(other)), "every client moved to node-2");
+    }
+    let runs = runs.0.lock().unwrap().clone();
+    assert_eq!(runs.len() as i64, CLIENTS * CALLS, "some request never ran");
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "requests ran more than once: {twice:?}");
+    n1.stop().await;
+    n2.stop().await;
 }
