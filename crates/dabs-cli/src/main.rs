@@ -69,9 +69,9 @@ enum Command {
         /// Only traffic of the portion with this virtual address.
         #[arg(long)]
         va: Option<String>,
-        /// Only this command number.
+        /// Only this command: a number, or a system command name in any case (`echo`).
         #[arg(long)]
-        command: Option<u16>,
+        command: Option<String>,
         /// One JSON object per datagram.
         #[arg(long)]
         json: bool,

@@ -278,7 +278,7 @@ async fn trace_filters_show_only_what_they_name() {
     // --command: only OPEN_SESSION, while real `dabs calc` client processes open sessions and
     // A keeps calling. By number on the command line, by name (any case) through the API:
     // main.rs still parses the flag as a number.
-    let trace_c = Trace::start(&node.url, &["--command", "1"]);
+    let trace_c = Trace::start(&node.url, &["--command", "open_session"]);
     let by_name = Arc::new(Mutex::new(Vec::new()));
     let api = {
         let (url, sink) = (node.url.clone(), by_name.clone());

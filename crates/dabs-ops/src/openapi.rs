@@ -128,10 +128,10 @@ pub fn document() -> Value {
                       "description": "Only this session byte",
                       "schema": { "type": "integer", "minimum": 0, "maximum": 255 } },
                     { "name": "command", "in": "query", "required": false,
-                      "description": "Only this command number",
-                      "schema": { "type": "integer", "minimum": 0, "maximum": 65535 } },
+                      "description": "Only this command: a number 0..65535, or a system command name in any case (echo, OPEN_SESSION); an unknown name is refused (400) with the list of names",
+                      "schema": { "type": "string" } },
                     { "name": "va", "in": "query", "required": false,
-                      "description": "Only datagrams to or from this node's portion with this virtual address",
+                      "description": "Only this node's portion with this virtual address: datagrams arriving for its queue here and datagrams it sends (ACKs, NAKs and REPLYs included); 404 if no portion here has it",
                       "schema": { "type": "string" } },
                 ],
                 "responses": {
@@ -141,7 +141,7 @@ pub fn document() -> Value {
                             schema("TraceLine"), schema("TraceLag")
                         ] } } }
                     },
-                    "400": error_response("A parameter is not a number or is unknown"),
+                    "400": error_response("A parameter is malformed (a session that is not a number, an unknown command name)"),
                     "404": error_response("No portion with that virtual address on this node"),
                 }
             } },
