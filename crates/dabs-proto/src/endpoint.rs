@@ -2236,10 +2236,11 @@ impl Endpoint {
                     && s.out.is_empty()
                     // A parked REPLY is not traffic: it must not keep an idle session alive.
                     && s.replies.values().all(|o| o.parked)
-                    && !s
-                        .inc
-                        .values()
-                        .any(|r| matches!(r.state, InState::Delivered { .. } | InState::Receiving(_)))
+                    // Nor is a half-received message: a live sender repeats it well within the
+                    // idle time-out, so its sender is gone, and the session (and the peer's
+                    // partial-message slot) goes with it. A delivered request is the
+                    // application's, still to be answered: it keeps the session.
+                    && !s.inc.values().any(|r| matches!(r.state, InState::Delivered { .. }))
             })
             .map(|(id, _)| *id)
             .collect();

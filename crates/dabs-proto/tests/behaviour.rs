@@ -76,6 +76,41 @@ fn too_large_and_too_many_partials_are_refused_with_nak_5() {
     assert_eq!(drain(&mut server).iter().filter_map(nak_code).collect::<Vec<_>>(), [NakCode::TooLarge]);
 }
 
+/// A client that dies half-way through a multi-buffer request leaves a partial message; once
+/// its session has been idle for the idle time-out the session expires with it, and the
+/// peer's partial-message slot is free again.
+#[test]
+fn a_half_received_message_does_not_keep_an_abandoned_session_alive() {
+    let config =
+        Config { idle_timeout: Duration::from_secs(10), max_partial_per_peer: 1, ..Config::default() };
+    let (mut client, mut server, s) = pair(config);
+    let t = Duration::from_millis(1);
+    client.call(t, s, 300, vec![7; 2_000]).unwrap();
+    let first: Vec<Transmit> = drain(&mut client).into_iter().take(1).collect();
+    deliver(&mut server, 1, t, &first); // the rest never comes
+    assert!(events(&mut server).is_empty());
+    server.handle_timeout(Duration::from_secs(30));
+    assert_eq!(server.session_count(), 0, "the abandoned session expired");
+    assert_eq!(server.stats().sessions_expired, 1);
+
+    // The same peer, in a new session, may begin a multi-buffer message again (the one slot
+    // is free): it is delivered, not refused with NAK 5.
+    let t = Duration::from_secs(31);
+    let mut client = Endpoint::new(Config::default(), 3, 0);
+    client.open(t, addr(2), 1, vec![]).unwrap();
+    deliver(&mut server, 1, t, &drain(&mut client));
+    let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+    server.accept_open(t, &request, 7, vec![]).unwrap();
+    deliver(&mut client, 2, t, &drain(&mut server));
+    let Some(Event::Opened { session, .. }) = events(&mut client).pop() else { panic!("not opened") };
+    deliver(&mut server, 1, t, &drain(&mut client));
+    client.call(t, session, 300, vec![8; 2_000]).unwrap();
+    deliver(&mut server, 1, t, &drain(&mut client));
+    assert!(drain(&mut server).iter().filter_map(nak_code).next().is_none(), "refused");
+    let got = events(&mut server);
+    assert!(matches!(got.as_slice(), [Event::Request(r)] if r.payload == vec![8; 2_000]), "{got:?}");
+}
+
 #[test]
 fn reply_is_retransmitted_until_acked() {
     let (mut client, mut server, s) = pair(Config::default());
