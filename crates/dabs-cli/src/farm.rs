@@ -156,8 +156,11 @@ impl LocalFarm {
 
     /// Stops every node with SIGTERM and waits up to 5 s for each, then kills stragglers.
     pub fn stop(&mut self) {
-        for n in &self.nodes {
-            // SAFETY: kill(2) on a child pid we own; no memory is involved.
+        for n in &mut self.nodes {
+            if matches!(n.child.try_wait(), Ok(Some(_))) {
+                continue; // reaped already: its pid may belong to someone else now
+            }
+            // SAFETY: kill(2) on a child pid we own and have not reaped; no memory is involved.
             unsafe {
                 libc::kill(n.child.id() as i32, libc::SIGTERM);
             }
@@ -173,6 +176,14 @@ impl LocalFarm {
             let _ = n.child.kill();
             let _ = n.child.wait();
         }
+    }
+}
+
+/// A farm that goes out of scope (an error part-way through starting it, a panic) takes its
+/// node processes with it.
+impl Drop for LocalFarm {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
