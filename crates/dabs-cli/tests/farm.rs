@@ -6,10 +6,9 @@ use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
 use dabs_node::shapes::{OpenAsk, parse_open_reply};
 use dabs_node::stats::NodeStats;
 use dabs_wire::SystemCommand;
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
@@ -81,61 +80,153 @@ fn killing_a_node_loses_no_calls() {
     assert_eq!(summary["va_kept"], 40, "clients keep their virtual address across the move: {summary}");
 }
 
+/// A one-node farm's config: the calculator starts no portion by itself, so every portion
+/// the node runs was started for a client and can only come back from the database.
 fn write_node_config(dir: &Path, group: &str) -> PathBuf {
     let config = dir.join("node.toml");
     std::fs::write(
         &config,
         format!(
-            "[farm]\nname = \"t\"\ngroup = \"{group}\"\n\n[node]\nname = \"solo\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
-             [[app]]\nname = \"calc\"\nstart_at_init = true\n"
+            "[farm]\nname = \"t\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
+             [node]\nname = \"solo\"\nbind = \"127.0.0.1:0\"\noperator = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
+             [[app]]\nname = \"calc\"\nstart_at_init = false\n"
         ),
     )
     .unwrap();
     config
 }
 
-fn start_node(config: &Path) -> (Child, std::net::SocketAddr) {
-    let mut child =
-        Command::new(DABS).arg("node").arg("--config").arg(config).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let mp = line.split_whitespace().skip_while(|w| *w != "mp").nth(1).unwrap().parse().unwrap();
-    (child, mp)
+/// A direct (unicast) open of a calculator session at `mp`: (virtual address, queue).
+async fn open_calc_at(ep: &EndpointHandle, mp: std::net::SocketAddr) -> (String, u16, dabs_net::Session) {
+    let s = ep
+        .open(Addr::Udp(mp), 1, calc_ask())
+        .await
+        .unwrap_or_else(|e| panic!("{mp} does not take a calculator client: {e}"));
+    let (va, addr, queue) = parse_open_reply(&s.reply).unwrap();
+    assert_eq!(addr, mp, "a direct open is answered by the node itself");
+    (va, queue, s)
 }
 
-async fn portions_of(mp: std::net::SocketAddr) -> HashSet<String> {
-    let ep = endpoint().await;
-    let ask = OpenAsk { node: Some("test".into()), ..Default::default() }.to_cbor();
-    let s = ep.open(Addr::Udp(mp), 0, ask).await.unwrap();
-    let reply = s.call(SystemCommand::GetStatistics.number(), vec![]).await.unwrap();
-    let (me, _members): (NodeStats, Vec<NodeStats>) = ciborium::from_reader(&reply[..]).unwrap();
-    me.portions.into_iter().map(|p| p.va).collect()
+/// `GET /api/node`'s portions as (virtual address, queue).
+fn served_portions(url: &str) -> BTreeMap<String, u16> {
+    let (status, node) = common::http_json("GET", url, "/api/node", None);
+    assert_eq!(status, 200, "{node}");
+    node["portions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["va"].as_str().unwrap().to_owned(), p["queue"].as_u64().unwrap() as u16))
+        .collect()
 }
 
+/// Waits (at most 5 s) until the node at `url` counts `n` client sessions on its portions. The
+/// node counts a session only after its REPLY has gone, so an open sent straight after the
+/// previous one's REPLY could otherwise find that portion still looking empty.
+fn wait_for_sessions(url: &str, n: u64) {
+    let t = Instant::now();
+    loop {
+        let (_, node) = common::http_json("GET", url, "/api/node", None);
+        let counted: u64 =
+            node["portions"].as_array().unwrap().iter().map(|p| p["sessions"].as_u64().unwrap()).sum();
+        if counted == n {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "the node counts {counted} sessions, not {n}: {node}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The portion records in the node's database (read while the node is stopped): virtual
+/// address to (queue, started_ms).
+fn recorded_portions(data_dir: &Path) -> BTreeMap<String, (u16, u64)> {
+    let db = dabs_node::db::Db::open(data_dir).unwrap();
+    db.portions().unwrap().into_iter().map(|r| (r.va, (r.queue, r.started_ms))).collect()
+}
+
+/// R-RE-4 and R-RE-3 across a restart: a node that starts no portion by itself comes back with
+/// the portions it had started for clients (same virtual addresses, queues and start times),
+/// names a new portion with a number it never used, and keeps a setting changed at run time.
+/// None of it can come from the config file: only from the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_comes_back_with_its_portions() {
     let dir = temp_dir("restart");
     let group = format!("239.255.{}.{}:{}", rand_byte(), rand_byte(), 40_000 + u16::from(rand_byte()) * 50);
     let config = write_node_config(&dir, &group);
-    let (mut child, mp) = start_node(&config);
-    // A unicast open makes sure a portion serves clients; then note what the node runs.
-    let ep = endpoint().await;
-    let s = ep.open(Addr::Udp(mp), 1, calc_ask()).await.unwrap();
-    let (va, _, _) = parse_open_reply(&s.reply).unwrap();
-    let before = portions_of(mp).await;
-    assert!(before.contains(&va));
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success(), "clean stop on SIGTERM");
+    let data_dir = dir.join("data");
+    let mut node = common::NodeProc::start(&config);
+    let url = node.url().to_owned();
 
-    let (mut child, mp) = start_node(&config);
-    let after = portions_of(mp).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    // A run-time setting (R-RE-3): one session fills a portion, so each client gets its own.
+    let change = serde_json::json!({
+        "max_message_latency_ms": 4321,
+        "apps": {"calc": {"max_sessions_per_portion": 1}},
+    });
+    let (status, settings) = common::http_json("PUT", &url, "/api/settings", Some(&change));
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(settings["version"], 1, "{settings}");
+    assert_eq!(settings["apps"]["calc"]["max_sessions_per_portion"], 1, "{settings}");
+
+    let ep = endpoint().await;
+    let mut before = BTreeMap::new();
+    let mut sessions = Vec::new();
+    for i in 1..=3 {
+        let (va, queue, s) = open_calc_at(&ep, node.mp).await;
+        assert!(
+            before.insert(va.clone(), queue).is_none(),
+            "{va} handed out twice, though one session fills a portion"
+        );
+        sessions.push(s);
+        wait_for_sessions(&url, i);
+    }
+    assert_eq!(served_portions(&url), before, "the node runs exactly the portions it started for clients");
+    drop(sessions);
+    assert!(node.terminate().success(), "clean stop on SIGTERM");
+    let recorded = recorded_portions(&data_dir);
+    assert_eq!(
+        recorded.iter().map(|(va, (q, _))| (va.clone(), *q)).collect::<BTreeMap<_, _>>(),
+        before,
+        "the database holds every portion"
+    );
+
+    let node = common::NodeProc::start(&config);
+    let url = node.url().to_owned();
+    let (_, settings_after) = common::http_json("GET", &url, "/api/settings", None);
+    assert_eq!(settings_after, settings, "the run-time settings survive the restart");
+    assert_eq!(served_portions(&url), before, "portions come back under their addresses and queues");
+
+    // The restored portions take one client each; the fourth client needs a new portion, which
+    // must get a name (and queue) of its own, not a restored portion's.
+    let ep = endpoint().await;
+    let mut after = BTreeMap::new();
+    let mut sessions = Vec::new();
+    for i in 1..=4 {
+        let (va, queue, s) = open_calc_at(&ep, node.mp).await;
+        assert!(
+            after.insert(va.clone(), queue).is_none(),
+            "{va} handed out twice, though one session fills a portion"
+        );
+        sessions.push(s);
+        wait_for_sessions(&url, i);
+    }
+    let new: Vec<_> = after.iter().filter(|(va, _)| !before.contains_key(*va)).collect();
+    assert_eq!(new.len(), 1, "one new portion beside the restored ones: before {before:?}, after {after:?}");
+    let (new_va, new_queue) = new[0];
+    assert!(!before.values().any(|q| q == new_queue), "{new_va} took a restored portion's queue {new_queue}");
+    for (va, q) in &before {
+        assert_eq!(after.get(va), Some(q), "restored {va} kept its queue while a new portion started");
+    }
+    assert_eq!(served_portions(&url), after, "the new portion did not replace a restored one");
+    drop(sessions);
+    let mut node = node;
+    assert!(node.terminate().success(), "clean stop on SIGTERM");
+
+    // Start times are only in the records: a restored portion keeps its first one.
+    let recorded_after = recorded_portions(&data_dir);
+    for (va, started) in &recorded {
+        assert_eq!(recorded_after.get(va), Some(started), "{va}'s record (queue, started_ms) changed");
+    }
+    assert!(recorded_after.contains_key(new_va.as_str()), "the new portion is recorded");
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(after, before, "portions and their virtual addresses survive a restart");
 }
 
 fn rand_byte() -> u8 {
@@ -383,7 +474,8 @@ fn slow_farm_config(dir: &Path, group: &str, i: usize) -> PathBuf {
 async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
     let dir = temp_dir("move");
     let group = format!("239.255.{}.{}:{}", rand_byte(), rand_byte(), 41_000 + u16::from(rand_byte()) * 50);
-    let (mut n1, mp1) = start_node(&slow_farm_config(&dir, &group, 1));
+    let n1 = common::NodeProc::start(&slow_farm_config(&dir, &group, 1));
+    let mp1 = n1.mp;
     tokio::time::sleep(Duration::from_millis(1700)).await; // node-1 becomes the decider
     let group_addr: std::net::SocketAddr = group.parse().unwrap();
     let mut clients = Vec::new();
@@ -396,8 +488,8 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
     }
     let vas: Vec<Option<String>> = clients.iter().map(|c| c.va()).collect();
     assert!(vas.iter().all(|v| v.is_some() && v == &vas[0]), "all on node-1's one portion: {vas:?}");
-    let (mut n2, _) = start_node(&slow_farm_config(&dir, &group, 2));
-    let (mut n3, _) = start_node(&slow_farm_config(&dir, &group, 3));
+    let n2 = common::NodeProc::start(&slow_farm_config(&dir, &group, 2));
+    let n3 = common::NodeProc::start(&slow_farm_config(&dir, &group, 3));
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (answered, failed) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
@@ -445,10 +537,7 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
             eprintln!("client {i}: server {:?} reopens {}", c.server().await, c.reopens());
         }
     }
-    for child in [&mut n1, &mut n2, &mut n3] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop((n1, n2, n3));
     let _ = std::fs::remove_dir_all(&dir);
     assert!(moved > 0, "no client moved off the overloaded node within 25 s");
     assert_eq!(same_va, clients.len(), "clients keep their virtual address across the move");

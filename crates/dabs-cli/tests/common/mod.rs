@@ -97,3 +97,135 @@ impl Drop for Farm {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// One `dabs node --config FILE` process, killed (SIGKILL) on drop so a failing test leaves
+/// no node behind announcing itself.
+pub struct NodeProc {
+    child: Child,
+    /// Its MP address, from its ready line.
+    pub mp: std::net::SocketAddr,
+    /// Its operator interface, `http://IP:PORT`, when the config asks for one.
+    pub operator: Option<String>,
+    /// When the test read its ready line (the node announces itself just before printing it).
+    pub ready_at: Instant,
+}
+
+impl NodeProc {
+    /// Starts the node and waits for its ready line (`node NAME mp ADDR group G [operator URL]`).
+    pub fn start(config: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(DABS)
+            .arg("node")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let ready_at = Instant::now();
+        // Keep draining so the node never meets a closed or full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let word =
+            |after: &str| first.split_whitespace().skip_while(|w| *w != after).nth(1).map(str::to_owned);
+        let Some(mp) = word("mp").and_then(|a| a.parse().ok()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dabs node --config {} did not start; it printed {first:?}", config.display());
+        };
+        NodeProc { child, mp, operator: word("operator"), ready_at }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its operator URL (panics when the config has no `operator`).
+    pub fn url(&self) -> &str {
+        self.operator.as_deref().expect("the node's config has an operator interface")
+    }
+
+    /// Sends it `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Stops it with SIGTERM (a clean stop) and returns how it exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Waits for it to exit (SIGKILL after 10 s) and returns how it exited.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request to an operator interface (`base` is `http://IP:PORT`), with an
+/// optional JSON body; returns the status and the JSON answer.
+pub fn http_json(
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream =
+        std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, mut payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let decoded;
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = payload;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        decoded = out;
+        payload = &decoded;
+    }
+    let json = serde_json::from_str(payload)
+        .unwrap_or_else(|e| panic!("{method} {base}{path}: answer is not JSON ({e}): {text}"));
+    (status, json)
+}
