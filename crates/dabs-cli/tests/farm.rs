@@ -6,7 +6,7 @@ use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
 use dabs_node::shapes::{OpenAsk, parse_open_reply};
 use dabs_node::stats::NodeStats;
 use dabs_wire::SystemCommand;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicU64;
@@ -246,11 +246,113 @@ async fn farm_view(
     Ok((me, members, s))
 }
 
+/// Every member name in the view of the node whose operator interface is `url`.
+async fn view_of(url: &str) -> Result<BTreeSet<String>, String> {
+    let farm = dabs_ops::get_json(url, "/api/farm").await?;
+    let members = farm["members"].as_array().ok_or_else(|| format!("no members in {farm}"))?;
+    Ok(members.iter().filter_map(|m| m["name"].as_str().map(str::to_owned)).collect())
+}
+
+/// Pause between two reads of one view.
+const VIEW_POLL: Duration = Duration::from_millis(50);
+
+/// What one node's view showed while it was watched.
+#[derive(Debug)]
+struct Watched {
+    /// The node whose view it is.
+    viewer: String,
+    /// When (after the event) the last read was sent that did not yet show the change.
+    last_before: Option<Duration>,
+    /// When the first read was sent that showed it.
+    first_after: Option<Duration>,
+    /// Reads that showed the change undone after it had been seen (e.g. a member back).
+    undone: usize,
+}
+
+/// Reads each view in `viewers` (name, operator URL) every [`VIEW_POLL`] from `since` until it
+/// shows `changed` and `watch_for` has passed (at most 10 s), all views at once.
+async fn watch_views(
+    viewers: &[(String, String)],
+    since: Instant,
+    watch_for: Duration,
+    changed: impl Fn(&BTreeSet<String>) -> bool + Clone + Send + 'static,
+) -> Vec<Watched> {
+    let tasks: Vec<_> = viewers
+        .iter()
+        .cloned()
+        .map(|(viewer, url)| {
+            let changed = changed.clone();
+            tokio::spawn(async move {
+                let mut w = Watched { viewer, last_before: None, first_after: None, undone: 0 };
+                loop {
+                    let sent = since.elapsed();
+                    if let Ok(view) = view_of(&url).await {
+                        match (changed(&view), w.first_after) {
+                            (true, None) => w.first_after = Some(sent),
+                            (true, Some(_)) => {}
+                            (false, None) => w.last_before = Some(sent),
+                            (false, Some(_)) => {
+                                w.undone += 1;
+                                w.last_before = Some(sent);
+                            }
+                        }
+                    }
+                    if (w.first_after.is_some() && sent >= watch_for) || sent > Duration::from_secs(10) {
+                        return w;
+                    }
+                    tokio::time::sleep(VIEW_POLL).await;
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Asserts that every view showed the change within `bound` of the event and kept it. A view
+/// fails only on proof: a read sent later than `bound` after the event that did not show it
+/// (what it returned was true at some moment after it was sent). Slow answers cannot fail it.
+fn assert_within(what: &str, bound: Duration, watched: &[Watched]) {
+    eprintln!("{what}: {watched:?}");
+    for w in watched {
+        assert!(w.first_after.is_some(), "{what}: {}'s view never showed it in 10 s ({w:?})", w.viewer);
+        assert!(
+            w.last_before.is_none_or(|t| t <= bound),
+            "{what}: {}'s view did not show it {:?} after the event, later than {bound:?} ({w:?})",
+            w.viewer,
+            w.last_before.unwrap()
+        );
+    }
+}
+
+/// A config for one more member of a `dabs farm up` farm (farm "local" on `group`).
+fn extra_member_config(dir: &Path, group: &str, name: &str) -> PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[farm]\nname = \"local\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
+             [node]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\noperator = \"127.0.0.1:0\"\ndata_dir = \"{name}\"\n\n\
+             [[app]]\nname = \"calc\"\nstart_at_init = true\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// R-RE-1: "a stopped or killed node disappears from every view within 3 s; a new node is
+/// seen by all within 1 s" — read from every node's own view (its operator API), timed from
+/// the new node's ready line (it announces itself just before printing it), the SIGKILL and
+/// the SIGTERM. RESOLVE_VA is answered by any node for any live portion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
     let farm = common::Farm::up(3, "membership");
     let nodes = farm.manifest()["nodes"].as_array().unwrap().clone();
     let mp = |i: usize| -> std::net::SocketAddr { nodes[i]["mp"].as_str().unwrap().parse().unwrap() };
+    let viewer = |i: usize| (format!("node-{}", i + 1), nodes[i]["operator"].as_str().unwrap().to_owned());
     // Every node sees all three within 1 s of the last one starting.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     for i in 0..3 {
@@ -270,22 +372,40 @@ async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
     let reply = s2.call(SystemCommand::ResolveVa.number(), ask).await.unwrap();
     let resolved: dabs_node::shapes::Resolved = ciborium::from_reader(&reply[..]).unwrap();
     assert_eq!((resolved.va, resolved.addr, resolved.node), (va, mp(1), "node-2".to_string()));
-    drop(s0);
-    // Kill node-3: gone from the others' views within 3 s.
+    drop((s0, s2));
+
+    // A fourth node joins: every member sees it, and it sees every member, within 1 s.
+    let group = farm.group().to_string();
+    let mut node4 = common::NodeProc::start(&extra_member_config(&farm.dir, &group, "node-4"));
+    let joined = node4.ready_at;
+    let mut viewers: Vec<(String, String)> = (0..3).map(viewer).collect();
+    viewers.push(("node-4".into(), node4.url().to_owned()));
+    let all: BTreeSet<String> = (1..=4).map(|i| format!("node-{i}")).collect();
+    let watched = watch_views(&viewers, joined, Duration::ZERO, move |v| v.is_superset(&all)).await;
+    assert_within("node-4 joined", Duration::from_secs(1), &watched);
+
+    // node-3 is killed: gone from every survivor's view within 3 s, and stays gone.
     let pid = nodes[2]["pid"].as_u64().unwrap() as i32;
     // SAFETY: kill(2) on a process of our own farm.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
-    let t = Instant::now();
-    loop {
-        let (_, members, _) = farm_view(mp(0)).await.unwrap();
-        if members.len() == 2 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(3), "killed node still a member after 3 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Instant::now();
+    let survivors = [viewers[0].clone(), viewers[1].clone(), viewers[3].clone()];
+    let watched =
+        watch_views(&survivors, killed, Duration::from_millis(3500), |v| !v.contains("node-3")).await;
+    assert_within("node-3 killed", Duration::from_secs(3), &watched);
+    for w in &watched {
+        assert_eq!(w.undone, 0, "node-3 came back into {}'s view after it had gone ({w:?})", w.viewer);
     }
+
+    // node-4 stops cleanly: gone from every survivor's view within 3 s, and stays gone.
+    node4.signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    let watched =
+        watch_views(&viewers[..2], stopped, Duration::from_millis(3500), |v| !v.contains("node-4")).await;
+    assert!(node4.wait_exit().success(), "node-4 stops cleanly on SIGTERM");
+    assert_within("node-4 stopped", Duration::from_secs(3), &watched);
 }
 
 #[test]
