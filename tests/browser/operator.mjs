@@ -150,6 +150,15 @@ async function run(context) {
     }),
   );
 
+  await check('node-1 applications table lists calc, running on the farm', () =>
+    until(PAGE_WAIT_MS, 'no calc row in the applications table', async () => {
+      const row = page1.locator('#applications tbody tr[data-app="calc"]');
+      const cells = (await row.count()) ? await row.locator('td').allTextContents() : [];
+      const ok = cells.length >= 3 && cells[1].includes('node-') && Number(cells[2]) >= 1;
+      return { ok, value: cells.join(' | '), state: cells };
+    }),
+  );
+
   if (opts.screenshot) {
     await check('screenshot of node-1 page', async () => {
       await page1.screenshot({ path: opts.screenshot, fullPage: true, timeout: PAGE_WAIT_MS });
