@@ -1,15 +1,16 @@
-//! The farm with real node processes on loopback.
+//! The farm with real node processes on loopback. One test (the portion move) runs its nodes
+//! in this process instead, so that its portions can count every execution.
 
 mod common;
 
 use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
 use dabs_node::shapes::{OpenAsk, parse_open_reply};
 use dabs_node::stats::NodeStats;
-use dabs_wire::SystemCommand;
-use std::collections::{BTreeMap, BTreeSet};
+use dabs_wire::{NakCode, SystemCommand};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{DABS, temp_dir};
@@ -589,47 +590,99 @@ fn hex_decode(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
-fn slow_farm_config(dir: &Path, group: &str, i: usize) -> PathBuf {
-    let config = dir.join(format!("node-{i}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[farm]\nname = \"m\"\ngroup = \"{group}\"\n\n[node]\nname = \"node-{i}\"\nbind = \"127.0.0.1:0\"\n\
-             operator = \"127.0.0.1:0\"\ndata_dir = \"node-{i}\"\n\n[timeouts]\ndb = 15\n\n\
-             [[app]]\nname = \"slowcalc\"\nstart_at_init = true\n"
-        ),
-    )
-    .unwrap();
-    config
+/// Executions of additions, by first operand, summed over every portion on every node.
+type Executions = Arc<Mutex<HashMap<i64, u32>>>;
+
+/// The slow calculator's addition (the `db` permit held for 2 ms per request, 16 workers on
+/// one permit, as `dabs_calc::SlowCalcFactory`), counting each execution where it happens.
+struct CountingSlowCalc {
+    lock: Arc<dabs_sdk::TimedSemaphore>,
+    executed: Executions,
 }
 
+impl dabs_sdk::ServerPortion for CountingSlowCalc {
+    async fn handle(&mut self, command: u16, payload: Vec<u8>) -> dabs_sdk::Handled {
+        let _permit = loop {
+            if let Ok(p) = self.lock.acquire().await {
+                break p;
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        match dabs_sdk::decode_args::<(i64, i64)>(&payload, 2) {
+            Ok((a, b)) if command == 256 => {
+                *self.executed.lock().unwrap().entry(a).or_default() += 1;
+                dabs_sdk::Handled::Reply(dabs_sdk::encode_ok(&(a + b)))
+            }
+            _ => dabs_sdk::Handled::Reject(NakCode::UnknownCommand, format!("no command {command}")),
+        }
+    }
+}
+
+struct CountingSlowCalcFactory {
+    executed: Executions,
+}
+
+impl dabs_node::hosting::PortionFactory for CountingSlowCalcFactory {
+    fn app(&self) -> &str {
+        "slowcalc"
+    }
+
+    fn spawn(&self, ctx: dabs_node::hosting::PortionContext) {
+        let reporter = dabs_sdk::StarvationReporter::from_context(&ctx);
+        let lock = Arc::new(dabs_sdk::TimedSemaphore::new("db", 1, reporter));
+        let workers = (0..16)
+            .map(|_| CountingSlowCalc { lock: lock.clone(), executed: self.executed.clone() })
+            .collect();
+        tokio::spawn(dabs_sdk::server::run_workers(workers, ctx));
+    }
+}
+
+/// Node `i` of the move test's farm, in this process so its portions can count executions.
+async fn counting_node(dir: &Path, group: &str, i: usize, executed: &Executions) -> dabs_node::Node {
+    let text = format!(
+        "[farm]\nname = \"m\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
+         [node]\nname = \"node-{i}\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"node-{i}\"\n\n\
+         [timeouts]\ndb = 15\n\n[[app]]\nname = \"slowcalc\"\nstart_at_init = true\n"
+    );
+    let config = dabs_node::config::NodeConfig::parse(&text, &dir.join(format!("node-{i}.toml")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let factory = Arc::new(CountingSlowCalcFactory { executed: executed.clone() });
+    dabs_node::Node::start(config, vec![factory]).await.unwrap()
+}
+
+/// R-LB-6 and R-VA-4: clients crowding node-1's one portion make it move the portion to a
+/// new node; the clients follow under the same virtual address and no call fails, is lost or
+/// runs twice. The clients do not declare their calls idempotent, so the SDK never sends a
+/// call again unless it was refused unrun (NAK); the portion counts every execution. The nodes
+/// run in this process (the same `Node` as `dabs node`) only so that the count can be read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
     let dir = temp_dir("move");
     let group = format!("239.255.{}.{}:{}", rand_byte(), rand_byte(), 41_000 + u16::from(rand_byte()) * 50);
-    let n1 = common::NodeProc::start(&slow_farm_config(&dir, &group, 1));
-    let mp1 = n1.mp;
+    let executed = Executions::default();
+    let n1 = counting_node(&dir, &group, 1, &executed).await;
+    let mp1 = n1.mp_addr();
     tokio::time::sleep(Duration::from_millis(1700)).await; // node-1 becomes the decider
     let group_addr: std::net::SocketAddr = group.parse().unwrap();
     let mut clients = Vec::new();
     for _ in 0..24 {
         let mut options = dabs_sdk::FarmClientOptions::new(group_addr, "slowcalc");
-        options.idempotent = true;
+        options.idempotent = false;
         options.max_reopens = 6;
-        clients
-            .push(std::sync::Arc::new(dabs_sdk::FarmClient::start(endpoint().await, options).await.unwrap()));
+        clients.push(Arc::new(dabs_sdk::FarmClient::start(endpoint().await, options).await.unwrap()));
     }
     let vas: Vec<Option<String>> = clients.iter().map(|c| c.va()).collect();
     assert!(vas.iter().all(|v| v.is_some() && v == &vas[0]), "all on node-1's one portion: {vas:?}");
-    let n2 = common::NodeProc::start(&slow_farm_config(&dir, &group, 2));
-    let n3 = common::NodeProc::start(&slow_farm_config(&dir, &group, 3));
+    let n2 = counting_node(&dir, &group, 2, &executed).await;
+    let n3 = counting_node(&dir, &group, 3, &executed).await;
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (answered, failed) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
-        let (c, stop, answered, failed) = (c.clone(), stop.clone(), answered.clone(), failed.clone());
+        let (c, stop) = (c.clone(), stop.clone());
+        // Each call's first operand is unique in the whole test: it names the request.
         tasks.push(tokio::spawn(async move {
+            let (mut answered, mut failed) = (Vec::new(), Vec::new());
             let mut n = i as i64 * 1_000_000;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 n += 1;
@@ -638,10 +691,11 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
                     .await
                     .map(|r| dabs_sdk::decode_reply::<i64>(&r))
                 {
-                    Ok(Ok(v)) if v == n + 1 => answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    _ => failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                };
+                    Ok(Ok(v)) if v == n + 1 => answered.push(n),
+                    other => failed.push((n, format!("{other:?}"))),
+                }
             }
+            (answered, failed)
         }));
     }
     // Wait (bounded) until some client is served by another node under the same address.
@@ -660,20 +714,46 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut answered, mut failed) = (Vec::new(), Vec::new());
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        let (a, f) = tokio::time::timeout(Duration::from_secs(15), t)
+            .await
+            .expect("a call still pending 15 s after the clients stopped")
+            .unwrap();
+        answered.extend(a);
+        failed.extend(f);
     }
     let same_va = clients.iter().filter(|c| c.va() == vas[0]).count();
-    if same_va != clients.len() {
-        eprintln!("before {:?}; after {:?}", vas[0], clients.iter().map(|c| c.va()).collect::<Vec<_>>());
-        for (i, c) in clients.iter().enumerate().take(4) {
-            eprintln!("client {i}: server {:?} reopens {}", c.server().await, c.reopens());
-        }
+    let reopens: u64 = clients.iter().map(|c| c.reopens()).sum();
+    for node in [n1, n2, n3] {
+        node.stop().await;
     }
-    drop((n1, n2, n3));
     let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "moved {moved} of {} clients, {reopens} re-opens, {} calls answered, {} failed, {} ran",
+        clients.len(),
+        answered.len(),
+        failed.len(),
+        executed.lock().unwrap().len()
+    );
     assert!(moved > 0, "no client moved off the overloaded node within 25 s");
     assert_eq!(same_va, clients.len(), "clients keep their virtual address across the move");
-    assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0, "no call failed");
-    assert!(answered.load(std::sync::atomic::Ordering::Relaxed) > 100);
+    assert!(failed.is_empty(), "{} calls failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(answered.len() > 100, "only {} calls answered", answered.len());
+    let executed = executed.lock().unwrap();
+    let twice: Vec<_> = executed.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} requests ran more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    let unrun: Vec<_> = answered.iter().filter(|n| !executed.contains_key(*n)).collect();
+    assert!(
+        unrun.is_empty(),
+        "{} answered requests never ran: {:?}",
+        unrun.len(),
+        &unrun[..unrun.len().min(5)]
+    );
+    assert_eq!(executed.len(), answered.len(), "every request that ran was answered, and only those");
 }
