@@ -902,15 +902,15 @@ impl Inner {
                 }
                 _ => {}
             }
-            // Free memory nearing an application's floor: add capacity elsewhere first.
+            // Resources nearing an application's minimums (as the settings now say): add
+            // capacity elsewhere before this server stops being eligible.
             let apps: std::collections::BTreeSet<String> =
                 st.portions.values().map(|p| p.app.clone()).collect();
             for app in apps {
-                if let Some(cfg) = self.config.app(&app)
-                    && cfg.min_free_memory_mb > 0
-                    && st.host.mem_free_mb < cfg.min_free_memory_mb + cfg.min_free_memory_mb / 2
+                if let Some(cfg) = self.app_config(&app)
+                    && let Some(low) = crate::placement::running_low(&cfg, &st.host)
                 {
-                    near_floor.push(app);
+                    near_floor.push((app, low));
                 }
             }
         }
@@ -940,8 +940,8 @@ impl Inner {
             self.move_busiest_portion();
         }
         self.spread_starved();
-        for app in near_floor {
-            self.spawn_for(&app, "memory", "free memory approaching the application's floor".into());
+        for (app, (resource, cause)) in near_floor {
+            self.spawn_for(&app, resource, cause);
         }
     }
 

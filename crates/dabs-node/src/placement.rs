@@ -133,6 +133,25 @@ pub fn spawn_target<'a>(
         .min_by(|a, b| used(a).cmp(&used(b)).then(load(a).total_cmp(&load(b))))
 }
 
+/// A resource of this server nearing `app`'s minimums (R-LB-5: start portions before users
+/// notice): free memory within half the floor above it, or CPU within 10 points of the
+/// ceiling. The resource type and the cause, or `None` while there is room.
+pub fn running_low(app: &AppConfig, host: &crate::stats::HostSample) -> Option<(&'static str, String)> {
+    let floor = app.min_free_memory_mb;
+    if floor > 0 && host.mem_free_mb < floor + floor / 2 {
+        let cause =
+            format!("free memory {} MiB approaching {}'s floor of {floor} MiB", host.mem_free_mb, app.name);
+        return Some(("memory", cause));
+    }
+    let ceiling = app.max_cpu_percent;
+    if ceiling < 100.0 && f64::from(host.cpu_percent) > ceiling - 10.0 {
+        let cause =
+            format!("CPU {:.0}% approaching {}'s ceiling of {ceiling:.0}%", host.cpu_percent, app.name);
+        return Some(("cpu", cause));
+    }
+    None
+}
+
 /// The ranked choices for a new client of `app`, best first: (i) the least-loaded servers
 /// already running a portion with room; (ii) the least-loaded servers, starting a portion;
 /// (iii) busier servers with a portion that has room. `pending` counts the clients sent to a
@@ -259,6 +278,25 @@ mod tests {
         assert_eq!(spawn_target(&app(), &[&me, &a, &b, &c_closed], "me", "db").unwrap().node, "b");
         // Alone in the farm: nobody else.
         assert_eq!(spawn_target(&app(), &[&me], "me", "db"), None);
+    }
+
+    #[test]
+    fn resources_running_low_against_the_minimums() {
+        let host = |mem_free_mb, cpu_percent| crate::stats::HostSample {
+            mem_free_mb,
+            cpu_percent,
+            ..Default::default()
+        };
+        let mut cfg = app();
+        assert_eq!(running_low(&cfg, &host(10, 99.0)), None, "no minimums set: never low");
+        cfg.min_free_memory_mb = 1000;
+        assert_eq!(running_low(&cfg, &host(1600, 50.0)), None);
+        assert_eq!(running_low(&cfg, &host(1400, 50.0)).unwrap().0, "memory");
+        cfg.max_cpu_percent = 80.0;
+        assert_eq!(running_low(&cfg, &host(4000, 65.0)), None);
+        let (resource, cause) = running_low(&cfg, &host(4000, 75.0)).unwrap();
+        assert_eq!(resource, "cpu");
+        assert!(cause.contains("80%"), "{cause}");
     }
 
     /// `s` announcing `accepted` clients taken in its life that started at `started_ms`.
