@@ -39,9 +39,13 @@ pub fn run_node(config: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let mut operator_task = None;
         let operator = match operator {
             Some(addr) => match dabs_ops::serve(node.handle(), addr).await {
-                Ok((bound, _task)) => format!(" operator http://{bound}"),
+                Ok((bound, task)) => {
+                    operator_task = Some(task);
+                    format!(" operator http://{bound}")
+                }
                 Err(e) => {
                     eprintln!("dabs node: cannot serve the operator interface at {addr}: {e}");
                     node.stop().await;
@@ -54,6 +58,11 @@ pub fn run_node(config: &Path) -> ExitCode {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         crate::serve::wait_for_stop().await;
+        // The interface holds the node: it goes first, so the node's stop releases everything.
+        if let Some(task) = operator_task {
+            task.abort();
+            let _ = task.await;
+        }
         node.stop().await;
         ExitCode::SUCCESS
     })

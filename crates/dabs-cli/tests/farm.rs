@@ -407,6 +407,10 @@ async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
         watch_views(&viewers[..2], stopped, Duration::from_millis(3500), |v| !v.contains("node-4")).await;
     assert!(node4.wait_exit().success(), "node-4 stops cleanly on SIGTERM");
     assert_within("node-4 stopped", Duration::from_secs(3), &watched);
+    for w in &watched {
+        // Its announcements say "leaving" from the moment it begins to stop.
+        assert_eq!(w.undone, 0, "node-4 came back into {}'s view after it had gone ({w:?})", w.viewer);
+    }
 }
 
 #[test]

@@ -144,6 +144,9 @@ struct Inner {
     operator: Mutex<Option<SocketAddr>>,
     /// A settings fetch is under way.
     fetching_settings: std::sync::atomic::AtomicBool,
+    /// Set by `stop`: every announcement from then on says the node is leaving, so a regular
+    /// one sent before the tasks end cannot bring it back into the farm's views.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// A line of the node's recent history (spawns, moves, members, alerts).
@@ -361,6 +364,7 @@ impl Node {
             latency: latency_histogram(),
             operator: Mutex::new(None),
             fetching_settings: std::sync::atomic::AtomicBool::new(false),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         inner.load_settings();
         // The configuration in force, kept for a restart and the operator; never the secret.
@@ -414,6 +418,7 @@ impl Node {
     /// Stops cleanly: tells the farm it is leaving, shuts its portions down, closes the endpoint.
     pub async fn stop(self) {
         let inner = self.inner.clone();
+        inner.stopping.store(true, Ordering::Relaxed);
         inner.state.lock().unwrap_or_else(|e| e.into_inner()).accepting = false;
         for _ in 0..2 {
             inner.announce(true);
@@ -681,6 +686,7 @@ impl Inner {
 
     /// Sends this node's statistics to the group and the seeds, and takes them in itself.
     fn announce(&self, leaving: bool) {
+        let leaving = leaving || self.stopping.load(Ordering::Relaxed);
         let stats = self.own_stats(leaving);
         let payload = stats.to_announcement();
         let header = Header { crc: true, ..Header::new(Kind::Request, SystemCommand::Announce.number()) };
@@ -1355,7 +1361,12 @@ impl Inner {
                     .filter(|(_, p)| p.app == app && p.figures.sessions.load(Ordering::Relaxed) < max)
                     .min_by_key(|(_, p)| (p.figures.sessions.load(Ordering::Relaxed), p.started_ms))
             };
-            by_va.or(if start_new { None } else { with_room() }).map(|(va, p)| (va.clone(), p.queue))
+            // The seat is taken now, under the lock that chose it: counted only once the
+            // session exists, back-to-back opens overfilled a portion.
+            by_va.or(if start_new { None } else { with_room() }).map(|(va, p)| {
+                p.figures.sessions.fetch_add(1, Ordering::Relaxed);
+                (va.clone(), p.queue)
+            })
         };
         let (va, queue) = match existing {
             Some(found) => found,
@@ -1372,6 +1383,9 @@ impl Inner {
                     .map(str::to_owned);
                 let started =
                     self.start_portion(app, adopt, None, None).map_err(|e| (NakCode::NotAccepting, e))?;
+                if let Some(p) = self.state().portions.get(&started.0) {
+                    p.figures.sessions.fetch_add(1, Ordering::Relaxed);
+                }
                 self.note(format!("started portion {} for a new client", started.0));
                 started
             }
@@ -1391,11 +1405,12 @@ impl Inner {
             match endpoint.accept_open(req.clone(), queue, payload).await {
                 Ok(session) => {
                     let mut st = this.state();
-                    // Accepting the same open again gives the same session: count it once.
+                    // Accepting the same open again gives the same session: count it once
+                    // (the seat taken for this repeat goes back).
                     if st.open_sessions.insert(session, portion_va.clone()).is_some() {
+                        figures.sessions.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
-                    figures.sessions.fetch_add(1, Ordering::Relaxed);
                     if let Addr::Udp(addr) = req.peer
                         && let Some(p) = st.portions.get_mut(&portion_va)
                     {
@@ -1413,7 +1428,10 @@ impl Inner {
                     drop(st);
                     let _ = events.send(RuntimeEvent::AddClient { session, peer: req.peer });
                 }
-                Err(e) => tracing::warn!(error = %e, "session not accepted"),
+                Err(e) => {
+                    figures.sessions.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "session not accepted");
+                }
             }
         });
         Ok(va)
@@ -1616,12 +1634,17 @@ impl Inner {
                 PortionReport::State(s) => tracing::debug!(%va, state = %s, "portion state"),
                 PortionReport::Error(e) => self.note(format!("portion {va} error: {e}")),
                 PortionReport::Timeout { resource } => {
-                    let st = self.state();
-                    if let Some(p) = st.portions.get(&va) {
+                    let app = {
+                        let st = self.state();
+                        let Some(p) = st.portions.get(&va) else {
+                            // A portion that has moved away finishing its last requests: its
+                            // starvation is the new home's to judge, not this node's.
+                            tracing::debug!(%va, %resource, "time-out from a portion no longer here");
+                            continue;
+                        };
                         p.figures.timeouts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    drop(st);
-                    let app = self.state().portions.get(&va).map(|p| p.app.clone()).unwrap_or_default();
+                        p.app.clone()
+                    };
                     let first_in_window = {
                         let mut st = self.state();
                         let quiet = !st.timeouts.iter().any(|(_, r, a, _)| *r == resource && *a == app);
