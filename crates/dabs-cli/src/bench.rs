@@ -11,7 +11,10 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn measure(farm: &LocalFarm, samples: usize) -> Result<Vec<f64>, String> {
+/// Times `samples` opens through the group. With `hold`, every session stays open until the
+/// end: with one session per portion, each open then needs a new portion (a closed session
+/// would free its portion for the next open).
+async fn measure(farm: &LocalFarm, samples: usize, hold: bool) -> Result<Vec<f64>, String> {
     let ep = dabs_net::spawn("127.0.0.1:0".parse().expect("literal"), DriverOptions::default())
         .await
         .map_err(|e| e.to_string())?;
@@ -22,10 +25,18 @@ async fn measure(farm: &LocalFarm, samples: usize) -> Result<Vec<f64>, String> {
         ep.open(group.clone(), 1, ask.clone()).await.map_err(|e| format!("farm never answered: {e}"))?;
     warm.close();
     let mut ms = Vec::with_capacity(samples);
+    let mut held = Vec::new();
     for _ in 0..samples {
         let t = Instant::now();
         let s = ep.open(group.clone(), 1, ask.clone()).await.map_err(|e| e.to_string())?;
         ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if hold {
+            held.push(s);
+        } else {
+            s.close();
+        }
+    }
+    for s in held {
         s.close();
     }
     ms.sort_by(f64::total_cmp);
@@ -35,13 +46,13 @@ async fn measure(farm: &LocalFarm, samples: usize) -> Result<Vec<f64>, String> {
 /// Runs both cases and prints a Markdown table.
 pub fn open_latency(samples: usize) -> ExitCode {
     let cases = [
-        ("portion already running", "start_at_init = true\n"),
-        ("portion to be started", "start_at_init = false\nmax_sessions_per_portion = 1\n"),
+        ("portion already running", "start_at_init = true\n", false),
+        ("portion to be started", "start_at_init = false\nmax_sessions_per_portion = 1\n", true),
     ];
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     println!("| case | samples | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|");
-    for (label, app) in cases {
+    for (label, app, hold) in cases {
         let dir = std::env::temp_dir().join(format!("dabs-bench-open-{}", std::process::id()));
         let mut farm = match LocalFarm::start_with(3, &dir, None, app) {
             Ok(f) => f,
@@ -52,7 +63,7 @@ pub fn open_latency(samples: usize) -> ExitCode {
         };
         let result = rt.block_on(async {
             tokio::time::sleep(Duration::from_millis(1600)).await;
-            measure(&farm, samples).await
+            measure(&farm, samples, hold).await
         });
         farm.stop();
         let _ = std::fs::remove_dir_all(&dir);
