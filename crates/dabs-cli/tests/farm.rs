@@ -761,3 +761,22 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
     );
     assert_eq!(executed.len(), answered.len(), "every request that ran was answered, and only those");
 }
+
+/// `dabs farm up` stops cleanly on Ctrl-C (SIGINT): it exits with success, and every node
+/// process it started is gone.
+#[test]
+fn farm_up_stops_every_node_on_sigint() {
+    let mut farm = common::Farm::up(3, "sigint");
+    let pids: Vec<u64> =
+        farm.manifest()["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 3);
+    for pid in &pids {
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "node {pid} runs before the interrupt");
+    }
+    let status = farm.interrupt();
+    assert!(status.success(), "farm up exited with {status}");
+    for pid in &pids {
+        // Reaped by farm up before it exited: no process, not even a zombie, is left.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "node {pid} still runs after farm up stopped");
+    }
+}

@@ -85,11 +85,31 @@ impl Farm {
     pub fn group(&self) -> std::net::SocketAddr {
         self.manifest()["group"].as_str().unwrap().parse().unwrap()
     }
+
+    /// Sends `farm up` SIGINT (Ctrl-C) and waits for it to exit (at most 20 s).
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "farm up did not exit within 20 s of SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Farm {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return; // exited already (interrupted): its pid may be someone else's now
+        }
+        // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGINT);
         }
