@@ -388,22 +388,40 @@ async fn reports_reach_the_runtime_started_first_and_exited_last() {
     assert!(after.is_none(), "nothing reported after Exited: {after:?}");
 }
 
+/// A started portion recording into `log`, with two raw clients connected to it (the
+/// network and server endpoint are kept alive with it).
+struct TwoClients {
+    _net: Net,
+    _server: EndpointHandle,
+    portion: Portion,
+    a: Session,
+    a_notices: mpsc::UnboundedReceiver<Notice>,
+    _b: Session,
+    b_notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+async fn two_clients(log: &Log) -> TwoClients {
+    let net = Net::default();
+    let server = net.endpoint(Config::default(), None);
+    let addr = server.local_addrs().udp;
+    let mut portion = start_portion(&server, recorder(log));
+    assert_eq!(portion.report().await.1, PortionReport::Started);
+    let mut accepted = accept_opens(&server, portion.events.clone());
+    let (a, a_notices) = raw_client(&net, addr).await;
+    let (b, b_notices) = raw_client(&net, addr).await;
+    accepted.recv().await.unwrap();
+    accepted.recv().await.unwrap();
+    TwoClients { _net: net, _server: server, portion, a, a_notices, _b: b, b_notices }
+}
+
 /// A clean shutdown sent while requests are queued: every client is told (`kind: clean`)
 /// while requests are still pending, every pending request still runs and is answered, and
 /// only then does the portion report that it exited.
 #[tokio::test(start_paused = true)]
 async fn a_clean_shutdown_tells_the_clients_finishes_pending_requests_then_exits() {
-    let net = Net::default();
     let log = Log::default();
-    let server = net.endpoint(Config::default(), None);
-    let addr = server.local_addrs().udp;
-    let mut portion = start_portion(&server, recorder(&log));
-    assert_eq!(portion.report().await.1, PortionReport::Started);
-    let mut accepted = accept_opens(&server, portion.events.clone());
-    let (a, mut a_notices) = raw_client(&net, addr).await;
-    let (_b, mut b_notices) = raw_client(&net, addr).await;
-    accepted.recv().await.unwrap();
-    accepted.recv().await.unwrap();
+    let TwoClients { _net, _server, mut portion, a, mut a_notices, _b, mut b_notices } =
+        two_clients(&log).await;
 
     const K: u8 = 5;
     let calls: Vec<_> = (0..K).map(|n| a.call_async(WORK, job(n, 20))).collect();
@@ -432,17 +450,9 @@ async fn a_clean_shutdown_tells_the_clients_finishes_pending_requests_then_exits
 /// and the queued requests are not run but refused (NAK 12), so their callers move at once.
 #[tokio::test(start_paused = true)]
 async fn an_emergency_shutdown_tells_the_clients_and_exits_without_running_queued_requests() {
-    let net = Net::default();
     let log = Log::default();
-    let server = net.endpoint(Config::default(), None);
-    let addr = server.local_addrs().udp;
-    let mut portion = start_portion(&server, recorder(&log));
-    assert_eq!(portion.report().await.1, PortionReport::Started);
-    let mut accepted = accept_opens(&server, portion.events.clone());
-    let (a, mut a_notices) = raw_client(&net, addr).await;
-    let (_b, mut b_notices) = raw_client(&net, addr).await;
-    accepted.recv().await.unwrap();
-    accepted.recv().await.unwrap();
+    let TwoClients { _net, _server, mut portion, a, mut a_notices, _b, mut b_notices } =
+        two_clients(&log).await;
 
     const K: u8 = 5;
     let mut calls: Vec<_> = (0..K).map(|n| a.call_async(WORK, job(n, 100))).collect();
