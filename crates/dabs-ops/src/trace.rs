@@ -72,13 +72,9 @@ impl TraceFilter {
     }
 }
 
-/// Every system command this implementation names, `KEY_EXCHANGE` included, by number.
+/// Every system command the trace names ([`command_name`]), by number.
 fn system_commands() -> Vec<(u16, &'static str)> {
-    let mut all: Vec<(u16, &'static str)> =
-        SystemCommand::ALL.iter().map(|c| (c.number(), c.name())).collect();
-    all.push((dabs_net::KEY_EXCHANGE, "KEY_EXCHANGE"));
-    all.sort_unstable();
-    all
+    (0..=255).filter_map(|n| command_name(n).map(|name| (n, name))).collect()
 }
 
 /// One trace line for `rec`: the decoded header with readable names, the latency of incoming
