@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use dabs_farm_proto::shapes::{OpenAsk, SecurityOffer, negotiate_security, open_reply_secured};
 use dabs_net::{Addr, Config, DriverOptions, EndpointHandle, SECURITY_SPEC, Session};
-use dabs_node::shapes::{OpenAsk, SecurityOffer, negotiate_security, open_reply_secured};
 use dabs_wire::SystemCommand;
 use serde::Serialize;
 

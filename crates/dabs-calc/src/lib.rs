@@ -7,7 +7,7 @@
 //! - [`CalcServer`] is the server portion (`CALC_ServerPart` + `CALC_Server`).
 //! - [`CalcClient`] is the client portion (`CALC_Client`).
 
-use dabs_node::hosting::PortionFactory;
+use dabs_farm_proto::portion::PortionFactory;
 use dabs_sdk::{FarmClient, Handled, PartitionError, Placed, PortionFactoryFn, ServerPortion};
 use dabs_wire::NakCode;
 use std::sync::Arc;
@@ -275,7 +275,7 @@ impl PortionFactory for SlowCalcFactory {
         SLOW_APP
     }
 
-    fn spawn(&self, ctx: dabs_node::hosting::PortionContext) {
+    fn spawn(&self, ctx: dabs_farm_proto::portion::PortionContext) {
         let reporter = dabs_sdk::sync::StarvationReporter::from_context(&ctx);
         let lock = Arc::new(dabs_sdk::sync::TimedSemaphore::new("db", 1, reporter));
         // More workers than permits, like a server whose thread pool outnumbers its database

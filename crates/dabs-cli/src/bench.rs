@@ -2,8 +2,8 @@
 //! is already running and when one must be started for the client. Real node processes.
 
 use crate::farm::LocalFarm;
+use dabs_farm_proto::shapes::OpenAsk;
 use dabs_net::{Addr, DriverOptions};
-use dabs_node::shapes::OpenAsk;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 

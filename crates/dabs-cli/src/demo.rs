@@ -6,8 +6,8 @@ use crate::farm::LocalFarm;
 use dabs_calc::{
     FloatingPointOps, IntegerOps, LocalFloatingPointOps, LocalIntegerOps, Operands, Profile, Value,
 };
+use dabs_farm_proto::shapes::OpenAsk;
 use dabs_net::{Addr, DriverOptions};
-use dabs_node::shapes::OpenAsk;
 use dabs_node::stats::NodeStats;
 use dabs_wire::SystemCommand;
 use serde_json::json;

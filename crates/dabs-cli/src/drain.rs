@@ -1,8 +1,8 @@
 //! `dabs drain IP:PORT --secret HEX [--undo]`: the operator's failover. The node stops taking
 //! new clients and tells its clients (authenticated `FAILOVER`) to move, in batches.
 
+use dabs_farm_proto::shapes::OpenAsk;
 use dabs_net::{Addr, DriverOptions};
-use dabs_node::shapes::OpenAsk;
 use dabs_wire::SystemCommand;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -39,7 +39,7 @@ pub fn run(node: SocketAddr, secret_hex: &str, undo: bool) -> ExitCode {
             }
         };
         let now = dabs_net::unix_ms();
-        let payload = dabs_node::failover::seal_drain(&secret, node, !undo, now, now);
+        let payload = dabs_farm_proto::seal::seal_drain(&secret, node, !undo, now, now);
         match session.call(SystemCommand::Drain.number(), payload).await {
             Ok(_) => {
                 println!("{node} {}", if undo { "takes new clients again" } else { "is draining" });

@@ -30,7 +30,7 @@ pub fn run_node(config: &Path) -> ExitCode {
         let name = config.node.name.clone();
         let group = config.farm.group;
         let operator = config.node.operator;
-        let slow: std::sync::Arc<dyn dabs_node::hosting::PortionFactory> =
+        let slow: std::sync::Arc<dyn dabs_farm_proto::portion::PortionFactory> =
             std::sync::Arc::new(dabs_calc::SlowCalcFactory { work: Duration::from_millis(2) });
         let node = match Node::start(config, vec![dabs_calc::factory(), slow]).await {
             Ok(n) => n,

@@ -1,8 +1,8 @@
 //! `dabs mp serve`: a standalone MP endpoint that opens sessions for any application and
 //! answers ECHO. For interoperability tests, probes and benchmarks.
 
+use dabs_farm_proto::shapes::{OpenAsk, negotiate_security, open_reply_secured};
 use dabs_net::{DriverOptions, EndpointHandle};
-use dabs_node::shapes::{OpenAsk, negotiate_security, open_reply_secured};
 use dabs_wire::NakCode;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -27,7 +27,7 @@ pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
                     continue;
                 }
                 Err(why) => {
-                    open.reject(NakCode::Malformed, why);
+                    open.reject(NakCode::Malformed, why.to_string());
                     continue;
                 }
             };
@@ -35,7 +35,7 @@ pub fn serve_on(endpoint: &EndpointHandle, farm: &str) {
             let security = match negotiate_security(offer.as_deref(), true) {
                 Ok(s) => s,
                 Err(why) => {
-                    open.reject(NakCode::EncryptionRefused, why);
+                    open.reject(NakCode::EncryptionRefused, why.to_string());
                     continue;
                 }
             };

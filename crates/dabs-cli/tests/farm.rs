@@ -3,8 +3,8 @@
 
 mod common;
 
+use dabs_farm_proto::shapes::{OpenAsk, parse_open_reply};
 use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
-use dabs_node::shapes::{OpenAsk, parse_open_reply};
 use dabs_node::stats::NodeStats;
 use dabs_wire::{NakCode, SystemCommand};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -368,10 +368,10 @@ async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
     // RESOLVE_VA: any node answers for any live portion.
     let (me2, _, s0) = farm_view(mp(1)).await.unwrap();
     let va = me2.portions[0].va.clone();
-    let ask = dabs_node::shapes::cbor(&BTreeMap::from([("va", va.clone())]));
+    let ask = dabs_farm_proto::shapes::cbor(&BTreeMap::from([("va", va.clone())]));
     let (_, _, s2) = farm_view(mp(2)).await.unwrap();
     let reply = s2.call(SystemCommand::ResolveVa.number(), ask).await.unwrap();
-    let resolved: dabs_node::shapes::Resolved = ciborium::from_reader(&reply[..]).unwrap();
+    let resolved: dabs_farm_proto::shapes::Resolved = ciborium::from_reader(&reply[..]).unwrap();
     assert_eq!((resolved.va, resolved.addr, resolved.node), (va, mp(1), "node-2".to_string()));
     drop((s0, s2));
 
@@ -626,12 +626,12 @@ struct CountingSlowCalcFactory {
     executed: Executions,
 }
 
-impl dabs_node::hosting::PortionFactory for CountingSlowCalcFactory {
+impl dabs_farm_proto::portion::PortionFactory for CountingSlowCalcFactory {
     fn app(&self) -> &str {
         "slowcalc"
     }
 
-    fn spawn(&self, ctx: dabs_node::hosting::PortionContext) {
+    fn spawn(&self, ctx: dabs_farm_proto::portion::PortionContext) {
         let reporter = dabs_sdk::StarvationReporter::from_context(&ctx);
         let lock = Arc::new(dabs_sdk::TimedSemaphore::new("db", 1, reporter));
         let workers = (0..16)

@@ -221,10 +221,12 @@ async fn a_spawn_for_a_hosted_address_does_not_replace_the_portion() {
     let before = n1.handle().portions();
     assert_eq!(before.len(), 1);
     let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
-    let ask = dabs_node::shapes::OpenAsk { node: Some("stranger".into()), ..Default::default() };
+    let ask = dabs_farm_proto::shapes::OpenAsk { node: Some("stranger".into()), ..Default::default() };
     let s = ep.open(Addr::Udp(n1.mp_addr()), 0, ask.to_cbor()).await.unwrap();
-    let spawn =
-        dabs_node::shapes::cbor(&std::collections::BTreeMap::from([("app", "calc"), ("va", &before[0].va)]));
+    let spawn = dabs_farm_proto::shapes::cbor(&std::collections::BTreeMap::from([
+        ("app", "calc"),
+        ("va", &before[0].va),
+    ]));
     s.call(dabs_wire::SystemCommand::Spawn.number(), spawn).await.unwrap();
     let after = n1.handle().portions();
     assert_eq!(after.len(), 1);
@@ -257,11 +259,11 @@ async fn a_forged_failover_is_raised_with_the_clients_node() {
     assert_eq!(n1.handle().stats().client_alerts, 0);
 
     let attacker = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
-    let ask = dabs_node::shapes::cbor(&std::collections::BTreeMap::from([("queue", queue)]));
+    let ask = dabs_farm_proto::shapes::cbor(&std::collections::BTreeMap::from([("queue", queue)]));
     let s = attacker.open(Addr::Udp(target), 1, ask).await.expect("the client endpoint takes sessions");
     for nonce in 1..=3 {
-        let notice = dabs_node::failover::Failover {
-            alternates: vec![dabs_node::failover::Alternate {
+        let notice = dabs_farm_proto::seal::Failover {
+            alternates: vec![dabs_farm_proto::seal::Alternate {
                 addr: attacker.local_addrs().udp,
                 va: "mp://zones/calc/dasp/evil-1".into(),
             }],
@@ -393,11 +395,11 @@ async fn a_replayed_drain_is_refused_also_after_a_restart() {
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
         .collect();
     let now = dabs_net::unix_ms();
-    let drain = dabs_node::failover::seal_drain(&secret, at, true, now, now);
-    let undo = dabs_node::failover::seal_drain(&secret, at, false, now + 1, now);
+    let drain = dabs_farm_proto::seal::seal_drain(&secret, at, true, now, now);
+    let undo = dabs_farm_proto::seal::seal_drain(&secret, at, false, now + 1, now);
     let send = async |payload: &Vec<u8>| {
         let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
-        let ask = dabs_node::shapes::OpenAsk { node: Some("operator".into()), ..Default::default() };
+        let ask = dabs_farm_proto::shapes::OpenAsk { node: Some("operator".into()), ..Default::default() };
         let s = ep.open(Addr::Udp(at), 0, ask.to_cbor()).await.expect("a node session");
         let r = s.call(dabs_wire::SystemCommand::Drain.number(), payload.clone()).await;
         ep.shutdown().await;
@@ -449,7 +451,7 @@ async fn clients_moved_by_failover_run_every_request_exactly_once() {
     let g = group();
     let failover = "failover_threshold = 50\nconnection_threshold = 60\nreturn_threshold = 90";
     let runs = Runs::default();
-    let factory = || -> std::sync::Arc<dyn dabs_node::hosting::PortionFactory> {
+    let factory = || -> std::sync::Arc<dyn dabs_farm_proto::portion::PortionFactory> {
         let runs = runs.clone();
         std::sync::Arc::new(dabs_sdk::PortionFactoryFn::new("calc", move || runs.clone()))
     };

@@ -170,7 +170,7 @@ impl EndpointHandle {
     /// Like [`EndpointHandle::open`], but the session is encrypted: the key exchange runs
     /// after the REPLY and the session is handed over only once it is keyed (a server that
     /// refuses encryption fails the open). The payload is the caller's; the farm's clients put
-    /// their security offer in it (`dabs_node::shapes::OpenAsk::security`).
+    /// their security offer in it (`dabs_farm_proto::shapes::OpenAsk::security`).
     pub async fn open_encrypted(&self, to: Addr, queue: u16, payload: Vec<u8>) -> Result<Session, Error> {
         self.open_with(to, queue, payload, true).await
     }

@@ -1,17 +1,16 @@
 //! One server's runtime environment: configuration, membership, statistics, database and the
-//! load-balancing process that chooses servers and starts portions.
+//! load-balancing process that chooses servers and starts portions. What it shares with
+//! applications (message shapes, seals, the portion interface, statistics records) is in
+//! `dabs-farm-proto`.
 
 pub mod config;
 pub mod db;
-pub mod failover;
 pub mod health;
-pub mod hosting;
 pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod settings;
-pub mod shapes;
 pub mod stats;
 pub mod zones;
 

@@ -28,6 +28,22 @@ pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
+/// The node's request-latency histogram, as portions see it: something to report into.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(pub Histogram);
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self(latency_histogram())
+    }
+}
+
+impl dabs_farm_proto::portion::LatencyObserver for LatencyHistogram {
+    fn observe(&self, seconds: f64) {
+        self.0.observe(seconds);
+    }
+}
+
 /// Figures a scrape reports besides the endpoint's counters.
 pub struct Gauges {
     /// Open MP sessions.

@@ -3,13 +3,15 @@
 
 use crate::config::NodeConfig;
 use crate::db::{Db, PortionRecord};
-use crate::hosting::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
 use crate::membership::{Change, Membership};
-use crate::metrics::{Gauges, NodeCounters, latency_histogram};
+use crate::metrics::{Gauges, LatencyHistogram, NodeCounters};
 use crate::placement::{Choice, choose};
 use crate::settings::{Settings, SettingsError, SettingsPatch};
-use crate::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor, negotiate_security, open_reply_secured};
 use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionFigures, PortionStats, Sampler};
+use dabs_farm_proto::portion::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
+use dabs_farm_proto::shapes::{
+    Assign, OpenAsk, Resolved, cbor, from_cbor, negotiate_security, open_reply_secured,
+};
 use dabs_net::{Addr, DriverOptions, EndpointHandle, IncomingOpen, IncomingRequest, OpenRequest, Session};
 use dabs_wire::{Header, Kind, NakCode, SentTime, SystemCommand};
 use std::collections::{BTreeMap, HashMap};
@@ -140,7 +142,7 @@ struct Inner {
     reports: mpsc::UnboundedSender<(String, PortionReport)>,
     settings: Mutex<Settings>,
     counters: NodeCounters,
-    latency: prometheus_client::metrics::histogram::Histogram,
+    latency: Arc<LatencyHistogram>,
     operator: Mutex<Option<SocketAddr>>,
     /// A settings fetch is under way.
     fetching_settings: std::sync::atomic::AtomicBool,
@@ -274,7 +276,7 @@ impl NodeHandle {
             &mp,
             &Gauges { sessions, portions, members },
             &self.0.counters,
-            &self.0.latency,
+            &self.0.latency.0,
         )
     }
 }
@@ -361,7 +363,7 @@ impl Node {
             peers: tokio::sync::Mutex::new(HashMap::new()),
             reports,
             counters: NodeCounters::default(),
-            latency: latency_histogram(),
+            latency: Arc::new(LatencyHistogram::default()),
             operator: Mutex::new(None),
             fetching_settings: std::sync::atomic::AtomicBool::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -612,7 +614,7 @@ impl Inner {
             reports: self.reports.clone(),
             figures,
             endpoint: self.endpoint.clone(),
-            latency_histogram: self.latency.clone(),
+            latency: self.latency.clone(),
             timeouts: self.config.timeouts.clone(),
         });
         Ok((va, queue))
@@ -837,7 +839,7 @@ impl Inner {
     /// Up to three alternates for a client of `app`: the least-loaded other members that take
     /// new clients, each with its emptiest portion of the application.
     /// With `encrypted`, only members that accept encrypted sessions.
-    fn alternates(&self, app: &str, encrypted: bool) -> Vec<crate::failover::Alternate> {
+    fn alternates(&self, app: &str, encrypted: bool) -> Vec<dabs_farm_proto::seal::Alternate> {
         let Some(app_cfg) = self.app_config(app) else { return Vec::new() };
         let st = self.state();
         let mut members: Vec<&NodeStats> = st
@@ -853,7 +855,7 @@ impl Inner {
             .into_iter()
             .filter_map(|s| {
                 let p = s.portions.iter().filter(|p| p.app == app).min_by_key(|p| p.sessions)?;
-                Some(crate::failover::Alternate { addr: s.mp, va: p.va.clone() })
+                Some(dabs_farm_proto::seal::Alternate { addr: s.mp, va: p.va.clone() })
             })
             .take(3)
             .collect()
@@ -1105,7 +1107,7 @@ impl Inner {
             Ok(a) => a,
             Err(e) => {
                 if !open.via_group || self.is_decider() {
-                    open.reject(NakCode::Malformed, e);
+                    open.reject(NakCode::Malformed, e.to_string());
                 } else {
                     open.pass();
                 }
@@ -1486,13 +1488,14 @@ impl Inner {
                 Some(SystemCommand::Drain) => {
                     let verdict = match &self.config.farm.secret {
                         None => Err("this farm has no secret: drain is refused".to_owned()),
-                        Some(secret) => crate::failover::open_drain(
+                        Some(secret) => dabs_farm_proto::seal::open_drain(
                             &req.request.payload,
                             secret,
                             self.mp,
                             unix_ms(),
                             30_000,
-                        ),
+                        )
+                        .map_err(|e| e.to_string()),
                     };
                     match verdict {
                         Ok((drain, nonce)) if nonce > self.state().drain_nonce => {
@@ -1516,8 +1519,7 @@ impl Inner {
                     }
                 }
                 Some(SystemCommand::Spawn) => {
-                    let ask: Result<BTreeMap<String, String>, String> =
-                        from_cbor(&req.request.payload, "SPAWN");
+                    let ask: Result<BTreeMap<String, String>, _> = from_cbor(&req.request.payload, "SPAWN");
                     let ask = ask.unwrap_or_default();
                     let (app, cause) =
                         (ask.get("app").cloned().unwrap_or_default(), ask.get("cause").cloned());
@@ -1573,10 +1575,10 @@ impl Inner {
                             Err((code, text)) => req.reject(code, text),
                         }
                     }
-                    Err(e) => req.reject(NakCode::Malformed, e),
+                    Err(e) => req.reject(NakCode::Malformed, e.to_string()),
                 },
                 Some(SystemCommand::ResolveVa) => {
-                    let va: Result<BTreeMap<String, String>, String> =
+                    let va: Result<BTreeMap<String, String>, _> =
                         from_cbor(&req.request.payload, "RESOLVE_VA");
                     let va = va.ok().and_then(|m| m.get("va").cloned()).unwrap_or_default();
                     let found = self.state().membership.host_of(&va).map(|(s, queue)| Resolved {

@@ -2,9 +2,9 @@
 //! make calls that follow the server portion when it moves, stop.
 
 use crate::partition::{BoxFuture, Caller, PartitionError};
+use dabs_farm_proto::seal::FailoverVerifier;
+use dabs_farm_proto::shapes::{OpenAsk, SecurityOffer, parse_open_reply, parse_open_security};
 use dabs_net::{Addr, CallError, EndpointHandle, Error, Session};
-use dabs_node::failover::FailoverVerifier;
-use dabs_node::shapes::{OpenAsk, SecurityOffer, parse_open_reply, parse_open_security};
 use dabs_wire::{NakCode, SystemCommand};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -309,7 +309,7 @@ async fn listen(
         let now_ms = dabs_net::unix_ms();
         let verdict = match verifier.as_mut() {
             Some(v) => v.verify(&req.request.payload, server, me, now_ms),
-            None => Err(dabs_node::failover::FailoverError::BadMac),
+            None => Err(dabs_farm_proto::seal::FailoverError::BadMac),
         };
         let notice = match verdict {
             Ok(n) => n,
@@ -415,7 +415,7 @@ async fn open_session(
         Ok(Some(spec)) if s.encrypted => Some(format!("it chose another specification: {spec:?}")),
         Ok(Some(_)) => Some("the session was not keyed".to_owned()),
         Ok(None) => Some("its REPLY says security: null".to_owned()),
-        Err(e) => Some(e),
+        Err(e) => Some(e.to_string()),
     };
     match refusal {
         None => Ok(s),

@@ -1,11 +1,11 @@
 //! The server-portion framework: one loop per portion serving all its clients, with runtime
 //! events handled beside it.
 
+use dabs_farm_proto::portion::LatencyObserver;
+use dabs_farm_proto::portion::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
+use dabs_farm_proto::records::PortionFigures;
 use dabs_net::SessionId;
-use dabs_node::hosting::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
-use dabs_node::stats::PortionFigures;
 use dabs_wire::{NakCode, SystemCommand};
-use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub async fn run<P: ServerPortion>(portion: P, ctx: PortionContext) {
 /// all take requests from the portion's one queue, so a worker stuck in a slow critical
 /// section does not hold up the others. Runtime events are handled here, beside the workers.
 pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext) {
-    let PortionContext { requests, mut events, reports, va, figures, endpoint, latency_histogram, .. } = ctx;
+    let PortionContext { requests, mut events, reports, va, figures, endpoint, latency, .. } = ctx;
     let reporter = Reporter { va, reports };
     let report = |r| reporter.send(r);
     report(PortionReport::Started);
@@ -57,7 +57,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
     let mut workers = tokio::task::JoinSet::new();
     for portion in &portions {
         let (portion, queue, mut stop) = (portion.clone(), queue.clone(), stop_rx.clone());
-        let (figures, histogram, reporter) = (figures.clone(), latency_histogram.clone(), reporter.clone());
+        let (figures, histogram, reporter) = (figures.clone(), latency.clone(), reporter.clone());
         workers.spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -73,7 +73,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                 match next {
                     Some((Some(req), depth)) => {
                         let served =
-                            Served { figures: &figures, histogram: &histogram, reporter: &reporter, clock };
+                            Served { figures: &figures, histogram: &*histogram, reporter: &reporter, clock };
                         serve_one(&mut *portion.lock().await, served, req, depth).await;
                     }
                     Some((None, _)) => return,
@@ -82,7 +82,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                             while let Ok(req) = queue.lock().await.try_recv() {
                                 let served = Served {
                                     figures: &figures,
-                                    histogram: &histogram,
+                                    histogram: &*histogram,
                                     reporter: &reporter,
                                     clock,
                                 };
@@ -189,7 +189,7 @@ impl Reporter {
 #[derive(Clone, Copy)]
 struct Served<'a> {
     figures: &'a PortionFigures,
-    histogram: &'a Histogram,
+    histogram: &'a dyn LatencyObserver,
     reporter: &'a Reporter,
     clock: Clock,
 }

@@ -6,8 +6,8 @@
 //! to the node's load-balancing process as [`PortionReport::Timeout`], which counts it and may
 //! start another portion.
 
-use dabs_node::config::{DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY};
-use dabs_node::hosting::{PortionContext, PortionReport};
+use dabs_farm_proto::portion::{PortionContext, PortionReport};
+use dabs_farm_proto::timeouts::{DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -221,7 +221,7 @@ async fn a_client_that_asked_for_encryption_refuses_a_reply_in_clear() {
     let addr = server.local_addrs().udp;
     tokio::spawn(async move {
         while let Some(open) = opens.recv().await {
-            let reply = dabs_node::shapes::open_reply("mp://enc/echo/dasp/1", addr, 16);
+            let reply = dabs_farm_proto::shapes::open_reply("mp://enc/echo/dasp/1", addr, 16);
             let _ = open.accept(16, reply).await;
         }
     });

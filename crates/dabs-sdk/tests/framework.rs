@@ -7,12 +7,12 @@
 //! thread: a datagram is a channel message, so the clock moves only when every task is idle.
 //! Each time measured here is therefore exact and does not depend on how loaded the machine is.
 
+use dabs_farm_proto::portion::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
+use dabs_farm_proto::records::PortionFigures;
+use dabs_farm_proto::shapes::OpenAsk;
 use dabs_net::{
     Addr, CallError, Config, DatagramSocket, DriverOptions, EndpointHandle, Error, Session, SessionId,
 };
-use dabs_node::hosting::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
-use dabs_node::shapes::OpenAsk;
-use dabs_node::stats::PortionFigures;
 use dabs_sdk::{
     Caller, ClientStatus, FarmClient, FarmClientOptions, Handled, PartitionError, Placed, PortionFactoryFn,
     ServerPortion,
@@ -211,7 +211,7 @@ fn start_portion<P: ServerPortion>(
         reports: reports_tx,
         figures: figures.clone(),
         endpoint: endpoint.clone(),
-        latency_histogram: dabs_node::metrics::latency_histogram(),
+        latency: std::sync::Arc::new(dabs_farm_proto::portion::DiscardLatency),
         timeouts: Default::default(),
     };
     PortionFactoryFn::new(APP, make).spawn(ctx);
@@ -229,7 +229,7 @@ fn accept_opens(
     let addr = endpoint.local_addrs().udp;
     tokio::spawn(async move {
         while let Some(open) = opens.recv().await {
-            let reply = dabs_node::shapes::open_reply(VA, addr, QUEUE);
+            let reply = dabs_farm_proto::shapes::open_reply(VA, addr, QUEUE);
             if let Ok(session) = open.accept(QUEUE, reply).await {
                 let _ = events.send(RuntimeEvent::AddClient { session, peer: open.request.peer.clone() });
                 let _ = accepted_tx.send(session);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Hosted, host};
-use dabs_node::hosting::PortionReport;
+use dabs_farm_proto::portion::PortionReport;
 use dabs_sdk::{Handled, ServerPortion};
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Hosted, host};
-use dabs_node::hosting::RuntimeEvent;
+use dabs_farm_proto::portion::RuntimeEvent;
 use dabs_sdk::{Handled, ServerPortion};
 use std::time::Duration;
 

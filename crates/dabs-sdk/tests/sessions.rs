@@ -1,10 +1,10 @@
 //! A node's `sessions` figure is the number of client sessions open on a portion now: a session
 //! that ends is taken off, so placement sees clients present, not clients ever sent.
 
+use dabs_farm_proto::shapes::OpenAsk;
 use dabs_net::{Addr, DriverOptions};
 use dabs_node::Node;
 use dabs_node::config::NodeConfig;
-use dabs_node::shapes::OpenAsk;
 use dabs_sdk::{Handled, PortionFactoryFn, ServerPortion};
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! Wait-and-lock primitives and timer objects. All timing runs on tokio's paused clock, so the
 //! durations asserted are exact and nothing depends on how fast the machine is.
 
+use dabs_farm_proto::portion::PortionReport;
 use dabs_net::SessionId;
-use dabs_node::hosting::PortionReport;
 use dabs_sdk::sync::{Empty, StarvationReporter, Starved, TimedQueue, TimedSemaphore};
 use dabs_sdk::timers::{
     Adjust, Attempt, Callback, Expired, Ratio, ReadOutcome, ReadTimer, ReadTimerConfig, TimedOut,
@@ -49,7 +49,7 @@ fn timeout_for_falls_back_to_default_then_node_default() {
     assert_eq!(r.timeout_for("db"), ms(250));
     assert_eq!(r.timeout_for("cache"), ms(100));
     let bare = StarvationReporter::detached(BTreeMap::new());
-    assert_eq!(bare.timeout_for("db"), dabs_node::config::DEFAULT_TIMEOUT);
+    assert_eq!(bare.timeout_for("db"), dabs_farm_proto::timeouts::DEFAULT_TIMEOUT);
     bare.report("db");
     assert_eq!((bare.count("db"), bare.total()), (1, 1));
 }

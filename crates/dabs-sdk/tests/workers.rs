@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Hosted, host};
-use dabs_node::hosting::PortionReport;
+use dabs_farm_proto::portion::PortionReport;
 use dabs_sdk::{Handled, ServerPortion};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,7 +32,7 @@ async fn peak_concurrency(workers: usize) -> (usize, Vec<PortionReport>) {
     for (i, c) in calls.into_iter().enumerate() {
         assert_eq!(c.await.unwrap(), vec![i as u8]);
     }
-    let _ = events_tx.send(dabs_node::hosting::RuntimeEvent::Shutdown { emergency: false });
+    let _ = events_tx.send(dabs_farm_proto::portion::RuntimeEvent::Shutdown { emergency: false });
     let mut seen = Vec::new();
     while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(2), reports.recv()).await {
         let exited = r.1 == PortionReport::Exited;

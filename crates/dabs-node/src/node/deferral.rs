@@ -3,9 +3,9 @@
 //! node), and calls them back, staggered, once it is healthy again.
 
 use super::{Inner, unix_ms};
-use crate::failover::{Alternate, Failover};
 use crate::health::{Check, Reading, assess};
 use crate::zones::{ClientInfo, Zone};
+use dabs_farm_proto::seal::{Alternate, Failover};
 use dabs_wire::SystemCommand;
 use std::net::SocketAddr;
 use std::sync::Arc;

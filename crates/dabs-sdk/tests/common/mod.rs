@@ -2,9 +2,9 @@
 //! host it, and a client session to it.
 #![allow(dead_code)]
 
+use dabs_farm_proto::portion::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
+use dabs_farm_proto::records::PortionFigures;
 use dabs_net::{Addr, DriverOptions, Session};
-use dabs_node::hosting::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
-use dabs_node::stats::PortionFigures;
 use dabs_sdk::{PortionFactoryFn, ServerPortion};
 use std::sync::Arc;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -41,7 +41,7 @@ pub async fn host<P: ServerPortion>(
         reports: reports_tx,
         figures: figures.clone(),
         endpoint: server.clone(),
-        latency_histogram: dabs_node::metrics::latency_histogram(),
+        latency: std::sync::Arc::new(dabs_farm_proto::portion::DiscardLatency),
         timeouts: Default::default(),
     };
     PortionFactoryFn::new(app, make).with_workers(workers).spawn(ctx);

@@ -6,6 +6,81 @@ use dabs_proto::{SECURITY_SPEC, SecuritySpec};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
+/// Why a system command's payload could not be read: what was expected, where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// The bytes are not CBOR at all.
+    #[error("{what} is not CBOR: {detail}")]
+    NotCbor {
+        /// The payload it should have been.
+        what: &'static str,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// CBOR, but not the map the shape is.
+    #[error("{what} is not a CBOR map")]
+    NotAMap {
+        /// The payload or part of it.
+        what: String,
+    },
+    /// A key holds a value of the wrong type.
+    #[error("{what}: {key:?} must be {expected}")]
+    WrongType {
+        /// The payload or part of it.
+        what: String,
+        /// The key.
+        key: String,
+        /// What it must hold.
+        expected: &'static str,
+    },
+    /// An unsigned integer key holds a negative number.
+    #[error("{what}: {key:?} is negative")]
+    Negative {
+        /// The payload or part of it.
+        what: String,
+        /// The key.
+        key: &'static str,
+    },
+    /// A required key is missing (or unreadable).
+    #[error("{what} has no {expected} {key:?}")]
+    Missing {
+        /// The payload.
+        what: &'static str,
+        /// The key.
+        key: &'static str,
+        /// What it must hold.
+        expected: &'static str,
+    },
+    /// A serde-shaped payload (`ASSIGN`, `RESOLVE_VA`, statistics…) did not decode.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// The payload it should have been.
+        what: String,
+        /// The decoder's complaint.
+        detail: String,
+    },
+}
+
+/// Why a server refuses a client's security offer; answered with NAK 13.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecurityRefusal {
+    /// This server does not accept encrypted sessions.
+    #[error("encryption is turned off here (accept_encryption = false)")]
+    TurnedOff,
+    /// The client offered only specifications this server does not implement.
+    #[error(
+        "none of the {offered} offered security specifications is implemented here (this server \
+         offers {}-bit {} keyed by {})",
+        SECURITY_SPEC.key_size,
+        SECURITY_SPEC.cipher,
+        SECURITY_SPEC.key_exchange
+    )]
+    NoneImplemented {
+        /// How many specifications were offered.
+        offered: usize,
+    },
+}
+
 /// What an `OPEN_SESSION` asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct OpenAsk {
@@ -74,25 +149,35 @@ impl SecurityOffer {
         Value::Map(m)
     }
 
-    fn from_value(value: Value, what: &str) -> Result<Self, String> {
+    fn from_value(value: Value, what: &str) -> Result<Self, ShapeError> {
         let Value::Map(entries) = value else {
-            return Err(format!("{what} is not a map"));
+            return Err(ShapeError::NotAMap { what: what.into() });
         };
         let mut offer = SecurityOffer::default();
         for (k, v) in entries {
             match (k.as_text(), v) {
                 (Some("key_size"), Value::Integer(i)) => {
-                    offer.key_size =
-                        Some(u64::try_from(i).map_err(|_| format!("{what}: \"key_size\" is negative"))?);
+                    offer.key_size = Some(
+                        u64::try_from(i)
+                            .map_err(|_| ShapeError::Negative { what: what.into(), key: "key_size" })?,
+                    );
                 }
                 (Some("key_exchange"), Value::Text(t)) => offer.key_exchange = Some(t),
                 (Some("cipher"), Value::Text(t)) => offer.cipher = Some(t),
                 (Some("signature"), Value::Text(t)) => offer.signature = Some(t),
                 (Some("key_size"), _) => {
-                    return Err(format!("{what}: \"key_size\" must be an unsigned integer"));
+                    return Err(ShapeError::WrongType {
+                        what: what.into(),
+                        key: "key_size".into(),
+                        expected: "an unsigned integer",
+                    });
                 }
                 (Some(key @ ("key_exchange" | "cipher" | "signature")), _) => {
-                    return Err(format!("{what}: {key:?} must be text"));
+                    return Err(ShapeError::WrongType {
+                        what: what.into(),
+                        key: key.into(),
+                        expected: "text",
+                    });
                 }
                 _ => {}
             }
@@ -103,40 +188,36 @@ impl SecurityOffer {
 
 /// The security a server agrees to for an `OPEN_SESSION` with security offer `offer`:
 /// `Ok(None)` without an offer (a clear session), `Ok(Some(spec))` for the first offered
-/// specification it implements, or `Err` with the reason it refuses — encryption is turned
+/// specification it implements, or the reason it refuses — encryption is turned
 /// off here (`accept_encryption` false), or no offered specification is implemented. A
 /// refusal is answered with NAK 13 ([`dabs_wire::NakCode::EncryptionRefused`]): an offer is
 /// a demand, the client never falls back to clear by itself.
 pub fn negotiate_security(
     offer: Option<&[SecurityOffer]>,
     accept_encryption: bool,
-) -> Result<Option<SecuritySpec>, String> {
+) -> Result<Option<SecuritySpec>, SecurityRefusal> {
     let Some(offer) = offer else {
         return Ok(None);
     };
     if !accept_encryption {
-        return Err("encryption is turned off here (accept_encryption = false)".into());
+        return Err(SecurityRefusal::TurnedOff);
     }
     if offer.iter().any(|o| o.matches(&SECURITY_SPEC)) {
         return Ok(Some(SECURITY_SPEC));
     }
-    Err(format!(
-        "none of the {} offered security specifications is implemented here (this server offers \
-         {}-bit {} keyed by {})",
-        offer.len(),
-        SECURITY_SPEC.key_size,
-        SECURITY_SPEC.cipher,
-        SECURITY_SPEC.key_exchange
-    ))
+    Err(SecurityRefusal::NoneImplemented { offered: offer.len() })
+}
+
+fn read_cbor(payload: &[u8], what: &'static str) -> Result<Value, ShapeError> {
+    ciborium::from_reader(payload).map_err(|e| ShapeError::NotCbor { what, detail: e.to_string() })
 }
 
 impl OpenAsk {
     /// Reads an `OPEN_SESSION` payload: a CBOR map with `app` (or `node`), optionally `va`.
-    pub fn parse(payload: &[u8]) -> Result<Self, String> {
-        let value: Value =
-            ciborium::from_reader(payload).map_err(|e| format!("OPEN_SESSION payload is not CBOR: {e}"))?;
-        let Value::Map(entries) = value else {
-            return Err("OPEN_SESSION payload is not a CBOR map".into());
+    pub fn parse(payload: &[u8]) -> Result<Self, ShapeError> {
+        const WHAT: &str = "OPEN_SESSION payload";
+        let Value::Map(entries) = read_cbor(payload, WHAT)? else {
+            return Err(ShapeError::NotAMap { what: WHAT.into() });
         };
         let mut ask = OpenAsk::default();
         for (k, v) in entries {
@@ -147,7 +228,11 @@ impl OpenAsk {
                 (Some("class"), Value::Text(t)) => ask.class = Some(t),
                 (Some("group"), Value::Text(t)) => ask.group = Some(t),
                 (Some(key @ ("app" | "va" | "node" | "class" | "group")), _) => {
-                    return Err(format!("OPEN_SESSION key {key:?} must be text"));
+                    return Err(ShapeError::WrongType {
+                        what: WHAT.into(),
+                        key: key.into(),
+                        expected: "text",
+                    });
                 }
                 (Some("security"), Value::Null) => ask.security = None,
                 (Some("security"), v @ Value::Map(_)) => {
@@ -164,15 +249,17 @@ impl OpenAsk {
                     ask.security = Some(offers);
                 }
                 (Some("security"), _) => {
-                    return Err(
-                        "OPEN_SESSION key \"security\" must be null, a map or an array of maps".into()
-                    );
+                    return Err(ShapeError::WrongType {
+                        what: WHAT.into(),
+                        key: "security".into(),
+                        expected: "null, a map or an array of maps",
+                    });
                 }
                 _ => {}
             }
         }
         if ask.app.is_none() && ask.node.is_none() {
-            return Err("OPEN_SESSION payload has no text key \"app\"".into());
+            return Err(ShapeError::Missing { what: WHAT, key: "app", expected: "text key" });
         }
         Ok(ask)
     }
@@ -227,13 +314,13 @@ pub fn open_reply_secured(
     ]))
 }
 
+const OPEN_REPLY: &str = "OPEN_SESSION reply";
+
 /// The `security` of an `OPEN_SESSION` REPLY: the specification the server chose, or `None`
 /// when it is null or missing (a clear session).
-pub fn parse_open_security(payload: &[u8]) -> Result<Option<SecurityOffer>, String> {
-    let value: Value =
-        ciborium::from_reader(payload).map_err(|e| format!("OPEN_SESSION reply is not CBOR: {e}"))?;
-    let Value::Map(entries) = value else {
-        return Err("OPEN_SESSION reply is not a CBOR map".into());
+pub fn parse_open_security(payload: &[u8]) -> Result<Option<SecurityOffer>, ShapeError> {
+    let Value::Map(entries) = read_cbor(payload, OPEN_REPLY)? else {
+        return Err(ShapeError::NotAMap { what: OPEN_REPLY.into() });
     };
     match entries.into_iter().find(|(k, _)| k.as_text() == Some("security")).map(|(_, v)| v) {
         None | Some(Value::Null) => Ok(None),
@@ -242,22 +329,22 @@ pub fn parse_open_security(payload: &[u8]) -> Result<Option<SecurityOffer>, Stri
 }
 
 /// The `va`, `addr` and `queue` of an `OPEN_SESSION` REPLY.
-pub fn parse_open_reply(payload: &[u8]) -> Result<(String, SocketAddr, u16), String> {
-    let value: Value =
-        ciborium::from_reader(payload).map_err(|e| format!("OPEN_SESSION reply is not CBOR: {e}"))?;
+pub fn parse_open_reply(payload: &[u8]) -> Result<(String, SocketAddr, u16), ShapeError> {
+    let value = read_cbor(payload, OPEN_REPLY)?;
+    let missing = |key, expected| ShapeError::Missing { what: OPEN_REPLY, key, expected };
     let get = |key: &str| match &value {
         Value::Map(m) => m.iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, v)| v.clone()),
         _ => None,
     };
-    let va = get("va").and_then(|v| v.into_text().ok()).ok_or("OPEN_SESSION reply has no text \"va\"")?;
+    let va = get("va").and_then(|v| v.into_text().ok()).ok_or_else(|| missing("va", "text"))?;
     let addr = get("addr")
         .and_then(|v| v.into_text().ok())
         .and_then(|t| t.parse().ok())
-        .ok_or("OPEN_SESSION reply has no \"addr\" IP:port")?;
+        .ok_or_else(|| missing("addr", "IP:port"))?;
     let queue = get("queue")
         .and_then(|v| v.as_integer())
         .and_then(|i| u16::try_from(i).ok())
-        .ok_or("OPEN_SESSION reply has no \"queue\"")?;
+        .ok_or_else(|| missing("queue", "queue number"))?;
     Ok((va, addr, queue))
 }
 
@@ -318,8 +405,9 @@ pub fn cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes CBOR into `T`, naming what was expected on failure.
-pub fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, String> {
-    ciborium::from_reader(bytes).map_err(|e| format!("malformed {what}: {e}"))
+pub fn from_cbor<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, ShapeError> {
+    ciborium::from_reader(bytes)
+        .map_err(|e| ShapeError::Malformed { what: what.into(), detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -335,7 +423,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(OpenAsk::parse(&ask.to_cbor()).unwrap(), ask);
-        assert!(OpenAsk::parse(&cbor(&Value::Map(vec![]))).unwrap_err().contains("\"app\""));
+        assert!(OpenAsk::parse(&cbor(&Value::Map(vec![]))).unwrap_err().to_string().contains("\"app\""));
         assert!(OpenAsk::parse(b"\xff").is_err());
         let reply = open_reply("mp://f/calc/dasp/1", "127.0.0.1:5".parse().unwrap(), 16);
         assert_eq!(
@@ -349,7 +437,7 @@ mod tests {
         Value::Map(entries.into_iter().map(|(k, v)| (Value::Text(k.into()), v)).collect())
     }
 
-    fn ask_with(security: Value) -> Result<OpenAsk, String> {
+    fn ask_with(security: Value) -> Result<OpenAsk, ShapeError> {
         OpenAsk::parse(&cbor(&map(vec![("app", Value::Text("calc".into())), ("security", security)])))
     }
 
@@ -374,12 +462,12 @@ mod tests {
         assert_eq!(extra.security.unwrap()[0].cipher.as_deref(), Some("ChaCha20-Poly1305"));
         for (bad, needle) in [
             (Value::Bool(true), "must be null, a map or an array of maps"),
-            (Value::Array(vec![Value::Integer(1.into())]), "offer 0 is not a map"),
+            (Value::Array(vec![Value::Integer(1.into())]), "offer 0 is not a CBOR map"),
             (map(vec![("key_size", Value::Text("256".into()))]), "\"key_size\" must be an unsigned integer"),
             (map(vec![("key_size", Value::Integer((-1).into()))]), "negative"),
             (map(vec![("cipher", Value::Integer(1.into()))]), "\"cipher\" must be text"),
         ] {
-            let err = ask_with(bad).unwrap_err();
+            let err = ask_with(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
     }
@@ -390,10 +478,10 @@ mod tests {
         assert_eq!(negotiate_security(None, true), Ok(None));
         assert_eq!(negotiate_security(None, false), Ok(None), "a clear client is served either way");
         assert_eq!(negotiate_security(Some(std::slice::from_ref(&ours)), true), Ok(Some(SECURITY_SPEC)));
-        let refused = negotiate_security(Some(std::slice::from_ref(&ours)), false).unwrap_err();
+        let refused = negotiate_security(Some(std::slice::from_ref(&ours)), false).unwrap_err().to_string();
         assert!(refused.contains("turned off"), "{refused}");
         let other = SecurityOffer { cipher: Some("AES-256-GCM".into()), ..ours.clone() };
-        let none = negotiate_security(Some(std::slice::from_ref(&other)), true).unwrap_err();
+        let none = negotiate_security(Some(std::slice::from_ref(&other)), true).unwrap_err().to_string();
         assert!(none.contains("none of the 1 offered") && none.contains("ChaCha20-Poly1305"), "{none}");
         assert_eq!(negotiate_security(Some(&[other, ours.clone()]), true), Ok(Some(SECURITY_SPEC)));
         // The descriptive signature may be left out; the other three keys may not.

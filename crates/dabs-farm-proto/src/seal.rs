@@ -1,3 +1,5 @@
+//! `FAILOVER` (system command 8) and `DRAIN`, sealed with the farm secret.
+//!
 //! `FAILOVER` (system command 8): a server tells a client to move to an alternate, with a
 //! message nobody without the farm's secret can forge (R-FO-3, shapes fixed by
 //! `shared/spec/interop.md`).
@@ -182,6 +184,25 @@ pub fn seal_drain(secret: &[u8], node: SocketAddr, drain: bool, nonce: u64, issu
     out
 }
 
+/// Why a `DRAIN` was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    /// Not the documented shape.
+    #[error("malformed DRAIN: {0}")]
+    Malformed(&'static str),
+    /// The MAC does not match: forged, or addressed to another node.
+    #[error("DRAIN MAC does not verify (forged, or addressed to another node)")]
+    BadMac,
+    /// Issued too long ago or too far in the future.
+    #[error("DRAIN issued {skew_ms} ms away from our clock, outside the {window_ms} ms window")]
+    Stale {
+        /// |now − issued|.
+        skew_ms: u64,
+        /// The accepted window.
+        window_ms: u64,
+    },
+}
+
 /// Verifies a `DRAIN` addressed to `node`; returns (drain, nonce). The caller checks the nonce
 /// against the last one it accepted.
 pub fn open_drain(
@@ -190,19 +211,22 @@ pub fn open_drain(
     node: SocketAddr,
     now_ms: u64,
     window_ms: u64,
-) -> Result<(bool, u64), String> {
-    let outer: Value = ciborium::from_reader(payload).map_err(|e| format!("not CBOR: {e}"))?;
-    let Value::Map(outer) = outer else { return Err("not a CBOR map".into()) };
-    let body = get(&outer, "body").and_then(Value::as_bytes).ok_or("no \"body\"")?;
-    let tag = get(&outer, "mac").and_then(Value::as_bytes).ok_or("no \"mac\"")?;
-    drain_mac(secret, node, body).verify_slice(tag).map_err(|_| "MAC does not verify".to_owned())?;
-    let inner: Value = ciborium::from_reader(&body[..]).map_err(|e| format!("body not CBOR: {e}"))?;
-    let Value::Map(inner) = inner else { return Err("body not a map".into()) };
-    let drain = get(&inner, "drain").and_then(Value::as_bool).ok_or("no \"drain\"")?;
+) -> Result<(bool, u64), DrainError> {
+    use DrainError::Malformed;
+    let outer: Value = ciborium::from_reader(payload).map_err(|_| Malformed("not CBOR"))?;
+    let Value::Map(outer) = outer else { return Err(Malformed("not a CBOR map")) };
+    let body = get(&outer, "body").and_then(Value::as_bytes).ok_or(Malformed("no byte string \"body\""))?;
+    let tag = get(&outer, "mac").and_then(Value::as_bytes).ok_or(Malformed("no byte string \"mac\""))?;
+    drain_mac(secret, node, body).verify_slice(tag).map_err(|_| DrainError::BadMac)?;
+    let inner: Value = ciborium::from_reader(&body[..]).map_err(|_| Malformed("body is not CBOR"))?;
+    let Value::Map(inner) = inner else { return Err(Malformed("body is not a CBOR map")) };
+    let drain = get(&inner, "drain").and_then(Value::as_bool).ok_or(Malformed("no boolean \"drain\""))?;
     let uint = |k: &str| get(&inner, k).and_then(Value::as_integer).and_then(|i| u64::try_from(i).ok());
-    let (nonce, issued) = (uint("nonce").ok_or("no \"nonce\"")?, uint("issued").ok_or("no \"issued\"")?);
-    if now_ms.abs_diff(issued) > window_ms {
-        return Err(format!("issued {} ms away from our clock", now_ms.abs_diff(issued)));
+    let nonce = uint("nonce").ok_or(Malformed("no unsigned \"nonce\""))?;
+    let issued = uint("issued").ok_or(Malformed("no unsigned \"issued\""))?;
+    let skew_ms = now_ms.abs_diff(issued);
+    if skew_ms > window_ms {
+        return Err(DrainError::Stale { skew_ms, window_ms });
     }
     Ok((drain, nonce))
 }
@@ -332,12 +356,20 @@ mod tests {
         let node = addr("127.0.0.1:47101");
         let sealed = seal_drain(SECRET, node, true, 5, 1_000);
         assert_eq!(open_drain(&sealed, SECRET, node, 1_500, 30_000), Ok((true, 5)));
-        assert!(open_drain(&sealed, b"another secret entirely, 32 byte", node, 1_500, 30_000).is_err());
-        assert!(
-            open_drain(&sealed, SECRET, addr("127.0.0.1:47102"), 1_500, 30_000).is_err(),
+        assert_eq!(
+            open_drain(&sealed, b"another secret entirely, 32 byte", node, 1_500, 30_000),
+            Err(DrainError::BadMac)
+        );
+        assert_eq!(
+            open_drain(&sealed, SECRET, addr("127.0.0.1:47102"), 1_500, 30_000),
+            Err(DrainError::BadMac),
             "addressed to one node"
         );
-        assert!(open_drain(&sealed, SECRET, node, 100_000, 30_000).is_err(), "stale");
+        assert_eq!(
+            open_drain(&sealed, SECRET, node, 100_000, 30_000),
+            Err(DrainError::Stale { skew_ms: 99_000, window_ms: 30_000 })
+        );
+        assert!(matches!(open_drain(b"\xff", SECRET, node, 0, 1), Err(DrainError::Malformed(_))));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! How a node hosts server portions: what a portion receives when it starts, and what it
 //! tells the runtime. The application SDK builds its frameworks on this.
 
-use crate::stats::PortionFigures;
+use crate::records::PortionFigures;
 use dabs_net::{Addr, EndpointHandle, IncomingRequest, SessionId};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -68,8 +68,8 @@ pub struct PortionContext {
     pub figures: Arc<PortionFigures>,
     /// The node's endpoint, for calls the portion makes itself.
     pub endpoint: EndpointHandle,
-    /// The node's request-latency histogram (seconds), for the metrics.
-    pub latency_histogram: prometheus_client::metrics::histogram::Histogram,
+    /// Where the portion records each request's latency for the node's metrics.
+    pub latency: Arc<dyn LatencyObserver>,
     /// Time-outs per resource type from the node's configuration (always has `default`).
     pub timeouts: std::collections::BTreeMap<String, std::time::Duration>,
 }
@@ -80,4 +80,19 @@ pub trait PortionFactory: Send + Sync + 'static {
     fn app(&self) -> &str;
     /// Starts one portion; it must run its loop on its own task.
     fn spawn(&self, ctx: PortionContext);
+}
+
+/// Receives each request's one-way latency, for the host's metrics. The host decides what
+/// records it (the node: a Prometheus histogram); a portion only reports.
+pub trait LatencyObserver: Send + Sync + 'static {
+    /// Records one request's latency, in seconds.
+    fn observe(&self, seconds: f64);
+}
+
+/// A [`LatencyObserver`] that keeps nothing, for portions run outside a node (tests, tools).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiscardLatency;
+
+impl LatencyObserver for DiscardLatency {
+    fn observe(&self, _seconds: f64) {}
 }

@@ -1,0 +1,17 @@
+//! The farm's shared contracts: what a client application, a server portion and the node
+//! runtime must agree on, and nothing of the runtime itself. Both `dabs-node` (the server
+//! runtime) and `dabs-sdk` (the application frameworks) depend on this crate, so an
+//! application never links the runtime's database, host sampler or metrics registry.
+//!
+//! - [`shapes`]: the CBOR payloads of the runtime's system commands (`OPEN_SESSION`, `ASSIGN`,
+//!   `RESOLVE_VA`) and the encryption offer, as `shared/spec/interop.md` fixes them.
+//! - [`seal`]: `FAILOVER` and `DRAIN`, authenticated with the farm secret.
+//! - [`portion`]: the host–portion interface: what a starting portion gets and reports.
+//! - [`records`]: node and portion statistics records and the one load signal.
+//! - [`timeouts`]: time-outs both sides must read alike.
+
+pub mod portion;
+pub mod records;
+pub mod seal;
+pub mod shapes;
+pub mod timeouts;
