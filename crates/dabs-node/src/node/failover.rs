@@ -4,9 +4,11 @@
 
 use super::{Inner, unix_ms};
 use crate::health::{Check, Reading, assess};
+use crate::stats::NodeStats;
 use crate::zones::{ClientInfo, Zone};
 use dabs_farm_proto::seal::{Alternate, Failover};
-use dabs_wire::SystemCommand;
+use dabs_net::{Addr, OpenRequest};
+use dabs_wire::{NakCode, SystemCommand};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -47,6 +49,89 @@ const CALL_BACK_AGAIN: Duration = Duration::from_secs(5);
 const DB_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl Inner {
+    /// Drains this node (the operator's failover): no new clients, and every client is told to
+    /// move, in batches so the alternates are not hit by a herd. `undo` reopens it.
+    pub(super) fn drain(self: &Arc<Self>, undo: bool) {
+        self.state().failover.draining = !undo;
+        if undo {
+            // The failover process calls the deferred clients back, staggered.
+            self.note("drain undone: taking new clients again".into());
+            return;
+        }
+        if self.config.farm.secret.is_none() {
+            self.note("draining without a farm secret: clients cannot be told to move".into());
+            return;
+        }
+        let clients: usize = self.state().hosting.portions.values().map(|p| p.clients.len()).sum();
+        self.note(format!("draining: telling {clients} clients to move"));
+        self.push_clients();
+    }
+
+    /// Up to three alternates for a client of `app`: the least-loaded other members that take
+    /// new clients, each with its emptiest portion of the application.
+    /// With `encrypted`, only members that accept encrypted sessions.
+    pub(super) fn alternates(&self, app: &str, encrypted: bool) -> Vec<dabs_farm_proto::seal::Alternate> {
+        let Some(app_cfg) = self.app_config(app) else { return Vec::new() };
+        let st = self.state();
+        let mut members: Vec<&NodeStats> = st
+            .members
+            .membership
+            .fresh(Instant::now(), self.fresh_window())
+            .filter(|s| s.node != self.me && crate::placement::eligible(&app_cfg, s))
+            .filter(|s| !encrypted || !s.no_encryption)
+            .collect();
+        let farm =
+            crate::stats::ServiceTimes::of(st.members.membership.fresh(Instant::now(), self.fresh_window()));
+        let load = |s: &NodeStats| crate::stats::load_score(s, &farm);
+        members.sort_by(|a, b| load(a).total_cmp(&load(b)));
+        members
+            .into_iter()
+            .filter_map(|s| {
+                let p = s.portions.iter().filter(|p| p.app == app).min_by_key(|p| p.sessions)?;
+                Some(dabs_farm_proto::seal::Alternate { addr: s.mp, va: p.va.clone() })
+            })
+            .take(3)
+            .collect()
+    }
+
+    /// A client this node deferred, coming back (called back or on its own): admitted while
+    /// the node is better than the client's return threshold and the return gate has room
+    /// (R-FO-4), else refused so it stays where it is. `Ok(false)`: not a deferred client.
+    pub(super) fn admit_deferred(&self, req: &OpenRequest) -> Result<bool, (NakCode, String)> {
+        let Addr::Udp(addr) = req.peer else { return Ok(false) };
+        let mut st = self.state();
+        let Some(i) =
+            st.failover.deferred.iter().position(|d| d.client.addr == addr && d.client.queue == req.src)
+        else {
+            return Ok(false);
+        };
+        let health = st.failover.health.score;
+        let th = self.thresholds_for(st.failover.deferred[i].client.class.as_deref());
+        if st.failover.draining || !th.admits_returning(health) || !th.keeps_existing(health) {
+            return Err((
+                NakCode::NotAccepting,
+                format!(
+                    "node {} is not taking deferred clients back yet (health {health}, return threshold {})",
+                    self.me, th.returning
+                ),
+            ));
+        }
+        if !st.failover.return_gate.admit(Instant::now()) {
+            let f = &self.config.failover;
+            return Err((
+                NakCode::NotAccepting,
+                format!(
+                    "node {} takes back at most {} deferred clients per {} ms; stay where you are",
+                    self.me,
+                    f.return_batch,
+                    f.return_interval.as_millis()
+                ),
+            ));
+        }
+        st.failover.deferred.remove(i);
+        Ok(true)
+    }
+
     /// Health checks every `[health] interval`, then any pushing or calling back it calls for.
     pub(super) async fn health_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.health.interval);
@@ -84,7 +169,7 @@ impl Inner {
                     // just started has a lease's grace to hear the first one.
                     let lease = self.config.node.lease;
                     self.started.elapsed() < lease
-                        || self.state().heard_at.is_some_and(|t| t.elapsed() < lease)
+                        || self.state().members.heard_at.is_some_and(|t| t.elapsed() < lease)
                 }
                 Check::Database => db_up,
                 other => crate::health::probe(other, cfg.check_timeout).await,
@@ -94,10 +179,11 @@ impl Inner {
         let reading = {
             let st = self.state();
             Reading {
-                cpu_percent: st.host.cpu_percent,
-                mem_total_mb: st.host.mem_total_mb,
-                mem_free_mb: st.host.mem_free_mb,
+                cpu_percent: st.balancing.host.cpu_percent,
+                mem_total_mb: st.balancing.host.mem_total_mb,
+                mem_free_mb: st.balancing.host.mem_free_mb,
                 worst_queue_depth: st
+                    .hosting
                     .portions
                     .values()
                     .map(|p| p.figures.queue_depth.load(Ordering::Relaxed))
@@ -108,7 +194,8 @@ impl Inner {
         };
         let health = assess(&reading, cfg);
         let thresholds = self.settings_guard().thresholds();
-        let (before, after) = (thresholds.zone(self.state().health.score), thresholds.zone(health.score));
+        let (before, after) =
+            (thresholds.zone(self.state().failover.health.score), thresholds.zone(health.score));
         let news = (before != after).then(|| {
             let why = if health.causes.is_empty() {
                 "all checks pass".to_owned()
@@ -117,7 +204,7 @@ impl Inner {
             };
             format!("health {} — {}: {why}", health.score, zone_text(after))
         });
-        self.state().health = health;
+        self.state().failover.health = health;
         if let Some(text) = news {
             self.note(text);
         }
@@ -130,10 +217,10 @@ impl Inner {
         }
         {
             let mut st = self.state();
-            if st.pushing {
+            if st.failover.pushing {
                 return;
             }
-            st.pushing = true;
+            st.failover.pushing = true;
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -141,7 +228,7 @@ impl Inner {
             struct Done(Arc<Inner>);
             impl Drop for Done {
                 fn drop(&mut self) {
-                    self.0.state().pushing = false;
+                    self.0.state().failover.pushing = false;
                 }
             }
             let _done = Done(this.clone());
@@ -165,10 +252,10 @@ impl Inner {
         // Read before the state lock: clients of no configured class follow the live settings.
         let defaults = self.settings_guard().thresholds();
         let st = self.state();
-        let health = st.health.score;
-        let draining = st.draining;
+        let health = st.failover.health.score;
+        let draining = st.failover.draining;
         let mut due: Vec<(String, dabs_net::SessionId, bool, ClientInfo)> = Vec::new();
-        for (va, p) in &st.portions {
+        for (va, p) in &st.hosting.portions {
             let latencies = p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner());
             for c in &p.clients {
                 let th = policy.class_thresholds(c.class.as_deref()).unwrap_or(defaults);
@@ -199,7 +286,9 @@ impl Inner {
         policy.defer_order(&mut due, |(.., info)| info);
         let kinds: std::collections::BTreeSet<(String, bool)> = due
             .iter()
-            .filter_map(|(va, _, encrypted, _)| st.portions.get(va).map(|p| (p.app.clone(), *encrypted)))
+            .filter_map(|(va, _, encrypted, _)| {
+                st.hosting.portions.get(va).map(|p| (p.app.clone(), *encrypted))
+            })
             .collect();
         drop(st);
         let alternates: std::collections::HashMap<(String, bool), Vec<Alternate>> =
@@ -211,7 +300,9 @@ impl Inner {
             if out.len() >= policy.batch {
                 break;
             }
-            let Some(key) = st.portions.get(&va).map(|p| (p.app.clone(), encrypted)) else { continue };
+            let Some(key) = st.hosting.portions.get(&va).map(|p| (p.app.clone(), encrypted)) else {
+                continue;
+            };
             let Some(alts) = alternates.get(&key).filter(|a| !a.is_empty()) else { continue };
             let mut alts = alts.clone();
             // Found again by session: the lists may have changed while the lock was free.
@@ -220,7 +311,7 @@ impl Inner {
             let len = alts.len();
             alts.rotate_left(out.len() % len);
             out.push((va.clone(), client.clone(), alts));
-            st.deferred.push(Deferred { app: key.0, client, at: now, called_back: None });
+            st.failover.deferred.push(Deferred { app: key.0, client, at: now, called_back: None });
         }
         out
     }
@@ -240,8 +331,8 @@ impl Inner {
         // never below the last one even if the clock steps back or many go out in one ms.
         let nonce = {
             let mut st = self.state();
-            st.last_nonce = (st.last_nonce + 1).max(unix_ms() * 1000);
-            st.last_nonce
+            st.failover.last_nonce = (st.failover.last_nonce + 1).max(unix_ms() * 1000);
+            st.failover.last_nonce
         };
         let notice = Failover { alternates, nonce, issued: unix_ms() };
         let payload = notice.seal(secret, self.mp, client.addr);
@@ -256,14 +347,14 @@ impl Inner {
             // could not verify the notice) or no answer leaves it a client here.
             if call.await.is_err() {
                 let mut st = this.state();
-                st.deferred.retain(|d| d.client.session != client.session);
+                st.failover.deferred.retain(|d| d.client.session != client.session);
                 client.retry_after = Some(Instant::now() + Duration::from_secs(1));
-                if let Some(p) = st.portions.get_mut(&va) {
+                if let Some(p) = st.hosting.portions.get_mut(&va) {
                     p.figures.sessions.fetch_add(1, Ordering::Relaxed);
                     let session = client.session;
                     p.clients.push(client);
-                    st.left_sessions.remove(&session);
-                    st.open_sessions.insert(session, va);
+                    st.hosting.left_sessions.remove(&session);
+                    st.hosting.open_sessions.insert(session, va);
                 }
             }
         });
@@ -278,27 +369,28 @@ impl Inner {
         let mut calls = Vec::new();
         {
             let mut st = self.state();
-            st.deferred.retain(|d| now.duration_since(d.at) < DEFERRED_FOR);
-            if st.draining || st.deferred.is_empty() {
+            st.failover.deferred.retain(|d| now.duration_since(d.at) < DEFERRED_FOR);
+            if st.failover.draining || st.failover.deferred.is_empty() {
                 return;
             }
-            let health = st.health.score;
+            let health = st.failover.health.score;
             // Calls outstanding count against the gate too, so the answers cannot exceed it.
             let outstanding = st
+                .failover
                 .deferred
                 .iter()
                 .filter(|d| d.called_back.is_some_and(|t| now.duration_since(t) < policy.return_interval))
                 .count();
-            let mut room = st.return_gate.room(now).saturating_sub(outstanding);
+            let mut room = st.failover.return_gate.room(now).saturating_sub(outstanding);
             // Each application's emptiest portion here takes its clients back.
             let mut homes: std::collections::HashMap<String, (String, usize)> = Default::default();
-            for (va, p) in &st.portions {
+            for (va, p) in &st.hosting.portions {
                 let home = homes.entry(p.app.clone()).or_insert((va.clone(), p.clients.len()));
                 if p.clients.len() < home.1 {
                     *home = (va.clone(), p.clients.len());
                 }
             }
-            for d in st.deferred.iter_mut() {
+            for d in st.failover.deferred.iter_mut() {
                 if room == 0 {
                     break;
                 }
@@ -340,30 +432,34 @@ impl Inner {
         {
             let mut st = self.state();
             let counts: Vec<(String, u64)> = st
+                .hosting
                 .portions
                 .iter()
                 .map(|(va, p)| (va.clone(), p.figures.timeouts.load(Ordering::Relaxed)))
                 .collect();
             // Forget portions that are gone.
             let live: std::collections::HashSet<&String> = counts.iter().map(|(va, _)| va).collect();
-            let gone: Vec<String> = st.starve_marks.keys().filter(|va| !live.contains(va)).cloned().collect();
+            let gone: Vec<String> =
+                st.balancing.starve_marks.keys().filter(|va| !live.contains(va)).cloned().collect();
             for va in gone {
-                st.starve_marks.remove(&va);
-                st.last_spread.remove(&va);
+                st.balancing.starve_marks.remove(&va);
+                st.balancing.last_spread.remove(&va);
             }
             let mut starving = Vec::new();
             for (va, t) in counts {
-                if st.starve_marks.insert(va.clone(), t).is_some_and(|before| t > before) {
+                if st.balancing.starve_marks.insert(va.clone(), t).is_some_and(|before| t > before) {
                     starving.push(va);
                 }
             }
             for va in &starving {
-                if st.last_spread.get(va).is_some_and(|t| now.duration_since(*t) < SPREAD_COOLDOWN) {
+                if st.balancing.last_spread.get(va).is_some_and(|t| now.duration_since(*t) < SPREAD_COOLDOWN)
+                {
                     continue;
                 }
-                let Some(p) = st.portions.get(va) else { continue };
+                let Some(p) = st.hosting.portions.get(va) else { continue };
                 let (app, mine) = (p.app.clone(), p.clients.len() as u64);
                 let mut homes: Vec<(Alternate, u64)> = st
+                    .hosting
                     .portions
                     .iter()
                     .filter(|(v, q)| q.app == app && !starving.contains(v))
@@ -371,7 +467,7 @@ impl Inner {
                     .collect();
                 // Members that refuse encryption only if none of these clients is encrypted.
                 let any_encrypted = p.clients.iter().any(|c| c.encrypted);
-                let fresh = st.membership.fresh(now, self.fresh_window());
+                let fresh = st.members.membership.fresh(now, self.fresh_window());
                 for m in
                     fresh.filter(|m| m.node != self.me && m.accepting && !(any_encrypted && m.no_encryption))
                 {
@@ -387,7 +483,7 @@ impl Inner {
                 }
                 let give = ((mine - least) / 2).min(self.config.failover.batch as u64) as usize;
                 let alternates: Vec<Alternate> = homes.into_iter().take(3).map(|(a, _)| a).collect();
-                let p = st.portions.get(va).expect("looked up above");
+                let p = st.hosting.portions.get(va).expect("looked up above");
                 let latency = p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let mut by_latency: Vec<(dabs_net::SessionId, f32)> = p
                     .clients
@@ -402,7 +498,7 @@ impl Inner {
                     alts.rotate_left(n % len);
                     moves.push((c, alts, va.clone()));
                 }
-                st.last_spread.insert(va.clone(), now);
+                st.balancing.last_spread.insert(va.clone(), now);
             }
         }
         if !moves.is_empty() {
@@ -418,13 +514,13 @@ impl Inner {
 /// Takes client `session` off portion `va`: no longer an active client there (its session
 /// stays open, for a call back), remembered so the session's end still reaches the portion.
 fn take_client(st: &mut super::State, va: &str, session: dabs_net::SessionId) -> Option<ClientEntry> {
-    let p = st.portions.get_mut(va)?;
+    let p = st.hosting.portions.get_mut(va)?;
     let i = p.clients.iter().position(|c| c.session == session)?;
     let client = p.clients.remove(i);
     p.figures.client_latency_ms.lock().unwrap_or_else(|e| e.into_inner()).remove(&session.0);
     let _ = p.figures.sessions.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    st.open_sessions.remove(&session);
-    st.left_sessions.insert(session, va.to_owned());
+    st.hosting.open_sessions.remove(&session);
+    st.hosting.left_sessions.insert(session, va.to_owned());
     Some(client)
 }
 

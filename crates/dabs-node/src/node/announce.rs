@@ -1,0 +1,239 @@
+//! Announcements: this node's statistics out to the farm, the members' in, and the run-time
+//! settings that follow the newest version heard.
+
+use super::Inner;
+use crate::membership::Change;
+use crate::settings::Settings;
+use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionStats, Sampler};
+use dabs_farm_proto::shapes::{cbor, from_cbor};
+use dabs_net::Addr;
+use dabs_wire::{Header, Kind, SystemCommand};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+impl Inner {
+    /// Settings stored by an earlier run win over the file's when they are newer.
+    pub(super) fn load_settings(&self) {
+        let stored = self
+            .db
+            .setting("settings")
+            .ok()
+            .flatten()
+            .and_then(|b| from_cbor::<Settings>(&b, "settings").ok());
+        if let Some(stored) = stored {
+            let mut current = self.settings_guard();
+            if stored.newer_than(&current) {
+                *current = stored;
+            }
+        }
+    }
+
+    pub(super) fn store_settings(&self, s: &Settings) {
+        if let Err(e) = self.db.put_setting("settings", &cbor(s)) {
+            tracing::error!(error = %e, "settings not stored");
+        }
+    }
+
+    /// Takes settings heard from the farm if they are newer than ours.
+    pub(super) fn adopt_settings(&self, s: Settings) {
+        let adopted = {
+            let mut current = self.settings_guard();
+            if s.newer_than(&current) {
+                *current = s.clone();
+                true
+            } else {
+                false
+            }
+        };
+        if adopted {
+            self.store_settings(&s);
+            self.note(format!("settings version {} from {} adopted", s.version, s.changed_by));
+        }
+    }
+
+    pub(super) fn own_stats(&self, leaving: bool) -> NodeStats {
+        // Read first and let go: a guard taken inside the struct literal below would live to
+        // its end, and a second one there deadlocks.
+        let (thresholds, settings_version) = {
+            let s = self.settings_guard();
+            (s.thresholds(), s.version)
+        };
+        let mut st = self.state();
+        st.members.seq += 1;
+        let mut portions: Vec<PortionStats> = st
+            .hosting
+            .portions
+            .iter()
+            .map(|(va, p)| PortionStats {
+                app: p.app.clone(),
+                va: va.clone(),
+                queue: p.queue,
+                sessions: p.figures.sessions.load(Ordering::Relaxed),
+                queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
+                latency_ms: p.figures.latency_ms() as f32,
+                // Recent ones only: a portion that starved once must not look busy forever.
+                timeouts: st.balancing.timeouts.iter().filter(|(.., v)| v == va).count() as u64,
+                service_ms: p.figures.service_ms().map(|ms| ms as f32),
+            })
+            .collect();
+        // An announcement is one datagram: list the portions with the most room first.
+        portions.sort_by_key(|p| p.sessions);
+        portions.truncate(MAX_ANNOUNCED_PORTIONS);
+        NodeStats {
+            node: self.me.clone(),
+            farm: self.config.farm.name.clone(),
+            mp: self.mp,
+            operator: self.operator.lock().unwrap_or_else(|e| e.into_inner()).or(self.config.node.operator),
+            started_ms: self.started_ms,
+            seq: st.members.seq,
+            cpu_percent: st.balancing.host.cpu_percent,
+            mem_total_mb: st.balancing.host.mem_total_mb,
+            mem_free_mb: st.balancing.host.mem_free_mb,
+            disk_free_mb: st.balancing.host.disk_free_mb,
+            net_bytes_per_s: st.balancing.host.net_bytes_per_s,
+            accepting: Self::admits(&st, &thresholds),
+            draining: st.failover.draining,
+            health: st.failover.health.score,
+            leaving,
+            settings_version,
+            no_encryption: !self.config.node.accept_encryption,
+            accepted: Some(st.deciding.accepted),
+            client_alerts: self.counters.client_alerts.load(Ordering::Relaxed),
+            moved: {
+                let now = Instant::now();
+                st.balancing
+                    .moved_out
+                    .iter()
+                    .filter(|(.., t)| now.duration_since(*t) < Duration::from_secs(60))
+                    .map(|(va, node, _)| (va.clone(), node.clone()))
+                    .collect()
+            },
+            starved: {
+                let mut by: BTreeMap<String, u32> = BTreeMap::new();
+                for (_, resource, ..) in &st.balancing.timeouts {
+                    *by.entry(resource.clone()).or_default() += 1;
+                }
+                by.into_iter().collect()
+            },
+            portions,
+        }
+    }
+
+    /// Sends this node's statistics to the group and the seeds, and takes them in itself.
+    pub(super) fn announce(&self, leaving: bool) {
+        let leaving = leaving || self.stopping.load(Ordering::Relaxed);
+        let stats = self.own_stats(leaving);
+        let payload = stats.to_announcement();
+        let header = Header { crc: true, ..Header::new(Kind::Request, SystemCommand::Announce.number()) };
+        let group = std::iter::once(SocketAddr::V4(self.config.farm.group));
+        for to in group.chain(self.config.farm.seeds.iter().copied()) {
+            if to != self.mp
+                && let Err(e) = self.endpoint.send_sessionless(Addr::Udp(to), header, payload.clone())
+            {
+                tracing::warn!(error = %e, "announcement not sent");
+            }
+        }
+        if !leaving {
+            let mut st = self.state();
+            st.deciding.pending.observe(&stats);
+            st.members.membership.observe(stats, Instant::now());
+        }
+    }
+
+    pub(super) async fn announce_loop(self: Arc<Self>) {
+        let mut sampler = Sampler::for_data_dir(&self.config.node.data_dir);
+        let mut last_sample = Instant::now() - Duration::from_secs(10);
+        let mut tick = tokio::time::interval(self.config.node.announce_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if last_sample.elapsed() >= Duration::from_secs(1) {
+                let host = sampler.sample();
+                self.state().balancing.host = host;
+                last_sample = Instant::now();
+            }
+            self.rebalance();
+            self.announce(false);
+            let gone = self.state().members.membership.expire(Instant::now());
+            for node in gone {
+                self.note(format!("member {node} lapsed (no announcement within the lease)"));
+                self.peers.lock().await.remove(&node);
+            }
+        }
+    }
+
+    pub(super) async fn listen_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<(Addr, Header, Vec<u8>)>,
+    ) {
+        let mut last_stored = Instant::now() - Duration::from_secs(60);
+        while let Some((from, header, payload)) = rx.recv().await {
+            if header.command != SystemCommand::Announce.number() {
+                continue;
+            }
+            let stats = match NodeStats::from_cbor(&payload) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%from, error = %e, "ignored a malformed announcement");
+                    continue;
+                }
+            };
+            if stats.farm != self.config.farm.name {
+                continue;
+            }
+            self.state().members.heard_at = Some(Instant::now());
+            if stats.node == self.me {
+                continue;
+            }
+            let mine = self.settings_guard().version;
+            // One fetch at a time: announcements keep coming while it is under way.
+            if stats.settings_version > mine && !self.fetching_settings.swap(true, Ordering::SeqCst) {
+                let (this, node) = (self.clone(), stats.node.clone());
+                tokio::spawn(async move {
+                    match this.call_node(&node, SystemCommand::Settings.number(), Vec::new()).await {
+                        Ok(bytes) => match from_cbor::<Settings>(&bytes, "settings") {
+                            Ok(s) => this.adopt_settings(s),
+                            Err(e) => tracing::warn!(%node, error = %e, "bad settings"),
+                        },
+                        Err(e) => tracing::debug!(%node, error = %e, "settings not fetched"),
+                    }
+                    this.fetching_settings.store(false, Ordering::SeqCst);
+                });
+            }
+            let node = stats.node.clone();
+            let change = {
+                let mut st = self.state();
+                for (va, home) in &stats.moved {
+                    st.deciding.moved.insert(va.clone(), home.clone());
+                }
+                let change = st.members.membership.observe(stats.clone(), Instant::now());
+                match change {
+                    // Its figures now include the clients it says it accepted.
+                    Change::Updated | Change::Joined => st.deciding.pending.observe(&stats),
+                    Change::Left => st.deciding.pending.forget(&node),
+                    Change::Stale => {}
+                }
+                change
+            };
+            match change {
+                Change::Joined => self.note(format!("member {node} joined at {}", stats.mp)),
+                Change::Left => {
+                    self.note(format!("member {node} left"));
+                    self.peers.lock().await.remove(&node);
+                }
+                _ => {}
+            }
+            if last_stored.elapsed() >= Duration::from_secs(2) {
+                let members: Vec<NodeStats> = self.state().members.membership.live().cloned().collect();
+                for m in members {
+                    let _ = self.db.put_farm_stats(&m.node, &m.to_cbor());
+                }
+                last_stored = Instant::now();
+            }
+        }
+    }
+}

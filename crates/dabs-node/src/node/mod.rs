@@ -1,0 +1,380 @@
+//! The runtime of one server: its processes (load balancing, statistics, configuration,
+//! database) as tasks around one MP endpoint.
+
+use crate::config::NodeConfig;
+use crate::db::Db;
+use crate::metrics::{Gauges, LatencyHistogram, NodeCounters};
+use crate::settings::{Settings, SettingsError, SettingsPatch};
+use crate::stats::NodeStats;
+use dabs_farm_proto::portion::{PortionFactory, PortionReport, RuntimeEvent};
+use dabs_net::{DriverOptions, EndpointHandle, Session, unix_ms};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+mod announce;
+mod balancing;
+mod commands;
+mod deciding;
+mod failover;
+mod portions;
+mod state;
+
+use state::State;
+
+/// The runtime's own queue at its endpoint.
+pub const RUNTIME_QUEUE: u16 = 0;
+/// Database key of the last DRAIN nonce taken.
+const DRAIN_NONCE: &str = "drain_nonce";
+/// Events kept for the operator's page.
+const EVENTS_KEPT: usize = 100;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The database could not be opened.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// The endpoint could not bind.
+    #[error("cannot bind the MP endpoint at {addr} (group {group}): {source}")]
+    Bind {
+        /// The bind address.
+        addr: SocketAddr,
+        /// The farm group.
+        group: std::net::SocketAddrV4,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+struct Inner {
+    config: NodeConfig,
+    me: String,
+    started_ms: u64,
+    started: Instant,
+    mp: SocketAddr,
+    endpoint: EndpointHandle,
+    db: Db,
+    factories: Vec<Arc<dyn PortionFactory>>,
+    state: Mutex<State>,
+    /// Recent history for the operator, oldest first (its own lock: written from everywhere).
+    events: Mutex<VecDeque<EventRecord>>,
+    peers: tokio::sync::Mutex<HashMap<String, Session>>,
+    reports: mpsc::UnboundedSender<(String, PortionReport)>,
+    settings: Mutex<Settings>,
+    counters: NodeCounters,
+    latency: Arc<LatencyHistogram>,
+    operator: Mutex<Option<SocketAddr>>,
+    /// A settings fetch is under way.
+    fetching_settings: std::sync::atomic::AtomicBool,
+    /// Set by `stop`: every announcement from then on says the node is leaving, so a regular
+    /// one sent before the tasks end cannot bring it back into the farm's views.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// A line of the node's recent history (spawns, moves, members, alerts).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventRecord {
+    /// When, Unix ms.
+    pub at_ms: u64,
+    /// What happened.
+    pub text: String,
+}
+
+/// A portion as the operator sees it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PortionView {
+    /// Virtual address.
+    pub va: String,
+    /// Application.
+    pub app: String,
+    /// Queue at the node's endpoint.
+    pub queue: u16,
+    /// Sessions open on it now.
+    pub sessions: u64,
+    /// Requests handled.
+    pub handled: u64,
+    /// Requests waiting.
+    pub queue_depth: u64,
+    /// Mean request latency, ms.
+    pub latency_ms: f64,
+    /// Busy time per request handled, ms (recent average); `None` before the first.
+    pub service_ms: Option<f64>,
+}
+
+/// The operator's handle on a running node: what the web page, the API and the trace tool use.
+#[derive(Clone)]
+pub struct NodeHandle(Arc<Inner>);
+
+impl NodeHandle {
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.0.me
+    }
+
+    /// Its farm's name.
+    pub fn farm(&self) -> &str {
+        &self.0.config.farm.name
+    }
+
+    /// Its MP address.
+    pub fn mp_addr(&self) -> SocketAddr {
+        self.0.mp
+    }
+
+    /// Its endpoint (for the traffic tap).
+    pub fn endpoint(&self) -> &EndpointHandle {
+        &self.0.endpoint
+    }
+
+    /// Records where its operator interface listens, so the farm can link to it.
+    pub fn set_operator(&self, addr: SocketAddr) {
+        *self.0.operator.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+
+    /// Its statistics now.
+    pub fn stats(&self) -> NodeStats {
+        self.0.own_stats(false)
+    }
+
+    /// The farm as it sees it (itself included), and the current decider.
+    pub fn members(&self) -> (Vec<NodeStats>, Option<String>) {
+        let st = self.0.state();
+        (st.members.membership.live().cloned().collect(), st.members.membership.leader().map(str::to_owned))
+    }
+
+    /// Its portions.
+    pub fn portions(&self) -> Vec<PortionView> {
+        let st = self.0.state();
+        st.hosting
+            .portions
+            .iter()
+            .map(|(va, p)| PortionView {
+                va: va.clone(),
+                app: p.app.clone(),
+                queue: p.queue,
+                sessions: p.figures.sessions.load(Ordering::Relaxed),
+                handled: p.figures.handled.load(Ordering::Relaxed),
+                queue_depth: p.figures.queue_depth.load(Ordering::Relaxed),
+                latency_ms: p.figures.latency_ms(),
+                service_ms: p.figures.service_ms(),
+            })
+            .collect()
+    }
+
+    /// Recent events, oldest first.
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.0.events.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// The run-time settings in force.
+    pub fn settings(&self) -> Settings {
+        self.0.settings_guard().clone()
+    }
+
+    /// Changes the run-time settings here; the farm picks the change up from this node's
+    /// next announcement.
+    pub fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, SettingsError> {
+        let next = {
+            let mut current = self.0.settings_guard();
+            let next = current.apply(patch, &self.0.me)?;
+            *current = next.clone();
+            next
+        };
+        self.0.store_settings(&next);
+        self.0.note(format!("settings changed here (version {})", next.version));
+        Ok(next)
+    }
+
+    /// The node's metrics in the Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        let mp = self.0.endpoint.stats().await.unwrap_or_default();
+        let (members, portions) = {
+            let st = self.0.state();
+            (st.members.membership.len() as u64, st.hosting.portions.len() as u64)
+        };
+        let sessions = mp.sessions_open;
+        crate::metrics::render(
+            &mp,
+            &Gauges { sessions, portions, members },
+            &self.0.counters,
+            &self.0.latency.0,
+        )
+    }
+}
+
+/// A running node.
+pub struct Node {
+    inner: Arc<Inner>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts the runtime: database, endpoint on the farm group, portions from the database
+    /// and those to start at initialisation, then the announcing, listening and deciding tasks.
+    pub async fn start(
+        config: NodeConfig,
+        factories: Vec<Arc<dyn PortionFactory>>,
+    ) -> Result<Node, NodeError> {
+        let db = Db::open(&config.node.data_dir)?;
+        let next_portion = db.next_portion_id()?;
+        // The last DRAIN nonce taken survives a restart: a captured DRAIN must not be
+        // replayable just because the node came back within its 30 s window.
+        let drain_nonce = db
+            .setting(DRAIN_NONCE)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let mut options =
+            DriverOptions { group: Some((config.farm.group, config.farm.interface)), ..Default::default() };
+        // The endpoint refuses the key exchange too: no session is keyed here against the setting.
+        options.config.accept_encryption = config.node.accept_encryption;
+        let endpoint = dabs_net::spawn(config.node.bind, options)
+            .await
+            .map_err(|source| NodeError::Bind { addr: config.node.bind, group: config.farm.group, source })?;
+        let mp = endpoint.local_addrs().udp;
+        let (reports, reports_rx) = mpsc::unbounded_channel();
+        let me = config.node.name.clone();
+        let inner = Arc::new(Inner {
+            me: me.clone(),
+            started_ms: unix_ms(),
+            started: Instant::now(),
+            mp,
+            endpoint: endpoint.clone(),
+            db,
+            factories,
+            state: Mutex::new(State::new(&config, next_portion, drain_nonce)),
+            events: Mutex::new(VecDeque::new()),
+            settings: Mutex::new(Settings::from_config(&config)),
+            config,
+            peers: tokio::sync::Mutex::new(HashMap::new()),
+            reports,
+            counters: NodeCounters::default(),
+            latency: Arc::new(LatencyHistogram::default()),
+            operator: Mutex::new(None),
+            fetching_settings: std::sync::atomic::AtomicBool::new(false),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        });
+        inner.load_settings();
+        // The configuration in force, kept for a restart and the operator; never the secret.
+        let mut stored = inner.config.clone();
+        stored.farm.secret = None;
+        let _ = inner.db.put_setting("config", stored.to_toml().as_bytes());
+        inner.restore_portions();
+        inner.start_initial_portions();
+
+        let mut tasks = Vec::new();
+        let opens = endpoint.open_requests();
+        let requests = endpoint.register_queue(RUNTIME_QUEUE);
+        let farm_traffic = endpoint.sessionless();
+        let closed = endpoint.closed_sessions();
+        tasks.push(tokio::spawn(inner.clone().announce_loop()));
+        tasks.push(tokio::spawn(inner.clone().listen_loop(farm_traffic)));
+        tasks.push(tokio::spawn(inner.clone().open_loop(opens)));
+        tasks.push(tokio::spawn(inner.clone().runtime_loop(requests)));
+        tasks.push(tokio::spawn(inner.clone().report_loop(reports_rx)));
+        tasks.push(tokio::spawn(inner.clone().health_loop()));
+        tasks.push(tokio::spawn(inner.clone().closed_loop(closed)));
+        tracing::info!(node = %me, %mp, group = %inner.config.farm.group, "node started");
+        Ok(Node { inner, tasks })
+    }
+
+    /// The node's MP address.
+    pub fn mp_addr(&self) -> SocketAddr {
+        self.inner.mp
+    }
+
+    /// The operator's handle on this node.
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle(self.inner.clone())
+    }
+
+    /// The node's endpoint.
+    pub fn endpoint(&self) -> &EndpointHandle {
+        &self.inner.endpoint
+    }
+
+    /// This node's statistics as it would announce them now.
+    pub fn stats(&self) -> NodeStats {
+        self.inner.own_stats(false)
+    }
+
+    /// The farm as this node sees it.
+    pub fn members(&self) -> Vec<NodeStats> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .members
+            .membership
+            .live()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops cleanly: tells the farm it is leaving, shuts its portions down, closes the endpoint.
+    pub async fn stop(self) {
+        let inner = self.inner.clone();
+        inner.stopping.store(true, Ordering::Relaxed);
+        inner.state.lock().unwrap_or_else(|e| e.into_inner()).hosting.accepting = false;
+        for _ in 0..2 {
+            inner.announce(true);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let events: Vec<_> = {
+            let st = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.hosting.portions.values().map(|p| p.events.clone()).collect()
+        };
+        for e in events {
+            let _ = e.send(RuntimeEvent::Shutdown { emergency: false });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        inner.endpoint.shutdown().await;
+        // Aborted tasks let go of the runtime as they are dropped; waiting for that (briefly)
+        // closes the database, so the same directory can be opened again at once.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&inner) > 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(node = %inner.me, "node stopped");
+    }
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note(&self, event: String) {
+        tracing::info!(node = %self.me, "{event}");
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.push_back(EventRecord { at_ms: unix_ms(), text: event });
+        while events.len() > EVENTS_KEPT {
+            events.pop_front();
+        }
+    }
+
+    fn settings_guard(&self) -> std::sync::MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An application's record with the run-time settings applied.
+    fn app_config(&self, app: &str) -> Option<crate::config::AppConfig> {
+        let base = self.config.app(app)?;
+        Some(self.settings_guard().app_config(base))
+    }
+
+    fn factory(&self, app: &str) -> Option<&Arc<dyn PortionFactory>> {
+        self.factories.iter().find(|f| f.app() == app)
+    }
+
+    /// How recently a member must have announced to be sent clients or to keep its addresses.
+    fn fresh_window(&self) -> Duration {
+        self.config.node.announce_interval * 3
+    }
+}

@@ -1,0 +1,158 @@
+//! The node's state, one part per concern. The parts sit under one lock because decisions read
+//! across them at once (admission reads hosting, balancing and failover together; an
+//! announcement reads all of them) and none of them is held across an `await`: one lock keeps
+//! every such decision consistent without an order between locks to get wrong.
+
+use super::failover::{ClientEntry, Deferred};
+use crate::config::NodeConfig;
+use crate::membership::Membership;
+use crate::stats::{HostSample, PortionFigures};
+use dabs_farm_proto::portion::RuntimeEvent;
+use dabs_net::SessionId;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// First queue given to portions.
+pub(super) const FIRST_PORTION_QUEUE: u16 = 16;
+
+/// Everything the node's tasks share, by concern.
+pub(super) struct State {
+    pub(super) members: Members,
+    pub(super) deciding: Deciding,
+    pub(super) hosting: Hosting,
+    pub(super) balancing: Balancing,
+    pub(super) failover: FailoverState,
+}
+
+/// The farm as this node hears it.
+pub(super) struct Members {
+    pub(super) membership: Membership,
+    /// When an announcement last arrived (ours come back over the group): the MP listener works.
+    pub(super) heard_at: Option<Instant>,
+    /// Sequence number of this node's last announcement.
+    pub(super) seq: u64,
+}
+
+/// What this node remembers as the decider, and of clients placed on a decider's behalf.
+pub(super) struct Deciding {
+    /// Clients this node sent each node as decider that its last announcement does not show.
+    pub(super) pending: crate::placement::Pending,
+    /// Virtual addresses of dead portions this decider has moved, and where: every client
+    /// coming back to one goes to the same new home.
+    pub(super) moved: HashMap<String, String>,
+    /// Clients this node has taken on a decider's behalf since it started (announced).
+    pub(super) accepted: u64,
+}
+
+/// One portion running here.
+pub(super) struct Portion {
+    pub(super) app: String,
+    pub(super) queue: u16,
+    pub(super) figures: Arc<PortionFigures>,
+    pub(super) events: mpsc::UnboundedSender<RuntimeEvent>,
+    pub(super) started_ms: u64,
+    /// Its clients, to tell them to move.
+    pub(super) clients: Vec<ClientEntry>,
+}
+
+/// The portions this node hosts and their clients' sessions.
+pub(super) struct Hosting {
+    pub(super) portions: BTreeMap<String, Portion>,
+    /// Takes new clients at all (false once stopping).
+    pub(super) accepting: bool,
+    pub(super) next_queue: u16,
+    /// The next portion number, persisted so a restarted node never reuses a name.
+    pub(super) next_portion: u64,
+    /// The portion (virtual address) of each open client session, so a session that ends is
+    /// taken off its portion's count.
+    pub(super) open_sessions: HashMap<SessionId, String>,
+    /// Sessions of clients sent away from a portion (still open, for a call back), so their
+    /// end still reaches the portion.
+    pub(super) left_sessions: HashMap<SessionId, String>,
+}
+
+/// The balancing process's memory: host figures, latency marks, starvation, spawns and moves.
+pub(super) struct Balancing {
+    pub(super) host: HostSample,
+    /// Closed to new clients because message latency passed the high-water mark.
+    pub(super) latency_closed: bool,
+    /// Lock/timer time-outs of the last [`super::balancing::STARVATION_WINDOW`]: (when,
+    /// resource, application, portion).
+    pub(super) timeouts: VecDeque<(Instant, String, String, String)>,
+    /// Last spawn per application, for the cool-down.
+    pub(super) last_spawn: HashMap<String, Instant>,
+    /// Latency sum and count per portion at the last look, for a windowed mean.
+    pub(super) latency_marks: HashMap<String, (u64, u64)>,
+    /// Since when this node has been closed to new clients (latency or starvation).
+    pub(super) closed_since: Option<Instant>,
+    /// When a portion was last moved away from here.
+    pub(super) last_move: Option<Instant>,
+    /// Portions moved away from here: (virtual address, new node, when).
+    pub(super) moved_out: Vec<(String, String, Instant)>,
+    /// Each portion's time-out count at the last look, to see which starved since.
+    pub(super) starve_marks: HashMap<String, u64>,
+    /// When each starving portion last gave clients away.
+    pub(super) last_spread: HashMap<String, Instant>,
+}
+
+/// The failover process's memory: drain, health, deferred clients and their return.
+pub(super) struct FailoverState {
+    /// The operator drained this node.
+    pub(super) draining: bool,
+    /// Highest drain nonce accepted, against replays.
+    pub(super) drain_nonce: u64,
+    /// The last self-assessment (R-FO-1).
+    pub(super) health: crate::health::Health,
+    /// Clients sent to alternates, to call back when healthy again.
+    pub(super) deferred: Vec<Deferred>,
+    /// Bounds how fast deferred clients come back.
+    pub(super) return_gate: crate::zones::ReturnGate,
+    /// A batch run of FAILOVERs is under way.
+    pub(super) pushing: bool,
+    /// The last FAILOVER nonce sent.
+    pub(super) last_nonce: u64,
+}
+
+impl State {
+    /// A node's state at start: `next_portion` and `drain_nonce` come from its database.
+    pub(super) fn new(config: &NodeConfig, next_portion: u64, drain_nonce: u64) -> Self {
+        Self {
+            members: Members { membership: Membership::new(config.node.lease), heard_at: None, seq: 0 },
+            deciding: Deciding { pending: Default::default(), moved: HashMap::new(), accepted: 0 },
+            hosting: Hosting {
+                portions: BTreeMap::new(),
+                accepting: true,
+                next_queue: FIRST_PORTION_QUEUE,
+                next_portion,
+                open_sessions: HashMap::new(),
+                left_sessions: HashMap::new(),
+            },
+            balancing: Balancing {
+                host: Default::default(),
+                latency_closed: false,
+                timeouts: Default::default(),
+                last_spawn: HashMap::new(),
+                latency_marks: HashMap::new(),
+                closed_since: None,
+                last_move: None,
+                moved_out: Vec::new(),
+                starve_marks: HashMap::new(),
+                last_spread: HashMap::new(),
+            },
+            failover: FailoverState {
+                draining: false,
+                drain_nonce,
+                health: Default::default(),
+                deferred: Vec::new(),
+                return_gate: crate::zones::ReturnGate::new(
+                    config.failover.return_batch,
+                    config.failover.return_interval,
+                ),
+                pushing: false,
+                last_nonce: 0,
+            },
+        }
+    }
+}
