@@ -15,23 +15,31 @@ pub const REFERENCE: &str = "udp";
 pub struct RunInfo {
     /// `"release"` or `"debug"` (from `debug_assertions`).
     pub profile: String,
+    /// CPUs the machine offers the process.
     pub available_cores: usize,
+    /// Worker threads of the tokio runtime that drove the run.
     pub runtime_worker_threads: usize,
+    /// What was measured and how long.
     pub config: BenchConfig,
     /// `(name, description)` of each transport, in table order.
     pub transports: Vec<TransportInfo>,
 }
 
+/// A transport as the report names it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransportInfo {
+    /// Its short name, e.g. `"udp"`.
     pub name: String,
+    /// How it is used (framing, streams, options).
     pub description: String,
 }
 
 /// The whole JSON document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report<'a> {
+    /// Facts about the run.
     pub info: &'a RunInfo,
+    /// One result per cell.
     pub results: &'a [CellResult],
     /// Session opens, clear and encrypted (empty when not measured).
     pub opens: &'a [OpenCost],

@@ -66,6 +66,7 @@ pub struct ErrorCounts {
 }
 
 impl ErrorCounts {
+    /// Errors of every kind together.
     pub fn total(&self) -> u64 {
         self.mismatch + self.timeout + self.failed + self.reconnect_failed
     }
@@ -81,19 +82,29 @@ impl ErrorCounts {
 /// The result of one cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct CellResult {
+    /// The transport's name.
     pub transport: String,
+    /// Bytes of each request (and echo).
     pub payload_bytes: usize,
+    /// Clients running at once.
     pub clients: usize,
     /// Successful, checked, measured round trips.
     pub round_trips: u64,
+    /// What went wrong, by kind.
     pub errors: ErrorCounts,
     /// Wall time of the measured phase, seconds.
     pub elapsed_s: f64,
+    /// Median round trip, µs.
     pub p50_us: f64,
+    /// 90th percentile round trip, µs.
     pub p90_us: f64,
+    /// 99th percentile round trip, µs.
     pub p99_us: f64,
+    /// 99.9th percentile round trip, µs.
     pub p999_us: f64,
+    /// Slowest round trip, µs.
     pub max_us: f64,
+    /// Mean round trip, µs.
     pub mean_us: f64,
     /// Successful round trips per second, all clients together.
     pub round_trips_per_s: f64,

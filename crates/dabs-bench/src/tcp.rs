@@ -20,6 +20,7 @@ pub struct TcpFramed {
 }
 
 impl TcpFramed {
+    /// The framed TCP echo transport.
     pub fn new() -> Self {
         Self::default()
     }

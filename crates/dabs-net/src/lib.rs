@@ -13,7 +13,8 @@ mod socket;
 
 pub use driver::{DriverOptions, spawn, spawn_with_socket};
 pub use handle::{
-    CallFuture, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session, TapRecord,
+    CallFuture, CallResult, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session,
+    TapRecord,
 };
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{DatagramSocket, bind_udp, join_group, set_group_interface};

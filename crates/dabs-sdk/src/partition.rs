@@ -151,7 +151,7 @@ macro_rules! partition {
 
         impl $net {
             /// A network partition calling through `caller`.
-            pub fn new(caller: ::std::sync::Arc<dyn $crate::Caller>) -> Self {
+            $vis fn new(caller: ::std::sync::Arc<dyn $crate::Caller>) -> Self {
                 Self { caller }
             }
         }
@@ -214,7 +214,7 @@ mod tests {
 
     crate::partition! {
         /// A counter with an operation of no operands.
-        pub trait Counter via CounterNet, serve serve_counter {
+        pub(crate) trait Counter via CounterNet, serve serve_counter {
             /// The count.
             fn count() -> u64 = 300;
             /// The count plus n.

@@ -17,7 +17,7 @@ pub use codec::{
 pub use codes::{NakCode, NakPayload, NakPayloadError, SystemCommand};
 pub use reassembly::{Progress, Reassembly, ReassemblyError};
 pub use split::{SplitError, Splitter, chunk_size, single_capacity};
-pub use time::{Latency, SentTime, SentTimeError, latency};
+pub use time::{HOUR_MS, Latency, SentTime, SentTimeError, latency};
 
 /// Largest MP datagram (one UDP payload), in bytes.
 pub const MAX_DATAGRAM: usize = 512;
