@@ -1058,7 +1058,7 @@ fn toml_key(key: &str) -> String {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../../docs/node.example.toml");
+    const EXAMPLE: &str = include_str!("../../../../docs/node.example.toml");
 
     const MINIMAL: &str = r#"
 [farm]
