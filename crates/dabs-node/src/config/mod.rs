@@ -29,3 +29,7 @@ pub use types::{AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig,
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_errors;
+#[cfg(test)]
+mod tests_write;
