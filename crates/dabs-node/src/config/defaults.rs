@@ -1,0 +1,66 @@
+//! The values keys take when they are left out, and the ranges validation allows.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::types::{BalanceConfig, LatencyLimits};
+
+/// Default IPv4 interface for multicast.
+pub const DEFAULT_INTERFACE: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// Default interval between membership announcements.
+pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(250);
+/// Default membership lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(1500);
+/// Default lock/timer time-out, used for resource types without their own entry.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default high-water mark of message latency.
+pub const DEFAULT_MAX_MESSAGE_LATENCY: Duration = Duration::from_millis(200);
+/// Default low-water mark of message latency.
+pub const DEFAULT_LOW_WATER: Duration = Duration::from_millis(100);
+/// Default largest CPU use at which a server is still eligible for an application.
+pub const DEFAULT_MAX_CPU_PERCENT: f64 = 100.0;
+/// Default number of sessions at which a portion stops being "available".
+pub const DEFAULT_MAX_SESSIONS_PER_PORTION: u64 = 1000;
+/// Key of the fallback entry in [`NodeConfig::timeouts`](super::NodeConfig::timeouts).
+pub const DEFAULT_TIMEOUT_KEY: &str = "default";
+
+/// `node.accept_encryption` when left out.
+pub(crate) const DEFAULT_ACCEPT_ENCRYPTION: bool = true;
+/// `health.service[].weight` when left out.
+pub(crate) const DEFAULT_SERVICE_WEIGHT: u8 = 50;
+
+/// Fewest bytes of a farm secret.
+pub(crate) const MIN_SECRET_BYTES: usize = 16;
+/// Inclusive ranges, `(lowest, highest)`; the `_MS` ones are milliseconds.
+pub(crate) const ANNOUNCE_RANGE_MS: (u64, u64) = (50, 5000);
+/// Longest `node.lease_ms`; the shortest is more than twice the announce interval.
+pub(crate) const MAX_LEASE_MS: u64 = 60_000;
+pub(crate) const TIMEOUT_RANGE_MS: (u64, u64) = (1, 600_000);
+pub(crate) const SESSIONS_RANGE: (u64, u64) = (1, 1_000_000);
+pub(crate) const SPAWN_COOLDOWN_RANGE_MS: (u64, u64) = (10, 600_000);
+pub(crate) const HEALTH_INTERVAL_RANGE_MS: (u64, u64) = (50, 60_000);
+pub(crate) const CHECK_TIMEOUT_RANGE_MS: (u64, u64) = (10, 60_000);
+pub(crate) const QUEUE_LIMIT_RANGE: (u64, u64) = (1, 1_000_000);
+/// Service weights and health thresholds.
+pub(crate) const SCORE_RANGE: (u64, u64) = (0, 100);
+/// `failover.batch` and `failover.return_batch`.
+pub(crate) const BATCH_RANGE: (u64, u64) = (1, 100_000);
+pub(crate) const BATCH_INTERVAL_RANGE_MS: (u64, u64) = (1, 60_000);
+pub(crate) const RETURN_INTERVAL_RANGE_MS: (u64, u64) = (1, 600_000);
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            prefer_local: true,
+            local_headroom_cpu_percent: 85.0,
+            max_local_portions: 0,
+            spawn_cooldown: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for LatencyLimits {
+    fn default() -> Self {
+        LatencyLimits { max_message_latency: DEFAULT_MAX_MESSAGE_LATENCY, low_water: DEFAULT_LOW_WATER }
+    }
+}

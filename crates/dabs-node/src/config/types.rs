@@ -1,0 +1,145 @@
+//! The validated configuration: what the rest of the node reads.
+//!
+//! These types hold values, not text: durations, addresses, decoded secrets. The file's own
+//! layout (key names, milliseconds, hex) is [`super::file`]'s business.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::defaults::{
+    DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY,
+};
+use crate::health::HealthConfig;
+use crate::zones::FailoverPolicy;
+
+/// A node's whole configuration, validated and with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// The `[farm]` section: what every node of the farm shares.
+    pub farm: FarmConfig,
+    /// The `[node]` section: this server.
+    pub node: NodeSection,
+    /// Lock/timer time-out per resource type; always contains [`DEFAULT_TIMEOUT_KEY`].
+    pub timeouts: BTreeMap<String, Duration>,
+    /// The `[latency]` section.
+    pub latency: LatencyLimits,
+    /// The `[[app]]` records, in file order; names are unique.
+    pub apps: Vec<AppConfig>,
+    /// The `[balance]` section: how this node adds capacity when portions starve.
+    pub balance: BalanceConfig,
+    /// The `[health]` section: self-monitoring (R-FO-1).
+    pub health: HealthConfig,
+    /// The `[failover]` section: thresholds, classes, order and pace of moving clients.
+    pub failover: FailoverPolicy,
+}
+
+/// The `[balance]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalanceConfig {
+    /// Start the extra portion on this server while it has headroom (moving costs more).
+    pub prefer_local: bool,
+    /// This server has headroom while its CPU use is below this, percent.
+    pub local_headroom_cpu_percent: f64,
+    /// At most this many portions of one application on this server (0: one per CPU).
+    pub max_local_portions: u32,
+    /// At most one spawn per application per this interval.
+    pub spawn_cooldown: Duration,
+}
+
+/// The `[farm]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FarmConfig {
+    /// Farm name, the first segment of virtual addresses `mp://FARM/APP/dasp/ID`.
+    pub name: String,
+    /// Multicast group address and port (224.0.0.0/4, non-zero port).
+    pub group: SocketAddrV4,
+    /// IPv4 address of the interface that joins the multicast group.
+    pub interface: Ipv4Addr,
+    /// Unicast MP addresses of other nodes, for networks without multicast.
+    pub seeds: Vec<SocketAddr>,
+    /// Shared farm secret (decoded bytes, at least 16), from `secret` or `secret_file`.
+    pub secret: Option<Vec<u8>>,
+}
+
+/// The `[node]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSection {
+    /// Node name, unique in the farm.
+    pub name: String,
+    /// Bind address of the node's MP (UDP) endpoint; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Data directory, already resolved against the config file's directory.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP operator interface, if any.
+    pub operator: Option<SocketAddr>,
+    /// Interval between membership announcements (50 ms ..= 5 s).
+    pub announce_interval: Duration,
+    /// How long a node stays a member without announcing (> 2 announce intervals, <= 60 s).
+    pub lease: Duration,
+    /// Whether clients may open encrypted sessions here (R-MP-5); with `false` a client that
+    /// offers security is refused with NAK 13. Default true.
+    pub accept_encryption: bool,
+}
+
+/// The `[latency]` section: message latency limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyLimits {
+    /// High-water mark: latency above this counts as overload.
+    pub max_message_latency: Duration,
+    /// Low-water mark: latency below this counts as recovered; less than the high-water mark.
+    pub low_water: Duration,
+}
+
+/// One `[[app]]` record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    /// Application name, the second segment of virtual addresses.
+    pub name: String,
+    /// Whether the node starts the application when it initialises.
+    pub start_at_init: bool,
+    /// Nodes allowed to run the application; empty means every node of the farm.
+    pub subgroup: Vec<String>,
+    /// A server with less free memory (MiB) is not eligible.
+    pub min_free_memory_mb: u64,
+    /// A server busier than this (percent, 0 < x <= 100) is not eligible.
+    pub max_cpu_percent: f64,
+    /// A portion with this many sessions is not "available" (1 ..= 1 000 000).
+    pub max_sessions_per_portion: u64,
+}
+
+impl AppConfig {
+    /// An application record with every optional field at its default.
+    pub fn new(name: impl Into<String>) -> Self {
+        AppConfig {
+            name: name.into(),
+            start_at_init: false,
+            subgroup: Vec::new(),
+            min_free_memory_mb: 0,
+            max_cpu_percent: DEFAULT_MAX_CPU_PERCENT,
+            max_sessions_per_portion: DEFAULT_MAX_SESSIONS_PER_PORTION,
+        }
+    }
+
+    /// Whether the subgroup lets node `node` run this application.
+    pub fn allows_node(&self, node: &str) -> bool {
+        self.subgroup.is_empty() || self.subgroup.iter().any(|n| n == node)
+    }
+}
+
+impl NodeConfig {
+    /// The time-out for resource type `resource`, or the `default` one.
+    pub fn timeout_for(&self, resource: &str) -> Duration {
+        self.timeouts
+            .get(resource)
+            .or_else(|| self.timeouts.get(DEFAULT_TIMEOUT_KEY))
+            .copied()
+            .unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The `[[app]]` record named `name`.
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
