@@ -11,8 +11,8 @@ pub const DEFAULT_INTERFACE: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(250);
 /// Default membership lease.
 pub const DEFAULT_LEASE: Duration = Duration::from_millis(1500);
-/// Default lock/timer time-out, used for resource types without their own entry.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+// Shared with the portion frameworks, which read the same table of time-outs.
+pub use dabs_farm_proto::timeouts::{DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY};
 /// Default high-water mark of message latency.
 pub const DEFAULT_MAX_MESSAGE_LATENCY: Duration = Duration::from_millis(200);
 /// Default low-water mark of message latency.
@@ -21,8 +21,6 @@ pub const DEFAULT_LOW_WATER: Duration = Duration::from_millis(100);
 pub const DEFAULT_MAX_CPU_PERCENT: f64 = 100.0;
 /// Default number of sessions at which a portion stops being "available".
 pub const DEFAULT_MAX_SESSIONS_PER_PORTION: u64 = 1000;
-/// Key of the fallback entry in [`NodeConfig::timeouts`](super::NodeConfig::timeouts).
-pub const DEFAULT_TIMEOUT_KEY: &str = "default";
 
 /// `node.accept_encryption` when left out.
 pub(crate) const DEFAULT_ACCEPT_ENCRYPTION: bool = true;
