@@ -97,19 +97,19 @@ impl Endpoint {
         command: u16,
         payload: Vec<u8>,
     ) -> Result<CallId, CallError> {
-        let Some(s) = self.sessions.get(&session) else {
+        let Some(s) = self.sessions.get(session) else {
             return Err(CallError::UnknownSession);
         };
         self.check_size(payload.len(), s.overhead())?;
         let call = CallId(self.next_id());
-        let s = self.sessions.get_mut(&session).expect("checked above");
+        let s = self.sessions.get_mut(session).expect("checked above");
         s.waiting.push_back(Pending { call, command, payload });
         self.start_waiting(now, session);
         Ok(call)
     }
 
     pub(super) fn start_waiting(&mut self, now: Time, sid: SessionId) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         if s.reopening || !s.ready() {
@@ -124,7 +124,7 @@ impl Endpoint {
                 return;
             };
             let header = Header {
-                session: s.number,
+                session: s.number(),
                 transaction: tx,
                 sent: stamp,
                 crc: s.crc,
@@ -132,7 +132,7 @@ impl Endpoint {
                 src: s.local_queue,
                 ..Header::new(Kind::Request, p.command)
             };
-            let mut out = self.io.new_out(Some(p.call), s.peer.clone(), header, p.payload);
+            let mut out = self.io.new_out(Some(p.call), s.peer().clone(), header, p.payload);
             self.io.transmit_out(now, &mut out, TimerKey::Out(sid, tx), s.crypto.sealer());
             s.out.insert(tx, out);
             s.last_active = now;
@@ -141,14 +141,11 @@ impl Endpoint {
 
     /// Closes a session: sends `CLOSE_SESSION` (best effort) and fails its calls.
     pub fn close(&mut self, now: Time, session: SessionId) {
-        let Some(mut s) = self.sessions.remove(&session) else {
+        let Some(mut s) = self.sessions.remove(session) else {
             return;
         };
-        if let Some(p) = self.peers.get_mut(&s.peer) {
-            p.sessions.remove(&s.number);
-        }
         let header = Header {
-            session: s.number,
+            session: s.number(),
             transaction: s.alloc_tx(self.io.stamp(now)).unwrap_or(1),
             sent: self.io.stamp(now),
             crc: s.crc,
@@ -156,11 +153,17 @@ impl Endpoint {
             src: s.local_queue,
             ..Header::new(Kind::Request, SystemCommand::CloseSession.number())
         };
-        self.io.send_message(&s.peer, &header, &[], s.crypto.sealer());
+        let peer = s.peer().clone();
+        self.io.send_message(&peer, &header, &[], s.crypto.sealer());
         self.drop_session_calls(s, CloseReason::ClosedLocally, session);
     }
 
     pub(super) fn drop_session_calls(&mut self, s: Session, reason: CloseReason, sid: SessionId) {
+        let peer = s.peer().clone();
+        if let Some(p) = self.sessions.peer_mut(&peer) {
+            let partials = s.inc.values().filter(|r| matches!(r.state, InState::Receiving(_))).count();
+            p.partials = p.partials.saturating_sub(partials);
+        }
         for out in s.out.into_values() {
             self.io.fail(out.call, CallError::SessionLost);
         }
@@ -170,11 +173,7 @@ impl Endpoint {
         if let Some(p) = s.pending_open {
             self.io.fail(p.call, CallError::SessionLost);
         }
-        if let Some(peer) = self.peers.get_mut(&s.peer) {
-            let partials = s.inc.values().filter(|r| matches!(r.state, InState::Receiving(_))).count();
-            peer.partials = peer.partials.saturating_sub(partials);
-        }
-        self.io.events.push_back(Event::SessionClosed { session: sid, peer: s.peer, reason });
+        self.io.events.push_back(Event::SessionClosed { session: sid, peer, reason });
     }
 
     pub(super) fn on_reply(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
@@ -194,7 +193,7 @@ impl Endpoint {
             }
             return;
         };
-        let s = self.sessions.get_mut(&sid).expect("present");
+        let s = self.sessions.get_mut(sid).expect("present");
         s.last_active = now;
         let last = s.last_reply_stamp_in[usize::from(h.transaction)];
         let stale = last != u32::MAX && !newer(h.sent, SentTime::from_millis_of_hour(last));
@@ -331,16 +330,16 @@ impl Endpoint {
             self.io.ack(&from, Answer::to(&h), h.sent, None);
         }
         self.io.latency(h.sent, now);
-        let peer = self.peers.entry(from.clone()).or_default();
         let reopening = match open.purpose {
             OpenPurpose::Reopen(sid) => Some(sid),
             OpenPurpose::New { .. } => None,
         };
-        if let Some(old) = peer.sessions.get(&h.session).copied()
+        if let Some(old) = self.sessions.lookup(&from, h.session)
             && Some(old) != reopening
         {
-            // The server reused a number we still hold: the old session is gone there.
-            if let Some(s) = self.sessions.remove(&old) {
+            // The server reused a number we still hold: the old session is gone there (also
+            // when the session being re-opened has been closed meanwhile).
+            if let Some(s) = self.sessions.remove(old) {
                 self.drop_session_calls(s, CloseReason::Lost, old);
             }
         }
@@ -358,14 +357,13 @@ impl Endpoint {
                 );
                 s.reopen_with = Some((open.out.to.clone(), open.out.payload));
                 s.wants_encryption = open.encrypt;
-                self.peers.entry(from.clone()).or_default().sessions.insert(h.session, sid);
                 self.io.stats.sessions_opened += 1;
                 if open.encrypt {
                     s.pending_open = Some(PendingOpen { call: open.out.call, payload, reopened: false });
-                    self.sessions.insert(sid, s);
+                    self.add_session(sid, s);
                     return self.start_key_exchange(now, sid);
                 }
-                self.sessions.insert(sid, s);
+                self.add_session(sid, s);
                 if let Some(call) = open.out.call {
                     self.io.events.push_back(Event::Opened {
                         call,
@@ -377,20 +375,16 @@ impl Endpoint {
                 }
             }
             OpenPurpose::Reopen(sid) => {
-                let Some(s) = self.sessions.get_mut(&sid) else {
+                if let Some((old, s)) = self.sessions.readdress(sid, from.clone(), h.session) {
+                    self.drop_session_calls(s, CloseReason::Lost, old);
+                }
+                let Some(s) = self.sessions.get_mut(sid) else {
                     return;
                 };
-                if let Some(p) = self.peers.get_mut(&s.peer) {
-                    p.sessions.remove(&s.number);
-                }
-                s.peer = from.clone();
-                s.number = h.session;
                 s.remote_queue = h.src;
                 s.reopening = false;
                 s.last_reply_stamp_in.fill(u32::MAX);
                 s.last_active = now;
-                self.peers.entry(from.clone()).or_default().sessions.insert(h.session, sid);
-                let s = self.sessions.get_mut(&sid).expect("present");
                 // The old session's keys die with it; an encrypted session keys the new one
                 // before anything is sent again.
                 s.crypto = Crypto::Plain;

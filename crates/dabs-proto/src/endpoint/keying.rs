@@ -22,7 +22,7 @@ impl Endpoint {
     ) -> Option<Datagram<'a>> {
         let h = d.header;
         let sid = if h.session == 0 { None } else { self.session_of(from, h.session) };
-        let session = sid.and_then(|sid| self.sessions.get_mut(&sid));
+        let session = sid.and_then(|sid| self.sessions.get_mut(sid));
         if let Some(s) = &session
             && !h.encrypted
             && h.command == KEY_EXCHANGE
@@ -85,7 +85,7 @@ impl Endpoint {
             }
             (false, _) => Some(d),
         };
-        if confirmed_now && let Some(s) = sid.and_then(|sid| self.sessions.get_mut(&sid)) {
+        if confirmed_now && let Some(s) = sid.and_then(|sid| self.sessions.get_mut(sid)) {
             // The peer holds the keys, so the exchange is over: forget its request and REPLY.
             // Their clear headers were never authenticated (a stamp damaged in transit must
             // not shadow a later request that reuses the transaction number).
@@ -98,13 +98,13 @@ impl Endpoint {
     /// Server: answers Noise message 1 with message 2 (in clear) and keys the session.
     pub(super) fn on_key_exchange(&mut self, now: Time, sid: SessionId, id: IncomingId, msg1: &[u8]) {
         let accept = self.io.config.accept_encryption;
-        let s = self.sessions.get_mut(&sid).expect("present");
+        let s = self.sessions.get_mut(sid).expect("present");
         let result = if !accept {
             Err("this endpoint does not offer encryption".to_owned())
         } else if s.role != Role::Server || s.crypto.is_confirmed() {
             Err("the session is already keyed".to_owned())
         } else {
-            let prologue = crypto::prologue(s.number, s.remote_queue, s.local_queue);
+            let prologue = crypto::prologue(s.number(), s.remote_queue, s.local_queue);
             crypto::respond(&prologue, msg1).map_err(|e| format!("key exchange: {e}"))
         };
         match result {
@@ -127,7 +127,7 @@ impl Endpoint {
                     self.io.stats.sessions_encrypted += 1;
                 }
                 let _ = self.reply(now, id, msg2);
-                let s = self.sessions.get_mut(&sid).expect("present");
+                let s = self.sessions.get_mut(sid).expect("present");
                 s.crypto = Crypto::Keys(Box::new(keys));
             }
             Err(text) => {
@@ -142,10 +142,10 @@ impl Endpoint {
     /// Client: starts the Noise handshake in a session just (re-)opened. Requests wait until
     /// it completes.
     pub(super) fn start_key_exchange(&mut self, now: Time, sid: SessionId) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
-        let prologue = crypto::prologue(s.number, s.local_queue, s.remote_queue);
+        let prologue = crypto::prologue(s.number(), s.local_queue, s.remote_queue);
         let (hs, msg1) = match crypto::initiate(&prologue) {
             Ok(x) => x,
             Err(e) => {
@@ -164,7 +164,7 @@ impl Endpoint {
             return self.key_exchange_failed(now, sid, CallError::SessionsExhausted);
         };
         let header = Header {
-            session: s.number,
+            session: s.number(),
             transaction: tx,
             sent: stamp,
             crc: s.crc,
@@ -172,7 +172,7 @@ impl Endpoint {
             src: s.local_queue,
             ..Header::new(Kind::Request, KEY_EXCHANGE)
         };
-        let mut out = self.io.new_out(None, s.peer.clone(), header, msg1);
+        let mut out = self.io.new_out(None, s.peer().clone(), header, msg1);
         self.io.transmit_out(now, &mut out, TimerKey::Out(sid, tx), None);
         s.out.insert(tx, out);
         s.last_active = now;
@@ -180,14 +180,14 @@ impl Endpoint {
 
     /// Client: the session has its keys. Sends what waited and tells the application.
     pub(super) fn key_exchange_done(&mut self, now: Time, sid: SessionId) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         s.key_exchanges = 0;
         let Some(pending) = s.pending_open.take() else {
             return self.start_waiting(now, sid);
         };
-        let (peer, queue) = (s.peer.clone(), s.remote_queue);
+        let (peer, queue) = (s.peer().clone(), s.remote_queue);
         if pending.reopened {
             // Requests carried over from the lost session go out now, encrypted.
             for (tx, out) in s.out.iter_mut() {
@@ -210,7 +210,7 @@ impl Endpoint {
 
     /// Client: the key exchange failed; the session is closed and its open call fails.
     pub(super) fn key_exchange_failed(&mut self, now: Time, sid: SessionId, error: CallError) {
-        let call = self.sessions.get_mut(&sid).and_then(|s| s.pending_open.take()).and_then(|p| p.call);
+        let call = self.sessions.get_mut(sid).and_then(|s| s.pending_open.take()).and_then(|p| p.call);
         self.close(now, sid);
         self.io.fail(call, error);
     }

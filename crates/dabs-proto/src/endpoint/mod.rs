@@ -21,9 +21,9 @@ pub(crate) use types::CloseReason;
 
 use self::io::Io;
 use self::records::{Answer, OpenOut, OutState, finish_replied, newer};
-use self::session::{Peer, Session};
+use self::session::{Session, SessionIndex};
 use self::timers::TimerKey;
-use crate::crypto::{self, Crypto, Sealer};
+use crate::crypto::{self, Crypto};
 use crate::{Addr, Config, Stats};
 use dabs_wire::{Datagram, Kind, NakCode, RawHeader, chunk_size, decode};
 use rand::SeedableRng;
@@ -38,8 +38,7 @@ pub type Time = Duration;
 /// A sans-IO MP endpoint. See the crate documentation.
 pub struct Endpoint {
     io: Io,
-    peers: HashMap<Addr, Peer>,
-    sessions: HashMap<SessionId, Session>,
+    sessions: SessionIndex,
     opens: HashMap<u8, OpenOut>,
     next_open_tx: u8,
     next_id: u64,
@@ -61,8 +60,7 @@ impl Endpoint {
                 timers: BinaryHeap::new(),
                 stats: Stats::default(),
             },
-            peers: HashMap::new(),
-            sessions: HashMap::new(),
+            sessions: SessionIndex::default(),
             opens: HashMap::new(),
             next_open_tx: 1,
             next_id: 1,
@@ -88,7 +86,7 @@ impl Endpoint {
 
     /// The peer address and session number of a session.
     pub fn session_info(&self, session: SessionId) -> Option<(Addr, u8, u16)> {
-        self.sessions.get(&session).map(|s| (s.peer.clone(), s.number, s.remote_queue))
+        self.sessions.get(session).map(|s| (s.peer().clone(), s.number(), s.remote_queue))
     }
 
     /// Next datagram to send.
@@ -118,6 +116,14 @@ impl Endpoint {
         id
     }
 
+    /// Adds a session to the index. One still holding its (peer, number) is gone at the peer,
+    /// which reused the number: it is closed as lost.
+    fn add_session(&mut self, sid: SessionId, s: Session) {
+        if let Some((old, s)) = self.sessions.insert(sid, s) {
+            self.drop_session_calls(s, CloseReason::Lost, old);
+        }
+    }
+
     fn arm_sweep(&mut self, now: Time) {
         if !self.sweep_armed {
             self.sweep_armed = true;
@@ -128,7 +134,7 @@ impl Endpoint {
 
     /// Whether a session's datagrams are encrypted (its key exchange has completed).
     pub fn session_encrypted(&self, session: SessionId) -> bool {
-        self.sessions.get(&session).is_some_and(|s| matches!(s.crypto, Crypto::Keys(_)))
+        self.sessions.get(session).is_some_and(|s| matches!(s.crypto, Crypto::Keys(_)))
     }
 
     fn check_size(&self, len: usize, overhead: usize) -> Result<(), CallError> {
@@ -156,7 +162,7 @@ impl Endpoint {
                 {
                     let text = e.to_string();
                     let crc = matches!(e, dabs_wire::DecodeError::CrcMismatch { .. });
-                    let seal = sealer_of(&self.peers, &mut self.sessions, &from, raw.session);
+                    let seal = self.sessions.sealer(&from, raw.session);
                     if seal.is_some() && !crc && !crypto::exempt(raw.command) {
                         // In a keyed session a header that does not even decode cannot be
                         // authentic: dropped like any forgery. Only a CRC mismatch (noise on
@@ -176,7 +182,7 @@ impl Endpoint {
         if d.header.session != 0
             && !d.header.crc
             && let Some(sid) = self.session_of(&from, d.header.session)
-            && self.sessions[&sid].crc
+            && self.sessions.get(sid).is_some_and(|s| s.crc)
         {
             // The session uses CRCs: a datagram without one had its CRC flag flipped in
             // transit, the one single-byte corruption CRC-8 cannot see by itself.
@@ -197,12 +203,12 @@ impl Endpoint {
 
     fn nak_datagram(&mut self, now: Time, to: &Addr, d: &Datagram<'_>, code: NakCode, text: &str) {
         let h = &d.header;
-        let seal = sealer_of(&self.peers, &mut self.sessions, to, h.session);
+        let seal = self.sessions.sealer(to, h.session);
         self.io.nak(now, to, Answer::to(h), code, text, seal);
     }
 
     fn session_of(&self, from: &Addr, number: u8) -> Option<SessionId> {
-        self.peers.get(from)?.sessions.get(&number).copied()
+        self.sessions.lookup(from, number)
     }
 
     fn on_ack(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
@@ -210,7 +216,7 @@ impl Endpoint {
         let Some(sid) = self.session_of(&from, h.session) else {
             return;
         };
-        let s = self.sessions.get_mut(&sid).expect("present");
+        let s = self.sessions.get_mut(sid).expect("present");
         s.last_active = now;
         // An ACK echoing a stamp older than our reply's answers an earlier reply to this
         // transaction number (a late or duplicated copy), not this one.
@@ -236,15 +242,4 @@ impl Endpoint {
             finish_replied(&mut s.inc, h.transaction, reply.header.command);
         }
     }
-}
-
-/// The sealer of the session `number` with `peer`, if it has keys.
-fn sealer_of<'s>(
-    peers: &HashMap<Addr, Peer>,
-    sessions: &'s mut HashMap<SessionId, Session>,
-    peer: &Addr,
-    number: u8,
-) -> Option<&'s mut Sealer> {
-    let sid = peers.get(peer)?.sessions.get(&number)?;
-    sessions.get_mut(sid)?.crypto.sealer()
 }

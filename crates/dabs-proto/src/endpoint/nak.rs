@@ -37,7 +37,7 @@ impl Endpoint {
         let Some(sid) = self.session_of(&from, h.session) else {
             return;
         };
-        let s = self.sessions.get_mut(&sid).expect("present");
+        let s = self.sessions.get_mut(sid).expect("present");
         if let Some(out) = s.out.get_mut(&h.transaction).filter(|o| o.header.command == h.command) {
             if retry && (now < out.nak_quiet_until || out.state != OutState::AwaitAck) {
                 // Another buffer of the round being resent, or a copy of a message the peer
@@ -93,10 +93,7 @@ impl Endpoint {
         match open.purpose {
             OpenPurpose::New { .. } => self.io.fail(open.out.call, error),
             OpenPurpose::Reopen(sid) => {
-                if let Some(s) = self.sessions.remove(&sid) {
-                    if let Some(p) = self.peers.get_mut(&s.peer) {
-                        p.sessions.remove(&s.number);
-                    }
+                if let Some(s) = self.sessions.remove(sid) {
                     self.drop_session_calls(s, CloseReason::Lost, sid);
                 }
             }
@@ -107,18 +104,17 @@ impl Endpoint {
     /// Requests not yet acknowledged are sent again in the new session; acknowledged ones
     /// may have run, so they fail with `SessionLost` rather than risk running twice.
     pub(super) fn reopen(&mut self, now: Time, sid: SessionId) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         if s.reopening {
             return;
         }
         let Some((target, payload)) = s.reopen_with.clone().filter(|_| s.role == Role::Client) else {
-            let s = self.sessions.remove(&sid).expect("present");
-            if let Some(p) = self.peers.get_mut(&s.peer) {
-                p.sessions.remove(&s.number);
+            if let Some(s) = self.sessions.remove(sid) {
+                self.drop_session_calls(s, CloseReason::Lost, sid);
             }
-            return self.drop_session_calls(s, CloseReason::Lost, sid);
+            return;
         };
         s.reopening = true;
         s.out.retain(|_, o| !(o.header.command == KEY_EXCHANGE && o.call.is_none()));
@@ -139,8 +135,11 @@ impl Endpoint {
             .start_open(now, target, OpenPurpose::Reopen(sid), None, payload, local_queue, encrypt)
             .is_err()
         {
-            let s = self.sessions.remove(&sid).expect("present");
-            self.drop_session_calls(s, CloseReason::Lost, sid);
+            // (No OPEN_SESSION transaction number free.) Removed from the index, the session
+            // no longer answers to its number: a late datagram for it finds nothing.
+            if let Some(s) = self.sessions.remove(sid) {
+                self.drop_session_calls(s, CloseReason::Lost, sid);
+            }
         }
     }
 }

@@ -22,31 +22,22 @@ impl Endpoint {
     ) -> Result<SessionId, CallError> {
         self.check_size(payload.len(), 0)?;
         let max_peers = self.io.config.max_peers;
-        if !self.peers.contains_key(&request.peer) && self.peers.len() >= max_peers {
+        if self.sessions.peer(&request.peer).is_none() && self.sessions.peer_count() >= max_peers {
             return Err(CallError::SessionsExhausted);
         }
-        let peer = self.peers.entry(request.peer.clone()).or_default();
-        if let Some((sent, Some(sid))) = peer.opens_seen.get(&request.transaction)
-            && *sent == request.sent
-            && self.sessions.contains_key(sid)
+        let seen = self.sessions.peer(&request.peer).and_then(|p| p.opens_seen.get(&request.transaction));
+        if let Some((sent, Some(sid))) = seen.copied()
+            && sent == request.sent
+            && self.sessions.contains(sid)
         {
-            return Ok(*sid);
+            return Ok(sid);
         }
-        let mut number = None;
-        for _ in 0..255 {
-            peer.next_number = if peer.next_number == 255 { 1 } else { peer.next_number + 1 };
-            if !peer.sessions.contains_key(&peer.next_number) {
-                number = Some(peer.next_number);
-                break;
-            }
-        }
-        let Some(number) = number else {
+        let Some(number) = self.sessions.free_number(&request.peer) else {
             return Err(CallError::SessionsExhausted);
         };
         let sid = SessionId(self.next_id);
         self.next_id += 1;
-        peer.sessions.insert(number, sid);
-        remember_open(peer, request.transaction, request.sent, Some(sid));
+        remember_open(self.sessions.peer_entry(&request.peer), request.transaction, request.sent, Some(sid));
         let mut s = Session::new(
             request.peer.clone(),
             number,
@@ -70,7 +61,7 @@ impl Endpoint {
         if out.deadline.is_some() {
             s.replies.insert(request.transaction, out);
         }
-        self.sessions.insert(sid, s);
+        self.add_session(sid, s);
         self.io.stats.sessions_opened += 1;
         self.arm_sweep(now);
         Ok(sid)
@@ -80,7 +71,7 @@ impl Endpoint {
     /// again (a farm node that is not deciding yet must hear the client's retransmission once
     /// the farm has a decider). Opens already accepted are kept.
     pub fn forget_open(&mut self, request: &OpenRequest) {
-        if let Some(peer) = self.peers.get_mut(&request.peer)
+        if let Some(peer) = self.sessions.peer_mut(&request.peer)
             && peer.opens_seen.get(&request.transaction) == Some(&(request.sent, None))
         {
             peer.opens_seen.remove(&request.transaction);
@@ -98,9 +89,10 @@ impl Endpoint {
 
     /// Answers a delivered request.
     pub fn reply(&mut self, now: Time, id: IncomingId, payload: Vec<u8>) -> Result<(), CallError> {
-        let overhead = self.sessions.get(&id.session).map_or(0, Session::overhead);
+        let overhead = self.sessions.get(id.session).map_or(0, Session::overhead);
         self.check_size(payload.len(), overhead)?;
-        let s = self.sessions.get_mut(&id.session).ok_or(CallError::UnknownSession)?;
+        let s = self.sessions.get_mut(id.session).ok_or(CallError::UnknownSession)?;
+        let (peer, number) = (s.peer().clone(), s.number());
         let rec = s.inc.get_mut(&id.transaction).ok_or(CallError::NotAwaitingReply)?;
         if rec.sent != id.sent || !matches!(rec.state, InState::Delivered { .. }) {
             return Err(CallError::NotAwaitingReply);
@@ -114,7 +106,7 @@ impl Endpoint {
         }
         *last = stamp.millis_of_hour();
         let header = Header {
-            session: s.number,
+            session: number,
             transaction: id.transaction,
             sent: stamp,
             crc: rec.crc,
@@ -122,7 +114,7 @@ impl Endpoint {
             src: rec.dst,
             ..Header::new(Kind::Reply, rec.command)
         };
-        let mut out = self.io.new_out(None, s.peer.clone(), header, payload);
+        let mut out = self.io.new_out(None, peer, header, payload);
         self.io.transmit_out(now, &mut out, TimerKey::Reply(id.session, id.transaction), s.crypto.sealer());
         s.last_active = now;
         if out.deadline.is_some() {
@@ -137,19 +129,20 @@ impl Endpoint {
     /// Refuses a delivered request with a NAK (for example 6, unknown command). Repeats of
     /// the request get the same NAK.
     pub fn reject(&mut self, now: Time, id: IncomingId, code: NakCode, text: &str) -> Result<(), CallError> {
-        let s = self.sessions.get_mut(&id.session).ok_or(CallError::UnknownSession)?;
+        let s = self.sessions.get_mut(id.session).ok_or(CallError::UnknownSession)?;
+        let (peer, number) = (s.peer().clone(), s.number());
         let rec = s.inc.get_mut(&id.transaction).ok_or(CallError::NotAwaitingReply)?;
         if rec.sent != id.sent || !matches!(rec.state, InState::Delivered { .. }) {
             return Err(CallError::NotAwaitingReply);
         }
         let answer = Answer {
             command: rec.command,
-            session: s.number,
+            session: number,
             transaction: id.transaction,
             dst: rec.src,
             src: rec.dst,
         };
-        self.io.nak(now, &s.peer, answer, code, text, s.crypto.sealer());
+        self.io.nak(now, &peer, answer, code, text, s.crypto.sealer());
         rec.state = InState::Refused(code, text.to_owned());
         Ok(())
     }
@@ -208,10 +201,10 @@ impl Endpoint {
         if d.buffer.is_some() {
             return self.nak_datagram(now, &from, d, NakCode::TooLarge, "OPEN_SESSION must fit one datagram");
         }
-        if !self.peers.contains_key(&from) && self.peers.len() >= self.io.config.max_peers {
+        if self.sessions.peer(&from).is_none() && self.sessions.peer_count() >= self.io.config.max_peers {
             return self.nak_datagram(now, &from, d, NakCode::SessionsExhausted, "too many peers");
         }
-        let peer = self.peers.entry(from.clone()).or_default();
+        let peer = self.sessions.peer_entry(&from);
         if let Some((sent, accepted)) = peer.opens_seen.get(&h.transaction).copied()
             && sent == h.sent
         {
@@ -234,7 +227,7 @@ impl Endpoint {
     /// per half ACK time-out, and without using up the reply's own re-attempts: a
     /// multi-buffer request repeated buffer by buffer must not multiply the reply.
     pub(super) fn resend_reply(&mut self, now: Time, sid: SessionId, tx: u8) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
         let Some(out) = s.replies.get_mut(&tx) else {
@@ -252,7 +245,7 @@ impl Endpoint {
             let text = format!("session {} is not open", h.session);
             return self.nak_datagram(now, &from, d, NakCode::UnknownSession, &text);
         };
-        let s = self.sessions.get_mut(&sid).expect("peer table and sessions agree");
+        let s = self.sessions.get_mut(sid).expect("peer table and sessions agree");
         s.last_active = now;
         let reliable = from.is_reliable_link();
         if let Some(rec) = s.inc.get_mut(&h.transaction) {
@@ -264,7 +257,7 @@ impl Endpoint {
                             else {
                                 unreachable!()
                             };
-                            if let Some(p) = self.peers.get_mut(&from) {
+                            if let Some(p) = self.sessions.peer_mut(&from) {
                                 p.partials = p.partials.saturating_sub(1);
                             }
                             let msg = r.finish().unwrap_or_default();
@@ -274,7 +267,7 @@ impl Endpoint {
                         Ok(dabs_wire::Progress::Incomplete) => {}
                         Err(e) => {
                             s.inc.remove(&h.transaction);
-                            if let Some(p) = self.peers.get_mut(&from) {
+                            if let Some(p) = self.sessions.peer_mut(&from) {
                                 p.partials = p.partials.saturating_sub(1);
                             }
                             let text = e.to_string();
@@ -310,17 +303,16 @@ impl Endpoint {
             let old = s.inc.remove(&h.transaction).expect("present");
             s.replies.remove(&h.transaction);
             if matches!(old.state, InState::Receiving(_))
-                && let Some(p) = self.peers.get_mut(&from)
+                && let Some(p) = self.sessions.peer_mut(&from)
             {
                 p.partials = p.partials.saturating_sub(1);
             }
         }
-        let s = self.sessions.get_mut(&sid).expect("present");
         if d.buffer.is_none() {
             return self.deliver(now, sid, h, d.payload.to_vec());
         }
-        let peer = self.peers.get_mut(&from).expect("session has a peer");
-        if peer.partials >= self.io.config.max_partial_per_peer {
+        let partials = self.sessions.peer(&from).map_or(0, |p| p.partials);
+        if partials >= self.io.config.max_partial_per_peer {
             return self.nak_datagram(
                 now,
                 &from,
@@ -345,15 +337,20 @@ impl Endpoint {
             let text = e.to_string();
             return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
         }
-        peer.partials += 1;
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         s.inc.insert(h.transaction, InRecord::new(&h, InState::Receiving(r)));
+        if let Some(p) = self.sessions.peer_mut(&from) {
+            p.partials += 1;
+        }
     }
 
     pub(super) fn deliver(&mut self, now: Time, sid: SessionId, h: Header, payload: Vec<u8>) {
         let latency = self.io.latency(h.sent, now);
         self.io.stats.requests_delivered += 1;
-        let s = self.sessions.get_mut(&sid).expect("present");
-        let reliable = s.peer.is_reliable_link();
+        let s = self.sessions.get_mut(sid).expect("present");
+        let reliable = s.peer().is_reliable_link();
         let ack_due = (!reliable).then(|| now + self.io.config.ack_delay);
         s.inc.insert(h.transaction, InRecord::new(&h, InState::Delivered { ack_due }));
         let id = IncomingId { session: sid, transaction: h.transaction, sent: h.sent };
@@ -366,16 +363,15 @@ impl Endpoint {
         }
         if h.command == SystemCommand::CloseSession.number() {
             let _ = self.reply(now, id, Vec::new());
-            let s = self.sessions.remove(&sid).expect("present");
-            if let Some(p) = self.peers.get_mut(&s.peer) {
-                p.sessions.remove(&s.number);
+            if let Some(s) = self.sessions.remove(sid) {
+                self.drop_session_calls(s, CloseReason::ClosedByPeer, sid);
             }
-            return self.drop_session_calls(s, CloseReason::ClosedByPeer, sid);
+            return;
         }
         if let Some(at) = ack_due {
             self.io.schedule(at, TimerKey::Ack(sid, h.transaction));
         }
-        let peer = s.peer.clone();
+        let peer = s.peer().clone();
         self.io.events.push_back(Event::Request(Incoming {
             id,
             peer,

@@ -23,30 +23,30 @@ impl Endpoint {
     pub(super) fn timer_live(&self, at: Time, key: TimerKey) -> bool {
         match key {
             TimerKey::Out(sid, tx) => {
-                self.sessions.get(&sid).and_then(|s| s.out.get(&tx)).is_some_and(|o| o.deadline == Some(at))
+                self.sessions.get(sid).and_then(|s| s.out.get(&tx)).is_some_and(|o| o.deadline == Some(at))
             }
             TimerKey::Reply(sid, tx) => self
                 .sessions
-                .get(&sid)
+                .get(sid)
                 .and_then(|s| s.replies.get(&tx))
                 .is_some_and(|o| o.deadline == Some(at)),
             TimerKey::PaceOut(sid, tx) => self
                 .sessions
-                .get(&sid)
+                .get(sid)
                 .and_then(|s| s.out.get(&tx))
                 .is_some_and(|o| o.pace.is_some_and(|p| p.at == at)),
             TimerKey::PaceReply(sid, tx) => self
                 .sessions
-                .get(&sid)
+                .get(sid)
                 .and_then(|s| s.replies.get(&tx))
                 .is_some_and(|o| o.pace.is_some_and(|p| p.at == at)),
             TimerKey::Ack(sid, tx) => self
                 .sessions
-                .get(&sid)
+                .get(sid)
                 .and_then(|s| s.inc.get(&tx))
                 .is_some_and(|r| matches!(r.state, InState::Delivered { ack_due: Some(t) } if t == at)),
             TimerKey::Open(tx) => self.opens.get(&tx).is_some_and(|o| o.out.deadline == Some(at)),
-            TimerKey::Kick(sid) => self.sessions.get(&sid).is_some_and(|s| !s.waiting.is_empty()),
+            TimerKey::Kick(sid) => self.sessions.get(sid).is_some_and(|s| !s.waiting.is_empty()),
             TimerKey::Sweep => true,
         }
     }
@@ -68,7 +68,7 @@ impl Endpoint {
         let max_retries = self.io.config.max_retries;
         match key {
             TimerKey::Out(sid, tx) => {
-                let s = self.sessions.get_mut(&sid).expect("live");
+                let s = self.sessions.get_mut(sid).expect("live");
                 let out = s.out.get_mut(&tx).expect("live");
                 match out.state {
                     OutState::AwaitAck if out.attempts > max_retries => {
@@ -94,7 +94,7 @@ impl Endpoint {
                 }
             }
             TimerKey::Reply(sid, tx) => {
-                let s = self.sessions.get_mut(&sid).expect("live");
+                let s = self.sessions.get_mut(sid).expect("live");
                 let out = s.replies.get_mut(&tx).expect("live");
                 // A client still waiting repeats its request at least every `ack_timeout_max`
                 // (re-attempts, then probes); one silent this long has moved on.
@@ -124,11 +124,11 @@ impl Endpoint {
                 }
             }
             TimerKey::Ack(sid, tx) => {
-                let s = self.sessions.get_mut(&sid).expect("live");
+                let s = self.sessions.get_mut(sid).expect("live");
                 let rec = s.inc.get_mut(&tx).expect("live");
                 rec.state = InState::Delivered { ack_due: None };
                 let (cmd, sent, src, dst) = (rec.command, rec.sent, rec.src, rec.dst);
-                let (peer, number) = (s.peer.clone(), s.number);
+                let (peer, number) = (s.peer().clone(), s.number());
                 self.io.ack(
                     &peer,
                     Answer { command: cmd, session: number, transaction: tx, dst: src, src: dst },
@@ -148,12 +148,12 @@ impl Endpoint {
                 }
             }
             TimerKey::PaceOut(sid, tx) => {
-                let s = self.sessions.get_mut(&sid).expect("live");
+                let s = self.sessions.get_mut(sid).expect("live");
                 let out = s.out.get_mut(&tx).expect("live");
                 self.io.pace_next(now, out, key, s.crypto.sealer());
             }
             TimerKey::PaceReply(sid, tx) => {
-                let s = self.sessions.get_mut(&sid).expect("live");
+                let s = self.sessions.get_mut(sid).expect("live");
                 let out = s.replies.get_mut(&tx).expect("live");
                 self.io.pace_next(now, out, key, s.crypto.sealer());
             }
@@ -179,19 +179,18 @@ impl Endpoint {
                     // application's, still to be answered: it keeps the session.
                     && !s.inc.values().any(|r| matches!(r.state, InState::Delivered { .. }))
             })
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for sid in expired {
-            let s = self.sessions.remove(&sid).expect("listed");
-            if let Some(p) = self.peers.get_mut(&s.peer) {
-                p.sessions.remove(&s.number);
-            }
+            let Some(s) = self.sessions.remove(sid) else {
+                continue;
+            };
             self.io.stats.sessions_expired += 1;
             self.drop_session_calls(s, CloseReason::Idle, sid);
         }
-        self.peers.retain(|_, p| !p.sessions.is_empty() || p.partials > 0);
+        self.sessions.prune_peers();
         self.sweep_armed = false;
-        if !self.sessions.is_empty() || !self.peers.is_empty() {
+        if !self.sessions.is_empty() || self.sessions.peer_count() > 0 {
             self.arm_sweep(now);
         }
     }
