@@ -97,12 +97,10 @@ impl Endpoint {
         command: u16,
         payload: Vec<u8>,
     ) -> Result<CallId, CallError> {
-        let Some(s) = self.sessions.get(session) else {
-            return Err(CallError::UnknownSession);
-        };
-        self.check_size(payload.len(), s.overhead())?;
+        let overhead = self.sessions.get(session).ok_or(CallError::UnknownSession)?.overhead();
+        self.check_size(payload.len(), overhead)?;
         let call = CallId(self.next_id());
-        let s = self.sessions.get_mut(session).expect("checked above");
+        let s = self.sessions.get_mut(session).ok_or(CallError::UnknownSession)?;
         s.waiting.push_back(Pending { call, command, payload });
         self.start_waiting(now, session);
         Ok(call)
@@ -193,20 +191,21 @@ impl Endpoint {
             }
             return;
         };
-        let s = self.sessions.get_mut(sid).expect("present");
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         s.last_active = now;
         let last = s.last_reply_stamp_in[usize::from(h.transaction)];
         let stale = last != u32::MAX && !newer(h.sent, SentTime::from_millis_of_hour(last));
-        let live = s.out.get(&h.transaction).is_some_and(|o| o.header.command == h.command);
-        if stale || !live {
+        let live = s.out.get_mut(&h.transaction).filter(|o| o.header.command == h.command && !stale);
+        let Some(out) = live else {
             // A copy of a reply we already took: ACK it again so the sender stops.
             self.io.stats.duplicates += 1;
             if !reliable {
                 self.io.ack(&from, Answer::to(&h), h.sent, s.crypto.sealer());
             }
             return;
-        }
-        let out = s.out.get_mut(&h.transaction).expect("live");
+        };
         let overhead = if h.encrypted { ENCRYPTION_OVERHEAD } else { 0 };
         let message = if d.buffer.is_some() {
             if out.reply.as_ref().is_some_and(|r| r.header().sent != h.sent) {
@@ -226,7 +225,9 @@ impl Endpoint {
                     }
                 }
             }
-            let r = out.reply.as_mut().expect("just set");
+            let Some(r) = out.reply.as_mut() else {
+                return;
+            };
             match r.add(d) {
                 Ok(dabs_wire::Progress::Complete) => {
                     out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
@@ -272,7 +273,9 @@ impl Endpoint {
             s.crypto = Crypto::Keys(Box::new(keys));
             self.io.stats.sessions_encrypted += 1;
         }
-        let out = s.out.remove(&h.transaction).expect("live");
+        let Some(out) = s.out.remove(&h.transaction) else {
+            return;
+        };
         if !key_exchange {
             // (The exchange's REPLY is not authenticated: its stamp must not shadow a later
             // reply to this transaction number.)
@@ -304,7 +307,9 @@ impl Endpoint {
     pub(super) fn on_open_reply(&mut self, now: Time, from: Addr, d: &Datagram<'_>) {
         let h = d.header;
         let reliable = from.is_reliable_link();
-        let open = self.opens.get_mut(&h.transaction).expect("checked by caller");
+        let Some(open) = self.opens.get_mut(&h.transaction) else {
+            return;
+        };
         let payload = if d.buffer.is_some() {
             if open.out.reply.is_none() {
                 match Reassembly::new(d, chunk_size(h.crc, 0), self.io.config.max_message) {
@@ -312,7 +317,10 @@ impl Endpoint {
                     Err(_) => return,
                 }
             }
-            match open.out.reply.as_mut().expect("set").add(d) {
+            let Some(r) = open.out.reply.as_mut() else {
+                return;
+            };
+            match r.add(d) {
                 Ok(dabs_wire::Progress::Complete) => {
                     open.out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
                 }
@@ -325,7 +333,9 @@ impl Endpoint {
         } else {
             d.payload.to_vec()
         };
-        let open = self.opens.remove(&h.transaction).expect("present");
+        let Some(open) = self.opens.remove(&h.transaction) else {
+            return;
+        };
         if !reliable {
             self.io.ack(&from, Answer::to(&h), h.sent, None);
         }

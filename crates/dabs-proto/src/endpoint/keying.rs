@@ -42,7 +42,11 @@ impl Endpoint {
         let admitted = match (h.encrypted, crypto) {
             (true, Some(Crypto::Keys(keys))) if !crypto::exempt(h.command) => {
                 let headers = HEADER_LEN + if d.buffer.is_some() { BUFFER_HEADER_LEN } else { 0 };
-                match keys.open.open(&bytes[..headers], d.payload) {
+                // (`decode` has read these headers, so they are there; if not, it is no
+                // authentic datagram.)
+                let opened =
+                    bytes.get(..headers).map_or(Err(OpenError::Auth), |ad| keys.open.open(ad, d.payload));
+                match opened {
                     Ok(p) => {
                         confirmed_now = !keys.confirmed;
                         keys.confirmed = true;
@@ -98,7 +102,9 @@ impl Endpoint {
     /// Server: answers Noise message 1 with message 2 (in clear) and keys the session.
     pub(super) fn on_key_exchange(&mut self, now: Time, sid: SessionId, id: IncomingId, msg1: &[u8]) {
         let accept = self.io.config.accept_encryption;
-        let s = self.sessions.get_mut(sid).expect("present");
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         let result = if !accept {
             Err("this endpoint does not offer encryption".to_owned())
         } else if s.role != Role::Server || s.crypto.is_confirmed() {
@@ -127,7 +133,9 @@ impl Endpoint {
                     self.io.stats.sessions_encrypted += 1;
                 }
                 let _ = self.reply(now, id, msg2);
-                let s = self.sessions.get_mut(sid).expect("present");
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return;
+                };
                 s.crypto = Crypto::Keys(Box::new(keys));
             }
             Err(text) => {

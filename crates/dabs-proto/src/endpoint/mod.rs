@@ -216,7 +216,9 @@ impl Endpoint {
         let Some(sid) = self.session_of(&from, h.session) else {
             return;
         };
-        let s = self.sessions.get_mut(sid).expect("present");
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         s.last_active = now;
         // An ACK echoing a stamp older than our reply's answers an earlier reply to this
         // transaction number (a late or duplicated copy), not this one.
@@ -233,11 +235,12 @@ impl Endpoint {
         let to_request = match (reply_match, req_match) {
             (_, false) => false,
             (false, true) => true,
-            (true, true) => s.out[&h.transaction].header.sent == h.sent,
+            (true, true) => s.out.get(&h.transaction).is_some_and(|o| o.header.sent == h.sent),
         };
         if to_request {
-            let out = s.out.get_mut(&h.transaction).expect("matched");
-            self.io.await_reply(now, out, TimerKey::Out(sid, h.transaction));
+            if let Some(out) = s.out.get_mut(&h.transaction) {
+                self.io.await_reply(now, out, TimerKey::Out(sid, h.transaction));
+            }
         } else if reply_match && let Some(reply) = s.replies.remove(&h.transaction) {
             finish_replied(&mut s.inc, h.transaction, reply.header.command);
         }

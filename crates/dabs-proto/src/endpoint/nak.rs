@@ -31,13 +31,17 @@ impl Endpoint {
                 }
                 return;
             }
-            let open = self.opens.remove(&h.transaction).expect("present");
-            return self.open_failed(open, CallError::Nak { code, text });
+            if let Some(open) = self.opens.remove(&h.transaction) {
+                self.open_failed(open, CallError::Nak { code, text });
+            }
+            return;
         }
         let Some(sid) = self.session_of(&from, h.session) else {
             return;
         };
-        let s = self.sessions.get_mut(sid).expect("present");
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         if let Some(out) = s.out.get_mut(&h.transaction).filter(|o| o.header.command == h.command) {
             if retry && (now < out.nak_quiet_until || out.state != OutState::AwaitAck) {
                 // Another buffer of the round being resent, or a copy of a message the peer
@@ -65,8 +69,10 @@ impl Endpoint {
                 out.nak_quiet_until = out.last_sent + self.io.config.ack_timeout / 2;
                 return;
             }
-            let out = s.out.remove(&h.transaction).expect("present");
-            return self.out_failed(now, sid, out, CallError::Nak { code, text });
+            if let Some(out) = s.out.remove(&h.transaction) {
+                self.out_failed(now, sid, out, CallError::Nak { code, text });
+            }
+            return;
         }
         if let Some(out) = s.replies.get_mut(&h.transaction).filter(|o| o.header.command == h.command) {
             if retry {
@@ -121,8 +127,9 @@ impl Endpoint {
         let acked: Vec<u8> =
             s.out.iter().filter(|(_, o)| o.state != OutState::AwaitAck).map(|(t, _)| *t).collect();
         for tx in acked {
-            let out = s.out.remove(&tx).expect("listed");
-            self.io.fail(out.call, CallError::SessionLost);
+            if let Some(out) = s.out.remove(&tx) {
+                self.io.fail(out.call, CallError::SessionLost);
+            }
         }
         for out in s.out.values_mut() {
             out.deadline = None;

@@ -245,7 +245,9 @@ impl Endpoint {
             let text = format!("session {} is not open", h.session);
             return self.nak_datagram(now, &from, d, NakCode::UnknownSession, &text);
         };
-        let s = self.sessions.get_mut(sid).expect("peer table and sessions agree");
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         s.last_active = now;
         let reliable = from.is_reliable_link();
         if let Some(rec) = s.inc.get_mut(&h.transaction) {
@@ -255,7 +257,7 @@ impl Endpoint {
                         Ok(dabs_wire::Progress::Complete) => {
                             let InState::Receiving(r) = std::mem::replace(&mut rec.state, InState::Done)
                             else {
-                                unreachable!()
+                                return; // (matched just above)
                             };
                             if let Some(p) = self.sessions.peer_mut(&from) {
                                 p.partials = p.partials.saturating_sub(1);
@@ -300,9 +302,9 @@ impl Endpoint {
                 self.io.stats.duplicates += 1;
                 return;
             }
-            let old = s.inc.remove(&h.transaction).expect("present");
+            let old = s.inc.remove(&h.transaction);
             s.replies.remove(&h.transaction);
-            if matches!(old.state, InState::Receiving(_))
+            if old.is_some_and(|o| matches!(o.state, InState::Receiving(_)))
                 && let Some(p) = self.sessions.peer_mut(&from)
             {
                 p.partials = p.partials.saturating_sub(1);
@@ -349,7 +351,9 @@ impl Endpoint {
     pub(super) fn deliver(&mut self, now: Time, sid: SessionId, h: Header, payload: Vec<u8>) {
         let latency = self.io.latency(h.sent, now);
         self.io.stats.requests_delivered += 1;
-        let s = self.sessions.get_mut(sid).expect("present");
+        let Some(s) = self.sessions.get_mut(sid) else {
+            return;
+        };
         let reliable = s.peer().is_reliable_link();
         let ack_due = (!reliable).then(|| now + self.io.config.ack_delay);
         s.inc.insert(h.transaction, InRecord::new(&h, InState::Delivered { ack_due }));

@@ -64,25 +64,33 @@ impl Endpoint {
         }
     }
 
+    /// Runs a timer [`Endpoint::timer_live`] found live; one whose message or session has
+    /// gone meanwhile does nothing.
     pub(super) fn fire(&mut self, now: Time, key: TimerKey) {
         let max_retries = self.io.config.max_retries;
         match key {
             TimerKey::Out(sid, tx) => {
-                let s = self.sessions.get_mut(sid).expect("live");
-                let out = s.out.get_mut(&tx).expect("live");
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return;
+                };
+                let Some(out) = s.out.get_mut(&tx) else {
+                    return;
+                };
                 match out.state {
                     OutState::AwaitAck if out.attempts > max_retries => {
                         let attempts = out.attempts;
-                        let out = s.out.remove(&tx).expect("live");
-                        self.out_failed(now, sid, out, CallError::GaveUp { attempts });
+                        if let Some(out) = s.out.remove(&tx) {
+                            self.out_failed(now, sid, out, CallError::GaveUp { attempts });
+                        }
                     }
                     OutState::AwaitAck => self.io.transmit_out(now, out, key, s.crypto.sealer()),
                     OutState::AwaitReply { since }
                         if now.saturating_sub(since) >= self.io.config.reply_timeout =>
                     {
-                        let out = s.out.remove(&tx).expect("live");
                         let error = CallError::ReplyTimeout(self.io.config.reply_timeout);
-                        self.out_failed(now, sid, out, error);
+                        if let Some(out) = s.out.remove(&tx) {
+                            self.out_failed(now, sid, out, error);
+                        }
                     }
                     OutState::AwaitReply { .. } => {
                         // Probe: the receiver answers a repeat with its REPLY or an ACK.
@@ -94,8 +102,12 @@ impl Endpoint {
                 }
             }
             TimerKey::Reply(sid, tx) => {
-                let s = self.sessions.get_mut(sid).expect("live");
-                let out = s.replies.get_mut(&tx).expect("live");
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return;
+                };
+                let Some(out) = s.replies.get_mut(&tx) else {
+                    return;
+                };
                 // A client still waiting repeats its request at least every `ack_timeout_max`
                 // (re-attempts, then probes); one silent this long has moved on.
                 let hold = self.io.config.reply_timeout;
@@ -124,8 +136,12 @@ impl Endpoint {
                 }
             }
             TimerKey::Ack(sid, tx) => {
-                let s = self.sessions.get_mut(sid).expect("live");
-                let rec = s.inc.get_mut(&tx).expect("live");
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return;
+                };
+                let Some(rec) = s.inc.get_mut(&tx) else {
+                    return;
+                };
                 rec.state = InState::Delivered { ack_due: None };
                 let (cmd, sent, src, dst) = (rec.command, rec.sent, rec.src, rec.dst);
                 let (peer, number) = (s.peer().clone(), s.number());
@@ -137,24 +153,35 @@ impl Endpoint {
                 );
             }
             TimerKey::Open(tx) => {
-                let open = self.opens.get_mut(&tx).expect("live");
+                let Some(open) = self.opens.get_mut(&tx) else {
+                    return;
+                };
                 let reliable_wait_over = open.out.to.is_reliable_link();
                 if open.out.attempts > max_retries || reliable_wait_over {
                     let attempts = open.out.attempts;
-                    let open = self.opens.remove(&tx).expect("live");
-                    self.open_failed(open, CallError::GaveUp { attempts });
+                    if let Some(open) = self.opens.remove(&tx) {
+                        self.open_failed(open, CallError::GaveUp { attempts });
+                    }
                 } else {
                     self.io.transmit_out(now, &mut open.out, key, None);
                 }
             }
             TimerKey::PaceOut(sid, tx) => {
-                let s = self.sessions.get_mut(sid).expect("live");
-                let out = s.out.get_mut(&tx).expect("live");
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return;
+                };
+                let Some(out) = s.out.get_mut(&tx) else {
+                    return;
+                };
                 self.io.pace_next(now, out, key, s.crypto.sealer());
             }
             TimerKey::PaceReply(sid, tx) => {
-                let s = self.sessions.get_mut(sid).expect("live");
-                let out = s.replies.get_mut(&tx).expect("live");
+                let Some(s) = self.sessions.get_mut(sid) else {
+                    return;
+                };
+                let Some(out) = s.replies.get_mut(&tx) else {
+                    return;
+                };
                 self.io.pace_next(now, out, key, s.crypto.sealer());
             }
             TimerKey::Kick(sid) => self.start_waiting(now, sid),
