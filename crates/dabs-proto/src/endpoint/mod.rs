@@ -39,10 +39,12 @@ pub type Time = Duration;
 pub struct Endpoint {
     io: Io,
     sessions: SessionIndex,
+    /// Our `OPEN_SESSION`s awaiting a REPLY (session 0, so by transaction number alone).
     opens: HashMap<u8, OpenOut>,
     next_open_tx: u8,
     next_id: u64,
     sweep_armed: bool,
+    /// The datagram being handled came in on the farm's group address.
     from_group: bool,
 }
 

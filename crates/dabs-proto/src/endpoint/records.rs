@@ -72,9 +72,9 @@ pub(super) struct Out {
     /// ACK, by a new use of its transaction number, when its request has not come again for
     /// `reply_timeout`, or with its session.
     pub(super) parked: bool,
-    /// Times it was put on the wire, re-attempts and probes alike (see [`round_order`]).
+    /// Times it was put on the wire, re-attempts and probes alike (see [`round_order`](super::io::round_order)).
     pub(super) rounds: u32,
-    /// The round still going out in groups, if any (see [`Io::put_out`]).
+    /// The round still going out in groups, if any (see [`Io::put_out`](super::io::Io::put_out)).
     pub(super) pace: Option<Pace>,
 }
 
@@ -82,12 +82,13 @@ pub(super) struct Out {
 #[derive(Clone, Copy)]
 pub(super) struct Pace {
     pub(super) round: u32,
-    /// Place in [`round_order`] of the next buffer to send.
+    /// Place in [`round_order`](super::io::round_order) of the next buffer to send.
     pub(super) next: usize,
     /// When the next group goes.
     pub(super) at: Time,
 }
 
+/// Where a request of the peer stands.
 pub(super) enum InState {
     Receiving(Reassembly),
     Delivered { ack_due: Option<Time> },
@@ -96,6 +97,7 @@ pub(super) enum InState {
     Done,
 }
 
+/// A request of the peer, remembered by transaction number to deliver it exactly once.
 pub(super) struct InRecord {
     pub(super) sent: SentTime,
     pub(super) command: u16,
@@ -111,23 +113,27 @@ impl InRecord {
     }
 }
 
+/// A call waiting for its session to be ready or for a free transaction number.
 pub(super) struct Pending {
     pub(super) call: CallId,
     pub(super) command: u16,
     pub(super) payload: Vec<u8>,
 }
 
+/// The `Opened`/`Reopened` event of an encrypted session, held until it has keys.
 pub(super) struct PendingOpen {
     pub(super) call: Option<CallId>,
     pub(super) payload: Vec<u8>,
     pub(super) reopened: bool,
 }
 
+/// What an `OPEN_SESSION` of ours is for.
 pub(super) enum OpenPurpose {
     New { local_queue: u16 },
     Reopen(SessionId),
 }
 
+/// An `OPEN_SESSION` of ours awaiting its REPLY, by transaction number.
 pub(super) struct OpenOut {
     pub(super) out: Out,
     pub(super) purpose: OpenPurpose,

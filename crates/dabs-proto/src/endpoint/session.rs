@@ -8,12 +8,14 @@ use crate::crypto::{Crypto, ENCRYPTION_OVERHEAD, Sealer};
 use dabs_wire::SentTime;
 use std::collections::{HashMap, VecDeque};
 
+/// Which side opened the session.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
     Client,
     Server,
 }
 
+/// One session, either side.
 pub(super) struct Session {
     /// With `number`, the key of the session in [`SessionIndex`]: private, so that only the
     /// index changes them.
