@@ -14,10 +14,10 @@ pub const KEY_EXCHANGE: u16 = 22;
 pub const NOISE_PARAMS: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
 
 /// Bytes of the explicit nonce that starts every encrypted payload.
-pub const NONCE_LEN: usize = 8;
+pub(crate) const NONCE_LEN: usize = 8;
 
 /// Bytes of the Poly1305 tag that ends every encrypted payload.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// Bytes encryption adds to each datagram's payload (nonce and tag).
 pub const ENCRYPTION_OVERHEAD: usize = NONCE_LEN + TAG_LEN;

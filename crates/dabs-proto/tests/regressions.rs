@@ -1,6 +1,7 @@
 //! Exact datagram orderings that once went wrong, replayed by hand against two endpoints.
 
-use dabs_proto::{Addr, Config, Endpoint, Event, Transmit};
+use dabs_proto::{Addr, CallError, Config, Endpoint, Event, Transmit};
+use dabs_wire::{Kind, NakCode, NakPayload, SystemCommand, decode};
 use std::time::Duration;
 
 fn addr(port: u16) -> Addr {
@@ -94,4 +95,113 @@ fn a_repeated_multi_buffer_request_gets_one_reply_round() {
     let t = Duration::from_secs(1);
     server.handle_timeout(t);
     assert_eq!(round(&mut server, t).len(), reply_round);
+}
+
+fn nak_code(d: &Transmit) -> Option<NakCode> {
+    let d = decode(&d.data).ok()?;
+    (d.header.kind == Kind::Nak).then(|| NakPayload::parse(d.payload).ok().map(|p| p.code)).flatten()
+}
+
+fn command(d: &Transmit) -> Option<u16> {
+    decode(&d.data).ok().map(|d| d.header.command)
+}
+
+#[test]
+fn a_reopen_that_cannot_start_leaves_no_stale_session_number() {
+    // A re-open needs a free OPEN_SESSION transaction number. When none was free the session
+    // was dropped from the session table but its number stayed in the peer's table, so the
+    // next datagram for that number (here a duplicate of the server's NAK) found a session
+    // that was gone and panicked ("present", in the NAK handler), killing the driver and
+    // every other session on it.
+    let (mut client, _, session, _) = opened();
+    let t = Duration::from_millis(1);
+    // Every OPEN_SESSION transaction number in use by opens nobody answers.
+    for _ in 0..255 {
+        client.open(t, addr(9), 1, vec![]).unwrap();
+    }
+    assert_eq!(client.open(t, addr(9), 1, vec![]), Err(CallError::SessionsExhausted));
+    drain(&mut client);
+    // The server restarts and no longer knows the session.
+    let mut server = Endpoint::new(Config::default(), 3, 0);
+    let call = client.call(t, session, 300, vec![1]).unwrap();
+    for d in drain(&mut client) {
+        server.handle_datagram(t, addr(1), &d.data);
+    }
+    let nak = drain(&mut server);
+    assert_eq!(nak.iter().filter_map(nak_code).collect::<Vec<_>>(), [NakCode::UnknownSession]);
+    client.handle_datagram(t, addr(2), &nak[0].data);
+    let lost = events(&mut client);
+    assert!(
+        lost.contains(&Event::Failed { call, error: CallError::SessionLost })
+            && lost.iter().any(|e| matches!(e, Event::SessionClosed { session: s, .. } if *s == session)),
+        "{lost:?}"
+    );
+    assert_eq!(client.session_count(), 0);
+    // The network duplicates the NAK.
+    client.handle_datagram(t, addr(2), &nak[0].data);
+    assert_eq!(client.session_count(), 0);
+    assert!(drain(&mut client).is_empty(), "nothing answers a NAK");
+}
+
+#[test]
+fn an_open_reply_reusing_a_held_number_leaves_no_stale_session_number() {
+    // The server restarted and, answering a re-open, reused the number of another session the
+    // client still held. The client dropped that session from its session table, and when the
+    // re-opening session itself had been closed meanwhile, the number stayed mapped to the
+    // dropped one: the next datagram for it (the server's repeated REPLY) panicked
+    // ("present", in the REPLY handler).
+    let (mut client, mut server, first, ack) = opened();
+    let t = Duration::from_millis(1);
+    server.handle_datagram(t, addr(1), &ack[0].data);
+    // A second session with the same server.
+    client.open(t, addr(2), 1, vec![]).unwrap();
+    for d in drain(&mut client) {
+        server.handle_datagram(t, addr(1), &d.data);
+    }
+    let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+    server.accept_open(t, &request, 7, vec![]).unwrap();
+    for d in drain(&mut server) {
+        client.handle_datagram(t, addr(2), &d.data);
+    }
+    let Some(Event::Opened { session: second, .. }) = events(&mut client).pop() else { panic!("not opened") };
+    for d in drain(&mut client) {
+        server.handle_datagram(t, addr(1), &d.data);
+    }
+    assert_ne!(client.session_info(first).unwrap().1, client.session_info(second).unwrap().1);
+
+    // The server restarts: it knows neither session and numbers sessions from 1 again.
+    let mut server = Endpoint::new(Config::default(), 3, 0);
+    client.call(t, second, 300, vec![1]).unwrap();
+    for d in drain(&mut client) {
+        server.handle_datagram(t, addr(1), &d.data);
+    }
+    let nak = drain(&mut server);
+    assert_eq!(nak.iter().filter_map(nak_code).collect::<Vec<_>>(), [NakCode::UnknownSession]);
+    client.handle_datagram(t, addr(2), &nak[0].data);
+    let reopen = drain(&mut client);
+    assert_eq!(reopen.iter().filter_map(command).collect::<Vec<_>>(), [SystemCommand::OpenSession.number()]);
+    // The application closes the re-opening session (its CLOSE_SESSION is lost).
+    client.close(t, second);
+    drain(&mut client);
+    events(&mut client);
+
+    for d in &reopen {
+        server.handle_datagram(t, addr(1), &d.data);
+    }
+    let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no re-open") };
+    server.accept_open(t, &request, 7, vec![]).unwrap();
+    let reply = drain(&mut server);
+    assert_eq!(decode(&reply[0].data).unwrap().header.session, client.session_info(first).unwrap().1);
+    client.handle_datagram(t, addr(2), &reply[0].data);
+    let lost = events(&mut client);
+    assert!(
+        lost.iter().any(|e| matches!(e, Event::SessionClosed { session, .. } if *session == first)),
+        "the server lost the first session too: {lost:?}"
+    );
+    assert_eq!(client.session_count(), 0);
+    // The client's ACK is lost and the server repeats its REPLY.
+    drain(&mut client);
+    client.handle_datagram(t, addr(2), &reply[0].data);
+    assert_eq!(client.session_count(), 0);
+    assert_eq!(client.stats().extra_open_replies, 1, "an unwanted REPLY is ACKed and counted");
 }
