@@ -24,6 +24,7 @@ pub use crypto::{
     security_spec,
 };
 pub use endpoint::{
-    CallError, CallId, Endpoint, Event, Incoming, IncomingId, OpenRequest, SessionId, Time, Transmit,
+    CallError, CallId, CloseReason, Endpoint, Event, Incoming, IncomingId, OpenRequest, SessionId, Time,
+    Transmit,
 };
 pub use stats::Stats;

@@ -17,7 +17,7 @@ mod types;
 
 pub use types::{CallError, CallId, Event, Incoming, IncomingId, OpenRequest, SessionId, Transmit};
 // Not re-exported by the crate (only reachable through `Event::SessionClosed`).
-pub(crate) use types::CloseReason;
+pub use types::CloseReason;
 
 use self::io::Io;
 use self::records::{Answer, OpenOut, OutState, finish_replied, newer};

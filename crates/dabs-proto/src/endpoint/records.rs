@@ -8,7 +8,6 @@ use dabs_wire::{Header, Kind, NakCode, RawHeader, Reassembly, SentTime};
 use std::collections::HashMap;
 use std::time::Duration;
 
-const HOUR_MS: u32 = 3_600_000;
 const OPENS_REMEMBERED_PER_PEER: usize = 64;
 
 /// The fields an ACK or NAK copies from the message it answers (queues swapped).
@@ -165,6 +164,6 @@ pub(super) fn remember_open(peer: &mut Peer, tx: u8, sent: SentTime, accepted: O
 
 /// True when stamp `a` is later than stamp `b` (within half an hour, modulo one hour).
 pub(super) fn newer(a: SentTime, b: SentTime) -> bool {
-    let d = (a.millis_of_hour() + HOUR_MS - b.millis_of_hour()) % HOUR_MS;
-    d != 0 && d <= HOUR_MS / 2
+    let d = (a.millis_of_hour() + dabs_wire::HOUR_MS - b.millis_of_hour()) % dabs_wire::HOUR_MS;
+    d != 0 && d <= dabs_wire::HOUR_MS / 2
 }
