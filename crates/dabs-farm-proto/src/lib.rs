@@ -8,8 +8,10 @@
 //! - [`seal`]: `FAILOVER` and `DRAIN`, authenticated with the farm secret.
 //! - [`portion`]: the host–portion interface: what a starting portion gets and reports.
 //! - [`records`]: node and portion statistics records and the one load signal.
+//! - [`keys`]: keys derived from the farm secret, one per purpose.
 //! - [`timeouts`]: time-outs both sides must read alike.
 
+pub mod keys;
 pub mod portion;
 pub mod records;
 pub mod seal;
