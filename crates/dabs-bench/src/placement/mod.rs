@@ -23,7 +23,7 @@ pub const SPEEDS: [f64; 10] = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 4.0, 4.0, 8.0]
 /// The loads of the main table (offered work / total capacity).
 pub const LOADS: [f64; 4] = [0.5, 0.8, 0.9, 0.95];
 
-/// A server samples its host's CPU at most this often, seconds, as `node.rs` does.
+/// A server samples its host's CPU at most this often, seconds, as the node does.
 pub const HOST_SAMPLE_S: f64 = 1.0;
 
 /// A run whose backlog at the last arrival exceeds this share of the measured jobs is

@@ -206,7 +206,7 @@ impl Decider {
         }
     }
 
-    /// A report arrives: stored in the membership table and shown to [`Pending`], as `node.rs`
+    /// A report arrives: stored in the membership table and shown to [`Pending`], as the node
     /// does with an announcement.
     fn deliver(&mut self, r: &Report) {
         let stats = self.members[r.server].get_or_insert_with(|| blank_stats(r.server));
