@@ -115,6 +115,13 @@ pub fn wait_for_decider_at(urls: &[String]) -> String {
     })
 }
 
+/// [`wait_for_decider_at`] from async code (on a blocking thread).
+pub async fn wait_for_decider_at_async(urls: Vec<String>) -> String {
+    tokio::task::spawn_blocking(move || wait_for_decider_at(&urls))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,6 +181,11 @@ impl Farm {
         self.manifest()["group"].as_str().unwrap().parse().unwrap()
     }
 
+    /// The farm's group address, as configs name it.
+    pub fn group_v4(&self) -> std::net::SocketAddrV4 {
+        self.manifest()["group"].as_str().unwrap().parse().unwrap()
+    }
+
     /// The nodes' operator URLs, in start order.
     pub fn operators(&self) -> Vec<String> {
         self.manifest()["nodes"]
