@@ -9,6 +9,7 @@
 pub mod config;
 pub mod http;
 pub mod membership;
+pub mod portion;
 pub mod process;
 pub mod wait;
 
