@@ -2,7 +2,7 @@
 //! trace and the metrics show, a client following FAILOVER stays encrypted, and a node that
 //! refuses encryption says so.
 
-use dabs_net::{Addr, Config, DriverOptions, EndpointHandle, TapRecord};
+use dabs_net::{Config, DriverOptions, EndpointHandle, TapRecord};
 use dabs_sdk::{FarmClient, FarmClientOptions, decode_reply, encode_args};
 use dabs_testkit::membership::wait_for_decider_at_async;
 use dabs_testkit::{
@@ -152,16 +152,7 @@ async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
     assert!(keyed >= 2, "dabs calc and the SDK client were keyed: {keyed}");
 
     // Drain the SDK client's node: FAILOVER moves it, and the new session is keyed too.
-    let Some(Addr::Udp(home)) = client.server().await else { panic!("no server") };
-    let out = Command::new(DABS).args(["drain", &home.to_string(), "--secret", SECRET]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually_async(
-        "the client to move after the drain",
-        Duration::from_secs(3),
-        POLL,
-        async || matches!(client.server().await, Some(Addr::Udp(a)) if a != home),
-    )
-    .await;
+    dabs_testkit::client::drain_and_follow(DABS, &client, SECRET).await;
     assert_eq!(mul(&client).await, Ok(PRODUCT), "computed on the alternate");
     assert_eq!(client.failovers().accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(sealed_ep.stats().await.unwrap().sessions_encrypted, 2, "both sessions keyed");

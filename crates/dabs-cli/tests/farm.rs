@@ -550,15 +550,7 @@ async fn drain_moves_clients_with_authenticated_failover() {
         .output()
         .unwrap();
     assert!(!forged.status.success(), "a drain with the wrong secret must be refused");
-    let out = Command::new(DABS).args(["drain", &home.to_string(), "--secret", SECRET]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually_async(
-        "the client to move after the drain",
-        Duration::from_secs(3),
-        POLL,
-        async || matches!(client.server().await, Some(Addr::Udp(a)) if a != home),
-    )
-    .await;
+    assert_eq!(dabs_testkit::client::drain_and_follow(DABS, &client, SECRET).await, home);
     assert_eq!(client.failovers().accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(client.failovers().rejected.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert_eq!(client.call(256, add(40, 2)).await.map(|r| dabs_sdk::decode_reply::<i64>(&r)), Ok(Ok(42)));
