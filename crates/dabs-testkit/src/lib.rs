@@ -6,6 +6,8 @@
 //! Nothing here sleeps for a fixed time to "let things settle": every wait polls for what it
 //! waits for and gives up, naming it, after a bound.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod config;
 pub mod http;
