@@ -3,6 +3,7 @@
 
 use dabs_node::Node;
 use dabs_node::config::NodeConfig;
+use dabs_node::ready::ReadyLine;
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -44,7 +45,7 @@ pub fn run_node(config: &Path) -> ExitCode {
             Some(addr) => match dabs_ops::serve(node.handle(), addr).await {
                 Ok((bound, task)) => {
                     operator_task = Some(task);
-                    format!(" operator http://{bound}")
+                    Some(bound)
                 }
                 Err(e) => {
                     eprintln!("dabs node: cannot serve the operator interface at {addr}: {e}");
@@ -52,9 +53,9 @@ pub fn run_node(config: &Path) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             },
-            None => String::new(),
+            None => None,
         };
-        println!("node {name} mp {} group {group}{operator}", node.mp_addr());
+        println!("{}", ReadyLine { name, mp: node.mp_addr(), group, operator });
         use std::io::Write;
         let _ = std::io::stdout().flush();
         crate::serve::wait_for_stop().await;
@@ -211,14 +212,9 @@ fn spawn_node(name: &str, config: &Path) -> Result<FarmNode, String> {
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     // Keep draining so the node never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    let mp = first
-        .split_whitespace()
-        .skip_while(|w| *w != "mp")
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("{name} did not start (it printed {first:?}); see its messages above"))?;
-    let operator = first.split_whitespace().skip_while(|w| *w != "operator").nth(1).map(str::to_owned);
-    Ok(FarmNode { name: name.into(), mp, operator, child })
+    let ready = ReadyLine::parse(&first)
+        .map_err(|e| format!("{name} did not start ({e}); see its messages above"))?;
+    Ok(FarmNode { name: name.into(), mp: ready.mp, operator: ready.operator_url(), child })
 }
 
 /// Runs `dabs farm up`: starts the farm, prints it, waits for Ctrl-C, stops it.

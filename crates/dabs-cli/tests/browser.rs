@@ -5,12 +5,12 @@
 //! Needs `/usr/bin/chromium` and `tests/browser/node_modules`: `.ci/run` installs both
 //! (`apt-get install chromium`, `npm ci --prefix tests/browser`). Without them this test fails.
 
-mod common;
-
+use dabs_testkit::Farm;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+const DABS: &str = env!("CARGO_BIN_EXE_dabs");
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The script bounds each of its waits; this bounds the whole run in case something hangs.
@@ -30,14 +30,14 @@ fn require_installed() {
 #[test]
 fn operator_page_in_a_headless_browser() {
     require_installed();
-    let farm = common::Farm::up(3, "browser");
+    let farm = Farm::up(DABS, 3, "browser");
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-node-1.png");
     let (stdout_path, stderr_path) = (farm.dir.join("browser.out"), farm.dir.join("browser.err"));
     let mut script = Command::new("node")
         .current_dir(REPO)
         .arg("tests/browser/operator.mjs")
         .arg("--farm-json")
-        .arg(farm.dir.join("farm.json"))
+        .arg(farm.manifest_path())
         .arg("--screenshot")
         .arg(&screenshot)
         .stdin(Stdio::null())
@@ -45,21 +45,10 @@ fn operator_page_in_a_headless_browser() {
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .expect("node must be installed (Node.js 20+)");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(status) = script.try_wait().unwrap() {
-            break Some(status);
-        }
-        if t.elapsed() > SCRIPT_LIMIT {
-            let _ = script.kill();
-            let _ = script.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = dabs_testkit::process::wait_exit(&mut script, SCRIPT_LIMIT);
     let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    let Some(status) = status else {
+    let Ok(status) = status else {
         panic!("operator.mjs still running after {SCRIPT_LIMIT:?}; killed:\n{stdout}\n{stderr}");
     };
     assert!(status.success(), "operator.mjs failed ({status}):\n{stdout}\n{stderr}");

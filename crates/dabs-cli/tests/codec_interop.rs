@@ -3,12 +3,10 @@
 
 use std::process::Command;
 
-mod common;
-
 #[test]
 fn codec_agrees_with_independent_implementation() {
     let dabs = env!("CARGO_BIN_EXE_dabs");
-    common::run_python_check(
+    dabs_testkit::run_python_check(
         "check_codec.py",
         &["--dabs".as_ref(), dabs.as_ref(), "--count".as_ref(), "4000".as_ref()],
     );

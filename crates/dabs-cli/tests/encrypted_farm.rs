@@ -2,15 +2,19 @@
 //! trace and the metrics show, a client following FAILOVER stays encrypted, and a node that
 //! refuses encryption says so.
 
-mod common;
-
-use common::{DABS, temp_dir};
-use dabs_net::{Addr, Config, DriverOptions, EndpointHandle, TapRecord};
+use dabs_net::{Config, DriverOptions, EndpointHandle, TapRecord};
 use dabs_sdk::{FarmClient, FarmClientOptions, decode_reply, encode_args};
+use dabs_testkit::membership::wait_for_decider_at_async;
+use dabs_testkit::{
+    Farm, Lines, NodeConfigBuilder, NodeProc, POLL, eventually_async, random_group, temp_dir,
+};
 use dabs_wire::{SystemCommand, decode};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+/// The `dabs` binary under test.
+const DABS: &str = env!("CARGO_BIN_EXE_dabs");
 
 const SECRET: &str = "00112233445566778899aabbccddeeff";
 /// Operands unlikely to appear in a datagram by chance, and their product.
@@ -48,17 +52,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// `GET path` from an operator interface (`http://IP:PORT/`), the body as text.
-fn http_get(base: &str, path: &str) -> String {
-    let authority = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = std::net::TcpStream::connect(authority).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {text}");
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
-}
-
 /// The value of an unlabelled metric.
 fn metric(exposition: &str, name: &str) -> u64 {
     exposition
@@ -73,24 +66,29 @@ async fn mul(c: &FarmClient) -> Result<i64, String> {
     decode_reply::<i64>(&reply).map_err(|e| format!("{e:?}"))
 }
 
-fn stop(child: &mut Child) {
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+/// The trace lines (JSON objects) of calculator or STARTED traffic, and of incoming key exchanges.
+fn app_and_exchanges(lines: &[Value]) -> (Vec<&Value>, Vec<&Value>) {
+    let app = lines.iter().filter(|l| l["command"].as_u64().is_some_and(|c| c >= 256 || c == 5)).collect();
+    let exchanges =
+        lines.iter().filter(|l| l["command_name"] == "KEY_EXCHANGE" && l["dir"] == "in").collect();
+    (app, exchanges)
+}
+
+/// The lines of `traces`, parsed; panics on one that is not a JSON object.
+fn parsed(traces: impl IntoIterator<Item = Vec<String>>) -> Vec<Value> {
+    traces
+        .into_iter()
+        .flatten()
+        .map(|l| serde_json::from_str::<Value>(&l).expect("one JSON object per line"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
-    let farm = common::Farm::up_with(3, "encrypted", &["--secret", SECRET]);
-    tokio::time::sleep(Duration::from_millis(1800)).await; // a decider settles
+    let farm = Farm::up_with(DABS, 3, "encrypted", &["--secret", SECRET]);
     let group = farm.group();
-    let operators: Vec<String> = farm.manifest()["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["operator"].as_str().expect("operator URL in farm.json").to_owned())
-        .collect();
+    let operators = farm.operators();
+    wait_for_decider_at_async(operators.clone()).await;
     let needle = encode_args(&(A, B));
     // Control: in clear, the operands are there for anyone on the path to read.
     let clear_ep = endpoint().await;
@@ -102,17 +100,14 @@ async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
     assert!(seen.iter().any(|r| contains(&r.data, &needle)), "the needle is what a clear call carries");
 
     // Trace every node while an encrypted `dabs calc` and an encrypted SDK client compute.
-    let mut traces: Vec<Child> = operators
+    let traces: Vec<Lines> = operators
         .iter()
-        .map(|url| {
-            Command::new(DABS)
-                .args(["trace", "--node", url, "--json"])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|url| Lines::spawn(Command::new(DABS).args(["trace", "--node", url, "--json"])))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each trace is connected once it shows its node's announcements (one every 250 ms).
+    for t in &traces {
+        t.wait_for("a trace to show its node's traffic", |l| !l.is_empty());
+    }
     let calc = Command::new(DABS)
         .args(["calc", "--encrypt", "--farm", &group.to_string(), &A.to_string(), "x", &B.to_string()])
         .output()
@@ -123,28 +118,25 @@ async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
     let mut tap = sealed_ep.tap();
     let client = FarmClient::start(sealed_ep.clone(), options(group, true)).await.unwrap();
     assert_eq!(mul(&client).await, Ok(PRODUCT));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for t in &mut traces {
-        stop(t);
-    }
-    let mut lines = Vec::new();
-    for t in traces {
-        let out = t.wait_with_output().unwrap();
-        for l in BufReader::new(&out.stdout[..]).lines() {
-            lines.push(
-                serde_json::from_str::<serde_json::Value>(&l.unwrap()).expect("one JSON object per line"),
-            );
-        }
-    }
-    let of = |pred: &dyn Fn(&serde_json::Value) -> bool| lines.iter().filter(|l| pred(l)).collect::<Vec<_>>();
+    // Wait until the traces have caught up with both clients' calls and key exchanges.
+    let caught_up = || {
+        let lines = parsed(traces.iter().map(Lines::lines));
+        let (app, exchanges) = app_and_exchanges(&lines);
+        app.iter().filter(|l| l["dir"] == "in").count() >= 4 && exchanges.len() >= 2
+    };
+    eventually_async("the traces to show both clients' calls", dabs_testkit::PATIENCE, POLL, async || {
+        caught_up()
+    })
+    .await;
+    let lines = parsed(traces.into_iter().map(|t| t.interrupt().1));
+    let of = |pred: &dyn Fn(&Value) -> bool| lines.iter().filter(|l| pred(l)).collect::<Vec<_>>();
     // Only the two encrypted clients made calculator or STARTED traffic while tracing.
-    let app = of(&|l| l["command"].as_u64().is_some_and(|c| c >= 256 || c == 5));
+    let (app, exchanges) = app_and_exchanges(&lines);
     assert!(
         app.iter().filter(|l| l["dir"] == "in").count() >= 4,
         "requests and ACKs of both clients: {app:?}"
     );
     assert!(app.iter().all(|l| l["encrypted"] == true), "a calculator datagram in clear: {app:?}");
-    let exchanges = of(&|l| l["command_name"] == "KEY_EXCHANGE" && l["dir"] == "in");
     assert!(exchanges.len() >= 2, "each client keyed its session: {exchanges:?}");
     assert!(exchanges.iter().all(|l| l["encrypted"] == false), "the exchange itself is in clear");
     assert!(
@@ -153,19 +145,14 @@ async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
     );
 
     // The nodes count the keyed sessions.
-    let keyed: u64 =
-        operators.iter().map(|u| metric(&http_get(u, "/metrics"), "dabs_mp_sessions_encrypted_total")).sum();
+    let keyed: u64 = operators
+        .iter()
+        .map(|u| metric(&dabs_testkit::http::get_text(u, "/metrics"), "dabs_mp_sessions_encrypted_total"))
+        .sum();
     assert!(keyed >= 2, "dabs calc and the SDK client were keyed: {keyed}");
 
     // Drain the SDK client's node: FAILOVER moves it, and the new session is keyed too.
-    let Some(Addr::Udp(home)) = client.server().await else { panic!("no server") };
-    let out = Command::new(DABS).args(["drain", &home.to_string(), "--secret", SECRET]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let t = Instant::now();
-    while !matches!(client.server().await, Some(Addr::Udp(a)) if a != home) {
-        assert!(t.elapsed() < Duration::from_secs(3), "client did not move after the drain");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    dabs_testkit::client::drain_and_follow(DABS, &client, SECRET).await;
     assert_eq!(mul(&client).await, Ok(PRODUCT), "computed on the alternate");
     assert_eq!(client.failovers().accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(sealed_ep.stats().await.unwrap().sessions_encrypted, 2, "both sessions keyed");
@@ -196,39 +183,35 @@ async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
     client.stop().await;
 }
 
-fn write_refusing_node(dir: &std::path::Path, group: &str, accept: &str) -> std::path::PathBuf {
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[farm]\nname = \"t\"\ngroup = \"{group}\"\n\n[node]\nname = \"solo\"\nbind = \"127.0.0.1:0\"\n\
-             data_dir = \"data\"\naccept_encryption = {accept}\n\n[[app]]\nname = \"calc\"\nstart_at_init = true\n"
-        ),
-    )
-    .unwrap();
-    config
+/// A one-node farm whose node refuses encryption when `accept` is false.
+fn refusing_node(accept: bool) -> NodeConfigBuilder {
+    NodeConfigBuilder::new("t", random_group(), "solo")
+        .operator()
+        .data_dir("data")
+        .accept_encryption(accept)
+        .app("calc", true)
 }
 
 #[test]
 fn a_node_that_refuses_encryption_tells_an_encrypting_calc_why() {
     let dir = temp_dir("refuse-encryption");
-    let r = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let group = format!("239.255.{}.{}:{}", r % 250 + 2, (r >> 8) % 250 + 2, 42_000 + (r >> 16) % 1000);
 
     // A value of the wrong type is refused with the file and line, like any other key.
-    let bad = write_refusing_node(&dir, &group, "\"no\"");
+    let good = refusing_node(false);
+    let text = good.toml().replace("accept_encryption = false", "accept_encryption = \"no\"");
+    let line = 1 + text.lines().position(|l| l.starts_with("accept_encryption")).unwrap();
+    let bad = good.path_in(&dir);
+    std::fs::write(&bad, text).unwrap();
     let out = Command::new(DABS).arg("node").arg("--config").arg(&bad).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("node.toml:9:") && err.contains("node.accept_encryption"), "{err}");
+    assert!(err.contains(&format!("solo.toml:{line}:")) && err.contains("node.accept_encryption"), "{err}");
 
-    let config = write_refusing_node(&dir, &group, "false");
-    let mut node =
-        Command::new(DABS).arg("node").arg("--config").arg(&config).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let mp = line.split_whitespace().skip_while(|w| *w != "mp").nth(1).unwrap().to_owned();
-    std::thread::sleep(Duration::from_millis(1700)); // the node decides group opens
+    let config = good.write(&dir);
+    let node = NodeProc::start(DABS, &config);
+    let group = node.ready.group.to_string();
+    let mp = node.mp.to_string();
+    node.wait_for_decider(); // the node decides group opens
     let calc = |farm: &str, encrypt: bool| {
         let mut c = Command::new(DABS);
         c.args(["calc", "--farm", farm, "6", "x", "7"]);
@@ -238,8 +221,7 @@ fn a_node_that_refuses_encryption_tells_an_encrypting_calc_why() {
         c.output().unwrap()
     };
     let results = [calc(&mp, true), calc(&group, true), calc(&mp, false)];
-    let _ = node.kill();
-    let _ = node.wait();
+    drop(node);
     let _ = std::fs::remove_dir_all(&dir);
     for (how, out) in ["direct", "through the group"].iter().zip(&results[..2]) {
         let err = String::from_utf8_lossy(&out.stderr);

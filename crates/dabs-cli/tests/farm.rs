@@ -1,19 +1,26 @@
 //! The farm with real node processes on loopback. One test (the portion move) runs its nodes
 //! in this process instead, so that its portions can count every execution.
 
-mod common;
-
 use dabs_farm_proto::shapes::{OpenAsk, parse_open_reply};
 use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
 use dabs_node::stats::NodeStats;
 use dabs_wire::{NakCode, SystemCommand};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{DABS, temp_dir};
+use dabs_testkit::membership::{wait_for_decider, wait_for_decider_at_async};
+use dabs_testkit::{Farm, Lines, NodeConfigBuilder, NodeProc, PATIENCE, POLL, eventually, eventually_async};
+use dabs_testkit::{random_group, temp_dir};
+
+/// The `dabs` binary under test.
+const DABS: &str = env!("CARGO_BIN_EXE_dabs");
+
+/// How long a farm is watched for an OPEN_SESSION answered twice. Nothing to wait *for* here:
+/// the test asserts that something never happens, and that takes a window.
+const SECOND_ANSWER_WINDOW: Duration = Duration::from_millis(1500);
 
 async fn endpoint() -> EndpointHandle {
     let config = Config { ack_timeout: Duration::from_millis(100), max_retries: 10, ..Config::default() };
@@ -28,7 +35,7 @@ fn calc_ask() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_group_opens_are_each_answered_once() {
-    let farm = common::Farm::up(3, "opens");
+    let farm = Farm::up(DABS, 3, "opens");
     let group = Addr::Udp(farm.group());
     // Wait for a decider: the first open succeeds once the farm has settled.
     let probe = endpoint().await;
@@ -50,7 +57,7 @@ async fn a_hundred_concurrent_group_opens_are_each_answered_once() {
         *servers.entry(addr.to_string()).or_default() += 1;
     }
     // Give any second answer time to arrive, then count: none may have.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(SECOND_ANSWER_WINDOW).await;
     for ep in &clients {
         let stats = ep.stats().await.unwrap();
         assert_eq!(stats.sessions_opened, 1);
@@ -83,18 +90,12 @@ fn killing_a_node_loses_no_calls() {
 
 /// A one-node farm's config: the calculator starts no portion by itself, so every portion
 /// the node runs was started for a client and can only come back from the database.
-fn write_node_config(dir: &Path, group: &str) -> PathBuf {
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[farm]\nname = \"t\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
-             [node]\nname = \"solo\"\nbind = \"127.0.0.1:0\"\noperator = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
-             [[app]]\nname = \"calc\"\nstart_at_init = false\n"
-        ),
-    )
-    .unwrap();
-    config
+fn write_node_config(dir: &Path) -> PathBuf {
+    NodeConfigBuilder::new("t", random_group(), "solo")
+        .operator()
+        .data_dir("data")
+        .app("calc", false)
+        .write(dir)
 }
 
 /// A direct (unicast) open of a calculator session at `mp`: (virtual address, queue).
@@ -110,7 +111,7 @@ async fn open_calc_at(ep: &EndpointHandle, mp: std::net::SocketAddr) -> (String,
 
 /// `GET /api/node`'s portions as (virtual address, queue).
 fn served_portions(url: &str) -> BTreeMap<String, u16> {
-    let (status, node) = common::http_json("GET", url, "/api/node", None);
+    let (status, node) = dabs_testkit::http::json("GET", url, "/api/node", None);
     assert_eq!(status, 200, "{node}");
     node["portions"]
         .as_array()
@@ -124,17 +125,12 @@ fn served_portions(url: &str) -> BTreeMap<String, u16> {
 /// node counts a session only after its REPLY has gone, so an open sent straight after the
 /// previous one's REPLY could otherwise find that portion still looking empty.
 fn wait_for_sessions(url: &str, n: u64) {
-    let t = Instant::now();
-    loop {
-        let (_, node) = common::http_json("GET", url, "/api/node", None);
+    eventually(&format!("the node counts {n} sessions"), Duration::from_secs(5), POLL, || {
+        let (_, node) = dabs_testkit::http::json("GET", url, "/api/node", None);
         let counted: u64 =
             node["portions"].as_array().unwrap().iter().map(|p| p["sessions"].as_u64().unwrap()).sum();
-        if counted == n {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "the node counts {counted} sessions, not {n}: {node}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        if counted == n { Ok(()) } else { Err(format!("it counts {counted}: {node}")) }
+    })
 }
 
 /// The portion records in the node's database (read while the node is stopped): virtual
@@ -151,10 +147,9 @@ fn recorded_portions(data_dir: &Path) -> BTreeMap<String, (u16, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_comes_back_with_its_portions() {
     let dir = temp_dir("restart");
-    let group = format!("239.255.{}.{}:{}", rand_byte(), rand_byte(), 40_000 + u16::from(rand_byte()) * 50);
-    let config = write_node_config(&dir, &group);
+    let config = write_node_config(&dir);
     let data_dir = dir.join("data");
-    let mut node = common::NodeProc::start(&config);
+    let mut node = NodeProc::start(DABS, &config);
     let url = node.url().to_owned();
 
     // A run-time setting (R-RE-3): one session fills a portion, so each client gets its own.
@@ -162,7 +157,7 @@ async fn a_restarted_node_comes_back_with_its_portions() {
         "max_message_latency_ms": 4321,
         "apps": {"calc": {"max_sessions_per_portion": 1}},
     });
-    let (status, settings) = common::http_json("PUT", &url, "/api/settings", Some(&change));
+    let (status, settings) = dabs_testkit::http::json("PUT", &url, "/api/settings", Some(&change));
     assert_eq!(status, 200, "{settings}");
     assert_eq!(settings["version"], 1, "{settings}");
     assert_eq!(settings["apps"]["calc"]["max_sessions_per_portion"], 1, "{settings}");
@@ -189,9 +184,9 @@ async fn a_restarted_node_comes_back_with_its_portions() {
         "the database holds every portion"
     );
 
-    let node = common::NodeProc::start(&config);
+    let node = NodeProc::start(DABS, &config);
     let url = node.url().to_owned();
-    let (_, settings_after) = common::http_json("GET", &url, "/api/settings", None);
+    let (_, settings_after) = dabs_testkit::http::json("GET", &url, "/api/settings", None);
     assert_eq!(settings_after, settings, "the run-time settings survive the restart");
     assert_eq!(served_portions(&url), before, "portions come back under their addresses and queues");
 
@@ -228,11 +223,6 @@ async fn a_restarted_node_comes_back_with_its_portions() {
     }
     assert!(recorded_after.contains_key(new_va.as_str()), "the new portion is recorded");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn rand_byte() -> u8 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 250 + 2)
-        as u8
 }
 
 async fn farm_view(
@@ -301,6 +291,8 @@ async fn watch_views(
                     if (w.first_after.is_some() && sent >= watch_for) || sent > Duration::from_secs(10) {
                         return w;
                     }
+                    // The sampling rate of the measurement (when each view changed), not a wait
+                    // for the change: the watch itself is bounded above.
                     tokio::time::sleep(VIEW_POLL).await;
                 }
             })
@@ -330,18 +322,8 @@ fn assert_within(what: &str, bound: Duration, watched: &[Watched]) {
 }
 
 /// A config for one more member of a `dabs farm up` farm (farm "local" on `group`).
-fn extra_member_config(dir: &Path, group: &str, name: &str) -> PathBuf {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[farm]\nname = \"local\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
-             [node]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\noperator = \"127.0.0.1:0\"\ndata_dir = \"{name}\"\n\n\
-             [[app]]\nname = \"calc\"\nstart_at_init = true\n"
-        ),
-    )
-    .unwrap();
-    config
+fn extra_member_config(dir: &Path, group: std::net::SocketAddrV4, name: &str) -> PathBuf {
+    NodeConfigBuilder::new("local", group, name).operator().app("calc", true).write(dir)
 }
 
 /// R-RE-1: "a stopped or killed node disappears from every view within 3 s; a new node is
@@ -350,21 +332,25 @@ fn extra_member_config(dir: &Path, group: &str, name: &str) -> PathBuf {
 /// the SIGTERM. RESOLVE_VA is answered by any node for any live portion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
-    let farm = common::Farm::up(3, "membership");
+    let farm = Farm::up(DABS, 3, "membership");
     let nodes = farm.manifest()["nodes"].as_array().unwrap().clone();
     let mp = |i: usize| -> std::net::SocketAddr { nodes[i]["mp"].as_str().unwrap().parse().unwrap() };
     let viewer = |i: usize| (format!("node-{}", i + 1), nodes[i]["operator"].as_str().unwrap().to_owned());
-    // Every node sees all three within 1 s of the last one starting.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    for i in 0..3 {
-        let (_, members, _) = farm_view(mp(i)).await.unwrap();
-        assert_eq!(
-            members.len(),
-            3,
-            "node {i} sees {:?}",
-            members.iter().map(|m| &m.node).collect::<Vec<_>>()
-        );
-    }
+    // Every node sees all three within 1 s of the last one starting (farm.json is written once
+    // the last has started). Failing takes a look begun 1 s after it that still misses one.
+    eventually_async("every node sees all three within 1 s", Duration::from_secs(1), VIEW_POLL, async || {
+        for i in 0..3 {
+            let (_, members, _) = farm_view(mp(i)).await?;
+            if members.len() != 3 {
+                return Err(format!(
+                    "node {i} sees {:?}",
+                    members.iter().map(|m| &m.node).collect::<Vec<_>>()
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
     // RESOLVE_VA: any node answers for any live portion.
     let (me2, _, s0) = farm_view(mp(1)).await.unwrap();
     let va = me2.portions[0].va.clone();
@@ -376,8 +362,7 @@ async fn membership_follows_joins_and_deaths_and_answers_virtual_addresses() {
     drop((s0, s2));
 
     // A fourth node joins: every member sees it, and it sees every member, within 1 s.
-    let group = farm.group().to_string();
-    let mut node4 = common::NodeProc::start(&extra_member_config(&farm.dir, &group, "node-4"));
+    let mut node4 = NodeProc::start(DABS, &extra_member_config(&farm.dir, farm.group_v4(), "node-4"));
     let joined = node4.ready_at;
     let mut viewers: Vec<(String, String)> = (0..3).map(viewer).collect();
     viewers.push(("node-4".into(), node4.url().to_owned()));
@@ -432,15 +417,16 @@ fn a_bad_config_is_refused_with_file_and_line() {
 
 #[test]
 fn independent_calculator_client_against_farm_up() {
-    let farm = common::Farm::up(3, "interop");
-    let manifest = farm.dir.join("farm.json");
-    common::run_python_check("check_calc_farm.py", &["--farm-json".as_ref(), manifest.as_os_str()]);
+    let farm = Farm::up(DABS, 3, "interop");
+    let manifest = farm.manifest_path();
+    dabs_testkit::run_python_check("check_calc_farm.py", &["--farm-json".as_ref(), manifest.as_os_str()]);
 }
 
 #[test]
 fn status_prints_the_farm_and_trace_decodes_its_traffic() {
-    let farm = common::Farm::up(3, "status-trace");
-    std::thread::sleep(Duration::from_millis(800));
+    let farm = Farm::up(DABS, 3, "status-trace");
+    // The table marks the decider: wait until the farm has one.
+    farm.wait_for_decider();
     let group = farm.group().to_string();
     let out = Command::new(DABS).args(["status", "--farm", &group]).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
@@ -454,29 +440,25 @@ fn status_prints_the_farm_and_trace_decodes_its_traffic() {
     );
 
     // Trace node-1 while a calculation passes through the farm.
-    let url = farm.manifest()["nodes"][0]["operator"].as_str().expect("operator URL in farm.json").to_owned();
-    let mut trace =
-        Command::new(DABS).args(["trace", "--node", &url, "--json"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut filtered = Command::new(DABS)
-        .args(["trace", "--node", &url, "--command", "16"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let url = farm.operators()[0].clone();
+    let trace = Lines::spawn(Command::new(DABS).args(["trace", "--node", &url, "--json"]));
+    let filtered = Lines::spawn(Command::new(DABS).args(["trace", "--node", &url, "--command", "16"]));
+    // Both are connected once they show node-1's announcements (one every 250 ms).
+    trace.wait_for("the JSON trace to show traffic", |l| !l.is_empty());
+    filtered.wait_for("the filtered trace to show traffic", |l| !l.is_empty());
     for _ in 0..3 {
         let calc = Command::new(DABS).args(["calc", "--farm", &group, "6", "x", "7"]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&calc.stdout).trim(), "42");
     }
-    std::thread::sleep(Duration::from_millis(500));
-    for child in [&mut trace, &mut filtered] {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGINT);
-        }
-    }
-    let json = String::from_utf8_lossy(&trace.wait_with_output().unwrap().stdout).into_owned();
+    let open_in = |l: &String| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|l| l["command_name"] == "OPEN_SESSION" && l["dir"] == "in")
+    };
+    trace.wait_for("the group opens in the trace", |l| l.iter().any(open_in));
+    let (_, json) = trace.interrupt();
+    let (_, human) = filtered.interrupt();
     let lines: Vec<serde_json::Value> =
-        json.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+        json.iter().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
     assert!(
         lines.iter().any(|l| l["command_name"] == "ANNOUNCE" && l["dir"] == "out"),
         "own announcements traced"
@@ -485,10 +467,9 @@ fn status_prints_the_farm_and_trace_decodes_its_traffic() {
         lines.iter().any(|l| l["command_name"] == "OPEN_SESSION" && l["dir"] == "in"),
         "group opens traced"
     );
-    let human = String::from_utf8_lossy(&filtered.wait_with_output().unwrap().stdout).into_owned();
     assert!(
-        !human.is_empty() && human.lines().all(|l| l.contains("ANNOUNCE")),
-        "filter by command:\n{human}"
+        !human.is_empty() && human.iter().all(|l| l.contains("ANNOUNCE")),
+        "filter by command:\n{human:#?}"
     );
 }
 
@@ -551,8 +532,8 @@ fn a_failing_service_pushes_clients_away_and_they_return_staggered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_clients_with_authenticated_failover() {
     const SECRET: &str = "00112233445566778899aabbccddeeff";
-    let farm = common::Farm::up_with(3, "drain", &["--secret", SECRET]);
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let farm = Farm::up_with(DABS, 3, "drain", &["--secret", SECRET]);
+    wait_for_decider_at_async(farm.operators()).await;
     let group = farm.group();
     let ep = endpoint().await;
     let mut options = dabs_sdk::FarmClientOptions::new(group, "calc");
@@ -569,21 +550,24 @@ async fn drain_moves_clients_with_authenticated_failover() {
         .output()
         .unwrap();
     assert!(!forged.status.success(), "a drain with the wrong secret must be refused");
-    let out = Command::new(DABS).args(["drain", &home.to_string(), "--secret", SECRET]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let t = Instant::now();
-    loop {
-        if matches!(client.server().await, Some(Addr::Udp(a)) if a != home) {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(3), "client did not move after the drain");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(dabs_testkit::client::drain_and_follow(DABS, &client, SECRET).await, home);
     assert_eq!(client.failovers().accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(client.failovers().rejected.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert_eq!(client.call(256, add(40, 2)).await.map(|r| dabs_sdk::decode_reply::<i64>(&r)), Ok(Ok(42)));
-    // New sessions through the group avoid the drained node.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // New sessions through the group avoid the drained node, once the farm knows it drains.
+    let operators = farm.operators();
+    eventually_async("every node to see the drained node draining", PATIENCE, POLL, async || {
+        for url in &operators {
+            let view = dabs_ops::get_json(url, "/api/farm").await?;
+            let members = view["members"].as_array().cloned().unwrap_or_default();
+            let drained = members.iter().find(|m| m["mp"] == home.to_string());
+            if !drained.is_some_and(|m| m["draining"] == true) {
+                return Err(format!("{url} shows {drained:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
     for _ in 0..6 {
         let s = endpoint().await.open(Addr::Udp(group), 1, calc_ask()).await.unwrap();
         assert_ne!(s.peer, Addr::Udp(home), "a new client was sent to the drained node");
@@ -611,6 +595,7 @@ impl dabs_sdk::ServerPortion for CountingSlowCalc {
                 break p;
             }
         };
+        // The work under test: a request holds the permit for 2 ms.
         tokio::time::sleep(Duration::from_millis(2)).await;
         match dabs_sdk::decode_args::<(i64, i64)>(&payload, 2) {
             Ok((a, b)) if command == 256 => {
@@ -642,14 +627,16 @@ impl dabs_farm_proto::portion::PortionFactory for CountingSlowCalcFactory {
 }
 
 /// Node `i` of the move test's farm, in this process so its portions can count executions.
-async fn counting_node(dir: &Path, group: &str, i: usize, executed: &Executions) -> dabs_node::Node {
-    let text = format!(
-        "[farm]\nname = \"m\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
-         [node]\nname = \"node-{i}\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"node-{i}\"\n\n\
-         [timeouts]\ndb = 15\n\n[[app]]\nname = \"slowcalc\"\nstart_at_init = true\n"
-    );
-    let config = dabs_node::config::NodeConfig::parse(&text, &dir.join(format!("node-{i}.toml")))
-        .unwrap_or_else(|e| panic!("{e}"));
+async fn counting_node(
+    dir: &Path,
+    group: std::net::SocketAddrV4,
+    i: usize,
+    executed: &Executions,
+) -> dabs_node::Node {
+    let config = NodeConfigBuilder::new("m", group, &format!("node-{i}"))
+        .extra("[timeouts]\ndb = 15")
+        .app("slowcalc", true)
+        .build(dir);
     let factory = Arc::new(CountingSlowCalcFactory { executed: executed.clone() });
     dabs_node::Node::start(config, vec![factory]).await.unwrap()
 }
@@ -662,12 +649,12 @@ async fn counting_node(dir: &Path, group: &str, i: usize, executed: &Executions)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
     let dir = temp_dir("move");
-    let group = format!("239.255.{}.{}:{}", rand_byte(), rand_byte(), 41_000 + u16::from(rand_byte()) * 50);
+    let group = random_group();
     let executed = Executions::default();
-    let n1 = counting_node(&dir, &group, 1, &executed).await;
+    let n1 = counting_node(&dir, group, 1, &executed).await;
     let mp1 = n1.mp_addr();
-    tokio::time::sleep(Duration::from_millis(1700)).await; // node-1 becomes the decider
-    let group_addr: std::net::SocketAddr = group.parse().unwrap();
+    wait_for_decider(&[n1.handle()]).await; // node-1 becomes the decider
+    let group_addr = std::net::SocketAddr::V4(group);
     let mut clients = Vec::new();
     for _ in 0..24 {
         let mut options = dabs_sdk::FarmClientOptions::new(group_addr, "slowcalc");
@@ -677,13 +664,14 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
     }
     let vas: Vec<Option<String>> = clients.iter().map(|c| c.va()).collect();
     assert!(vas.iter().all(|v| v.is_some() && v == &vas[0]), "all on node-1's one portion: {vas:?}");
-    let n2 = counting_node(&dir, &group, 2, &executed).await;
-    let n3 = counting_node(&dir, &group, 3, &executed).await;
+    let n2 = counting_node(&dir, group, 2, &executed).await;
+    let n3 = counting_node(&dir, group, 3, &executed).await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
-        let (c, stop) = (c.clone(), stop.clone());
+        let (c, stop, answers) = (c.clone(), stop.clone(), answers.clone());
         // Each call's first operand is unique in the whole test: it names the request.
         tasks.push(tokio::spawn(async move {
             let (mut answered, mut failed) = (Vec::new(), Vec::new());
@@ -695,7 +683,10 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
                     .await
                     .map(|r| dabs_sdk::decode_reply::<i64>(&r))
                 {
-                    Ok(Ok(v)) if v == n + 1 => answered.push(n),
+                    Ok(Ok(v)) if v == n + 1 => {
+                        answered.push(n);
+                        answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     other => failed.push((n, format!("{other:?}"))),
                 }
             }
@@ -714,9 +705,15 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
         if moved > 0 || t.elapsed() > Duration::from_secs(25) {
             break moved;
         }
+        // The poll of a bounded wait (25 s): the outcome is asserted below, after the nodes stop.
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Calls go on across and after the move: as many again as there are clients, at least.
+    let at_move = answers.load(std::sync::atomic::Ordering::SeqCst);
+    eventually_async("calls answered after the move", PATIENCE, POLL, async || {
+        answers.load(std::sync::atomic::Ordering::SeqCst) >= at_move + clients.len()
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (mut answered, mut failed) = (Vec::new(), Vec::new());
     for t in tasks {
@@ -766,7 +763,7 @@ async fn an_overloaded_node_moves_its_portion_and_clients_follow_the_address() {
 /// process it started is gone.
 #[test]
 fn farm_up_stops_every_node_on_sigint() {
-    let mut farm = common::Farm::up(3, "sigint");
+    let mut farm = Farm::up(DABS, 3, "sigint");
     let pids: Vec<u64> =
         farm.manifest()["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();
     assert_eq!(pids.len(), 3);

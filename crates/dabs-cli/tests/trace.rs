@@ -2,131 +2,65 @@
 //! of each, and the trace's filters (virtual address, session, command) checked record by
 //! record.
 
-mod common;
-
-use common::{DABS, temp_dir};
 use dabs_net::{Config, DriverOptions, EndpointHandle};
 use dabs_sdk::{FarmClient, FarmClientOptions};
+use dabs_testkit::{Lines, NodeConfigBuilder, NodeProc, eventually_async, random_group, temp_dir};
 use serde_json::Value;
-use std::hash::{BuildHasher, Hasher};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// The `dabs` binary under test.
+const DABS: &str = env!("CARGO_BIN_EXE_dabs");
 
 /// How long any one wait may take on a loaded machine before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(40);
 
-/// One `dabs node` process with an operator interface; stopped (SIGTERM) on drop.
-struct Node {
-    child: Child,
-    dir: PathBuf,
-    mp: SocketAddr,
-    url: String,
-}
+/// Pause between two looks at the traces (the clients call meanwhile).
+const POLL: Duration = Duration::from_millis(50);
 
-impl Node {
-    /// A node of its own farm (a random group, so that tests running side by side do not meet)
-    /// running one portion of the calculator and one of its slow variant.
-    fn start(name: &str) -> Node {
-        let dir = temp_dir(name);
-        let r = std::hash::RandomState::new().build_hasher().finish();
-        let group = format!("239.255.{}.{}:{}", r % 250 + 2, (r >> 8) % 250 + 2, 40_000 + (r >> 16) % 20_000);
-        let config = dir.join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[farm]\nname = \"tr\"\ngroup = \"{group}\"\n\n[node]\nname = \"node-1\"\nbind = \"127.0.0.1:0\"\n\
-                 operator = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
-                 [[app]]\nname = \"calc\"\nstart_at_init = true\n\n[[app]]\nname = \"slowcalc\"\nstart_at_init = true\n"
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(DABS)
-            .arg("node")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        // Keep reading, so that the node never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let word =
-            |after: &str| line.split_whitespace().skip_while(|w| *w != after).nth(1).map(str::to_owned);
-        let (Some(mp), Some(url)) = (word("mp"), word("operator")) else {
-            panic!("unexpected first line from dabs node: {line:?}");
-        };
-        Node { child, dir, mp: mp.parse().unwrap(), url }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A node of its own farm (a random group, so that tests running side by side do not meet)
+/// running one portion of the calculator and one of its slow variant, with an operator
+/// interface.
+fn start_node(name: &str) -> (NodeProc, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let config = NodeConfigBuilder::new("tr", random_group(), "node-1")
+        .operator()
+        .data_dir("data")
+        .app("calc", true)
+        .app("slowcalc", true)
+        .write(&dir);
+    (NodeProc::start(DABS, &config), dir)
 }
 
 /// A running `dabs trace --json` whose lines are collected as they come.
-struct Trace {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+struct Trace(Lines);
+
+/// The decoded datagrams among trace lines (lines saying the reader fell behind left out).
+fn records(lines: Vec<String>) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .filter(|v| v.get("lagged").is_none())
+        .collect()
 }
 
 impl Trace {
     fn start(url: &str, filter: &[&str]) -> Trace {
-        let mut child = Command::new(DABS)
-            .args(["trace", "--node", url, "--json"])
-            .args(filter)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                let v: Value =
-                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                sink.lock().unwrap().push(v);
-            }
-        });
-        Trace { child, lines, reader: Some(reader) }
+        Trace(Lines::spawn(Command::new(DABS).args(["trace", "--node", url, "--json"]).args(filter)))
     }
 
-    /// The decoded datagrams so far (lines saying the reader fell behind left out).
+    /// The decoded datagrams so far.
     fn records(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().iter().filter(|v| v.get("lagged").is_none()).cloned().collect()
+        records(self.0.lines())
     }
 
     /// Stops it (Ctrl-C, as a person would) and returns every record it printed.
-    fn stop(mut self) -> Vec<Value> {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGINT);
-        }
-        let status = self.child.wait().unwrap();
-        self.reader.take().unwrap().join().expect("trace output is one JSON object per line");
+    fn stop(self) -> Vec<Value> {
+        let (status, lines) = self.0.interrupt();
         assert!(status.success(), "dabs trace ended with {status}");
-        self.records()
-    }
-}
-
-impl Drop for Trace {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        records(lines)
     }
 }
 
@@ -136,19 +70,6 @@ fn app_requests(records: &[Value]) -> usize {
         .iter()
         .filter(|r| r["dir"] == "in" && r["kind"] == "request" && r["command"].as_u64() >= Some(256))
         .count()
-}
-
-/// Polls `done` until it holds, for at most [`PATIENCE`], doing `work` between polls.
-async fn until<F: std::future::Future<Output = ()>>(
-    what: &str,
-    mut done: impl FnMut() -> bool,
-    mut work: impl FnMut() -> F,
-) {
-    let t = Instant::now();
-    while !done() {
-        assert!(t.elapsed() < PATIENCE, "gave up waiting for {what}");
-        work().await;
-    }
 }
 
 async fn endpoint() -> EndpointHandle {
@@ -174,18 +95,15 @@ async fn add(c: &FarmClient, a: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_filters_show_only_what_they_name() {
-    let node = Node::start("trace-filters");
+    let (node, dir) = start_node("trace-filters");
+    let url = node.url().to_owned();
     // The node's two portions, by application: virtual address and queue at its endpoint.
-    let t = Instant::now();
-    let portions = loop {
-        let v = dabs_ops::get_json(&node.url, "/api/node").await.unwrap_or(Value::Null);
+    let portions = eventually_async("the node to run both portions", PATIENCE, POLL, async || {
+        let v = dabs_ops::get_json(&url, "/api/node").await?;
         let portions = v["portions"].as_array().cloned().unwrap_or_default();
-        if portions.len() == 2 {
-            break portions;
-        }
-        assert!(t.elapsed() < PATIENCE, "the node never ran both portions: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if portions.len() == 2 { Ok(portions) } else { Err(format!("it runs {v}")) }
+    })
+    .await;
     let of = |app: &str| {
         let p =
             portions.iter().find(|p| p["app"] == app).unwrap_or_else(|| panic!("no {app} in {portions:?}"));
@@ -202,35 +120,26 @@ async fn trace_filters_show_only_what_they_name() {
     assert_eq!((a.va(), b.va()), (Some(va_a.clone()), Some(va_b.clone())), "each client on its portion");
 
     // --va: only portion A's traffic on this node.
-    let trace_a = Trace::start(&node.url, &["--va", &va_a]);
-    let trace_b = Trace::start(&node.url, &["--va", &va_b]);
+    let trace_a = Trace::start(&url, &["--va", &va_a]);
+    let trace_b = Trace::start(&url, &["--va", &va_b]);
     let mut n = 0;
     // Calls on both until each trace shows requests (so both are connected), then more while
     // both certainly listen.
-    until(
-        "both portion traces to show requests",
-        || app_requests(&trace_a.records()) >= 2 && app_requests(&trace_b.records()) >= 2,
-        || {
-            n += 1;
-            let (a, b) = (&a, &b);
-            async move {
-                add(a, n).await;
-                add(b, n).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        },
-    )
+    eventually_async("both portion traces to show requests", PATIENCE, POLL, async || {
+        n += 1;
+        add(&a, n).await;
+        add(&b, n).await;
+        app_requests(&trace_a.records()) >= 2 && app_requests(&trace_b.records()) >= 2
+    })
     .await;
     let seen = app_requests(&trace_a.records());
     for i in 0..5 {
         add(&a, 1000 + i).await;
         add(&b, 1000 + i).await;
     }
-    until(
-        "the last calls in A's trace",
-        || app_requests(&trace_a.records()) >= seen + 5,
-        || tokio::time::sleep(Duration::from_millis(50)),
-    )
+    eventually_async("the last calls in A's trace", PATIENCE, POLL, async || {
+        app_requests(&trace_a.records()) >= seen + 5
+    })
     .await;
     let (records_a, records_b) = (trace_a.stop(), trace_b.stop());
     for (records, queue, peer, name) in
@@ -253,20 +162,13 @@ async fn trace_filters_show_only_what_they_name() {
         .expect("A's requests carry their session");
 
     // --session: that session byte, whoever the peer (numbers are per peer), and nothing else.
-    let trace_s = Trace::start(&node.url, &["--session", &session_a.to_string()]);
-    until(
-        "the session trace to show requests",
-        || app_requests(&trace_s.records()) >= 3,
-        || {
-            n += 1;
-            let (a, b) = (&a, &b);
-            async move {
-                add(a, n).await;
-                add(b, n).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        },
-    )
+    let trace_s = Trace::start(&url, &["--session", &session_a.to_string()]);
+    eventually_async("the session trace to show requests", PATIENCE, POLL, async || {
+        n += 1;
+        add(&a, n).await;
+        add(&b, n).await;
+        app_requests(&trace_s.records()) >= 3
+    })
     .await;
     let records_s = trace_s.stop();
     assert!(records_s.iter().all(|r| r["session"].as_u64() == Some(session_a)), "{records_s:?}");
@@ -278,10 +180,10 @@ async fn trace_filters_show_only_what_they_name() {
     // --command: only OPEN_SESSION, while real `dabs calc` client processes open sessions and
     // A keeps calling. By number on the command line, by name (any case) through the API:
     // main.rs still parses the flag as a number.
-    let trace_c = Trace::start(&node.url, &["--command", "open_session"]);
+    let trace_c = Trace::start(&url, &["--command", "open_session"]);
     let by_name = Arc::new(Mutex::new(Vec::new()));
     let api = {
-        let (url, sink) = (node.url.clone(), by_name.clone());
+        let (url, sink) = (url.clone(), by_name.clone());
         tokio::spawn(async move {
             dabs_ops::trace_client(&url, "command=open_session", |v| sink.lock().unwrap().push(v)).await
         })
@@ -290,20 +192,17 @@ async fn trace_filters_show_only_what_they_name() {
         records.iter().any(|r| r["dir"] == "out" && r["kind"] == "reply")
             && records.iter().any(|r| r["dir"] == "in" && r["kind"] == "request")
     };
-    until(
-        "OPEN_SESSION in both command traces",
-        || opened(&trace_c.records()) && opened(&by_name.lock().unwrap()),
-        || async {
-            let mp = node.mp.to_string();
-            let out = tokio::task::spawn_blocking(move || {
-                Command::new(DABS).args(["calc", "--farm", &mp, "6", "x", "7"]).output().unwrap()
-            })
-            .await
-            .unwrap();
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{out:?}");
-            add(&a, 7).await;
-        },
-    )
+    eventually_async("OPEN_SESSION in both command traces", PATIENCE, POLL, async || {
+        let mp = node.mp.to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(DABS).args(["calc", "--farm", &mp, "6", "x", "7"]).output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{out:?}");
+        add(&a, 7).await;
+        opened(&trace_c.records()) && opened(&by_name.lock().unwrap())
+    })
     .await;
     let records_c = trace_c.stop();
     api.abort();
@@ -317,9 +216,11 @@ async fn trace_filters_show_only_what_they_name() {
     }
 
     // An unknown name is refused, naming what would do.
-    let e = dabs_ops::trace_client(&node.url, "command=OPEN", |_| {}).await.unwrap_err();
+    let e = dabs_ops::trace_client(&url, "command=OPEN", |_| {}).await.unwrap_err();
     assert!(e.starts_with("command: unknown command \"OPEN\"") && e.contains("OPEN_SESSION"), "{e}");
 
     a.stop().await;
     b.stop().await;
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,21 +7,47 @@ use dabs_net::{Addr, CallError, DriverOptions, Error};
 use dabs_node::Node;
 use dabs_node::config::NodeConfig;
 use dabs_sdk::{FarmClient, FarmClientOptions};
+use dabs_testkit::membership::{wait_for_decider, wait_for_members};
+use dabs_testkit::{NodeConfigBuilder, PATIENCE, POLL, eventually_async, random_group, temp_dir};
 use dabs_wire::NakCode;
-use std::hash::{BuildHasher, Hasher};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "00112233445566778899aabbccddeeff";
 
 /// A node of farm `group`; node-1 declares a dependent TCP service costing 60 health points.
-async fn node(group: &str, i: usize, dir: &std::path::Path, failover: &str, service: SocketAddr) -> Node {
+async fn node(
+    group: SocketAddrV4,
+    i: usize,
+    dir: &std::path::Path,
+    failover: &str,
+    service: SocketAddr,
+) -> Node {
     node_at(group, i, dir, failover, service, "127.0.0.1:0").await
+}
+
+/// A node alone in its farm (node-1, with the dependent service `service`), once it sees
+/// itself as a member.
+async fn solo(dir: &std::path::Path, failover: &str, service: &TcpListener) -> Node {
+    let n1 = node(random_group(), 1, dir, failover, service.local_addr().unwrap()).await;
+    wait_for_members(&[n1.handle()]).await;
+    n1
+}
+
+/// Node-1 (with a dependent service, the returned listener) and node-2 of a farm of their own,
+/// once each sees the other and node-1 decides.
+async fn pair(dir: &std::path::Path, failover: &str) -> (TcpListener, Node, Node) {
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (g, at) = (random_group(), service.local_addr().unwrap());
+    let n1 = node(g, 1, dir, failover, at).await;
+    let n2 = node(g, 2, dir, failover, at).await;
+    assert_eq!(wait_for_decider(&[n1.handle(), n2.handle()]).await, "node-1");
+    (service, n1, n2)
 }
 
 /// [`node`] bound to the MP address `bind`.
 async fn node_at(
-    group: &str,
+    group: SocketAddrV4,
     i: usize,
     dir: &std::path::Path,
     failover: &str,
@@ -33,32 +59,30 @@ async fn node_at(
 }
 
 fn config(
-    group: &str,
+    group: SocketAddrV4,
     i: usize,
     dir: &std::path::Path,
     failover: &str,
     service: SocketAddr,
     bind: &str,
 ) -> NodeConfig {
-    let health = if i == 1 {
-        format!(
+    let mut b = NodeConfigBuilder::new("zones", group, &format!("node-{i}")).secret(SECRET).bind(bind);
+    if i == 1 {
+        b = b.extra(&format!(
             "[health]\ninterval_ms = 100\n\n[[health.service]]\nname = \"cache\"\ntcp = \"{service}\"\nweight = 60\n"
-        )
-    } else {
-        String::new()
-    };
-    let text = format!(
-        "[farm]\nname = \"zones\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n\n\
-         [node]\nname = \"node-{i}\"\nbind = \"{bind}\"\ndata_dir = \"{}\"\n\n{health}\n\
-         [failover]\n{failover}\n\n[[app]]\nname = \"calc\"\nstart_at_init = true\n",
-        dir.join(format!("node-{i}")).display()
-    );
-    NodeConfig::parse(&text, &dir.join(format!("node-{i}.toml"))).unwrap_or_else(|e| panic!("{e}"))
+        ));
+    }
+    // `failover` may hold further sections after the [failover] keys (e.g. [latency]).
+    b.extra(&format!("[failover]\n{failover}")).app("calc", true).build(dir)
 }
 
-fn group() -> String {
-    let r = std::hash::RandomState::new().build_hasher().finish();
-    format!("239.255.{}.{}:{}", r % 250 + 2, (r >> 8) % 250 + 2, 40_000 + (r >> 16) % 20_000)
+/// The farm secret's bytes.
+fn secret() -> Vec<u8> {
+    SECRET
+        .as_bytes()
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect()
 }
 
 async fn client(at: SocketAddr) -> Result<FarmClient, Error> {
@@ -67,17 +91,8 @@ async fn client(at: SocketAddr) -> Result<FarmClient, Error> {
 }
 
 async fn client_on(ep: dabs_net::EndpointHandle, at: SocketAddr) -> Result<FarmClient, Error> {
-    let options = FarmClientOptions {
-        secret: Some(
-            SECRET
-                .as_bytes()
-                .chunks(2)
-                .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-                .collect(),
-        ),
-        max_reopens: 0,
-        ..FarmClientOptions::new(at, "calc")
-    };
+    let options =
+        FarmClientOptions { secret: Some(secret()), max_reopens: 0, ..FarmClientOptions::new(at, "calc") };
     FarmClient::start(ep, options).await
 }
 
@@ -87,29 +102,18 @@ async fn add(c: &FarmClient, a: i64, b: i64) -> i64 {
 }
 
 /// Polls until `f` holds (bounded).
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within 10 s: {what}");
+async fn eventually(what: &str, f: impl AsyncFnMut() -> bool) {
+    eventually_async(what, PATIENCE, POLL, f).await
 }
 
 /// Connection threshold above failover (C 50 > F 10): at health 40 existing clients stay and
 /// new ones are refused; back at 100 new ones are taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn between_the_thresholds_existing_clients_stay_and_new_ones_are_refused() {
-    let dir = tempfile_dir("refuse");
-    let service = TcpListener::bind("127.0.0.1:0").unwrap();
-    let at = service.local_addr().unwrap();
-    let g = group();
+    let dir = temp_dir("refuse");
     let failover = "failover_threshold = 10\nconnection_threshold = 50\nreturn_threshold = 50";
-    let n1 = node(&g, 1, &dir, failover, at).await;
-    let n2 = node(&g, 2, &dir, failover, at).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (service, n1, n2) = pair(&dir, failover).await;
+    let at = service.local_addr().unwrap();
     let home = n1.mp_addr();
     let existing = client(home).await.expect("node-1 takes clients while healthy");
     assert_eq!(add(&existing, 2, 3).await, 5);
@@ -119,7 +123,8 @@ async fn between_the_thresholds_existing_clients_stay_and_new_ones_are_refused()
         matches!(client(home).await, Err(Error::Call(CallError::Nak { code: NakCode::NotAccepting, .. })))
     })
     .await;
-    // The existing client stays on node-1 and is served there.
+    // The existing client stays on node-1 and is served there. (The pause is the window in
+    // which a move would show, not a wait for one.)
     for i in 0..10 {
         assert_eq!(add(&existing, i, 1).await, i + 1);
         assert_eq!(existing.server().await, Some(Addr::Udp(home)), "an existing client was moved");
@@ -137,14 +142,9 @@ async fn between_the_thresholds_existing_clients_stay_and_new_ones_are_refused()
 /// deferred to node-2, and a new client is admitted, served once, then moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_connection_threshold_lower_new_clients_are_served_once_then_moved() {
-    let dir = tempfile_dir("serve-once");
-    let service = TcpListener::bind("127.0.0.1:0").unwrap();
-    let at = service.local_addr().unwrap();
-    let g = group();
+    let dir = temp_dir("serve-once");
     let failover = "failover_threshold = 50\nconnection_threshold = 10\nreturn_threshold = 90";
-    let n1 = node(&g, 1, &dir, failover, at).await;
-    let n2 = node(&g, 2, &dir, failover, at).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (service, n1, n2) = pair(&dir, failover).await;
     let (home, other) = (n1.mp_addr(), n2.mp_addr());
     let existing = client(home).await.expect("node-1 takes clients while healthy");
     assert_eq!(add(&existing, 1, 1).await, 2);
@@ -157,7 +157,8 @@ async fn with_the_connection_threshold_lower_new_clients_are_served_once_then_mo
 
     let newcomer = client(home).await.expect("admitted in the serve-once zone");
     assert_eq!(newcomer.server().await, Some(Addr::Udp(home)));
-    // It stays until served once (STARTED does not count) ...
+    // It stays until served once (STARTED does not count) ... (a window in which a premature
+    // move would show: nothing to wait for)
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(newcomer.server().await, Some(Addr::Udp(home)), "moved before being served");
     assert_eq!(add(&newcomer, 20, 22).await, 42);
@@ -171,26 +172,14 @@ async fn with_the_connection_threshold_lower_new_clients_are_served_once_then_mo
     n2.stop().await;
 }
 
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("dabs-zones-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A return threshold below the failover threshold must not call deferred clients back into
 /// a zone that would send them away again (ping-pong): at health 40 with F 60 and return 20,
 /// the deferred client stays where it went.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_clients_are_not_called_back_into_a_zone_that_defers_them() {
-    let dir = tempfile_dir("no-ping-pong");
-    let service = TcpListener::bind("127.0.0.1:0").unwrap();
-    let at = service.local_addr().unwrap();
-    let g = group();
+    let dir = temp_dir("no-ping-pong");
     let failover = "failover_threshold = 60\nconnection_threshold = 10\nreturn_threshold = 20";
-    let n1 = node(&g, 1, &dir, failover, at).await;
-    let n2 = node(&g, 2, &dir, failover, at).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (service, n1, n2) = pair(&dir, failover).await;
     let (home, other) = (n1.mp_addr(), n2.mp_addr());
     let c = client(home).await.expect("node-1 takes clients while healthy");
     assert_eq!(add(&c, 1, 1).await, 2);
@@ -199,6 +188,7 @@ async fn deferred_clients_are_not_called_back_into_a_zone_that_defers_them() {
         add(&c, 1, 2).await == 3 && c.server().await == Some(Addr::Udp(other))
     })
     .await;
+    // 1.5 s in which a call back would show (the return pace is 250 ms): nothing to wait for.
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(c.server().await, Some(Addr::Udp(other)), "called back into the defer zone");
@@ -212,10 +202,9 @@ async fn deferred_clients_are_not_called_back_into_a_zone_that_defers_them() {
 /// opened a node session) leaves it alone: same address, same queue, its client still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawn_for_a_hosted_address_does_not_replace_the_portion() {
-    let dir = tempfile_dir("respawn");
+    let dir = temp_dir("respawn");
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
-    let n1 = node(&group(), 1, &dir, "", service.local_addr().unwrap()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n1 = solo(&dir, "", &service).await;
     let c = client(n1.mp_addr()).await.expect("client starts");
     assert_eq!(add(&c, 2, 2).await, 4);
     let before = n1.handle().portions();
@@ -240,10 +229,9 @@ async fn a_spawn_for_a_hosted_address_does_not_replace_the_portion() {
 /// metrics and lists it among its events; a burst of forgeries raises one alert a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_failover_is_raised_with_the_clients_node() {
-    let dir = tempfile_dir("alert");
+    let dir = temp_dir("alert");
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
-    let n1 = node(&group(), 1, &dir, "", service.local_addr().unwrap()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n1 = solo(&dir, "", &service).await;
     let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
     let (target, queue) = (ep.local_addrs().udp, FarmClientOptions::new(n1.mp_addr(), "calc").queue);
     // The client's endpoint takes sessions to its queue (as the failover demo's do), so a
@@ -283,7 +271,8 @@ async fn a_forged_failover_is_raised_with_the_clients_node() {
     assert!(alert.text.contains("failover_rejected"), "{}", alert.text);
     assert!(alert.text.contains(&attacker.local_addrs().udp.to_string()), "names the sender: {}", alert.text);
     assert!(n1.handle().metrics().await.contains("dabs_client_alerts_total 1"));
-    // Three forgeries within a second: one alert, not three.
+    // Three forgeries within a second: one alert, not three. (A window in which a second alert
+    // would be counted: nothing to wait for.)
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(n1.handle().stats().client_alerts, 1);
     // The client still computes, on its own server.
@@ -298,11 +287,10 @@ async fn a_forged_failover_is_raised_with_the_clients_node() {
 /// behind (their stamps look that much older), so the test needs no slow machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_above_the_high_mark_closes_the_node_until_below_the_low_mark() {
-    let dir = tempfile_dir("latency");
+    let dir = temp_dir("latency");
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
     let limits = "\n[latency]\nmax_message_latency_ms = 150\nlow_water_ms = 60\n";
-    let n1 = node(&group(), 1, &dir, limits, service.local_addr().unwrap()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n1 = solo(&dir, limits, &service).await;
     let behind = async |ms: i64| {
         let options = DriverOptions { clock_offset_ms: -ms, ..Default::default() };
         let ep = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), options).await.unwrap();
@@ -324,6 +312,7 @@ async fn latency_above_the_high_mark_closes_the_node_until_below_the_low_mark() 
     while Instant::now() < until {
         assert_eq!(add(&between, 2, 2).await, 4);
         assert!(!n1.handle().stats().accepting, "reopened with latency between the marks");
+        // The calls' pace, part of what is tested: faster than the node looks.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -332,6 +321,7 @@ async fn latency_above_the_high_mark_closes_the_node_until_below_the_low_mark() 
     while !n1.handle().stats().accepting {
         assert!(Instant::now() < reopened, "still closed 10 s after latency fell below the low-water mark");
         assert_eq!(add(&fresh, 3, 3).await, 6);
+        // The calls' pace, as above; the loop is bounded by its 10 s assertion.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(n1.handle().events().iter().any(|e| e.text.contains("under the low-water mark")));
@@ -344,12 +334,11 @@ async fn latency_above_the_high_mark_closes_the_node_until_below_the_low_mark() 
 /// a configured class keeps its own thresholds meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thresholds_changed_at_run_time_take_effect_without_a_restart() {
-    let dir = tempfile_dir("live-thresholds");
+    let dir = temp_dir("live-thresholds");
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
     let failover = "failover_threshold = 10\nconnection_threshold = 25\n\n\
                     [[failover.class]]\nname = \"gold\"\nfailover_threshold = 5\nconnection_threshold = 20\n";
-    let n1 = node(&group(), 1, &dir, failover, service.local_addr().unwrap()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n1 = solo(&dir, failover, &service).await;
     let home = n1.mp_addr();
     drop(service); // health 100 - 60 = 40
     eventually("node-1's health falls to 40", async || n1.handle().stats().health == 40).await;
@@ -383,17 +372,13 @@ async fn thresholds_changed_at_run_time_take_effect_without_a_restart() {
 /// nonce taken is kept in the node's database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_drain_is_refused_also_after_a_restart() {
-    let dir = tempfile_dir("drain-replay");
+    let dir = temp_dir("drain-replay");
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
     let bind = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let g = group();
-    let n1 = node_at(&g, 1, &dir, "", service.local_addr().unwrap(), &bind).await;
+    let g = random_group();
+    let n1 = node_at(g, 1, &dir, "", service.local_addr().unwrap(), &bind).await;
     let at = n1.mp_addr();
-    let secret: Vec<u8> = SECRET
-        .as_bytes()
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
-        .collect();
+    let secret = secret();
     let now = dabs_net::unix_ms();
     let drain = dabs_farm_proto::seal::seal_drain(&secret, at, true, now, now);
     let undo = dabs_farm_proto::seal::seal_drain(&secret, at, false, now + 1, now);
@@ -415,7 +400,7 @@ async fn a_replayed_drain_is_refused_also_after_a_restart() {
     assert!(!n1.handle().stats().draining);
 
     n1.stop().await;
-    let n1 = node_at(&g, 1, &dir, "", service.local_addr().unwrap(), &bind).await;
+    let n1 = node_at(g, 1, &dir, "", service.local_addr().unwrap(), &bind).await;
     assert_eq!(n1.mp_addr(), at, "restarted on the same address");
     assert!(refused(&send(&drain).await), "the DRAIN was replayable after a restart");
     assert!(refused(&send(&undo).await), "the undo was replayable after a restart");
@@ -446,9 +431,9 @@ impl dabs_sdk::ServerPortion for Runs {
 /// nodes' portions together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_moved_by_failover_run_every_request_exactly_once() {
-    let dir = tempfile_dir("exactly-once");
+    let dir = temp_dir("exactly-once");
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
-    let g = group();
+    let g = random_group();
     let failover = "failover_threshold = 50\nconnection_threshold = 60\nreturn_threshold = 90";
     let runs = Runs::default();
     let factory = || -> std::sync::Arc<dyn dabs_farm_proto::portion::PortionFactory> {
@@ -456,11 +441,11 @@ async fn clients_moved_by_failover_run_every_request_exactly_once() {
         std::sync::Arc::new(dabs_sdk::PortionFactoryFn::new("calc", move || runs.clone()))
     };
     let start = async |i: usize| {
-        let c = config(&g, i, &dir, failover, service.local_addr().unwrap(), "127.0.0.1:0");
+        let c = config(g, i, &dir, failover, service.local_addr().unwrap(), "127.0.0.1:0");
         Node::start(c, vec![factory()]).await.unwrap()
     };
     let (n1, n2) = (start(1).await, start(2).await);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    wait_for_decider(&[n1.handle(), n2.handle()]).await;
     let (home, other) = (n1.mp_addr(), n2.mp_addr());
     const CLIENTS: i64 = 8;
     const CALLS: i64 = 60;
@@ -469,18 +454,25 @@ async fn clients_moved_by_failover_run_every_request_exactly_once() {
         clients.push(std::sync::Arc::new(client(home).await.expect("node-1 takes clients while healthy")));
     }
     let mut loops = tokio::task::JoinSet::new();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     for (c, client) in clients.iter().enumerate() {
-        let client = client.clone();
+        let (client, answered) = (client.clone(), answered.clone());
         loops.spawn(async move {
             for k in 0..CALLS {
                 let id = c as i64 * 1000 + k;
                 let reply = client.call(256, dabs_sdk::encode_args(&(id, 1))).await;
                 assert_eq!(dabs_sdk::decode_reply::<i64>(&reply.expect("answered")).unwrap(), id + 1);
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // The clients' pace: the failure comes while they keep calling.
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
         });
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The failure comes while the clients are calling: once each has been answered a few times.
+    eventually("the clients to be calling", async || {
+        answered.load(std::sync::atomic::Ordering::SeqCst) >= CLIENTS * 3
+    })
+    .await;
     drop(service); // health 40: at or below F 50, every client is deferred to node-2
     while let Some(done) = loops.join_next().await {
         done.expect("a client's calls were all answered, right");

@@ -161,6 +161,7 @@ async fn calls_follow_a_moving_portion() {
                         routes.push(r);
                     }
                 }
+                // The stream's pace (a load generator), so the moves fall mid-stream.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }));
@@ -168,13 +169,14 @@ async fn calls_follow_a_moving_portion() {
     let wait_for = |n: usize| {
         let answered = answered.clone();
         async move {
-            for _ in 0..2000 {
-                if answered.lock().unwrap().len() >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            panic!("stream stalled before {n} answers");
+            let what = format!("the stream to reach {n} answers");
+            dabs_testkit::eventually_async(
+                &what,
+                Duration::from_secs(10),
+                Duration::from_millis(5),
+                async || answered.lock().unwrap().len() >= n,
+            )
+            .await
         }
     };
     let tell = move |order: &str, to_child: &mut std::process::ChildStdin| {

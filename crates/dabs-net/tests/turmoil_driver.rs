@@ -36,7 +36,7 @@ const SEEDS: [u64; 7] = [1, 2, 3, 4, 6, 13, 18];
 
 #[test]
 fn driver_survives_loss_and_a_partition() {
-    match std::env::var("DABS_SEED").ok().and_then(|s| s.parse().ok()) {
+    match dabs_testkit::replay_seed() {
         Some(seed) => run(seed),
         None => SEEDS.into_iter().for_each(run),
     }
@@ -87,7 +87,8 @@ fn run(seed: u64) {
         let session =
             ep.open(Addr::Udp(server), 1, vec![]).await.map_err(|e| format!("seed {seed}: open: {e}"))?;
 
-        // Cut the link for two seconds while calls are in flight.
+        // Cut the link for two seconds while calls are in flight (simulated time: the fault
+        // schedule under test, not a wait).
         tokio::spawn(async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             turmoil::partition("client", "server");
@@ -97,7 +98,8 @@ fn run(seed: u64) {
 
         let mut answered = HashSet::new();
         for batch in 0..40u64 {
-            // Spread the calls so the partition below falls in the middle of them.
+            // Spread the calls so the partition below falls in the middle of them (the load's
+            // pace, in simulated time).
             tokio::time::sleep(Duration::from_millis(25)).await;
             let calls: Vec<_> = (0..8u64)
                 .map(|i| {

@@ -10,6 +10,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod placement;
+pub mod ready;
 pub mod settings;
 pub mod stats;
 pub mod zones;

@@ -1,11 +1,10 @@
 //! The operator interface over real HTTP, in front of a real node running the calculator.
 
 use dabs_node::Node;
-use dabs_node::config::NodeConfig;
+use dabs_testkit::{NodeConfigBuilder, POLL, eventually_async, random_group};
 use serde_json::Value;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A node with its operator interface; each test has its own multicast group, so nodes of
@@ -20,26 +19,8 @@ struct Served {
 impl Served {
     async fn start() -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let r = std::hash::RandomState::new().build_hasher().finish();
-        let group = format!("239.255.{}.{}:{}", r % 250 + 2, (r >> 8) % 250 + 2, 40_000 + (r >> 16) % 20_000);
-        let text = format!(
-            r#"
-[farm]
-name = "ops"
-group = "{group}"
-
-[node]
-name = "node-1"
-bind = "127.0.0.1:0"
-data_dir = "{}"
-
-[[app]]
-name = "calc"
-start_at_init = true
-"#,
-            dir.path().display()
-        );
-        let config = NodeConfig::parse(&text, &dir.path().join("node.toml")).unwrap();
+        let config =
+            NodeConfigBuilder::new("ops", random_group(), "node-1").app("calc", true).build(dir.path());
         let node = Node::start(config, vec![dabs_calc::factory()]).await.unwrap();
         let (addr, server) = dabs_ops::serve(node.handle(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
         Served { node, addr, server, _dir: dir }
@@ -137,15 +118,11 @@ async fn the_node_and_its_farm_are_shown() {
     assert!(portions[0]["va"].as_str().unwrap().starts_with("mp://ops/calc/dasp/"));
 
     // The node hears its own announcements and becomes the farm's leader.
-    let t = Instant::now();
-    let farm = loop {
+    let farm = eventually_async("node-1 to lead its farm", Duration::from_secs(3), POLL, async || {
         let farm = s.get_json("/api/farm").await;
-        if farm["leader"] == "node-1" {
-            break farm;
-        }
-        assert!(t.elapsed() < Duration::from_secs(3), "no leader: {farm}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if farm["leader"] == "node-1" { Ok(farm) } else { Err(format!("no leader: {farm}")) }
+    })
+    .await;
     assert_eq!(farm["farm"], "ops");
     let members = farm["members"].as_array().unwrap();
     assert_eq!(members.len(), 1);

@@ -5,17 +5,16 @@
 
 use dabs_net::{Config, DatagramSocket, DriverOptions, EndpointHandle, Error, Stats};
 use dabs_node::Node;
-use dabs_node::config::NodeConfig;
 use dabs_sdk::{FarmClient, FarmClientOptions, Handled, PortionFactoryFn, ServerPortion};
+use dabs_testkit::{NodeConfigBuilder, POLL, eventually_async, random_group};
 use dabs_wire::NakCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Echoes the payload and counts how often each payload ran.
 struct Counting {
@@ -35,20 +34,13 @@ async fn node(
     runs: Arc<Mutex<BTreeMap<Vec<u8>, u32>>>,
 ) -> (Node, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let r = std::hash::RandomState::new().build_hasher().finish();
-    let group = format!("239.255.{}.{}:{}", r % 250 + 2, (r >> 8) % 250 + 2, 40_000 + (r >> 16) % 20_000);
-    let text = format!(
-        "[farm]\nname = \"enc\"\ngroup = \"{group}\"\n\n[node]\nname = \"solo\"\nbind = \"127.0.0.1:0\"\n\
-         data_dir = \"{}\"\naccept_encryption = {accept_encryption}\n\n[[app]]\nname = \"echo\"\nstart_at_init = true\n",
-        dir.path().display()
-    );
-    let config = NodeConfig::parse(&text, &dir.path().join("node.toml")).unwrap();
+    let config = NodeConfigBuilder::new("enc", random_group(), "solo")
+        .data_dir(dir.path())
+        .accept_encryption(accept_encryption)
+        .app("echo", true)
+        .build(dir.path());
     let factory = PortionFactoryFn::new("echo", move || Counting { runs: runs.clone() });
     (Node::start(config, vec![Arc::new(factory)]).await.unwrap(), dir)
-}
-
-fn seed() -> u64 {
-    std::env::var("DABS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random)
 }
 
 /// A UDP socket on a lossy path: each datagram, either way, is dropped with probability
@@ -99,21 +91,17 @@ fn client_config() -> Config {
 }
 
 /// Waits (bounded) until the node's endpoint counters satisfy `done`, and returns them.
-async fn node_stats_until(node: &Node, done: impl Fn(&Stats) -> bool) -> Stats {
-    let t = Instant::now();
-    loop {
+async fn node_stats_until(node: &Node, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+    eventually_async(what, Duration::from_secs(5), POLL, async || {
         let s = node.endpoint().stats().await.unwrap();
-        if done(&s) || t.elapsed() > Duration::from_secs(5) {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if done(&s) { Ok(s) } else { Err(s) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_session_survives_loss_and_drops_replays_and_forgeries() {
-    let seed = seed();
-    println!("seed {seed} (replay with DABS_SEED={seed})");
+    let seed = dabs_testkit::seed();
     let runs = Arc::new(Mutex::new(BTreeMap::new()));
     let (node, _dir) = node(true, runs.clone()).await;
     let lossy = Arc::new(Lossy {
@@ -141,7 +129,10 @@ async fn an_encrypted_session_survives_loss_and_drops_replays_and_forgeries() {
     assert!(mine.retransmits > 0, "seed {seed}: the path lost nothing, so the test showed nothing");
     assert_eq!(mine.sessions_encrypted, 1, "seed {seed}: one session, keyed once");
     assert_eq!((mine.auth_failures, mine.replays_dropped), (0, 0), "seed {seed}: nothing forged came back");
-    let before = node_stats_until(&node, |s| s.sessions_encrypted == 1).await;
+    let before = node_stats_until(&node, &format!("seed {seed}: the node keys the session"), |s| {
+        s.sessions_encrypted == 1
+    })
+    .await;
     assert_eq!(before.sessions_encrypted, 1, "seed {seed}");
     let runs_before = runs.lock().unwrap().clone();
     assert_eq!(runs_before.len() as u32, CALLS, "seed {seed}: every call ran");
@@ -165,7 +156,7 @@ async fn an_encrypted_session_survives_loss_and_drops_replays_and_forgeries() {
     }
     lossy.socket.send_to(&forged, to).await.unwrap();
 
-    let after = node_stats_until(&node, |s| {
+    let after = node_stats_until(&node, &format!("seed {seed}: the node drops what was played"), |s| {
         s.replays_dropped >= before.replays_dropped + 3 && s.auth_failures > before.auth_failures
     })
     .await;

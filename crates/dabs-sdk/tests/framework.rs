@@ -142,6 +142,7 @@ impl ServerPortion for Recorder {
         let n = payload[0];
         let ms = u32::from_be_bytes(payload[1..5].try_into().unwrap());
         self.log.push(Step::Begin(n));
+        // The work under test: a request takes as long as it says (paused clock).
         tokio::time::sleep(Duration::from_millis(ms.into())).await;
         self.served += 1;
         self.log.push(Step::End(n));
@@ -272,11 +273,8 @@ async fn raw_client(net: &Net, server: SocketAddr) -> (Session, mpsc::UnboundedR
 
 /// Waits (in paused time, so at no cost) until `cond` holds.
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    dabs_testkit::eventually_async(what, Duration::from_secs(60), Duration::from_millis(1), async || cond())
+        .await
 }
 
 async fn notice(notices: &mut mpsc::UnboundedReceiver<Notice>) -> Notice {
@@ -586,6 +584,8 @@ async fn started_is_resent_after_ever_longer_jittered_pauses_until_answered() {
     options.started_attempts = DROPPED as u32 + 1;
     let client = FarmClient::start(net.endpoint(plain_timeouts(), None), options).await.expect("started");
     assert_eq!(client.status(), ClientStatus::Running);
+    // Paused time: the 30 s in which every resend, and none after the answer, must happen.
+    // What is tested is the schedule over that span, so the span itself is the test.
     tokio::time::sleep(Duration::from_secs(30)).await;
     let attempts = attempts.lock().unwrap().clone();
     assert_eq!(
@@ -651,11 +651,13 @@ async fn a_client_follows_a_shutdown_and_stops() {
     first.events.send(RuntimeEvent::Shutdown { emergency: false }).unwrap();
     assert_eq!(first.report().await.1, PortionReport::Started);
     assert_eq!(first.report().await.1, PortionReport::Exited);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.server().await.is_some() {
-        assert!(Instant::now() < deadline, "the client never acted on SHUTDOWN");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    dabs_testkit::eventually_async(
+        "the client to act on SHUTDOWN",
+        Duration::from_secs(60),
+        Duration::from_millis(1),
+        async || client.server().await.is_none(),
+    )
+    .await;
     assert_eq!(client.status(), ClientStatus::Running, "a SHUTDOWN is not a stop");
 
     // The application runs again; the client's next call opens a session to it.

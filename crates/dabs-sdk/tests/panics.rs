@@ -1,11 +1,9 @@
 //! A handler that panics takes only its worker down: the runtime hears of it as an error
 //! report, and the portion's other workers go on serving.
 
-mod common;
-
-use common::{Hosted, host};
 use dabs_farm_proto::portion::PortionReport;
 use dabs_sdk::{Handled, ServerPortion};
+use dabs_testkit::portion::{Hosted, host};
 use std::time::Duration;
 
 const BOOM: u16 = 301;

@@ -2,11 +2,9 @@
 //! request, divided among the workers of a vertical split. On tokio's paused clock, so the
 //! figures are exact and do not depend on how fast the machine is.
 
-mod common;
-
-use common::{Hosted, host};
 use dabs_farm_proto::portion::RuntimeEvent;
 use dabs_sdk::{Handled, ServerPortion};
+use dabs_testkit::portion::{Hosted, host};
 use std::time::Duration;
 
 /// Takes as many milliseconds as the first byte of the request says.
@@ -14,6 +12,7 @@ struct Sleeper;
 
 impl ServerPortion for Sleeper {
     async fn handle(&mut self, _command: u16, payload: Vec<u8>) -> Handled {
+        // The work under test (paused clock: exactly this long).
         tokio::time::sleep(Duration::from_millis(u64::from(payload[0]))).await;
         Handled::Reply(payload)
     }

@@ -94,7 +94,7 @@ async fn semaphore_waiter_gets_a_permit_released_in_time_without_a_report() {
         async move {
             let _permit = db.acquire().await.unwrap();
             taken_tx.send(()).unwrap();
-            sleep(ms(60)).await;
+            sleep(ms(60)).await; // holds the permit: the work under test (paused clock)
         }
     });
     taken.await.unwrap();
@@ -132,7 +132,7 @@ async fn queue_push_gets_room_made_in_time_and_keeps_order() {
     let consumer = tokio::spawn({
         let q = q.clone();
         async move {
-            sleep(ms(40)).await;
+            sleep(ms(40)).await; // a slow consumer: the work under test (paused clock)
             q.pop().await.unwrap()
         }
     });
@@ -242,7 +242,7 @@ async fn write_timer_stops_at_the_first_attempt_in_time() {
     // Each attempt takes 25 ms: the third (40 ms time-out) is the first to finish.
     let got = timer
         .write(|a: Attempt| async move {
-            sleep(ms(25)).await;
+            sleep(ms(25)).await; // the attempt's work under test (paused clock)
             a.index
         })
         .await;
@@ -362,7 +362,7 @@ async fn read_that_answers_within_its_timeout_after_a_wait() {
     let start = Instant::now();
     let out = timer
         .read(async {
-            sleep(ms(49)).await;
+            sleep(ms(49)).await; // the read's work under test (paused clock)
             "late"
         })
         .await;
@@ -445,7 +445,7 @@ async fn write_async_callbacks_are_per_client_with_their_own_durations() {
             client,
             move |a: Attempt| async move {
                 match takes {
-                    Some(d) => sleep(d).await,
+                    Some(d) => sleep(d).await, // the attempt's work under test (paused clock)
                     None => pending::<()>().await,
                 }
                 a.index

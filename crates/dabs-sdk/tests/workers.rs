@@ -1,11 +1,9 @@
 //! A vertical split runs several workers on one portion queue; a single worker serves one
 //! request at a time. Observed as concurrency inside the handler, not as timing.
 
-mod common;
-
-use common::{Hosted, host};
 use dabs_farm_proto::portion::PortionReport;
 use dabs_sdk::{Handled, ServerPortion};
+use dabs_testkit::portion::{Hosted, host};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ impl ServerPortion for Slow {
     async fn handle(&mut self, _command: u16, payload: Vec<u8>) -> Handled {
         let now = BUSY.fetch_add(1, Ordering::SeqCst) + 1;
         PEAK.fetch_max(now, Ordering::SeqCst);
+        // The work under test: long enough for the other workers' requests to overlap it.
         tokio::time::sleep(Duration::from_millis(30)).await;
         BUSY.fetch_sub(1, Ordering::SeqCst);
         Handled::Reply(payload)

@@ -1,6 +1,5 @@
-//! Shared fixture of the SDK's tests: one portion hosted on a real endpoint, as the node would
-//! host it, and a client session to it.
-#![allow(dead_code)]
+//! One portion hosted on a real endpoint, as the node would host it, and a client session to
+//! it: the SDK's tests of a portion alone, without a node around it.
 
 use dabs_farm_proto::portion::{PortionContext, PortionFactory, PortionReport, RuntimeEvent};
 use dabs_farm_proto::records::PortionFigures;
