@@ -26,7 +26,7 @@ use dabs_proto::{
     Addr, CallError, CallId, Config, Endpoint, Event, IncomingId, OpenRequest, SessionId, Time,
 };
 use dabs_wire::NakCode;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -420,6 +420,8 @@ pub struct Report {
     pub replies: u64,
     /// `Failed` events.
     pub failed: u64,
+    /// `Failed` events by kind of error (`GaveUp`, `Nak 13`, `SessionLost`...).
+    pub failures: BTreeMap<String, u64>,
     /// Requests delivered to applications.
     pub requests: u64,
     /// Encrypted sessions that completed their key exchange (either side).
@@ -1112,6 +1114,11 @@ impl Harness {
                 Self::outcome(i, app, call, is_open, &format!("Failed({error:?})"))?;
                 app.failed += 1;
                 self.report.failed += 1;
+                let kind = match &error {
+                    CallError::Nak { code, .. } => format!("Nak {}", code.number()),
+                    e => format!("{e:?}").split([' ', '(', '{']).next().unwrap_or_default().to_owned(),
+                };
+                *self.report.failures.entry(kind).or_default() += 1;
             }
             Event::SessionClosed { session, .. } => {
                 if !app.closed.insert(session) {
@@ -1178,5 +1185,26 @@ impl Harness {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checker itself must be able to fail: fabricated events that break the rules are
+    /// caught.
+    #[test]
+    fn the_checker_catches_a_second_outcome_and_an_unknown_call() {
+        let mut h = Harness::new(&Setup::default());
+        let call = CallId(42);
+        h.apps[1].calls.insert(call, CallRec { kind: CallKind::Request { seq: 1, size: 0 }, outcome: None });
+        h.apps[1].by_seq.insert(1, call);
+        let failed = || Event::Failed { call, error: CallError::SessionLost };
+        assert_eq!(h.observe(1, failed()), Ok(()));
+        assert!(matches!(h.observe(1, failed()), Err(Violation::DoubleOutcome { endpoint: 1, .. })));
+        assert!(matches!(h.observe(0, failed()), Err(Violation::UnknownCall { endpoint: 0, .. })));
+        // The endpoint's counters saw none of these.
+        assert!(matches!(h.check(), Err(Violation::StatsMismatch { counter: "calls_failed", .. })));
     }
 }
