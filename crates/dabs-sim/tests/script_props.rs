@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestError, TestRunner};
 use std::cell::RefCell;
 
-const CASES: u32 = 128;
+const CASES: u32 = 256;
 const MAX_OPS: usize = 200;
 
 fn index() -> impl Strategy<Value = u8> {
@@ -104,6 +104,9 @@ fn check_scripts(name: &str, op: BoxedStrategy<Op>) -> Report {
         t.opened += r.opened;
         t.replies += r.replies;
         t.failed += r.failed;
+        for (kind, n) in r.failures {
+            *t.failures.entry(kind).or_default() += n;
+        }
         t.requests += r.requests;
         t.encrypted += r.encrypted;
         t.delivered += r.delivered;
