@@ -5,6 +5,8 @@
 //! destination at a simulated time. Time only moves when the simulator advances it, so a run
 //! is a pure function of its seed.
 
+pub mod script;
+
 use dabs_proto::{Addr, Endpoint, Event, Time};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -196,7 +196,9 @@ impl Endpoint {
         };
         s.last_active = now;
         let last = s.last_reply_stamp_in[usize::from(h.transaction)];
-        let stale = last != u32::MAX && !newer(h.sent, SentTime::from_millis_of_hour(last));
+        let recent =
+            now.saturating_sub(s.last_reply_at[usize::from(h.transaction)]) < self.io.config.idle_timeout;
+        let stale = last != u32::MAX && recent && !newer(h.sent, SentTime::from_millis_of_hour(last));
         let live = s.out.get_mut(&h.transaction).filter(|o| o.header.command == h.command && !stale);
         let Some(out) = live else {
             // A copy of a reply we already took: ACK it again so the sender stops.
@@ -280,6 +282,7 @@ impl Endpoint {
             // (The exchange's REPLY is not authenticated: its stamp must not shadow a later
             // reply to this transaction number.)
             s.last_reply_stamp_in[usize::from(h.transaction)] = h.sent.millis_of_hour();
+            s.last_reply_at[usize::from(h.transaction)] = now;
         }
         if !reliable {
             self.io.ack(&from, Answer::to(&h), h.sent, s.crypto.sealer());

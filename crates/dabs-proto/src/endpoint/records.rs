@@ -99,6 +99,9 @@ pub(super) enum InState {
 /// A request of the peer, remembered by transaction number to deliver it exactly once.
 pub(super) struct InRecord {
     pub(super) sent: SentTime,
+    /// When its first datagram arrived here: stamps wrap every hour, so past a session's idle
+    /// time-out the stamp alone cannot tell a reuse of the number from a late copy.
+    pub(super) at: Time,
     pub(super) command: u16,
     pub(super) crc: bool,
     pub(super) src: u16,
@@ -107,8 +110,8 @@ pub(super) struct InRecord {
 }
 
 impl InRecord {
-    pub(super) fn new(h: &Header, state: InState) -> Self {
-        Self { sent: h.sent, command: h.command, crc: h.crc, src: h.src, dst: h.dst, state }
+    pub(super) fn new(h: &Header, at: Time, state: InState) -> Self {
+        Self { sent: h.sent, at, command: h.command, crc: h.crc, src: h.src, dst: h.dst, state }
     }
 }
 

@@ -297,8 +297,12 @@ impl Endpoint {
                 }
                 return;
             }
-            if !newer(h.sent, rec.sent) {
-                // A late copy of an earlier use of this transaction number: already handled.
+            // A late copy of an earlier use of this transaction number is already handled. No
+            // copy outlives the sender's retries, which end well inside the idle time-out; an
+            // older record is a number coming round again, whatever its stamp says (a session
+            // calling every 10 s reuses each number 42.5 min later, "older" modulo the hour).
+            let recent = now.saturating_sub(rec.at) < self.io.config.idle_timeout;
+            if recent && !newer(h.sent, rec.sent) {
                 self.io.stats.duplicates += 1;
                 return;
             }
@@ -342,7 +346,7 @@ impl Endpoint {
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
-        s.inc.insert(h.transaction, InRecord::new(&h, InState::Receiving(r)));
+        s.inc.insert(h.transaction, InRecord::new(&h, now, InState::Receiving(r)));
         if let Some(p) = self.sessions.peer_mut(&from) {
             p.partials += 1;
         }
@@ -356,7 +360,7 @@ impl Endpoint {
         };
         let reliable = s.peer().is_reliable_link();
         let ack_due = (!reliable).then(|| now + self.io.config.ack_delay);
-        s.inc.insert(h.transaction, InRecord::new(&h, InState::Delivered { ack_due }));
+        s.inc.insert(h.transaction, InRecord::new(&h, now, InState::Delivered { ack_due }));
         let id = IncomingId { session: sid, transaction: h.transaction, sent: h.sent };
         if h.command == SystemCommand::Echo.number() {
             let _ = self.reply(now, id, payload);

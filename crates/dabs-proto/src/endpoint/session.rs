@@ -29,6 +29,9 @@ pub(super) struct Session {
     pub(super) next_tx: u8,
     pub(super) last_request_stamp: Box<[u32; 256]>,
     pub(super) last_reply_stamp_in: Box<[u32; 256]>,
+    /// When each of those replies was taken: past the idle time-out no copy of it can arrive,
+    /// and its stamp (which wraps every hour) must not make a new reply look old.
+    pub(super) last_reply_at: Box<[Time; 256]>,
     pub(super) last_reply_stamp_out: Box<[u32; 256]>,
     pub(super) out: HashMap<u8, Out>,
     pub(super) replies: HashMap<u8, Out>,
@@ -66,6 +69,7 @@ impl Session {
             next_tx: 1,
             last_request_stamp: Box::new([u32::MAX; 256]),
             last_reply_stamp_in: Box::new([u32::MAX; 256]),
+            last_reply_at: Box::new([Time::ZERO; 256]),
             last_reply_stamp_out: Box::new([u32::MAX; 256]),
             out: HashMap::new(),
             replies: HashMap::new(),
