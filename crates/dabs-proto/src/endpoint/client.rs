@@ -1,5 +1,6 @@
 //! The client side: opening sessions, calls, and the REPLYs that answer them.
 
+use super::budget::{Budgets, Meters, Partial, Refused};
 use super::records::{Answer, InState, OpenOut, OpenPurpose, Out, OutState, Pending, PendingOpen, newer};
 use super::session::{Role, Session};
 use super::timers::TimerKey;
@@ -191,6 +192,8 @@ impl Endpoint {
             }
             return;
         };
+        // (The peer has an entry: it has this session.)
+        let peer_meter = self.sessions.source_meter(&from);
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
@@ -213,7 +216,14 @@ impl Endpoint {
             }
             if out.reply.is_none() {
                 match Reassembly::new(d, chunk_size(h.crc, overhead), self.io.config.max_message) {
-                    Ok(r) => out.reply = Some(r),
+                    Ok(r) => {
+                        let meters = Meters {
+                            session: Some(s.held.clone()),
+                            peer: peer_meter,
+                            total: self.io.held.clone(),
+                        };
+                        out.reply = Some(Partial::new(r, meters));
+                    }
                     Err(e) => {
                         let code = if matches!(e, dabs_wire::ReassemblyError::TooLarge { .. }) {
                             NakCode::TooLarge
@@ -228,9 +238,16 @@ impl Endpoint {
             let Some(r) = out.reply.as_mut() else {
                 return;
             };
-            match r.add(d) {
+            match r.add(d, Budgets::of(&self.io.config)) {
                 Ok(dabs_wire::Progress::Complete) => {
-                    out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
+                    out.reply.take().and_then(Partial::finish).unwrap_or_default()
+                }
+                Err(Refused::Budget(..)) => {
+                    // Over budget: what arrived is let go, unanswered; the server's next
+                    // round (or the answer to our next probe) brings the REPLY again.
+                    out.reply = None;
+                    self.io.stats.reassembly_refused += 1;
+                    return;
                 }
                 Ok(_) => {
                     // Part of the REPLY proves the request arrived (the spec counts a REPLY as
@@ -244,8 +261,8 @@ impl Endpoint {
                 }
                 Err(e) => {
                     out.reply = None;
-                    let text = e.to_string();
-                    return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+                    let (code, text) = e.nak();
+                    return self.nak_datagram(now, &from, d, code, &text);
                 }
             }
         } else {
@@ -313,16 +330,23 @@ impl Endpoint {
         let payload = if d.buffer.is_some() {
             if open.out.reply.is_none() {
                 match Reassembly::new(d, chunk_size(h.crc, 0), self.io.config.max_message) {
-                    Ok(r) => open.out.reply = Some(r),
+                    Ok(r) => {
+                        let meters = Meters {
+                            session: None,
+                            peer: self.sessions.source_meter(&from),
+                            total: self.io.held.clone(),
+                        };
+                        open.out.reply = Some(Partial::new(r, meters));
+                    }
                     Err(_) => return,
                 }
             }
             let Some(r) = open.out.reply.as_mut() else {
                 return;
             };
-            match r.add(d) {
+            match r.add(d, Budgets::of(&self.io.config)) {
                 Ok(dabs_wire::Progress::Complete) => {
-                    open.out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
+                    open.out.reply.take().and_then(Partial::finish).unwrap_or_default()
                 }
                 Ok(_) => return,
                 Err(_) => {
