@@ -58,6 +58,10 @@ pub struct Config {
     /// are encrypted only when a client asks ([`crate::Endpoint::open_encrypted`]); with
     /// `false` the request is refused with NAK 9 and the client's open fails.
     pub accept_encryption: bool,
+    /// The server's static private key, for clients that pinned its public key
+    /// ([`crate::SECURITY_SPEC_NK`]): a farm node derives it from the farm secret. Without
+    /// one, such a key exchange is refused with NAK 13.
+    pub static_key: Option<crate::StaticKey>,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(120),
             crc: true,
             accept_encryption: true,
+            static_key: None,
         }
     }
 }

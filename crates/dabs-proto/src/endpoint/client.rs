@@ -50,7 +50,33 @@ impl Endpoint {
         self.check_size(payload.len(), 0)?;
         let call = CallId(self.next_id());
         let purpose = OpenPurpose::New { local_queue };
-        self.start_open(now, to, purpose, Some(call), payload, local_queue, encrypt).map(|_| call)
+        self.start_open(now, to, purpose, Some(call), payload, local_queue, encrypt, None).map(|_| call)
+    }
+
+    /// Like [`Endpoint::open_encrypted`], but the server must prove it holds the private key
+    /// of `server_key` (the farm's static public key, pinned by the client): the key exchange
+    /// is [`crate::NOISE_NK_PARAMS`]. It fails closed: a server without that key cannot
+    /// complete it (NAK 9 or 13, or message 2 that does not verify), the open fails, and the
+    /// session never falls back to NN or to clear, re-opens included.
+    pub fn open_pinned(
+        &mut self,
+        now: Time,
+        to: Addr,
+        local_queue: u16,
+        payload: Vec<u8>,
+        server_key: [u8; 32],
+    ) -> Result<CallId, CallError> {
+        self.check_size(payload.len(), 0)?;
+        let call = CallId(self.next_id());
+        let purpose = OpenPurpose::New { local_queue };
+        self.start_open(now, to, purpose, Some(call), payload, local_queue, true, Some(server_key))
+            .map(|_| call)
+    }
+
+    /// Whether a client session's key exchange authenticated the server's static key (it was
+    /// opened with [`Endpoint::open_pinned`] and is keyed).
+    pub fn session_authenticated(&self, session: SessionId) -> bool {
+        self.sessions.get(session).is_some_and(|s| s.pinned.is_some() && matches!(s.crypto, Crypto::Keys(_)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -63,6 +89,7 @@ impl Endpoint {
         payload: Vec<u8>,
         local_queue: u16,
         encrypt: bool,
+        pinned: Option<[u8; 32]>,
     ) -> Result<(), CallError> {
         let mut tx = None;
         for _ in 0..255 {
@@ -86,7 +113,7 @@ impl Endpoint {
         let mut out = self.io.new_out(call, to, header, payload);
         // OPEN_SESSION is answered by a REPLY, never a bare ACK: keep retransmitting until then.
         self.io.transmit_out(now, &mut out, TimerKey::Open(tx), None);
-        self.opens.insert(tx, OpenOut { out, purpose, encrypt });
+        self.opens.insert(tx, OpenOut { out, purpose, encrypt: encrypt || pinned.is_some(), pinned });
         Ok(())
     }
 
@@ -391,6 +418,7 @@ impl Endpoint {
                 );
                 s.reopen_with = Some((open.out.to.clone(), open.out.payload));
                 s.wants_encryption = open.encrypt;
+                s.pinned = open.pinned;
                 self.io.stats.sessions_opened += 1;
                 if open.encrypt {
                     s.pending_open = Some(PendingOpen { call: open.out.call, payload, reopened: false });

@@ -138,6 +138,8 @@ pub(super) struct OpenOut {
     pub(super) out: Out,
     pub(super) purpose: OpenPurpose,
     pub(super) encrypt: bool,
+    /// The server's static public key, when the client pinned it (implies `encrypt`).
+    pub(super) pinned: Option<[u8; 32]>,
 }
 
 /// Marks the request a reply answered as done. The reply table and the request table share

@@ -46,6 +46,9 @@ pub(super) struct Session {
     pub(super) pending_open: Option<PendingOpen>,
     /// Client: key exchanges started since the session last had keys.
     pub(super) key_exchanges: u32,
+    /// Client: the server's static public key the session was pinned to: every key exchange
+    /// (re-opens too) is Noise_NK with it, never NN, never clear.
+    pub(super) pinned: Option<[u8; 32]>,
     /// Bytes this session's half-received messages hold.
     pub(super) held: Meter,
     /// Server: accepted, but its client has neither ACKed the `OPEN_SESSION` REPLY nor sent
@@ -85,6 +88,7 @@ impl Session {
             wants_encryption: false,
             pending_open: None,
             key_exchanges: 0,
+            pinned: None,
             held: Meter::default(),
             half_open: false,
         }
