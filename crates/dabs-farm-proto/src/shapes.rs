@@ -2,7 +2,7 @@
 //! `shared/spec/interop.md`.
 
 use ciborium::Value;
-use dabs_proto::{SECURITY_SPEC, SecuritySpec};
+use dabs_proto::{SECURITY_SPEC, SECURITY_SPEC_NK, SecuritySpec};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -202,8 +202,12 @@ pub fn negotiate_security(
     if !accept_encryption {
         return Err(SecurityRefusal::TurnedOff);
     }
-    if offer.iter().any(|o| o.matches(&SECURITY_SPEC)) {
-        return Ok(Some(SECURITY_SPEC));
+    // The first offered map naming NN or NK (the client pinned the farm's key; the endpoint
+    // refuses NK with NAK 13 when it holds no static key).
+    for o in offer {
+        if let Some(spec) = [SECURITY_SPEC, SECURITY_SPEC_NK].into_iter().find(|spec| o.matches(spec)) {
+            return Ok(Some(spec));
+        }
     }
     Err(SecurityRefusal::NoneImplemented { offered: offer.len() })
 }

@@ -13,6 +13,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::UnixDatagram;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -61,7 +62,9 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
     let local = Arc::new(LocalAddrs { udp: udp_addr, unix: options.unix_path.clone(), inproc: inproc_id });
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (tap, _) = tokio::sync::broadcast::channel(4096);
-    let handle = EndpointHandle { cmd: cmd_tx.clone(), local: local.clone(), tap: tap.clone() };
+    let full = Arc::new(AtomicBool::new(false));
+    let handle =
+        EndpointHandle { cmd: cmd_tx.clone(), local: local.clone(), tap: tap.clone(), full: full.clone() };
     let wall_epoch_ms = unix_ms().saturating_add_signed(options.clock_offset_ms);
     let seed = options.seed.unwrap_or_else(rand::random);
     let endpoint = Endpoint::new(options.config, seed, wall_epoch_ms);
@@ -79,6 +82,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
     });
     let driver = Driver {
         tap,
+        full,
         ep: endpoint,
         start: Instant::now(),
         weak: cmd_tx.downgrade(),
@@ -98,6 +102,8 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
 
 struct Driver {
     tap: tokio::sync::broadcast::Sender<TapRecord>,
+    /// [`Endpoint::is_full`], as of the last step, for [`EndpointHandle::is_full`].
+    full: Arc<AtomicBool>,
     ep: Endpoint,
     start: Instant,
     weak: mpsc::WeakUnboundedSender<Command>,
@@ -130,6 +136,7 @@ impl Driver {
             cmd,
             local: self.local.clone(),
             tap: self.tap.clone(),
+            full: self.full.clone(),
         })
     }
 
@@ -248,6 +255,7 @@ impl Driver {
     }
 
     async fn flush<S: DatagramSocket>(&mut self, udp: &S) {
+        self.full.store(self.ep.is_full(), Ordering::Relaxed);
         while let Some(t) = self.ep.poll_transmit() {
             self.record(true, &t.to, &t.data);
             match t.to {
@@ -273,8 +281,12 @@ impl Driver {
 
     fn command(&mut self, now: Time, c: Command) {
         match c {
-            Command::Open { to, queue, payload, encrypt, done } => {
-                match self.ep.open_with(now, to, queue, payload, encrypt) {
+            Command::Open { to, queue, payload, encrypt, pinned, done } => {
+                let opened = match pinned {
+                    Some(key) => self.ep.open_pinned(now, to, queue, payload, key),
+                    None => self.ep.open_with(now, to, queue, payload, encrypt),
+                };
+                match opened {
                     Ok(call) => {
                         self.opens.insert(call, done);
                     }

@@ -49,6 +49,7 @@ pub(crate) enum Command {
         queue: u16,
         payload: Vec<u8>,
         encrypt: bool,
+        pinned: Option<[u8; 32]>,
         done: oneshot::Sender<Result<Session, Error>>,
     },
     Call {
@@ -142,6 +143,7 @@ pub struct EndpointHandle {
     pub(crate) cmd: mpsc::UnboundedSender<Command>,
     pub(crate) local: Arc<LocalAddrs>,
     pub(crate) tap: tokio::sync::broadcast::Sender<TapRecord>,
+    pub(crate) full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EndpointHandle {
@@ -184,8 +186,29 @@ impl EndpointHandle {
         encrypt: bool,
     ) -> Result<Session, Error> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::Open { to, queue, payload, encrypt, done })?;
+        self.send(Command::Open { to, queue, payload, encrypt, pinned: None, done })?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Like [`EndpointHandle::open_encrypted`], but the server must hold the private key of
+    /// `server_key` (the farm's static public key): the key exchange is Noise_NK and fails
+    /// closed ([`dabs_proto::Endpoint::open_pinned`]).
+    pub async fn open_pinned(
+        &self,
+        to: Addr,
+        queue: u16,
+        payload: Vec<u8>,
+        server_key: [u8; 32],
+    ) -> Result<Session, Error> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Open { to, queue, payload, encrypt: true, pinned: Some(server_key), done })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Whether the endpoint is near its limits (peer table or reassembly budget seven eighths
+    /// full; [`dabs_proto::Endpoint::is_full`]), as of its last step. Cheap, no round trip.
+    pub fn is_full(&self) -> bool {
+        self.full.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Submits a call now and returns a future of its reply (the asynchronous API).

@@ -20,8 +20,8 @@ pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
 
 pub use dabs_proto::{
-    Addr, CallError, Config, Incoming, KEY_EXCHANGE, OpenRequest, SECURITY_SPEC, SecuritySpec, SessionId,
-    Stats,
+    Addr, CallError, Config, Incoming, KEY_EXCHANGE, OpenRequest, SECURITY_SPEC, SECURITY_SPEC_NK,
+    SecuritySpec, SessionId, StaticKey, Stats, static_public_key,
 };
 
 /// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it): the

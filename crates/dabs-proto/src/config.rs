@@ -26,8 +26,30 @@ pub struct Config {
     pub max_message: usize,
     /// Partial multi-buffer messages one peer may have in progress (more: NAK 5).
     pub max_partial_per_peer: usize,
-    /// Peers tracked at once.
+    /// Peers (addresses with their port) tracked at once.
     pub max_peers: usize,
+    /// Bytes the half-received multi-buffer messages of one session may hold together; a
+    /// buffer that would take them over refuses its message (NAK 5). Memory grows as buffers
+    /// arrive, so this counts bytes received, not sizes announced.
+    pub reassembly_per_session: usize,
+    /// The same, for all sessions of one source address (an IPv4 address, or an IPv6 /64,
+    /// whatever the port) together (NAK 5).
+    pub reassembly_per_source: usize,
+    /// The same, for the whole endpoint (NAK 8: overloaded, try another server).
+    pub reassembly_total: usize,
+    /// Server sessions one source address may hold at once. A new one past the cap takes the
+    /// place of the source's oldest idle one (idle for `reclaim_idle_after`), or is refused
+    /// (NAK 10).
+    pub max_sessions_per_source: usize,
+    /// Half-open server sessions (accepted, but neither the REPLY acknowledged nor a request
+    /// received) one source address may hold; a new one past the cap replaces its oldest.
+    pub max_half_open_per_source: usize,
+    /// Peers (ports) of one source address tracked at once; past it, the source's peers
+    /// without a session are forgotten, and if that is not enough its open is refused (NAK 10).
+    pub max_peers_per_source: usize,
+    /// Under pressure (the peer table full) server sessions idle this long, and half-open
+    /// ones, are closed early, oldest first, to make room for new clients.
+    pub reclaim_idle_after: Duration,
     /// A server session with no traffic for this long is closed.
     pub idle_timeout: Duration,
     /// Whether messages this endpoint originates carry a CRC byte.
@@ -36,6 +58,10 @@ pub struct Config {
     /// are encrypted only when a client asks ([`crate::Endpoint::open_encrypted`]); with
     /// `false` the request is refused with NAK 9 and the client's open fails.
     pub accept_encryption: bool,
+    /// The server's static private key, for clients that pinned its public key
+    /// ([`crate::SECURITY_SPEC_NK`]): a farm node derives it from the farm secret. Without
+    /// one, such a key exchange is refused with NAK 13.
+    pub static_key: Option<crate::StaticKey>,
 }
 
 impl Default for Config {
@@ -52,9 +78,17 @@ impl Default for Config {
             max_message: 1 << 20,
             max_partial_per_peer: 8,
             max_peers: 65_536,
+            reassembly_per_session: 2 << 20,
+            reassembly_per_source: 4 << 20,
+            reassembly_total: 64 << 20,
+            max_sessions_per_source: 1024,
+            max_half_open_per_source: 64,
+            max_peers_per_source: 1024,
+            reclaim_idle_after: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             crc: true,
             accept_encryption: true,
+            static_key: None,
         }
     }
 }

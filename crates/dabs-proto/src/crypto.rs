@@ -10,8 +10,17 @@ use snow::HandshakeState;
 /// request holds Noise message 1, its REPLY message 2.
 pub const KEY_EXCHANGE: u16 = 22;
 
-/// The Noise protocol name used by [`KEY_EXCHANGE`].
+/// The Noise protocol name used by [`KEY_EXCHANGE`] when the client has not pinned the
+/// server's key (authenticates neither side).
 pub const NOISE_PARAMS: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
+
+/// The Noise protocol name used by [`KEY_EXCHANGE`] when the client has pinned the server's
+/// static public key (the farm's): only a holder of the matching private key can complete it.
+pub const NOISE_NK_PARAMS: &str = "Noise_NK_25519_ChaChaPoly_BLAKE2s";
+
+/// Bytes of Noise message 1 with the server's key (`-> e, es`: the ephemeral key, then the tag of an empty
+/// payload encrypted under the `es` key). The server tells the patterns apart by this length.
+const NK_MSG1_LEN: usize = 48;
 
 /// Bytes of the explicit nonce that starts every encrypted payload.
 pub(crate) const NONCE_LEN: usize = 8;
@@ -50,6 +59,44 @@ pub const SECURITY_SPEC: SecuritySpec = SecuritySpec {
     signature: "Poly1305 tag over header + explicit nonce + ciphertext",
 };
 
+/// The specification of encrypted sessions that authenticate the server: the client pinned
+/// the farm's static public key ([`NOISE_NK_PARAMS`]). Same keys, cipher and datagrams as
+/// [`SECURITY_SPEC`]; only the handshake differs.
+pub const SECURITY_SPEC_NK: SecuritySpec = SecuritySpec { key_exchange: NOISE_NK_PARAMS, ..SECURITY_SPEC };
+
+/// A server's static X25519 private key (for [`NOISE_NK_PARAMS`]); a farm node derives it from
+/// the farm secret. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticKey(pub [u8; 32]);
+
+impl std::fmt::Debug for StaticKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StaticKey(..)")
+    }
+}
+
+/// The X25519 public key of a static private key: what clients pin
+/// (`FarmClientOptions::farm_key`) and what `dabs farm up` prints.
+pub fn static_public_key(private: &[u8; 32]) -> [u8; 32] {
+    use snow::resolvers::CryptoResolver;
+    let mut out = [0u8; 32];
+    let dh = snow::resolvers::DefaultResolver.resolve_dh(&snow::params::DHChoice::Curve25519);
+    if let Some(mut dh) = dh {
+        dh.set(private);
+        out.copy_from_slice(dh.pubkey());
+    }
+    out
+}
+
+/// Why the server refused a key exchange.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Noise_NK asked for, and this endpoint holds no static key (NAK 13).
+    NoStaticKey,
+    /// The message did not read (NAK 9).
+    Noise(snow::Error),
+}
+
 /// The specification of encrypted sessions ([`SECURITY_SPEC`]).
 pub fn security_spec() -> SecuritySpec {
     SECURITY_SPEC
@@ -70,29 +117,58 @@ pub(crate) fn prologue(session: u8, client_queue: u16, server_queue: u16) -> Vec
     p
 }
 
-fn params() -> snow::params::NoiseParams {
-    NOISE_PARAMS.parse().expect("valid Noise protocol name")
+fn params(pinned: bool) -> snow::params::NoiseParams {
+    let name = if pinned { NOISE_NK_PARAMS } else { NOISE_PARAMS };
+    name.parse().expect("valid Noise protocol name")
 }
 
-/// Starts a handshake as the client: the state and Noise message 1.
-pub(crate) fn initiate(prologue: &[u8]) -> Result<(HandshakeState, Vec<u8>), snow::Error> {
-    let mut hs = snow::Builder::new(params()).prologue(prologue)?.build_initiator()?;
+/// Starts a handshake as the client: the state and Noise message 1. With `pinned` (the
+/// server's static public key) the pattern is NK, else NN.
+pub(crate) fn initiate(
+    prologue: &[u8],
+    pinned: Option<&[u8; 32]>,
+) -> Result<(HandshakeState, Vec<u8>), snow::Error> {
+    let builder = snow::Builder::new(params(pinned.is_some())).prologue(prologue)?;
+    let builder = match pinned {
+        Some(key) => builder.remote_public_key(key)?,
+        None => builder,
+    };
+    let mut hs = builder.build_initiator()?;
     let mut msg = vec![0u8; 128];
     let n = hs.write_message(&[], &mut msg)?;
     msg.truncate(n);
     Ok((hs, msg))
 }
 
-/// Answers Noise message 1 as the server: the session keys and Noise message 2.
-pub(crate) fn respond(prologue: &[u8], msg1: &[u8]) -> Result<(SessionKeys, Vec<u8>), snow::Error> {
-    let mut hs = snow::Builder::new(params()).prologue(prologue)?.build_responder()?;
-    let mut scratch = [0u8; 64];
-    hs.read_message(msg1, &mut scratch)?;
-    let mut msg = vec![0u8; 128];
-    let n = hs.write_message(&[], &mut msg)?;
-    msg.truncate(n);
-    let (to_server, to_client) = hs.dangerously_get_raw_split();
-    Ok((SessionKeys::new(&to_client, &to_server), msg))
+/// Answers Noise message 1 as the server: the session keys and Noise message 2. Message 1 of
+/// 48 bytes asks for NK (the server's static key), any other for NN.
+pub(crate) fn respond(
+    prologue: &[u8],
+    msg1: &[u8],
+    static_key: Option<&StaticKey>,
+) -> Result<(SessionKeys, Vec<u8>), Refusal> {
+    let nk = msg1.len() == NK_MSG1_LEN;
+    if nk && static_key.is_none() {
+        return Err(Refusal::NoStaticKey);
+    }
+    let build = || -> Result<HandshakeState, snow::Error> {
+        let builder = snow::Builder::new(params(nk)).prologue(prologue)?;
+        match static_key.filter(|_| nk) {
+            Some(k) => builder.local_private_key(&k.0)?.build_responder(),
+            None => builder.build_responder(),
+        }
+    };
+    let run = || -> Result<(SessionKeys, Vec<u8>), snow::Error> {
+        let mut hs = build()?;
+        let mut scratch = [0u8; 64];
+        hs.read_message(msg1, &mut scratch)?;
+        let mut msg = vec![0u8; 128];
+        let n = hs.write_message(&[], &mut msg)?;
+        msg.truncate(n);
+        let (to_server, to_client) = hs.dangerously_get_raw_split();
+        Ok((SessionKeys::new(&to_client, &to_server), msg))
+    };
+    run().map_err(Refusal::Noise)
 }
 
 /// Takes Noise message 2 as the client. On error the state is unchanged (snow restores it), so
@@ -309,8 +385,8 @@ mod tests {
     #[test]
     fn handshake_and_datagrams() {
         let p = prologue(7, 1, 2);
-        let (mut hs, m1) = initiate(&p).unwrap();
-        let (mut server, m2) = respond(&p, &m1).unwrap();
+        let (mut hs, m1) = initiate(&p, None).unwrap();
+        let (mut server, m2) = respond(&p, &m1, None).unwrap();
         let mut bad = m2.clone();
         bad[40] ^= 1;
         assert!(finish(&mut hs, &bad).is_err());
@@ -328,8 +404,34 @@ mod tests {
         assert!(server.seal.seal(&ad, &mut body, b"world"));
         assert_eq!(client.open.open(&ad, &body).unwrap(), b"world");
         // A mismatched prologue (another session) fails the handshake.
-        let (mut hs, m1) = initiate(&prologue(8, 1, 2)).unwrap();
-        let (_, m2) = respond(&p, &m1).unwrap();
+        let (mut hs, m1) = initiate(&prologue(8, 1, 2), None).unwrap();
+        let (_, m2) = respond(&p, &m1, None).unwrap();
         assert!(finish(&mut hs, &m2).is_err());
+    }
+
+    #[test]
+    fn nk_authenticates_the_server_key() {
+        let p = prologue(7, 1, 2);
+        let farm = StaticKey([7u8; 32]);
+        let public = static_public_key(&farm.0);
+        assert_ne!(public, [0u8; 32]);
+        let (mut hs, m1) = initiate(&p, Some(&public)).unwrap();
+        assert_eq!(m1.len(), NK_MSG1_LEN);
+        assert!(matches!(respond(&p, &m1, None), Err(Refusal::NoStaticKey)));
+        let other = StaticKey([8u8; 32]);
+        assert!(
+            matches!(respond(&p, &m1, Some(&other)), Err(Refusal::Noise(_))),
+            "another key cannot read it"
+        );
+        let (mut server, m2) = respond(&p, &m1, Some(&farm)).unwrap();
+        let mut client = finish(&mut hs, &m2).unwrap();
+        let ad = [1u8; 12];
+        let mut body = vec![0u8; 2 + ENCRYPTION_OVERHEAD];
+        assert!(client.seal.seal(&ad, &mut body, b"hi"));
+        assert_eq!(server.open.open(&ad, &body).unwrap(), b"hi");
+        // NN still works beside it on a server that holds a key.
+        let (_, m1) = initiate(&p, None).unwrap();
+        assert_eq!(m1.len(), 32, "NN message 1: the ephemeral key alone");
+        assert!(respond(&p, &m1, Some(&farm)).is_ok());
     }
 }

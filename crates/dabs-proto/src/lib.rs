@@ -20,8 +20,8 @@ mod stats;
 pub use addr::Addr;
 pub use config::Config;
 pub use crypto::{
-    ENCRYPTION_OVERHEAD, KEY_EXCHANGE, NOISE_PARAMS, REPLAY_WINDOW, SECURITY_SPEC, SecuritySpec,
-    security_spec,
+    ENCRYPTION_OVERHEAD, KEY_EXCHANGE, NOISE_NK_PARAMS, NOISE_PARAMS, REPLAY_WINDOW, SECURITY_SPEC,
+    SECURITY_SPEC_NK, SecuritySpec, StaticKey, security_spec, static_public_key,
 };
 pub use endpoint::{
     CallError, CallId, CloseReason, Endpoint, Event, Incoming, IncomingId, OpenRequest, SessionId, Time,

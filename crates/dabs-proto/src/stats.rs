@@ -53,6 +53,26 @@ pub struct Stats {
     pub auth_failures: u64,
     /// Encrypted datagrams dropped because their nonce was seen already or is too old.
     pub replays_dropped: u64,
+    /// Bytes the half-received multi-buffer messages hold now, requests and replies alike (a
+    /// gauge, brought up to date after every datagram and timer).
+    pub reassembly_bytes: u64,
+    /// The most [`Stats::reassembly_bytes`] has been.
+    pub reassembly_peak_bytes: u64,
+    /// Multi-buffer messages refused (NAK 5 or 8) or replies let go because a reassembly
+    /// budget (session, source or endpoint) would have been exceeded.
+    pub reassembly_refused: u64,
+    /// Server sessions closed early to make room: a source over its caps, or the peer table
+    /// full (see [`crate::Config::reclaim_idle_after`]).
+    pub sessions_reclaimed: u64,
+    /// Opens refused (NAK 10) because a cap per source or the peer table left no room.
+    pub opens_refused: u64,
+    /// Peers (addresses with their port) tracked now (a gauge, as `reassembly_bytes`).
+    pub peers_tracked: u64,
+    /// Half-open server sessions now (a gauge).
+    pub half_open_sessions: u64,
+    /// The endpoint is near its limits ([`crate::Endpoint::is_full`]; a gauge): a farm node
+    /// then announces that it takes no new clients.
+    pub tables_full: bool,
 }
 
 impl Stats {

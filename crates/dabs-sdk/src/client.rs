@@ -39,6 +39,12 @@ pub struct FarmClientOptions {
     /// before the first call, and refuse a server that answers in clear. Re-opens and moves
     /// to a `FAILOVER` alternate are encrypted too.
     pub encrypt: bool,
+    /// The farm's static public key (`dabs_net::static_public_key` of the key the nodes derive
+    /// from the farm secret), pinned: every session is encrypted with Noise_NK, which only a
+    /// holder of the farm's private key can complete, so a man-in-the-middle is refused. Fails
+    /// closed: a server that cannot prove the key fails the open (NAK 9 or 13), never falls
+    /// back to NN or clear. Implies `encrypt`.
+    pub farm_key: Option<[u8; 32]>,
 }
 
 impl FarmClientOptions {
@@ -56,6 +62,7 @@ impl FarmClientOptions {
             class: None,
             device_group: None,
             encrypt: false,
+            farm_key: None,
         }
     }
 }
@@ -404,14 +411,25 @@ async fn open_session(
     to: Addr,
     va: Option<String>,
 ) -> Result<Session, Error> {
-    let security = options.encrypt.then(|| vec![SecurityOffer::of(&dabs_net::SECURITY_SPEC)]);
+    let offered =
+        if options.farm_key.is_some() { dabs_net::SECURITY_SPEC_NK } else { dabs_net::SECURITY_SPEC };
+    let encrypt = options.encrypt || options.farm_key.is_some();
+    let security = encrypt.then(|| vec![SecurityOffer::of(&offered)]);
     let ask = OpenAsk { va, security, ..ask_for(options) };
-    let s = endpoint.open_with(to, options.queue, ask.to_cbor(), options.encrypt).await?;
-    if !options.encrypt {
+    let s = match options.farm_key {
+        // The endpoint runs Noise_NK with the pinned key or fails the open: the session is
+        // authenticated whatever the REPLY names (a node that answers for the decider names
+        // the NN specification today).
+        Some(key) => endpoint.open_pinned(to, options.queue, ask.to_cbor(), key).await?,
+        None => endpoint.open_with(to, options.queue, ask.to_cbor(), encrypt).await?,
+    };
+    if !encrypt {
         return Ok(s);
     }
+    let pinned = options.farm_key.is_some();
     let refusal = match parse_open_security(&s.reply) {
-        Ok(Some(spec)) if spec.matches(&dabs_net::SECURITY_SPEC) && s.encrypted => None,
+        Ok(Some(spec)) if spec.matches(&offered) && s.encrypted => None,
+        Ok(Some(spec)) if pinned && spec.matches(&dabs_net::SECURITY_SPEC) && s.encrypted => None,
         Ok(Some(spec)) if s.encrypted => Some(format!("it chose another specification: {spec:?}")),
         Ok(Some(_)) => Some("the session was not keyed".to_owned()),
         Ok(None) => Some("its REPLY says security: null".to_owned()),

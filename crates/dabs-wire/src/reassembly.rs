@@ -1,6 +1,7 @@
 //! Reassembling a multi-buffer message from buffers that arrive in any order.
 
 use crate::codec::{Datagram, Header};
+use std::collections::BTreeMap;
 
 /// What adding a buffer did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,42 +64,35 @@ pub enum ReassemblyError {
     },
 }
 
-/// One message being put back together. Memory for the whole message is allocated once,
-/// when the first buffer is seen.
+/// One message being put back together. Memory grows as buffers arrive: each buffer's bytes
+/// are kept on their own until the message is complete, so a message announced large but sent
+/// in part holds only what was sent (a receiver that allocated the whole message on its first
+/// buffer could be made to reserve a mebibyte per 500-byte datagram).
 #[derive(Debug)]
 pub struct Reassembly {
     header: Header,
     total: u16,
     chunk: usize,
-    have: Vec<u64>,
-    received: u16,
-    data: Vec<u8>,
-    last_len: usize,
+    parts: BTreeMap<u16, Box<[u8]>>,
+    held: usize,
 }
 
 impl Reassembly {
     /// Prepares to reassemble the message `first` belongs to. `chunk` is the payload size
     /// of a full buffer; `max_message` the largest message the receiver accepts.
-    /// `first` is not stored: pass it to [`Reassembly::add`] too.
+    /// `first` is not stored: pass it to [`Reassembly::add`] too. Allocates nothing for the
+    /// message's contents.
     pub fn new(first: &Datagram<'_>, chunk: usize, max_message: usize) -> Result<Self, ReassemblyError> {
         let b = first.buffer.ok_or(ReassemblyError::NotMultiBuffer)?;
         let min_len = (usize::from(b.total) - 1) * chunk + 1;
         if min_len > max_message || chunk == 0 {
             return Err(ReassemblyError::TooLarge { total: b.total, min_len, max: max_message });
         }
-        Ok(Self {
-            header: first.header,
-            total: b.total,
-            chunk,
-            have: vec![0; usize::from(b.total).div_ceil(64)],
-            received: 0,
-            data: vec![0; usize::from(b.total) * chunk],
-            last_len: 0,
-        })
+        Ok(Self { header: first.header, total: b.total, chunk, parts: BTreeMap::new(), held: 0 })
     }
 
-    /// Adds one buffer.
-    pub fn add(&mut self, d: &Datagram<'_>) -> Result<Progress, ReassemblyError> {
+    /// Checks that `d` belongs to this message with a valid length; returns its buffer number.
+    fn check(&self, d: &Datagram<'_>) -> Result<u16, ReassemblyError> {
         let b = d.buffer.ok_or(ReassemblyError::NotMultiBuffer)?;
         if let Some(field) = differing_field(&self.header, &d.header) {
             return Err(ReassemblyError::HeaderMismatch { field });
@@ -112,32 +106,40 @@ impl Reassembly {
         if !length_ok {
             return Err(ReassemblyError::WrongLength { index: b.index, len, expected: self.chunk });
         }
-        let at = usize::from(b.index) * self.chunk;
-        let slot = &mut self.data[at..at + len];
-        let (word, bit) = (usize::from(b.index) / 64, 1u64 << (b.index % 64));
-        if self.have[word] & bit != 0 {
-            if slot != d.payload || (last && self.last_len != len) {
-                return Err(ReassemblyError::ConflictingDuplicate { index: b.index });
+        Ok(b.index)
+    }
+
+    /// The bytes adding `d` would make the message hold in addition (0 for a buffer already
+    /// held, or one that does not belong), so that a receiver can check a budget first.
+    pub fn growth(&self, d: &Datagram<'_>) -> usize {
+        match self.check(d) {
+            Ok(index) if !self.parts.contains_key(&index) => d.payload.len(),
+            _ => 0,
+        }
+    }
+
+    /// Adds one buffer.
+    pub fn add(&mut self, d: &Datagram<'_>) -> Result<Progress, ReassemblyError> {
+        let index = self.check(d)?;
+        if let Some(held) = self.parts.get(&index) {
+            if **held != *d.payload {
+                return Err(ReassemblyError::ConflictingDuplicate { index });
             }
             return Ok(Progress::Duplicate);
         }
-        slot.copy_from_slice(d.payload);
-        self.have[word] |= bit;
-        self.received += 1;
-        if last {
-            self.last_len = len;
-        }
+        self.parts.insert(index, d.payload.into());
+        self.held += d.payload.len();
         Ok(if self.is_complete() { Progress::Complete } else { Progress::Incomplete })
     }
 
     /// True once every buffer is held.
     pub fn is_complete(&self) -> bool {
-        self.received == self.total
+        self.parts.len() == usize::from(self.total)
     }
 
     /// Buffers held so far.
     pub fn received(&self) -> u16 {
-        self.received
+        self.parts.len() as u16 // at most `total`, a u16
     }
 
     /// Buffers in the message.
@@ -150,23 +152,26 @@ impl Reassembly {
         &self.header
     }
 
-    /// Bytes reserved for this message (for memory accounting).
+    /// Payload bytes held so far (for memory accounting): the sum of the buffers received.
     pub fn reserved(&self) -> usize {
-        self.data.len()
+        self.held
     }
 
     /// Buffer numbers not yet received, in order.
     pub fn missing(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..self.total).filter(|i| self.have[usize::from(*i) / 64] & (1 << (i % 64)) == 0)
+        (0..self.total).filter(|i| !self.parts.contains_key(i))
     }
 
     /// The complete message, or `None` (and the partial state back) if buffers are missing.
-    pub fn finish(mut self) -> Result<Vec<u8>, Self> {
+    pub fn finish(self) -> Result<Vec<u8>, Self> {
         if !self.is_complete() {
             return Err(self);
         }
-        self.data.truncate((usize::from(self.total) - 1) * self.chunk + self.last_len);
-        Ok(self.data)
+        let mut out = Vec::with_capacity(self.held);
+        for part in self.parts.values() {
+            out.extend_from_slice(part);
+        }
+        Ok(out)
     }
 }
 
@@ -242,6 +247,21 @@ mod tests {
         assert_eq!(r.missing().collect::<Vec<_>>(), vec![1, 2]);
         let r = r.finish().unwrap_err();
         assert_eq!(r.received(), 1);
+    }
+
+    #[test]
+    fn memory_grows_as_buffers_arrive() {
+        let parts = datagrams(&vec![3u8; 100_000]);
+        let chunk = chunk_size(false, 0);
+        let mut r = Reassembly::new(&dg(&parts[7]), chunk, 1 << 20).unwrap();
+        assert_eq!(r.reserved(), 0, "nothing is reserved up front");
+        assert_eq!(r.growth(&dg(&parts[7])), chunk);
+        r.add(&dg(&parts[7])).unwrap();
+        assert_eq!(r.reserved(), chunk);
+        assert_eq!(r.growth(&dg(&parts[7])), 0, "a repeat adds nothing");
+        let last = parts.last().unwrap();
+        r.add(&dg(last)).unwrap();
+        assert_eq!(r.reserved(), chunk + last.2.len());
     }
 
     #[test]

@@ -95,7 +95,9 @@ impl Inner {
             mem_free_mb: st.balancing.host.mem_free_mb,
             disk_free_mb: st.balancing.host.disk_free_mb,
             net_bytes_per_s: st.balancing.host.net_bytes_per_s,
-            accepting: Self::admits(&st, &thresholds),
+            // An endpoint near its peer or reassembly limits takes no new clients: the decider
+            // places them elsewhere rather than have this node refuse them (NAK 10).
+            accepting: Self::admits(&st, &thresholds) && !self.endpoint.is_full(),
             draining: st.failover.draining,
             health: st.failover.health.score,
             leaving,

@@ -1,5 +1,6 @@
 //! The client side: opening sessions, calls, and the REPLYs that answer them.
 
+use super::budget::{Budgets, Meters, Partial, Refused};
 use super::records::{Answer, InState, OpenOut, OpenPurpose, Out, OutState, Pending, PendingOpen, newer};
 use super::session::{Role, Session};
 use super::timers::TimerKey;
@@ -49,7 +50,33 @@ impl Endpoint {
         self.check_size(payload.len(), 0)?;
         let call = CallId(self.next_id());
         let purpose = OpenPurpose::New { local_queue };
-        self.start_open(now, to, purpose, Some(call), payload, local_queue, encrypt).map(|_| call)
+        self.start_open(now, to, purpose, Some(call), payload, local_queue, encrypt, None).map(|_| call)
+    }
+
+    /// Like [`Endpoint::open_encrypted`], but the server must prove it holds the private key
+    /// of `server_key` (the farm's static public key, pinned by the client): the key exchange
+    /// is [`crate::NOISE_NK_PARAMS`]. It fails closed: a server without that key cannot
+    /// complete it (NAK 9 or 13, or message 2 that does not verify), the open fails, and the
+    /// session never falls back to NN or to clear, re-opens included.
+    pub fn open_pinned(
+        &mut self,
+        now: Time,
+        to: Addr,
+        local_queue: u16,
+        payload: Vec<u8>,
+        server_key: [u8; 32],
+    ) -> Result<CallId, CallError> {
+        self.check_size(payload.len(), 0)?;
+        let call = CallId(self.next_id());
+        let purpose = OpenPurpose::New { local_queue };
+        self.start_open(now, to, purpose, Some(call), payload, local_queue, true, Some(server_key))
+            .map(|_| call)
+    }
+
+    /// Whether a client session's key exchange authenticated the server's static key (it was
+    /// opened with [`Endpoint::open_pinned`] and is keyed).
+    pub fn session_authenticated(&self, session: SessionId) -> bool {
+        self.sessions.get(session).is_some_and(|s| s.pinned.is_some() && matches!(s.crypto, Crypto::Keys(_)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -62,6 +89,7 @@ impl Endpoint {
         payload: Vec<u8>,
         local_queue: u16,
         encrypt: bool,
+        pinned: Option<[u8; 32]>,
     ) -> Result<(), CallError> {
         let mut tx = None;
         for _ in 0..255 {
@@ -85,7 +113,7 @@ impl Endpoint {
         let mut out = self.io.new_out(call, to, header, payload);
         // OPEN_SESSION is answered by a REPLY, never a bare ACK: keep retransmitting until then.
         self.io.transmit_out(now, &mut out, TimerKey::Open(tx), None);
-        self.opens.insert(tx, OpenOut { out, purpose, encrypt });
+        self.opens.insert(tx, OpenOut { out, purpose, encrypt: encrypt || pinned.is_some(), pinned });
         Ok(())
     }
 
@@ -191,6 +219,8 @@ impl Endpoint {
             }
             return;
         };
+        // (The peer has an entry: it has this session.)
+        let peer_meter = self.sessions.source_meter(&from);
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
@@ -215,7 +245,14 @@ impl Endpoint {
             }
             if out.reply.is_none() {
                 match Reassembly::new(d, chunk_size(h.crc, overhead), self.io.config.max_message) {
-                    Ok(r) => out.reply = Some(r),
+                    Ok(r) => {
+                        let meters = Meters {
+                            session: Some(s.held.clone()),
+                            peer: peer_meter,
+                            total: self.io.held.clone(),
+                        };
+                        out.reply = Some(Partial::new(r, meters));
+                    }
                     Err(e) => {
                         let code = if matches!(e, dabs_wire::ReassemblyError::TooLarge { .. }) {
                             NakCode::TooLarge
@@ -230,9 +267,16 @@ impl Endpoint {
             let Some(r) = out.reply.as_mut() else {
                 return;
             };
-            match r.add(d) {
+            match r.add(d, Budgets::of(&self.io.config)) {
                 Ok(dabs_wire::Progress::Complete) => {
-                    out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
+                    out.reply.take().and_then(Partial::finish).unwrap_or_default()
+                }
+                Err(Refused::Budget(..)) => {
+                    // Over budget: what arrived is let go, unanswered; the server's next
+                    // round (or the answer to our next probe) brings the REPLY again.
+                    out.reply = None;
+                    self.io.stats.reassembly_refused += 1;
+                    return;
                 }
                 Ok(_) => {
                     // Part of the REPLY proves the request arrived (the spec counts a REPLY as
@@ -246,8 +290,8 @@ impl Endpoint {
                 }
                 Err(e) => {
                     out.reply = None;
-                    let text = e.to_string();
-                    return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+                    let (code, text) = e.nak();
+                    return self.nak_datagram(now, &from, d, code, &text);
                 }
             }
         } else {
@@ -316,16 +360,23 @@ impl Endpoint {
         let payload = if d.buffer.is_some() {
             if open.out.reply.is_none() {
                 match Reassembly::new(d, chunk_size(h.crc, 0), self.io.config.max_message) {
-                    Ok(r) => open.out.reply = Some(r),
+                    Ok(r) => {
+                        let meters = Meters {
+                            session: None,
+                            peer: self.sessions.source_meter(&from),
+                            total: self.io.held.clone(),
+                        };
+                        open.out.reply = Some(Partial::new(r, meters));
+                    }
                     Err(_) => return,
                 }
             }
             let Some(r) = open.out.reply.as_mut() else {
                 return;
             };
-            match r.add(d) {
+            match r.add(d, Budgets::of(&self.io.config)) {
                 Ok(dabs_wire::Progress::Complete) => {
-                    open.out.reply.take().and_then(|r| r.finish().ok()).unwrap_or_default()
+                    open.out.reply.take().and_then(Partial::finish).unwrap_or_default()
                 }
                 Ok(_) => return,
                 Err(_) => {
@@ -370,6 +421,7 @@ impl Endpoint {
                 );
                 s.reopen_with = Some((open.out.to.clone(), open.out.payload));
                 s.wants_encryption = open.encrypt;
+                s.pinned = open.pinned;
                 self.io.stats.sessions_opened += 1;
                 if open.encrypt {
                     s.pending_open = Some(PendingOpen { call: open.out.call, payload, reopened: false });

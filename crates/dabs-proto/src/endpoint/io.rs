@@ -32,6 +32,8 @@ pub(super) struct Io {
     pub(super) events: VecDeque<Event>,
     pub(super) timers: BinaryHeap<Reverse<(Time, TimerKey)>>,
     pub(super) stats: Stats,
+    /// Bytes every half-received message holds (see [`super::budget`]).
+    pub(super) held: super::budget::Meter,
 }
 
 impl Io {

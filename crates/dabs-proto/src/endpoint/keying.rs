@@ -6,7 +6,7 @@ use super::session::Role;
 use super::timers::TimerKey;
 use super::{CallError, Endpoint, Event, IncomingId, SessionId, Time};
 use crate::Addr;
-use crate::crypto::{self, Crypto, KEY_EXCHANGE, OpenError};
+use crate::crypto::{self, Crypto, KEY_EXCHANGE, NOISE_NK_PARAMS, OpenError, Refusal};
 use dabs_wire::{BUFFER_HEADER_LEN, Datagram, HEADER_LEN, Header, Kind, NakCode, NakPayload};
 
 impl Endpoint {
@@ -106,12 +106,18 @@ impl Endpoint {
             return;
         };
         let result = if !accept {
-            Err("this endpoint does not offer encryption".to_owned())
+            Err((NakCode::AuthenticationFailed, "this endpoint does not offer encryption".to_owned()))
         } else if s.role != Role::Server || s.crypto.is_confirmed() {
-            Err("the session is already keyed".to_owned())
+            Err((NakCode::AuthenticationFailed, "the session is already keyed".to_owned()))
         } else {
             let prologue = crypto::prologue(s.number(), s.remote_queue, s.local_queue);
-            crypto::respond(&prologue, msg1).map_err(|e| format!("key exchange: {e}"))
+            crypto::respond(&prologue, msg1, self.io.config.static_key.as_ref()).map_err(|e| match e {
+                Refusal::NoStaticKey => (
+                    NakCode::EncryptionRefused,
+                    format!("{NOISE_NK_PARAMS} needs a static key and this endpoint holds none"),
+                ),
+                Refusal::Noise(e) => (NakCode::AuthenticationFailed, format!("key exchange: {e}")),
+            })
         };
         match result {
             Ok((keys, msg2)) => {
@@ -138,11 +144,11 @@ impl Endpoint {
                 };
                 s.crypto = Crypto::Keys(Box::new(keys));
             }
-            Err(text) => {
-                if accept {
+            Err((code, text)) => {
+                if accept && code == NakCode::AuthenticationFailed {
                     self.io.stats.auth_failures += 1;
                 }
-                let _ = self.reject(now, id, NakCode::AuthenticationFailed, &text);
+                let _ = self.reject(now, id, code, &text);
             }
         }
     }
@@ -154,7 +160,7 @@ impl Endpoint {
             return;
         };
         let prologue = crypto::prologue(s.number(), s.local_queue, s.remote_queue);
-        let (hs, msg1) = match crypto::initiate(&prologue) {
+        let (hs, msg1) = match crypto::initiate(&prologue, s.pinned.as_ref()) {
             Ok(x) => x,
             Err(e) => {
                 let text = format!("key exchange: {e}");

@@ -5,10 +5,12 @@
 //! `timers.rs` handle what they are named after; `session.rs` keeps sessions and the only
 //! index that finds them, `records.rs` the messages in flight, `io.rs` everything sent.
 
+mod budget;
 mod client;
 mod io;
 mod keying;
 mod nak;
+mod pressure;
 mod records;
 mod server;
 mod session;
@@ -46,6 +48,8 @@ pub struct Endpoint {
     sweep_armed: bool,
     /// The datagram being handled came in on the farm's group address.
     from_group: bool,
+    /// No relief of a full peer table before this (see `pressure.rs`).
+    relief_not_before: Time,
 }
 
 impl Endpoint {
@@ -61,6 +65,7 @@ impl Endpoint {
                 events: VecDeque::new(),
                 timers: BinaryHeap::new(),
                 stats: Stats::default(),
+                held: budget::Meter::default(),
             },
             sessions: SessionIndex::default(),
             opens: HashMap::new(),
@@ -68,6 +73,7 @@ impl Endpoint {
             next_id: 1,
             sweep_armed: false,
             from_group: false,
+            relief_not_before: Time::ZERO,
         }
     }
 
@@ -153,6 +159,23 @@ impl Endpoint {
 
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Time, from: Addr, bytes: &[u8]) {
+        self.receive(now, from, bytes);
+        self.refresh_gauges();
+    }
+
+    /// Brings the gauges in [`Stats`] up to date (after every datagram and timer).
+    fn refresh_gauges(&mut self) {
+        let held = self.io.held.get() as u64;
+        let full = self.is_full();
+        let st = &mut self.io.stats;
+        st.peers_tracked = self.sessions.peer_count() as u64;
+        st.half_open_sessions = self.sessions.half_open_count() as u64;
+        st.tables_full = full;
+        st.reassembly_bytes = held;
+        st.reassembly_peak_bytes = st.reassembly_peak_bytes.max(held);
+    }
+
+    fn receive(&mut self, now: Time, from: Addr, bytes: &[u8]) {
         self.io.stats.datagrams_in += 1;
         let d = match decode(bytes) {
             Ok(d) => d,
@@ -245,6 +268,9 @@ impl Endpoint {
             }
         } else if reply_match && let Some(reply) = s.replies.remove(&h.transaction) {
             finish_replied(&mut s.inc, h.transaction, reply.header.command);
+            if reply.header.command == dabs_wire::SystemCommand::OpenSession.number() {
+                self.sessions.settle_open(sid);
+            }
         }
     }
 }

@@ -137,9 +137,9 @@ impl Endpoint {
         }
         let local_queue = s.local_queue;
         self.io.stats.sessions_reopened += 1;
-        let encrypt = s.wants_encryption;
+        let (encrypt, pinned) = (s.wants_encryption, s.pinned);
         if self
-            .start_open(now, target, OpenPurpose::Reopen(sid), None, payload, local_queue, encrypt)
+            .start_open(now, target, OpenPurpose::Reopen(sid), None, payload, local_queue, encrypt, pinned)
             .is_err()
         {
             // (No OPEN_SESSION transaction number free.) Removed from the index, the session

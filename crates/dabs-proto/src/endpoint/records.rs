@@ -1,10 +1,11 @@
 //! What a session keeps about each message: ours awaiting their answer, theirs being
 //! received or answered.
 
+use super::budget::Partial;
 use super::session::Peer;
 use super::{CallId, SessionId, Time};
 use crate::Addr;
-use dabs_wire::{Header, Kind, NakCode, RawHeader, Reassembly, SentTime};
+use dabs_wire::{Header, Kind, NakCode, RawHeader, SentTime};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ pub(super) struct Out {
     pub(super) last_sent: Time,
     /// NAKs before this time belong to the round already being resent.
     pub(super) nak_quiet_until: Time,
-    pub(super) reply: Option<Reassembly>,
+    pub(super) reply: Option<Partial>,
     /// A REPLY whose re-attempts ran out: no longer retransmitted on its timer, but kept to
     /// answer a repeat of its request (which has run and must not run again). Freed by the
     /// ACK, by a new use of its transaction number, when its request has not come again for
@@ -89,7 +90,7 @@ pub(super) struct Pace {
 
 /// Where a request of the peer stands.
 pub(super) enum InState {
-    Receiving(Reassembly),
+    Receiving(Partial),
     Delivered { ack_due: Option<Time> },
     Replied,
     Refused(NakCode, String),
@@ -140,6 +141,8 @@ pub(super) struct OpenOut {
     pub(super) out: Out,
     pub(super) purpose: OpenPurpose,
     pub(super) encrypt: bool,
+    /// The server's static public key, when the client pinned it (implies `encrypt`).
+    pub(super) pinned: Option<[u8; 32]>,
 }
 
 /// Marks the request a reply answered as done. The reply table and the request table share

@@ -1,6 +1,7 @@
 //! The server side: accepting sessions, delivering requests exactly once, replies and
 //! refusals, and session-0 traffic.
 
+use super::budget::{Budgets, Meters, Partial, Refused};
 use super::records::{Answer, InRecord, InState, newer, remember_open};
 use super::session::{Role, Session};
 use super::timers::TimerKey;
@@ -21,16 +22,18 @@ impl Endpoint {
         payload: Vec<u8>,
     ) -> Result<SessionId, CallError> {
         self.check_size(payload.len(), 0)?;
-        let max_peers = self.io.config.max_peers;
-        if self.sessions.peer(&request.peer).is_none() && self.sessions.peer_count() >= max_peers {
-            return Err(CallError::SessionsExhausted);
-        }
         let seen = self.sessions.peer(&request.peer).and_then(|p| p.opens_seen.get(&request.transaction));
         if let Some((sent, Some(sid))) = seen.copied()
             && sent == request.sent
             && self.sessions.contains(sid)
         {
             return Ok(sid);
+        }
+        let room = self.admit_peer(now, &request.peer).and_then(|()| self.admit_session(now, &request.peer));
+        if room.is_err() {
+            self.io.stats.opens_refused += 1;
+            self.refresh_gauges();
+            return Err(CallError::SessionsExhausted);
         }
         let Some(number) = self.sessions.free_number(&request.peer) else {
             return Err(CallError::SessionsExhausted);
@@ -47,6 +50,9 @@ impl Endpoint {
             local_queue,
             now,
         );
+        if !request.peer.is_reliable_link() {
+            s.mark_half_open();
+        }
         let header = Header {
             session: number,
             transaction: request.transaction,
@@ -64,6 +70,7 @@ impl Endpoint {
         self.add_session(sid, s);
         self.io.stats.sessions_opened += 1;
         self.arm_sweep(now);
+        self.refresh_gauges();
         Ok(sid)
     }
 
@@ -201,8 +208,9 @@ impl Endpoint {
         if d.buffer.is_some() {
             return self.nak_datagram(now, &from, d, NakCode::TooLarge, "OPEN_SESSION must fit one datagram");
         }
-        if self.sessions.peer(&from).is_none() && self.sessions.peer_count() >= self.io.config.max_peers {
-            return self.nak_datagram(now, &from, d, NakCode::SessionsExhausted, "too many peers");
+        if let Err(why) = self.admit_peer(now, &from) {
+            self.io.stats.opens_refused += 1;
+            return self.nak_datagram(now, &from, d, NakCode::SessionsExhausted, why);
         }
         let peer = self.sessions.peer_entry(&from);
         if let Some((sent, accepted)) = peer.opens_seen.get(&h.transaction).copied()
@@ -245,6 +253,8 @@ impl Endpoint {
             let text = format!("session {} is not open", h.session);
             return self.nak_datagram(now, &from, d, NakCode::UnknownSession, &text);
         };
+        // A request proves the client has its REPLY.
+        self.sessions.settle_open(sid);
         let Some(s) = self.sessions.get_mut(sid) else {
             return;
         };
@@ -253,7 +263,7 @@ impl Endpoint {
         if let Some(rec) = s.inc.get_mut(&h.transaction) {
             if rec.sent == h.sent && rec.command == h.command {
                 match &mut rec.state {
-                    InState::Receiving(r) => match r.add(d) {
+                    InState::Receiving(r) => match r.add(d, Budgets::of(&self.io.config)) {
                         Ok(dabs_wire::Progress::Complete) => {
                             let InState::Receiving(r) = std::mem::replace(&mut rec.state, InState::Done)
                             else {
@@ -267,13 +277,21 @@ impl Endpoint {
                         }
                         Ok(dabs_wire::Progress::Duplicate) => self.io.stats.duplicates += 1,
                         Ok(dabs_wire::Progress::Incomplete) => {}
-                        Err(e) => {
-                            s.inc.remove(&h.transaction);
+                        Err(refused) => {
+                            let (code, text) = refused.nak();
+                            if matches!(refused, Refused::Budget(..)) {
+                                // Refused for good, like any rejected request: its other
+                                // buffers and repeats get this NAK (once per round), and hold
+                                // nothing.
+                                self.io.stats.reassembly_refused += 1;
+                                rec.state = InState::Refused(code, text.clone());
+                            } else {
+                                s.inc.remove(&h.transaction);
+                            }
                             if let Some(p) = self.sessions.peer_mut(&from) {
                                 p.partials = p.partials.saturating_sub(1);
                             }
-                            let text = e.to_string();
-                            return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+                            return self.nak_datagram(now, &from, d, code, &text);
                         }
                     },
                     InState::Delivered { .. } | InState::Done => {
@@ -291,8 +309,11 @@ impl Endpoint {
                     }
                     InState::Refused(code, text) => {
                         self.io.stats.duplicates += 1;
-                        let (code, text) = (*code, text.clone());
-                        self.nak_datagram(now, &from, d, code, &text);
+                        // Once per round of a multi-buffer message, on its last buffer.
+                        if d.buffer.is_none_or(|b| b.index + 1 == b.total) {
+                            let (code, text) = (*code, text.clone());
+                            self.nak_datagram(now, &from, d, code, &text);
+                        }
                     }
                 }
                 return;
@@ -328,7 +349,7 @@ impl Endpoint {
             );
         }
         let chunk = chunk_size(h.crc, if h.encrypted { ENCRYPTION_OVERHEAD } else { 0 });
-        let mut r = match Reassembly::new(d, chunk, self.io.config.max_message) {
+        let r = match Reassembly::new(d, chunk, self.io.config.max_message) {
             Ok(r) => r,
             Err(e @ dabs_wire::ReassemblyError::TooLarge { .. }) => {
                 let text = e.to_string();
@@ -339,9 +360,24 @@ impl Endpoint {
                 return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
             }
         };
-        if let Err(e) = r.add(d) {
-            let text = e.to_string();
-            return self.nak_datagram(now, &from, d, NakCode::Malformed, &text);
+        let Some(session) = self.sessions.get(sid) else {
+            return;
+        };
+        let meters = Meters {
+            session: Some(session.held.clone()),
+            peer: self.sessions.source_meter(&from),
+            total: self.io.held.clone(),
+        };
+        let mut r = Partial::new(r, meters);
+        if let Err(refused) = r.add(d, Budgets::of(&self.io.config)) {
+            let (code, text) = refused.nak();
+            if matches!(refused, Refused::Budget(..)) {
+                self.io.stats.reassembly_refused += 1;
+                if let Some(s) = self.sessions.get_mut(sid) {
+                    s.inc.insert(h.transaction, InRecord::new(&h, now, InState::Refused(code, text.clone())));
+                }
+            }
+            return self.nak_datagram(now, &from, d, code, &text);
         }
         let Some(s) = self.sessions.get_mut(sid) else {
             return;

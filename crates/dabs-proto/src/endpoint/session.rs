@@ -1,12 +1,15 @@
 //! Sessions, and [`SessionIndex`], the only code that adds, removes or renumbers them: it
 //! keeps the sessions by id and, per peer, by their number on the wire, in step.
 
-use super::records::{InRecord, Out, Pending, PendingOpen};
+use super::budget::Meter;
+use super::records::{InRecord, InState, Out, Pending, PendingOpen};
 use super::{SessionId, Time};
 use crate::Addr;
 use crate::crypto::{Crypto, ENCRYPTION_OVERHEAD, Sealer};
 use dabs_wire::SentTime;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 /// Which side opened the session.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,14 @@ pub(super) struct Session {
     pub(super) pending_open: Option<PendingOpen>,
     /// Client: key exchanges started since the session last had keys.
     pub(super) key_exchanges: u32,
+    /// Client: the server's static public key the session was pinned to: every key exchange
+    /// (re-opens too) is Noise_NK with it, never NN, never clear.
+    pub(super) pinned: Option<[u8; 32]>,
+    /// Bytes this session's half-received messages hold.
+    pub(super) held: Meter,
+    /// Server: accepted, but its client has neither ACKed the `OPEN_SESSION` REPLY nor sent
+    /// a request yet. Changed only through [`SessionIndex::settle_open`], which counts them.
+    half_open: bool,
 }
 
 impl Session {
@@ -81,6 +92,9 @@ impl Session {
             wants_encryption: false,
             pending_open: None,
             key_exchanges: 0,
+            pinned: None,
+            held: Meter::default(),
+            half_open: false,
         }
     }
 
@@ -92,6 +106,31 @@ impl Session {
     /// The session's number on the wire.
     pub(super) fn number(&self) -> u8 {
         self.number
+    }
+
+    /// Server: accepted, but not yet answered by its client (see [`SessionIndex::settle_open`]).
+    pub(super) fn is_half_open(&self) -> bool {
+        self.half_open
+    }
+
+    /// A new server session starts half-open (before [`SessionIndex::insert`]).
+    pub(super) fn mark_half_open(&mut self) {
+        self.half_open = self.role == Role::Server;
+    }
+
+    /// Nothing in flight that the application or its peer still counts on: the idle sweep,
+    /// and reclaiming under pressure, may close it.
+    pub(super) fn reclaimable(&self) -> bool {
+        self.role == Role::Server
+            && self.out.is_empty()
+            // A parked REPLY is not traffic: it must not keep an idle session alive (nor the
+            // REPLY to an `OPEN_SESSION` its client never acknowledged).
+            && self.replies.values().all(|o| o.parked || self.half_open)
+            // Nor is a half-received message: a live sender repeats it well within the idle
+            // time-out, so its sender is gone, and the session (and the peer's
+            // partial-message slot) goes with it. A delivered request is the application's,
+            // still to be answered: it keeps the session.
+            && !self.inc.values().any(|r| matches!(r.state, InState::Delivered { .. }))
     }
 
     /// Bytes encryption adds to each datagram of this session.
@@ -132,6 +171,35 @@ pub(super) struct Peer {
     pub(super) opens_order: VecDeque<u8>,
 }
 
+/// Where datagrams come from, for the caps and budgets per source: a UDP peer's IPv4 address,
+/// or the /64 prefix of its IPv6 address (one host usually holds a whole /64), with port 0. A
+/// local or in-process peer is its own source.
+pub(super) fn source_of(addr: &Addr) -> Addr {
+    match addr {
+        Addr::Udp(sa) => {
+            let ip = match sa.ip() {
+                IpAddr::V4(v4) => IpAddr::V4(v4),
+                IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+            };
+            Addr::Udp(SocketAddr::new(ip, 0))
+        }
+        other => other.clone(),
+    }
+}
+
+/// What one source address uses: peers (ports), server sessions, half-open ones among them,
+/// and the bytes its half-received messages hold.
+#[derive(Default)]
+pub(super) struct SourceUse {
+    pub(super) peers: usize,
+    pub(super) sessions: usize,
+    pub(super) half_open: usize,
+    /// Its half-open sessions, oldest first (some may have settled or closed since: checked
+    /// when taken).
+    pub(super) half_open_order: VecDeque<SessionId>,
+    pub(super) held: Meter,
+}
+
 /// Every session, by id and by (peer, number). Each session's (peer, number) maps to it and
 /// every number maps to a session: a datagram's number either finds its session or nothing.
 /// (Kept by hand in two maps, they once disagreed, and a datagram for a number whose session
@@ -140,6 +208,10 @@ pub(super) struct Peer {
 pub(super) struct SessionIndex {
     sessions: HashMap<SessionId, Session>,
     peers: HashMap<Addr, Peer>,
+    /// Per source address (see [`source_of`]), kept in step with the two maps above.
+    sources: HashMap<Addr, SourceUse>,
+    /// Half-open sessions in all.
+    half_open: usize,
 }
 
 impl SessionIndex {
@@ -184,19 +256,38 @@ impl SessionIndex {
     #[must_use]
     pub(super) fn insert(&mut self, sid: SessionId, session: Session) -> Option<(SessionId, Session)> {
         let displaced = self.unmap(&session.peer, session.number, sid);
-        self.peers.entry(session.peer.clone()).or_default().numbers.insert(session.number, sid);
+        self.peer_entry(&session.peer).numbers.insert(session.number, sid);
+        if session.role == Role::Server {
+            let src = self.sources.entry(source_of(&session.peer)).or_default();
+            src.sessions += 1;
+            if session.half_open {
+                src.half_open += 1;
+                src.half_open_order.push_back(sid);
+                self.half_open += 1;
+            }
+        }
         self.sessions.insert(sid, session);
         displaced
     }
 
     /// Removes a session from both maps.
     pub(super) fn remove(&mut self, sid: SessionId) -> Option<Session> {
-        let s = self.sessions.remove(&sid)?;
+        let mut s = self.sessions.remove(&sid)?;
         if let Some(p) = self.peers.get_mut(&s.peer)
             && p.numbers.get(&s.number) == Some(&sid)
         {
             p.numbers.remove(&s.number);
         }
+        if s.role == Role::Server
+            && let Some(src) = self.sources.get_mut(&source_of(&s.peer))
+        {
+            src.sessions = src.sessions.saturating_sub(1);
+            if s.half_open {
+                src.half_open = src.half_open.saturating_sub(1);
+                self.half_open = self.half_open.saturating_sub(1);
+            }
+        }
+        s.half_open = false;
         Some(s)
     }
 
@@ -231,7 +322,60 @@ impl SessionIndex {
 
     /// The peer's entry, created if new.
     pub(super) fn peer_entry(&mut self, addr: &Addr) -> &mut Peer {
-        self.peers.entry(addr.clone()).or_default()
+        match self.peers.entry(addr.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.sources.entry(source_of(addr)).or_default().peers += 1;
+                e.insert(Peer::default())
+            }
+        }
+    }
+
+    /// The meter of what the source of `addr` holds in half-received messages (its peer
+    /// entry is created if new, so that the source is kept while they are).
+    pub(super) fn source_meter(&mut self, addr: &Addr) -> Meter {
+        self.peer_entry(addr);
+        self.sources.entry(source_of(addr)).or_default().held.clone()
+    }
+
+    /// What the source of `addr` uses, if anything.
+    pub(super) fn source(&self, addr: &Addr) -> Option<&SourceUse> {
+        self.sources.get(&source_of(addr))
+    }
+
+    /// Half-open sessions in all.
+    pub(super) fn half_open_count(&self) -> usize {
+        self.half_open
+    }
+
+    /// The session's client answered (ACKed the `OPEN_SESSION` REPLY, or sent a request): it
+    /// is no longer half-open.
+    pub(super) fn settle_open(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid).filter(|s| s.half_open) else {
+            return;
+        };
+        s.half_open = false;
+        if let Some(src) = self.sources.get_mut(&source_of(&s.peer)) {
+            src.half_open = src.half_open.saturating_sub(1);
+        }
+        self.half_open = self.half_open.saturating_sub(1);
+    }
+
+    /// The oldest half-open session of the source of `addr`, if any.
+    pub(super) fn oldest_half_open(&mut self, addr: &Addr) -> Option<SessionId> {
+        let src = self.sources.get_mut(&source_of(addr))?;
+        while let Some(sid) = src.half_open_order.pop_front() {
+            if self.sessions.get(&sid).is_some_and(|s| s.half_open) {
+                return Some(sid);
+            }
+        }
+        None
+    }
+
+    /// Forgets the peers of `addr`'s source that have no session and no partial message.
+    pub(super) fn prune_source(&mut self, addr: &Addr) {
+        let source = source_of(addr);
+        self.prune_where(|a| source_of(a) == source);
     }
 
     /// Peers tracked.
@@ -253,7 +397,20 @@ impl SessionIndex {
 
     /// Forgets peers with no session and no partial message.
     pub(super) fn prune_peers(&mut self) {
-        self.peers.retain(|_, p| !p.numbers.is_empty() || p.partials > 0);
+        self.prune_where(|_| true);
+    }
+
+    fn prune_where(&mut self, mut which: impl FnMut(&Addr) -> bool) {
+        let sources = &mut self.sources;
+        self.peers.retain(|a, p| {
+            let keep = !which(a) || !p.numbers.is_empty() || p.partials > 0;
+            if !keep && let Some(src) = sources.get_mut(&source_of(a)) {
+                src.peers = src.peers.saturating_sub(1);
+            }
+            keep
+        });
+        // A source is kept while it has a peer or holds bytes (its meter must outlive them).
+        self.sources.retain(|_, s| s.peers > 0 || s.held.get() > 0 || s.sessions > 0);
     }
 }
 

@@ -1,7 +1,6 @@
 //! Timers: re-attempts, paced rounds, delayed ACKs, open re-attempts, and the idle sweep.
 
 use super::records::{Answer, InState, OutState, finish_replied};
-use super::session::Role;
 use super::{CallError, CloseReason, Endpoint, Event, SessionId, Time};
 use std::cmp::Reverse;
 
@@ -62,6 +61,7 @@ impl Endpoint {
                 self.fire(now, key);
             }
         }
+        self.refresh_gauges();
     }
 
     /// Runs a timer [`Endpoint::timer_live`] found live; one whose message or session has
@@ -194,18 +194,7 @@ impl Endpoint {
         let expired: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| {
-                s.role == Role::Server
-                    && now.saturating_sub(s.last_active) >= idle
-                    && s.out.is_empty()
-                    // A parked REPLY is not traffic: it must not keep an idle session alive.
-                    && s.replies.values().all(|o| o.parked)
-                    // Nor is a half-received message: a live sender repeats it well within the
-                    // idle time-out, so its sender is gone, and the session (and the peer's
-                    // partial-message slot) goes with it. A delivered request is the
-                    // application's, still to be answered: it keeps the session.
-                    && !s.inc.values().any(|r| matches!(r.state, InState::Delivered { .. }))
-            })
+            .filter(|(_, s)| now.saturating_sub(s.last_active) >= idle && s.reclaimable())
             .map(|(id, _)| id)
             .collect();
         for sid in expired {
