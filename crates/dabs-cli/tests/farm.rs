@@ -329,13 +329,17 @@ fn assert_within(what: &str, bound: Duration, watched: &[Watched]) {
     }
 }
 
-/// A config for one more member of a `dabs farm up` farm (farm "local" on `group`).
+/// A config for one more member of a `dabs farm up` farm (farm "local" on `group`), with the
+/// farm's secret from its farm.json.
 fn extra_member_config(dir: &Path, group: &str, name: &str) -> PathBuf {
     let config = dir.join(format!("{name}.toml"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("farm.json")).unwrap()).unwrap();
+    let secret = manifest["secret"].as_str().map(|s| format!("secret = \"{s}\"\n")).unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "[farm]\nname = \"local\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
+            "[farm]\nname = \"local\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n{secret}\n\
              [node]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\noperator = \"127.0.0.1:0\"\ndata_dir = \"{name}\"\n\n\
              [[app]]\nname = \"calc\"\nstart_at_init = true\n"
         ),

@@ -115,6 +115,21 @@ pub(super) struct FailoverState {
     pub(super) last_nonce: u64,
 }
 
+impl Hosting {
+    /// A portion queue no portion holds, searched from `next_queue` on (wrapping to
+    /// [`FIRST_PORTION_QUEUE`]); `None` when every one is taken. At most one queue per portion
+    /// running here can be taken, so the search ends within `portions + 1` candidates: its
+    /// length depends on the cap, not on anything a peer sends.
+    pub(super) fn free_queue(&self) -> Option<u16> {
+        let taken: std::collections::HashSet<u16> = self.portions.values().map(|p| p.queue).collect();
+        let span = u32::from(u16::MAX - FIRST_PORTION_QUEUE) + 1;
+        let start = u32::from(self.next_queue.max(FIRST_PORTION_QUEUE) - FIRST_PORTION_QUEUE);
+        (0..span.min(taken.len() as u32 + 1))
+            .map(|i| FIRST_PORTION_QUEUE + ((start + i) % span) as u16)
+            .find(|q| !taken.contains(q))
+    }
+}
+
 impl State {
     /// A node's state at start: `next_portion` and `drain_nonce` come from its database.
     pub(super) fn new(config: &NodeConfig, next_portion: u64, drain_nonce: u64) -> Self {
