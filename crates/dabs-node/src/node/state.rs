@@ -171,3 +171,39 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosting_with(queues: impl IntoIterator<Item = u16>, next_queue: u16) -> Hosting {
+        let (events, _) = mpsc::unbounded_channel();
+        let portion = |queue| Portion {
+            app: "calc".into(),
+            queue,
+            figures: Arc::new(PortionFigures::default()),
+            events: events.clone(),
+            started_ms: 0,
+            clients: Vec::new(),
+        };
+        Hosting {
+            portions: queues.into_iter().map(|q| (format!("va-{q}"), portion(q))).collect(),
+            accepting: true,
+            next_queue,
+            next_portion: 0,
+            open_sessions: HashMap::new(),
+            left_sessions: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_free_queue_is_found_by_a_bounded_search_or_none_when_every_one_is_taken() {
+        assert_eq!(hosting_with([], FIRST_PORTION_QUEUE).free_queue(), Some(FIRST_PORTION_QUEUE));
+        assert_eq!(hosting_with([16, 17, 19], 16).free_queue(), Some(18));
+        // Wraps past the last queue to the first free one.
+        assert_eq!(hosting_with([u16::MAX, 16], u16::MAX).free_queue(), Some(17));
+        let full = hosting_with(FIRST_PORTION_QUEUE..=u16::MAX, 300);
+        assert_eq!(full.portions.len(), 65_520);
+        assert_eq!(full.free_queue(), None, "every portion queue taken: a clean None, no endless search");
+    }
+}
