@@ -89,6 +89,8 @@ pub struct LocalFarm {
     pub nodes: Vec<FarmNode>,
     /// Where configs and data live.
     pub dir: PathBuf,
+    /// The farm secret (hex) every node's configuration holds, if any.
+    pub secret: Option<String>,
 }
 
 /// A group address and port unlikely to collide with another local farm.
@@ -135,7 +137,8 @@ impl LocalFarm {
     ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let group = pick_group();
-        let mut farm = LocalFarm { group, nodes: Vec::new(), dir: dir.to_owned() };
+        let mut farm =
+            LocalFarm { group, nodes: Vec::new(), dir: dir.to_owned(), secret: secret.map(str::to_owned) };
         for i in 1..=n {
             let config = dir.join(format!("node-{i}.toml"));
             std::fs::write(&config, node_config_text("local", group, i, secret, &extra(i)))
@@ -145,7 +148,8 @@ impl LocalFarm {
         Ok(farm)
     }
 
-    /// Writes `farm.json`: the group and each node's name, MP address and process id.
+    /// Writes `farm.json`: the group, the secret (as the node configurations beside it hold it),
+    /// and each node's name, MP address and process id.
     pub fn write_manifest(&self) -> Result<PathBuf, String> {
         let nodes: Vec<_> = self
             .nodes
@@ -153,7 +157,8 @@ impl LocalFarm {
             .map(|n| json!({"name": n.name, "mp": n.mp.to_string(), "pid": n.child.id(), "operator": n.operator}))
             .collect();
         let path = self.dir.join("farm.json");
-        let text = json!({"group": self.group.to_string(), "nodes": nodes}).to_string();
+        let text =
+            json!({"group": self.group.to_string(), "secret": self.secret, "nodes": nodes}).to_string();
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(path)
     }
@@ -217,12 +222,22 @@ fn spawn_node(name: &str, config: &Path) -> Result<FarmNode, String> {
     Ok(FarmNode { name: name.into(), mp: ready.mp, operator: ready.operator_url(), child })
 }
 
-/// Runs `dabs farm up`: starts the farm, prints it, waits for Ctrl-C, stops it.
+/// A fresh farm secret: 32 random bytes from the operating system's generator, as hex.
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `dabs farm up`: starts the farm, prints it, waits for Ctrl-C, stops it. Without
+/// `--secret` it generates one (a farm's control plane is authenticated with it) and prints it.
 pub fn farm_up(nodes: usize, dir: Option<PathBuf>, secret: Option<String>) -> ExitCode {
     if nodes == 0 {
         eprintln!("dabs farm up: --nodes must be at least 1");
         return ExitCode::from(2);
     }
+    let secret = secret.unwrap_or_else(generate_secret);
+    let secret = Some(secret);
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("dabs-farm-{}", std::process::id())));
     let mut farm = match LocalFarm::start(nodes, &dir, secret.as_deref()) {
         Ok(f) => f,
@@ -232,6 +247,8 @@ pub fn farm_up(nodes: usize, dir: Option<PathBuf>, secret: Option<String>) -> Ex
         }
     };
     println!("farm group {}", farm.group);
+    // Every node's configuration holds it too; `dabs drain` needs it.
+    println!("farm secret {}", secret.as_deref().unwrap_or_default());
     for n in &farm.nodes {
         println!("{} mp {} operator {}", n.name, n.mp, n.operator.as_deref().unwrap_or("-"));
     }

@@ -167,7 +167,7 @@ enum FarmCommand {
         /// Directory for configs and data (default: a new temporary one).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
-        /// The farm's shared secret, hex.
+        /// The farm's shared secret, hex (default: a new random one, printed).
         #[arg(long)]
         secret: Option<String>,
     },

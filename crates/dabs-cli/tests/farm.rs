@@ -321,9 +321,16 @@ fn assert_within(what: &str, bound: Duration, watched: &[Watched]) {
     }
 }
 
-/// A config for one more member of a `dabs farm up` farm (farm "local" on `group`).
+/// A config for one more member of a `dabs farm up` farm (farm "local" on `group`), with the
+/// farm's secret from its farm.json.
 fn extra_member_config(dir: &Path, group: std::net::SocketAddrV4, name: &str) -> PathBuf {
-    NodeConfigBuilder::new("local", group, name).operator().app("calc", true).write(dir)
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("farm.json")).unwrap()).unwrap();
+    let builder = NodeConfigBuilder::new("local", group, name).operator().app("calc", true);
+    match manifest["secret"].as_str() {
+        Some(secret) => builder.secret(secret).write(dir),
+        None => builder.write(dir),
+    }
 }
 
 /// R-RE-1: "a stopped or killed node disappears from every view within 3 s; a new node is

@@ -198,8 +198,9 @@ async fn deferred_clients_are_not_called_back_into_a_zone_that_defers_them() {
     n2.stop().await;
 }
 
-/// A SPAWN naming a portion that already runs on the node (repeated, or sent by anyone who
-/// opened a node session) leaves it alone: same address, same queue, its client still served.
+/// A SPAWN naming a portion that already runs on the node, sent by someone who opened a node
+/// session without the farm key, is refused and leaves it alone: same address, same queue, its
+/// client still served (a member's repeated SPAWN: tests/control_plane_limits.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawn_for_a_hosted_address_does_not_replace_the_portion() {
     let dir = temp_dir("respawn");
@@ -216,7 +217,12 @@ async fn a_spawn_for_a_hosted_address_does_not_replace_the_portion() {
         ("app", "calc"),
         ("va", &before[0].va),
     ]));
-    s.call(dabs_wire::SystemCommand::Spawn.number(), spawn).await.unwrap();
+    // A stranger's SPAWN is not even considered (issue 11): refused unauthenticated.
+    let refused = s.call(dabs_wire::SystemCommand::Spawn.number(), spawn).await;
+    assert!(
+        matches!(&refused, Err(Error::Call(CallError::Nak { code: NakCode::AuthenticationFailed, .. }))),
+        "{refused:?}"
+    );
     let after = n1.handle().portions();
     assert_eq!(after.len(), 1);
     assert_eq!((&after[0].va, after[0].queue), (&before[0].va, before[0].queue));

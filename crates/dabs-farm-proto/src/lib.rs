@@ -9,8 +9,11 @@
 //! - [`portion`]: the host–portion interface: what a starting portion gets and reports.
 //! - [`records`]: node and portion statistics records and the one load signal.
 //! - [`keys`]: keys derived from the farm secret, one per purpose.
+//! - [`control`]: the authenticated control plane: MACs on announcements, node-to-node
+//!   commands and their answers, and replay state.
 //! - [`timeouts`]: time-outs both sides must read alike.
 
+pub mod control;
 pub mod keys;
 pub mod portion;
 pub mod records;

@@ -109,6 +109,16 @@ pub struct SettingsError {
     pub message: String,
 }
 
+/// The highest settings version a node takes or makes. Every change adds one, so no farm
+/// reaches it (four billion changes); a version beyond it is not a newer change but an attempt
+/// to make every later one look older (or to wrap the counter), and is refused wherever it
+/// comes from: a fetch, the database, or a change made here.
+pub const MAX_SETTINGS_VERSION: u64 = 1 << 32;
+
+fn threshold_out_of_range(field: &str, v: u64) -> SettingsError {
+    refuse(field, format!("{v} is out of range 0..100 (a health score)"))
+}
+
 fn refuse(field: impl Into<String>, message: impl Into<String>) -> SettingsError {
     SettingsError { field: field.into(), message: message.into() }
 }
@@ -156,6 +166,98 @@ impl Settings {
         if let Some(v) = patch.low_water_ms {
             next.low_water_ms = v;
         }
+        next.check_latency()?;
+        // Any arrangement of failover and connection is allowed (R-FO-2 has three).
+        for (value, field, slot) in [
+            (patch.failover_threshold, "failover_threshold", &mut next.failover_threshold),
+            (patch.connection_threshold, "connection_threshold", &mut next.connection_threshold),
+            (patch.return_threshold, "return_threshold", &mut next.return_threshold),
+        ] {
+            if let Some(v) = value {
+                *slot = u8::try_from(v).map_err(|_| threshold_out_of_range(field, v))?;
+            }
+        }
+        for (name, p) in &patch.apps {
+            let Some(app) = next.apps.get_mut(name) else {
+                return Err(refuse(format!("apps.{name}"), "no such application in this farm"));
+            };
+            if let Some(g) = &p.subgroup {
+                app.subgroup = g.clone();
+            }
+            if let Some(v) = p.max_sessions_per_portion {
+                app.max_sessions_per_portion = v;
+            }
+            if let Some(v) = p.min_free_memory_mb {
+                app.min_free_memory_mb = v;
+            }
+            if let Some(v) = p.max_cpu_percent {
+                app.max_cpu_percent = v;
+            }
+        }
+        next.validate()?;
+        next.version =
+            self.version.checked_add(1).filter(|v| *v <= MAX_SETTINGS_VERSION).ok_or_else(|| {
+                refuse(
+                    "version",
+                    format!("version {} cannot grow further (limit {MAX_SETTINGS_VERSION})", self.version),
+                )
+            })?;
+        next.changed_by = by.to_owned();
+        Ok(next)
+    }
+
+    /// Checks every value as a change made here is checked (the operator's PUT goes through
+    /// [`Settings::apply`], which ends here), and the version against
+    /// [`MAX_SETTINGS_VERSION`]: settings fetched from another node or read from the database
+    /// are taken only when this passes.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.version > MAX_SETTINGS_VERSION {
+            return Err(refuse(
+                "version",
+                format!("{} is beyond the highest settings version ({MAX_SETTINGS_VERSION})", self.version),
+            ));
+        }
+        self.check_latency()?;
+        for (value, field) in [
+            (self.failover_threshold, "failover_threshold"),
+            (self.connection_threshold, "connection_threshold"),
+            (self.return_threshold, "return_threshold"),
+        ] {
+            if value > 100 {
+                return Err(threshold_out_of_range(field, value.into()));
+            }
+        }
+        for (name, app) in &self.apps {
+            let field = |f: &str| format!("apps.{name}.{f}");
+            let g = &app.subgroup;
+            for (i, n) in g.iter().enumerate() {
+                if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    return Err(refuse(
+                        field("subgroup"),
+                        format!("{n:?} is not a node name ([A-Za-z0-9_-]+)"),
+                    ));
+                }
+                if g[..i].contains(n) {
+                    return Err(refuse(field("subgroup"), format!("{n} is listed twice")));
+                }
+            }
+            let v = app.max_sessions_per_portion;
+            if !(1..=1_000_000).contains(&v) {
+                return Err(refuse(
+                    field("max_sessions_per_portion"),
+                    format!("{v} is out of range 1..1000000"),
+                ));
+            }
+            let v = app.max_cpu_percent;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(refuse(field("max_cpu_percent"), format!("{v} is out of range (0, 100]")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_latency(&self) -> Result<(), SettingsError> {
+        let next = self;
         if !(1..=600_000).contains(&next.max_message_latency_ms) {
             return Err(refuse(
                 "max_message_latency_ms",
@@ -171,60 +273,7 @@ impl Settings {
                 ),
             ));
         }
-        // Any arrangement of failover and connection is allowed (R-FO-2 has three).
-        for (value, field, slot) in [
-            (patch.failover_threshold, "failover_threshold", &mut next.failover_threshold),
-            (patch.connection_threshold, "connection_threshold", &mut next.connection_threshold),
-            (patch.return_threshold, "return_threshold", &mut next.return_threshold),
-        ] {
-            if let Some(v) = value {
-                *slot = u8::try_from(v)
-                    .ok()
-                    .filter(|v| *v <= 100)
-                    .ok_or_else(|| refuse(field, format!("{v} is out of range 0..100 (a health score)")))?;
-            }
-        }
-        for (name, p) in &patch.apps {
-            let field = |f: &str| format!("apps.{name}.{f}");
-            let Some(app) = next.apps.get_mut(name) else {
-                return Err(refuse(format!("apps.{name}"), "no such application in this farm"));
-            };
-            if let Some(g) = &p.subgroup {
-                for (i, n) in g.iter().enumerate() {
-                    if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                        return Err(refuse(
-                            field("subgroup"),
-                            format!("{n:?} is not a node name ([A-Za-z0-9_-]+)"),
-                        ));
-                    }
-                    if g[..i].contains(n) {
-                        return Err(refuse(field("subgroup"), format!("{n} is listed twice")));
-                    }
-                }
-                app.subgroup = g.clone();
-            }
-            if let Some(v) = p.max_sessions_per_portion {
-                if !(1..=1_000_000).contains(&v) {
-                    return Err(refuse(
-                        field("max_sessions_per_portion"),
-                        format!("{v} is out of range 1..1000000"),
-                    ));
-                }
-                app.max_sessions_per_portion = v;
-            }
-            if let Some(v) = p.min_free_memory_mb {
-                app.min_free_memory_mb = v;
-            }
-            if let Some(v) = p.max_cpu_percent {
-                if !(v > 0.0 && v <= 100.0) {
-                    return Err(refuse(field("max_cpu_percent"), format!("{v} is out of range (0, 100]")));
-                }
-                app.max_cpu_percent = v;
-            }
-        }
-        next.version = self.version + 1;
-        next.changed_by = by.to_owned();
-        Ok(next)
+        Ok(())
     }
 
     /// The thresholds of clients without a configured class.
@@ -338,5 +387,34 @@ mod tests {
             serde_json::from_str::<SettingsPatch>(r#"{"max_latency": 3}"#).is_err(),
             "unknown keys refused"
         );
+    }
+
+    #[test]
+    fn versions_cannot_wrap_and_foreign_settings_are_checked_like_a_change() {
+        let s = base();
+        assert_eq!(s.validate(), Ok(()));
+        let mut top = s.clone();
+        top.version = MAX_SETTINGS_VERSION;
+        assert_eq!(top.validate(), Ok(()));
+        let e = top.apply(&SettingsPatch::default(), "n").unwrap_err();
+        assert_eq!(e.field, "version");
+        for v in [MAX_SETTINGS_VERSION + 1, u64::MAX] {
+            let huge = Settings { version: v, ..s.clone() };
+            assert_eq!(huge.validate().unwrap_err().field, "version", "{v}");
+            assert_eq!(huge.apply(&SettingsPatch::default(), "n").unwrap_err().field, "version");
+        }
+        for (field, bad) in [
+            ("max_message_latency_ms", Settings { max_message_latency_ms: 0, ..s.clone() }),
+            ("low_water_ms", Settings { low_water_ms: 10_000_000, ..s.clone() }),
+            ("return_threshold", Settings { return_threshold: 200, ..s.clone() }),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().field, field);
+        }
+        let mut bad = s.clone();
+        bad.apps.get_mut("calc").unwrap().max_sessions_per_portion = 0;
+        assert_eq!(bad.validate().unwrap_err().field, "apps.calc.max_sessions_per_portion");
+        bad = s.clone();
+        bad.apps.get_mut("calc").unwrap().subgroup = vec!["a b".into()];
+        assert_eq!(bad.validate().unwrap_err().field, "apps.calc.subgroup");
     }
 }

@@ -22,6 +22,11 @@ pub const DEFAULT_MAX_CPU_PERCENT: f64 = 100.0;
 /// Default number of sessions at which a portion stops being "available".
 pub const DEFAULT_MAX_SESSIONS_PER_PORTION: u64 = 1000;
 
+/// `node.max_portions` when left out: portions one node runs at most, all applications.
+pub const DEFAULT_MAX_PORTIONS: u32 = 256;
+/// `node.max_portions`: at least one, at most one per portion queue (16..=65535).
+pub(crate) const MAX_PORTIONS_RANGE: (u64, u64) = (1, 65_520);
+
 /// `node.accept_encryption` when left out.
 pub(crate) const DEFAULT_ACCEPT_ENCRYPTION: bool = true;
 /// `health.service[].weight` when left out.

@@ -291,6 +291,18 @@ pub enum ConfigError {
         /// The operating system's reason.
         source: io::Error,
     },
+    /// No farm secret, and the node is reachable from beyond this host.
+    #[error(
+        "{at}: farm.secret: a farm without a secret may only run on loopback, but node.bind is \
+         {bind} (or farm.interface or a seed is not loopback); set farm.secret or secret_file \
+         (32 hex digits or more, the same on every node) or bind 127.0.0.1"
+    )]
+    SecretRequired {
+        /// `node.bind`.
+        at: Location,
+        /// The bind address.
+        bind: SocketAddr,
+    },
     /// `node.data_dir` is the empty string.
     #[error("{at}: node.data_dir: is empty (expected a directory path)")]
     EmptyDataDir {
@@ -392,6 +404,7 @@ impl ConfigError {
             | NotNodeAddr { at, .. }
             | NotClientAddr { at, .. }
             | SecretTwice { at }
+            | SecretRequired { at, .. }
             | BadSecret { at, .. }
             | BadSecretFile { at, .. }
             | SecretFileUnreadable { at, .. }

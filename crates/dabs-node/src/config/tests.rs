@@ -339,7 +339,8 @@ fn encryption_can_be_refused() {
 fn valid_edge_values_are_accepted() {
     let text = format!(
         "{}\n[[app]]\nname = \"x\"\nmax_cpu_percent = 100\nmax_sessions_per_portion = 1000000\n",
-        MINIMAL.replace("127.0.0.1:47101", "[::]:0")
+        // Off loopback a farm needs a secret.
+        with("[farm]", "secret = \"000102030405060708090a0b0c0d0e0f\"").replace("127.0.0.1:47101", "[::]:0")
     );
     let c = parse(&with("[node]", "announce_interval_ms = 50\nlease_ms = 101")).unwrap();
     assert_eq!(c.node.lease, Duration::from_millis(101));
@@ -358,4 +359,32 @@ fn line_column_counts_characters() {
     assert_eq!(line_column("ab\ncé\nx", 7), (3, 1));
     assert_eq!(line_column("ab\ncé\nx", 6), (2, 3));
     assert_eq!(line_column("ab", 99), (1, 3));
+}
+
+#[test]
+fn a_farm_without_a_secret_stays_on_loopback() {
+    assert!(parse(MINIMAL).unwrap().farm.secret.is_none(), "loopback alone: allowed");
+    refused(
+        &MINIMAL.replace("127.0.0.1:47101", "0.0.0.0:47101"),
+        Some(8),
+        &["farm.secret", "loopback", "0.0.0.0:47101"],
+    );
+    refused(&with("[farm]", "interface = \"10.0.0.1\""), Some(9), &["farm.secret", "loopback"]);
+    refused(&with("[farm]", "seeds = [\"10.0.0.2:47101\"]"), Some(9), &["farm.secret"]);
+    let c = parse(
+        &with("[farm]", "secret = \"000102030405060708090a0b0c0d0e0f\"")
+            .replace("127.0.0.1:47101", "0.0.0.0:1"),
+    )
+    .unwrap();
+    assert!(!c.loopback_only() && c.farm.secret.is_some());
+}
+
+#[test]
+fn portions_per_node_are_capped() {
+    assert_eq!(parse(MINIMAL).unwrap().node.max_portions, DEFAULT_MAX_PORTIONS);
+    let c = parse(&with("[node]", "max_portions = 3")).unwrap();
+    assert_eq!(c.node.max_portions, 3);
+    assert_eq!(NodeConfig::parse(&c.to_toml(), Path::new("/g.toml")).unwrap(), c, "written and read back");
+    refused(&with("[node]", "max_portions = 0"), Some(7), &["node.max_portions", "65520"]);
+    refused(&with("[node]", "max_portions = 65521"), Some(7), &["node.max_portions"]);
 }

@@ -48,6 +48,7 @@ fn everything_set() -> NodeConfig {
             operator: Some("127.0.0.1:8101".parse().unwrap()),
             announce_interval: ms(100),
             lease: ms(60_000),
+            max_portions: 9,
             accept_encryption: false,
         },
         timeouts: BTreeMap::from([

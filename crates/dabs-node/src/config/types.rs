@@ -81,6 +81,20 @@ pub struct NodeSection {
     /// Whether clients may open encrypted sessions here (R-MP-5); with `false` a client that
     /// offers security is refused with NAK 13. Default true.
     pub accept_encryption: bool,
+    /// Portions this node runs at most, every application together (1 ..= 65 520, default
+    /// 256): a start beyond it — spawned, assigned, restored — is refused.
+    pub max_portions: u32,
+}
+
+impl NodeConfig {
+    /// Whether everything this node sends or hears stays on this host: its endpoint, its
+    /// multicast interface and every seed are loopback. Only such a node may run without a
+    /// farm secret.
+    pub fn loopback_only(&self) -> bool {
+        self.node.bind.ip().is_loopback()
+            && self.farm.interface.is_loopback()
+            && self.farm.seeds.iter().all(|s| s.ip().is_loopback())
+    }
 }
 
 /// The `[latency]` section: message latency limits.

@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::defaults::{
     ANNOUNCE_RANGE_MS, DEFAULT_ACCEPT_ENCRYPTION, DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_INTERFACE,
     DEFAULT_LEASE, DEFAULT_LOW_WATER, DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MESSAGE_LATENCY,
-    DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY, MAX_LEASE_MS, SCORE_RANGE,
-    SESSIONS_RANGE, SPAWN_COOLDOWN_RANGE_MS, TIMEOUT_RANGE_MS,
+    DEFAULT_MAX_PORTIONS, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY,
+    MAX_LEASE_MS, MAX_PORTIONS_RANGE, SCORE_RANGE, SESSIONS_RANGE, SPAWN_COOLDOWN_RANGE_MS, TIMEOUT_RANGE_MS,
 };
 use super::error::ConfigError;
 use super::file::{RawApp, RawBalance, RawConfig, RawFarm, RawLatency, RawNode};
@@ -23,6 +23,7 @@ use super::types::{AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConf
 impl Cx<'_> {
     /// The whole file, validated, with defaults filled in.
     pub(crate) fn validate(&self, raw: RawConfig) -> Result<NodeConfig, ConfigError> {
+        let bind_at = self.at(&raw.node.get_ref().bind);
         let farm = self.farm(raw.farm.into_inner())?;
         let node = self.node(raw.node.into_inner())?;
         let mut timeouts = BTreeMap::new();
@@ -51,7 +52,12 @@ impl Cx<'_> {
         }
         let health = self.health(raw.health)?;
         let failover = self.failover(raw.failover)?;
-        Ok(NodeConfig { farm, node, timeouts, latency, apps, balance, health, failover })
+        let config = NodeConfig { farm, node, timeouts, latency, apps, balance, health, failover };
+        // Without a secret anyone who can reach the node could steer it: only on this host.
+        if config.farm.secret.is_none() && !config.loopback_only() {
+            return Err(ConfigError::SecretRequired { at: bind_at, bind: config.node.bind });
+        }
+        Ok(config)
     }
 
     fn farm(&self, raw: RawFarm) -> Result<FarmConfig, ConfigError> {
@@ -142,7 +148,20 @@ impl Cx<'_> {
             });
         }
         let accept_encryption = raw.accept_encryption.unwrap_or(DEFAULT_ACCEPT_ENCRYPTION);
-        Ok(NodeSection { name, bind, data_dir, operator, announce_interval, lease, accept_encryption })
+        let max_portions = match &raw.max_portions {
+            Some(v) => self.int_in(v, "node.max_portions", MAX_PORTIONS_RANGE)? as u32,
+            None => DEFAULT_MAX_PORTIONS,
+        };
+        Ok(NodeSection {
+            name,
+            bind,
+            data_dir,
+            operator,
+            announce_interval,
+            lease,
+            accept_encryption,
+            max_portions,
+        })
     }
 
     fn latency(&self, raw: Option<RawLatency>) -> Result<LatencyLimits, ConfigError> {

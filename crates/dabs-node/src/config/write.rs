@@ -69,6 +69,7 @@ fn node(n: &NodeSection) -> RawNode {
         announce_interval_ms: Some(ms(n.announce_interval)),
         lease_ms: Some(ms(n.lease)),
         accept_encryption: Some(n.accept_encryption),
+        max_portions: Some(unspanned(u64::from(n.max_portions))),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::Inner;
 use crate::membership::Change;
-use crate::settings::Settings;
+use crate::settings::{MAX_SETTINGS_VERSION, Settings};
 use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionStats, Sampler};
 use dabs_farm_proto::shapes::{cbor, from_cbor};
 use dabs_net::Addr;
@@ -25,6 +25,12 @@ impl Inner {
             .flatten()
             .and_then(|b| from_cbor::<Settings>(&b, "settings").ok());
         if let Some(stored) = stored {
+            // Checked like a change made here: a database written by an earlier run that took
+            // bad settings must not bring them back.
+            if let Err(e) = stored.validate() {
+                self.note(format!("stored settings version {} ignored: {e}", stored.version));
+                return;
+            }
             let mut current = self.settings_guard();
             if stored.newer_than(&current) {
                 *current = stored;
@@ -38,8 +44,13 @@ impl Inner {
         }
     }
 
-    /// Takes settings heard from the farm if they are newer than ours.
-    pub(super) fn adopt_settings(&self, s: Settings) {
+    /// Takes settings fetched from member `from` if they are newer than ours and pass the
+    /// checks a change made here passes (values, and a version that cannot wrap).
+    pub(super) fn adopt_settings(&self, s: Settings, from: &str) {
+        if let Err(e) = s.validate() {
+            self.note_limited(format!("settings version {} from {from} refused: {e}", s.version));
+            return;
+        }
         let adopted = {
             let mut current = self.settings_guard();
             if s.newer_than(&current) {
@@ -129,7 +140,12 @@ impl Inner {
     pub(super) fn announce(&self, leaving: bool) {
         let leaving = leaving || self.stopping.load(Ordering::Relaxed);
         let stats = self.own_stats(leaving);
-        let payload = stats.to_announcement();
+        let payload = dabs_farm_proto::control::seal_announcement(
+            self.auth.announce_key(),
+            self.mp,
+            &stats,
+            dabs_net::unix_ms(),
+        );
         let header = Header { crc: true, ..Header::new(Kind::Request, SystemCommand::Announce.number()) };
         let group = std::iter::once(SocketAddr::V4(self.config.farm.group));
         for to in group.chain(self.config.farm.seeds.iter().copied()) {
@@ -177,28 +193,34 @@ impl Inner {
             if header.command != SystemCommand::Announce.number() {
                 continue;
             }
-            let stats = match NodeStats::from_cbor(&payload) {
+            // Another farm's announcements on the same group are none of ours: not counted.
+            match NodeStats::from_cbor(&payload) {
+                Ok(s) if s.farm != self.config.farm.name => continue,
+                _ => {}
+            }
+            let stats = match self.check_announcement(&from, &payload) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::debug!(%from, error = %e, "ignored a malformed announcement");
+                    self.auth_failed("ANNOUNCE", &from, &e);
                     continue;
                 }
             };
-            if stats.farm != self.config.farm.name {
-                continue;
-            }
             self.state().members.heard_at = Some(Instant::now());
             if stats.node == self.me {
                 continue;
             }
             let mine = self.settings_guard().version;
             // One fetch at a time: announcements keep coming while it is under way.
-            if stats.settings_version > mine && !self.fetching_settings.swap(true, Ordering::SeqCst) {
+            // A version beyond the limit is not worth a fetch: it would be refused.
+            if stats.settings_version > mine
+                && stats.settings_version <= MAX_SETTINGS_VERSION
+                && !self.fetching_settings.swap(true, Ordering::SeqCst)
+            {
                 let (this, node) = (self.clone(), stats.node.clone());
                 tokio::spawn(async move {
                     match this.call_node(&node, SystemCommand::Settings.number(), Vec::new()).await {
                         Ok(bytes) => match from_cbor::<Settings>(&bytes, "settings") {
-                            Ok(s) => this.adopt_settings(s),
+                            Ok(s) => this.adopt_settings(s, &node),
                             Err(e) => tracing::warn!(%node, error = %e, "bad settings"),
                         },
                         Err(e) => tracing::debug!(%node, error = %e, "settings not fetched"),

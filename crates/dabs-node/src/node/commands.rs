@@ -1,5 +1,7 @@
 //! The runtime's own queue: the system commands other nodes and tools send it (`GET_STATISTICS`,
-//! `DRAIN`, `SPAWN`, `SETTINGS`, `ASSIGN`, `RESOLVE_VA`).
+//! `DRAIN`, `SPAWN`, `SETTINGS`, `ASSIGN`, `RESOLVE_VA`). `SPAWN`, `SETTINGS` and `ASSIGN` are
+//! acted on only when authenticated (`auth.rs`); `GET_STATISTICS` and a client's `RESOLVE_VA`
+//! stay open, `DRAIN` carries its own seal.
 
 use super::{DRAIN_NONCE, Inner};
 use crate::stats::NodeStats;
@@ -18,7 +20,30 @@ impl Inner {
     ) {
         while let Some(req) = requests.recv().await {
             let command = req.request.command;
-            match SystemCommand::from_number(command) {
+            let known = SystemCommand::from_number(command);
+            let sealed = match known {
+                Some(SystemCommand::Spawn | SystemCommand::Settings | SystemCommand::Assign) => true,
+                // A node's RESOLVE_VA is sealed and gets a sealed answer; a client's is not.
+                Some(SystemCommand::ResolveVa) => {
+                    dabs_farm_proto::control::looks_sealed(&req.request.payload)
+                }
+                _ => false,
+            };
+            let (opened, req) = if sealed {
+                match self.authenticate(req) {
+                    Ok((opened, req)) => (Some(opened), req),
+                    Err(()) => continue,
+                }
+            } else {
+                (None, req)
+            };
+            // The command's own payload, and how to answer it (sealed when it was).
+            let payload = opened.as_ref().map_or(&req.request.payload, |o| &o.body).clone();
+            let answer = |req: dabs_net::IncomingRequest, body: Vec<u8>| match &opened {
+                Some(o) => self.answer(req, o, &body),
+                None => req.reply(body),
+            };
+            match known {
                 Some(SystemCommand::GetStatistics) => {
                     let me = self.own_stats(false);
                     let members: Vec<NodeStats> = self.state().members.membership.live().cloned().collect();
@@ -58,7 +83,7 @@ impl Inner {
                     }
                 }
                 Some(SystemCommand::Spawn) => {
-                    let ask: Result<BTreeMap<String, String>, _> = from_cbor(&req.request.payload, "SPAWN");
+                    let ask: Result<BTreeMap<String, String>, _> = from_cbor(&payload, "SPAWN");
                     let ask = ask.unwrap_or_default();
                     let (app, cause) =
                         (ask.get("app").cloned().unwrap_or_default(), ask.get("cause").cloned());
@@ -66,23 +91,23 @@ impl Inner {
                     let va = ask.get("va").cloned();
                     if let Some(v) = va.as_ref().filter(|v| self.state().hosting.portions.contains_key(*v)) {
                         // Already here (a repeated SPAWN): nothing to start, nothing to count.
-                        req.reply(cbor(&BTreeMap::from([("va", v.clone())])));
+                        answer(req, cbor(&BTreeMap::from([("va", v.clone())])));
                         continue;
                     }
                     match self.start_portion(&app, va, None, None) {
                         Ok((va, _)) => {
                             self.counters.spawns.fetch_add(1, Ordering::Relaxed);
                             self.note(format!("spawned {va} on request: {}", cause.unwrap_or_default()));
-                            req.reply(cbor(&BTreeMap::from([("va", va)])));
+                            answer(req, cbor(&BTreeMap::from([("va", va)])));
                         }
                         Err(e) => req.reject(NakCode::NotAccepting, e),
                     }
                 }
                 Some(SystemCommand::Settings) => {
                     let s = self.settings_guard().clone();
-                    req.reply(cbor(&s));
+                    answer(req, cbor(&s));
                 }
-                Some(SystemCommand::Assign) => match from_cbor::<Assign>(&req.request.payload, "ASSIGN") {
+                Some(SystemCommand::Assign) => match from_cbor::<Assign>(&payload, "ASSIGN") {
                     Ok(a) => {
                         let open = OpenRequest {
                             peer: Addr::Udp(a.client),
@@ -109,7 +134,7 @@ impl Inner {
                                 // Counted before the reply, so a decider that hears the reply
                                 // finds the client in this node's next announcement.
                                 self.state().deciding.accepted += 1;
-                                req.reply(cbor(&BTreeMap::from([("va", va)])))
+                                answer(req, cbor(&BTreeMap::from([("va", va)])))
                             }
                             Err((code, text)) => req.reject(code, text),
                         }
@@ -117,8 +142,7 @@ impl Inner {
                     Err(e) => req.reject(NakCode::Malformed, e.to_string()),
                 },
                 Some(SystemCommand::ResolveVa) => {
-                    let va: Result<BTreeMap<String, String>, _> =
-                        from_cbor(&req.request.payload, "RESOLVE_VA");
+                    let va: Result<BTreeMap<String, String>, _> = from_cbor(&payload, "RESOLVE_VA");
                     let va = va.ok().and_then(|m| m.get("va").cloned()).unwrap_or_default();
                     let found = self.state().members.membership.host_of(&va).map(|(s, queue)| Resolved {
                         va: va.clone(),
@@ -127,7 +151,7 @@ impl Inner {
                         node: s.node.clone(),
                     });
                     match found {
-                        Some(r) => req.reply(cbor(&r)),
+                        Some(r) => answer(req, cbor(&r)),
                         None => {
                             req.reject(NakCode::UnknownQueue, format!("no live portion has address {va}"))
                         }

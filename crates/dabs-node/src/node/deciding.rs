@@ -5,7 +5,7 @@ use super::{Inner, RUNTIME_QUEUE};
 use crate::placement::{Choice, choose};
 use crate::stats::NodeStats;
 use dabs_farm_proto::shapes::{Assign, OpenAsk, cbor, negotiate_security};
-use dabs_net::{Addr, IncomingOpen, OpenRequest};
+use dabs_net::{Addr, IncomingOpen, OpenRequest, Session};
 use dabs_wire::{NakCode, SystemCommand};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,8 +44,24 @@ impl Inner {
             }
         };
         if let Some(node) = &ask.node {
-            tracing::debug!(peer = %node, "node session opened");
-            let _ = open.accept(RUNTIME_QUEUE, cbor(&BTreeMap::from([("node", self.me.clone())]))).await;
+            // A node proves the control key; a tool (dabs drain, an observer) names itself
+            // without a proof and gets what any client gets: GET_STATISTICS, RESOLVE_VA, DRAIN
+            // under its own seal.
+            let proven = match self.check_node_open(&open.request.peer, node, &open.payload) {
+                Ok(proven) => proven,
+                Err(why) => {
+                    self.auth_failed("node session OPEN_SESSION", &open.request.peer, &why);
+                    open.reject(NakCode::AuthenticationFailed, "node session not authenticated");
+                    return;
+                }
+            };
+            tracing::debug!(peer = %node, proven = proven.is_some(), "node session opened");
+            let reply = cbor(&BTreeMap::from([("node", self.me.clone())]));
+            if let Ok(session) = open.accept(RUNTIME_QUEUE, reply).await
+                && let Some(node) = proven
+            {
+                self.node_session_opened(session, node);
+            }
             return;
         }
         // A security offer is a demand: refuse it rather than answer in clear.
@@ -217,39 +233,76 @@ impl Inner {
         }
     }
 
+    /// Calls member `node` with a sealed request and returns the body of its sealed answer.
+    /// A cached session the member no longer knows (it restarted, or the session expired and
+    /// the re-open was refused) is replaced once by a fresh one.
     pub(super) async fn call_node(
         &self,
         node: &str,
         command: u16,
         payload: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
-        let session = {
-            let mut peers = self.peers.lock().await;
-            match peers.get(node) {
-                Some(s) => s.clone(),
-                None => {
-                    let addr = self
-                        .state()
-                        .members
-                        .membership
-                        .get(node)
-                        .map(|m| m.stats.mp)
-                        .ok_or("not a live member")?;
-                    let ask = OpenAsk { node: Some(self.me.clone()), ..Default::default() };
-                    let s = self
-                        .endpoint
-                        .open(Addr::Udp(addr), RUNTIME_QUEUE, ask.to_cbor())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    peers.insert(node.to_owned(), s.clone());
-                    s
+        let (addr, started_ms) = self
+            .state()
+            .members
+            .membership
+            .get(node)
+            .map(|m| (m.stats.mp, m.stats.started_ms))
+            .ok_or("not a live member")?;
+        for attempt in 0..2 {
+            let (session, fresh) = self.node_session(node, addr, started_ms).await?;
+            let (sealed, tag) = self.seal_request(addr, started_ms, command, &payload);
+            match session.call(command, sealed).await {
+                Ok(answer) => {
+                    return dabs_farm_proto::control::open_reply(
+                        self.auth.control_key(),
+                        addr,
+                        self.mp,
+                        command,
+                        &tag,
+                        &answer,
+                    )
+                    .map_err(|e| {
+                        self.auth_failed("answer", &Addr::Udp(addr), &e);
+                        format!("{node}'s answer: {e}")
+                    });
+                }
+                Err(e) => {
+                    self.peers.lock().await.remove(node);
+                    // Refused before it ran (the session was unknown or its re-open refused):
+                    // safe to send again once, in a session of its own.
+                    let unran = matches!(
+                        &e,
+                        dabs_net::Error::Call(dabs_net::CallError::Nak {
+                            code: NakCode::AuthenticationFailed | NakCode::UnknownSession,
+                            ..
+                        })
+                    );
+                    if fresh || !unran || attempt == 1 {
+                        return Err(e.to_string());
+                    }
                 }
             }
-        };
-        let result = session.call(command, payload).await.map_err(|e| e.to_string());
-        if result.is_err() {
-            self.peers.lock().await.remove(node);
         }
-        result
+        Err("unreachable: the loop returns".into())
+    }
+
+    /// The node session to `node` at `addr`, cached or opened now with a proof of the key
+    /// (`true` when new).
+    async fn node_session(
+        &self,
+        node: &str,
+        addr: std::net::SocketAddr,
+        started_ms: u64,
+    ) -> Result<(Session, bool), String> {
+        let mut peers = self.peers.lock().await;
+        if let Some(s) = peers.get(node).filter(|s| s.peer == Addr::Udp(addr)) {
+            return Ok((s.clone(), false));
+        }
+        let payload = self.node_open_payload(addr, started_ms);
+        let s =
+            self.endpoint.open(Addr::Udp(addr), RUNTIME_QUEUE, payload).await.map_err(|e| e.to_string())?;
+        peers.insert(node.to_owned(), s.clone());
+        Ok((s, true))
     }
 }

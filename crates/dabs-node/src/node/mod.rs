@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 mod announce;
+mod auth;
 mod balancing;
 mod commands;
 mod deciding;
@@ -48,6 +49,19 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// No farm secret, and the node would be reachable from beyond this host.
+    #[error(
+        "farm {farm} has no secret, so node {node} may only run on loopback (node.bind {bind}, \
+         farm.interface and every seed); set farm.secret"
+    )]
+    SecretRequired {
+        /// The farm.
+        farm: String,
+        /// The node.
+        node: String,
+        /// Its bind address.
+        bind: SocketAddr,
+    },
 }
 
 struct Inner {
@@ -66,6 +80,8 @@ struct Inner {
     reports: mpsc::UnboundedSender<(String, PortionReport)>,
     settings: Mutex<Settings>,
     counters: NodeCounters,
+    /// Keys, counters and replay state of the authenticated control plane.
+    auth: auth::Auth,
     latency: Arc<LatencyHistogram>,
     operator: Mutex<Option<SocketAddr>>,
     /// A settings fetch is under way.
@@ -219,6 +235,13 @@ impl Node {
         config: NodeConfig,
         factories: Vec<Arc<dyn PortionFactory>>,
     ) -> Result<Node, NodeError> {
+        if config.farm.secret.is_none() && !config.loopback_only() {
+            return Err(NodeError::SecretRequired {
+                farm: config.farm.name.clone(),
+                node: config.node.name.clone(),
+                bind: config.node.bind,
+            });
+        }
         let db = Db::open(&config.node.data_dir)?;
         let next_portion = db.next_portion_id()?;
         // The last DRAIN nonce taken survives a restart: a captured DRAIN must not be
@@ -253,6 +276,7 @@ impl Node {
             state: Mutex::new(State::new(&config, next_portion, drain_nonce)),
             events: Mutex::new(VecDeque::new()),
             settings: Mutex::new(Settings::from_config(&config)),
+            auth: auth::Auth::new(config.farm.secret.as_deref()),
             config,
             peers: tokio::sync::Mutex::new(HashMap::new()),
             reports,

@@ -60,29 +60,50 @@ impl Inner {
             if let Some(existing) = va.as_ref().and_then(|v| st.hosting.portions.get(v)) {
                 return Ok((va.clone().unwrap_or_default(), existing.queue));
             }
+            // Every start path ends here: the cap holds for spawned, assigned, initial and
+            // restored portions alike.
+            let cap = self.config.node.max_portions as usize;
+            if st.hosting.portions.len() >= cap {
+                return Err(format!(
+                    "node {} runs {} portions, its cap ([node] max_portions = {cap})",
+                    self.me,
+                    st.hosting.portions.len()
+                ));
+            }
             let queue = match queue {
-                Some(q) => q,
-                None => loop {
-                    let q = st.hosting.next_queue;
-                    st.hosting.next_queue =
-                        st.hosting.next_queue.checked_add(1).unwrap_or(FIRST_PORTION_QUEUE);
-                    if !st.hosting.portions.values().any(|p| p.queue == q) {
-                        break q;
-                    }
-                },
-            };
-            st.hosting.next_queue = st.hosting.next_queue.max(queue + 1);
-            let named = va.is_none();
-            let va = va.unwrap_or_else(|| {
-                loop {
-                    let n = st.hosting.next_portion;
-                    st.hosting.next_portion += 1;
-                    let va = format!("mp://{}/{}/dasp/{}-{}", self.config.farm.name, app, self.me, n);
-                    if !st.hosting.portions.contains_key(&va) {
-                        break va;
-                    }
+                Some(q) if q < FIRST_PORTION_QUEUE => {
+                    return Err(format!("queue {q} is not a portion queue"));
                 }
-            });
+                Some(q) if st.hosting.portions.values().any(|p| p.queue == q) => {
+                    return Err(format!("queue {q} is taken"));
+                }
+                Some(q) => q,
+                None => st
+                    .hosting
+                    .free_queue()
+                    .ok_or_else(|| format!("node {} has no free portion queue", self.me))?,
+            };
+            st.hosting.next_queue =
+                queue.checked_add(1).unwrap_or(FIRST_PORTION_QUEUE).max(st.hosting.next_queue);
+            let named = va.is_none();
+            let va = match va {
+                Some(va) => va,
+                None => {
+                    // Names are never reused: at most one candidate per portion running here
+                    // is taken, so this ends after at most `cap` + 1 tries.
+                    let mut found = None;
+                    for _ in 0..=st.hosting.portions.len() {
+                        let n = st.hosting.next_portion;
+                        st.hosting.next_portion = n.checked_add(1).ok_or("portion numbers ran out")?;
+                        let va = format!("mp://{}/{}/dasp/{}-{}", self.config.farm.name, app, self.me, n);
+                        if !st.hosting.portions.contains_key(&va) {
+                            found = Some(va);
+                            break;
+                        }
+                    }
+                    found.ok_or("no free portion name")?
+                }
+            };
             (va, queue, named.then_some(st.hosting.next_portion))
         };
         let requests = self.endpoint.register_queue(queue);
@@ -258,6 +279,7 @@ impl Inner {
         mut closed: mpsc::UnboundedReceiver<dabs_net::SessionId>,
     ) {
         while let Some(session) = closed.recv().await {
+            self.auth.session_closed(session);
             let mut st = self.state();
             // A deferred client whose session ended can no longer be called back.
             st.failover.deferred.retain(|d| d.client.session != session);

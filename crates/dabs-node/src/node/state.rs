@@ -115,6 +115,21 @@ pub(super) struct FailoverState {
     pub(super) last_nonce: u64,
 }
 
+impl Hosting {
+    /// A portion queue no portion holds, searched from `next_queue` on (wrapping to
+    /// [`FIRST_PORTION_QUEUE`]); `None` when every one is taken. At most one queue per portion
+    /// running here can be taken, so the search ends within `portions + 1` candidates: its
+    /// length depends on the cap, not on anything a peer sends.
+    pub(super) fn free_queue(&self) -> Option<u16> {
+        let taken: std::collections::HashSet<u16> = self.portions.values().map(|p| p.queue).collect();
+        let span = u32::from(u16::MAX - FIRST_PORTION_QUEUE) + 1;
+        let start = u32::from(self.next_queue.max(FIRST_PORTION_QUEUE) - FIRST_PORTION_QUEUE);
+        (0..span.min(taken.len() as u32 + 1))
+            .map(|i| FIRST_PORTION_QUEUE + ((start + i) % span) as u16)
+            .find(|q| !taken.contains(q))
+    }
+}
+
 impl State {
     /// A node's state at start: `next_portion` and `drain_nonce` come from its database.
     pub(super) fn new(config: &NodeConfig, next_portion: u64, drain_nonce: u64) -> Self {
@@ -154,5 +169,41 @@ impl State {
                 last_nonce: 0,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosting_with(queues: impl IntoIterator<Item = u16>, next_queue: u16) -> Hosting {
+        let (events, _) = mpsc::unbounded_channel();
+        let portion = |queue| Portion {
+            app: "calc".into(),
+            queue,
+            figures: Arc::new(PortionFigures::default()),
+            events: events.clone(),
+            started_ms: 0,
+            clients: Vec::new(),
+        };
+        Hosting {
+            portions: queues.into_iter().map(|q| (format!("va-{q}"), portion(q))).collect(),
+            accepting: true,
+            next_queue,
+            next_portion: 0,
+            open_sessions: HashMap::new(),
+            left_sessions: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_free_queue_is_found_by_a_bounded_search_or_none_when_every_one_is_taken() {
+        assert_eq!(hosting_with([], FIRST_PORTION_QUEUE).free_queue(), Some(FIRST_PORTION_QUEUE));
+        assert_eq!(hosting_with([16, 17, 19], 16).free_queue(), Some(18));
+        // Wraps past the last queue to the first free one.
+        assert_eq!(hosting_with([u16::MAX, 16], u16::MAX).free_queue(), Some(17));
+        let full = hosting_with(FIRST_PORTION_QUEUE..=u16::MAX, 300);
+        assert_eq!(full.portions.len(), 65_520);
+        assert_eq!(full.free_queue(), None, "every portion queue taken: a clean None, no endless search");
     }
 }

@@ -1,0 +1,208 @@
+//! Issue 11 item 2, from a holder of the farm secret: even an authenticated member cannot make
+//! a node run more portions than its cap (`[node] max_portions`, default 256), and the node
+//! refuses the one beyond it cleanly and keeps serving. The member's side is written here from
+//! docs/protocol.md ("Control-plane authentication") alone, with its own HMAC: the test checks
+//! the construction as an independent implementation would read it, not the node's code.
+
+const DABS: &str = env!("CARGO_BIN_EXE_dabs");
+use ciborium::Value;
+use dabs_farm_proto::keys::{FarmKeys, Purpose};
+use dabs_farm_proto::shapes::{OpenAsk, cbor};
+use dabs_net::{Addr, CallError, Config, DriverOptions, EndpointHandle, Error};
+use dabs_node::stats::NodeStats;
+use dabs_testkit::NodeProc;
+use dabs_wire::{NakCode, SystemCommand};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn secret() -> Vec<u8> {
+    (0..SECRET.len()).step_by(2).map(|i| u8::from_str_radix(&SECRET[i..i + 2], 16).unwrap()).collect()
+}
+
+async fn endpoint() -> EndpointHandle {
+    let config = Config { ack_timeout: Duration::from_millis(100), max_retries: 6, ..Config::default() };
+    dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions { config, ..Default::default() })
+        .await
+        .unwrap()
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+fn to_vec(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
+}
+
+/// A member of the farm as docs/protocol.md describes one: its name, address, run and counter.
+struct Member {
+    key: [u8; 32],
+    name: String,
+    addr: SocketAddr,
+    started_ms: u64,
+    counter: u64,
+}
+
+impl Member {
+    /// The sealed request map and its tag: HMAC-SHA256(control key, "dabs-control-v1" 0x00
+    /// sender 0x00 receiver 0x00 node 0x00 command(u16 BE) receiver-start st n t (u64 BE)
+    /// body).
+    fn seal(&mut self, to: SocketAddr, to_started: u64, command: u16, body: &[u8]) -> (Value, Vec<u8>) {
+        self.counter += 1;
+        let issued = dabs_net::unix_ms();
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.key).unwrap();
+        m.update(format!("dabs-control-v1\0{}\0{to}\0{}\0", self.addr, self.name).as_bytes());
+        m.update(&command.to_be_bytes());
+        for n in [to_started, self.started_ms, self.counter, issued] {
+            m.update(&n.to_be_bytes());
+        }
+        m.update(body);
+        let tag = m.finalize().into_bytes().to_vec();
+        let map = Value::Map(vec![
+            (text("node"), text(&self.name)),
+            (text("st"), Value::Integer(self.started_ms.into())),
+            (text("n"), Value::Integer(self.counter.into())),
+            (text("t"), Value::Integer(issued.into())),
+            (text("body"), Value::Bytes(body.to_vec())),
+            (text("mac"), Value::Bytes(tag.clone())),
+        ]);
+        (map, tag)
+    }
+
+    /// The answer's body, once its tag verifies: HMAC-SHA256(control key,
+    /// "dabs-control-reply-v1" 0x00 responder 0x00 requester 0x00 command(u16 BE) request-tag body).
+    fn open_answer(&self, from: SocketAddr, command: u16, request_tag: &[u8], answer: &[u8]) -> Vec<u8> {
+        let v: Value = ciborium::from_reader(answer).unwrap();
+        let map = v.as_map().expect("a sealed answer is a map");
+        let get =
+            |k: &str| map.iter().find(|(key, _)| key.as_text() == Some(k)).unwrap().1.as_bytes().unwrap();
+        let (body, tag) = (get("body"), get("mac"));
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.key).unwrap();
+        m.update(format!("dabs-control-reply-v1\0{from}\0{}\0", self.addr).as_bytes());
+        m.update(&command.to_be_bytes());
+        m.update(request_tag);
+        m.update(body);
+        m.verify_slice(tag).expect("the node's answer carries the documented tag");
+        body.clone()
+    }
+}
+
+fn node_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let group = format!(
+        "239.255.{}.{}:{}",
+        rand::random_range(1..=254),
+        rand::random_range(1..=254),
+        rand::random_range(40_000..60_000)
+    );
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[farm]\nname = \"limits\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n\n\
+             [node]\nname = \"node-1\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
+             [[app]]\nname = \"calc\"\nstart_at_init = true\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn nak(r: &Result<Vec<u8>, Error>) -> Option<(NakCode, String)> {
+    match r {
+        Err(Error::Call(CallError::Nak { code, text })) => Some((*code, text.clone())),
+        _ => None,
+    }
+}
+
+/// A member SPAWNs until the node's default cap (256 portions): each is started and answered
+/// under the documented tag; the one beyond is refused with NAK 12 naming the cap, as is every
+/// later one, while a client is still served. A replayed SPAWN and one sealed with another
+/// farm's key are refused (NAK 9) without starting anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_spawn_beyond_the_cap_and_the_node_keeps_serving() {
+    let dir = dabs_testkit::temp_dir("limits-cap");
+    let node = NodeProc::start(DABS, &node_config(&dir));
+    let ep = endpoint().await;
+    let tool = ep
+        .open(
+            Addr::Udp(node.mp),
+            0,
+            OpenAsk { node: Some("observer".into()), ..Default::default() }.to_cbor(),
+        )
+        .await
+        .unwrap();
+    let stats = tool.call(SystemCommand::GetStatistics.number(), vec![]).await.unwrap();
+    let (me, _): (NodeStats, Vec<NodeStats>) = ciborium::from_reader(&stats[..]).unwrap();
+
+    let mut member = Member {
+        key: *FarmKeys::derive(&secret()).key(Purpose::Control),
+        name: "tester".into(),
+        addr: ep.local_addrs().udp,
+        started_ms: dabs_net::unix_ms(),
+        counter: 0,
+    };
+    let (proof, _) = member.seal(node.mp, me.started_ms, SystemCommand::OpenSession.number(), &[]);
+    let open = Value::Map(vec![(text("node"), text("tester")), (text("auth"), proof)]);
+    let session = ep.open(Addr::Udp(node.mp), 0, to_vec(&open)).await.expect("a member opens a node session");
+
+    let spawn_cmd = SystemCommand::Spawn.number();
+    let body = cbor(&BTreeMap::from([("app", "calc"), ("cause", "test")]));
+    let mut started = Vec::new();
+    let mut refused = None;
+    let mut last_sealed = None;
+    // The node started one at initialisation; at most 256 fit.
+    for _ in 0..300 {
+        let (sealed, tag) = member.seal(node.mp, me.started_ms, spawn_cmd, &body);
+        let sealed = to_vec(&sealed);
+        let r = session.call(spawn_cmd, sealed.clone()).await;
+        if let Some(n) = nak(&r) {
+            refused = Some(n);
+            break;
+        }
+        let answer = member.open_answer(node.mp, spawn_cmd, &tag, &r.expect("SPAWN answered"));
+        let v: BTreeMap<String, String> = ciborium::from_reader(&answer[..]).unwrap();
+        started.push(v["va"].clone());
+        last_sealed = Some(sealed);
+    }
+    assert_eq!(started.len(), 255, "the default cap is 256 portions, one of them started at initialisation");
+    let (code, why) = refused.expect("the SPAWN beyond the cap is refused");
+    assert_eq!(code, NakCode::NotAccepting, "{why}");
+    assert!(why.contains("max_portions"), "the refusal names the cap: {why}");
+    // Refused again, cleanly (the node does not hang looking for a queue).
+    let (sealed, _) = member.seal(node.mp, me.started_ms, spawn_cmd, &body);
+    let again = session.call(spawn_cmd, to_vec(&sealed)).await;
+    assert_eq!(nak(&again).map(|n| n.0), Some(NakCode::NotAccepting), "{again:?}");
+    // A SPAWN for a portion already here starts nothing and names it.
+    let hosted = cbor(&BTreeMap::from([("app", "calc"), ("va", started[0].as_str())]));
+    let (sealed, tag) = member.seal(node.mp, me.started_ms, spawn_cmd, &hosted);
+    let answer = session.call(spawn_cmd, to_vec(&sealed)).await.expect("a hosted address is answered");
+    let v: BTreeMap<String, String> =
+        ciborium::from_reader(&member.open_answer(node.mp, spawn_cmd, &tag, &answer)[..]).unwrap();
+    assert_eq!(v["va"], started[0]);
+    // A replay of a SPAWN already taken, and one sealed with another key: refused, NAK 9.
+    let replay = session.call(spawn_cmd, last_sealed.unwrap()).await;
+    assert_eq!(nak(&replay).map(|n| n.0), Some(NakCode::AuthenticationFailed), "{replay:?}");
+    let mut outsider = Member { key: [7; 32], counter: 10_000, ..member };
+    let (sealed, _) = outsider.seal(node.mp, me.started_ms, spawn_cmd, &body);
+    let forged = session.call(spawn_cmd, to_vec(&sealed)).await;
+    assert_eq!(nak(&forged).map(|n| n.0), Some(NakCode::AuthenticationFailed), "{forged:?}");
+
+    // Still serving: a client gets a seat on one of the portions and is answered.
+    let client = endpoint().await;
+    let s = client
+        .open(Addr::Udp(node.mp), 1, OpenAsk { app: Some("calc".into()), ..Default::default() }.to_cbor())
+        .await
+        .expect("a client still gets in");
+    let reply = s.call(256, cbor(&(40_i64, 2_i64))).await.unwrap();
+    let v: BTreeMap<String, i64> = ciborium::from_reader(&reply[..]).unwrap();
+    assert_eq!(v["ok"], 42);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
