@@ -102,11 +102,12 @@ async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
     assert!(seen.iter().any(|r| contains(&r.data, &needle)), "the needle is what a clear call carries");
 
     // Trace every node while an encrypted `dabs calc` and an encrypted SDK client compute.
+    let token = farm.token();
     let mut traces: Vec<Child> = operators
         .iter()
         .map(|url| {
             Command::new(DABS)
-                .args(["trace", "--node", url, "--json"])
+                .args(["trace", "--node", url, "--json", "--token", &token])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap()

@@ -90,12 +90,15 @@ fn write_node_config(dir: &Path, group: &str) -> PathBuf {
         format!(
             "[farm]\nname = \"t\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\n\n\
              [node]\nname = \"solo\"\nbind = \"127.0.0.1:0\"\noperator = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
-             [[app]]\nname = \"calc\"\nstart_at_init = false\n"
+             [[app]]\nname = \"calc\"\nstart_at_init = false\n\n[operator]\ntoken = \"{TOKEN}\"\n"
         ),
     )
     .unwrap();
     config
 }
+
+/// The operator token of the nodes these tests configure themselves.
+const TOKEN: &str = "farm-test-token-0123456789abcdef";
 
 /// A direct (unicast) open of a calculator session at `mp`: (virtual address, queue).
 async fn open_calc_at(ep: &EndpointHandle, mp: std::net::SocketAddr) -> (String, u16, dabs_net::Session) {
@@ -162,7 +165,7 @@ async fn a_restarted_node_comes_back_with_its_portions() {
         "max_message_latency_ms": 4321,
         "apps": {"calc": {"max_sessions_per_portion": 1}},
     });
-    let (status, settings) = common::http_json("PUT", &url, "/api/settings", Some(&change));
+    let (status, settings) = common::http_json_as(Some(TOKEN), "PUT", &url, "/api/settings", Some(&change));
     assert_eq!(status, 200, "{settings}");
     assert_eq!(settings["version"], 1, "{settings}");
     assert_eq!(settings["apps"]["calc"]["max_sessions_per_portion"], 1, "{settings}");
@@ -455,10 +458,15 @@ fn status_prints_the_farm_and_trace_decodes_its_traffic() {
 
     // Trace node-1 while a calculation passes through the farm.
     let url = farm.manifest()["nodes"][0]["operator"].as_str().expect("operator URL in farm.json").to_owned();
-    let mut trace =
-        Command::new(DABS).args(["trace", "--node", &url, "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let token = farm.token();
+    let mut trace = Command::new(DABS)
+        .args(["trace", "--node", &url, "--json", "--token", &token])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut filtered = Command::new(DABS)
         .args(["trace", "--node", &url, "--command", "16"])
+        .env("DABS_TOKEN", &token)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

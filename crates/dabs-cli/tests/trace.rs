@@ -16,6 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The operator token of the node under test: the trace needs it.
+const TOKEN: &str = "trace-test-token-0123456789abcdef";
+
 /// How long any one wait may take on a loaded machine before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(40);
 
@@ -40,6 +43,7 @@ impl Node {
             format!(
                 "[farm]\nname = \"tr\"\ngroup = \"{group}\"\n\n[node]\nname = \"node-1\"\nbind = \"127.0.0.1:0\"\n\
                  operator = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
+                 [operator]\ntoken = \"{TOKEN}\"\n\n\
                  [[app]]\nname = \"calc\"\nstart_at_init = true\n\n[[app]]\nname = \"slowcalc\"\nstart_at_init = true\n"
             ),
         )
@@ -87,6 +91,7 @@ impl Trace {
     fn start(url: &str, filter: &[&str]) -> Trace {
         let mut child = Command::new(DABS)
             .args(["trace", "--node", url, "--json"])
+            .env("DABS_TOKEN", TOKEN)
             .args(filter)
             .stdout(Stdio::piped())
             .spawn()
@@ -283,7 +288,10 @@ async fn trace_filters_show_only_what_they_name() {
     let api = {
         let (url, sink) = (node.url.clone(), by_name.clone());
         tokio::spawn(async move {
-            dabs_ops::trace_client(&url, "command=open_session", |v| sink.lock().unwrap().push(v)).await
+            dabs_ops::trace_client(&url, Some(TOKEN), "command=open_session", |v| {
+                sink.lock().unwrap().push(v)
+            })
+            .await
         })
     };
     let opened = |records: &[Value]| {
@@ -317,7 +325,7 @@ async fn trace_filters_show_only_what_they_name() {
     }
 
     // An unknown name is refused, naming what would do.
-    let e = dabs_ops::trace_client(&node.url, "command=OPEN", |_| {}).await.unwrap_err();
+    let e = dabs_ops::trace_client(&node.url, Some(TOKEN), "command=OPEN", |_| {}).await.unwrap_err();
     assert!(e.starts_with("command: unknown command \"OPEN\"") && e.contains("OPEN_SESSION"), "{e}");
 
     a.stop().await;

@@ -81,6 +81,11 @@ impl Farm {
         serde_json::from_str(&std::fs::read_to_string(self.dir.join("farm.json")).unwrap()).unwrap()
     }
 
+    /// The operator token its nodes' interfaces ask for (`token` in farm.json).
+    pub fn token(&self) -> String {
+        self.manifest()["token"].as_str().expect("the operator token in farm.json").to_owned()
+    }
+
     /// The farm's group address.
     pub fn group(&self) -> std::net::SocketAddr {
         self.manifest()["group"].as_str().unwrap().parse().unwrap()
@@ -212,15 +217,27 @@ pub fn http_json(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    http_json_as(None, method, base, path, body)
+}
+
+/// [`http_json`] with the operator token (`Authorization: Bearer TOKEN`) when given.
+pub fn http_json_as(
+    token: Option<&str>,
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut stream =
         std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
