@@ -237,7 +237,17 @@ async fn metrics_page_and_api_document() {
     let page = s.get("/").await;
     assert_eq!(page.status, 200);
     assert!(page.headers.contains("content-type: text/html"));
-    for id in ["members", "portions", "events", "node-name", "updated", "save-settings", "settings-status"] {
+    for id in [
+        "members",
+        "portions",
+        "events",
+        "node-name",
+        "updated",
+        "save-settings",
+        "settings-status",
+        "token-form",
+        "operator-token",
+    ] {
         assert!(page.body.contains(&format!("id=\"{id}\"")), "no #{id}");
     }
     assert!(!page.body.contains("src=\"http") && !page.body.contains("href=\"http"), "no external assets");
