@@ -102,17 +102,21 @@ fn new_token() -> String {
     (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
-/// Writes `token` to `path`, readable by its owner only.
-fn write_token(path: &Path, token: &str) -> Result<(), String> {
+/// Writes `text` to `path`, readable by its owner only (it holds the operator token).
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .and_then(|mut f| {
+            // `mode` applies only to a new file: one left by an earlier farm in --dir is narrowed too.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(text.as_bytes())
+        })
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -177,7 +181,7 @@ impl LocalFarm {
                 .to_owned(),
             None => new_token(),
         };
-        write_token(&dir.join(TOKEN_FILE), &token)?;
+        write_private(&dir.join(TOKEN_FILE), &token)?;
         let group = pick_group();
         let mut farm = LocalFarm { group, nodes: Vec::new(), dir: dir.to_owned(), token };
         for i in 1..=n {
@@ -202,7 +206,8 @@ impl LocalFarm {
             .collect();
         let path = self.dir.join("farm.json");
         let text = json!({"group": self.group.to_string(), "token": self.token, "nodes": nodes}).to_string();
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // It holds the operator token: readable by its owner only, like operator.token.
+        write_private(&path, &text)?;
         Ok(path)
     }
 

@@ -108,7 +108,10 @@ fn farm_up_makes_a_token_that_guards_its_nodes() {
     let file = up.dir.join("operator.token");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "owner only");
+    for private in [&file, &up.dir.join("farm.json")] {
+        let mode = std::fs::metadata(private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} readable by its owner only", private.display());
+    }
     assert!(
         !std::fs::read_to_string(up.dir.join("node-1.toml")).unwrap().contains(&token),
         "not in the config"
