@@ -4,7 +4,8 @@
 //
 // Drives Debian's Chromium (/usr/bin/chromium, or $CHROMIUM) through playwright-core against a
 // running `dabs farm up --nodes 3` farm: the members table, a settings change made on one node
-// and seen on another, and a refused value. Prints one line per check and a closing
+// (the page asks for the operator token from farm.json: a wrong one first, which it must
+// refuse, then the right one) and seen on another, and a refused value. Prints one line per check and a closing
 // `browser: N passed, M failed`; exits 1 when any check failed. Every wait is bounded, and the
 // browser is always closed. Install: `apt-get install chromium` and `npm ci --prefix tests/browser`
 // (.ci/run does both).
@@ -110,8 +111,15 @@ function readFarm(path) {
   }
   const nodes = Array.isArray(farm.nodes) ? farm.nodes : [];
   const byName = Object.fromEntries(nodes.map((n) => [n.name, n]));
-  const ready = nodes.length === NODES.length && NODES.every((n) => typeof byName[n]?.operator === 'string');
-  return { ok: ready, value: byName, state: nodes.map((n) => ({ name: n.name, operator: n.operator })) };
+  const ready =
+    nodes.length === NODES.length &&
+    NODES.every((n) => typeof byName[n]?.operator === 'string') &&
+    typeof farm.token === 'string';
+  return {
+    ok: ready,
+    value: { byName, token: farm.token },
+    state: { token: typeof farm.token, nodes: nodes.map((n) => ({ name: n.name, operator: n.operator })) },
+  };
 }
 
 /** Opens a node's operator page in a new tab; uncaught page errors are collected. */
@@ -128,11 +136,11 @@ const spanText = (page, id) => page.locator(`#${id}`).innerText({ timeout: 1000 
 
 async function run(context) {
   const pageErrors = [];
-  const farm = await check('farm.json lists 3 nodes with operator URLs', async () => {
-    const byName = await until(FARM_WAIT_MS, 'farm.json never listed node-1..3 with "operator"', () =>
+  const { byName: farm, token } = await check('farm.json lists 3 nodes with operator URLs and the token', async () => {
+    const value = await until(FARM_WAIT_MS, 'farm.json never listed node-1..3 with "operator", and "token"', () =>
       readFarm(opts['farm-json']),
     );
-    return { value: byName, detail: NODES.map((n) => byName[n].operator).join(' ') };
+    return { value, detail: NODES.map((n) => value.byName[n].operator).join(' ') };
   });
   const [n1, n2, n3] = NODES.map((n) => farm[n]);
 
@@ -181,15 +189,45 @@ async function run(context) {
     return { value: { current, next }, detail: `current ${current}, low_water_ms ${low}, new ${next}` };
   });
 
-  const savedVersion = await check('node-1 saves the new value', async () => {
+  await check('node-1 asks for the operator token when saving', async () => {
     await page1.locator('#max_message_latency_ms').fill(String(next));
     await page1.locator('#save-settings').click();
+    await page1.locator('#token-form').waitFor({ state: 'visible', timeout: PAGE_WAIT_MS });
+    const t = await spanText(page1, 'token-message');
+    if (!/needs the operator token/.test(t)) throw new Error(`#token-message says "${t}"`);
+    return `"${t}"`;
+  });
+
+  await check('node-1 refuses a wrong token and asks again, saying so', async () => {
+    await page1.locator('#operator-token').fill(`${token}-wrong`);
+    await page1.locator('#token-submit').click();
+    return until(PAGE_WAIT_MS, '#token-message never said the token was wrong', async () => {
+      const el = page1.locator('#token-message');
+      const t = (await el.innerText({ timeout: 1000 })).trim();
+      const isError = await el.evaluate((e) => e.classList.contains('error'));
+      const shown = await page1.locator('#token-form').isVisible();
+      return { ok: shown && isError && /wrong/.test(t), value: `"${t}"`, state: { text: t, error: isError, shown } };
+    });
+  });
+
+  await check('nothing changed with the wrong token', async () => {
+    const s = await getJson(new URL('/api/settings', n1.operator));
+    if (s.max_message_latency_ms !== current) throw new Error(`max_message_latency_ms is ${s.max_message_latency_ms}`);
+    return `still ${current}`;
+  });
+
+  const savedVersion = await check('node-1 saves the new value with the right token', async () => {
+    await page1.locator('#operator-token').fill(token);
+    await page1.locator('#token-submit').click();
     const status = await until(PAGE_WAIT_MS, '#settings-status never said "saved"', async () => {
       const t = await spanText(page1, 'settings-status');
       return { ok: /saved/.test(t), value: t, state: t };
     });
     const v = /version\s+(\d+)/.exec(status);
-    return { value: v ? Number(v[1]) : null, detail: `"${status}"` };
+    if (await page1.locator('#token-form').isVisible()) throw new Error('the token form is still shown');
+    const kept = await page1.evaluate(() => sessionStorage.getItem('dabs-operator-token'));
+    if (kept !== token) throw new Error('the token is not kept for the tab (sessionStorage)');
+    return { value: v ? Number(v[1]) : null, detail: `"${status}", token kept for the tab` };
   });
 
   await check('node-1 API has the new value', async () => {
@@ -229,6 +267,10 @@ async function run(context) {
   await check(`node-2 refuses low_water_ms ${BAD_LOW_WATER}`, async () => {
     await page2.locator('#low_water_ms').fill(String(BAD_LOW_WATER));
     await page2.locator('#save-settings').click();
+    // Another node is another origin: its page asks for the token once too.
+    await page2.locator('#token-form').waitFor({ state: 'visible', timeout: PAGE_WAIT_MS });
+    await page2.locator('#operator-token').fill(token);
+    await page2.locator('#token-submit').click();
     return until(PAGE_WAIT_MS, '#settings-status did not show an error about low_water_ms', async () => {
       const el = page2.locator('#settings-status');
       const t = (await el.innerText({ timeout: 1000 })).trim();

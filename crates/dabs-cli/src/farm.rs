@@ -31,6 +31,7 @@ pub fn run_node(config: &Path) -> ExitCode {
         let name = config.node.name.clone();
         let group = config.farm.group;
         let operator = config.node.operator;
+        let access = dabs_ops::Access::from_config(&config);
         let slow: std::sync::Arc<dyn dabs_farm_proto::portion::PortionFactory> =
             std::sync::Arc::new(dabs_calc::SlowCalcFactory { work: Duration::from_millis(2) });
         let node = match Node::start(config, vec![dabs_calc::factory(), slow]).await {
@@ -42,7 +43,7 @@ pub fn run_node(config: &Path) -> ExitCode {
         };
         let mut operator_task = None;
         let operator = match operator {
-            Some(addr) => match dabs_ops::serve(node.handle(), addr).await {
+            Some(addr) => match dabs_ops::serve(node.handle(), addr, access).await {
                 Ok((bound, task)) => {
                     operator_task = Some(task);
                     Some(bound)
@@ -91,6 +92,35 @@ pub struct LocalFarm {
     pub dir: PathBuf,
     /// The farm secret (hex) every node's configuration holds, if any.
     pub secret: Option<String>,
+    /// The operator token every node's interface asks for (in `DIR/operator.token`).
+    pub token: String,
+}
+
+/// The file in a local farm's directory that holds its operator token (only its owner may
+/// read it); each node's config names it as `[operator] token_file`.
+const TOKEN_FILE: &str = "operator.token";
+
+/// A new random operator token: 32 bytes from the thread's CSPRNG, hex.
+fn new_token() -> String {
+    (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+/// Writes `text` to `path`, readable by its owner only (it holds the operator token).
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| {
+            // `mode` applies only to a new file: one left by an earlier farm in --dir is narrowed too.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(text.as_bytes())
+        })
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// A group address and port unlikely to collide with another local farm.
@@ -135,21 +165,48 @@ impl LocalFarm {
         secret: Option<&str>,
         extra: impl Fn(usize) -> String,
     ) -> Result<Self, String> {
+        Self::start_guarded(n, dir, secret, None, extra)
+    }
+
+    /// Like [`LocalFarm::start_each`], with the operator token (`None`: a new random one).
+    pub fn start_guarded(
+        n: usize,
+        dir: &Path,
+        secret: Option<&str>,
+        token: Option<&str>,
+        extra: impl Fn(usize) -> String,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let token = match token {
+            Some(t) => dabs_node::config::OperatorToken::new(t)
+                .map_err(|e| format!("the operator token {e}"))?
+                .expose()
+                .to_owned(),
+            None => new_token(),
+        };
+        write_private(&dir.join(TOKEN_FILE), &token)?;
         let group = pick_group();
-        let mut farm =
-            LocalFarm { group, nodes: Vec::new(), dir: dir.to_owned(), secret: secret.map(str::to_owned) };
+        let mut farm = LocalFarm {
+            group,
+            nodes: Vec::new(),
+            dir: dir.to_owned(),
+            secret: secret.map(str::to_owned),
+            token,
+        };
         for i in 1..=n {
             let config = dir.join(format!("node-{i}.toml"));
-            std::fs::write(&config, node_config_text("local", group, i, secret, &extra(i)))
-                .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+            let text = format!(
+                "{}\n[operator]\ntoken_file = \"{TOKEN_FILE}\"\n",
+                node_config_text("local", group, i, secret, &extra(i))
+            );
+            std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
             farm.nodes.push(spawn_node(&format!("node-{i}"), &config)?);
         }
         Ok(farm)
     }
 
     /// Writes `farm.json`: the group, the secret (as the node configurations beside it hold it),
-    /// and each node's name, MP address and process id.
+    /// the operator token, and each node's name, MP address, process id and operator URL.
     pub fn write_manifest(&self) -> Result<PathBuf, String> {
         let nodes: Vec<_> = self
             .nodes
@@ -157,9 +214,10 @@ impl LocalFarm {
             .map(|n| json!({"name": n.name, "mp": n.mp.to_string(), "pid": n.child.id(), "operator": n.operator}))
             .collect();
         let path = self.dir.join("farm.json");
-        let text =
-            json!({"group": self.group.to_string(), "secret": self.secret, "nodes": nodes}).to_string();
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let text = json!({"group": self.group.to_string(), "secret": self.secret, "token": self.token, "nodes": nodes})
+            .to_string();
+        // It holds the secret and the operator token: readable by its owner only.
+        write_private(&path, &text)?;
         Ok(path)
     }
 
@@ -230,8 +288,14 @@ pub fn generate_secret() -> String {
 }
 
 /// Runs `dabs farm up`: starts the farm, prints it, waits for Ctrl-C, stops it. Without
-/// `--secret` it generates one (a farm's control plane is authenticated with it) and prints it.
-pub fn farm_up(nodes: usize, dir: Option<PathBuf>, secret: Option<String>) -> ExitCode {
+/// `--secret` it generates one (a farm's control plane is authenticated with it) and prints it;
+/// likewise the operator token without `--token`.
+pub fn farm_up(
+    nodes: usize,
+    dir: Option<PathBuf>,
+    secret: Option<String>,
+    token: Option<String>,
+) -> ExitCode {
     if nodes == 0 {
         eprintln!("dabs farm up: --nodes must be at least 1");
         return ExitCode::from(2);
@@ -239,19 +303,23 @@ pub fn farm_up(nodes: usize, dir: Option<PathBuf>, secret: Option<String>) -> Ex
     let secret = secret.unwrap_or_else(generate_secret);
     let secret = Some(secret);
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("dabs-farm-{}", std::process::id())));
-    let mut farm = match LocalFarm::start(nodes, &dir, secret.as_deref()) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("dabs farm up: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let app = "start_at_init = true\n";
+    let mut farm =
+        match LocalFarm::start_guarded(nodes, &dir, secret.as_deref(), token.as_deref(), |_| app.into()) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("dabs farm up: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     println!("farm group {}", farm.group);
     // Every node's configuration holds it too; `dabs drain` needs it.
     println!("farm secret {}", secret.as_deref().unwrap_or_default());
     for n in &farm.nodes {
         println!("{} mp {} operator {}", n.name, n.mp, n.operator.as_deref().unwrap_or("-"));
     }
+    // The operator's: the interfaces ask for it to change settings or trace (docs/operator.md).
+    println!("token {}", farm.token);
     match farm.write_manifest() {
         Ok(p) => println!("manifest {}", p.display()),
         Err(e) => eprintln!("dabs farm up: {e}"),

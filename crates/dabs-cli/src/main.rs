@@ -75,6 +75,9 @@ enum Command {
         /// One JSON object per datagram.
         #[arg(long)]
         json: bool,
+        /// The operator token (`dabs farm up` prints it as `token …`); default: $DABS_TOKEN.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Drain a node: no new clients, its clients told (authenticated) to move. `--undo` reverses.
     Drain {
@@ -170,6 +173,10 @@ enum FarmCommand {
         /// The farm's shared secret, hex (default: a new random one, printed).
         #[arg(long)]
         secret: Option<String>,
+        /// The operator token the nodes' interfaces ask for (default: $DABS_TOKEN, else a new
+        /// random one); printed as `token …` and written to farm.json.
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -192,6 +199,11 @@ enum MpCommand {
     },
 }
 
+/// `DABS_TOKEN`, the operator token for commands that call a node's guarded routes.
+fn env_token() -> Option<String> {
+    std::env::var("DABS_TOKEN").ok().filter(|t| !t.trim().is_empty())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -211,12 +223,12 @@ fn main() -> ExitCode {
         Command::Node { config } => farm::run_node(&config),
         Command::Status { farm, interface, listen_ms } => status::run(farm, interface, listen_ms),
         Command::Drain { node, secret, undo } => drain::run(node, &secret, undo),
-        Command::Trace { node, session, va, command, json } => {
-            trace::run(&node, session, va.as_deref(), command, json)
+        Command::Trace { node, session, va, command, json, token } => {
+            trace::run(&node, session, va.as_deref(), command, json, token.or_else(env_token).as_deref())
         }
         Command::Bench { command: BenchCommand::Open { samples } } => bench::open_latency(samples),
-        Command::Farm { command: FarmCommand::Up { nodes, dir, secret } } => {
-            farm::farm_up(nodes, dir, secret)
+        Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token } } => {
+            farm::farm_up(nodes, dir, secret, token.or_else(env_token))
         }
         Command::Calc { farm, fat, encrypt, a, op, b } => calc::run(farm, &a, &op, &b, fat, encrypt),
         Command::Mp { command: MpCommand::Demo } => codec_demo::codec_demo(),

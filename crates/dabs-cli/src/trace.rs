@@ -39,12 +39,14 @@ pub fn human(v: &Value) -> String {
 
 /// Runs `dabs trace`. `command` is a number or a system command name in any case (`ECHO`,
 /// `open_session`); an unknown name is refused (exit status 2) before the node is asked.
+/// `token` is the operator token the trace needs.
 pub fn run(
     node: &str,
     session: Option<u8>,
     va: Option<&str>,
     command: Option<impl std::fmt::Display>,
     json: bool,
+    token: Option<&str>,
 ) -> ExitCode {
     let mut query = Vec::new();
     if let Some(s) = session {
@@ -78,7 +80,7 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let result = rt.block_on(async {
         tokio::select! {
-            r = dabs_ops::trace_client(&base, &query, |v| {
+            r = dabs_ops::trace_client(&base, token, &query, |v| {
                 if json { println!("{v}") } else { println!("{}", human(&v)) }
             }) => r,
             _ = crate::serve::wait_for_stop() => Ok(()),
@@ -88,6 +90,9 @@ pub fn run(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dabs trace: {e}");
+            if e.starts_with(dabs_ops::AUTH_FIELD) && token.is_none() {
+                eprintln!("dabs trace: give the operator token with --token or DABS_TOKEN");
+            }
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,8 @@
 //! The operator web page in a real headless browser: a three-node farm of real processes, and
 //! `tests/browser/operator.mjs` (playwright-core driving Debian's Chromium) using node-1's page,
-//! checking that a settings change reaches node-3's page and that node-2's page shows a refusal.
+//! checking that the page asks for the operator token (farm.json's) when saving, refuses a
+//! wrong one, that the change made with the right one reaches node-3's page, and that node-2's
+//! page shows a refusal.
 //!
 //! Needs `/usr/bin/chromium` and `tests/browser/node_modules`: `.ci/run` installs both
 //! (`apt-get install chromium`, `npm ci --prefix tests/browser`). Without them this test fails.

@@ -100,9 +100,12 @@ async fn encrypted_calculations_through_the_farm_are_sealed_on_the_wire() {
     assert!(seen.iter().any(|r| contains(&r.data, &needle)), "the needle is what a clear call carries");
 
     // Trace every node while an encrypted `dabs calc` and an encrypted SDK client compute.
+    let token = farm.token();
     let traces: Vec<Lines> = operators
         .iter()
-        .map(|url| Lines::spawn(Command::new(DABS).args(["trace", "--node", url, "--json"])))
+        .map(|url| {
+            Lines::spawn(Command::new(DABS).args(["trace", "--node", url, "--json", "--token", &token]))
+        })
         .collect();
     // Each trace is connected once it shows its node's announcements (one every 250 ms).
     for t in &traces {

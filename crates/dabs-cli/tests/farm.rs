@@ -95,8 +95,12 @@ fn write_node_config(dir: &Path) -> PathBuf {
         .operator()
         .data_dir("data")
         .app("calc", false)
+        .extra(&format!("[operator]\ntoken = \"{TOKEN}\"\n"))
         .write(dir)
 }
+
+/// The operator token of the nodes these tests configure themselves.
+const TOKEN: &str = "farm-test-token-0123456789abcdef";
 
 /// A direct (unicast) open of a calculator session at `mp`: (virtual address, queue).
 async fn open_calc_at(ep: &EndpointHandle, mp: std::net::SocketAddr) -> (String, u16, dabs_net::Session) {
@@ -157,7 +161,8 @@ async fn a_restarted_node_comes_back_with_its_portions() {
         "max_message_latency_ms": 4321,
         "apps": {"calc": {"max_sessions_per_portion": 1}},
     });
-    let (status, settings) = dabs_testkit::http::json("PUT", &url, "/api/settings", Some(&change));
+    let (status, settings) =
+        dabs_testkit::http::json_as(Some(TOKEN), "PUT", &url, "/api/settings", Some(&change));
     assert_eq!(status, 200, "{settings}");
     assert_eq!(settings["version"], 1, "{settings}");
     assert_eq!(settings["apps"]["calc"]["max_sessions_per_portion"], 1, "{settings}");
@@ -448,8 +453,11 @@ fn status_prints_the_farm_and_trace_decodes_its_traffic() {
 
     // Trace node-1 while a calculation passes through the farm.
     let url = farm.operators()[0].clone();
-    let trace = Lines::spawn(Command::new(DABS).args(["trace", "--node", &url, "--json"]));
-    let filtered = Lines::spawn(Command::new(DABS).args(["trace", "--node", &url, "--command", "16"]));
+    let token = farm.token();
+    let trace = Lines::spawn(Command::new(DABS).args(["trace", "--node", &url, "--json", "--token", &token]));
+    let filtered = Lines::spawn(
+        Command::new(DABS).args(["trace", "--node", &url, "--command", "16"]).env("DABS_TOKEN", &token),
+    );
     // Both are connected once they show node-1's announcements (one every 250 ms).
     trace.wait_for("the JSON trace to show traffic", |l| !l.is_empty());
     filtered.wait_for("the filtered trace to show traffic", |l| !l.is_empty());

@@ -14,6 +14,9 @@ use std::time::Duration;
 /// The `dabs` binary under test.
 const DABS: &str = env!("CARGO_BIN_EXE_dabs");
 
+/// The operator token of the node under test: the trace needs it.
+const TOKEN: &str = "trace-test-token-0123456789abcdef";
+
 /// How long any one wait may take on a loaded machine before the test gives up.
 const PATIENCE: Duration = Duration::from_secs(40);
 
@@ -30,6 +33,7 @@ fn start_node(name: &str) -> (NodeProc, std::path::PathBuf) {
         .data_dir("data")
         .app("calc", true)
         .app("slowcalc", true)
+        .extra(&format!("[operator]\ntoken = \"{TOKEN}\"\n"))
         .write(&dir);
     (NodeProc::start(DABS, &config), dir)
 }
@@ -48,7 +52,9 @@ fn records(lines: Vec<String>) -> Vec<Value> {
 
 impl Trace {
     fn start(url: &str, filter: &[&str]) -> Trace {
-        Trace(Lines::spawn(Command::new(DABS).args(["trace", "--node", url, "--json"]).args(filter)))
+        Trace(Lines::spawn(
+            Command::new(DABS).args(["trace", "--node", url, "--json"]).env("DABS_TOKEN", TOKEN).args(filter),
+        ))
     }
 
     /// The decoded datagrams so far.
@@ -185,7 +191,10 @@ async fn trace_filters_show_only_what_they_name() {
     let api = {
         let (url, sink) = (url.clone(), by_name.clone());
         tokio::spawn(async move {
-            dabs_ops::trace_client(&url, "command=open_session", |v| sink.lock().unwrap().push(v)).await
+            dabs_ops::trace_client(&url, Some(TOKEN), "command=open_session", |v| {
+                sink.lock().unwrap().push(v)
+            })
+            .await
         })
     };
     let opened = |records: &[Value]| {
@@ -216,7 +225,7 @@ async fn trace_filters_show_only_what_they_name() {
     }
 
     // An unknown name is refused, naming what would do.
-    let e = dabs_ops::trace_client(&url, "command=OPEN", |_| {}).await.unwrap_err();
+    let e = dabs_ops::trace_client(&url, Some(TOKEN), "command=OPEN", |_| {}).await.unwrap_err();
     assert!(e.starts_with("command: unknown command \"OPEN\"") && e.contains("OPEN_SESSION"), "{e}");
 
     a.stop().await;

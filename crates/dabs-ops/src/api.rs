@@ -1,5 +1,6 @@
 //! The JSON API, the page, metrics and the OpenAPI document.
 
+use crate::auth::Authorized;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -103,7 +104,7 @@ pub(crate) async fn settings(State(node): State<NodeHandle>) -> axum::Json<Value
     axum::Json(json!(node.settings()))
 }
 
-pub(crate) async fn put_settings(State(node): State<NodeHandle>, body: Bytes) -> Response {
+pub(crate) async fn put_settings(_: Authorized, State(node): State<NodeHandle>, body: Bytes) -> Response {
     let applied = patch_from_json(&body).and_then(|patch| node.update_settings(&patch));
     match applied {
         Ok(s) => axum::Json(json!(s)).into_response(),

@@ -2,15 +2,22 @@
 //! members and their statistics, the node's portions, recent events and the run-time
 //! settings (which can be changed here), plus Prometheus metrics, an OpenAPI document and a
 //! streaming trace of the node's MP traffic.
+//!
+//! Every change, the traffic trace (and, to come, job submission) needs the operator token
+//! ([`Access`], [`Authorized`]); the read-only views are open on loopback.
 
 mod api;
+mod auth;
 mod openapi;
 mod trace;
 
+pub use auth::{AUTH_FIELD, Access, Authorized, Refusal, require_token};
 pub use openapi::document as openapi_document;
 pub use trace::{TapRecord, TraceFilter, get_json, trace_client, trace_line};
 
 use axum::Router;
+use axum::extract::FromRef;
+use axum::middleware::from_fn_with_state;
 use axum::routing::get;
 use dabs_node::NodeHandle;
 use std::net::SocketAddr;
@@ -28,31 +35,68 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
 ];
 
-/// The operator interface's routes over `node` (what [`serve`] runs; tests drive it directly).
-pub fn router(node: NodeHandle) -> Router {
+/// The routes that need the operator token whatever the address (the read-only views need it
+/// only where [`Access::reads_open`] is false), as (method, path).
+pub const PROTECTED: &[(&str, &str)] = &[("put", "/api/settings"), ("get", "/api/trace")];
+
+/// The routes' state: the node, and who may use it.
+#[derive(Clone)]
+struct Ops {
+    node: NodeHandle,
+    access: Access,
+}
+
+impl FromRef<Ops> for NodeHandle {
+    fn from_ref(ops: &Ops) -> NodeHandle {
+        ops.node.clone()
+    }
+}
+
+impl FromRef<Ops> for Access {
+    fn from_ref(ops: &Ops) -> Access {
+        ops.access.clone()
+    }
+}
+
+/// The operator interface's routes over `node`, guarded by `access` (what [`serve`] runs;
+/// tests drive it directly). The changes and the trace take [`Authorized`]; the read-only
+/// views sit behind the reads guard; the page and the OpenAPI document are always open (they
+/// hold nothing of the node's, and the page is where an operator enters the token).
+pub fn router(node: NodeHandle, access: Access) -> Router {
+    let state = Ops { node, access: access.clone() };
     Router::new()
-        .route("/", get(api::page))
         .route("/api/node", get(api::node))
         .route("/api/farm", get(api::farm))
         .route("/api/events", get(api::events))
         .route("/api/settings", get(api::settings).put(api::put_settings))
         .route("/api/trace", get(trace::handler))
         .route("/metrics", get(api::metrics))
+        .route_layer(from_fn_with_state(access, auth::guard_reads))
+        .route("/", get(api::page))
         .route("/openapi.json", get(api::openapi))
         .fallback(api::not_found)
-        .with_state(node)
+        .with_state(state)
 }
 
 /// Binds `addr` (port 0 picks one), tells the node where its operator interface is so the
-/// farm can link to it, and serves until the returned task is aborted.
+/// farm can link to it, and serves until the returned task is aborted. An address other
+/// than loopback without a token is refused (`InvalidInput`): anyone who could reach it
+/// could change the farm's settings and read its traffic.
 pub async fn serve(
     node: NodeHandle,
     addr: SocketAddr,
+    access: Access,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    if !addr.ip().is_loopback() && !access.has_token() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} is not a loopback address and there is no operator token ([operator] token)"),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     node.set_operator(bound);
-    let app = router(node.clone());
+    let app = router(node.clone(), access);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "operator interface stopped");
@@ -76,6 +120,16 @@ mod tests {
         for (path, ops) in paths {
             for method in ops.as_object().unwrap().keys() {
                 assert!(ROUTES.contains(&(method.as_str(), path.as_str())), "{method} {path} is not routed");
+            }
+        }
+        // The protected operations declare the bearer scheme; the others may use it.
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["type"], "http");
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for (method, path) in ROUTES {
+            let security = &doc["paths"][path][method]["security"];
+            if PROTECTED.contains(&(method, path)) {
+                assert_eq!(security, &serde_json::json!([{"bearer": []}]), "{method} {path}");
+                assert!(doc["paths"][path][method]["responses"]["401"].is_object(), "{method} {path}");
             }
         }
         // Every reference resolves.

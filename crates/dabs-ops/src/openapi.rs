@@ -43,6 +43,33 @@ fn nullable_number(description: &str) -> Value {
     json!({ "type": "number", "nullable": true, "description": description })
 }
 
+/// The operation needs the operator token.
+fn token_required() -> Value {
+    json!([{ "bearer": [] }])
+}
+
+/// A read-only view: open where the node's reads are open (on loopback by default), else it
+/// needs the token.
+fn token_off_loopback() -> Value {
+    json!([{}, { "bearer": [] }])
+}
+
+fn refused_401() -> Value {
+    let mut r = error_response("No operator token, or a wrong one (field \"authorization\")");
+    r["headers"] = json!({ "WWW-Authenticate": {
+        "description": "Bearer realm=\"dabs operator\", with error=\"invalid_token\" for a wrong token",
+        "schema": { "type": "string" }
+    } });
+    r
+}
+
+fn refused_403() -> Value {
+    error_response(
+        "This node has no operator token configured, so no request can make the change \
+        (field \"authorization\")",
+    )
+}
+
 /// The OpenAPI 3.0 document served at `/openapi.json`.
 pub fn document() -> Value {
     json!({
@@ -52,7 +79,9 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "One node of a dabs farm: the farm's members and their statistics, this \
                 node's portions, recent events, run-time settings (changes spread to every node \
-                without a restart), Prometheus metrics and a live trace of MP traffic."
+                without a restart), Prometheus metrics and a live trace of MP traffic. Changes and \
+                the trace need the operator token (Authorization: Bearer TOKEN); the read-only \
+                views need it too when the node serves them off loopback (docs/operator.md)."
         },
         "paths": {
             "/": { "get": {
@@ -66,6 +95,7 @@ pub fn document() -> Value {
             "/api/node": { "get": {
                 "summary": "This node: statistics, portions, settings and the farm's leader",
                 "operationId": "getNode",
+                "security": token_off_loopback(),
                 "responses": { "200": json_body("This node", json!({
                     "type": "object",
                     "required": ["node", "portions", "settings", "leader"],
@@ -80,6 +110,7 @@ pub fn document() -> Value {
             "/api/farm": { "get": {
                 "summary": "The farm as this node sees it, itself included",
                 "operationId": "getFarm",
+                "security": token_off_loopback(),
                 "responses": { "200": json_body("The farm", json!({
                     "type": "object",
                     "required": ["farm", "leader", "members"],
@@ -94,6 +125,7 @@ pub fn document() -> Value {
             "/api/events": { "get": {
                 "summary": "Recent events (spawns, moves, failovers, members, alerts), oldest first",
                 "operationId": "getEvents",
+                "security": token_off_loopback(),
                 "responses": { "200": json_body("Events",
                     json!({ "type": "array", "items": schema("Event") })) }
             } },
@@ -101,11 +133,13 @@ pub fn document() -> Value {
                 "get": {
                     "summary": "The run-time settings in force",
                     "operationId": "getSettings",
+                "security": token_off_loopback(),
                     "responses": { "200": json_body("Settings", schema("Settings")) }
                 },
                 "put": {
                     "summary": "Changes run-time settings; the change reaches every node without a restart",
                     "operationId": "putSettings",
+                    "security": token_required(),
                     "requestBody": {
                         "required": true,
                         "content": { "application/json": { "schema": schema("SettingsPatch") } }
@@ -115,6 +149,8 @@ pub fn document() -> Value {
                             schema("Settings")),
                         "400": error_response("A value out of range, an unknown key, or a body \
                             that is not JSON (field \"body\")"),
+                        "401": refused_401(),
+                        "403": refused_403(),
                     }
                 }
             },
@@ -123,6 +159,7 @@ pub fn document() -> Value {
                 "description": "Newline-delimited JSON, one TraceLine per datagram (or a TraceLag \
                     when the reader fell behind), until the client disconnects.",
                 "operationId": "trace",
+                "security": token_required(),
                 "parameters": [
                     { "name": "session", "in": "query", "required": false,
                       "description": "Only this session byte",
@@ -143,11 +180,14 @@ pub fn document() -> Value {
                     },
                     "400": error_response("A parameter is malformed (a session that is not a number, an unknown command name)"),
                     "404": error_response("No portion with that virtual address on this node"),
+                    "401": refused_401(),
+                    "403": refused_403(),
                 }
             } },
             "/metrics": { "get": {
                 "summary": "Prometheus metrics",
                 "operationId": "metrics",
+                "security": token_off_loopback(),
                 "responses": { "200": {
                     "description": "Prometheus text exposition format 0.0.4",
                     "content": { "text/plain; version=0.0.4; charset=utf-8": {
@@ -160,7 +200,14 @@ pub fn document() -> Value {
                 "responses": { "200": json_body("OpenAPI 3.0 document", json!({ "type": "object" })) }
             } },
         },
-        "components": { "schemas": {
+        "components": {
+        "securitySchemes": { "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The operator token: [operator] token or token_file in the node's \
+                configuration, or the `token …` line `dabs farm up` prints (also in its farm.json)"
+        } },
+        "schemas": {
             "NodeView": {
                 "type": "object",
                 "description": "A node's statistics, as it last announced them (now, for this node)",

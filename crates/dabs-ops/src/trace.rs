@@ -1,6 +1,7 @@
 //! The traffic trace: the endpoint's tap as a stream of NDJSON lines, and a client for it.
 
 use crate::api::error;
+use crate::auth::Authorized;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -175,6 +176,7 @@ fn filter_from_query(node: &NodeHandle, q: &BTreeMap<String, String>) -> Result<
 }
 
 pub(crate) async fn handler(
+    _: Authorized,
     State(node): State<NodeHandle>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
@@ -206,10 +208,12 @@ pub(crate) async fn handler(
         .into_response()
 }
 
-/// Sends `GET path` to an operator interface at `base_url` (`http://IP:PORT`) and hands the
-/// response to `read` while driving the connection; dropping the future closes it.
+/// Sends `GET path` to an operator interface at `base_url` (`http://IP:PORT`), with the
+/// operator token when there is one, and hands the response to `read` while driving the
+/// connection; dropping the future closes it.
 async fn get<T, F>(
     base_url: &str,
+    token: Option<&str>,
     path: &str,
     read: impl FnOnce(hyper::Response<hyper::body::Incoming>) -> F,
 ) -> Result<T, String>
@@ -226,10 +230,11 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
-    let request = hyper::Request::get(path)
-        .header(header::HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad request: {e}"))?;
+    let mut request = hyper::Request::get(path).header(header::HOST, authority);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {}", token.trim()));
+    }
+    let request = request.body(Empty::<Bytes>::new()).map_err(|e| format!("bad request: {e}"))?;
     let work = async {
         let response = sender.send_request(request).await.map_err(|e| format!("GET {path} failed: {e}"))?;
         let status = response.status();
@@ -250,21 +255,28 @@ where
     }
 }
 
-/// Fetches one JSON document from an operator interface (`http://IP:PORT`, path `/api/...`).
+/// Fetches one JSON document from an operator interface (`http://IP:PORT`, path `/api/...`)
+/// whose read-only views are open (on loopback, by default).
 pub async fn get_json(base_url: &str, path: &str) -> Result<Value, String> {
-    get(base_url, path, |response| async move {
+    get(base_url, None, path, |response| async move {
         let bytes = response.into_body().collect().await.map_err(|e| format!("GET {path}: {e}"))?.to_bytes();
         serde_json::from_slice(&bytes).map_err(|e| format!("GET {path}: not JSON: {e}"))
     })
     .await
 }
 
-/// Streams a node's `/api/trace` (with `query`, e.g. `session=3&command=9`), calling `on_line`
-/// with each decoded datagram until the node closes the stream.
-pub async fn trace_client(base_url: &str, query: &str, mut on_line: impl FnMut(Value)) -> Result<(), String> {
+/// Streams a node's `/api/trace` (with `query`, e.g. `session=3&command=9`) with the operator
+/// `token`, calling `on_line` with each decoded datagram until the node closes the stream. A
+/// refusal is `Err("FIELD: message")` (`authorization: …` for a missing or wrong token).
+pub async fn trace_client(
+    base_url: &str,
+    token: Option<&str>,
+    query: &str,
+    mut on_line: impl FnMut(Value),
+) -> Result<(), String> {
     let query = query.trim_start_matches('?');
     let path = if query.is_empty() { "/api/trace".to_owned() } else { format!("/api/trace?{query}") };
-    get(base_url, &path, |response| async move {
+    get(base_url, token, &path, |response| async move {
         let mut body = response.into_body();
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The operator token of the node under test (credentials themselves: tests/auth.rs).
+const TOKEN: &str = "api-test-token-0123456789abcdef";
+
 /// A node with its operator interface; each test has its own multicast group, so nodes of
 /// tests running side by side do not join one farm.
 struct Served {
@@ -19,10 +22,14 @@ struct Served {
 impl Served {
     async fn start() -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            NodeConfigBuilder::new("ops", random_group(), "node-1").app("calc", true).build(dir.path());
+        let config = NodeConfigBuilder::new("ops", random_group(), "node-1")
+            .app("calc", true)
+            .extra(&format!("[operator]\ntoken = \"{TOKEN}\"\n"))
+            .build(dir.path());
+        let access = dabs_ops::Access::from_config(&config);
         let node = Node::start(config, vec![dabs_calc::factory()]).await.unwrap();
-        let (addr, server) = dabs_ops::serve(node.handle(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (addr, server) =
+            dabs_ops::serve(node.handle(), "127.0.0.1:0".parse().unwrap(), access).await.unwrap();
         Served { node, addr, server, _dir: dir }
     }
 
@@ -32,7 +39,7 @@ impl Served {
     }
 
     async fn get(&self, path: &str) -> Response {
-        request(self.addr, "GET", path, None).await
+        request(self.addr, "GET", path, None, None).await
     }
 
     async fn get_json(&self, path: &str) -> Value {
@@ -42,7 +49,7 @@ impl Served {
     }
 
     async fn put_settings(&self, body: &str) -> (u16, Value) {
-        let r = request(self.addr, "PUT", "/api/settings", Some(body)).await;
+        let r = request(self.addr, "PUT", "/api/settings", Some(body), Some(TOKEN)).await;
         (r.status, serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body)))
     }
 }
@@ -54,12 +61,20 @@ struct Response {
     body: String,
 }
 
-/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`, so the body ends with it).
-async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Response {
+/// One HTTP/1.1 exchange on a fresh connection (`Connection: close`, so the body ends with
+/// it), with the operator token when given.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Response {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
@@ -78,7 +93,8 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>)
 /// The status line and headers of a response whose body may never end, lower-cased.
 async fn response_head(addr: SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n").as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     let mut buf = [0; 1024];
     while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -197,7 +213,17 @@ async fn metrics_page_and_api_document() {
     let page = s.get("/").await;
     assert_eq!(page.status, 200);
     assert!(page.headers.contains("content-type: text/html"));
-    for id in ["members", "portions", "events", "node-name", "updated", "save-settings", "settings-status"] {
+    for id in [
+        "members",
+        "portions",
+        "events",
+        "node-name",
+        "updated",
+        "save-settings",
+        "settings-status",
+        "token-form",
+        "operator-token",
+    ] {
         assert!(page.body.contains(&format!("id=\"{id}\"")), "no #{id}");
     }
     assert!(!page.body.contains("src=\"http") && !page.body.contains("href=\"http"), "no external assets");
@@ -227,7 +253,7 @@ async fn first_trace_line(addr: SocketAddr, query: &str, limit: Duration) -> Res
     let base = format!("http://{addr}");
     let query = query.to_owned();
     let client = tokio::spawn(async move {
-        dabs_ops::trace_client(&base, &query, |line| {
+        dabs_ops::trace_client(&base, Some(TOKEN), &query, |line| {
             let _ = tx.send(line);
         })
         .await
@@ -280,6 +306,6 @@ async fn the_trace_streams_datagrams() {
 #[test]
 fn trace_client_needs_plain_http() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let e = rt.block_on(dabs_ops::trace_client("https://127.0.0.1:1", "", |_| {})).unwrap_err();
+    let e = rt.block_on(dabs_ops::trace_client("https://127.0.0.1:1", None, "", |_| {})).unwrap_err();
     assert!(e.contains("http://"), "{e}");
 }

@@ -7,14 +7,26 @@ use std::time::Duration;
 /// One request to `base` (`http://IP:PORT`, a trailing `/` allowed) with an optional JSON
 /// body: the status and the body as text (de-chunked). Errors say which request failed.
 pub fn request(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
+    request_as(None, method, base, path, body)
+}
+
+/// [`request`] with the operator token (`Authorization: Bearer TOKEN`) when given.
+pub fn request_as(
+    token: Option<&str>,
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let fail = |e: std::io::Error| format!("{method} {base}{path}: {e}");
     let mut stream = std::net::TcpStream::connect(host).map_err(fail)?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(fail)?;
     let body = body.unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -58,8 +70,20 @@ pub fn json(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    json_as(None, method, base, path, body)
+}
+
+/// [`json`] with the operator token when given.
+pub fn json_as(
+    token: Option<&str>,
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let body = body.map(|b| b.to_string());
-    let (status, text) = request(method, base, path, body.as_deref()).unwrap_or_else(|e| panic!("{e}"));
+    let (status, text) =
+        request_as(token, method, base, path, body.as_deref()).unwrap_or_else(|e| panic!("{e}"));
     let json = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{method} {base}{path}: answer is not JSON ({e}): {text}"));
     (status, json)

@@ -176,6 +176,11 @@ impl Farm {
         self.try_manifest().expect("farm.json is complete once the farm is up")
     }
 
+    /// The operator token its nodes' interfaces ask for (`token` in farm.json).
+    pub fn token(&self) -> String {
+        self.manifest()["token"].as_str().expect("the operator token in farm.json").to_owned()
+    }
+
     /// The farm's group address.
     pub fn group(&self) -> SocketAddr {
         self.manifest()["group"].as_str().unwrap().parse().unwrap()

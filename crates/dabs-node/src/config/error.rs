@@ -303,6 +303,55 @@ pub enum ConfigError {
         /// The bind address.
         bind: SocketAddr,
     },
+    /// Both `operator.token` and `operator.token_file` are set.
+    #[error(
+        "{at}: operator.token_file: operator.token is also set (expected at most one of token and token_file)"
+    )]
+    TokenTwice {
+        /// `token_file`.
+        at: Location,
+    },
+    /// `operator.token` is not a usable token.
+    #[error("{at}: operator.token: {source}")]
+    BadToken {
+        /// The value.
+        at: Location,
+        /// What is wrong with it (the token itself is never shown).
+        source: TokenError,
+    },
+    /// The file named by `operator.token_file` does not hold a usable token.
+    #[error("{at}: operator.token_file: {}: {source}", path.display())]
+    BadTokenFile {
+        /// `token_file`.
+        at: Location,
+        /// The token file, resolved against the configuration file's directory.
+        path: PathBuf,
+        /// What is wrong with its content (the token itself is never shown).
+        source: TokenError,
+    },
+    /// The file named by `operator.token_file` cannot be read.
+    #[error("{at}: operator.token_file: cannot read {}: {source}", path.display())]
+    TokenFileUnreadable {
+        /// `token_file`.
+        at: Location,
+        /// The token file, resolved against the configuration file's directory.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// `node.operator` is not a loopback address and `[operator]` gives no token: anyone who
+    /// can reach it could change the farm's settings and read its traffic.
+    #[error(
+        "{at}: node.operator: {addr} is not a loopback address and there is no operator token \
+         (expected operator.token or operator.token_file, or a loopback address such as 127.0.0.1:{})",
+        addr.port()
+    )]
+    OperatorWithoutToken {
+        /// `node.operator`.
+        at: Location,
+        /// The address as parsed.
+        addr: SocketAddr,
+    },
     /// `node.data_dir` is the empty string.
     #[error("{at}: node.data_dir: is empty (expected a directory path)")]
     EmptyDataDir {
@@ -408,6 +457,11 @@ impl ConfigError {
             | BadSecret { at, .. }
             | BadSecretFile { at, .. }
             | SecretFileUnreadable { at, .. }
+            | TokenTwice { at }
+            | BadToken { at, .. }
+            | BadTokenFile { at, .. }
+            | TokenFileUnreadable { at, .. }
+            | OperatorWithoutToken { at, .. }
             | EmptyDataDir { at }
             | DuplicateApp { at, .. }
             | ListedTwice { at, .. }
@@ -441,6 +495,25 @@ pub enum SecretError {
     TooShort {
         /// How many digits there are.
         digits: usize,
+    },
+}
+
+/// What is wrong with an operator token. The messages never echo the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// A space, control or non-ASCII character.
+    #[error("character {position} is {found:?} (expected visible ASCII characters, no spaces)")]
+    BadCharacter {
+        /// 1-based position of the character, after surrounding whitespace is trimmed.
+        position: usize,
+        /// The character. It is not part of a valid token, so showing it leaks nothing usable.
+        found: char,
+    },
+    /// Too short or too long.
+    #[error("has {len} characters (expected {min}..={max})", min = super::types::OperatorToken::MIN_LEN, max = super::types::OperatorToken::MAX_LEN)]
+    Length {
+        /// How many characters there are.
+        len: usize,
     },
 }
 

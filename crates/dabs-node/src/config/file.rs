@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub(crate) balance: Option<RawBalance>,
     pub(crate) health: Option<RawHealth>,
     pub(crate) failover: Option<RawFailover>,
+    pub(crate) operator: Option<RawOperator>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) app: Vec<Spanned<RawApp>>,
 }
@@ -55,6 +56,15 @@ pub(crate) struct RawNode {
     pub(crate) lease_ms: Option<Spanned<u64>>,
     pub(crate) accept_encryption: Option<bool>,
     pub(crate) max_portions: Option<Spanned<u64>>,
+}
+
+/// `[operator]`: who may use the operator interface.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawOperator {
+    pub(crate) token: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<String>>,
+    pub(crate) open_reads: Option<bool>,
 }
 
 /// `[latency]`.

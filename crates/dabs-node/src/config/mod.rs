@@ -25,12 +25,17 @@ pub use defaults::{
     DEFAULT_MAX_MESSAGE_LATENCY, DEFAULT_MAX_PORTIONS, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT,
     DEFAULT_TIMEOUT_KEY,
 };
-pub use error::{ConfigError, Location, SecretError};
-pub use types::{AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection};
+pub use error::{ConfigError, Location, SecretError, TokenError};
+pub use types::{
+    AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+    OperatorToken,
+};
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_operator;
 #[cfg(test)]
 mod tests_write;

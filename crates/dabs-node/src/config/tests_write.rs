@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::tests::{MINIMAL, parse};
-use super::{AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection};
+use super::{
+    AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+    OperatorToken,
+};
 use crate::health::{Check, HealthConfig, Service};
 use crate::zones::{ClientClass, FailoverPolicy, Thresholds};
 
@@ -94,6 +97,10 @@ fn everything_set() -> NodeConfig {
             return_batch: 100_000,
             return_interval: ms(1),
         },
+        operator: OperatorAccess {
+            token: Some(OperatorToken::new("tok3n-with/odd+chars_\"'=").unwrap()),
+            open_reads: Some(false),
+        },
     }
 }
 
@@ -144,6 +151,7 @@ fn written_sections_keep_their_order() {
             "[failover]",
             "[[failover.class]]",
             "[[failover.class]]",
+            "[operator]",
             "[[app]]",
             "[[app]]",
         ]

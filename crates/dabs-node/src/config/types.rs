@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::defaults::{
     DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY,
 };
+use super::error::TokenError;
 use crate::health::HealthConfig;
 use crate::zones::FailoverPolicy;
 
@@ -33,6 +34,56 @@ pub struct NodeConfig {
     pub health: HealthConfig,
     /// The `[failover]` section: thresholds, classes, order and pace of moving clients.
     pub failover: FailoverPolicy,
+    /// The `[operator]` section: who may use the operator interface (`node.operator`).
+    pub operator: OperatorAccess,
+}
+
+/// The `[operator]` section: the credentials of the operator interface.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OperatorAccess {
+    /// The bearer token that every change, the traffic tap and job submission need, from
+    /// `token` or `token_file`. Without one those are refused; required when `node.operator`
+    /// is not a loopback address.
+    pub token: Option<OperatorToken>,
+    /// Whether the read-only views (`GET /api/...`, `/metrics`) are open without the token.
+    /// `None` (left out): open when `node.operator` is a loopback address, closed otherwise;
+    /// see [`NodeConfig::operator_reads_open`].
+    pub open_reads: Option<bool>,
+}
+
+/// An operator token: 16 to 256 visible ASCII characters, no spaces. It never shows in
+/// `Debug` output, so logging a configuration does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OperatorToken(String);
+
+impl OperatorToken {
+    /// Fewest characters of a token.
+    pub const MIN_LEN: usize = 16;
+    /// Most characters of a token.
+    pub const MAX_LEN: usize = 256;
+
+    /// Checks `text` (surrounding whitespace ignored) and keeps it as a token.
+    pub fn new(text: &str) -> Result<Self, TokenError> {
+        let text = text.trim();
+        if let Some((i, found)) = text.char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
+            return Err(TokenError::BadCharacter { position: i + 1, found });
+        }
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&text.len()) {
+            return Err(TokenError::Length { len: text.len() });
+        }
+        Ok(OperatorToken(text.to_owned()))
+    }
+
+    /// The token's text, for the one place that compares it (in constant time) or writes it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorToken(<redacted>)")
+    }
 }
 
 /// The `[balance]` section.
@@ -143,6 +194,12 @@ impl AppConfig {
 }
 
 impl NodeConfig {
+    /// Whether the operator interface's read-only views are open without the token:
+    /// `operator.open_reads` when set, else whether `node.operator` is a loopback address.
+    pub fn operator_reads_open(&self) -> bool {
+        self.operator.open_reads.unwrap_or_else(|| self.node.operator.is_none_or(|a| a.ip().is_loopback()))
+    }
+
     /// The time-out for resource type `resource`, or the `default` one.
     pub fn timeout_for(&self, resource: &str) -> Duration {
         self.timeouts

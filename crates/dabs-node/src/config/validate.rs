@@ -14,18 +14,23 @@ use super::defaults::{
     DEFAULT_MAX_PORTIONS, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY,
     MAX_LEASE_MS, MAX_PORTIONS_RANGE, SCORE_RANGE, SESSIONS_RANGE, SPAWN_COOLDOWN_RANGE_MS, TIMEOUT_RANGE_MS,
 };
-use super::error::ConfigError;
-use super::file::{RawApp, RawBalance, RawConfig, RawFarm, RawLatency, RawNode};
+use super::error::{ConfigError, Location};
+use super::file::{RawApp, RawBalance, RawConfig, RawFarm, RawLatency, RawNode, RawOperator};
 use super::read::{Cx, toml_key};
 use super::secret::parse_secret;
-use super::types::{AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection};
+use super::types::{
+    AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+    OperatorToken,
+};
 
 impl Cx<'_> {
     /// The whole file, validated, with defaults filled in.
     pub(crate) fn validate(&self, raw: RawConfig) -> Result<NodeConfig, ConfigError> {
         let bind_at = self.at(&raw.node.get_ref().bind);
         let farm = self.farm(raw.farm.into_inner())?;
-        let node = self.node(raw.node.into_inner())?;
+        let node = raw.node.into_inner();
+        let operator_at = node.operator.as_ref().map(|v| self.at(v));
+        let node = self.node(node)?;
         let mut timeouts = BTreeMap::new();
         for (resource, ms) in raw.timeouts.unwrap_or_default() {
             let key = format!("timeouts.{}", toml_key(&resource));
@@ -52,12 +57,50 @@ impl Cx<'_> {
         }
         let health = self.health(raw.health)?;
         let failover = self.failover(raw.failover)?;
-        let config = NodeConfig { farm, node, timeouts, latency, apps, balance, health, failover };
+        let operator = self.operator(raw.operator, &node, operator_at)?;
+        let config = NodeConfig { farm, node, timeouts, latency, apps, balance, health, failover, operator };
         // Without a secret anyone who can reach the node could steer it: only on this host.
         if config.farm.secret.is_none() && !config.loopback_only() {
             return Err(ConfigError::SecretRequired { at: bind_at, bind: config.node.bind });
         }
         Ok(config)
+    }
+
+    /// The `[operator]` section. `node.operator` (at `operator_at`) off loopback needs a token.
+    fn operator(
+        &self,
+        raw: Option<RawOperator>,
+        node: &NodeSection,
+        operator_at: Option<Location>,
+    ) -> Result<OperatorAccess, ConfigError> {
+        let raw = raw.unwrap_or(RawOperator { token: None, token_file: None, open_reads: None });
+        let token = match (&raw.token, &raw.token_file) {
+            (Some(_), Some(file)) => return Err(ConfigError::TokenTwice { at: self.at(file) }),
+            (Some(token), None) => Some(
+                OperatorToken::new(token.get_ref())
+                    .map_err(|source| ConfigError::BadToken { at: self.at(token), source })?,
+            ),
+            (None, Some(file)) => {
+                let path = self.resolve(file.get_ref());
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(source) => {
+                        return Err(ConfigError::TokenFileUnreadable { at: self.at(file), path, source });
+                    }
+                };
+                match OperatorToken::new(&text) {
+                    Ok(token) => Some(token),
+                    Err(source) => return Err(ConfigError::BadTokenFile { at: self.at(file), path, source }),
+                }
+            }
+            (None, None) => None,
+        };
+        if let (Some(addr), Some(at), None) = (node.operator, operator_at, &token)
+            && !addr.ip().is_loopback()
+        {
+            return Err(ConfigError::OperatorWithoutToken { at, addr });
+        }
+        Ok(OperatorAccess { token, open_reads: raw.open_reads })
     }
 
     fn farm(&self, raw: RawFarm) -> Result<FarmConfig, ConfigError> {

@@ -6,10 +6,12 @@ use std::time::Duration;
 use super::defaults::{DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY};
 use super::file::{
     RawApp, RawBalance, RawClass, RawConfig, RawFailover, RawFarm, RawHealth, RawLatency, RawNode,
-    RawService, unspanned,
+    RawOperator, RawService, unspanned,
 };
 use super::secret::hex_encode;
-use super::types::{AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection};
+use super::types::{
+    AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+};
 use crate::health::{Check, HealthConfig};
 use crate::zones::{FailoverPolicy, Thresholds};
 
@@ -32,6 +34,7 @@ impl NodeConfig {
             balance: Some(balance(&self.balance)),
             health: Some(health(&self.health)),
             failover: Some(failover(&self.failover)),
+            operator: operator(&self.operator),
             app: self.apps.iter().map(|a| unspanned(app(a))).collect(),
         };
         // The layout holds only strings, integers, floats, booleans, arrays and tables, with
@@ -71,6 +74,17 @@ fn node(n: &NodeSection) -> RawNode {
         accept_encryption: Some(n.accept_encryption),
         max_portions: Some(unspanned(u64::from(n.max_portions))),
     }
+}
+
+/// `[operator]`, left out when it says nothing (no token, reads as the address implies). The
+/// token is written as it is: a configuration kept where others may read it must have its
+/// token taken out first, as the node does before storing its own.
+fn operator(o: &OperatorAccess) -> Option<RawOperator> {
+    (o.token.is_some() || o.open_reads.is_some()).then(|| RawOperator {
+        token: o.token.as_ref().map(|t| string(t.expose())),
+        token_file: None,
+        open_reads: o.open_reads,
+    })
 }
 
 fn latency(l: &LatencyLimits) -> RawLatency {

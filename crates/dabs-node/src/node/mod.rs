@@ -287,9 +287,11 @@ impl Node {
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
         inner.load_settings();
-        // The configuration in force, kept for a restart and the operator; never the secret.
+        // The configuration in force, kept for a restart and the operator; never the secret,
+        // never the operator token.
         let mut stored = inner.config.clone();
         stored.farm.secret = None;
+        stored.operator.token = None;
         let _ = inner.db.put_setting("config", stored.to_toml().as_bytes());
         inner.restore_portions();
         inner.start_initial_portions();
