@@ -30,26 +30,41 @@ pub async fn connect_app(
     profile: Profile,
     app: &str,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
-    connect_with(farm, profile, app, false, None).await
+    connect_with(farm, profile, app, Security::default()).await
 }
 
-/// Like [`connect_app`], with the session encrypted when `encrypt`, and `FAILOVER` notices
-/// verified with the farm's `secret`.
+/// How a calculator client protects its session.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// Encrypt the session (Noise NN unless `farm_key` pins the farm).
+    pub encrypt: bool,
+    /// The farm secret, to verify `FAILOVER` notices.
+    pub secret: Option<Vec<u8>>,
+    /// The farm's public key: encrypt with Noise NK against it and accept no other server.
+    pub farm_key: Option<[u8; 32]>,
+}
+
+/// Like [`connect_app`], with the session protected as `security` says.
 pub async fn connect_with(
     farm: SocketAddr,
     profile: Profile,
     app: &str,
-    encrypt: bool,
-    secret: Option<Vec<u8>>,
+    security: Security,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
+    let Security { encrypt, secret, farm_key } = security;
     let endpoint = dabs_net::spawn(
         "127.0.0.1:0".parse().expect("literal"),
         DriverOptions { config: client_config(), ..Default::default() },
     )
     .await
     .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
-    let options =
-        FarmClientOptions { idempotent: true, encrypt, secret, ..FarmClientOptions::new(farm, app) };
+    let options = FarmClientOptions {
+        idempotent: true,
+        encrypt,
+        secret,
+        farm_key,
+        ..FarmClientOptions::new(farm, app)
+    };
     let client = Arc::new(
         FarmClient::start(endpoint, options)
             .await
@@ -58,8 +73,9 @@ pub async fn connect_with(
     Ok((CalcClient::new(client.clone(), profile), client))
 }
 
-/// Runs one calculation and prints its result; with `encrypt` over an encrypted session.
-pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool, encrypt: bool) -> ExitCode {
+/// Runs one calculation and prints its result; over an encrypted session with `encrypt`, and
+/// one that authenticates the farm with `farm_key`.
+pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool, security: Security) -> ExitCode {
     let operands = match Operands::parse(a, b) {
         Ok(o) => o,
         Err(e) => {
@@ -76,7 +92,7 @@ pub fn run(farm: SocketAddr, a: &str, op: &str, b: &str, fat: bool, encrypt: boo
     };
     rt.block_on(async {
         let profile = if fat { Profile::Fat } else { Profile::Thin };
-        let (calc, client) = match connect_with(farm, profile, dabs_calc::APP, encrypt, None).await {
+        let (calc, client) = match connect_with(farm, profile, dabs_calc::APP, security).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("dabs calc: {e}");

@@ -214,8 +214,14 @@ impl LocalFarm {
             .map(|n| json!({"name": n.name, "mp": n.mp.to_string(), "pid": n.child.id(), "operator": n.operator}))
             .collect();
         let path = self.dir.join("farm.json");
-        let text = json!({"group": self.group.to_string(), "secret": self.secret, "token": self.token, "nodes": nodes})
-            .to_string();
+        let text = json!({
+            "group": self.group.to_string(),
+            "secret": self.secret,
+            "farm_key": self.secret.as_deref().and_then(farm_public_key),
+            "token": self.token,
+            "nodes": nodes
+        })
+        .to_string();
         // It holds the secret and the operator token: readable by its owner only.
         write_private(&path, &text)?;
         Ok(path)
@@ -287,6 +293,15 @@ pub fn generate_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The farm's public key for a hex `secret`, as hex: what a client pins (`dabs calc
+/// --farm-key`) to accept only servers holding the farm's static Noise key (docs/security.md).
+pub fn farm_public_key(secret: &str) -> Option<String> {
+    let bytes = hex::decode(secret).ok()?;
+    let keys = dabs_farm_proto::keys::FarmKeys::derive(&bytes);
+    let public = dabs_proto::static_public_key(keys.key(dabs_farm_proto::keys::Purpose::NoiseStatic));
+    Some(hex::encode(public))
+}
+
 /// Runs `dabs farm up`: starts the farm, prints it, waits for Ctrl-C, stops it. Without
 /// `--secret` it generates one (a farm's control plane is authenticated with it) and prints it;
 /// likewise the operator token without `--token`.
@@ -315,6 +330,10 @@ pub fn farm_up(
     println!("farm group {}", farm.group);
     // Every node's configuration holds it too; `dabs drain` needs it.
     println!("farm secret {}", secret.as_deref().unwrap_or_default());
+    // Clients pin it to rule out a man in the middle (`dabs calc --farm-key`).
+    if let Some(key) = secret.as_deref().and_then(farm_public_key) {
+        println!("farm key {key}");
+    }
     for n in &farm.nodes {
         println!("{} mp {} operator {}", n.name, n.mp, n.operator.as_deref().unwrap_or("-"));
     }

@@ -112,6 +112,10 @@ enum Command {
         /// calculate in clear if the farm does not agree.
         #[arg(long)]
         encrypt: bool,
+        /// The farm's public key (64 hex digits, as `dabs farm up` prints it): encrypt with
+        /// Noise NK against it and refuse any server that cannot prove it holds the farm's key.
+        #[arg(long, value_parser = parse_farm_key)]
+        farm_key: Option<[u8; 32]>,
         /// First operand.
         #[arg(allow_hyphen_values = true)]
         a: String,
@@ -230,10 +234,19 @@ fn main() -> ExitCode {
         Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token } } => {
             farm::farm_up(nodes, dir, secret, token.or_else(env_token))
         }
-        Command::Calc { farm, fat, encrypt, a, op, b } => calc::run(farm, &a, &op, &b, fat, encrypt),
+        Command::Calc { farm, fat, encrypt, farm_key, a, op, b } => {
+            calc::run(farm, &a, &op, &b, fat, calc::Security { encrypt, secret: None, farm_key })
+        }
         Command::Mp { command: MpCommand::Demo } => codec_demo::codec_demo(),
         Command::Mp { command: MpCommand::Decode } => mp_tools::decode_stdin(),
         Command::Mp { command: MpCommand::Encode } => mp_tools::encode_stdin(),
         Command::Mp { command: MpCommand::Serve { bind, no_crc } } => serve::run(bind, no_crc),
     }
+}
+
+/// A farm public key on the command line: 32 bytes as 64 hex digits.
+fn parse_farm_key(text: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(text.trim()).map_err(|e| format!("not hex: {e}"))?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("{} bytes; a farm key is 32 (64 hex digits)", bytes.len()))
 }

@@ -101,8 +101,13 @@ async fn drive(farm: &LocalFarm, secret: Vec<u8>) -> Result<Value, String> {
         current.store(i as u64, Ordering::SeqCst);
         println!("phase {}: {clients} clients", i + 1);
         while started < clients {
-            let (calc, client) =
-                connect_with(group, Profile::Thin, dabs_calc::SLOW_APP, false, Some(secret.clone())).await?;
+            let (calc, client) = connect_with(
+                group,
+                Profile::Thin,
+                dabs_calc::SLOW_APP,
+                crate::calc::Security { secret: Some(secret.clone()), ..Default::default() },
+            )
+            .await?;
             let (phases, current, stop) = (phases.clone(), current.clone(), stop.clone());
             let (calls, answered, failed) = (calls.clone(), answered.clone(), failed.clone());
             let n0 = started as i64;
