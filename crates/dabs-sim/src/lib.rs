@@ -5,6 +5,7 @@
 //! destination at a simulated time. Time only moves when the simulator advances it, so a run
 //! is a pure function of its seed.
 
+pub mod control;
 pub mod script;
 
 use dabs_proto::{Addr, Endpoint, Event, Time};
