@@ -386,6 +386,10 @@ pub struct Assign {
     /// an older decider: the REPLY says null and an encrypting client gives up.
     #[serde(default)]
     pub security: bool,
+    /// With `security`: the client pinned the farm's key, so the session is keyed with Noise
+    /// NK and the REPLY names that specification. Absent from an older decider: NN.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// `RESOLVE_VA` answer.

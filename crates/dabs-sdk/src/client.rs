@@ -418,8 +418,8 @@ async fn open_session(
     let ask = OpenAsk { va, security, ..ask_for(options) };
     let s = match options.farm_key {
         // The endpoint runs Noise_NK with the pinned key or fails the open: the session is
-        // authenticated whatever the REPLY names (a node that answers for the decider names
-        // the NN specification today).
+        // authenticated whatever the REPLY names (a decider that predates ASSIGN's `pinned`
+        // has its node name the NN specification).
         Some(key) => endpoint.open_pinned(to, options.queue, ask.to_cbor(), key).await?,
         None => endpoint.open_with(to, options.queue, ask.to_cbor(), encrypt).await?,
     };

@@ -128,7 +128,11 @@ impl Inner {
                             a.va.as_deref(),
                             a.start_new,
                             a.overflow,
-                            a.security,
+                            match (a.security, a.pinned) {
+                                (false, _) => None,
+                                (true, false) => Some(dabs_proto::SECURITY_SPEC),
+                                (true, true) => Some(dabs_proto::SECURITY_SPEC_NK),
+                            },
                         ) {
                             Ok(va) => {
                                 // Counted before the reply, so a decider that hears the reply

@@ -6,6 +6,7 @@ use crate::placement::{Choice, choose};
 use crate::stats::NodeStats;
 use dabs_farm_proto::shapes::{Assign, OpenAsk, cbor, negotiate_security};
 use dabs_net::{Addr, IncomingOpen, OpenRequest, Session};
+use dabs_proto::{SECURITY_SPEC_NK, SecuritySpec};
 use dabs_wire::{NakCode, SystemCommand};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ impl Inner {
                     .fresh(Instant::now(), self.fresh_window())
                     .any(|s| !s.no_encryption));
         let security = match negotiate_security(ask.security.as_deref(), can_encrypt) {
-            Ok(spec) => spec.is_some(),
+            Ok(spec) => spec,
             Err(why) => {
                 if !open.via_group || self.is_decider() {
                     open.reject(NakCode::EncryptionRefused, format!("node {}: {why}", self.me));
@@ -102,7 +103,12 @@ impl Inner {
     }
 
     /// The decider's part: choose per R-RE-5 and have the chosen node answer.
-    pub(super) async fn decide(self: &Arc<Self>, open: IncomingOpen, ask: &OpenAsk, security: bool) {
+    pub(super) async fn decide(
+        self: &Arc<Self>,
+        open: IncomingOpen,
+        ask: &OpenAsk,
+        security: Option<SecuritySpec>,
+    ) {
         let app = ask.app.as_deref().unwrap_or_default();
         let va_hint = ask.va.as_deref();
         let Some(app_cfg) = self.app_config(app) else {
@@ -112,7 +118,12 @@ impl Inner {
         let mut choices = {
             let st = self.state();
             let fresh = st.members.membership.fresh(Instant::now(), self.fresh_window());
-            choose(&app_cfg, fresh.filter(|s| !security || !s.no_encryption), &st.deciding.pending, va_hint)
+            choose(
+                &app_cfg,
+                fresh.filter(|s| security.is_none() || !s.no_encryption),
+                &st.deciding.pending,
+                va_hint,
+            )
         };
         // A client whose portion's node is gone keeps its virtual address: the address moves,
         // once, to the best node for a new portion, and later clients of it follow.
@@ -161,7 +172,7 @@ impl Inner {
                 .members
                 .membership
                 .fresh(Instant::now(), self.fresh_window())
-                .filter(|s| !s.draining && !s.leaving && (!security || !s.no_encryption))
+                .filter(|s| !s.draining && !s.leaving && (security.is_none() || !s.no_encryption))
                 .map(|s| NodeStats { accepting: true, ..s.clone() })
                 .collect();
             choices = choose(&app_cfg, open_to_all.iter(), &st.deciding.pending, va_hint);
@@ -206,7 +217,7 @@ impl Inner {
         va: Option<String>,
         start_new: bool,
         overflow: bool,
-        security: bool,
+        security: Option<SecuritySpec>,
     ) -> Result<(), (NakCode, String)> {
         let Addr::Udp(client) = req.peer else {
             return Err((NakCode::Malformed, "only network clients can be assigned".into()));
@@ -223,7 +234,8 @@ impl Inner {
             overflow,
             class: ask.class.clone(),
             group: ask.group.clone(),
-            security,
+            security: security.is_some(),
+            pinned: security == Some(SECURITY_SPEC_NK),
         };
         let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
         match tokio::time::timeout(ASSIGN_WAIT, call).await {

@@ -153,11 +153,11 @@ impl Inner {
         va: Option<&str>,
         start_new: bool,
         overflow: bool,
-        security: bool,
+        security: Option<dabs_proto::SecuritySpec>,
     ) -> Result<String, (NakCode, String)> {
         let app = ask.app.as_deref().unwrap_or_default();
         // The decider may run another setting than this node (a farm set up unevenly).
-        if security && !self.config.node.accept_encryption {
+        if security.is_some() && !self.config.node.accept_encryption {
             return Err((
                 NakCode::EncryptionRefused,
                 format!("node {}: encryption is turned off here (accept_encryption = false)", self.me),
@@ -225,7 +225,7 @@ impl Inner {
                 started
             }
         };
-        let payload = open_reply_secured(&va, self.mp, queue, security.then_some(&dabs_proto::SECURITY_SPEC));
+        let payload = open_reply_secured(&va, self.mp, queue, security.as_ref());
         let endpoint = self.endpoint.clone();
         let req = req.clone();
         let (figures, events) = {
@@ -257,7 +257,7 @@ impl Inner {
                             group: traits.1,
                             serve_once,
                             retry_after: None,
-                            encrypted: security,
+                            encrypted: security.is_some(),
                         });
                     }
                     drop(st);
