@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Runs `dabs node --config FILE` until SIGTERM or Ctrl-C.
 pub fn run_node(config: &Path) -> ExitCode {
-    let config = match NodeConfig::load(config) {
+    let config = match NodeConfig::load_for(config, Some(&BUILT_IN_APPS)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dabs node: {e}");
@@ -32,9 +32,14 @@ pub fn run_node(config: &Path) -> ExitCode {
         let group = config.farm.group;
         let operator = config.node.operator;
         let access = dabs_ops::Access::from_config(&config);
-        let slow: std::sync::Arc<dyn dabs_farm_proto::portion::PortionFactory> =
-            std::sync::Arc::new(dabs_calc::SlowCalcFactory { work: Duration::from_millis(2) });
-        let node = match Node::start(config, vec![dabs_calc::factory(), slow]).await {
+        let factories = match factories(&config) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("dabs node: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let node = match Node::start(config, factories).await {
             Ok(n) => n,
             Err(e) => {
                 eprintln!("dabs node: {e}");
@@ -68,6 +73,34 @@ pub fn run_node(config: &Path) -> ExitCode {
         node.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// The applications `dabs node` has built in; any other needs a `command` in its record.
+pub const BUILT_IN_APPS: [&str; 2] = [dabs_calc::APP, dabs_calc::SLOW_APP];
+
+/// The node's portion factories: the built-in applications, and a program for each
+/// application record that names a `command` (which takes the place of a built-in one).
+fn factories(
+    config: &NodeConfig,
+) -> Result<Vec<std::sync::Arc<dyn dabs_farm_proto::portion::PortionFactory>>, dabs_sdk::process::ProcessError>
+{
+    use std::sync::Arc;
+    let mut factories: Vec<Arc<dyn dabs_farm_proto::portion::PortionFactory>> = Vec::new();
+    for app in config.apps.iter().filter(|a| !a.command.is_empty()) {
+        factories.push(Arc::new(dabs_sdk::process::ProcessFactory::new(
+            &app.name,
+            &app.command,
+            &config.node.name,
+        )?));
+    }
+    let slow: Arc<dyn dabs_farm_proto::portion::PortionFactory> =
+        Arc::new(dabs_calc::SlowCalcFactory { work: Duration::from_millis(2) });
+    for built_in in [dabs_calc::factory(), slow] {
+        if !factories.iter().any(|f| f.app() == built_in.app()) {
+            factories.push(built_in);
+        }
+    }
+    Ok(factories)
 }
 
 /// One node process of a local farm.

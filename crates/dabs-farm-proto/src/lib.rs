@@ -7,6 +7,7 @@
 //!   `RESOLVE_VA`) and the encryption offer, as `shared/spec/interop.md` fixes them.
 //! - [`seal`]: `FAILOVER` and `DRAIN`, authenticated with the farm secret.
 //! - [`portion`]: the host–portion interface: what a starting portion gets and reports.
+//! - [`process`]: portions run as programs of their own, over the local socket partition.
 //! - [`records`]: node and portion statistics records and the one load signal.
 //! - [`keys`]: keys derived from the farm secret, one per purpose.
 //! - [`control`]: the authenticated control plane: MACs on announcements, node-to-node
@@ -16,6 +17,7 @@
 pub mod control;
 pub mod keys;
 pub mod portion;
+pub mod process;
 pub mod records;
 pub mod seal;
 pub mod shapes;

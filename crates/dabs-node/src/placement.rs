@@ -216,6 +216,7 @@ mod tests {
             min_free_memory_mb: 0,
             max_cpu_percent: 100.0,
             max_sessions_per_portion: 1000,
+            command: Vec::new(),
         }
     }
 

@@ -4,12 +4,14 @@
 //!   reports, clean and emergency shutdown).
 //! - [`client`]: the client-portion framework (open through the farm group, `STARTED`, calls
 //!   that follow the portion when it moves, stop and status).
+//! - [`process`]: server portions as programs beside the node (the local socket partition).
 //! - [`partition!`]: one definition of a partition's operations, from which the network
 //!   partition and the dispatch to a local implementation are both derived, so a caller
 //!   cannot tell which one it holds.
 
 pub mod client;
 pub mod partition;
+pub mod process;
 pub mod server;
 pub mod sync;
 pub mod timers;

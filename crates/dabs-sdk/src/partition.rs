@@ -79,23 +79,25 @@ pub fn encode_err(code: &str, message: &str) -> Vec<u8> {
     encode_args(&std::collections::BTreeMap::from([("err", inner)]))
 }
 
-/// Reads `{"ok": value}` or `{"err": …}`.
+/// Reads `{"ok": value}` or `{"err": …}`. The key decides, not the value: `{"ok": null}` is
+/// an operation that returned nothing (`None`), not a malformed reply.
 pub fn decode_reply<T: DeserializeOwned>(reply: &[u8]) -> Result<T, PartitionError> {
     #[derive(serde::Deserialize)]
     struct Err {
         code: String,
         message: String,
     }
-    #[derive(serde::Deserialize)]
-    struct Reply<T> {
-        ok: Option<T>,
-        err: Option<Err>,
-    }
-    let r: Reply<T> = ciborium::from_reader(reply)
-        .map_err(|e| PartitionError::Transport(format!("malformed reply: {e}")))?;
-    match (r.ok, r.err) {
-        (Some(v), None) => Ok(v),
-        (None, Some(e)) => Err(PartitionError::Op { code: e.code, message: e.message }),
+    let malformed = |why: String| PartitionError::Transport(format!("malformed reply: {why}"));
+    let value: ciborium::Value = ciborium::from_reader(reply).map_err(|e| malformed(e.to_string()))?;
+    let map = value.as_map().ok_or_else(|| malformed("not a map".into()))?;
+    let field = |k: &str| map.iter().find(|(key, _)| key.as_text() == Some(k)).map(|(_, v)| v);
+    match (field("ok"), field("err")) {
+        (Some(v), None) => v.deserialized().map_err(|e| malformed(format!("\"ok\" does not fit: {e}"))),
+        (None, Some(e)) => {
+            let e: Err =
+                e.deserialized().map_err(|e| malformed(format!("\"err\" is not {{code, message}}: {e}")))?;
+            Err(PartitionError::Op { code: e.code, message: e.message })
+        }
         _ => Err(PartitionError::Transport("reply has neither \"ok\" nor \"err\"".into())),
     }
 }
@@ -255,5 +257,15 @@ mod tests {
         // One operand where none is expected is refused, not ignored.
         let reply = serve_counter(&Seven, 300, &encode_args(&(1u64,))).await.unwrap();
         assert!(decode_reply::<u64>(&reply).is_err());
+    }
+
+    #[test]
+    fn an_operation_returning_nothing_is_not_a_malformed_reply() {
+        let none: Option<String> = None;
+        assert_eq!(decode_reply::<Option<String>>(&encode_ok(&none)).unwrap(), None);
+        assert_eq!(decode_reply::<Option<String>>(&encode_ok(&Some("x"))).unwrap(), Some("x".into()));
+        assert!(matches!(decode_reply::<i64>(&encode_err("c", "m")), Err(PartitionError::Op { .. })));
+        assert!(matches!(decode_reply::<i64>(b"\xa0"), Err(PartitionError::Transport(_))));
+        assert!(matches!(decode_reply::<i64>(b"\x01"), Err(PartitionError::Transport(_))));
     }
 }

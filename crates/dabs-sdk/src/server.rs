@@ -106,10 +106,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                 };
                 if let RuntimeEvent::Shutdown { emergency } = event {
                     // Tell the clients first, so they move before they time out.
-                    let notice = if emergency { b"\xa1\x64kind\x69emergency".to_vec() } else { b"\xa1\x64kind\x65clean".to_vec() };
-                    for s in &clients {
-                        drop(endpoint.call_async(*s, SystemCommand::Shutdown.number(), notice.clone()));
-                    }
+                    notify_shutdown(&endpoint, &clients, emergency);
                     let _ = stop_tx.send(Some(emergency));
                     if emergency {
                         // At once: before the portion's callback, which would wait for a
@@ -157,6 +154,16 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
     }
 }
 
+/// Sends `SHUTDOWN` (`{"kind": "clean"|"emergency"}`) to each client session, without
+/// waiting for answers.
+pub(crate) fn notify_shutdown(endpoint: &dabs_net::EndpointHandle, clients: &[SessionId], emergency: bool) {
+    let notice =
+        if emergency { b"\xa1\x64kind\x69emergency".to_vec() } else { b"\xa1\x64kind\x65clean".to_vec() };
+    for s in clients {
+        drop(endpoint.call_async(*s, SystemCommand::Shutdown.number(), notice.clone()));
+    }
+}
+
 /// A worker that panicked is an error the runtime hears of (the others carry on).
 fn report_panic(report: &impl Fn(PortionReport), done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done
@@ -174,13 +181,13 @@ fn report_panic(report: &impl Fn(PortionReport), done: Result<(), tokio::task::J
 
 /// Sends a portion's reports to its runtime, tagged with its virtual address.
 #[derive(Clone)]
-struct Reporter {
-    va: String,
-    reports: tokio::sync::mpsc::UnboundedSender<(String, PortionReport)>,
+pub(crate) struct Reporter {
+    pub(crate) va: String,
+    pub(crate) reports: tokio::sync::mpsc::UnboundedSender<(String, PortionReport)>,
 }
 
 impl Reporter {
-    fn send(&self, report: PortionReport) {
+    pub(crate) fn send(&self, report: PortionReport) {
         let _ = self.reports.send((self.va.clone(), report));
     }
 }
@@ -211,8 +218,33 @@ async fn serve_one<P: ServerPortion>(
 ) {
     let Served { figures: f, histogram, reporter, clock } = served;
     f.queue_depth.store(depth as u64, Ordering::Relaxed);
-    // Latency from the sender's stamp to now, when the portion takes the request: it includes
-    // the time spent waiting in this portion's queue, which is what starvation looks like.
+    let Some(req) = intake(f, histogram, reporter, req) else { return };
+    let command = req.request.command;
+    let payload = req.request.payload.clone();
+    // The handler's time is the portion's service time (tokio's clock, which tests can pause).
+    // With several workers on the one queue, each request holds a W-th of the portion: at
+    // saturation handler time ÷ W is exactly one over its throughput (Little's law).
+    let started = tokio::time::Instant::now();
+    let handled = portion.handle(command, payload).await;
+    let ended = tokio::time::Instant::now();
+    f.record_service(ended - clock.origin, (ended - started) / clock.workers);
+    match handled {
+        Handled::Reply(r) => req.reply(r),
+        Handled::Reject(code, text) => req.reject(code, text),
+    }
+    f.handled.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Takes a request in: records its latency (from the sender's stamp to now, so time waiting
+/// in the portion's queue counts, which is what starvation looks like) and answers the
+/// runtime's own commands (`STARTED`, `ALERT`). Gives the request back when it is the
+/// application's to handle.
+pub(crate) fn intake(
+    f: &PortionFigures,
+    histogram: &dyn LatencyObserver,
+    reporter: &Reporter,
+    req: dabs_net::IncomingRequest,
+) -> Option<dabs_net::IncomingRequest> {
     let now_ms = dabs_net::unix_ms();
     let latency = dabs_wire::latency(req.request.id.sent, now_ms);
     if !latency.clock_skew {
@@ -227,27 +259,15 @@ async fn serve_one<P: ServerPortion>(
     let command = req.request.command;
     if command == SystemCommand::Started.number() {
         req.reply(Vec::new());
-        return;
+        return None;
     }
     if command == SystemCommand::Alert.number() {
         // Not the application's business: the runtime counts and shows it.
         reporter.send(PortionReport::ClientAlert(describe_alert(&req.request.peer, &req.request.payload)));
         req.reply(Vec::new());
-        return;
+        return None;
     }
-    let payload = req.request.payload.clone();
-    // The handler's time is the portion's service time (tokio's clock, which tests can pause).
-    // With several workers on the one queue, each request holds a W-th of the portion: at
-    // saturation handler time ÷ W is exactly one over its throughput (Little's law).
-    let started = tokio::time::Instant::now();
-    let handled = portion.handle(command, payload).await;
-    let ended = tokio::time::Instant::now();
-    f.record_service(ended - clock.origin, (ended - started) / clock.workers);
-    match handled {
-        Handled::Reply(r) => req.reply(r),
-        Handled::Reject(code, text) => req.reject(code, text),
-    }
-    f.handled.fetch_add(1, Ordering::Relaxed);
+    Some(req)
 }
 
 /// A client's `ALERT` payload (CBOR map, see docs/protocol.md) as a line for the operator;

@@ -40,6 +40,9 @@ pub(crate) const ANNOUNCE_RANGE_MS: (u64, u64) = (50, 5000);
 pub(crate) const MAX_LEASE_MS: u64 = 60_000;
 pub(crate) const TIMEOUT_RANGE_MS: (u64, u64) = (1, 600_000);
 pub(crate) const SESSIONS_RANGE: (u64, u64) = (1, 1_000_000);
+/// Most clients of a portion run as a program: its sessions all come from the node's one
+/// local socket, and MP numbers one peer's sessions 1..=255 (one kept spare for control).
+pub(crate) const PROGRAM_MAX_SESSIONS: u64 = 254;
 pub(crate) const SPAWN_COOLDOWN_RANGE_MS: (u64, u64) = (10, 600_000);
 pub(crate) const HEALTH_INTERVAL_RANGE_MS: (u64, u64) = (50, 60_000);
 pub(crate) const CHECK_TIMEOUT_RANGE_MS: (u64, u64) = (10, 60_000);

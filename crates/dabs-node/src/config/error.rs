@@ -425,6 +425,27 @@ pub enum ConfigError {
         /// The name.
         name: String,
     },
+    /// An application that is neither built into the node nor given a `command`.
+    #[error(
+        "{at}: application {name:?} is not built into this node ({}) and has no `command` to run as its server portion",
+        if known.is_empty() { "it has none".to_owned() } else { format!("it has {}", known.join(", ")) }
+    )]
+    UnknownApplication {
+        /// The record's name.
+        at: Location,
+        /// The name.
+        name: String,
+        /// The applications built into the node.
+        known: Vec<String>,
+    },
+    /// A `command` without a program.
+    #[error("{at}: {key}: name the program to run, e.g. [\"python3\", \"portion.py\"]")]
+    EmptyAppCommand {
+        /// The value.
+        at: Location,
+        /// The key.
+        key: String,
+    },
 }
 
 impl ConfigError {
@@ -440,6 +461,8 @@ impl ConfigError {
             | WrongType { at, .. }
             | Layout { at, .. }
             | InvalidName { at, .. }
+            | UnknownApplication { at, .. }
+            | EmptyAppCommand { at, .. }
             | OutOfRange { at, .. }
             | MsOutOfRange { at, .. }
             | PercentOutOfRange { at, .. }

@@ -13,16 +13,27 @@ use super::types::NodeConfig;
 impl NodeConfig {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_for(path, None)
+    }
+
+    /// Reads and validates the file for a node that has the applications `known` built in:
+    /// any other application without a `command` is an error at its record.
+    pub fn load_for(path: &Path, known: Option<&[&str]>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             at: Location { file: path.to_path_buf(), line: None, column: None },
             source,
         })?;
-        Self::parse(&text, path)
+        Self::parse_for(&text, path, known)
     }
 
     /// Parses and validates `text`; `path` names the file in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cx = Cx { text, file: path, dir: path.parent().unwrap_or(Path::new("")) };
+        Self::parse_for(text, path, None)
+    }
+
+    /// [`NodeConfig::parse`] for a node with the applications `known` built in.
+    pub fn parse_for(text: &str, path: &Path, known: Option<&[&str]>) -> Result<Self, ConfigError> {
+        let cx = Cx { text, file: path, dir: path.parent().unwrap_or(Path::new("")), known_apps: known };
         let raw: RawConfig = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
         cx.validate(raw)
     }
@@ -33,6 +44,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) text: &'a str,
     pub(crate) file: &'a Path,
     pub(crate) dir: &'a Path,
+    /// The applications built into the node, when the caller knows them.
+    pub(crate) known_apps: Option<&'a [&'a str]>,
 }
 
 impl Cx<'_> {

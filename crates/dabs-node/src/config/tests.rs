@@ -388,3 +388,47 @@ fn portions_per_node_are_capped() {
     refused(&with("[node]", "max_portions = 0"), Some(7), &["node.max_portions", "65520"]);
     refused(&with("[node]", "max_portions = 65521"), Some(7), &["node.max_portions"]);
 }
+
+#[test]
+fn an_app_record_may_name_a_program_to_run_as_its_portion() {
+    let text = format!(
+        "{MINIMAL}\n[[app]]\nname = \"kv\"\ncommand = [\"bin/kv-portion\", \"--verbose\"]\n\n\
+         [[app]]\nname = \"py\"\ncommand = [\"python3\", \"p.py\"]\n"
+    );
+    let c = parse(&text).unwrap();
+    // A relative path with a folder is taken from the file's folder; a bare name from PATH.
+    assert_eq!(c.apps[0].command, vec!["/etc/dabs/bin/kv-portion".to_string(), "--verbose".into()]);
+    assert_eq!(c.apps[1].command, vec!["python3".to_string(), "p.py".into()]);
+    // A program's clients share one node socket: 254 sessions at most, and by default.
+    assert_eq!(c.apps[0].max_sessions_per_portion, 254);
+    refused(
+        &format!("{MINIMAL}\n[[app]]\nname = \"kv\"\ncommand = [\"kv\"]\nmax_sessions_per_portion = 255\n"),
+        Some(14),
+        &["app[0].max_sessions_per_portion", "1..=254"],
+    );
+    refused(
+        &format!("{MINIMAL}\n[[app]]\nname = \"kv\"\ncommand = []\n"),
+        Some(13),
+        &["app[0].command", "name the program"],
+    );
+    refused(
+        &format!("{MINIMAL}\n[[app]]\nname = \"kv\"\ncommand = [\" \"]\n"),
+        Some(13),
+        &["app[0].command"],
+    );
+}
+
+#[test]
+fn with_the_built_in_apps_known_an_app_without_a_program_is_refused_at_its_name() {
+    let text =
+        format!("{MINIMAL}\n[[app]]\nname = \"calc\"\n\n[[app]]\nname = \"mystery\"\nstart_at_init = true\n");
+    let path = Path::new("/etc/dabs/node.toml");
+    NodeConfig::parse(&text, path).expect("without a list of built-ins any name is taken");
+    let err = NodeConfig::parse_for(&text, path, Some(&["calc", "slowcalc"])).unwrap_err();
+    assert_eq!(err.location().line, Some(15), "{err}");
+    let shown = err.to_string();
+    assert!(shown.contains("\"mystery\" is not built into this node (it has calc, slowcalc)"), "{shown}");
+    assert!(shown.contains("no `command`"), "{shown}");
+    let with_command = text.replace("start_at_init = true", "command = [\"mystery-portion\"]");
+    NodeConfig::parse_for(&with_command, path, Some(&["calc"])).expect("a program makes it known");
+}

@@ -68,8 +68,14 @@ fn everything_set() -> NodeConfig {
                 min_free_memory_mb: i64::MAX as u64,
                 max_cpu_percent: 12.345,
                 max_sessions_per_portion: 1_000_000,
+                command: Vec::new(),
             },
             AppConfig::new("bare"),
+            AppConfig {
+                command: vec!["/usr/bin/python3".into(), "portion.py".into(), "--flag=\"x\"".into()],
+                max_sessions_per_portion: 254,
+                ..AppConfig::new("program")
+            },
         ],
         balance: BalanceConfig {
             prefer_local: false,
@@ -152,6 +158,7 @@ fn written_sections_keep_their_order() {
             "[[failover.class]]",
             "[[failover.class]]",
             "[operator]",
+            "[[app]]",
             "[[app]]",
             "[[app]]",
         ]

@@ -172,6 +172,9 @@ pub struct AppConfig {
     pub max_cpu_percent: f64,
     /// A portion with this many sessions is not "available" (1 ..= 1 000 000).
     pub max_sessions_per_portion: u64,
+    /// The program (then its arguments) run as the server portion; empty for an application
+    /// built into the node. A relative program path with a `/` is taken from the file's folder.
+    pub command: Vec<String>,
 }
 
 impl AppConfig {
@@ -184,6 +187,7 @@ impl AppConfig {
             min_free_memory_mb: 0,
             max_cpu_percent: DEFAULT_MAX_CPU_PERCENT,
             max_sessions_per_portion: DEFAULT_MAX_SESSIONS_PER_PORTION,
+            command: Vec::new(),
         }
     }
 

@@ -12,7 +12,8 @@ use super::defaults::{
     ANNOUNCE_RANGE_MS, DEFAULT_ACCEPT_ENCRYPTION, DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_INTERFACE,
     DEFAULT_LEASE, DEFAULT_LOW_WATER, DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MESSAGE_LATENCY,
     DEFAULT_MAX_PORTIONS, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY,
-    MAX_LEASE_MS, MAX_PORTIONS_RANGE, SCORE_RANGE, SESSIONS_RANGE, SPAWN_COOLDOWN_RANGE_MS, TIMEOUT_RANGE_MS,
+    MAX_LEASE_MS, MAX_PORTIONS_RANGE, PROGRAM_MAX_SESSIONS, SCORE_RANGE, SESSIONS_RANGE,
+    SPAWN_COOLDOWN_RANGE_MS, TIMEOUT_RANGE_MS,
 };
 use super::error::{ConfigError, Location};
 use super::file::{RawApp, RawBalance, RawConfig, RawFarm, RawLatency, RawNode, RawOperator};
@@ -263,11 +264,31 @@ impl Cx<'_> {
             None => DEFAULT_MAX_CPU_PERCENT,
             Some(v) => self.percent(v, &format!("app[{i}].max_cpu_percent"))?,
         };
+        // A program portion's clients are sessions from one node socket, and MP numbers a
+        // peer's sessions in one byte.
+        let program = raw.command.is_some();
+        let sessions_range = if program { (SESSIONS_RANGE.0, PROGRAM_MAX_SESSIONS) } else { SESSIONS_RANGE };
         let max_sessions_per_portion = match &raw.max_sessions_per_portion {
+            None if program => PROGRAM_MAX_SESSIONS,
             None => DEFAULT_MAX_SESSIONS_PER_PORTION,
-            Some(v) => self.int_in(v, &format!("app[{i}].max_sessions_per_portion"), SESSIONS_RANGE)?,
+            Some(v) => self.int_in(v, &format!("app[{i}].max_sessions_per_portion"), sessions_range)?,
         };
+        let command = match &raw.command {
+            None => Vec::new(),
+            Some(c) => self.command(c, &format!("app[{i}].command"))?,
+        };
+        if command.is_empty()
+            && let Some(known) = self.known_apps
+            && !known.contains(&name.as_str())
+        {
+            return Err(ConfigError::UnknownApplication {
+                at: self.at(&raw.name),
+                name,
+                known: known.iter().map(|k| (*k).to_owned()).collect(),
+            });
+        }
         Ok(AppConfig {
+            command,
             name,
             start_at_init: raw.start_at_init,
             subgroup,
@@ -275,6 +296,22 @@ impl Cx<'_> {
             max_cpu_percent,
             max_sessions_per_portion,
         })
+    }
+
+    /// A portion program and its arguments: not empty, no empty program name; a relative
+    /// program path with a `/` is anchored at the file's folder, a bare name is found on PATH.
+    fn command(&self, value: &Spanned<Vec<String>>, key: &str) -> Result<Vec<String>, ConfigError> {
+        let mut command = value.get_ref().clone();
+        match command.first_mut() {
+            Some(program) if !program.trim().is_empty() => {
+                let path = std::path::Path::new(program.as_str());
+                if path.is_relative() && program.contains('/') {
+                    *program = self.dir.join(path).to_string_lossy().into_owned();
+                }
+                Ok(command)
+            }
+            _ => Err(ConfigError::EmptyAppCommand { at: self.at(value), key: key.into() }),
+        }
     }
 
     /// A name of letters, digits, `_` and `-`; not empty.

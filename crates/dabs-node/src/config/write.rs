@@ -176,5 +176,6 @@ fn app(a: &AppConfig) -> RawApp {
         min_free_memory_mb: a.min_free_memory_mb,
         max_cpu_percent: Some(unspanned(a.max_cpu_percent)),
         max_sessions_per_portion: Some(unspanned(a.max_sessions_per_portion)),
+        command: (!a.command.is_empty()).then(|| unspanned(a.command.clone())),
     }
 }
