@@ -103,6 +103,46 @@ fn factories(
     Ok(factories)
 }
 
+/// `--app NAME=COMMAND` of `dabs farm up`: an application whose portion is a program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppArg {
+    /// The application's name.
+    pub name: String,
+    /// The program (an absolute path when it was given as a path) and its arguments.
+    pub command: Vec<String>,
+}
+
+impl AppArg {
+    /// Its `[[app]]` record: one portion, started with the farm on its first node, so every
+    /// client meets the same one (an example's state lives in its portion).
+    fn record(&self) -> String {
+        // A JSON string is a TOML basic string: the same escapes.
+        let quoted = |s: &String| serde_json::Value::String(s.clone()).to_string();
+        let command = self.command.iter().map(quoted).collect::<Vec<_>>().join(", ");
+        format!(
+            "\n[[app]]\nname = {}\ncommand = [{command}]\nstart_at_init = true\nsubgroup = [\"node-1\"]\n",
+            quoted(&self.name)
+        )
+    }
+}
+
+/// Parses `NAME=PROGRAM ARG...`; a program given as a relative path is made absolute, since
+/// the nodes read their configs from another folder.
+pub fn parse_app_arg(text: &str) -> Result<AppArg, String> {
+    let (name, command) =
+        text.split_once('=').ok_or("expected NAME=COMMAND, e.g. kv=target/debug/kv-portion")?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("{name:?} is not an application name (A-Z a-z 0-9 _ -)"));
+    }
+    let mut command: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+    let program = command.first_mut().ok_or("the command is empty: name the program to run")?;
+    if program.contains('/') && Path::new(program.as_str()).is_relative() {
+        let here = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+        *program = here.join(&*program).to_string_lossy().into_owned();
+    }
+    Ok(AppArg { name: name.into(), command })
+}
+
 /// One node process of a local farm.
 pub struct FarmNode {
     /// Its name.
@@ -343,6 +383,7 @@ pub fn farm_up(
     dir: Option<PathBuf>,
     secret: Option<String>,
     token: Option<String>,
+    apps: &[AppArg],
 ) -> ExitCode {
     if nodes == 0 {
         eprintln!("dabs farm up: --nodes must be at least 1");
@@ -351,9 +392,9 @@ pub fn farm_up(
     let secret = secret.unwrap_or_else(generate_secret);
     let secret = Some(secret);
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("dabs-farm-{}", std::process::id())));
-    let app = "start_at_init = true\n";
+    let app = format!("start_at_init = true\n{}", apps.iter().map(AppArg::record).collect::<String>());
     let mut farm =
-        match LocalFarm::start_guarded(nodes, &dir, secret.as_deref(), token.as_deref(), |_| app.into()) {
+        match LocalFarm::start_guarded(nodes, &dir, secret.as_deref(), token.as_deref(), |_| app.clone()) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("dabs farm up: {e}");

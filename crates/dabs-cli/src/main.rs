@@ -181,6 +181,11 @@ enum FarmCommand {
         /// random one); printed as `token …` and written to farm.json.
         #[arg(long)]
         token: Option<String>,
+        /// Also run application NAME, its server portion the program COMMAND (words separated
+        /// by spaces; a relative path is taken from here): `--app kv=target/debug/kv-portion`.
+        /// Repeatable.
+        #[arg(long = "app", value_name = "NAME=COMMAND", value_parser = farm::parse_app_arg)]
+        apps: Vec<farm::AppArg>,
     },
 }
 
@@ -231,8 +236,8 @@ fn main() -> ExitCode {
             trace::run(&node, session, va.as_deref(), command, json, token.or_else(env_token).as_deref())
         }
         Command::Bench { command: BenchCommand::Open { samples } } => bench::open_latency(samples),
-        Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token } } => {
-            farm::farm_up(nodes, dir, secret, token.or_else(env_token))
+        Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token, apps } } => {
+            farm::farm_up(nodes, dir, secret, token.or_else(env_token), &apps)
         }
         Command::Calc { farm, fat, encrypt, farm_key, a, op, b } => {
             calc::run(farm, &a, &op, &b, fat, calc::Security { encrypt, secret: None, farm_key })

@@ -6,7 +6,7 @@
 use dabs_net::{Config, DriverOptions};
 use dabs_sdk::{FarmClient, FarmClientOptions, decode_reply, encode_args};
 use dabs_testkit::{
-    NodeConfigBuilder, NodeProc, PATIENCE, POLL, eventually, random_group, repo_root, temp_dir,
+    Farm, NodeConfigBuilder, NodeProc, PATIENCE, POLL, eventually, random_group, repo_root, temp_dir,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,11 +58,11 @@ async fn add(client: &FarmClient, n: i64) -> i64 {
 }
 
 /// The node hosting `app`'s one portion, and that portion's JSON, once exactly one exists.
-fn hosting(nodes: &[NodeProc], app: &str) -> (usize, serde_json::Value) {
+fn hosting(urls: &[String], app: &str) -> (usize, serde_json::Value) {
     eventually(&format!("one portion of {app} on the farm"), PATIENCE, POLL, || {
         let mut found = Vec::new();
-        for (i, n) in nodes.iter().enumerate() {
-            let (_, node) = dabs_testkit::http::json("GET", n.url(), "/api/node", None);
+        for (i, url) in urls.iter().enumerate() {
+            let (_, node) = dabs_testkit::http::json("GET", url, "/api/node", None);
             for p in node["portions"].as_array().into_iter().flatten().filter(|p| p["app"] == app) {
                 found.push((i, p.clone()));
             }
@@ -72,10 +72,10 @@ fn hosting(nodes: &[NodeProc], app: &str) -> (usize, serde_json::Value) {
 }
 
 /// Waits until every node's view of the farm lists a portion of `app`.
-fn wait_until_announced(nodes: &[NodeProc], app: &str) {
-    for n in nodes {
-        eventually(&format!("{} sees a portion of {app}", n.url()), PATIENCE, POLL, || {
-            let (_, farm) = dabs_testkit::http::json("GET", n.url(), "/api/farm", None);
+fn wait_until_announced(urls: &[String], app: &str) {
+    for url in urls {
+        eventually(&format!("{url} sees a portion of {app}"), PATIENCE, POLL, || {
+            let (_, farm) = dabs_testkit::http::json("GET", url, "/api/farm", None);
             let known = farm["members"]
                 .as_array()
                 .into_iter()
@@ -112,12 +112,13 @@ async fn a_python_portion_serves_restarts_and_stops_with_its_node() {
     let script = repo_root().join("tests/interop/portion_counter.py");
     let command = vec!["python3".to_owned(), script.to_string_lossy().into_owned()];
     let (_dir, mut nodes) = farm("pyportion", "pycount", &command);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url().to_owned()).collect();
 
     let a = client(&nodes, "pycount").await;
     assert_eq!(add(&a, 5).await, 5);
     assert_eq!(add(&a, 7).await, 12);
     // Placement seats the next client on a portion the whole farm knows of.
-    wait_until_announced(&nodes, "pycount");
+    wait_until_announced(&urls, "pycount");
     let b = client(&nodes, "pycount").await;
     assert_eq!(add(&b, 1).await, 13, "a second client reaches the same portion and its state");
     // An application error from Python comes back as the partition's error, not a failure.
@@ -128,11 +129,11 @@ async fn a_python_portion_serves_restarts_and_stops_with_its_node() {
     let nak = a.call(300, Vec::new()).await.unwrap_err().to_string();
     assert!(nak.contains("NAK 6") || nak.contains("unknown command"), "{nak}");
 
-    let (host, portion) = hosting(&nodes, "pycount");
+    let (host, portion) = hosting(&urls, "pycount");
     assert_eq!(portion["sessions"], 2, "the node counts the program's clients: {portion}");
     // Requests through the bridge count as handled (4 adds, the bad add, the NAK'd call).
     eventually("the node counts the program's requests", PATIENCE, POLL, || {
-        let (_, p) = hosting(&nodes, "pycount");
+        let (_, p) = hosting(&urls, "pycount");
         if p["handled"].as_u64() >= Some(4) { Ok(()) } else { Err(p.to_string()) }
     });
 
@@ -152,7 +153,7 @@ async fn a_python_portion_serves_restarts_and_stops_with_its_node() {
         if now.len() == 1 && now != pids { Ok(now) } else { Err(format!("{now:?}")) }
     });
     assert_eq!(add(&a, 2).await, 2, "the restarted program starts from zero");
-    assert_eq!(hosting(&nodes, "pycount").1["va"], portion["va"], "the portion keeps its address");
+    assert_eq!(hosting(&urls, "pycount").1["va"], portion["va"], "the portion keeps its address");
 
     a.stop().await;
     b.stop().await;
@@ -166,21 +167,23 @@ async fn a_python_portion_serves_restarts_and_stops_with_its_node() {
 }
 
 #[test]
-fn the_kv_example_runs_as_a_rust_program_portion() {
+fn the_kv_example_runs_as_a_rust_program_portion_under_farm_up() {
     let portion = sibling("kv-portion");
     let kv = sibling("kv");
-    let (_dir, nodes) = farm("kvportion", "kv", &[portion.to_string_lossy().into_owned()]);
-    let group = nodes[0].ready.group.to_string();
+    let app = format!("kv={}", portion.display());
+    let farm = Farm::up_with(DABS, 3, "kvportion", &["--app", &app]);
+    let urls = farm.operators();
+    let group = farm.group().to_string();
     let run = |args: &[&str]| {
         let out = Command::new(&kv).arg("--farm").arg(&group).args(args).output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
+    // `--app` starts the application's one portion with the farm, on node-1.
+    let (host, _) = hosting(&urls, "kv");
+    assert_eq!(host, 0, "the portion runs on node-1");
+    wait_until_announced(&urls, "kv");
     assert_eq!(run(&["put", "colour", "blue"]).0, Some(0));
-    wait_until_announced(&nodes, "kv");
     assert_eq!(run(&["put", "size", "L"]).0, Some(0));
     let (code, out, err) = run(&["get", "colour"]);
     assert_eq!((code, out.as_str()), (Some(0), "blue"), "{err}");
@@ -190,13 +193,13 @@ fn the_kv_example_runs_as_a_rust_program_portion() {
     let (code, _, err) = run(&["put", "", "x"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("bad_key"), "{err}");
+    let (_, p) = hosting(&urls, "kv");
+    assert!(p["handled"].as_u64() >= Some(7), "the node counts the program's requests: {p}");
     // Each `kv` closed its session before it exited: the portion holds none.
-    let (_, p) = hosting(&nodes, "kv");
     eventually("the kv portion has no sessions left", PATIENCE, POLL, || {
-        let (_, p) = hosting(&nodes, "kv");
+        let (_, p) = hosting(&urls, "kv");
         if p["sessions"] == 0 { Ok(()) } else { Err(p.to_string()) }
     });
-    assert!(p["handled"].as_u64() >= Some(7), "{p}");
 }
 
 #[test]
