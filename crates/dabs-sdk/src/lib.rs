@@ -17,6 +17,10 @@ pub mod sync;
 pub mod timers;
 
 pub use client::{ClientStatus, FarmClient, FarmClientOptions};
+/// What an application needs from the layers below, so the SDK is its one dependency.
+pub use dabs_farm_proto::portion::PortionFactory;
+pub use dabs_net;
+pub use dabs_wire::NakCode;
 pub use partition::{
     Caller, PartitionError, Placed, decode_args, decode_reply, encode_args, encode_err, encode_ok,
 };
