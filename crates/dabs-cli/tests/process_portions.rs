@@ -221,3 +221,22 @@ fn an_application_with_no_factory_and_no_command_is_a_config_error_with_its_line
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("app[1].command: name the program"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_cannot_start_is_reported_and_its_client_refused() {
+    let (_dir, nodes) = farm("ghost", "ghost", &["/nonexistent/ghost-portion".to_owned()]);
+    let endpoint = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
+    let group = std::net::SocketAddr::V4(nodes[0].ready.group);
+    let options = FarmClientOptions { max_reopens: 1, ..FarmClientOptions::new(group, "ghost") };
+    // The open itself may succeed (the portion is started for it) or be refused; either way
+    // no call is answered as if it ran.
+    if let Ok(client) = FarmClient::start(endpoint, options).await {
+        let err = client.call(256, encode_args(&(1,))).await.expect_err("nothing runs the call");
+        assert!(!err.to_string().is_empty());
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url().to_owned()).collect();
+    eventually("a node reports the program that would not start", PATIENCE, POLL, || {
+        let all: String = urls.iter().map(|u| events(u)).collect();
+        if all.contains("cannot start /nonexistent/ghost-portion") { Ok(()) } else { Err(all) }
+    });
+}
