@@ -328,6 +328,9 @@ impl Driver {
                     tracing::warn!(error = %e, "sessionless datagram not sent");
                 }
             }
+            Command::Reclaim { sessions, n, done } => {
+                let _ = done.send(self.ep.reclaim_idle(now, &sessions, n));
+            }
             Command::Stats { done } => {
                 let mut stats = self.ep.stats().clone();
                 stats.sessions_open = self.ep.session_count() as u64;

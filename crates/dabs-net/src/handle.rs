@@ -88,6 +88,11 @@ pub(crate) enum Command {
         session: SessionId,
         done: Done,
     },
+    Reclaim {
+        sessions: Vec<SessionId>,
+        n: usize,
+        done: oneshot::Sender<usize>,
+    },
     Sessionless {
         to: Addr,
         header: Header,
@@ -262,6 +267,17 @@ impl EndpointHandle {
             outcome,
             Ok(Ok(Ok(_) | Err(Error::Call(CallError::Nak { code: NakCode::UnknownSession, .. }))))
         )
+    }
+
+    /// Closes up to `n` of `sessions` that have been idle past the endpoint's
+    /// `reclaim_idle_after` with nothing in flight, longest idle first
+    /// ([`dabs_proto::Endpoint::reclaim_idle`]); returns how many it closed.
+    pub async fn reclaim_idle(&self, sessions: Vec<SessionId>, n: usize) -> usize {
+        let (done, rx) = oneshot::channel();
+        if self.send(Command::Reclaim { sessions, n, done }).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// Receives the requests addressed to portion queue `queue` (replacing any earlier

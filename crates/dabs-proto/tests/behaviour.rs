@@ -678,3 +678,37 @@ fn a_confirmed_close_nobody_answers_is_given_up_and_the_session_removed() {
         "{got:?}"
     );
 }
+
+/// `reclaim_idle` closes only the named server sessions idle past `reclaim_idle_after`,
+/// longest idle first and no more than asked, as if they had expired.
+#[test]
+fn reclaim_idle_closes_the_longest_idle_of_the_named_sessions_only() {
+    let config = Config { reclaim_idle_after: Duration::from_secs(5), ..Config::default() };
+    let mut server = Endpoint::new(config, 2, 0);
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    // Three clients, opened (and last active) at 0 s, 1 s and 2 s.
+    for i in 0..3u16 {
+        let t = Duration::from_secs(u64::from(i));
+        let mut client = Endpoint::new(Config::default(), 10 + u64::from(i), 0);
+        client.open(t, addr(2), 1, vec![]).unwrap();
+        deliver(&mut server, 10 + i, t, &drain(&mut client));
+        let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+        ids.push(server.accept_open(t, &request, 7, vec![]).unwrap());
+        deliver(&mut client, 2, t, &drain(&mut server));
+        deliver(&mut server, 10 + i, t, &drain(&mut client)); // the ACK: no longer half-open
+        clients.push(client);
+    }
+    let _ = events(&mut server);
+    assert_eq!(server.reclaim_idle(Duration::from_secs(4), &ids, 3), 0, "none idle for 5 s yet");
+    assert_eq!(server.reclaim_idle(Duration::from_secs(6), &ids[1..], 3), 1, "only the named ones");
+    assert_eq!(server.session_count(), 2, "the unnamed session idle longest stays");
+    let got = events(&mut server);
+    assert!(
+        matches!(got.as_slice(), [Event::SessionClosed { session, reason: dabs_proto::CloseReason::Idle, .. }] if *session == ids[1]),
+        "the longest idle of those named goes first: {got:?}"
+    );
+    assert_eq!(server.reclaim_idle(Duration::from_secs(9), &ids, 1), 1, "no more than asked");
+    assert_eq!(server.session_count(), 1);
+    assert_eq!(server.stats().sessions_reclaimed, 2);
+}
