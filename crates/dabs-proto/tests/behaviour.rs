@@ -712,3 +712,25 @@ fn reclaim_idle_closes_the_longest_idle_of_the_named_sessions_only() {
     assert_eq!(server.session_count(), 1);
     assert_eq!(server.stats().sessions_reclaimed, 2);
 }
+
+/// A session just accepted whose client has not ACKed the REPLY yet is half-open; the
+/// endpoint's own relief may take it, but `reclaim_idle` waits until it is idle long enough.
+#[test]
+fn reclaim_idle_spares_a_session_just_opened_even_while_half_open() {
+    let config = Config { reclaim_idle_after: Duration::from_secs(5), ..Config::default() };
+    let mut server = Endpoint::new(config, 2, 0);
+    let mut client = Endpoint::new(Config::default(), 10, 0);
+    let t = Duration::ZERO;
+    client.open(t, addr(2), 1, vec![]).unwrap();
+    deliver(&mut server, 10, t, &drain(&mut client));
+    let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+    let sid = server.accept_open(t, &request, 7, vec![]).unwrap();
+    let _reply_not_yet_acked = drain(&mut server);
+    assert_eq!(
+        server.reclaim_idle(Duration::from_secs(1), &[sid], 1),
+        0,
+        "taken while its ACK is on the way"
+    );
+    assert_eq!(server.session_count(), 1);
+    assert_eq!(server.reclaim_idle(Duration::from_secs(6), &[sid], 1), 1, "an abandoned half-open one goes");
+}
