@@ -29,7 +29,7 @@ impl Inner {
         let after = Duration::from_millis(self.settings_guard().retire_idle_after_ms);
         let now = Instant::now();
         let stopping = self.stopping.load(Ordering::Relaxed);
-        let retired: Vec<(String, Portion)> = {
+        let retired: Vec<Portion> = {
             let mut guard = self.state();
             let st = &mut *guard;
             // A session still open counts whether its client sits on the portion or was sent
@@ -73,6 +73,14 @@ impl Inner {
                 candidates.sort_unstable_by(|a, b| b.cmp(a));
                 for (_, va) in candidates.into_iter().take(spare) {
                     if let Some(p) = st.hosting.portions.remove(&va) {
+                        // Queue and record go under the same lock: a client coming back to
+                        // this address right after may start a portion under it again (on
+                        // this queue, even), whose queue and record must not be the ones
+                        // removed. Unregistered first: nothing reaches it while it shuts down.
+                        self.endpoint.unregister_queue(p.queue);
+                        if let Err(e) = self.db.remove_portion(&va) {
+                            tracing::error!(%va, error = %e, "retired portion's record not removed: it returns on restart");
+                        }
                         // Counted and noted under the lock that removed it: whoever sees the
                         // portion gone sees its retirement too.
                         self.counters.portions_retired.fetch_add(1, Ordering::Relaxed);
@@ -84,19 +92,14 @@ impl Inner {
                         st.balancing.latency_marks.remove(&va);
                         st.balancing.starve_marks.remove(&va);
                         st.balancing.last_spread.remove(&va);
-                        retired.push((va, p));
+                        retired.push(p);
                     }
                 }
             }
             retired
         };
-        for (va, p) in retired {
-            // Unregistered first: nothing reaches the portion while it shuts down.
-            self.endpoint.unregister_queue(p.queue);
+        for p in retired {
             let _ = p.events.send(RuntimeEvent::Shutdown { emergency: false });
-            if let Err(e) = self.db.remove_portion(&va) {
-                tracing::error!(%va, error = %e, "retired portion's record not removed: it returns on restart");
-            }
         }
     }
 }
