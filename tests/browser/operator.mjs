@@ -167,6 +167,15 @@ async function run(context) {
     }),
   );
 
+  await check('node-1 page shows its counters and the idle-retirement setting', () =>
+    until(PAGE_WAIT_MS, 'no counters line or retirement setting', async () => {
+      const counters = await spanText(page1, 'node-counters');
+      const retire = await spanText(page1, 'setting-retire_idle_after_ms');
+      const ok = /\d+ portions retired \(idle\)/.test(counters) && /^\d+$/.test(retire);
+      return { ok, value: `${counters} | retire after ${retire} ms`, state: { counters, retire } };
+    }),
+  );
+
   if (opts.screenshot) {
     await check('screenshot of node-1 page', async () => {
       await page1.screenshot({ path: opts.screenshot, fullPage: true, timeout: PAGE_WAIT_MS });

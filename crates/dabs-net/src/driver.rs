@@ -317,10 +317,19 @@ impl Driver {
             Command::RejectOpen { request, code, text } => self.ep.reject_open(now, &request, code, &text),
             Command::ForgetOpen { request } => self.ep.forget_open(&request),
             Command::Close { session } => self.ep.close(now, session),
+            Command::CloseConfirmed { session, done } => match self.ep.close_confirmed(now, session) {
+                Ok(call) => {
+                    self.calls.insert(call, done);
+                }
+                Err(e) => done.complete(Err(e.into())),
+            },
             Command::Sessionless { to, header, payload } => {
                 if let Err(e) = self.ep.send_sessionless(now, &to, header, &payload) {
                     tracing::warn!(error = %e, "sessionless datagram not sent");
                 }
+            }
+            Command::Reclaim { sessions, n, done } => {
+                let _ = done.send(self.ep.reclaim_idle(now, &sessions, n));
             }
             Command::Stats { done } => {
                 let mut stats = self.ep.stats().clone();

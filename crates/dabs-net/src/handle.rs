@@ -84,6 +84,15 @@ pub(crate) enum Command {
     Close {
         session: SessionId,
     },
+    CloseConfirmed {
+        session: SessionId,
+        done: Done,
+    },
+    Reclaim {
+        sessions: Vec<SessionId>,
+        n: usize,
+        done: oneshot::Sender<usize>,
+    },
     Sessionless {
         to: Addr,
         header: Header,
@@ -239,9 +248,36 @@ impl EndpointHandle {
         self.call_async(session, command, payload).await
     }
 
-    /// Closes a session.
+    /// Closes a session (best effort: one `CLOSE_SESSION`, not retransmitted).
     pub fn close(&self, session: SessionId) {
         let _ = self.send(Command::Close { session });
+    }
+
+    /// Closes a session and waits, at most `within`, for the peer to let it go: the
+    /// `CLOSE_SESSION` is retransmitted until answered ([`dabs_proto::Endpoint::close_confirmed`]).
+    /// True when the peer confirmed it (answered, or no longer had the session); false when the
+    /// wait ran out or the close could not be confirmed (the session is closed here either way).
+    pub async fn close_confirmed(&self, session: SessionId, within: std::time::Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::CloseConfirmed { session, done: Done::Future(tx) }).is_err() {
+            return false;
+        }
+        let outcome = tokio::time::timeout(within, rx).await;
+        matches!(
+            outcome,
+            Ok(Ok(Ok(_) | Err(Error::Call(CallError::Nak { code: NakCode::UnknownSession, .. }))))
+        )
+    }
+
+    /// Closes up to `n` of `sessions` that have been idle past the endpoint's
+    /// `reclaim_idle_after` with nothing in flight, longest idle first
+    /// ([`dabs_proto::Endpoint::reclaim_idle`]); returns how many it closed.
+    pub async fn reclaim_idle(&self, sessions: Vec<SessionId>, n: usize) -> usize {
+        let (done, rx) = oneshot::channel();
+        if self.send(Command::Reclaim { sessions, n, done }).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// Receives the requests addressed to portion queue `queue` (replacing any earlier
@@ -355,9 +391,15 @@ impl Session {
         self.handle.call_async(self.id, command, payload)
     }
 
-    /// Closes the session.
+    /// Closes the session (best effort).
     pub fn close(&self) {
         self.handle.close(self.id);
+    }
+
+    /// Closes the session and waits, at most `within`, for the server to confirm it
+    /// ([`EndpointHandle::close_confirmed`]).
+    pub async fn close_confirmed(&self, within: std::time::Duration) -> bool {
+        self.handle.close_confirmed(self.id, within).await
     }
 }
 

@@ -21,6 +21,8 @@ pub struct NodeCounters {
     pub auth_failures: AtomicU64,
     /// Alerts raised by clients of this node's portions (a FAILOVER they could not verify).
     pub client_alerts: AtomicU64,
+    /// Portions stopped for having no clients (`retire_idle_after_ms`).
+    pub portions_retired: AtomicU64,
 }
 
 /// Request latency buckets: 0.1 ms to about 3 s.
@@ -85,6 +87,12 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
         mp.auth_failures,
     );
     counter(&mut r, "mp_replays_dropped", "Encrypted MP datagrams dropped as replays", mp.replays_dropped);
+    counter(
+        &mut r,
+        "mp_sessions_reclaimed",
+        "MP sessions of vanished clients closed early to make room (idle past the reclaim threshold)",
+        mp.sessions_reclaimed,
+    );
     for (name, help, map) in [
         ("mp_naks_sent", "NAKs sent, by error number", &mp.naks_sent),
         ("mp_naks_received", "NAKs received, by error number", &mp.naks_received),
@@ -106,6 +114,12 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
     }
     counter(&mut r, "spawns", "Server portions started", node.spawns.load(Ordering::Relaxed));
     counter(&mut r, "moves", "Virtual addresses moved to another node", node.moves.load(Ordering::Relaxed));
+    counter(
+        &mut r,
+        "portions_retired",
+        "Server portions stopped and removed for having no clients",
+        node.portions_retired.load(Ordering::Relaxed),
+    );
     counter(&mut r, "failovers", "FAILOVER messages sent", node.failovers.load(Ordering::Relaxed));
     counter(
         &mut r,
@@ -150,6 +164,8 @@ mod tests {
         counters.moves.store(9, Ordering::Relaxed);
         counters.failovers.store(10, Ordering::Relaxed);
         counters.client_alerts.store(11, Ordering::Relaxed);
+        counters.portions_retired.store(12, Ordering::Relaxed);
+        mp.sessions_reclaimed = 13;
         let text = render(&mp, &Gauges { sessions: 4, portions: 1, members: 3 }, &counters, &h);
         for needle in [
             "dabs_mp_datagrams_received_total 7",
@@ -165,6 +181,8 @@ mod tests {
             "dabs_moves_total 9",
             "dabs_failovers_total 10",
             "dabs_client_alerts_total 11",
+            "dabs_portions_retired_total 12",
+            "dabs_mp_sessions_reclaimed_total 13",
             "dabs_request_latency_seconds_count 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");

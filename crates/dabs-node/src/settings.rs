@@ -28,8 +28,16 @@ pub struct Settings {
     /// Health above which deferred clients are called back and admitted again, 0..=100.
     #[serde(default = "default_return")]
     pub return_threshold: u8,
+    /// A portion without clients this long is retired, ms; 0: never (`[balance]
+    /// retire_idle_after_ms`). Settings from a node that predates it take the default.
+    #[serde(default = "default_retire")]
+    pub retire_idle_after_ms: u64,
     /// Per-application records.
     pub apps: BTreeMap<String, AppSettings>,
+}
+
+fn default_retire() -> u64 {
+    crate::config::BalanceConfig::default().retire_idle_after.as_millis() as u64
 }
 
 fn default_failover() -> u8 {
@@ -76,6 +84,9 @@ pub struct SettingsPatch {
     /// New return threshold (health, 0..=100).
     #[serde(default)]
     pub return_threshold: Option<u64>,
+    /// New idle time before a portion is retired, ms (0: never).
+    #[serde(default)]
+    pub retire_idle_after_ms: Option<u64>,
     /// Per-application changes.
     #[serde(default)]
     pub apps: BTreeMap<String, AppPatch>,
@@ -134,6 +145,7 @@ impl Settings {
             failover_threshold: config.failover.thresholds.failover,
             connection_threshold: config.failover.thresholds.connection,
             return_threshold: config.failover.thresholds.returning,
+            retire_idle_after_ms: config.balance.retire_idle_after.as_millis() as u64,
             apps: config
                 .apps
                 .iter()
@@ -167,6 +179,9 @@ impl Settings {
             next.low_water_ms = v;
         }
         next.check_latency()?;
+        if let Some(v) = patch.retire_idle_after_ms {
+            next.retire_idle_after_ms = v;
+        }
         // Any arrangement of failover and connection is allowed (R-FO-2 has three).
         for (value, field, slot) in [
             (patch.failover_threshold, "failover_threshold", &mut next.failover_threshold),
@@ -218,6 +233,13 @@ impl Settings {
             ));
         }
         self.check_latency()?;
+        let (lo, hi) = crate::config::RETIRE_IDLE_RANGE_MS;
+        if !(lo..=hi).contains(&self.retire_idle_after_ms) {
+            return Err(refuse(
+                "retire_idle_after_ms",
+                format!("{} is out of range {lo}..{hi} (0: never)", self.retire_idle_after_ms),
+            ));
+        }
         for (value, field) in [
             (self.failover_threshold, "failover_threshold"),
             (self.connection_threshold, "connection_threshold"),
@@ -322,6 +344,24 @@ mod tests {
         assert_eq!((next.version, next.changed_by.as_str(), next.max_message_latency_ms), (1, "node-2", 300));
         assert_eq!(next.apps["calc"].max_cpu_percent, 80.0);
         assert!(next.newer_than(&s) && !s.newer_than(&next));
+    }
+
+    #[test]
+    fn the_idle_time_before_retirement_changes_live_within_its_range() {
+        let s = base();
+        assert_eq!(s.retire_idle_after_ms, 60_000, "the example's (and default) value");
+        let patch = SettingsPatch { retire_idle_after_ms: Some(1_500), ..Default::default() };
+        assert_eq!(s.apply(&patch, "n").unwrap().retire_idle_after_ms, 1_500);
+        let off = SettingsPatch { retire_idle_after_ms: Some(0), ..Default::default() };
+        assert_eq!(s.apply(&off, "n").unwrap().retire_idle_after_ms, 0, "0 turns retirement off");
+        let far = SettingsPatch { retire_idle_after_ms: Some(86_400_001), ..Default::default() };
+        let e = s.apply(&far, "n").unwrap_err();
+        assert_eq!(e.field, "retire_idle_after_ms", "{e}");
+        // Settings stored or fetched from a node without the field take the default.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().remove("retire_idle_after_ms");
+        let read: Settings = serde_json::from_value(old).unwrap();
+        assert_eq!(read.retire_idle_after_ms, 60_000);
     }
 
     #[test]

@@ -73,9 +73,17 @@ pub(crate) async fn node(State(node): State<NodeHandle>) -> axum::Json<Value> {
     let (members, leader) = node.members();
     let me = node.stats();
     let farm = ServiceTimes::of(members.iter().filter(|m| m.node != me.node).chain([&me]));
+    let c = node.counters();
+    let count = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     axum::Json(json!({
         "node": node_view(&me, leader.as_deref(), &farm),
         "portions": node.portions(),
+        "counters": {
+            "spawns": count(&c.spawns),
+            "moves": count(&c.moves),
+            "failovers": count(&c.failovers),
+            "portions_retired": count(&c.portions_retired),
+        },
         "settings": node.settings(),
         "leader": leader,
     }))
@@ -134,6 +142,7 @@ const TOP_KEYS: &[&str] = &[
     "failover_threshold",
     "connection_threshold",
     "return_threshold",
+    "retire_idle_after_ms",
     "apps",
 ];
 const APP_KEYS: &[&str] = &["subgroup", "max_sessions_per_portion", "min_free_memory_mb", "max_cpu_percent"];
@@ -152,7 +161,8 @@ pub(crate) fn patch_from_json(body: &[u8]) -> Result<SettingsPatch, SettingsErro
             | "low_water_ms"
             | "failover_threshold"
             | "connection_threshold"
-            | "return_threshold" => whole(key, val)?,
+            | "return_threshold"
+            | "retire_idle_after_ms" => whole(key, val)?,
             "apps" => {
                 let Some(apps) = val.as_object() else {
                     return Err(refuse("apps", "expected an object of application name to changes"));

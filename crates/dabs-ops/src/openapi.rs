@@ -98,10 +98,20 @@ pub fn document() -> Value {
                 "security": token_off_loopback(),
                 "responses": { "200": json_body("This node", json!({
                     "type": "object",
-                    "required": ["node", "portions", "settings", "leader"],
+                    "required": ["node", "portions", "counters", "settings", "leader"],
                     "properties": {
                         "node": schema("NodeView"),
                         "portions": { "type": "array", "items": schema("Portion") },
+                        "counters": {
+                            "type": "object",
+                            "description": "This node's event counters since it started (also in /metrics)",
+                            "properties": {
+                                "spawns": integer("Server portions started"),
+                                "moves": integer("Virtual addresses moved to another node"),
+                                "failovers": integer("FAILOVER messages sent"),
+                                "portions_retired": integer("Portions stopped and removed for having no clients"),
+                            }
+                        },
                         "settings": schema("Settings"),
                         "leader": nullable_string("The farm's current decider, if known"),
                     }
@@ -283,6 +293,7 @@ pub fn document() -> Value {
                     "failover_threshold": integer("Health (0..100) at or below which a node defers its clients; clients of a configured class keep their class's thresholds"),
                     "connection_threshold": integer("Health (0..100) above which a node admits new clients"),
                     "return_threshold": integer("Health (0..100) above which deferred clients are called back and admitted"),
+                    "retire_idle_after_ms": integer("A portion without clients this long is retired (stopped, its record removed), down to its application's minimum; 0: never (0..86400000)"),
                     "apps": { "type": "object", "additionalProperties": schema("AppSettings"),
                         "description": "Per-application records, by name" },
                 }
@@ -307,6 +318,7 @@ pub fn document() -> Value {
                     "failover_threshold": integer("New failover threshold, 0..100"),
                     "connection_threshold": integer("New connection threshold, 0..100"),
                     "return_threshold": integer("New return threshold, 0..100"),
+                    "retire_idle_after_ms": integer("New idle time before a portion is retired, ms (0: never)"),
                     "apps": { "type": "object", "additionalProperties": schema("AppPatch"),
                         "description": "Changes per application, by name" },
                 }

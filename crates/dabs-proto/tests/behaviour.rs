@@ -572,3 +572,165 @@ fn crc_naks_do_not_count_towards_reopening_on_malformed_naks() {
     assert_eq!(sent.iter().map(command).collect::<Vec<_>>(), [SystemCommand::OpenSession.number()]);
     assert_eq!(run.client.stats().sessions_reopened, 1);
 }
+
+fn closed_reason(events: &[Event]) -> Option<dabs_proto::CloseReason> {
+    events.iter().find_map(|e| match e {
+        Event::SessionClosed { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+/// A confirmed close whose first `CLOSE_SESSION` is lost is sent again until the server
+/// answers; the server lets the session go, and the client learns it from the REPLY.
+#[test]
+fn a_confirmed_close_is_retransmitted_until_the_server_answers() {
+    let (mut client, mut server, s) = pair(Config::default());
+    let t = Duration::from_millis(1);
+    let close = client.close_confirmed(t, s).unwrap();
+    assert!(!drain(&mut client).is_empty(), "the close is sent at once");
+    // ...and lost: the server still holds the session.
+    assert_eq!(server.session_count(), 1);
+    assert_eq!(
+        client.call(t, s, 300, vec![]),
+        Err(CallError::SessionLost),
+        "a closing session takes no calls"
+    );
+
+    let again = client.next_deadline().expect("the close waits for its answer");
+    client.handle_timeout(again);
+    let resent = drain(&mut client);
+    let d = decode(&resent[0].data).unwrap();
+    assert_eq!((d.header.kind, d.header.command), (Kind::Request, SystemCommand::CloseSession.number()));
+    deliver(&mut server, 1, again, &resent);
+    assert_eq!(server.session_count(), 0, "the server let the session go");
+    assert_eq!(closed_reason(&events(&mut server)), Some(dabs_proto::CloseReason::ClosedByPeer));
+
+    deliver(&mut client, 2, again, &drain(&mut server));
+    let got = events(&mut client);
+    assert!(got.iter().any(|e| matches!(e, Event::Reply { call, .. } if *call == close)), "{got:?}");
+    assert_eq!(closed_reason(&got), Some(dabs_proto::CloseReason::ClosedLocally));
+    assert_eq!(client.session_count(), 0);
+}
+
+/// When the server's REPLY to the close is lost, the client's next copy finds no session there
+/// (NAK 1): that ends the close. It must not re-open the session (which would leave a new one
+/// behind on the server), and nothing more is sent.
+#[test]
+fn a_confirmed_close_whose_reply_is_lost_ends_on_nak_1_without_reopening() {
+    let (mut client, mut server, s) = pair(Config::default());
+    let t = Duration::from_millis(1);
+    // A call in flight when the client stops fails at once.
+    let pending = client.call(t, s, 300, b"q".to_vec()).unwrap();
+    deliver(&mut server, 1, t, &drain(&mut client));
+    let close = client.close_confirmed(t, s).unwrap();
+    let got = events(&mut client);
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Failed { call, error: CallError::SessionLost } if *call == pending)),
+        "{got:?}"
+    );
+    deliver(&mut server, 1, t, &drain(&mut client));
+    assert_eq!(server.session_count(), 0);
+    let _lost_reply = drain(&mut server);
+
+    let again = client.next_deadline().unwrap();
+    client.handle_timeout(again);
+    deliver(&mut server, 1, again, &drain(&mut client));
+    let nak = drain(&mut server);
+    assert_eq!(nak.iter().filter_map(nak_code).collect::<Vec<_>>(), [NakCode::UnknownSession]);
+    deliver(&mut client, 2, again, &nak);
+    let got = events(&mut client);
+    assert!(
+        got.iter().any(|e| matches!(e, Event::Failed { call, error: CallError::Nak { code: NakCode::UnknownSession, .. } } if *call == close)),
+        "{got:?}"
+    );
+    assert_eq!(client.session_count(), 0);
+    let sent = drain(&mut client);
+    assert!(sent.is_empty(), "nothing after the close ended (no re-open): {} datagrams", sent.len());
+    client.handle_timeout(again + Duration::from_secs(60));
+    assert!(drain(&mut client).is_empty(), "no re-open later either");
+    assert_eq!(client.stats().sessions_reopened, 0);
+}
+
+/// A server that never answers: the close is given up after the usual retries and the session
+/// is gone all the same.
+#[test]
+fn a_confirmed_close_nobody_answers_is_given_up_and_the_session_removed() {
+    let (mut client, _server, s) = pair(Config::default());
+    let mut t = Duration::from_millis(1);
+    let close = client.close_confirmed(t, s).unwrap();
+    let mut rounds = 0;
+    while let Some(at) = client.next_deadline() {
+        assert!(rounds < 100, "the close never ended");
+        rounds += 1;
+        t = at;
+        client.handle_timeout(t);
+        let _ = drain(&mut client);
+        if client.session_count() == 0 {
+            break;
+        }
+    }
+    assert_eq!(client.session_count(), 0);
+    let got = events(&mut client);
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Failed { call, error: CallError::GaveUp { .. } } if *call == close)),
+        "{got:?}"
+    );
+}
+
+/// `reclaim_idle` closes only the named server sessions idle past `reclaim_idle_after`,
+/// longest idle first and no more than asked, as if they had expired.
+#[test]
+fn reclaim_idle_closes_the_longest_idle_of_the_named_sessions_only() {
+    let config = Config { reclaim_idle_after: Duration::from_secs(5), ..Config::default() };
+    let mut server = Endpoint::new(config, 2, 0);
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    // Three clients, opened (and last active) at 0 s, 1 s and 2 s.
+    for i in 0..3u16 {
+        let t = Duration::from_secs(u64::from(i));
+        let mut client = Endpoint::new(Config::default(), 10 + u64::from(i), 0);
+        client.open(t, addr(2), 1, vec![]).unwrap();
+        deliver(&mut server, 10 + i, t, &drain(&mut client));
+        let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+        ids.push(server.accept_open(t, &request, 7, vec![]).unwrap());
+        deliver(&mut client, 2, t, &drain(&mut server));
+        deliver(&mut server, 10 + i, t, &drain(&mut client)); // the ACK: no longer half-open
+        clients.push(client);
+    }
+    let _ = events(&mut server);
+    assert_eq!(server.reclaim_idle(Duration::from_secs(4), &ids, 3), 0, "none idle for 5 s yet");
+    assert_eq!(server.reclaim_idle(Duration::from_secs(6), &ids[1..], 3), 1, "only the named ones");
+    assert_eq!(server.session_count(), 2, "the unnamed session idle longest stays");
+    let got = events(&mut server);
+    assert!(
+        matches!(got.as_slice(), [Event::SessionClosed { session, reason: dabs_proto::CloseReason::Idle, .. }] if *session == ids[1]),
+        "the longest idle of those named goes first: {got:?}"
+    );
+    assert_eq!(server.reclaim_idle(Duration::from_secs(9), &ids, 1), 1, "no more than asked");
+    assert_eq!(server.session_count(), 1);
+    assert_eq!(server.stats().sessions_reclaimed, 2);
+}
+
+/// A session just accepted whose client has not ACKed the REPLY yet is half-open; the
+/// endpoint's own relief may take it, but `reclaim_idle` waits until it is idle long enough.
+#[test]
+fn reclaim_idle_spares_a_session_just_opened_even_while_half_open() {
+    let config = Config { reclaim_idle_after: Duration::from_secs(5), ..Config::default() };
+    let mut server = Endpoint::new(config, 2, 0);
+    let mut client = Endpoint::new(Config::default(), 10, 0);
+    let t = Duration::ZERO;
+    client.open(t, addr(2), 1, vec![]).unwrap();
+    deliver(&mut server, 10, t, &drain(&mut client));
+    let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+    let sid = server.accept_open(t, &request, 7, vec![]).unwrap();
+    let _reply_not_yet_acked = drain(&mut server);
+    assert_eq!(
+        server.reclaim_idle(Duration::from_secs(1), &[sid], 1),
+        0,
+        "taken while its ACK is on the way"
+    );
+    assert_eq!(server.session_count(), 1);
+    assert_eq!(server.reclaim_idle(Duration::from_secs(6), &[sid], 1), 1, "an abandoned half-open one goes");
+}

@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long [`FarmClient::stop`] waits for the server to confirm the close.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// How a client portion reaches its application.
 #[derive(Clone, Debug)]
 pub struct FarmClientOptions {
@@ -121,6 +124,13 @@ impl FailoverCounts {
 impl Drop for FarmClient {
     fn drop(&mut self) {
         self.listener.abort();
+        // Dropped without `stop`: still tell the server, best effort, rather than leave the
+        // session to its idle time-out.
+        if let Ok(mut current) = self.current.try_lock()
+            && let Some(s) = current.take()
+        {
+            s.close();
+        }
     }
 }
 
@@ -271,11 +281,15 @@ impl FarmClient {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the session; notices that arrive later are no longer followed.
+    /// Closes the session and waits (at most [`CLOSE_WAIT`]) for the server to confirm it;
+    /// notices that arrive later are no longer followed.
     pub async fn stop(&self) {
         self.listener.abort();
-        if let Some(s) = self.current.lock().await.take() {
-            s.close();
+        let session = self.current.lock().await.take();
+        if let Some(s) = session {
+            // Returns once the server has let the session go, or after `CLOSE_WAIT`: a process
+            // that exits straight after `stop` (`dabs calc`) must not leave its seat taken.
+            s.close_confirmed(CLOSE_WAIT).await;
         }
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = ClientStatus::Stopped;
     }

@@ -44,6 +44,8 @@ pub(crate) const SESSIONS_RANGE: (u64, u64) = (1, 1_000_000);
 /// local socket, and MP numbers one peer's sessions 1..=255 (one kept spare for control).
 pub(crate) const PROGRAM_MAX_SESSIONS: u64 = 254;
 pub(crate) const SPAWN_COOLDOWN_RANGE_MS: (u64, u64) = (10, 600_000);
+/// `[balance] retire_idle_after_ms`: 0 (never) up to a day.
+pub const RETIRE_IDLE_RANGE_MS: (u64, u64) = (0, 86_400_000);
 pub(crate) const HEALTH_INTERVAL_RANGE_MS: (u64, u64) = (50, 60_000);
 pub(crate) const CHECK_TIMEOUT_RANGE_MS: (u64, u64) = (10, 60_000);
 pub(crate) const QUEUE_LIMIT_RANGE: (u64, u64) = (1, 1_000_000);
@@ -61,6 +63,7 @@ impl Default for BalanceConfig {
             local_headroom_cpu_percent: 85.0,
             max_local_portions: 0,
             spawn_cooldown: Duration::from_secs(2),
+            retire_idle_after: Duration::from_secs(60),
         }
     }
 }

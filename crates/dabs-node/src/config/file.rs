@@ -83,6 +83,7 @@ pub(crate) struct RawBalance {
     pub(crate) local_headroom_cpu_percent: Option<Spanned<f64>>,
     pub(crate) max_local_portions: Option<u32>,
     pub(crate) spawn_cooldown_ms: Option<Spanned<u64>>,
+    pub(crate) retire_idle_after_ms: Option<Spanned<u64>>,
 }
 
 /// `[health]`.

@@ -50,6 +50,11 @@ fn ranges() {
     );
     let e = err(&with("[balance]", "spawn_cooldown_ms = 5"), 12);
     assert!(matches!(&e, E::OutOfRange { value: 5, min: 10, max: 600_000, .. }), "{e:?}");
+    let e = err(&with("[balance]", "retire_idle_after_ms = 86400001"), 12);
+    assert!(
+        matches!(&e, E::OutOfRange { key, value: 86_400_001, min: 0, max: 86_400_000, .. } if key == "balance.retire_idle_after_ms"),
+        "{e:?}"
+    );
     let e = err(&with("[timeouts]", "db = 0"), 12);
     assert!(
         matches!(&e, E::MsOutOfRange { key, value: 0, min: 1, max: 600_000, .. } if key == "timeouts.db")

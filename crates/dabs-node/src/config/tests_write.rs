@@ -82,6 +82,7 @@ fn everything_set() -> NodeConfig {
             local_headroom_cpu_percent: 0.5,
             max_local_portions: u32::MAX,
             spawn_cooldown: ms(10),
+            retire_idle_after: ms(0),
         },
         health,
         failover: FailoverPolicy {

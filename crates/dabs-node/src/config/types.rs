@@ -97,6 +97,9 @@ pub struct BalanceConfig {
     pub max_local_portions: u32,
     /// At most one spawn per application per this interval.
     pub spawn_cooldown: Duration,
+    /// A portion without clients this long is retired (stopped, its record removed), down to
+    /// the application's minimum here; zero: never. The farm's run-time settings override it.
+    pub retire_idle_after: Duration,
 }
 
 /// The `[farm]` section.

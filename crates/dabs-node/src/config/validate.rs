@@ -12,7 +12,8 @@ use super::defaults::{
     ANNOUNCE_RANGE_MS, DEFAULT_ACCEPT_ENCRYPTION, DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_INTERFACE,
     DEFAULT_LEASE, DEFAULT_LOW_WATER, DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_MESSAGE_LATENCY,
     DEFAULT_MAX_PORTIONS, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY,
-    MAX_LEASE_MS, MAX_PORTIONS_RANGE, PROGRAM_MAX_SESSIONS, SCORE_RANGE, SESSIONS_RANGE,
+    MAX_LEASE_MS, MAX_PORTIONS_RANGE, PROGRAM_MAX_SESSIONS, RETIRE_IDLE_RANGE_MS, SCORE_RANGE,
+    SESSIONS_RANGE,
     SPAWN_COOLDOWN_RANGE_MS, TIMEOUT_RANGE_MS,
 };
 use super::error::{ConfigError, Location};
@@ -241,11 +242,18 @@ impl Cx<'_> {
             }
             None => d.spawn_cooldown,
         };
+        let retire = match &raw.retire_idle_after_ms {
+            Some(v) => {
+                Duration::from_millis(self.int_in(v, "balance.retire_idle_after_ms", RETIRE_IDLE_RANGE_MS)?)
+            }
+            None => d.retire_idle_after,
+        };
         Ok(BalanceConfig {
             prefer_local: raw.prefer_local.unwrap_or(d.prefer_local),
             local_headroom_cpu_percent: headroom,
             max_local_portions: raw.max_local_portions.unwrap_or(d.max_local_portions),
             spawn_cooldown: cooldown,
+            retire_idle_after: retire,
         })
     }
 

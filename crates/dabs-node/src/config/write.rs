@@ -100,6 +100,7 @@ fn balance(b: &BalanceConfig) -> RawBalance {
         local_headroom_cpu_percent: Some(unspanned(b.local_headroom_cpu_percent)),
         max_local_portions: Some(b.max_local_portions),
         spawn_cooldown_ms: Some(ms(b.spawn_cooldown)),
+        retire_idle_after_ms: Some(ms(b.retire_idle_after)),
     }
 }
 

@@ -175,6 +175,8 @@ impl Inner {
                 last_sample = Instant::now();
             }
             self.rebalance();
+            self.retire_idle();
+            self.reclaim_seats();
             self.announce(false);
             let gone = self.state().members.membership.expire(Instant::now());
             for node in gone {

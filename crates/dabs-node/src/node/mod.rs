@@ -22,6 +22,8 @@ mod commands;
 mod deciding;
 mod failover;
 mod portions;
+mod retire;
+mod seats;
 mod state;
 
 use state::State;
@@ -179,6 +181,11 @@ impl NodeHandle {
                 service_ms: p.figures.service_ms(),
             })
             .collect()
+    }
+
+    /// The node's event counters (spawns, moves, retirements, ...).
+    pub fn counters(&self) -> &NodeCounters {
+        &self.0.counters
     }
 
     /// Recent events, oldest first.

@@ -95,6 +95,10 @@ pub(super) struct Balancing {
     pub(super) starve_marks: HashMap<String, u64>,
     /// When each starving portion last gave clients away.
     pub(super) last_spread: HashMap<String, Instant>,
+    /// Since when each portion has been idle, for retirement.
+    pub(super) idle_since: super::retire::IdleSince,
+    /// When seats of vanished clients were last reclaimed.
+    pub(super) last_reclaim: Option<Instant>,
 }
 
 /// The failover process's memory: drain, health, deferred clients and their return.
@@ -155,6 +159,8 @@ impl State {
                 moved_out: Vec::new(),
                 starve_marks: HashMap::new(),
                 last_spread: HashMap::new(),
+                idle_since: Default::default(),
+                last_reclaim: None,
             },
             failover: FailoverState {
                 draining: false,

@@ -125,7 +125,12 @@ impl Endpoint {
         command: u16,
         payload: Vec<u8>,
     ) -> Result<CallId, CallError> {
-        let overhead = self.sessions.get(session).ok_or(CallError::UnknownSession)?.overhead();
+        let s = self.sessions.get(session).ok_or(CallError::UnknownSession)?;
+        // A session being closed takes no more requests.
+        if s.closing.is_some() {
+            return Err(CallError::SessionLost);
+        }
+        let overhead = s.overhead();
         self.check_size(payload.len(), overhead)?;
         let call = CallId(self.next_id());
         let s = self.sessions.get_mut(session).ok_or(CallError::UnknownSession)?;
@@ -335,9 +340,13 @@ impl Endpoint {
         if key_exchange {
             return self.key_exchange_done(now, sid);
         }
+        let closed = s.closing.is_some() && out.call == s.closing;
         if let Some(call) = out.call {
             self.io.stats.calls_answered += 1;
             self.io.events.push_back(Event::Reply { call, payload: message, latency });
+        }
+        if closed {
+            return self.finish_close(sid);
         }
         self.start_waiting(now, sid);
     }
@@ -347,7 +356,11 @@ impl Endpoint {
         if out.header.command == KEY_EXCHANGE && out.call.is_none() {
             return self.key_exchange_failed(now, sid, error);
         }
+        let closing = self.is_close_of(sid, out.call);
         self.io.fail(out.call, error);
+        if closing {
+            return self.finish_close(sid);
+        }
         self.start_waiting(now, sid);
     }
 

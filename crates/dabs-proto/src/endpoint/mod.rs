@@ -7,6 +7,7 @@
 
 mod budget;
 mod client;
+mod closing;
 mod io;
 mod keying;
 mod nak;

@@ -53,11 +53,21 @@ impl Endpoint {
             // since re-opening cannot cure corruption. So only NAK 4 rounds count: CRC NAKs
             // counted too, and two of them plus one NAK 4 re-opened a session on a noisy path
             // (failing its ACKed calls with `SessionLost`).
+            // A confirmed close the peer refuses is over (NAK 1: it has let the session go
+            // already); re-opening a session only to close it would leave one behind.
+            let closing = s.closing.is_some() && out.call == s.closing;
+            if closing && !retry {
+                if let Some(out) = s.out.remove(&h.transaction) {
+                    self.io.fail(out.call, CallError::Nak { code, text });
+                }
+                return self.finish_close(sid);
+            }
             if code == NakCode::Malformed {
                 out.naks += 1;
             }
-            let reopen = code == NakCode::UnknownSession
-                || (code == NakCode::Malformed && out.naks >= self.io.config.naks_before_reopen);
+            let reopen = !closing
+                && (code == NakCode::UnknownSession
+                    || (code == NakCode::Malformed && out.naks >= self.io.config.naks_before_reopen));
             if reopen {
                 return self.reopen(now, sid);
             }

@@ -118,6 +118,30 @@ impl Endpoint {
         }
     }
 
+    /// Closes up to `n` of `sessions` that are idle for `reclaim_idle_after` with nothing in
+    /// flight (server sessions only), longest idle first, as if they had expired; returns how
+    /// many. For the layers above that run out of room of their own (a farm node whose
+    /// portion's seats are nearly all taken). Unlike the relief under the endpoint's own
+    /// pressure, a session just accepted whose client has not ACKed yet is not taken: its
+    /// client is most likely alive, its ACK on the way.
+    pub fn reclaim_idle(&mut self, now: Time, sessions: &[SessionId], n: usize) -> usize {
+        let mut victims: Vec<(Time, SessionId)> = sessions
+            .iter()
+            .filter_map(|sid| self.sessions.get(*sid).map(|s| (sid, s)))
+            .filter(|(_, s)| {
+                s.reclaimable() && now.saturating_sub(s.last_active) >= self.io.config.reclaim_idle_after
+            })
+            .map(|(sid, s)| (s.last_active, *sid))
+            .collect();
+        victims.sort_unstable();
+        victims.dedup_by_key(|v| v.1);
+        let n = victims.len().min(n);
+        for (_, sid) in victims.into_iter().take(n) {
+            self.reclaim(sid);
+        }
+        n
+    }
+
     /// Closes a server session early to make room (as if it had expired).
     fn reclaim(&mut self, sid: SessionId) {
         if let Some(s) = self.sessions.remove(sid) {

@@ -42,6 +42,8 @@ pub(super) struct Session {
     pub(super) waiting: VecDeque<Pending>,
     pub(super) reopen_with: Option<(Addr, Vec<u8>)>,
     pub(super) reopening: bool,
+    /// The call of this session's confirmed close, once one is under way.
+    pub(super) closing: Option<super::CallId>,
     pub(super) crypto: Crypto,
     /// Client: the session (re-)opens encrypted.
     pub(super) wants_encryption: bool,
@@ -88,6 +90,7 @@ impl Session {
             waiting: VecDeque::new(),
             reopen_with: None,
             reopening: false,
+            closing: None,
             crypto: Crypto::Plain,
             wants_encryption: false,
             pending_open: None,
