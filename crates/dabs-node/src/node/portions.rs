@@ -136,7 +136,7 @@ impl Inner {
             reports: self.reports.clone(),
             figures,
             endpoint: self.endpoint.clone(),
-            latency: self.latency.clone(),
+            latency: Arc::new(self.latency.for_app(app)),
             timeouts: self.config.timeouts.clone(),
         });
         Ok((va, queue))
