@@ -239,6 +239,36 @@ impl NodeHandle {
     }
 }
 
+/// The kinds of lifecycle events, as their logs' `event` field names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// A member joined the farm.
+    Joined,
+    /// A member left, or lapsed.
+    Left,
+    /// Another member decides the group's opens.
+    DeciderChanged,
+    /// A portion started here.
+    Spawned,
+    /// A virtual address moved to another node.
+    Moved,
+    /// A portion here ended.
+    Retired,
+}
+
+impl Lifecycle {
+    fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Joined => "joined",
+            Lifecycle::Left => "left",
+            Lifecycle::DeciderChanged => "decider_changed",
+            Lifecycle::Spawned => "spawned",
+            Lifecycle::Moved => "moved",
+            Lifecycle::Retired => "retired",
+        }
+    }
+}
+
 /// A running node.
 pub struct Node {
     inner: Arc<Inner>,
@@ -400,6 +430,17 @@ impl Inner {
 
     fn note(&self, event: String) {
         tracing::info!(node = %self.me, "{event}");
+        self.record(event);
+    }
+
+    /// A step in the life of the farm or of a portion: logged at info with `event` naming
+    /// the kind, so a log can be filtered on it, and kept for the operator like any event.
+    fn lifecycle(&self, kind: Lifecycle, event: String) {
+        tracing::info!(node = %self.me, event = kind.name(), "{event}");
+        self.record(event);
+    }
+
+    fn record(&self, event: String) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push_back(EventRecord { at_ms: unix_ms(), text: event });
         while events.len() > EVENTS_KEPT {
