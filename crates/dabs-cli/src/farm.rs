@@ -272,8 +272,10 @@ fn spawn_node(name: &str, config: &Path) -> Result<FarmNode, String> {
         .arg("node")
         .arg("--config")
         .arg(config)
+        .args(crate::logging::child_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(crate::logging::child_stderr())
         .spawn()
         .map_err(|e| format!("cannot start {name}: {e}"))?;
     let stdout = child.stdout.take().expect("piped");
