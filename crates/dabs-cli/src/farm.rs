@@ -283,8 +283,9 @@ fn spawn_node(name: &str, config: &Path) -> Result<FarmNode, String> {
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     // Keep draining so the node never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    let ready = ReadyLine::parse(&first)
-        .map_err(|e| format!("{name} did not start ({e}); see its messages above"))?;
+    let ready = ReadyLine::parse(&first).map_err(|e| {
+        format!("{name} did not start ({e}); see its messages {}", crate::logging::where_logged())
+    })?;
     Ok(FarmNode { name: name.into(), mp: ready.mp, operator: ready.operator_url(), child })
 }
 

@@ -88,6 +88,14 @@ pub fn demo_log_path() -> PathBuf {
     std::env::temp_dir().join(format!("dabs-demo-{}.log", std::process::id()))
 }
 
+/// Where this process's log lines (and its nodes') can be read, for a message pointing there.
+pub fn where_logged() -> String {
+    match SETUP.get() {
+        Some((_, Some(path))) => format!("in {}", path.display()),
+        _ => "above".to_owned(),
+    }
+}
+
 /// Arguments that give a node process started here the same log format.
 pub fn child_args() -> Vec<&'static str> {
     match SETUP.get() {
