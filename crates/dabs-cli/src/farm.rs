@@ -345,8 +345,10 @@ fn spawn_node(name: &str, config: &Path) -> Result<FarmNode, String> {
         .arg("node")
         .arg("--config")
         .arg(config)
+        .args(crate::logging::child_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(crate::logging::child_stderr())
         .spawn()
         .map_err(|e| format!("cannot start {name}: {e}"))?;
     let stdout = child.stdout.take().expect("piped");
@@ -354,8 +356,9 @@ fn spawn_node(name: &str, config: &Path) -> Result<FarmNode, String> {
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     // Keep draining so the node never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    let ready = ReadyLine::parse(&first)
-        .map_err(|e| format!("{name} did not start ({e}); see its messages above"))?;
+    let ready = ReadyLine::parse(&first).map_err(|e| {
+        format!("{name} did not start ({e}); see its messages {}", crate::logging::where_logged())
+    })?;
     Ok(FarmNode { name: name.into(), mp: ready.mp, operator: ready.operator_url(), child })
 }
 

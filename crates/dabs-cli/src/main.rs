@@ -7,6 +7,7 @@ mod demo;
 mod drain;
 mod failover_demo;
 mod farm;
+mod logging;
 mod mp_tools;
 mod ramp;
 mod serve;
@@ -21,6 +22,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as one JSON object per line (what is logged: RUST_LOG, e.g.
+    /// `info` or `dabs_node=debug`; default warnings). Node processes started here follow it.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -214,13 +219,17 @@ fn env_token() -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DABS_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // A demo's output is its own progress and summary: the log of the demo and of its nodes
+    // goes to a file it names.
+    let log_file = matches!(cli.command, Command::Demo { .. }).then(logging::demo_log_path);
+    if let Err(e) = logging::init(cli.log_format, log_file.as_deref()) {
+        eprintln!("dabs: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &log_file {
+        println!("log (the farm's warnings and other messages) in {}", path.display());
+    }
     match cli.command {
         Command::Demo { which: Some(DemoCommand::Ramp { json, no_client_moves }), .. } => {
             ramp::run(json, !no_client_moves)

@@ -1,12 +1,28 @@
-//! Prometheus metrics, one registry per node, rendered in the text exposition format.
+//! Prometheus metrics, one registry per node, rendered in the OpenMetrics text format
+//! (served as `application/openmetrics-text`, the type that keeps counters' types).
 
+use dabs_wire::NakCode;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The version of dabs this node runs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The git commit this node was built from (`unknown` when built outside a git checkout).
+pub const GIT_COMMIT: &str = match option_env!("DABS_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// The node's own event counters.
 #[derive(Debug, Default)]
@@ -30,15 +46,34 @@ pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
-/// The node's request-latency histogram, as portions see it: something to report into.
-#[derive(Clone, Debug)]
-pub struct LatencyHistogram(pub Histogram);
+/// The label set of per-application metrics.
+type AppLabel = Vec<(&'static str, String)>;
 
-impl Default for LatencyHistogram {
+fn app_label(app: &str) -> AppLabel {
+    vec![("app", app.to_owned())]
+}
+
+/// Request latency per application: one long-lived histogram each, so its `_count` is the
+/// application's calls and never goes back when a portion ends.
+#[derive(Clone, Debug)]
+pub struct AppLatencies(Family<AppLabel, Histogram, fn() -> Histogram>);
+
+impl Default for AppLatencies {
     fn default() -> Self {
-        Self(latency_histogram())
+        Self(Family::new_with_constructor(latency_histogram))
     }
 }
+
+impl AppLatencies {
+    /// What a portion of `app` reports its requests' latency into.
+    pub fn for_app(&self, app: &str) -> LatencyHistogram {
+        LatencyHistogram(self.0.get_or_create(&app_label(app)).clone())
+    }
+}
+
+/// One application's request-latency histogram, as portions see it: something to report into.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(pub Histogram);
 
 impl dabs_farm_proto::portion::LatencyObserver for LatencyHistogram {
     fn observe(&self, seconds: f64) {
@@ -46,7 +81,17 @@ impl dabs_farm_proto::portion::LatencyObserver for LatencyHistogram {
     }
 }
 
+/// One application's figures on this node now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppGauges {
+    /// Its running portions.
+    pub portions: u64,
+    /// Client sessions open on them.
+    pub sessions: u64,
+}
+
 /// Figures a scrape reports besides the endpoint's counters.
+#[derive(Clone, Debug, Default)]
 pub struct Gauges {
     /// Open MP sessions.
     pub sessions: u64,
@@ -54,6 +99,18 @@ pub struct Gauges {
     pub portions: u64,
     /// Live farm members (including this node).
     pub members: u64,
+    /// Health score, 0..=100 (docs/failover.md).
+    pub health: u8,
+    /// This node's load score against the farm it sees (the placement's unit).
+    pub load: f64,
+    /// Whether it takes new clients.
+    pub accepting: bool,
+    /// Whether it is draining.
+    pub draining: bool,
+    /// Whether it decides the farm's group opens.
+    pub decider: bool,
+    /// Per application (every configured one, even without a portion here).
+    pub apps: BTreeMap<String, AppGauges>,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -62,10 +119,26 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     registry.register(name, help, c);
 }
 
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
 /// Renders the node's metrics. The registry is built per scrape from the live figures (the
-/// latency histogram is shared and long-lived), so counters can never drift from the truth.
-pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, latency: &Histogram) -> String {
+/// latency histograms are shared and long-lived), so counters can never drift from the truth.
+pub fn render(
+    mp: &dabs_proto::Stats,
+    gauges: &Gauges,
+    node: &NodeCounters,
+    latency: &AppLatencies,
+) -> String {
     let mut r = Registry::with_prefix("dabs");
+    r.register(
+        "build",
+        "The version and git commit this node runs",
+        Info::new(vec![("version", VERSION), ("commit", GIT_COMMIT)]),
+    );
     counter(&mut r, "mp_datagrams_received", "MP datagrams received", mp.datagrams_in);
     counter(&mut r, "mp_datagrams_sent", "MP datagrams sent", mp.datagrams_out);
     counter(&mut r, "mp_retransmits", "MP messages sent again (rounds of all their buffers)", mp.retransmits);
@@ -98,6 +171,12 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
         ("mp_naks_received", "NAKs received, by error number", &mp.naks_received),
     ] {
         let family = Family::<Vec<(String, String)>, Counter>::default();
+        // Every defined code is shown from the start, at zero: a rate over a series that
+        // appears only with its first NAK would miss that NAK.
+        for code in (1..).map_while(|n| (!matches!(NakCode::from_number(n), NakCode::Other(_))).then_some(n))
+        {
+            let _ = family.get_or_create(&vec![("code".to_owned(), code.to_string())]);
+        }
         for (code, n) in map {
             family.get_or_create(&vec![("code".to_owned(), code.to_string())]).inc_by(*n);
         }
@@ -108,10 +187,31 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
         ("portions", "Running server portions", gauges.portions),
         ("farm_members", "Live farm members seen by this node", gauges.members),
     ] {
-        let g: Gauge = Gauge::default();
-        g.set(value as i64);
-        r.register(name, help, g);
+        gauge(&mut r, name, help, value as i64);
     }
+    gauge(&mut r, "health_score", "Health score, 0 to 100 (docs/failover.md)", i64::from(gauges.health));
+    let load = Gauge::<f64, AtomicU64>::default();
+    load.set(gauges.load);
+    r.register(
+        "load_score",
+        "Load score against the farm this node sees, in clients of a median-speed portion",
+        load,
+    );
+    for (name, help, on) in [
+        ("accepting", "1 while the node takes new clients", gauges.accepting),
+        ("draining", "1 while the node is draining", gauges.draining),
+        ("decider", "1 while the node decides the farm's group opens", gauges.decider),
+    ] {
+        gauge(&mut r, name, help, i64::from(on));
+    }
+    let app_portions = Family::<AppLabel, Gauge>::default();
+    let app_sessions = Family::<AppLabel, Gauge>::default();
+    for (app, g) in &gauges.apps {
+        app_portions.get_or_create(&app_label(app)).set(g.portions as i64);
+        app_sessions.get_or_create(&app_label(app)).set(g.sessions as i64);
+    }
+    r.register("app_portions", "Running portions per application", app_portions);
+    r.register("app_sessions", "Client sessions open on each application's portions", app_sessions);
     counter(&mut r, "spawns", "Server portions started", node.spawns.load(Ordering::Relaxed));
     counter(&mut r, "moves", "Virtual addresses moved to another node", node.moves.load(Ordering::Relaxed));
     counter(
@@ -135,8 +235,8 @@ pub fn render(mp: &dabs_proto::Stats, gauges: &Gauges, node: &NodeCounters, late
     );
     r.register(
         "request_latency_seconds",
-        "One-way latency of requests delivered to portions",
-        latency.clone(),
+        "One-way latency of requests delivered to portions, per application (its count: the calls)",
+        latency.0.clone(),
     );
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");
@@ -158,19 +258,35 @@ mod tests {
             ..Default::default()
         };
         mp.naks_sent.insert(2, 3);
-        let h = latency_histogram();
-        h.observe(0.002);
+        let latencies = AppLatencies::default();
+        latencies.for_app("calc").0.observe(0.002);
         let counters = NodeCounters::default();
         counters.moves.store(9, Ordering::Relaxed);
         counters.failovers.store(10, Ordering::Relaxed);
         counters.client_alerts.store(11, Ordering::Relaxed);
         counters.portions_retired.store(12, Ordering::Relaxed);
         mp.sessions_reclaimed = 13;
-        let text = render(&mp, &Gauges { sessions: 4, portions: 1, members: 3 }, &counters, &h);
+        let gauges = Gauges {
+            sessions: 4,
+            portions: 1,
+            members: 3,
+            health: 87,
+            load: 2.5,
+            accepting: true,
+            decider: true,
+            apps: BTreeMap::from([
+                ("calc".to_owned(), AppGauges { portions: 1, sessions: 4 }),
+                ("idle".to_owned(), AppGauges::default()),
+            ]),
+            ..Default::default()
+        };
+        let text = render(&mp, &gauges, &counters, &latencies);
         for needle in [
             "dabs_mp_datagrams_received_total 7",
             "dabs_mp_retransmits_total 2",
             "dabs_mp_naks_sent_total{code=\"2\"} 3",
+            "dabs_mp_naks_sent_total{code=\"13\"} 0",
+            "dabs_mp_naks_received_total{code=\"1\"} 0",
             "dabs_mp_sessions_encrypted_total 5",
             "dabs_mp_auth_failures_total 6",
             "dabs_mp_replays_dropped_total 8",
@@ -183,7 +299,17 @@ mod tests {
             "dabs_client_alerts_total 11",
             "dabs_portions_retired_total 12",
             "dabs_mp_sessions_reclaimed_total 13",
-            "dabs_request_latency_seconds_count 1",
+            "dabs_request_latency_seconds_count{app=\"calc\"} 1",
+            "dabs_health_score 87",
+            "dabs_load_score 2.5",
+            "dabs_accepting 1",
+            "dabs_draining 0",
+            "dabs_decider 1",
+            "dabs_app_portions{app=\"calc\"} 1",
+            "dabs_app_sessions{app=\"calc\"} 4",
+            "dabs_app_portions{app=\"idle\"} 0",
+            "# TYPE dabs_build info",
+            &format!("dabs_build_info{{version=\"{VERSION}\",commit=\"{GIT_COMMIT}\"}} 1"),
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -11,7 +11,6 @@ use dabs_node::stats::{NodeStats, ServiceTimes, load_score};
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("page.html");
-const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `{"error": {"field", "message"}}` body every refusal carries.
 pub(crate) fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
@@ -121,7 +120,7 @@ pub(crate) async fn put_settings(_: Authorized, State(node): State<NodeHandle>, 
 }
 
 pub(crate) async fn metrics(State(node): State<NodeHandle>) -> Response {
-    ([(header::CONTENT_TYPE, METRICS_TYPE)], node.metrics().await).into_response()
+    ([(header::CONTENT_TYPE, dabs_node::metrics::CONTENT_TYPE)], node.metrics().await).into_response()
 }
 
 pub(crate) async fn openapi() -> axum::Json<Value> {

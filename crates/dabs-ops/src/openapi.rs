@@ -199,8 +199,8 @@ pub fn document() -> Value {
                 "operationId": "metrics",
                 "security": token_off_loopback(),
                 "responses": { "200": {
-                    "description": "Prometheus text exposition format 0.0.4",
-                    "content": { "text/plain; version=0.0.4; charset=utf-8": {
+                    "description": "OpenMetrics 1.0 text exposition",
+                    "content": { (dabs_node::metrics::CONTENT_TYPE): {
                         "schema": { "type": "string" } } }
                 } }
             } },

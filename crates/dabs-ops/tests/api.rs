@@ -202,12 +202,36 @@ async fn settings_change_at_run_time_and_bad_values_are_refused() {
     s.stop().await;
 }
 
+/// Issue 19: Prometheus reads /metrics with every family's type (parsed by the reference
+/// OpenMetrics parser in tests/interop/check_metrics.py), and the Grafana dashboard in docs/
+/// asks only for names the node exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_openmetrics_and_feed_the_dashboard() {
+    let s = Served::start().await;
+    let url = format!("http://{}/metrics", s.addr);
+    let dashboard = dabs_testkit::repo_root().join("docs/grafana-dashboard.json");
+    let out = tokio::task::spawn_blocking(move || {
+        dabs_testkit::run_python_check(
+            "check_metrics.py",
+            &["--url".as_ref(), url.as_ref(), "--dashboard".as_ref(), dashboard.as_os_str()],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("6 passed, 0 failed"), "{out}");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_page_and_api_document() {
     let s = Served::start().await;
     let m = s.get("/metrics").await;
     assert_eq!(m.status, 200);
-    assert!(m.headers.contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{}", m.headers);
+    assert!(
+        m.headers.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{}",
+        m.headers
+    );
     assert!(m.body.contains("dabs_mp_datagrams_received_total"), "{}", m.body);
 
     let page = s.get("/").await;

@@ -1,7 +1,7 @@
 //! Announcements: this node's statistics out to the farm, the members' in, and the run-time
 //! settings that follow the newest version heard.
 
-use super::Inner;
+use super::{Inner, Lifecycle};
 use crate::membership::Change;
 use crate::settings::{MAX_SETTINGS_VERSION, Settings};
 use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionStats, Sampler};
@@ -162,6 +162,25 @@ impl Inner {
         }
     }
 
+    /// Logs the decider when it is another member than last time (the oldest live one; a
+    /// member joining, leaving or lapsing can change it).
+    fn log_decider_change(&self) {
+        let change = {
+            let mut st = self.state();
+            let now = st.members.membership.leader().map(str::to_owned);
+            (now != st.members.decider)
+                .then(|| std::mem::replace(&mut st.members.decider, now.clone()))
+                .map(|was| (was, now))
+        };
+        if let Some((was, now)) = change {
+            let name = |d: Option<String>| d.unwrap_or_else(|| "none".into());
+            self.lifecycle(
+                Lifecycle::DeciderChanged,
+                format!("decider is {} (was {})", name(now), name(was)),
+            );
+        }
+    }
+
     pub(super) async fn announce_loop(self: Arc<Self>) {
         let mut sampler = Sampler::for_data_dir(&self.config.node.data_dir);
         let mut last_sample = Instant::now() - Duration::from_secs(10);
@@ -180,9 +199,13 @@ impl Inner {
             self.announce(false);
             let gone = self.state().members.membership.expire(Instant::now());
             for node in gone {
-                self.note(format!("member {node} lapsed (no announcement within the lease)"));
+                self.lifecycle(
+                    Lifecycle::Left,
+                    format!("member {node} lapsed (no announcement within the lease)"),
+                );
                 self.peers.lock().await.remove(&node);
             }
+            self.log_decider_change();
         }
     }
 
@@ -246,9 +269,11 @@ impl Inner {
                 change
             };
             match change {
-                Change::Joined => self.note(format!("member {node} joined at {}", stats.mp)),
+                Change::Joined => {
+                    self.lifecycle(Lifecycle::Joined, format!("member {node} joined at {}", stats.mp))
+                }
                 Change::Left => {
-                    self.note(format!("member {node} left"));
+                    self.lifecycle(Lifecycle::Left, format!("member {node} left"));
                     self.peers.lock().await.remove(&node);
                 }
                 _ => {}

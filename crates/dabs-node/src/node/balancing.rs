@@ -1,7 +1,7 @@
 //! The balancing process: admission (latency marks, starvation, health zones), spawning where a
 //! starved resource is least used, and moving the busiest portion off an overloaded server.
 
-use super::{Inner, state::State};
+use super::{Inner, Lifecycle, state::State};
 use crate::stats::NodeStats;
 use dabs_farm_proto::portion::RuntimeEvent;
 use dabs_farm_proto::shapes::cbor;
@@ -196,7 +196,7 @@ impl Inner {
                 st.balancing.moved_out.push((va.clone(), target.clone(), Instant::now()));
                 st.deciding.moved.insert(va.clone(), target.clone());
             }
-            this.note(format!("{va} now lives on {target}"));
+            this.lifecycle(Lifecycle::Moved, format!("{va} now lives on {target}"));
         });
     }
 
@@ -234,7 +234,7 @@ impl Inner {
             match self.start_portion(app, None, None, None) {
                 Ok((va, _)) => {
                     self.counters.spawns.fetch_add(1, Ordering::Relaxed);
-                    self.note(format!("spawned {va} here: {cause}"));
+                    self.lifecycle(Lifecycle::Spawned, format!("spawned {va} here: {cause}"));
                 }
                 Err(e) => tracing::warn!(%app, error = %e, "spawn failed"),
             }
@@ -259,7 +259,10 @@ impl Inner {
                 && let Ok((va, _)) = self.start_portion(app, None, None, None)
             {
                 self.counters.spawns.fetch_add(1, Ordering::Relaxed);
-                self.note(format!("spawned {va} here (no other server can take one): {cause}"));
+                self.lifecycle(
+                    Lifecycle::Spawned,
+                    format!("spawned {va} here (no other server can take one): {cause}"),
+                );
             } else {
                 self.note(format!("no server can take another portion of {app} ({cause})"));
             }

@@ -3,7 +3,7 @@
 //! acted on only when authenticated (`auth.rs`); `GET_STATISTICS` and a client's `RESOLVE_VA`
 //! stay open, `DRAIN` carries its own seal.
 
-use super::{DRAIN_NONCE, Inner};
+use super::{DRAIN_NONCE, Inner, Lifecycle};
 use crate::stats::NodeStats;
 use dabs_farm_proto::shapes::{Assign, OpenAsk, Resolved, cbor, from_cbor};
 use dabs_net::{Addr, IncomingRequest, OpenRequest, unix_ms};
@@ -97,7 +97,10 @@ impl Inner {
                     match self.start_portion(&app, va, None, None) {
                         Ok((va, _)) => {
                             self.counters.spawns.fetch_add(1, Ordering::Relaxed);
-                            self.note(format!("spawned {va} on request: {}", cause.unwrap_or_default()));
+                            self.lifecycle(
+                                Lifecycle::Spawned,
+                                format!("spawned {va} on request: {}", cause.unwrap_or_default()),
+                            );
                             answer(req, cbor(&BTreeMap::from([("va", va)])));
                         }
                         Err(e) => req.reject(NakCode::NotAccepting, e),

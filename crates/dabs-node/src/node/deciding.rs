@@ -1,7 +1,7 @@
 //! The decider: the oldest live member answers every group `OPEN_SESSION` by choosing a node
 //! with the load signal and having it answer (`ASSIGN`); node-to-node calls.
 
-use super::{Inner, RUNTIME_QUEUE};
+use super::{Inner, Lifecycle, RUNTIME_QUEUE};
 use crate::placement::{Choice, choose};
 use crate::stats::NodeStats;
 use dabs_farm_proto::shapes::{Assign, OpenAsk, cbor, negotiate_security};
@@ -155,7 +155,7 @@ impl Inner {
                 if let Some(node) = home {
                     if self.state().deciding.moved.insert(va.to_owned(), node.clone()).is_none() {
                         self.counters.moves.fetch_add(1, Ordering::Relaxed);
-                        self.note(format!("moving {va} (its node is gone) to {node}"));
+                        self.lifecycle(Lifecycle::Moved, format!("moving {va} (its node is gone) to {node}"));
                     }
                     choices.retain(|c| c.node() != node);
                     choices.insert(0, Choice::StartNew { node });

@@ -3,7 +3,7 @@
 
 use crate::config::NodeConfig;
 use crate::db::Db;
-use crate::metrics::{Gauges, LatencyHistogram, NodeCounters};
+use crate::metrics::{AppGauges, AppLatencies, Gauges, NodeCounters};
 use crate::settings::{Settings, SettingsError, SettingsPatch};
 use crate::stats::NodeStats;
 use dabs_farm_proto::portion::{PortionFactory, PortionReport, RuntimeEvent};
@@ -84,7 +84,8 @@ struct Inner {
     counters: NodeCounters,
     /// Keys, counters and replay state of the authenticated control plane.
     auth: auth::Auth,
-    latency: Arc<LatencyHistogram>,
+    /// Request latency per application, for the metrics.
+    latency: AppLatencies,
     operator: Mutex<Option<SocketAddr>>,
     /// A settings fetch is under way.
     fetching_settings: std::sync::atomic::AtomicBool,
@@ -212,20 +213,66 @@ impl NodeHandle {
         Ok(next)
     }
 
-    /// The node's metrics in the Prometheus text format.
+    /// The node's metrics in the OpenMetrics text format ([`crate::metrics::CONTENT_TYPE`]).
     pub async fn metrics(&self) -> String {
         let mp = self.0.endpoint.stats().await.unwrap_or_default();
-        let (members, portions) = {
+        let me = self.0.own_stats(false);
+        let decider = self.0.is_decider();
+        let (members, portions, apps) = {
             let st = self.0.state();
-            (st.members.membership.len() as u64, st.hosting.portions.len() as u64)
+            let members: Vec<NodeStats> = st.members.membership.live().cloned().collect();
+            let mut apps: std::collections::BTreeMap<String, AppGauges> =
+                self.0.config.apps.iter().map(|a| (a.name.clone(), AppGauges::default())).collect();
+            for p in st.hosting.portions.values() {
+                let a = apps.entry(p.app.clone()).or_default();
+                a.portions += 1;
+                a.sessions += p.figures.sessions.load(Ordering::Relaxed);
+            }
+            (members, st.hosting.portions.len() as u64, apps)
         };
-        let sessions = mp.sessions_open;
-        crate::metrics::render(
-            &mp,
-            &Gauges { sessions, portions, members },
-            &self.0.counters,
-            &self.0.latency.0,
-        )
+        let farm = crate::stats::ServiceTimes::of(&members);
+        let gauges = Gauges {
+            sessions: mp.sessions_open,
+            portions,
+            members: members.len() as u64,
+            health: me.health,
+            load: crate::stats::load_score(&me, &farm),
+            accepting: me.accepting,
+            draining: me.draining,
+            decider,
+            apps,
+        };
+        crate::metrics::render(&mp, &gauges, &self.0.counters, &self.0.latency)
+    }
+}
+
+/// The kinds of lifecycle events, as their logs' `event` field names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// A member joined the farm.
+    Joined,
+    /// A member left, or lapsed.
+    Left,
+    /// Another member decides the group's opens.
+    DeciderChanged,
+    /// A portion started here.
+    Spawned,
+    /// A virtual address moved to another node.
+    Moved,
+    /// A portion here ended.
+    Retired,
+}
+
+impl Lifecycle {
+    fn name(self) -> &'static str {
+        match self {
+            Lifecycle::Joined => "joined",
+            Lifecycle::Left => "left",
+            Lifecycle::DeciderChanged => "decider_changed",
+            Lifecycle::Spawned => "spawned",
+            Lifecycle::Moved => "moved",
+            Lifecycle::Retired => "retired",
+        }
     }
 }
 
@@ -288,7 +335,7 @@ impl Node {
             peers: tokio::sync::Mutex::new(HashMap::new()),
             reports,
             counters: NodeCounters::default(),
-            latency: Arc::new(LatencyHistogram::default()),
+            latency: AppLatencies::default(),
             operator: Mutex::new(None),
             fetching_settings: std::sync::atomic::AtomicBool::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -390,6 +437,17 @@ impl Inner {
 
     fn note(&self, event: String) {
         tracing::info!(node = %self.me, "{event}");
+        self.record(event);
+    }
+
+    /// A step in the life of the farm or of a portion: logged at info with `event` naming
+    /// the kind, so a log can be filtered on it, and kept for the operator like any event.
+    fn lifecycle(&self, kind: Lifecycle, event: String) {
+        tracing::info!(node = %self.me, event = kind.name(), "{event}");
+        self.record(event);
+    }
+
+    fn record(&self, event: String) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push_back(EventRecord { at_ms: unix_ms(), text: event });
         while events.len() > EVENTS_KEPT {

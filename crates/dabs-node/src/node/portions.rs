@@ -2,7 +2,7 @@
 //! what they report back (time-outs, alerts, exits) and sessions that end.
 
 use super::state::{FIRST_PORTION_QUEUE, Portion};
-use super::{Inner, failover::ClientEntry};
+use super::{Inner, Lifecycle, failover::ClientEntry};
 use crate::db::PortionRecord;
 use crate::stats::PortionFigures;
 use dabs_farm_proto::portion::{PortionContext, PortionReport, RuntimeEvent};
@@ -20,7 +20,10 @@ impl Inner {
             Ok(records) => {
                 for r in records {
                     match self.start_portion(&r.app, Some(r.va.clone()), Some(r.queue), Some(r.started_ms)) {
-                        Ok(_) => self.note(format!("restored portion {} on queue {}", r.va, r.queue)),
+                        Ok(_) => self.lifecycle(
+                            Lifecycle::Spawned,
+                            format!("restored portion {} on queue {}", r.va, r.queue),
+                        ),
                         Err(e) => tracing::error!(va = %r.va, error = %e, "cannot restore portion"),
                     }
                 }
@@ -35,7 +38,9 @@ impl Inner {
             let running = self.state().hosting.portions.values().any(|p| p.app == app.name);
             if app.start_at_init && allowed && !running && self.factory(&app.name).is_some() {
                 match self.start_portion(&app.name, None, None, None) {
-                    Ok((va, _)) => self.note(format!("started portion {va} at initialisation")),
+                    Ok((va, _)) => {
+                        self.lifecycle(Lifecycle::Spawned, format!("started portion {va} at initialisation"))
+                    }
                     Err(e) => tracing::error!(app = %app.name, error = %e, "cannot start portion"),
                 }
             }
@@ -136,7 +141,7 @@ impl Inner {
             reports: self.reports.clone(),
             figures,
             endpoint: self.endpoint.clone(),
-            latency: self.latency.clone(),
+            latency: Arc::new(self.latency.for_app(app)),
             timeouts: self.config.timeouts.clone(),
         });
         Ok((va, queue))
@@ -221,7 +226,7 @@ impl Inner {
                 if let Some(p) = self.state().hosting.portions.get(&started.0) {
                     p.figures.sessions.fetch_add(1, Ordering::Relaxed);
                 }
-                self.note(format!("started portion {} for a new client", started.0));
+                self.lifecycle(Lifecycle::Spawned, format!("started portion {} for a new client", started.0));
                 started
             }
         };
@@ -350,7 +355,7 @@ impl Inner {
                     self.note(format!("client alert at portion {va}: {what}"));
                 }
                 PortionReport::Exited => {
-                    self.note(format!("portion {va} exited"));
+                    self.lifecycle(Lifecycle::Retired, format!("portion {va} exited"));
                     let removed = self.state().hosting.portions.remove(&va);
                     if let Some(p) = removed {
                         self.endpoint.unregister_queue(p.queue);
