@@ -136,7 +136,7 @@ impl Inner {
             reports: self.reports.clone(),
             figures,
             endpoint: self.endpoint.clone(),
-            latency: self.latency.clone(),
+            latency: self.calls.clone(),
             timeouts: self.config.timeouts.clone(),
         });
         Ok((va, queue))

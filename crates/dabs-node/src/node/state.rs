@@ -33,6 +33,8 @@ pub(super) struct Members {
     pub(super) heard_at: Option<Instant>,
     /// Sequence number of this node's last announcement.
     pub(super) seq: u64,
+    /// The members' recent figures and the members that went down, for the operator.
+    pub(super) history: crate::history::History,
 }
 
 /// What this node remembers as the decider, and of clients placed on a decider's behalf.
@@ -134,7 +136,12 @@ impl State {
     /// A node's state at start: `next_portion` and `drain_nonce` come from its database.
     pub(super) fn new(config: &NodeConfig, next_portion: u64, drain_nonce: u64) -> Self {
         Self {
-            members: Members { membership: Membership::new(config.node.lease), heard_at: None, seq: 0 },
+            members: Members {
+                membership: Membership::new(config.node.lease),
+                heard_at: None,
+                seq: 0,
+                history: Default::default(),
+            },
             deciding: Deciding { pending: Default::default(), moved: HashMap::new(), accepted: 0 },
             hosting: Hosting {
                 portions: BTreeMap::new(),
