@@ -22,10 +22,6 @@
     return PALETTE[i % PALETTE.length];
   }
 
-  function fmt(digits) {
-    return (u, v) => (v == null ? "—" : Number(v).toFixed(digits));
-  }
-
   // The series of one chart: the farm's first, then each member's.
   function seriesOf(chart, names) {
     const series = [{}];
@@ -39,7 +35,6 @@
         show: !(p50 && member),
         spanGaps: true,
         points: { show: false },
-        value: fmt(chart.digits),
       });
     };
     for (const c of chart.cols) add("farm", FARM_COLOUR, 2.5, c, false);
@@ -76,7 +71,7 @@
         series: seriesOf(chart, names),
         scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
         axes: [{}, { size: 56, values: (u, vals) => vals.map((v) => +v.toFixed(chart.digits ? 2 : 0)) }],
-        legend: { live: true },
+        legend: { live: false },
         cursor: { drag: { x: false, y: false } },
       }, dataOf(chart, h, names), box);
       plots.set(chart.id, plot);
