@@ -54,6 +54,15 @@ impl Percentiles {
         (!self.0.is_empty()).then(|| self.0.value_at_quantile(q) as f64 / 1e3)
     }
 
+    /// The quantile `q` of `values_ms` (ms), 0 when there are none: a run's summary.
+    pub fn of_ms(values_ms: impl IntoIterator<Item = f64>, q: f64) -> f64 {
+        let mut p = Self::default();
+        for v in values_ms {
+            p.record_ms(v);
+        }
+        p.quantile_ms(q).unwrap_or(0.0)
+    }
+
     /// Forgets every latency.
     pub fn clear(&mut self) {
         self.0.reset();
@@ -142,6 +151,9 @@ mod tests {
         p.record_ms(1e12);
         assert_eq!(p.len(), 103);
         assert!(p.quantile_ms(1.0).unwrap() >= 3_600_000.0);
+        let values = (1..=1000).map(f64::from);
+        assert!((Percentiles::of_ms(values, 0.99) - 990.0).abs() < 1.0);
+        assert_eq!(Percentiles::of_ms([], 0.5), 0.0);
     }
 
     #[test]
