@@ -3,9 +3,13 @@
 //   node tests/browser/operator.mjs --farm-json DIR/farm.json [--screenshot PATH]
 //
 // Drives Debian's Chromium (/usr/bin/chromium, or $CHROMIUM) through playwright-core against a
-// running `dabs farm up --nodes 3` farm: the members table, a settings change made on one node
-// (the page asks for the operator token from farm.json: a wrong one first, which it must
-// refuse, then the right one) and seen on another, and a refused value. Prints one line per check and a closing
+// running `dabs farm up --nodes 3` farm (browser.rs keeps calls going to it): the members table
+// with its colours, the charts (uPlot series with data, drawn in the members' colours on their
+// canvases), a settings change made on one node (the page asks for the operator token from
+// farm.json: a wrong one first, which it must refuse, then the right one) seen on another and
+// described in the events, a refused value, then node-3 killed (SIGKILL): node-1's page shows
+// it as a red DOWN row saying its lease lapsed, screenshots the page, and removes the row with
+// its button. Prints one line per check and a closing
 // `browser: N passed, M failed`; exits 1 when any check failed. Every wait is bounded, and the
 // browser is always closed. Install: `apt-get install chromium` and `npm ci --prefix tests/browser`
 // (.ci/run does both).
@@ -20,6 +24,9 @@ const NODES = ['node-1', 'node-2', 'node-3'];
 const FARM_WAIT_MS = 20_000; // farm.json with every node's operator URL
 const PAGE_WAIT_MS = 10_000; // any one thing on a page
 const SPREAD_WAIT_MS = 10_000; // a settings change reaching another node
+const CHART_WAIT_MS = 20_000; // charts with a few seconds of calls in them
+const CHARTS = ['calls', 'latency', 'load', 'sessions', 'portions'];
+const MIN_POINTS = 3; // samples (one a second) the farm's series must have
 const BAD_LOW_WATER = 10_000_000;
 const CHROMIUM_ARGS = [
   '--headless',
@@ -158,6 +165,71 @@ async function run(context) {
     }),
   );
 
+  await check('node-1 members table colours zone, health and accepting', () =>
+    until(PAGE_WAIT_MS, 'no coloured zone/accepting/health cells', async () => {
+      const rows = await page1.locator('#members tbody tr[data-state="up"]').evaluateAll((rows) =>
+        rows.map((r) => ({
+          zone: r.querySelector('td.zone .pill')?.className,
+          accepting: r.querySelector('td.accepting .pill')?.className,
+          health: r.querySelector('td.health')?.className,
+          colour: r.querySelector('td.zone .pill') && getComputedStyle(r.querySelector('td.zone .pill')).color,
+        })),
+      );
+      const ok = rows.length === NODES.length && rows.every((r) =>
+        / (good|warn|bad)$/.test(r.zone ?? '') && / (good|warn|bad|drain)$/.test(r.accepting ?? '') &&
+        /health (good|warn|bad)/.test(r.health ?? '') && r.colour !== 'rgb(28, 32, 38)');
+      return { ok, value: `${rows[0]?.zone}, ${rows[0]?.accepting}, ${rows[0]?.colour}`, state: rows };
+    }),
+  );
+
+  await check(`node-1 draws ${CHARTS.length} charts with ${MIN_POINTS}+ seconds of every member and calls in them`, () =>
+    until(CHART_WAIT_MS, 'the charts have no data yet', async () => {
+      const s = await page1.evaluate(({ charts, nodes }) => {
+        const plots = window.dabsCharts?.plots;
+        if (!plots) return { error: 'no window.dabsCharts' };
+        const out = {};
+        for (const id of charts) {
+          const u = plots.get(id);
+          if (!u) return { error: `no ${id} chart` };
+          const labels = u.series.map((x) => x.label);
+          const points = (i) => (u.data[i] || []).filter((v) => v != null);
+          // Series 1 is the farm's; each member's comes after, in name order.
+          out[id] = {
+            farm: points(1).length,
+            max: Math.max(0, ...points(1)),
+            members: nodes.filter((n) => labels.some((l) => l && l.startsWith(n))).length,
+            canvas: !!u.root.querySelector('canvas'),
+          };
+        }
+        return out;
+      }, { charts: CHARTS, nodes: NODES });
+      const ok = !s.error && CHARTS.every((id) => s[id].canvas && s[id].farm >= MIN_POINTS && s[id].members === NODES.length) &&
+        s.calls.max > 0 && s.latency.max > 0 && s.portions.max >= 1;
+      return { ok, value: `calls max ${s.calls?.max?.toFixed?.(1)}/s, p99 max ${s.latency?.max?.toFixed?.(2)} ms, ${s.load?.farm} samples`, state: s };
+    }),
+  );
+
+  await check('node-1 charts are drawn: each canvas has pixels in the members\' colours', async () => {
+    const counts = await page1.evaluate(({ charts }) => {
+      const hex = (c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));
+      const colours = window.dabsCharts.palette.map(hex);
+      const out = {};
+      for (const id of charts) {
+        const canvas = window.dabsCharts.plots.get(id).root.querySelector('canvas');
+        const px = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let n = 0;
+        for (let i = 0; i < px.length; i += 4) {
+          if (px[i + 3] > 200 && colours.some((c) => Math.abs(c[0] - px[i]) < 24 && Math.abs(c[1] - px[i + 1]) < 24 && Math.abs(c[2] - px[i + 2]) < 24)) n++;
+        }
+        out[id] = n;
+      }
+      return out;
+    }, { charts: CHARTS });
+    const blank = CHARTS.filter((id) => counts[id] < 20);
+    if (blank.length) throw new Error(`no series drawn on ${blank.join(', ')}: ${JSON.stringify(counts)}`);
+    return JSON.stringify(counts);
+  });
+
   await check('node-1 applications table lists calc, running on the farm', () =>
     until(PAGE_WAIT_MS, 'no calc row in the applications table', async () => {
       const row = page1.locator('#applications tbody tr[data-app="calc"]');
@@ -175,13 +247,6 @@ async function run(context) {
       return { ok, value: `${counters} | retire after ${retire} ms`, state: { counters, retire } };
     }),
   );
-
-  if (opts.screenshot) {
-    await check('screenshot of node-1 page', async () => {
-      await page1.screenshot({ path: opts.screenshot, fullPage: true, timeout: PAGE_WAIT_MS });
-      return opts.screenshot;
-    });
-  }
 
   // A valid change on node-1.
   const { current, next } = await check('choose a new max_message_latency_ms', async () => {
@@ -245,6 +310,15 @@ async function run(context) {
     return `version ${s.version}`;
   });
 
+  await check('node-1 events say what the change changed, from what to what', () =>
+    until(PAGE_WAIT_MS, 'no event describing the change', async () => {
+      const want = `max_message_latency_ms ${current} → ${next}`;
+      const lines = await page1.locator('#events li').allTextContents();
+      const line = lines.find((l) => l.includes(want) && /settings v\d+ made here/.test(l));
+      return { ok: !!line, value: `"${line?.trim()}"`, state: lines.slice(0, 3) };
+    }),
+  );
+
   // It spreads: node-3's page shows it.
   const page3 = await check('node-3 page loads', async () => {
     const p = await openPage(context, n3, pageErrors);
@@ -293,6 +367,61 @@ async function run(context) {
     if (s.low_water_ms === BAD_LOW_WATER) throw new Error(`low_water_ms is ${s.low_water_ms}`);
     if (before2 && s.version !== before2.version) throw new Error(`version went ${before2.version} -> ${s.version}`);
     return `low_water_ms ${s.low_water_ms}, version ${s.version}`;
+  });
+
+  // node-3 is killed: it cannot say goodbye, so its lease lapses.
+  await check('kill node-3 (SIGKILL)', async () => {
+    if (!Number.isInteger(n3.pid)) throw new Error(`farm.json has no pid for node-3: ${JSON.stringify(n3)}`);
+    process.kill(n3.pid, 'SIGKILL');
+    return `pid ${n3.pid}`;
+  });
+
+  await check('node-1 shows node-3 as a red DOWN row: lease lapsed, since when', () =>
+    until(PAGE_WAIT_MS, 'no DOWN row for node-3', async () => {
+      const row = page1.locator('#members tbody tr[data-node="node-3"]');
+      if (!(await row.count())) return { state: 'no node-3 row' };
+      const r = await row.evaluate((tr) => ({
+        state: tr.dataset.state,
+        reason: tr.dataset.reason,
+        text: tr.innerText.replace(/\s+/g, ' ').trim(),
+        background: getComputedStyle(tr).backgroundColor,
+        button: !!tr.querySelector('button[data-remove="node-3"]'),
+      }));
+      const [red, green, blue] = (r.background.match(/\d+/g) || []).map(Number);
+      const ok = r.state === 'down' && r.reason === 'lease_lapsed' && /DOWN/.test(r.text) &&
+        /since \d\d:\d\d:\d\d/.test(r.text) && /lease lapsed/.test(r.text) && r.button && red > green && red > blue;
+      return { ok, value: `"${r.text}" on ${r.background}`, state: r };
+    }),
+  );
+
+  await check('node-1 still charts node-1 and node-2 after the kill', async () => {
+    // Members sample each second on their own clock: any of the last three seconds will do.
+    const live = await page1.evaluate(() => {
+      const u = window.dabsCharts.plots.get('load');
+      const recent = (col) => col.slice(-3).some((v) => v != null);
+      return u.series.slice(1).map((s, i) => [s.label, recent(u.data[i + 1])]).filter(([, r]) => r).map(([l]) => l);
+    });
+    if (!live.includes('node-1') || !live.includes('node-2')) throw new Error(`recent load samples from ${live.join(', ')}`);
+    return `recent load samples from ${live.join(', ')}`;
+  });
+
+  if (opts.screenshot) {
+    await check('screenshot of node-1 page with its charts and the DOWN row', async () => {
+      await page1.screenshot({ path: opts.screenshot, fullPage: true, timeout: PAGE_WAIT_MS });
+      return opts.screenshot;
+    });
+  }
+
+  await check('node-1 removes the DOWN row with its button (the token is kept from the save)', async () => {
+    await page1.locator('#members button[data-remove="node-3"]').click();
+    await until(PAGE_WAIT_MS, 'the node-3 row is still there', async () => {
+      const n = await page1.locator('#members tbody tr[data-node="node-3"]').count();
+      return { ok: n === 0, value: n, state: n };
+    });
+    const farm = await getJson(new URL('/api/farm', n1.operator));
+    if (farm.down.length) throw new Error(`/api/farm still lists down ${JSON.stringify(farm.down)}`);
+    if (await page1.locator('#token-form').isVisible()) throw new Error('the token form was shown again');
+    return 'gone from the page and /api/farm';
   });
 
   await check('no uncaught JavaScript errors on the pages', async () => {

@@ -7,8 +7,9 @@ use dabs_net::{Addr, DriverOptions};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+/// The quantile `p` of times in ms.
+fn pct(ms: &[f64], p: f64) -> f64 {
+    dabs_node::calls::Percentiles::of_ms(ms.iter().copied(), p)
 }
 
 /// Times `samples` opens through the group. With `hold`, every session stays open until the

@@ -8,6 +8,7 @@ use dabs_calc::{
 };
 use dabs_farm_proto::shapes::OpenAsk;
 use dabs_net::{Addr, DriverOptions};
+use dabs_node::calls::Percentiles;
 use dabs_node::stats::NodeStats;
 use dabs_wire::SystemCommand;
 use serde_json::json;
@@ -49,14 +50,6 @@ async fn expected(op: &str, operands: Operands) -> Result<Value, String> {
         .map(Value::Float),
     };
     r.map_err(|e| e.to_string())
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
 }
 
 /// Asks a node for its statistics and its view of the farm.
@@ -284,8 +277,8 @@ async fn drive(
         "lost": calls - answered - failed,
         "wrong": tally.wrong.load(Ordering::Relaxed),
         "local_calls": tally.local.load(Ordering::Relaxed),
-        "p50_ms": percentile(&lat, 0.50),
-        "p99_ms": percentile(&lat, 0.99),
+        "p50_ms": Percentiles::of_ms(lat.iter().map(|&us| us as f64 / 1e3), 0.50),
+        "p99_ms": Percentiles::of_ms(lat.iter().map(|&us| us as f64 / 1e3), 0.99),
         "reopened_clients": reopened,
         "va_kept": va_kept,
         "killed": killed,

@@ -27,11 +27,9 @@ const RETURN_INTERVAL_MS: u64 = 250;
 /// Each client calls this often.
 const CALL_EVERY: Duration = Duration::from_millis(400);
 
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+/// The quantile `p` of times in ms, rounded to whole ms.
+fn pct(ms: &[u64], p: f64) -> u64 {
+    dabs_node::calls::Percentiles::of_ms(ms.iter().map(|&v| v as f64), p).round() as u64
 }
 
 /// Runs the demo.

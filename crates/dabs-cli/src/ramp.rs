@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 const PHASES: [usize; 5] = [4, 12, 24, 40, 56];
 const PHASE_TIME: Duration = Duration::from_secs(5);
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+/// The quantile `p` of latencies in µs, ms.
+fn pct(latencies_us: &[u64], p: f64) -> f64 {
+    dabs_node::calls::Percentiles::of_ms(latencies_us.iter().map(|&us| us as f64 / 1e3), p)
 }
 
 /// Runs the ramp.

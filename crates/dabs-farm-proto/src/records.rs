@@ -213,9 +213,27 @@ pub struct NodeStats {
     /// not verify: someone may be forging the farm's messages).
     #[serde(rename = "ca", default, skip_serializing_if = "is_zero")]
     pub client_alerts: u64,
+    /// The calls its portions have taken and their latency: what the operator page charts.
+    /// `None` from nodes that predate it.
+    #[serde(rename = "cl", default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<CallFigures>,
     /// Its portions (at most [`MAX_ANNOUNCED_PORTIONS`]).
     #[serde(rename = "p")]
     pub portions: Vec<PortionStats>,
+}
+
+/// A node's calls: how many so far, and the latency of the recent ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallFigures {
+    /// Requests delivered to its portions since it started (a rate is two announcements apart).
+    #[serde(rename = "n")]
+    pub total: u64,
+    /// Median one-way request latency over about the last second, ms; `None` when none came.
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f32>,
+    /// 99th percentile of the same, ms.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f32>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -371,6 +389,7 @@ impl NodeStats {
             no_encryption: false,
             accepted: Some(40),
             client_alerts: 2,
+            calls: Some(CallFigures { total: 1_234_567_890, p50_ms: Some(1.5), p99_ms: Some(1234.5) }),
             starved: vec![],
             moved: vec![],
             portions: (0..MAX_ANNOUNCED_PORTIONS)

@@ -3,9 +3,11 @@
 //! applications (message shapes, seals, the portion interface, statistics records) is in
 //! `dabs-farm-proto`.
 
+pub mod calls;
 pub mod config;
 pub mod db;
 pub mod health;
+pub mod history;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -58,8 +58,8 @@ impl Membership {
         }
     }
 
-    /// Drops members whose lease ran out; returns their names.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    /// Drops members whose lease ran out; returns them as last heard.
+    pub fn expire(&mut self, now: Instant) -> Vec<Member> {
         let lease = self.lease;
         let gone: Vec<String> = self
             .members
@@ -67,10 +67,7 @@ impl Membership {
             .filter(|(_, m)| now.saturating_duration_since(m.last_seen) > lease)
             .map(|(n, _)| n.clone())
             .collect();
-        for n in &gone {
-            self.members.remove(n);
-        }
-        gone
+        gone.iter().filter_map(|n| self.members.remove(n)).collect()
     }
 
     /// The leader: the member that started first (ties to the name), the earliest ballot.
@@ -135,7 +132,9 @@ mod tests {
         a.seq += 1;
         assert_eq!(m.observe(a.clone(), t0 + Duration::from_secs(1)), Change::Updated);
         // b stops renewing: gone after its lease; a renewed and stays.
-        assert_eq!(m.expire(t0 + Duration::from_millis(1600)), vec!["b".to_string()]);
+        let gone: Vec<String> =
+            m.expire(t0 + Duration::from_millis(1600)).into_iter().map(|m| m.stats.node).collect();
+        assert_eq!(gone, vec!["b".to_string()]);
         assert_eq!(m.leader(), Some("a"));
         a.leaving = true;
         assert_eq!(m.observe(a, t0), Change::Left);

@@ -134,6 +134,9 @@ fn refuse(field: impl Into<String>, message: impl Into<String>) -> SettingsError
     SettingsError { field: field.into(), message: message.into() }
 }
 
+/// How one field of an application's record is shown in a change event.
+type ShowApp = fn(&AppSettings) -> String;
+
 impl Settings {
     /// The settings a configuration file starts with (version 0).
     pub fn from_config(config: &NodeConfig) -> Self {
@@ -298,6 +301,49 @@ impl Settings {
         Ok(())
     }
 
+    /// What differs from `before`, one `field old → new` each (fields named as in a change:
+    /// `failover_threshold`, `apps.calc.max_cpu_percent`), for the events.
+    pub fn changes_from(&self, before: &Settings) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: String, old: String, new: String| {
+            if old != new {
+                out.push(format!("{name} {old} → {new}"));
+            }
+        };
+        for (name, old, new) in [
+            ("max_message_latency_ms", before.max_message_latency_ms, self.max_message_latency_ms),
+            ("low_water_ms", before.low_water_ms, self.low_water_ms),
+            ("failover_threshold", before.failover_threshold.into(), self.failover_threshold.into()),
+            ("connection_threshold", before.connection_threshold.into(), self.connection_threshold.into()),
+            ("return_threshold", before.return_threshold.into(), self.return_threshold.into()),
+        ] {
+            field(name.to_owned(), old.to_string(), new.to_string());
+        }
+        let apps: std::collections::BTreeSet<&String> = before.apps.keys().chain(self.apps.keys()).collect();
+        let shown = |a: Option<&AppSettings>, f: fn(&AppSettings) -> String| a.map_or("none".to_owned(), f);
+        for app in apps {
+            let (old, new) = (before.apps.get(app), self.apps.get(app));
+            let parts: [(&str, ShowApp); 4] = [
+                ("subgroup", |a| format!("[{}]", a.subgroup.join(", "))),
+                ("max_sessions_per_portion", |a| a.max_sessions_per_portion.to_string()),
+                ("min_free_memory_mb", |a| a.min_free_memory_mb.to_string()),
+                ("max_cpu_percent", |a| a.max_cpu_percent.to_string()),
+            ];
+            for (key, show) in parts {
+                field(format!("apps.{app}.{key}"), shown(old, show), shown(new, show));
+            }
+        }
+        out
+    }
+
+    /// The event line of these settings replacing `before`: its version, where it was made
+    /// and what changed (`settings v2 from node-1: failover_threshold 10 → 20`).
+    pub fn change_event(&self, before: &Settings, how: &str) -> String {
+        let changes = self.changes_from(before);
+        let what = if changes.is_empty() { "nothing changed".to_owned() } else { changes.join(", ") };
+        format!("settings v{} {how}: {what}", self.version)
+    }
+
     /// The thresholds of clients without a configured class.
     pub fn thresholds(&self) -> Thresholds {
         Thresholds {
@@ -362,6 +408,35 @@ mod tests {
         old.as_object_mut().unwrap().remove("retire_idle_after_ms");
         let read: Settings = serde_json::from_value(old).unwrap();
         assert_eq!(read.retire_idle_after_ms, 60_000);
+    }
+
+    #[test]
+    fn a_change_says_which_fields_went_from_what_to_what() {
+        let s = base();
+        let patch = SettingsPatch {
+            failover_threshold: Some(u64::from(s.failover_threshold) + 5),
+            apps: BTreeMap::from([(
+                "calc".into(),
+                AppPatch {
+                    max_cpu_percent: Some(80.5),
+                    subgroup: Some(vec!["a".into(), "b".into()]),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let next = s.apply(&patch, "node-2").unwrap();
+        let old = &s.apps["calc"];
+        assert_eq!(
+            next.changes_from(&s),
+            vec![
+                format!("failover_threshold {} → {}", s.failover_threshold, s.failover_threshold + 5),
+                format!("apps.calc.subgroup [{}] → [a, b]", old.subgroup.join(", ")),
+                format!("apps.calc.max_cpu_percent {} → 80.5", old.max_cpu_percent),
+            ]
+        );
+        assert!(next.change_event(&s, "made here").starts_with("settings v1 made here: failover_threshold "));
+        assert_eq!(s.change_event(&s, "from x"), "settings v0 from x: nothing changed");
     }
 
     #[test]

@@ -41,6 +41,18 @@ pub enum Zone {
     Defer,
 }
 
+impl Zone {
+    /// Its name in the operator's API and page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Zone::Open => "open",
+            Zone::NoNewClients => "no_new_clients",
+            Zone::ServeOnce => "serve_once",
+            Zone::Defer => "defer",
+        }
+    }
+}
+
 impl Thresholds {
     /// The zone at `health`.
     pub fn zone(&self, health: u8) -> Zone {

@@ -8,6 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use dabs_node::NodeHandle;
 use dabs_node::settings::{SettingsError, SettingsPatch};
 use dabs_node::stats::{NodeStats, ServiceTimes, load_score};
+use dabs_node::zones::Thresholds;
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("page.html");
@@ -19,8 +20,13 @@ pub(crate) fn error(status: StatusCode, field: &str, message: impl Into<String>)
 
 /// A node's statistics with readable names: the announcement's short wire keys are for the
 /// datagram, not for people or API clients. Its load is read against `farm`, the service
-/// times of the members it is shown with.
-pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>, farm: &ServiceTimes) -> Value {
+/// times of the members it is shown with, and its zone against the farm's `thresholds`.
+pub(crate) fn node_view(
+    s: &NodeStats,
+    leader: Option<&str>,
+    farm: &ServiceTimes,
+    thresholds: &Thresholds,
+) -> Value {
     // An interface bound to every address is reached at the node's own MP address.
     let operator = s.operator.map(|mut a| {
         if a.ip().is_unspecified() {
@@ -46,6 +52,7 @@ pub(crate) fn node_view(s: &NodeStats, leader: Option<&str>, farm: &ServiceTimes
         "leaving": s.leaving,
         "draining": s.draining,
         "health": s.health,
+        "zone": thresholds.zone(s.health).as_str(),
         "client_alerts": s.client_alerts,
         "settings_version": s.settings_version,
         "accepted": s.accepted,
@@ -75,7 +82,7 @@ pub(crate) async fn node(State(node): State<NodeHandle>) -> axum::Json<Value> {
     let c = node.counters();
     let count = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     axum::Json(json!({
-        "node": node_view(&me, leader.as_deref(), &farm),
+        "node": node_view(&me, leader.as_deref(), &farm, &node.settings().thresholds()),
         "portions": node.portions(),
         "counters": {
             "spawns": count(&c.spawns),
@@ -96,10 +103,12 @@ pub(crate) async fn farm(State(node): State<NodeHandle>) -> axum::Json<Value> {
     }
     members.sort_by(|a, b| a.node.cmp(&b.node));
     let farm = ServiceTimes::of(&members);
+    let thresholds = node.settings().thresholds();
     axum::Json(json!({
         "farm": node.farm(),
         "leader": leader,
-        "members": members.iter().map(|m| node_view(m, leader.as_deref(), &farm)).collect::<Vec<_>>(),
+        "members": members.iter().map(|m| node_view(m, leader.as_deref(), &farm, &thresholds)).collect::<Vec<_>>(),
+        "down": node.down_members(),
     }))
 }
 

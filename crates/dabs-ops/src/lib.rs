@@ -8,6 +8,7 @@
 
 mod api;
 mod auth;
+mod charts;
 mod openapi;
 mod trace;
 
@@ -18,7 +19,7 @@ pub use trace::{TapRecord, TraceFilter, get_json, trace_client, trace_line};
 use axum::Router;
 use axum::extract::FromRef;
 use axum::middleware::from_fn_with_state;
-use axum::routing::get;
+use axum::routing::{delete, get};
 use dabs_node::NodeHandle;
 use std::net::SocketAddr;
 
@@ -28,16 +29,20 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/node"),
     ("get", "/api/farm"),
     ("get", "/api/events"),
+    ("get", "/api/history"),
+    ("delete", "/api/members/{name}"),
     ("get", "/api/settings"),
     ("put", "/api/settings"),
     ("get", "/api/trace"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/assets/{file}"),
 ];
 
 /// The routes that need the operator token whatever the address (the read-only views need it
 /// only where [`Access::reads_open`] is false), as (method, path).
-pub const PROTECTED: &[(&str, &str)] = &[("put", "/api/settings"), ("get", "/api/trace")];
+pub const PROTECTED: &[(&str, &str)] =
+    &[("put", "/api/settings"), ("get", "/api/trace"), ("delete", "/api/members/{name}")];
 
 /// The routes' state: the node, and who may use it.
 #[derive(Clone)]
@@ -60,20 +65,23 @@ impl FromRef<Ops> for Access {
 
 /// The operator interface's routes over `node`, guarded by `access` (what [`serve`] runs;
 /// tests drive it directly). The changes and the trace take [`Authorized`]; the read-only
-/// views sit behind the reads guard; the page and the OpenAPI document are always open (they
-/// hold nothing of the node's, and the page is where an operator enters the token).
+/// views sit behind the reads guard; the page, its assets and the OpenAPI document are always
+/// open (they hold nothing of the node's, and the page is where an operator enters the token).
 pub fn router(node: NodeHandle, access: Access) -> Router {
     let state = Ops { node, access: access.clone() };
     Router::new()
         .route("/api/node", get(api::node))
         .route("/api/farm", get(api::farm))
         .route("/api/events", get(api::events))
+        .route("/api/history", get(charts::history))
+        .route("/api/members/{name}", delete(charts::remove_member))
         .route("/api/settings", get(api::settings).put(api::put_settings))
         .route("/api/trace", get(trace::handler))
         .route("/metrics", get(api::metrics))
         .route_layer(from_fn_with_state(access, auth::guard_reads))
         .route("/", get(api::page))
         .route("/openapi.json", get(api::openapi))
+        .route("/assets/{file}", get(charts::asset))
         .fallback(api::not_found)
         .with_state(state)
 }

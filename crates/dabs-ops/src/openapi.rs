@@ -72,6 +72,97 @@ fn refused_403() -> Value {
 
 /// The OpenAPI 3.0 document served at `/openapi.json`.
 pub fn document() -> Value {
+    let mut doc = base();
+    add_history(&mut doc);
+    doc
+}
+
+/// The page's history and down members, and its static files.
+fn add_history(doc: &mut Value) {
+    let paths = &mut doc["paths"];
+    paths["/api/history"] = json!({ "get": {
+        "summary": "The charts' data: each member's figures, one sample a second over the last 10 minutes, and the farm's",
+        "operationId": "getHistory",
+        "security": token_off_loopback(),
+        "responses": { "200": json_body("Columns aligned on t", schema("History")) }
+    } });
+    paths["/api/members/{name}"] = json!({ "delete": {
+        "summary": "Removes a member that is down (and its history) from this node's views",
+        "operationId": "removeMember",
+        "security": token_required(),
+        "parameters": [{ "name": "name", "in": "path", "required": true,
+            "description": "The member's name", "schema": { "type": "string" } }],
+        "responses": {
+            "200": json_body("Removed", json!({ "type": "object",
+                "properties": { "removed": string("The member's name") } })),
+            "404": error_response("No member of that name is down (field \"name\")"),
+            "409": error_response("It is a live member: only down ones are removed (field \"name\")"),
+            "401": refused_401(),
+            "403": refused_403(),
+        }
+    } });
+    paths["/assets/{file}"] = json!({ "get": {
+        "summary": "The page's static files: its chart code and the uPlot charting library (MIT, uplot.LICENSE)",
+        "operationId": "asset",
+        "parameters": [{ "name": "file", "in": "path", "required": true,
+            "schema": { "type": "string", "enum": crate::charts::asset_names().collect::<Vec<_>>() } }],
+        "responses": {
+            "200": { "description": "The file (JavaScript, CSS or text)",
+                "content": { "*/*": { "schema": { "type": "string" } } } },
+            "404": error_response("No such file (field \"file\")"),
+        }
+    } });
+    let farm = &mut paths["/api/farm"]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    farm["properties"]["down"] = json!({ "type": "array", "items": schema("DownMember"),
+        "description": "Members that went down, kept until an operator removes them" });
+    if let Some(required) = farm["required"].as_array_mut() {
+        required.push(json!("down"));
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["NodeView"]["properties"]["zone"] = json!({ "type": "string",
+        "enum": ["open", "no_new_clients", "serve_once", "defer"],
+        "description": "Its failover zone: its health read against the farm's thresholds (docs/failover.md)" });
+    let column = |d: &str| json!({ "type": "array", "items": { "type": "number", "nullable": true }, "description": d });
+    schemas["Columns"] = json!({
+        "type": "object",
+        "description": "One value per second of t; null where there is no sample",
+        "properties": {
+            "calls_per_s": column("Calls its portions took per second"),
+            "p50_ms": column("Median call latency over the second, ms (null: no call)"),
+            "p99_ms": column("99th percentile call latency over the second, ms"),
+            "load": column("Placement load score"),
+            "sessions": column("Client sessions on its announced portions"),
+            "portions": column("Portions it announced"),
+        }
+    });
+    schemas["History"] = json!({
+        "type": "object",
+        "required": ["t", "nodes", "farm"],
+        "properties": {
+            "t": { "type": "array", "items": { "type": "integer" }, "description": "Seconds, Unix time, oldest first" },
+            "nodes": { "type": "object", "additionalProperties": schema("Columns"), "description": "Each member's columns, by name" },
+            "farm": { "allOf": [schema("Columns")], "description": "The farm: calls, sessions and portions summed, load the mean, latencies the worst member's (each member's last sample up to 3 s old)" },
+            "interval_s": integer("Seconds between samples"),
+            "window_s": integer("Samples kept per member"),
+        }
+    });
+    schemas["DownMember"] = json!({
+        "type": "object",
+        "properties": {
+            "name": string("Node name"),
+            "mp": string("Its MP address"),
+            "operator": nullable_string("Its operator interface, IP:PORT"),
+            "started_ms": integer("When it started, Unix ms"),
+            "down_ms": integer("When this node saw it go, Unix ms"),
+            "last_seen_ms": integer("When it was last heard, Unix ms"),
+            "reason": { "type": "string", "enum": ["lease_lapsed", "left"],
+                "description": "lease_lapsed: no announcement within the lease (killed, crashed or cut off); left: it announced it was stopping" },
+            "why": string("The reason in words"),
+        }
+    });
+}
+
+fn base() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {

@@ -198,7 +198,10 @@ async fn settings_change_at_run_time_and_bad_values_are_refused() {
     assert_eq!(node["settings"]["version"], 2);
     assert_eq!(node["node"]["settings_version"], 2);
     let events = s.get_json("/api/events").await;
-    assert!(events.to_string().contains("settings changed here (version 2)"), "{events}");
+    // The event says what changed, from what to what.
+    let text = events.to_string();
+    assert!(text.contains("settings v2 made here: apps.calc.subgroup [] → [node-1]"), "{events}");
+    assert!(text.contains("apps.calc.max_cpu_percent 100 → 80"), "{events}");
     s.stop().await;
 }
 
@@ -251,6 +254,25 @@ async fn metrics_page_and_api_document() {
         assert!(page.body.contains(&format!("id=\"{id}\"")), "no #{id}");
     }
     assert!(!page.body.contains("src=\"http") && !page.body.contains("href=\"http"), "no external assets");
+    // The charting library and the page's chart code come from the node itself, with its licence.
+    for (file, kind, needle) in [
+        ("uplot.min.js", "text/javascript", "uPlot"),
+        ("uplot.min.css", "text/css", ".uplot"),
+        ("charts.js", "text/javascript", "dabsCharts"),
+        ("uplot.LICENSE", "text/plain", "MIT License"),
+    ] {
+        assert!(
+            page.body.contains(&format!("/assets/{file}")) || file.ends_with("LICENSE"),
+            "{file} not loaded"
+        );
+        let r = s.get(&format!("/assets/{file}")).await;
+        assert_eq!(r.status, 200, "{file}");
+        assert!(r.headers.contains(&format!("content-type: {kind}")), "{file}: {}", r.headers);
+        assert!(r.body.contains(needle), "{file} lacks {needle}");
+    }
+    let missing = s.get("/assets/nope.js").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("uplot.min.js"), "{}", missing.body);
 
     let doc = s.get_json("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
@@ -258,7 +280,8 @@ async fn metrics_page_and_api_document() {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in /openapi.json");
         // Every documented route is served (the trace streams, so only its head is read).
         if *method == "get" && *path != "/api/trace" {
-            assert_eq!(s.get(path).await.status, 200, "GET {path}");
+            let path = path.replace("{file}", "uplot.min.js");
+            assert_eq!(s.get(&path).await.status, 200, "GET {path}");
         }
     }
     for schema in ["NodeView", "Portion", "Event", "Settings", "SettingsPatch", "Error"] {

@@ -256,6 +256,7 @@ fn blank_stats(i: usize) -> NodeStats {
         no_encryption: false,
         accepted: None,
         client_alerts: 0,
+        calls: None,
         portions: vec![PortionStats {
             app: APP.into(),
             va: format!("mp://bench/{APP}/dasp/{}-0", node_name(i)),

@@ -2,6 +2,7 @@
 //! settings that follow the newest version heard.
 
 use super::{Inner, Lifecycle};
+use crate::history::DownReason;
 use crate::membership::Change;
 use crate::settings::{MAX_SETTINGS_VERSION, Settings};
 use crate::stats::{MAX_ANNOUNCED_PORTIONS, NodeStats, PortionStats, Sampler};
@@ -51,18 +52,13 @@ impl Inner {
             self.note_limited(format!("settings version {} from {from} refused: {e}", s.version));
             return;
         }
-        let adopted = {
+        let before = {
             let mut current = self.settings_guard();
-            if s.newer_than(&current) {
-                *current = s.clone();
-                true
-            } else {
-                false
-            }
+            s.newer_than(&current).then(|| std::mem::replace(&mut *current, s.clone()))
         };
-        if adopted {
+        if let Some(before) = before {
             self.store_settings(&s);
-            self.note(format!("settings version {} from {} adopted", s.version, s.changed_by));
+            self.note(s.change_event(&before, &format!("from {}", s.changed_by)));
         }
     }
 
@@ -116,6 +112,7 @@ impl Inner {
             no_encryption: !self.config.node.accept_encryption,
             accepted: Some(st.deciding.accepted),
             client_alerts: self.counters.client_alerts.load(Ordering::Relaxed),
+            calls: Some(self.calls.figures()),
             moved: {
                 let now = Instant::now();
                 st.balancing
@@ -158,7 +155,8 @@ impl Inner {
         if !leaving {
             let mut st = self.state();
             st.deciding.pending.observe(&stats);
-            st.members.membership.observe(stats, Instant::now());
+            st.members.membership.observe(stats.clone(), Instant::now());
+            Self::chart(&mut st, &stats);
         }
     }
 
@@ -181,6 +179,16 @@ impl Inner {
         }
     }
 
+    /// Adds a member's announcement to the operator's history, its load read against the
+    /// members as they are now.
+    fn chart(st: &mut super::State, stats: &NodeStats) {
+        let members = &mut st.members;
+        let membership = &members.membership;
+        members.history.record(stats, dabs_net::unix_ms(), || {
+            crate::stats::load_score(stats, &crate::stats::ServiceTimes::of(membership.live()))
+        });
+    }
+
     pub(super) async fn announce_loop(self: Arc<Self>) {
         let mut sampler = Sampler::for_data_dir(&self.config.node.data_dir);
         let mut last_sample = Instant::now() - Duration::from_secs(10);
@@ -197,11 +205,21 @@ impl Inner {
             self.retire_idle();
             self.reclaim_seats();
             self.announce(false);
-            let gone = self.state().members.membership.expire(Instant::now());
-            for node in gone {
+            let gone = {
+                let mut st = self.state();
+                let (now, now_ms) = (Instant::now(), dabs_net::unix_ms());
+                let gone = st.members.membership.expire(now);
+                for m in &gone {
+                    let ago = now.saturating_duration_since(m.last_seen).as_millis() as u64;
+                    st.members.history.went_down(&m.stats, DownReason::LeaseLapsed, now_ms, now_ms - ago);
+                }
+                gone
+            };
+            for m in gone {
+                let node = m.stats.node;
                 self.lifecycle(
                     Lifecycle::Left,
-                    format!("member {node} lapsed (no announcement within the lease)"),
+                    format!("member {node} down: {}", DownReason::LeaseLapsed.describe()),
                 );
                 self.peers.lock().await.remove(&node);
             }
@@ -262,8 +280,15 @@ impl Inner {
                 let change = st.members.membership.observe(stats.clone(), Instant::now());
                 match change {
                     // Its figures now include the clients it says it accepted.
-                    Change::Updated | Change::Joined => st.deciding.pending.observe(&stats),
-                    Change::Left => st.deciding.pending.forget(&node),
+                    Change::Updated | Change::Joined => {
+                        st.deciding.pending.observe(&stats);
+                        Self::chart(&mut st, &stats);
+                    }
+                    Change::Left => {
+                        st.deciding.pending.forget(&node);
+                        let now_ms = dabs_net::unix_ms();
+                        st.members.history.went_down(&stats, DownReason::Left, now_ms, now_ms);
+                    }
                     Change::Stale => {}
                 }
                 change
@@ -273,7 +298,10 @@ impl Inner {
                     self.lifecycle(Lifecycle::Joined, format!("member {node} joined at {}", stats.mp))
                 }
                 Change::Left => {
-                    self.lifecycle(Lifecycle::Left, format!("member {node} left"));
+                    self.lifecycle(
+                        Lifecycle::Left,
+                        format!("member {node} down: {}", DownReason::Left.describe()),
+                    );
                     self.peers.lock().await.remove(&node);
                 }
                 _ => {}

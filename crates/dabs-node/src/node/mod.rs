@@ -86,6 +86,8 @@ struct Inner {
     auth: auth::Auth,
     /// Request latency per application, for the metrics.
     latency: AppLatencies,
+    /// The node's announced call figures, fed by every portion.
+    calls: Arc<crate::calls::CallLatency>,
     operator: Mutex<Option<SocketAddr>>,
     /// A settings fetch is under way.
     fetching_settings: std::sync::atomic::AtomicBool,
@@ -189,6 +191,30 @@ impl NodeHandle {
         &self.0.counters
     }
 
+    /// The charts' data: each member's figures over the last minutes, and the farm's.
+    pub fn charts(&self) -> crate::history::Charts {
+        self.0.state().members.history.charts()
+    }
+
+    /// Members that went down and that no operator has removed yet.
+    pub fn down_members(&self) -> Vec<crate::history::DownMember> {
+        self.0.state().members.history.down()
+    }
+
+    /// Removes down member `name` (and its history) from this node's views.
+    pub fn remove_down(&self, name: &str) -> Result<(), crate::history::RemoveError> {
+        let mut st = self.0.state();
+        if st.members.membership.get(name).is_some() {
+            return Err(crate::history::RemoveError::Live(name.to_owned()));
+        }
+        if !st.members.history.remove_down(name) {
+            return Err(crate::history::RemoveError::NotDown(name.to_owned()));
+        }
+        drop(st);
+        self.0.note(format!("member {name} removed from the down list by the operator"));
+        Ok(())
+    }
+
     /// Recent events, oldest first.
     pub fn events(&self) -> Vec<EventRecord> {
         self.0.events.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
@@ -202,14 +228,13 @@ impl NodeHandle {
     /// Changes the run-time settings here; the farm picks the change up from this node's
     /// next announcement.
     pub fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, SettingsError> {
-        let next = {
+        let (next, before) = {
             let mut current = self.0.settings_guard();
             let next = current.apply(patch, &self.0.me)?;
-            *current = next.clone();
-            next
+            (next.clone(), std::mem::replace(&mut *current, next))
         };
         self.0.store_settings(&next);
-        self.0.note(format!("settings changed here (version {})", next.version));
+        self.0.note(next.change_event(&before, "made here"));
         Ok(next)
     }
 
@@ -336,6 +361,7 @@ impl Node {
             reports,
             counters: NodeCounters::default(),
             latency: AppLatencies::default(),
+            calls: Arc::default(),
             operator: Mutex::new(None),
             fetching_settings: std::sync::atomic::AtomicBool::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),

@@ -141,7 +141,10 @@ impl Inner {
             reports: self.reports.clone(),
             figures,
             endpoint: self.endpoint.clone(),
-            latency: Arc::new(self.latency.for_app(app)),
+            latency: Arc::new(crate::calls::PortionLatency {
+                app: self.latency.for_app(app),
+                calls: self.calls.clone(),
+            }),
             timeouts: self.config.timeouts.clone(),
         });
         Ok((va, queue))

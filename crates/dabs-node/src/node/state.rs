@@ -35,6 +35,8 @@ pub(super) struct Members {
     pub(super) seq: u64,
     /// The decider as last logged, to log each change once.
     pub(super) decider: Option<String>,
+    /// The members' recent figures and the members that went down, for the operator.
+    pub(super) history: crate::history::History,
 }
 
 /// What this node remembers as the decider, and of clients placed on a decider's behalf.
@@ -145,6 +147,7 @@ impl State {
                 heard_at: None,
                 seq: 0,
                 decider: None,
+                history: Default::default(),
             },
             deciding: Deciding { pending: Default::default(), moved: HashMap::new(), accepted: 0 },
             hosting: Hosting {
