@@ -58,7 +58,9 @@ fn the_unit_and_the_container_run_the_same_command() {
     let entry: Vec<String> = serde_json::from_str(entry).expect("ENTRYPOINT in exec (JSON) form");
     assert_eq!(entry, argv);
     assert!(container.lines().any(|l| l == format!("COPY deploy/node.toml {CONFIG}")), "{container}");
-    assert!(container.lines().any(|l| l == format!("COPY --from=build /src/target/release/dabs {INSTALLED}")));
+    assert!(
+        container.lines().any(|l| l == format!("COPY --from=build /src/target/release/dabs {INSTALLED}"))
+    );
 }
 
 #[test]
@@ -67,8 +69,10 @@ fn the_units_command_line_starts_a_node_from_the_sample_config() {
     let config = sample_config_in(&dir);
     let argv = exec_start(&deploy_file("dabs-node.service"));
     // The unit's own words, with only the installed paths swapped for the test's.
-    let args: Vec<String> =
-        argv[1..].iter().map(|a| if a == CONFIG { config.display().to_string() } else { a.clone() }).collect();
+    let args: Vec<String> = argv[1..]
+        .iter()
+        .map(|a| if a == CONFIG { config.display().to_string() } else { a.clone() })
+        .collect();
     assert_eq!(argv[0], INSTALLED);
     let mut child = Command::new(DABS)
         .args(&args)
