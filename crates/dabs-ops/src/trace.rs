@@ -175,6 +175,29 @@ fn filter_from_query(node: &NodeHandle, q: &BTreeMap<String, String>) -> Result<
     Ok(f)
 }
 
+/// Live trace of the datagrams this node's endpoint sends and receives.
+///
+/// Newline-delimited JSON, one TraceLine per datagram (or a TraceLag when the reader fell
+/// behind), until the client disconnects.
+#[utoipa::path(get, path = "/api/trace", operation_id = "trace", tag = "trace", security(("bearer" = [])),
+    params(
+        ("session" = Option<u8>, Query, maximum = 255, description = "Only this session byte"),
+        ("command" = Option<String>, Query, description = "Only this command: a number 0..65535, or a \
+            system command name in any case (echo, OPEN_SESSION); an unknown name is refused (400) with \
+            the list of names"),
+        ("va" = Option<String>, Query, description = "Only this node's portion with this virtual address: \
+            datagrams arriving for its queue here and datagrams it sends (ACKs, NAKs and REPLYs included); \
+            404 if no portion here has it"),
+    ),
+    responses(
+        (status = 200, description = "A stream of lines", content_type = "application/x-ndjson",
+            body = crate::openapi::TraceItem),
+        (status = 400, description = "A parameter is malformed (a session that is not a number, an \
+            unknown command name)", body = crate::openapi::Error),
+        (status = 404, description = "No portion with that virtual address on this node",
+            body = crate::openapi::Error),
+        crate::openapi::Refusals,
+    ))]
 pub(crate) async fn handler(
     _: Authorized,
     State(node): State<NodeHandle>,
