@@ -1,7 +1,7 @@
 //! Addresses on the command line: `IP:PORT` or `HOST:PORT` (`localhost:47101`), resolved once
 //! when the command starts.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 /// Reads `HOST:PORT` or `IP:PORT` (`[::1]:PORT` for IPv6). A name is resolved with the system's
 /// resolver; of its addresses the first IPv4 one is taken, since farms and their multicast
@@ -30,6 +30,18 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("host {host:?} resolves to no address"))
 }
 
+/// Reads an IPv4 interface address, or a host name whose first IPv4 address is one.
+pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        return Ok(ip);
+    }
+    match parse_socket_addr(&format!("{text}:0"))? {
+        SocketAddr::V4(a) => Ok(*a.ip()),
+        SocketAddr::V6(a) => Err(format!("{text:?} resolves to {}, not an IPv4 address", a.ip())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +54,9 @@ mod tests {
         assert!(parse_socket_addr("localhost").unwrap_err().contains("HOST:PORT"));
         assert!(parse_socket_addr(":9").unwrap_err().contains("no host"));
         assert!(parse_socket_addr("localhost:99999").unwrap_err().contains("not a port"));
+        assert_eq!(parse_ipv4("localhost"), Ok(Ipv4Addr::LOCALHOST));
+        assert_eq!(parse_ipv4("10.1.2.3"), Ok(Ipv4Addr::new(10, 1, 2, 3)));
+        assert!(parse_ipv4("::1").unwrap_err().contains("not an IPv4 address"));
         let e = parse_socket_addr("no-such-host.invalid:9").unwrap_err();
         assert!(e.contains("cannot resolve host \"no-such-host.invalid\""), "{e}");
     }

@@ -57,8 +57,8 @@ enum Command {
         /// The farm's group address, IP:PORT (or HOST:PORT).
         #[arg(long, value_parser = addr::parse_socket_addr)]
         farm: std::net::SocketAddr,
-        /// The interface the farm's multicast runs on.
-        #[arg(long, default_value = "127.0.0.1")]
+        /// The interface the farm's multicast runs on (its IPv4 address or a host name).
+        #[arg(long, default_value = "127.0.0.1", value_parser = addr::parse_ipv4)]
         interface: std::net::Ipv4Addr,
         /// How long to listen, ms (a member announces every 250 ms by default).
         #[arg(long, default_value_t = 1200)]

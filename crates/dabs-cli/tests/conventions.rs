@@ -63,7 +63,7 @@ fn status_prints_json_with_the_tables_columns() {
 
 #[test]
 fn host_names_are_resolved_and_bad_ones_refused() {
-    let (node, dir, _) = start_node("hostname");
+    let (node, dir, group) = start_node("hostname");
     // One node's MP address given by name: the calculator reaches the farm through it.
     let farm = format!("localhost:{}", node.mp.port());
     let out = dabs(&["calc", "--farm", &farm, "6", "x", "7"]);
@@ -74,6 +74,8 @@ fn host_names_are_resolved_and_bad_ones_refused() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("cannot resolve host \"no-such-host.invalid\""), "{err}");
+    let out = dabs(&["status", "--farm", &group.to_string(), "--interface", "localhost", "--json"]);
+    assert!(out.status.success(), "--interface by name: {}", text(&out.stderr));
     let out = dabs(&["status", "--farm", "localhost"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("is not HOST:PORT"), "{}", text(&out.stderr));
@@ -111,7 +113,9 @@ fn a_closed_pipe_ends_trace_and_completions_quietly() {
     assert!(first.contains("ANNOUNCE") || first.contains(" -> ") || first.contains(" <- "), "{first}");
     assert!(status.success(), "dabs trace | head -1: {status}, stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let (first, status, stderr) = first_line_then_close(&["trace", "--node", node.url(), "--json"]);
+    // The node's URL by host name, without the scheme.
+    let by_name = node.url().replace("http://127.0.0.1", "localhost");
+    let (first, status, stderr) = first_line_then_close(&["trace", "--node", &by_name, "--json"]);
     assert!(serde_json::from_str::<Value>(&first).is_ok(), "{first}");
     assert!(status.success() && stderr.is_empty(), "{status}: {stderr}");
     // A command that writes everything at once: bash's script is far more than a pipe holds.
