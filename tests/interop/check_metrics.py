@@ -34,7 +34,8 @@ COUNTERS = [
     "mp_datagrams_received", "mp_datagrams_sent", "mp_retransmits", "mp_decode_errors",
     "mp_duplicates", "mp_requests_delivered", "mp_calls_failed", "mp_clock_skew",
     "mp_sessions_encrypted", "mp_auth_failures", "mp_replays_dropped", "mp_naks_sent",
-    "mp_naks_received", "spawns", "moves", "failovers", "auth_failures", "client_alerts",
+    "mp_naks_received", "mp_sessions_reclaimed", "spawns", "moves", "failovers",
+    "portions_retired", "auth_failures", "client_alerts",
 ]
 GAUGES = [
     "sessions", "portions", "farm_members", "health_score", "load_score", "accepting",

@@ -44,15 +44,22 @@ async fn measure(farm: &LocalFarm, samples: usize, hold: bool) -> Result<Vec<f64
     Ok(ms)
 }
 
-/// Runs both cases and prints a Markdown table.
-pub fn open_latency(samples: usize) -> ExitCode {
+/// Runs both cases and prints a Markdown table, or with `as_json` one JSON array of the cases.
+pub fn open_latency(samples: usize, as_json: bool) -> ExitCode {
     let cases = [
         ("portion already running", "start_at_init = true\n", false),
         ("portion to be started", "start_at_init = false\nmax_sessions_per_portion = 1\n", true),
     ];
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    println!("| case | samples | p50 ms | p99 ms | max ms |");
-    println!("|---|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    if !as_json {
+        // The table's rows are printed as each case ends: the header first.
+        let header =
+            crate::out::line("| case | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");
+        if header.is_err() {
+            return crate::out::finish("dabs bench open", header);
+        }
+    }
     for (label, app, hold) in cases {
         let dir = std::env::temp_dir().join(format!("dabs-bench-open-{}", std::process::id()));
         let mut farm = match LocalFarm::start_with(3, &dir, None, app) {
@@ -69,18 +76,26 @@ pub fn open_latency(samples: usize) -> ExitCode {
         farm.stop();
         let _ = std::fs::remove_dir_all(&dir);
         match result {
-            Ok(ms) => println!(
-                "| {label} | {} | {:.3} | {:.3} | {:.3} |",
-                ms.len(),
-                pct(&ms, 0.5),
-                pct(&ms, 0.99),
-                ms.last().copied().unwrap_or(0.0)
-            ),
+            Ok(ms) => {
+                let (p50, p99, max) = (pct(&ms, 0.5), pct(&ms, 0.99), ms.last().copied().unwrap_or(0.0));
+                rows.push(serde_json::json!({
+                    "case": label, "samples": ms.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+                }));
+                if !as_json {
+                    let row = format!("| {label} | {} | {p50:.3} | {p99:.3} | {max:.3} |", ms.len());
+                    if let Err(e) = crate::out::line(row) {
+                        return crate::out::finish("dabs bench open", Err(e));
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("dabs bench open: {label}: {e}");
                 return ExitCode::FAILURE;
             }
         }
+    }
+    if as_json {
+        return crate::out::finish("dabs bench open", crate::out::line(serde_json::Value::from(rows)));
     }
     ExitCode::SUCCESS
 }

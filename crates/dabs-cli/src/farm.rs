@@ -395,6 +395,14 @@ pub fn farm_up(
     let secret = secret.unwrap_or_else(generate_secret);
     let secret = Some(secret);
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("dabs-farm-{}", std::process::id())));
+    // Held until this process and every node it starts have exited.
+    let _lock = match lock_dir(&dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("dabs farm up: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let app = format!("start_at_init = true\n{}", apps.iter().map(AppArg::record).collect::<String>());
     let mut farm =
         match LocalFarm::start_guarded(nodes, &dir, secret.as_deref(), token.as_deref(), |_| app.clone()) {
@@ -423,8 +431,95 @@ pub fn farm_up(
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(crate::serve::wait_for_stop());
+    let all_died = rt.block_on(watch_nodes(&mut farm));
     farm.stop();
     println!("farm stopped");
-    ExitCode::SUCCESS
+    if all_died { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// The file in a farm's directory that `dabs farm up` keeps locked while the farm runs.
+pub const LOCK_FILE: &str = "farm.lock";
+
+/// Takes `DIR/farm.lock` with flock(2) (std's `File::try_lock`), or says who holds it. A lock
+/// rather than a pid file: the kernel drops it when its holders exit, however they exit, so a
+/// crash leaves no stale claim and no pid can be mistaken for a reused one. The descriptor is
+/// left open across exec, so the node processes hold the lock too: a directory whose nodes
+/// outlived a killed `farm up` is still in use.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(format!(
+                "{} is in use by a running farm (`dabs farm up` pid {}, or the nodes it started, \
+                 hold {LOCK_FILE}); stop that farm or give another --dir",
+                dir.display(),
+                holder.trim()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // SAFETY: fcntl(2) on a descriptor this function owns; it only clears FD_CLOEXEC.
+    let inherited = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0) };
+    if inherited != 0 {
+        tracing::warn!(path = %path.display(), "the nodes do not share the farm's lock");
+    }
+    Ok(file)
+}
+
+/// Waits for Ctrl-C or SIGTERM, and says on stderr when a node process exits (which node, its
+/// pid and exit status) while the farm runs. Returns true when every node has died (and stops
+/// waiting then: there is no farm left).
+async fn watch_nodes(farm: &mut LocalFarm) -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stop = crate::serve::wait_for_stop();
+    tokio::pin!(stop);
+    // SIGCHLD says some child changed state; which one, `try_wait` tells.
+    let mut children = match signal(SignalKind::child()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("dabs farm up: cannot watch the nodes ({e}); a node that dies will not be reported");
+            None
+        }
+    };
+    let mut reported = vec![false; farm.nodes.len()];
+    loop {
+        // Checked first too: a node may have died before SIGCHLD was being watched.
+        for (node, reported) in farm.nodes.iter_mut().zip(&mut reported) {
+            if *reported {
+                continue;
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                *reported = true;
+                eprintln!(
+                    "dabs farm up: {} (pid {}, mp {}) exited: {status}",
+                    node.name,
+                    node.child.id(),
+                    node.mp
+                );
+            }
+        }
+        if reported.iter().all(|r| *r) {
+            eprintln!("dabs farm up: every node has exited; stopping");
+            return true;
+        }
+        tokio::select! {
+            _ = &mut stop => return false,
+            Some(()) = async { match children.as_mut() { Some(c) => c.recv().await, None => None } } => {}
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! `dabs`: the command-line entry point.
 
+mod addr;
 mod bench;
 mod calc;
 mod codec_demo;
@@ -9,16 +10,21 @@ mod failover_demo;
 mod farm;
 mod logging;
 mod mp_tools;
+mod out;
 mod ramp;
 mod serve;
 mod status;
 mod trace;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "dabs", version, about = "dabs — distributed application balancing system")]
+#[command(
+    name = "dabs",
+    version,
+    about = "Distributed application balancing system: farms, nodes and their tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,15 +59,18 @@ enum Command {
     },
     /// The farm as a table, from the members' announcements on the group.
     Status {
-        /// The farm's group address, IP:PORT.
-        #[arg(long)]
+        /// The farm's group address, IP:PORT (or HOST:PORT).
+        #[arg(long, value_parser = addr::parse_socket_addr)]
         farm: std::net::SocketAddr,
-        /// The interface the farm's multicast runs on.
-        #[arg(long, default_value = "127.0.0.1")]
+        /// The interface the farm's multicast runs on (its IPv4 address or a host name).
+        #[arg(long, default_value = "127.0.0.1", value_parser = addr::parse_ipv4)]
         interface: std::net::Ipv4Addr,
         /// How long to listen, ms (a member announces every 250 ms by default).
         #[arg(long, default_value_t = 1200)]
         listen_ms: u64,
+        /// Print one JSON object (farm, group, members) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Trace a node's MP traffic, decoded, from inside its endpoint.
     Trace {
@@ -86,7 +95,8 @@ enum Command {
     },
     /// Drain a node: no new clients, its clients told (authenticated) to move. `--undo` reverses.
     Drain {
-        /// The node's MP address, IP:PORT.
+        /// The node's MP address, IP:PORT (or HOST:PORT).
+        #[arg(value_parser = addr::parse_socket_addr)]
         node: std::net::SocketAddr,
         /// The farm's shared secret, hex.
         #[arg(long)]
@@ -107,8 +117,8 @@ enum Command {
     },
     /// The calculator client: `dabs calc --farm GROUP:PORT 7 / 2`.
     Calc {
-        /// The farm's group address (or one node's MP address).
-        #[arg(long)]
+        /// The farm's group address (or one node's MP address), IP:PORT or HOST:PORT.
+        #[arg(long, value_parser = addr::parse_socket_addr)]
         farm: std::net::SocketAddr,
         /// Run integer operations here (a fat client) instead of on the server.
         #[arg(long)]
@@ -134,6 +144,17 @@ enum Command {
     Mp {
         #[command(subcommand)]
         command: MpCommand,
+    },
+    /// Print a shell completion script: `dabs completions bash > /etc/bash_completion.d/dabs`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page dabs(1) (roff), or with `--dir` write it and one per subcommand.
+    Man {
+        /// Write dabs.1, dabs-status.1, … into this directory instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -166,6 +187,9 @@ enum BenchCommand {
         /// Opens measured per case.
         #[arg(long, default_value_t = 300)]
         samples: usize,
+        /// Print one JSON array of the cases instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -204,8 +228,8 @@ enum MpCommand {
     Encode,
     /// Run a standalone endpoint: opens sessions for any application, answers ECHO.
     Serve {
-        /// Address to bind, IP:PORT (port 0 picks a free one).
-        #[arg(long, default_value = "127.0.0.1:0")]
+        /// Address to bind, IP:PORT or HOST:PORT (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0", value_parser = addr::parse_socket_addr)]
         bind: std::net::SocketAddr,
         /// Originate messages without the CRC byte.
         #[arg(long)]
@@ -219,6 +243,7 @@ fn env_token() -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    out::quiet_on_closed_pipe();
     let cli = Cli::parse();
     // A demo's output is its own progress and summary: the log of the demo and of its nodes
     // goes to a file it names.
@@ -239,12 +264,14 @@ fn main() -> ExitCode {
         }
         Command::Demo { which: None, json, clients, seconds } => demo::run(json, clients, seconds),
         Command::Node { config } => farm::run_node(&config),
-        Command::Status { farm, interface, listen_ms } => status::run(farm, interface, listen_ms),
+        Command::Status { farm, interface, listen_ms, json } => status::run(farm, interface, listen_ms, json),
         Command::Drain { node, secret, undo } => drain::run(node, &secret, undo),
         Command::Trace { node, session, va, command, json, token } => {
             trace::run(&node, session, va.as_deref(), command, json, token.or_else(env_token).as_deref())
         }
-        Command::Bench { command: BenchCommand::Open { samples } } => bench::open_latency(samples),
+        Command::Bench { command: BenchCommand::Open { samples, json } } => {
+            bench::open_latency(samples, json)
+        }
         Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token, apps } } => {
             farm::farm_up(nodes, dir, secret, token.or_else(env_token), &apps)
         }
@@ -255,6 +282,25 @@ fn main() -> ExitCode {
         Command::Mp { command: MpCommand::Decode } => mp_tools::decode_stdin(),
         Command::Mp { command: MpCommand::Encode } => mp_tools::encode_stdin(),
         Command::Mp { command: MpCommand::Serve { bind, no_crc } } => serve::run(bind, no_crc),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dabs", &mut script);
+            out::finish("dabs completions", std::io::Write::write_all(&mut std::io::stdout().lock(), &script))
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            let rendered = clap_mangen::Man::new(Cli::command()).render(&mut page);
+            let written =
+                rendered.and_then(|()| std::io::Write::write_all(&mut std::io::stdout().lock(), &page));
+            out::finish("dabs man", written)
+        }
+        Command::Man { dir: Some(dir) } => match clap_mangen::generate_to(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dabs man: cannot write the pages into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -25,11 +25,14 @@ pub fn decode_stdin() -> ExitCode {
                 json!({ "error": msg })
             }
         };
-        if writeln!(out, "{value}").is_err() {
-            return ExitCode::FAILURE;
+        if let Err(e) = writeln!(out, "{value}") {
+            return crate::out::finish("dabs mp decode", Err(e));
         }
     }
-    if out.flush().is_err() || !all_ok { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if let Err(e) = out.flush() {
+        return crate::out::finish("dabs mp decode", Err(e));
+    }
+    if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn decode_line(line: &str) -> Result<Value, String> {
@@ -79,8 +82,8 @@ pub fn encode_stdin() -> ExitCode {
         }
         match encode_line(&line, &mut buf) {
             Ok(len) => {
-                if writeln!(out, "{}", hex::encode(&buf[..len])).is_err() {
-                    return ExitCode::FAILURE;
+                if let Err(e) = writeln!(out, "{}", hex::encode(&buf[..len])) {
+                    return crate::out::finish("dabs mp encode", Err(e));
                 }
             }
             Err(msg) => {
@@ -90,7 +93,7 @@ pub fn encode_stdin() -> ExitCode {
             }
         }
     }
-    if out.flush().is_err() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    crate::out::finish("dabs mp encode", out.flush())
 }
 
 const FIELDS: [&str; 16] = [

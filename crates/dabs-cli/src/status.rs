@@ -2,6 +2,7 @@
 
 use dabs_node::stats::{NodeStats, ServiceTimes, load_score};
 use dabs_wire::{SystemCommand, decode};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
@@ -33,9 +34,38 @@ pub async fn collect(
     Ok(latest.into_values().collect())
 }
 
+/// The decider among `members`: the earliest started (by name on a tie), as the farm picks it.
+fn leader(members: &[NodeStats]) -> Option<String> {
+    members.iter().min_by_key(|m| (m.started_ms, m.node.clone())).map(|m| m.node.clone())
+}
+
+/// The members as one JSON object, with the table's columns under readable names (`--json`).
+pub fn json(group: SocketAddrV4, members: &[NodeStats]) -> Value {
+    let leader = leader(members);
+    let farm = ServiceTimes::of(members);
+    json!({
+        "farm": members.first().map(|m| m.farm.clone()),
+        "group": group.to_string(),
+        "members": members.iter().map(|m| json!({
+            "node": m.node,
+            "mp": m.mp.to_string(),
+            "operator_url": m.operator.map(|o| format!("http://{o}")),
+            "leader": Some(&m.node) == leader.as_ref(),
+            "cpu_percent": m.cpu_percent,
+            "mem_free_mb": m.mem_free_mb,
+            "sessions": m.sessions(),
+            "portions": m.portions.len(),
+            "health": m.health,
+            "accepting": m.accepting,
+            "draining": m.draining,
+            "load": load_score(m, &farm),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// Renders members as an aligned table.
 pub fn table(members: &[NodeStats]) -> String {
-    let leader = members.iter().min_by_key(|m| (m.started_ms, m.node.clone())).map(|m| m.node.clone());
+    let leader = leader(members);
     let farm = ServiceTimes::of(members);
     let mut rows = vec![
         [
@@ -84,8 +114,8 @@ pub fn table(members: &[NodeStats]) -> String {
         .join("\n")
 }
 
-/// Runs `dabs status`.
-pub fn run(farm: SocketAddr, interface: Ipv4Addr, listen_ms: u64) -> ExitCode {
+/// Runs `dabs status`: the table, or with `as_json` one JSON object.
+pub fn run(farm: SocketAddr, interface: Ipv4Addr, listen_ms: u64, as_json: bool) -> ExitCode {
     let SocketAddr::V4(group) = farm else {
         eprintln!("dabs status: --farm must be the farm's IPv4 multicast group, IP:PORT");
         return ExitCode::from(2);
@@ -96,10 +126,11 @@ pub fn run(farm: SocketAddr, interface: Ipv4Addr, listen_ms: u64) -> ExitCode {
             eprintln!("dabs status: no member of {group} announced itself within {listen_ms} ms");
             ExitCode::FAILURE
         }
+        Ok(members) if as_json => crate::out::finish("dabs status", crate::out::line(json(group, &members))),
         Ok(members) => {
-            println!("farm {} at {group}: {} member(s)", members[0].farm, members.len());
-            println!("{}", table(&members));
-            ExitCode::SUCCESS
+            let head = format!("farm {} at {group}: {} member(s)", members[0].farm, members.len());
+            let written = crate::out::line(head).and_then(|()| crate::out::line(table(&members)));
+            crate::out::finish("dabs status", written)
         }
         Err(e) => {
             eprintln!("dabs status: {e}");

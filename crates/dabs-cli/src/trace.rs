@@ -78,14 +78,29 @@ pub fn run(
     let base = if base.starts_with("http://") { base.to_owned() } else { format!("http://{base}") };
     let query = query.join("&");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    // A write that fails (the reader of a pipe went away) ends the trace: kept here, and the
+    // stream dropped through `stopped`.
+    let failed: std::cell::RefCell<Option<std::io::Error>> = std::cell::RefCell::new(None);
+    let stopped = tokio::sync::Notify::new();
     let result = rt.block_on(async {
         tokio::select! {
             r = dabs_ops::trace_client(&base, token, &query, |v| {
-                if json { println!("{v}") } else { println!("{}", human(&v)) }
+                if failed.borrow().is_some() {
+                    return;
+                }
+                let written = if json { crate::out::line(&v) } else { crate::out::line(human(&v)) };
+                if let Err(e) = written {
+                    *failed.borrow_mut() = Some(e);
+                    stopped.notify_one();
+                }
             }) => r,
+            _ = stopped.notified() => Ok(()),
             _ = crate::serve::wait_for_stop() => Ok(()),
         }
     });
+    if let Some(e) = failed.into_inner() {
+        return crate::out::finish("dabs trace", Err(e));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

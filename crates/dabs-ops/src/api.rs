@@ -1,6 +1,7 @@
 //! The JSON API, the page, metrics and the OpenAPI document.
 
 use crate::auth::Authorized;
+use crate::openapi as doc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -71,10 +72,16 @@ pub(crate) fn node_view(
     })
 }
 
+/// The operator web page (self-contained HTML, refreshes every second).
+#[utoipa::path(get, path = "/", tag = "page", operation_id = "page",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 pub(crate) async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
+/// This node: statistics, portions, settings and the farm's leader.
+#[utoipa::path(get, path = "/api/node", tag = "views", operation_id = "getNode", security((), ("bearer" = [])),
+    responses((status = 200, description = "This node", body = inline(doc::NodeBody))))]
 pub(crate) async fn node(State(node): State<NodeHandle>) -> axum::Json<Value> {
     let (members, leader) = node.members();
     let me = node.stats();
@@ -95,6 +102,9 @@ pub(crate) async fn node(State(node): State<NodeHandle>) -> axum::Json<Value> {
     }))
 }
 
+/// The farm as this node sees it, itself included.
+#[utoipa::path(get, path = "/api/farm", tag = "views", operation_id = "getFarm", security((), ("bearer" = [])),
+    responses((status = 200, description = "The farm", body = inline(doc::FarmBody))))]
 pub(crate) async fn farm(State(node): State<NodeHandle>) -> axum::Json<Value> {
     let (mut members, leader) = node.members();
     // Before its first announcement has come back a node does not list itself yet.
@@ -112,14 +122,29 @@ pub(crate) async fn farm(State(node): State<NodeHandle>) -> axum::Json<Value> {
     }))
 }
 
+/// Recent events (spawns, moves, failovers, members, alerts), oldest first.
+#[utoipa::path(get, path = "/api/events", tag = "views", operation_id = "getEvents", security((), ("bearer" = [])),
+    responses((status = 200, description = "Events", body = Vec<doc::Event>)))]
 pub(crate) async fn events(State(node): State<NodeHandle>) -> axum::Json<Value> {
     axum::Json(json!(node.events()))
 }
 
+/// The run-time settings in force.
+#[utoipa::path(get, path = "/api/settings", operation_id = "getSettings", tag = "settings", security((), ("bearer" = [])),
+    responses((status = 200, description = "Settings", body = doc::Settings)))]
 pub(crate) async fn settings(State(node): State<NodeHandle>) -> axum::Json<Value> {
     axum::Json(json!(node.settings()))
 }
 
+/// Changes run-time settings; the change reaches every node without a restart.
+#[utoipa::path(put, path = "/api/settings", operation_id = "putSettings", tag = "settings", security(("bearer" = [])),
+    request_body(content = doc::SettingsPatch, description = "The settings to change"),
+    responses(
+        (status = 200, description = "The settings after the change (version increased)", body = doc::Settings),
+        (status = 400, description = "A value out of range, an unknown key, or a body that is not JSON \
+            (field \"body\")", body = doc::Error),
+        doc::Refusals,
+    ))]
 pub(crate) async fn put_settings(_: Authorized, State(node): State<NodeHandle>, body: Bytes) -> Response {
     let applied = patch_from_json(&body).and_then(|patch| node.update_settings(&patch));
     match applied {
@@ -128,10 +153,16 @@ pub(crate) async fn put_settings(_: Authorized, State(node): State<NodeHandle>, 
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "metrics", operation_id = "metrics", security((), ("bearer" = [])),
+    responses((status = 200, description = "OpenMetrics 1.0 text exposition", content_type = dabs_node::metrics::CONTENT_TYPE, body = String)))]
 pub(crate) async fn metrics(State(node): State<NodeHandle>) -> Response {
     ([(header::CONTENT_TYPE, dabs_node::metrics::CONTENT_TYPE)], node.metrics().await).into_response()
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "page", operation_id = "openapi",
+    responses((status = 200, description = "OpenAPI document", body = Object)))]
 pub(crate) async fn openapi() -> axum::Json<Value> {
     axum::Json(crate::openapi::document())
 }

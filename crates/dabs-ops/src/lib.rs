@@ -9,12 +9,14 @@
 mod api;
 mod auth;
 mod charts;
+mod client;
 mod openapi;
 mod trace;
 
 pub use auth::{AUTH_FIELD, Access, Authorized, Refusal, require_token};
+pub use client::{get_json, trace_client};
 pub use openapi::document as openapi_document;
-pub use trace::{TapRecord, TraceFilter, get_json, trace_client, trace_line};
+pub use trace::{TapRecord, TraceFilter, trace_line};
 
 use axum::Router;
 use axum::extract::FromRef;

@@ -1,4 +1,5 @@
-//! The traffic trace: the endpoint's tap as a stream of NDJSON lines, and a client for it.
+//! The traffic trace: the endpoint's tap as a stream of NDJSON lines (its client is in
+//! `client.rs`).
 
 use crate::api::error;
 use crate::auth::Authorized;
@@ -9,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 pub use dabs_net::TapRecord;
 use dabs_node::NodeHandle;
 use dabs_wire::{RawHeader, SystemCommand, decode, latency};
-use http_body_util::{BodyExt, Empty};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -175,6 +175,29 @@ fn filter_from_query(node: &NodeHandle, q: &BTreeMap<String, String>) -> Result<
     Ok(f)
 }
 
+/// Live trace of the datagrams this node's endpoint sends and receives.
+///
+/// Newline-delimited JSON, one TraceLine per datagram (or a TraceLag when the reader fell
+/// behind), until the client disconnects.
+#[utoipa::path(get, path = "/api/trace", operation_id = "trace", tag = "trace", security(("bearer" = [])),
+    params(
+        ("session" = Option<u8>, Query, maximum = 255, description = "Only this session byte"),
+        ("command" = Option<String>, Query, description = "Only this command: a number 0..65535, or a \
+            system command name in any case (echo, OPEN_SESSION); an unknown name is refused (400) with \
+            the list of names"),
+        ("va" = Option<String>, Query, description = "Only this node's portion with this virtual address: \
+            datagrams arriving for its queue here and datagrams it sends (ACKs, NAKs and REPLYs included); \
+            404 if no portion here has it"),
+    ),
+    responses(
+        (status = 200, description = "A stream of lines", content_type = "application/x-ndjson",
+            body = crate::openapi::TraceItem),
+        (status = 400, description = "A parameter is malformed (a session that is not a number, an \
+            unknown command name)", body = crate::openapi::Error),
+        (status = 404, description = "No portion with that virtual address on this node",
+            body = crate::openapi::Error),
+        crate::openapi::Refusals,
+    ))]
 pub(crate) async fn handler(
     _: Authorized,
     State(node): State<NodeHandle>,
@@ -206,96 +229,6 @@ pub(crate) async fn handler(
         Body::from_stream(lines),
     )
         .into_response()
-}
-
-/// Sends `GET path` to an operator interface at `base_url` (`http://IP:PORT`), with the
-/// operator token when there is one, and hands the response to `read` while driving the
-/// connection; dropping the future closes it.
-async fn get<T, F>(
-    base_url: &str,
-    token: Option<&str>,
-    path: &str,
-    read: impl FnOnce(hyper::Response<hyper::body::Incoming>) -> F,
-) -> Result<T, String>
-where
-    F: std::future::Future<Output = Result<T, String>>,
-{
-    let Some(rest) = base_url.strip_prefix("http://") else {
-        return Err(format!("{base_url}: only http:// URLs are supported"));
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
-    let mut request = hyper::Request::get(path).header(header::HOST, authority);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {}", token.trim()));
-    }
-    let request = request.body(Empty::<Bytes>::new()).map_err(|e| format!("bad request: {e}"))?;
-    let work = async {
-        let response = sender.send_request(request).await.map_err(|e| format!("GET {path} failed: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
-                (Some(f), Some(m)) => format!("{f}: {m}"),
-                _ => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-            });
-        }
-        read(response).await
-    };
-    tokio::pin!(work, conn);
-    tokio::select! {
-        done = &mut work => done,
-        _ = &mut conn => work.await,
-    }
-}
-
-/// Fetches one JSON document from an operator interface (`http://IP:PORT`, path `/api/...`)
-/// whose read-only views are open (on loopback, by default).
-pub async fn get_json(base_url: &str, path: &str) -> Result<Value, String> {
-    get(base_url, None, path, |response| async move {
-        let bytes = response.into_body().collect().await.map_err(|e| format!("GET {path}: {e}"))?.to_bytes();
-        serde_json::from_slice(&bytes).map_err(|e| format!("GET {path}: not JSON: {e}"))
-    })
-    .await
-}
-
-/// Streams a node's `/api/trace` (with `query`, e.g. `session=3&command=9`) with the operator
-/// `token`, calling `on_line` with each decoded datagram until the node closes the stream. A
-/// refusal is `Err("FIELD: message")` (`authorization: …` for a missing or wrong token).
-pub async fn trace_client(
-    base_url: &str,
-    token: Option<&str>,
-    query: &str,
-    mut on_line: impl FnMut(Value),
-) -> Result<(), String> {
-    let query = query.trim_start_matches('?');
-    let path = if query.is_empty() { "/api/trace".to_owned() } else { format!("/api/trace?{query}") };
-    get(base_url, token, &path, |response| async move {
-        let mut body = response.into_body();
-        let mut pending = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("trace stream broken: {e}"))?;
-            let Ok(data) = frame.into_data() else { continue };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let text: Vec<u8> = pending.drain(..=end).collect();
-                if text.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let v = serde_json::from_slice(&text)
-                    .map_err(|e| format!("bad trace line {:?}: {e}", String::from_utf8_lossy(&text)))?;
-                on_line(v);
-            }
-        }
-        Ok(())
-    })
-    .await
 }
 
 #[cfg(test)]

@@ -275,7 +275,7 @@ async fn metrics_page_and_api_document() {
     assert!(missing.body.contains("uplot.min.js"), "{}", missing.body);
 
     let doc = s.get_json("/openapi.json").await;
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "utoipa writes OpenAPI 3.1");
     for (method, path) in dabs_ops::ROUTES {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in /openapi.json");
         // Every documented route is served (the trace streams, so only its head is read).
@@ -355,4 +355,116 @@ fn trace_client_needs_plain_http() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let e = rt.block_on(dabs_ops::trace_client("https://127.0.0.1:1", None, "", |_| {})).unwrap_err();
     assert!(e.contains("http://"), "{e}");
+}
+
+/// The keys of `value` against `schema` (in `doc`): every key it has is described, every
+/// required one is there; `at` names the place for the failure message.
+fn check_keys(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return check_keys(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    if let Some(choices) = schema["oneOf"].as_array() {
+        // Nullable references are `oneOf: [{"type": "null"}, {"$ref": …}]`.
+        if value.is_null() {
+            assert!(choices.iter().any(|c| c["type"] == "null"), "{at}: null where the schema has no null");
+            return;
+        }
+        let schema = choices.iter().find(|c| c["type"] != "null").unwrap();
+        return check_keys(doc, schema, value, at);
+    }
+    match value {
+        Value::Object(map) if schema["properties"].is_object() => {
+            for key in map.keys() {
+                let s = &schema["properties"][key];
+                assert!(s.is_object(), "{at}.{key} is served but not in the document");
+                check_keys(doc, s, &map[key], &format!("{at}.{key}"));
+            }
+            for key in schema["required"].as_array().into_iter().flatten() {
+                assert!(map.contains_key(key.as_str().unwrap()), "{at}.{key} is required but not served");
+            }
+        }
+        Value::Object(map) if schema["additionalProperties"].is_object() => {
+            for (key, v) in map {
+                check_keys(doc, &schema["additionalProperties"], v, &format!("{at}.{key}"));
+            }
+        }
+        Value::Array(items) => {
+            assert!(schema["items"].is_object(), "{at} is an array the document does not describe as one");
+            for (i, v) in items.iter().enumerate() {
+                check_keys(doc, &schema["items"], v, &format!("{at}[{i}]"));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_describes_what_the_handlers_serve() {
+    let s = Served::start().await;
+    let doc = s.get_json("/openapi.json").await;
+    // Wait for the node's own announcement, so the farm lists a member with its portion.
+    eventually_async("the node in its own farm view", Duration::from_secs(20), POLL, || async {
+        let farm = s.get_json("/api/farm").await;
+        (farm["members"].as_array().is_some_and(|m| !m.is_empty())).then_some(())
+    })
+    .await;
+    for path in ["/api/node", "/api/farm", "/api/events", "/api/settings"] {
+        let body = s.get_json(path).await;
+        let schema = &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "{path}: no JSON response schema");
+        check_keys(&doc, schema, &body, path);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_the_router_serves_is_in_the_document() {
+    let s = Served::start().await;
+    let doc = s.get_json("/openapi.json").await;
+    let documented = |method: &str, path: &str| doc["paths"][path][method.to_lowercase()].is_object();
+    // Every path anyone names: the document, the route list, the page's requests, and some that
+    // an API like this might grow.
+    let mut paths: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    paths.extend(dabs_ops::ROUTES.iter().map(|(_, p)| p.to_string()));
+    let page = s.get("/").await.body;
+    for part in page.split("/api/").skip(1) {
+        let name: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        paths.push(format!("/api/{name}"));
+    }
+    paths.extend(
+        ["/api", "/api/", "/api/portions", "/api/history", "/api/members", "/health"].map(String::from),
+    );
+    paths.sort();
+    paths.dedup();
+    let client = reqwest::Client::new();
+    let mut served = 0;
+    for path in &paths {
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            // No token: guarded routes answer 401, which still says they are routed, and the
+            // trace does not start streaming.
+            let response = client
+                .request(method.parse().unwrap(), format!("http://{}{path}", s.addr))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            let status = response.status().as_u16();
+            let body: Value = if status == 404 {
+                serde_json::from_slice(&response.bytes().await.unwrap_or_default()).unwrap_or_default()
+            } else {
+                Value::Null
+            };
+            let routed = status != 405 && !(status == 404 && body["error"]["field"] == "path");
+            assert_eq!(
+                routed,
+                documented(method, path),
+                "{method} {path}: the router {} it, the document {}",
+                if routed { "serves" } else { "does not serve" },
+                if documented(method, path) { "has it" } else { "does not" }
+            );
+            served += usize::from(routed);
+        }
+    }
+    assert_eq!(served, dabs_ops::ROUTES.len(), "every documented operation was reached");
+    s.stop().await;
 }
