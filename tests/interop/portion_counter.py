@@ -100,6 +100,8 @@ def main():
             continue
         if cmd == CLOSE_SESSION:
             del sessions[key]
+            # Confirms the close as an MP endpoint does; the node does not wait for it.
+            answer(sock, peer, req, "reply", b"", CONTROL_QUEUE if role == "control" else CLIENT_QUEUE)
             continue
         if role == "control":
             heard = time.monotonic()
