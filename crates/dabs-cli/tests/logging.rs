@@ -129,7 +129,7 @@ fn json_format_is_one_object_per_line_with_lifecycle_events() {
     second.wait_for("node-2 logs its portion spawned", |l| event(l, "spawned", "at initialisation"));
     // node-1 crashes: node-2 sees it lapse and takes over deciding.
     drop(first);
-    second.wait_for("node-2 logs node-1 lapsing", |l| event(l, "left", "member node-1 lapsed"));
+    second.wait_for("node-2 logs node-1 lapsing", |l| event(l, "left", "member node-1 down: lease lapsed"));
     second.wait_for("node-2 logs itself as the decider", |l| {
         event(l, "decider_changed", "decider is node-2 (was node-1)")
     });
