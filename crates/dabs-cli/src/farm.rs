@@ -28,6 +28,7 @@ pub fn run_node(config: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let stop = crate::serve::StopSignals::install();
         let name = config.node.name.clone();
         let group = config.farm.group;
         let operator = config.node.operator;
@@ -64,7 +65,7 @@ pub fn run_node(config: &Path) -> ExitCode {
         println!("{}", ReadyLine { name, mp: node.mp_addr(), group, operator });
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        crate::serve::wait_for_stop().await;
+        stop.wait().await;
         // The interface holds the node: it goes first, so the node's stop releases everything.
         if let Some(task) = operator_task {
             task.abort();

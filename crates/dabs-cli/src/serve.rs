@@ -66,6 +66,7 @@ pub fn run(bind: SocketAddr, no_crc: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let stop = StopSignals::install();
         let mut options = DriverOptions::default();
         options.config.crc = !no_crc;
         let endpoint = match dabs_net::spawn(bind, options).await {
@@ -79,24 +80,44 @@ pub fn run(bind: SocketAddr, no_crc: bool) -> ExitCode {
         println!("{}", endpoint.local_addrs().udp);
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        wait_for_stop().await;
+        stop.wait().await;
         endpoint.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment of [`StopSignals::install`]: a process that
+/// prints its ready line must install them first, or a supervisor's SIGTERM right after the
+/// line would kill it with the default action instead of stopping it cleanly.
+pub struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts catching SIGTERM and SIGINT (inside a tokio runtime).
+    pub fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+    }
+
+    /// Resolves on SIGTERM or SIGINT (received since `install`).
+    pub async fn wait(self) {
+        match (self.term, self.int) {
+            (Some(mut term), Some(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_stop() {
+    StopSignals::install().wait().await
 }
