@@ -5,6 +5,7 @@ use crate::farm::LocalFarm;
 use dabs_farm_proto::shapes::OpenAsk;
 use dabs_net::{Addr, DriverOptions};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The quantile `p` of times in ms.
@@ -98,4 +99,110 @@ pub fn open_latency(samples: usize, as_json: bool) -> ExitCode {
         return crate::out::finish("dabs bench open", crate::out::line(serde_json::Value::from(rows)));
     }
     ExitCode::SUCCESS
+}
+
+/// What `dabs bench load` measured.
+struct Load {
+    clients: usize,
+    seconds: f64,
+    answered: u64,
+    failed: u64,
+    us: Vec<u64>,
+}
+
+/// `clients` thin calculator clients on a 3-node farm, each calling back to back (one call at
+/// a time) for `seconds`: the calls per second the farm sustains and their latency.
+async fn drive_load(farm: &LocalFarm, clients: usize, seconds: f64) -> Result<Load, String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let group = std::net::SocketAddr::V4(farm.group);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        set.spawn(crate::calc::connect(group, dabs_calc::Profile::Thin));
+    }
+    let mut started = Vec::with_capacity(clients);
+    while let Some(r) = set.join_next().await {
+        started.push(r.map_err(|e| e.to_string())??);
+    }
+    let failed = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    let (calcs, farm_clients): (Vec<_>, Vec<_>) = started.into_iter().unzip();
+    for (i, calc) in calcs.into_iter().enumerate() {
+        let failed = failed.clone();
+        workers.spawn(async move {
+            let mut us = Vec::new();
+            // Bounded in count as well as time: at most one call per 20 µs of the run.
+            let cap = (seconds * 50_000.0) as usize;
+            let mut n = i as i64;
+            while Instant::now() < deadline && us.len() < cap {
+                n += 1;
+                let t = Instant::now();
+                match calc.compute("+", dabs_calc::Operands::Float(n as f64, 0.5)).await {
+                    Ok(_) => us.push(t.elapsed().as_micros() as u64),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            us
+        });
+    }
+    let mut us = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        us.extend(r.map_err(|e| e.to_string())?);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    for client in &farm_clients {
+        client.stop().await;
+    }
+    us.sort_unstable();
+    Ok(Load { clients, seconds, answered: us.len() as u64, failed: failed.load(Ordering::Relaxed), us })
+}
+
+/// `dabs bench load`: prints one Markdown row (or a JSON object) of the farm's sustained load.
+pub fn farm_load(clients: usize, seconds: f64, as_json: bool) -> ExitCode {
+    if clients == 0 || !(0.5..=600.0).contains(&seconds) {
+        eprintln!("dabs bench load: --clients must be at least 1 and --seconds in 0.5..600");
+        return ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let dir = std::env::temp_dir().join(format!("dabs-bench-load-{}", std::process::id()));
+    let mut farm = match LocalFarm::start_with(3, &dir, None, "start_at_init = true\n") {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("dabs bench load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        // One lease for the members to hear each other and a decider to settle.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        drive_load(&farm, clients, seconds).await
+    });
+    farm.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let load = match result {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("dabs bench load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ms: Vec<f64> = load.us.iter().map(|&u| u as f64 / 1000.0).collect();
+    let per_s = load.answered as f64 / load.seconds;
+    let (p50, p99) = (pct(&ms, 0.5), pct(&ms, 0.99));
+    let out = if as_json {
+        crate::out::line(serde_json::json!({
+            "clients": load.clients, "seconds": load.seconds, "answered": load.answered,
+            "failed": load.failed, "calls_per_s": per_s, "p50_ms": p50, "p99_ms": p99,
+        }))
+    } else {
+        crate::out::line(format!(
+            "| clients | seconds | answered | failed | calls/s | p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|\n| {} | {:.1} | {} | {} | {per_s:.0} | {p50:.3} | {p99:.3} |",
+            load.clients, load.seconds, load.answered, load.failed
+        ))
+    };
+    crate::out::finish("dabs bench load", out)
 }

@@ -182,6 +182,18 @@ enum DemoCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The load a 3-node local farm sustains: thin calculator clients calling back to back.
+    Load {
+        /// Concurrent clients (each its own endpoint and session).
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open-session latency through the farm group: portion running vs. to be started.
     Open {
         /// Opens measured per case.
@@ -268,6 +280,9 @@ fn main() -> ExitCode {
         Command::Drain { node, secret, undo } => drain::run(node, &secret, undo),
         Command::Trace { node, session, va, command, json, token } => {
             trace::run(&node, session, va.as_deref(), command, json, token.or_else(env_token).as_deref())
+        }
+        Command::Bench { command: BenchCommand::Load { clients, seconds, json } } => {
+            bench::farm_load(clients, seconds, json)
         }
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)
