@@ -4,7 +4,7 @@ use crate::handle::{
     Command, Done, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session, TapRecord,
 };
 use crate::inproc;
-use crate::socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
+use crate::socket::{BatchUdp, DatagramSocket, RecvBatch, bind_udp, join_group, set_group_interface};
 use crate::unix_ms;
 use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
 use dabs_wire::{Header, NakCode};
@@ -41,7 +41,7 @@ pub async fn spawn(bind: SocketAddr, options: DriverOptions) -> io::Result<Endpo
     if let Some((_, interface)) = options.group {
         set_group_interface(&socket, interface)?;
     }
-    spawn_with_socket(socket, options)
+    spawn_with_socket(BatchUdp::new(socket)?, options)
 }
 
 /// Starts an endpoint on an already bound datagram socket (tokio's, or a simulated one).
@@ -55,7 +55,7 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         None => None,
     };
     let group = match options.group {
-        Some((group, interface)) => Some(join_group(group, interface)?),
+        Some((group, interface)) => Some(BatchUdp::new(join_group(group, interface)?)?),
         None => None,
     };
     let (inproc_id, inproc_rx) = inproc::register();
@@ -119,9 +119,9 @@ struct Driver {
 
 enum Wake {
     Command(Option<Command>),
-    Udp(io::Result<(usize, SocketAddr)>),
+    Udp(io::Result<()>),
     Unix(io::Result<(usize, Option<PathBuf>)>),
-    Group(io::Result<(usize, SocketAddr)>),
+    Group(io::Result<()>),
     Inproc(Option<(u64, Vec<u8>)>),
     Timer,
 }
@@ -151,21 +151,33 @@ impl Driver {
         mut self,
         udp: S,
         unix: Option<Arc<UnixDatagram>>,
-        group: Option<tokio::net::UdpSocket>,
+        group: Option<BatchUdp>,
         mut inproc_rx: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
         mut cmd_rx: mpsc::UnboundedReceiver<Command>,
     ) {
-        let mut udp_buf = vec![0u8; 2048];
+        let mut udp_batch = udp.recv_buffers();
         let mut unix_buf = vec![0u8; 2048];
-        let mut group_buf = vec![0u8; 2048];
+        let mut group_batch = group.as_ref().map_or_else(|| RecvBatch::new(1, 1), |g| g.recv_buffers());
+        // Where a run of datagrams to one address is gathered for one GSO send.
+        let mut segments = Vec::with_capacity(udp.max_segments().max(1) * dabs_wire::MAX_DATAGRAM);
         let mut shutdown_ack = None;
+        // One timer for the endpoint's next deadline, moved only when the deadline moves.
+        let sleep = tokio::time::sleep_until(self.start);
+        tokio::pin!(sleep);
+        let mut armed = None;
         'serve: loop {
-            self.flush(&udp).await;
+            self.flush(&udp, &mut segments).await;
             self.dispatch();
             let deadline = self.ep.next_deadline().map(|d| self.start + d);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    sleep.as_mut().reset(d);
+                }
+                armed = deadline;
+            }
             let wake = tokio::select! {
                 c = cmd_rx.recv() => Wake::Command(c),
-                r = udp.recv_from(&mut udp_buf) => Wake::Udp(r),
+                r = udp.recv_batch(&mut udp_batch) => Wake::Udp(r),
                 r = async {
                     match &unix {
                         Some(u) => u.recv_from(&mut unix_buf).await.map(|(n, a)| (n, a.as_pathname().map(PathBuf::from))),
@@ -174,17 +186,12 @@ impl Driver {
                 } => Wake::Unix(r),
                 r = async {
                     match &group {
-                        Some(g) => g.recv_from(&mut group_buf).await,
+                        Some(g) => g.recv_batch(&mut group_batch).await,
                         None => std::future::pending().await,
                     }
                 } => Wake::Group(r),
                 m = inproc_rx.recv() => Wake::Inproc(m),
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
-                        None => std::future::pending().await,
-                    }
-                } => Wake::Timer,
+                _ = &mut sleep, if armed.is_some() => Wake::Timer,
             };
             let now = self.now();
             if !matches!(wake, Wake::Command(_) | Wake::Timer) {
@@ -209,10 +216,14 @@ impl Driver {
                 }
                 Wake::Command(Some(c)) => self.command(now, c),
                 // Oversized datagrams arrive truncated to the buffer and are refused by the codec.
-                Wake::Udp(Ok((n, from))) => {
-                    let from = Addr::Udp(from);
-                    self.record(false, &from, &udp_buf[..n]);
-                    self.ep.handle_datagram(now, from, &udp_buf[..n]);
+                // Everything the batch brought is handled before anything is sent: the ACKs
+                // and REPLYs it calls for go out together, on the next flush.
+                Wake::Udp(Ok(())) => {
+                    for (from, data) in udp_batch.datagrams() {
+                        let from = Addr::Udp(from);
+                        self.record(false, &from, data);
+                        self.ep.handle_datagram(now, from, data);
+                    }
                 }
                 // ICMP errors from earlier sends surface here on some systems: not fatal.
                 Wake::Udp(Err(e)) => tracing::debug!(error = %e, "udp receive error"),
@@ -223,10 +234,12 @@ impl Driver {
                 }
                 Wake::Unix(Ok((_, None))) => tracing::debug!("datagram from an unnamed local socket ignored"),
                 Wake::Unix(Err(e)) => tracing::debug!(error = %e, "local socket receive error"),
-                Wake::Group(Ok((n, from))) => {
-                    let from = Addr::Udp(from);
-                    self.record(false, &from, &group_buf[..n]);
-                    self.ep.handle_group_datagram(now, from, &group_buf[..n]);
+                Wake::Group(Ok(())) => {
+                    for (from, data) in group_batch.datagrams() {
+                        let from = Addr::Udp(from);
+                        self.record(false, &from, data);
+                        self.ep.handle_group_datagram(now, from, data);
+                    }
                 }
                 Wake::Group(Err(e)) => tracing::debug!(error = %e, "group receive error"),
                 Wake::Inproc(Some((from, data))) => {
@@ -254,15 +267,34 @@ impl Driver {
         }
     }
 
-    async fn flush<S: DatagramSocket>(&mut self, udp: &S) {
+    /// Sends every datagram the endpoint has queued. Consecutive datagrams to one address of
+    /// one size (the last of a run may be shorter: a message's last buffer, an ACK behind a
+    /// REPLY) go out as one GSO send of up to the socket's `max_segments`, gathered in
+    /// `segments`; sent buffers go back to the endpoint for reuse.
+    async fn flush<S: DatagramSocket>(&mut self, udp: &S, segments: &mut Vec<u8>) {
         self.full.store(self.ep.is_full(), Ordering::Relaxed);
+        let max = udp.max_segments().max(1);
+        // The run being gathered: destination, segment size, datagrams in it.
+        let mut run: Option<(SocketAddr, usize, usize)> = None;
         while let Some(t) = self.ep.poll_transmit() {
             self.record(true, &t.to, &t.data);
             match t.to {
                 Addr::Udp(a) => {
-                    if let Err(e) = udp.send_to(&t.data, a).await {
-                        tracing::debug!(to = %a, error = %e, "udp send failed");
+                    let len = t.data.len();
+                    let joins = matches!(run, Some((to, size, n))
+                        if to == a && n < max && len <= size && segments.len() == n * size);
+                    if !joins {
+                        if let Some((to, size, _)) = run.take() {
+                            send_run(udp, segments, size, to).await;
+                        }
+                        segments.clear();
                     }
+                    segments.extend_from_slice(&t.data);
+                    run = Some(match run {
+                        Some((to, size, n)) => (to, size, n + 1),
+                        None => (a, len, 1),
+                    });
+                    self.ep.recycle(t.data);
                 }
                 Addr::Local(path) => match &self.unix_out {
                     Some(tx) => {
@@ -276,6 +308,9 @@ impl Driver {
                     }
                 }
             }
+        }
+        if let Some((to, size, _)) = run {
+            send_run(udp, segments, size, to).await;
         }
     }
 
@@ -434,5 +469,12 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Sends a gathered run of datagrams of `size` bytes (the last may be shorter) to `to`.
+async fn send_run<S: DatagramSocket>(udp: &S, run: &[u8], size: usize, to: SocketAddr) {
+    if let Err(e) = udp.send_segments(run, size, to).await {
+        tracing::debug!(%to, error = %e, "udp send failed");
     }
 }

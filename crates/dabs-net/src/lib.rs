@@ -17,7 +17,9 @@ pub use handle::{
     TapRecord,
 };
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
-pub use socket::{DatagramSocket, bind_udp, join_group, set_group_interface};
+pub use socket::{
+    BatchUdp, DatagramSocket, RECV_SLOT, Received, RecvBatch, bind_udp, join_group, set_group_interface,
+};
 
 pub use dabs_proto::{
     Addr, CallError, Config, Incoming, KEY_EXCHANGE, OpenRequest, SECURITY_SPEC, SECURITY_SPEC_NK,

@@ -12,6 +12,192 @@ pub trait DatagramSocket: Send + Sync + 'static {
     fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send;
     /// The bound address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Receives what is ready, at least one datagram, into `batch`. One at a time unless the
+    /// socket can do better.
+    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            batch.received.clear();
+            let (len, from) = self.recv_from(&mut batch.data[..batch.slot]).await?;
+            batch.received.push(Received { from, len, stride: len });
+            Ok(())
+        }
+    }
+
+    /// Sends `contents` to `to` as datagrams of `segment_size` bytes (the last may be
+    /// shorter). One at a time unless the socket can do better.
+    fn send_segments(
+        &self,
+        contents: &[u8],
+        segment_size: usize,
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            for datagram in contents.chunks(segment_size.max(1)) {
+                self.send_to(datagram, to).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// How many datagrams one [`DatagramSocket::send_segments`] may carry.
+    fn max_segments(&self) -> usize {
+        1
+    }
+
+    /// Receive buffers sized for this socket's batches.
+    fn recv_buffers(&self) -> RecvBatch {
+        RecvBatch::new(1, RECV_SLOT)
+    }
+}
+
+/// One receive slot's worth of what [`DatagramSocket::recv_batch`] got: `len` bytes from
+/// `from`, which are datagrams of `stride` bytes each (the last may be shorter) when the
+/// kernel coalesced several (GRO).
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    /// The sender.
+    pub from: SocketAddr,
+    /// Bytes in the slot.
+    pub len: usize,
+    /// Bytes per datagram.
+    pub stride: usize,
+}
+
+/// Receive buffers for one batch: `slots` slots of `slot` bytes, allocated once per socket.
+pub struct RecvBatch {
+    data: Vec<u8>,
+    slot: usize,
+    received: Vec<Received>,
+}
+
+impl RecvBatch {
+    /// Buffers for `slots` receives of up to `slot` bytes each.
+    pub fn new(slots: usize, slot: usize) -> Self {
+        Self { data: vec![0; slots.max(1) * slot], slot, received: Vec::with_capacity(slots.max(1)) }
+    }
+
+    /// Every datagram of the last batch, with its sender, in arrival order.
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.received.iter().zip(self.data.chunks(self.slot)).flat_map(|(r, slot)| {
+            let stride = r.stride.max(1);
+            slot[..r.len.min(slot.len())].chunks(stride).map(move |d| (r.from, d))
+        })
+    }
+}
+
+/// A UDP socket driven through `quinn-udp`: `recvmmsg` and GRO on receive, GSO on send,
+/// where the kernel has them (one datagram per system call where it has not). Registered
+/// with tokio as an [`AsyncFd`](tokio::io::unix::AsyncFd) so that a quiet socket (a batch of
+/// one) is marked drained: the next wait goes straight to epoll instead of costing one more
+/// `recvmmsg` that would only say "nothing more".
+pub struct BatchUdp {
+    io: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl BatchUdp {
+    /// Takes over a bound tokio socket.
+    pub fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {
+        let socket = socket.into_std()?;
+        socket.set_nonblocking(true)?;
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        // SAFETY: the AsyncFd owns the std socket, which owns its descriptor: it stays open and
+        // the same until the AsyncFd is dropped.
+        let io = unsafe { tokio::io::unix::AsyncFd::register(socket) }?;
+        Ok(Self { io, state })
+    }
+}
+
+/// Bytes a receive slot takes at least: MP datagrams are at most 512, and a longer one must
+/// arrive whole enough for the codec to refuse it by its length.
+pub const RECV_SLOT: usize = 2048;
+
+impl DatagramSocket for BatchUdp {
+    fn send_to(&self, buf: &[u8], to: SocketAddr) -> impl Future<Output = io::Result<usize>> + Send {
+        self.io.async_io(tokio::io::Interest::WRITABLE, move |s| s.send_to(buf, to))
+    }
+
+    fn recv_from(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send {
+        self.io.async_io(tokio::io::Interest::READABLE, |s| s.recv_from(buf))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.get_ref().local_addr()
+    }
+
+    async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        {
+            let mut meta = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
+            loop {
+                let mut ready = self.io.readable().await?;
+                let slot = batch.slot;
+                let got = ready.try_io(|s| {
+                    let mut chunks = batch.data.chunks_mut(slot);
+                    let mut bufs: [std::io::IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                        std::array::from_fn(|_| std::io::IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
+                    self.state.recv(s.get_ref().into(), &mut bufs, &mut meta)
+                });
+                match got {
+                    Ok(Ok(n)) => {
+                        if n == 1 {
+                            // A lone datagram: the socket is quiet, and asking again would
+                            // most likely cost a system call that says "nothing more". (A
+                            // datagram that arrived since has set readiness anew, which this
+                            // does not clear.) Under load, batches come back fuller and the
+                            // next one is read at once.
+                            ready.clear_ready();
+                        }
+                        batch.received.clear();
+                        batch.received.extend(meta[..n].iter().map(|m| Received {
+                            from: m.addr,
+                            len: m.len,
+                            stride: m.stride,
+                        }));
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+    }
+
+    fn send_segments(
+        &self,
+        contents: &[u8],
+        segment_size: usize,
+        to: SocketAddr,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > segment_size).then_some(segment_size),
+            src_ip: None,
+        };
+        async move {
+            if transmit.segment_size.is_none() {
+                // One datagram: plain sendto, which the kernel takes a little faster than
+                // sendmsg with its control messages.
+                return self.send_to(contents, to).await.map(drop);
+            }
+            self.io.async_io(tokio::io::Interest::WRITABLE, |s| self.state.send(s.into(), &transmit)).await
+        }
+    }
+
+    fn max_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// One slot per datagram `recvmmsg` returns at once, each large enough for what GRO
+    /// coalesces.
+    fn recv_buffers(&self) -> RecvBatch {
+        RecvBatch::new(
+            quinn_udp::BATCH_SIZE,
+            RECV_SLOT.max(self.state.gro_segments() * dabs_wire::MAX_DATAGRAM),
+        )
+    }
 }
 
 impl DatagramSocket for tokio::net::UdpSocket {

@@ -73,7 +73,7 @@ pub struct Reassembly {
     header: Header,
     total: u16,
     chunk: usize,
-    parts: BTreeMap<u16, Box<[u8]>>,
+    parts: BTreeMap<u16, Vec<u8>>,
     held: usize,
 }
 
@@ -120,6 +120,16 @@ impl Reassembly {
 
     /// Adds one buffer.
     pub fn add(&mut self, d: &Datagram<'_>) -> Result<Progress, ReassemblyError> {
+        self.add_into(d, Vec::new)
+    }
+
+    /// Adds one buffer, copied into a buffer from `buffer` (a receiver's pool of spare ones:
+    /// then receiving allocates nothing per datagram; see [`Reassembly::finish_with`]).
+    pub fn add_into(
+        &mut self,
+        d: &Datagram<'_>,
+        buffer: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Progress, ReassemblyError> {
         let index = self.check(d)?;
         if let Some(held) = self.parts.get(&index) {
             if **held != *d.payload {
@@ -127,7 +137,10 @@ impl Reassembly {
             }
             return Ok(Progress::Duplicate);
         }
-        self.parts.insert(index, d.payload.into());
+        let mut part = buffer();
+        part.clear();
+        part.extend_from_slice(d.payload);
+        self.parts.insert(index, part);
         self.held += d.payload.len();
         Ok(if self.is_complete() { Progress::Complete } else { Progress::Incomplete })
     }
@@ -164,12 +177,18 @@ impl Reassembly {
 
     /// The complete message, or `None` (and the partial state back) if buffers are missing.
     pub fn finish(self) -> Result<Vec<u8>, Self> {
+        self.finish_with(drop)
+    }
+
+    /// Like [`Reassembly::finish`], handing each buffer's storage to `spare` afterwards.
+    pub fn finish_with(self, mut spare: impl FnMut(Vec<u8>)) -> Result<Vec<u8>, Self> {
         if !self.is_complete() {
             return Err(self);
         }
         let mut out = Vec::with_capacity(self.held);
-        for part in self.parts.values() {
-            out.extend_from_slice(part);
+        for part in self.parts.into_values() {
+            out.extend_from_slice(&part);
+            spare(part);
         }
         Ok(out)
     }

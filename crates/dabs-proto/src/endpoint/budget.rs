@@ -1,6 +1,7 @@
 //! Reassembly memory: the bytes half-received messages hold, charged to their session, their
 //! peer and the endpoint, and the budgets (`Config::reassembly_*`) that bound each.
 
+use super::io::Spare;
 use dabs_wire::{Datagram, NakCode, Progress, Reassembly, ReassemblyError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -133,7 +134,12 @@ impl Partial {
     /// Adds one buffer and charges what the message holds now, unless that would take its
     /// session, its source or the endpoint over budget: then nothing is added, and the
     /// caller refuses the message (dropping it gives back what it held).
-    pub(super) fn add(&mut self, d: &Datagram<'_>, budgets: Budgets) -> Result<Progress, Refused> {
+    pub(super) fn add(
+        &mut self,
+        d: &Datagram<'_>,
+        budgets: Budgets,
+        spare: &mut Spare,
+    ) -> Result<Progress, Refused> {
         let grow = self.r.growth(d);
         if grow > 0 {
             let m = &self.charge.meters;
@@ -147,7 +153,7 @@ impl Partial {
                 return Err(Refused::Budget(Scope::Endpoint, budgets.endpoint));
             }
         }
-        let progress = self.r.add(d).map_err(Refused::Bad);
+        let progress = self.r.add_into(d, || spare.take()).map_err(Refused::Bad);
         self.settle();
         progress
     }
@@ -163,8 +169,8 @@ impl Partial {
         self.r.header()
     }
 
-    /// The complete message (the charge is given back).
-    pub(super) fn finish(self) -> Option<Vec<u8>> {
-        self.r.finish().ok()
+    /// The complete message (the charge is given back, the buffers' storage to `spare`).
+    pub(super) fn finish(self, spare: &mut Spare) -> Option<Vec<u8>> {
+        self.r.finish_with(|b| spare.give(b)).ok()
     }
 }

@@ -272,9 +272,9 @@ impl Endpoint {
             let Some(r) = out.reply.as_mut() else {
                 return;
             };
-            match r.add(d, Budgets::of(&self.io.config)) {
+            match r.add(d, Budgets::of(&self.io.config), &mut self.io.spare) {
                 Ok(dabs_wire::Progress::Complete) => {
-                    out.reply.take().and_then(Partial::finish).unwrap_or_default()
+                    out.reply.take().and_then(|r| r.finish(&mut self.io.spare)).unwrap_or_default()
                 }
                 Err(Refused::Budget(..)) => {
                     // Over budget: what arrived is let go, unanswered; the server's next
@@ -387,9 +387,9 @@ impl Endpoint {
             let Some(r) = open.out.reply.as_mut() else {
                 return;
             };
-            match r.add(d, Budgets::of(&self.io.config)) {
+            match r.add(d, Budgets::of(&self.io.config), &mut self.io.spare) {
                 Ok(dabs_wire::Progress::Complete) => {
-                    open.out.reply.take().and_then(Partial::finish).unwrap_or_default()
+                    open.out.reply.take().and_then(|r| r.finish(&mut self.io.spare)).unwrap_or_default()
                 }
                 Ok(_) => return,
                 Err(_) => {

@@ -18,6 +18,10 @@ use std::ops::Range;
 use std::time::Duration;
 
 const NAK_TEXT_MAX: usize = 200;
+/// Sent datagrams' buffers kept for reuse ([`Io::recycle`]); beyond this they are freed.
+const SPARE_BUFFERS: usize = 256;
+/// What an encrypted buffer's body is encoded as before it is sealed in place.
+static ZEROS: [u8; MAX_DATAGRAM] = [0; MAX_DATAGRAM];
 /// A re-sent multi-buffer message goes out this many datagrams at a time...
 const PACE_BURST: usize = 4;
 /// ...one group every this long (see [`Io::put_out`]).
@@ -34,9 +38,44 @@ pub(super) struct Io {
     pub(super) stats: Stats,
     /// Bytes every half-received message holds (see [`super::budget`]).
     pub(super) held: super::budget::Meter,
+    /// Datagram-sized buffers for the next datagrams sent and buffers received.
+    pub(super) spare: Spare,
+}
+
+/// Datagram-sized buffers kept for reuse: those of sent datagrams (given back by the driver)
+/// and of reassembled messages' buffers. With them the send and receive paths allocate
+/// nothing per datagram once the endpoint has warmed up.
+#[derive(Default)]
+pub(super) struct Spare(Vec<Vec<u8>>);
+
+impl Spare {
+    /// An empty buffer with room for a datagram.
+    pub(super) fn take(&mut self) -> Vec<u8> {
+        self.0.pop().unwrap_or_else(|| Vec::with_capacity(MAX_DATAGRAM))
+    }
+
+    /// Keeps `buffer` for reuse (up to [`SPARE_BUFFERS`] of them).
+    pub(super) fn give(&mut self, mut buffer: Vec<u8>) {
+        if self.0.len() < SPARE_BUFFERS && buffer.capacity() >= MAX_DATAGRAM {
+            buffer.clear();
+            self.0.push(buffer);
+        }
+    }
 }
 
 impl Io {
+    /// Keeps a sent datagram's buffer for reuse.
+    pub(super) fn recycle(&mut self, data: Vec<u8>) {
+        self.spare.give(data);
+    }
+
+    /// A zeroed datagram-sized buffer, reused when one was given back.
+    fn datagram_buffer(&mut self) -> Vec<u8> {
+        let mut data = self.spare.take();
+        data.resize(MAX_DATAGRAM, 0);
+        data
+    }
+
     pub(super) fn stamp(&self, now: Time) -> SentTime {
         SentTime::from_unix_millis(self.wall_ms(now))
     }
@@ -96,18 +135,19 @@ impl Io {
         };
         let total = split.total();
         let header = Header { encrypted: seal.is_some(), ..*header };
-        let mut body = Vec::new();
         for index in round_order(total, round).skip(places.start).take(places.len()) {
             let Some((buffer, part)) = split.buffer(index) else {
                 continue;
             };
-            let mut data = vec![0u8; MAX_DATAGRAM];
+            let mut data = self.datagram_buffer();
             let n = match seal.as_deref_mut() {
                 None => encode(&header, buffer, part, &mut data),
                 Some(sealer) => {
-                    body.clear();
-                    body.resize(part.len() + ENCRYPTION_OVERHEAD, 0);
-                    let Ok(n) = encode(&header, buffer, &body, &mut data) else {
+                    // Encoded with a zero body of the sealed size, then sealed in place there.
+                    let Some(body) = ZEROS.get(..part.len() + ENCRYPTION_OVERHEAD) else {
+                        continue;
+                    };
+                    let Ok(n) = encode(&header, buffer, body, &mut data) else {
                         continue;
                     };
                     let headers = HEADER_LEN + if buffer.is_some() { BUFFER_HEADER_LEN } else { 0 };

@@ -44,13 +44,13 @@ impl Endpoint {
                 let headers = HEADER_LEN + if d.buffer.is_some() { BUFFER_HEADER_LEN } else { 0 };
                 // (`decode` has read these headers, so they are there; if not, it is no
                 // authentic datagram.)
-                let opened =
-                    bytes.get(..headers).map_or(Err(OpenError::Auth), |ad| keys.open.open(ad, d.payload));
+                let opened = bytes
+                    .get(..headers)
+                    .map_or(Err(OpenError::Auth), |ad| keys.open.open_into(ad, d.payload, plain));
                 match opened {
-                    Ok(p) => {
+                    Ok(()) => {
                         confirmed_now = !keys.confirmed;
                         keys.confirmed = true;
-                        *plain = p;
                         Some(Datagram { payload: plain.as_slice(), ..d })
                     }
                     Err(OpenError::Replay) => {

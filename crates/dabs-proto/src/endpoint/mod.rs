@@ -51,6 +51,8 @@ pub struct Endpoint {
     from_group: bool,
     /// No relief of a full peer table before this (see `pressure.rs`).
     relief_not_before: Time,
+    /// Where encrypted datagrams are opened, reused from one to the next.
+    plain: Vec<u8>,
 }
 
 impl Endpoint {
@@ -67,7 +69,9 @@ impl Endpoint {
                 timers: BinaryHeap::new(),
                 stats: Stats::default(),
                 held: budget::Meter::default(),
+                spare: io::Spare::default(),
             },
+            plain: Vec::new(),
             sessions: SessionIndex::default(),
             opens: HashMap::new(),
             next_open_tx: 1,
@@ -101,6 +105,12 @@ impl Endpoint {
     /// Next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.io.transmits.pop_front()
+    }
+
+    /// Gives back a sent datagram's buffer ([`Transmit::data`]) for a later one: a driver that
+    /// recycles what it sends makes the send path allocate nothing per datagram.
+    pub fn recycle(&mut self, data: Vec<u8>) {
+        self.io.recycle(data);
     }
 
     /// Next event for the application.
@@ -201,10 +211,16 @@ impl Endpoint {
                 return;
             }
         };
-        let mut plain = Vec::new();
-        let Some(d) = self.admit(now, &from, bytes, d, &mut plain) else {
-            return;
-        };
+        // The plaintext buffer is the endpoint's, reused: taken for this datagram (the
+        // handlers below borrow the endpoint mutably) and given back at the end.
+        let mut plain = std::mem::take(&mut self.plain);
+        if let Some(d) = self.admit(now, &from, bytes, d, &mut plain) {
+            self.dispatch_datagram(now, from, d);
+        }
+        self.plain = plain;
+    }
+
+    fn dispatch_datagram(&mut self, now: Time, from: Addr, d: Datagram<'_>) {
         if d.header.session != 0
             && !d.header.crc
             && let Some(sid) = self.session_of(&from, d.header.session)

@@ -263,7 +263,8 @@ impl Endpoint {
         if let Some(rec) = s.inc.get_mut(&h.transaction) {
             if rec.sent == h.sent && rec.command == h.command {
                 match &mut rec.state {
-                    InState::Receiving(r) => match r.add(d, Budgets::of(&self.io.config)) {
+                    InState::Receiving(r) => match r.add(d, Budgets::of(&self.io.config), &mut self.io.spare)
+                    {
                         Ok(dabs_wire::Progress::Complete) => {
                             let InState::Receiving(r) = std::mem::replace(&mut rec.state, InState::Done)
                             else {
@@ -272,7 +273,7 @@ impl Endpoint {
                             if let Some(p) = self.sessions.peer_mut(&from) {
                                 p.partials = p.partials.saturating_sub(1);
                             }
-                            let msg = r.finish().unwrap_or_default();
+                            let msg = r.finish(&mut self.io.spare).unwrap_or_default();
                             return self.deliver(now, sid, h, msg);
                         }
                         Ok(dabs_wire::Progress::Duplicate) => self.io.stats.duplicates += 1,
@@ -369,7 +370,7 @@ impl Endpoint {
             total: self.io.held.clone(),
         };
         let mut r = Partial::new(r, meters);
-        if let Err(refused) = r.add(d, Budgets::of(&self.io.config)) {
+        if let Err(refused) = r.add(d, Budgets::of(&self.io.config), &mut self.io.spare) {
             let (code, text) = refused.nak();
             if matches!(refused, Refused::Budget(..)) {
                 self.io.stats.reassembly_refused += 1;
