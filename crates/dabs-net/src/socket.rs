@@ -88,9 +88,9 @@ impl RecvBatch {
 
 /// A UDP socket driven through `quinn-udp`: `recvmmsg` and GRO on receive, GSO on send,
 /// where the kernel has them (one datagram per system call where it has not). Registered
-/// with tokio as an [`AsyncFd`](tokio::io::unix::AsyncFd) so that a quiet socket (a batch of
-/// one) is marked drained: the next wait goes straight to epoll instead of costing one more
-/// `recvmmsg` that would only say "nothing more".
+/// with tokio as an [`AsyncFd`](tokio::io::unix::AsyncFd). (Marking a socket drained after a
+/// batch of one, to save the `recvmmsg` that finds nothing, cost a 1000-client farm a fifth of
+/// its calls per second: docs/benchmarks.md.)
 pub struct BatchUdp {
     io: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
     state: quinn_udp::UdpSocketState,
@@ -140,14 +140,6 @@ impl DatagramSocket for BatchUdp {
                 });
                 match got {
                     Ok(Ok(n)) => {
-                        if n == 1 {
-                            // A lone datagram: the socket is quiet, and asking again would
-                            // most likely cost a system call that says "nothing more". (A
-                            // datagram that arrived since has set readiness anew, which this
-                            // does not clear.) Under load, batches come back fuller and the
-                            // next one is read at once.
-                            ready.clear_ready();
-                        }
                         batch.received.clear();
                         batch.received.extend(meta[..n].iter().map(|m| Received {
                             from: m.addr,
