@@ -127,31 +127,26 @@ impl DatagramSocket for BatchUdp {
     }
 
     async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
-        {
-            let mut meta = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
-            loop {
-                let mut ready = self.io.readable().await?;
-                let slot = batch.slot;
-                let got = ready.try_io(|s| {
-                    let mut chunks = batch.data.chunks_mut(slot);
-                    let mut bufs: [std::io::IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
-                        std::array::from_fn(|_| std::io::IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
-                    self.state.recv(s.get_ref().into(), &mut bufs, &mut meta)
-                });
-                match got {
-                    Ok(Ok(n)) => {
-                        batch.received.clear();
-                        batch.received.extend(meta[..n].iter().map(|m| Received {
-                            from: m.addr,
-                            len: m.len,
-                            stride: m.stride,
-                        }));
-                        return Ok(());
-                    }
-                    Ok(Err(e)) => return Err(e),
-                    Err(_would_block) => continue,
-                }
-            }
+        let mut meta = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        loop {
+            let mut ready = self.io.readable().await?;
+            let slot = batch.slot;
+            let got = ready.try_io(|s| {
+                let mut chunks = batch.data.chunks_mut(slot);
+                let mut bufs: [std::io::IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                    std::array::from_fn(|_| std::io::IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
+                self.state.recv(s.get_ref().into(), &mut bufs, &mut meta)
+            });
+            // Err: the readiness was stale (would block); wait for the next.
+            let Ok(got) = got else { continue };
+            let n = got?;
+            batch.received.clear();
+            batch.received.extend(meta[..n].iter().map(|m| Received {
+                from: m.addr,
+                len: m.len,
+                stride: m.stride,
+            }));
+            return Ok(());
         }
     }
 
