@@ -134,9 +134,14 @@ impl ServerPortion for CalcServer {
     }
 }
 
-/// The factory a node uses to start calculator portions: a vertical split, one worker per CPU.
+/// The factory a node uses to start calculator portions: a vertical split, one worker per CPU,
+/// publishing its pending operations as the status object `pending` (seed 003).
 pub fn factory() -> Arc<dyn PortionFactory> {
-    Arc::new(PortionFactoryFn::new(APP, CalcServer::default).vertical_split())
+    Arc::new(
+        PortionFactoryFn::new(APP, CalcServer::default)
+            .vertical_split()
+            .with_status("pending", dabs_sdk::server::pending_operations),
+    )
 }
 
 /// What a client device can do.

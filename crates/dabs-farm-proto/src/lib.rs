@@ -12,6 +12,7 @@
 //! - [`keys`]: keys derived from the farm secret, one per purpose.
 //! - [`control`]: the authenticated control plane: MACs on announcements, node-to-node
 //!   commands and their answers, and replay state.
+//! - [`status`]: status objects, figures a portion publishes for its application's policy.
 //! - [`timeouts`]: time-outs both sides must read alike.
 
 pub mod control;
@@ -21,4 +22,5 @@ pub mod process;
 pub mod records;
 pub mod seal;
 pub mod shapes;
+pub mod status;
 pub mod timeouts;

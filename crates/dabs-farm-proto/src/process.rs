@@ -69,7 +69,7 @@ pub struct SessionOpen {
 }
 
 /// The answer to [`STATUS`] (CBOR map).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The portion's own description of its state.
     pub state: String,
@@ -83,6 +83,29 @@ pub struct Status {
     /// Errors since the last [`Status`], for the operator.
     #[serde(default)]
     pub errors: Vec<String>,
+    /// Its status objects' figures now (seed 003), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub figures: Vec<(String, f64)>,
+    /// Status objects whose read failed, `name: reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub figure_faults: Vec<String>,
+}
+
+impl Status {
+    /// Reads every status object in `objects` into [`Status::figures`] and
+    /// [`Status::figure_faults`].
+    pub fn read_figures(&mut self, objects: &crate::status::StatusObjects) {
+        self.figures.clear();
+        self.figure_faults.clear();
+        for (name, object) in objects.all() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| object.read())) {
+                Ok(Ok(v)) if v.is_finite() => self.figures.push((name, v)),
+                Ok(Ok(v)) => self.figure_faults.push(format!("{name}: not a number ({v})")),
+                Ok(Err(why)) => self.figure_faults.push(format!("{name}: {why}")),
+                Err(_) => self.figure_faults.push(format!("{name}: panicked")),
+            }
+        }
+    }
 }
 
 /// The [`SHUTDOWN`] payload (CBOR map).

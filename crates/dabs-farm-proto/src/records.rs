@@ -28,6 +28,10 @@ pub struct PortionFigures {
     pub client_latency_ms: std::sync::Mutex<std::collections::HashMap<u64, f32>>,
     /// Busy time per request handled, averaged over the last [`ServiceTime::WINDOW`] or so.
     pub service: Mutex<ServiceTime>,
+    /// Requests a handler is working on now (with `queue_depth`: its pending operations).
+    pub in_progress: AtomicU64,
+    /// Figures the portion publishes for its application's policy.
+    pub status: crate::status::StatusObjects,
 }
 
 impl PortionFigures {
@@ -140,6 +144,23 @@ pub struct PortionStats {
     /// until it has handled one (and from nodes that predate the field).
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub service_ms: Option<f32>,
+    /// Requests handled per second over the last collection interval (its throughput).
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f32>,
+    /// Its status objects' figures as last read by the server monitor.
+    #[serde(rename = "fg", default, skip_serializing_if = "Vec::is_empty")]
+    pub figures: Vec<(String, f32)>,
+    /// Why a status object took it out of consideration (failed, or silent past its
+    /// interval); `None` while its objects answer.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub status_fault: Option<String>,
+}
+
+impl PortionStats {
+    /// The figure `name` its status objects last gave.
+    pub fn figure(&self, name: &str) -> Option<f64> {
+        self.figures.iter().find(|(n, _)| n == name).map(|(_, v)| f64::from(*v))
+    }
 }
 
 /// What a node announces about itself.
@@ -402,6 +423,9 @@ impl NodeStats {
                     latency_ms: 1.25,
                     timeouts: 0,
                     service_ms: Some(2.5),
+                    rate: None,
+                    figures: Vec::new(),
+                    status_fault: None,
                 })
                 .collect(),
         }

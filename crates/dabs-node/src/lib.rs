@@ -12,6 +12,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod placement;
+pub mod policy;
 pub mod ready;
 pub mod settings;
 pub mod stats;

@@ -1,8 +1,10 @@
 //! Choosing a server for a new client (R-RE-5).
 
 use crate::config::AppConfig;
-use crate::stats::{NodeStats, ServiceTimes, load_score};
+use crate::policy::SubFarm;
+use crate::stats::NodeStats;
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// Where a client should go.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,36 +154,51 @@ pub fn running_low(app: &AppConfig, host: &crate::stats::HostSample) -> Option<(
     None
 }
 
-/// The ranked choices for a new client of `app`, best first: (i) the least-loaded servers
-/// already running a portion with room; (ii) the least-loaded servers, starting a portion;
-/// (iii) busier servers with a portion that has room. `pending` counts the clients sent to a
-/// node that its last announcement does not show, each as one more session of the application
-/// on it (the unit of [`load_score`], weighted by the node's service time), so a burst of opens
-/// does not all land on one node; a `va_hint` (a client coming back to its portion) goes first
-/// if a live node hosts it. Ties go to the node that started first, the earliest ballot.
+/// The ranked choices for a new client of `app`, best first, with its policy and no
+/// sub-farms or client address: see [`choose_with`].
 pub fn choose<'a>(
     app: &AppConfig,
     members: impl Iterator<Item = &'a NodeStats>,
     pending: &Pending,
     va_hint: Option<&str>,
 ) -> Vec<Choice> {
+    choose_with(app, &[], members, pending, va_hint, None)
+}
+
+/// The ranked choices for a new client of `app`, best first: (i) the server its policy
+/// prefers ([`crate::policy::rank`]) among those already running a portion with room; (ii)
+/// every ranked server, starting a portion; (iii) lower-ranked servers with a portion that has
+/// room. Under the default policy (least loaded) `pending` counts the clients sent to a node
+/// that its last announcement does not show, each as one more session of the application on
+/// it (the unit of [`load_score`](crate::stats::load_score), weighted by the node's service time), so a burst of opens
+/// does not all land on one node; a `va_hint` (a client coming back to its portion) goes first
+/// if a live node hosts it. Ties go to the node that started first, the earliest ballot.
+/// `client` is the opening client's address (for the `closest` policy).
+pub fn choose_with<'a>(
+    app: &AppConfig,
+    subfarms: &[SubFarm],
+    members: impl Iterator<Item = &'a NodeStats>,
+    pending: &Pending,
+    va_hint: Option<&str>,
+    client: Option<IpAddr>,
+) -> Vec<Choice> {
     let members: Vec<&NodeStats> = members.collect();
-    let farm = ServiceTimes::of(members.iter().copied());
-    let score = |s: &NodeStats| {
-        load_score(s, &farm) + pending.get(&s.node) as f64 * farm.client_weight(s, Some(&app.name))
-    };
     let room = |s: &'a NodeStats| {
         let extra = pending.get(&s.node);
         s.portions
             .iter()
-            .filter(|p| p.app == app.name && p.sessions + extra < app.max_sessions_per_portion)
+            .filter(|p| {
+                p.app == app.name
+                    && p.status_fault.is_none()
+                    && p.sessions + extra < app.max_sessions_per_portion
+            })
             .min_by_key(|p| p.sessions)
     };
-    let mut ranked: Vec<(&NodeStats, f64)> =
-        members.iter().filter(|s| eligible(app, s)).map(|s| (*s, score(s))).collect();
-    ranked.sort_by(|a, b| {
-        a.1.total_cmp(&b.1).then(a.0.started_ms.cmp(&b.0.started_ms)).then(a.0.node.cmp(&b.0.node))
-    });
+    let ranked: Vec<&NodeStats> = crate::policy::rank(app, subfarms, &members, pending, client)
+        .ranked
+        .into_iter()
+        .map(|r| r.node)
+        .collect();
 
     let mut out = Vec::new();
     if let Some(va) = va_hint
@@ -193,11 +210,11 @@ pub fn choose<'a>(
     }
     let with_room: Vec<Choice> = ranked
         .iter()
-        .filter_map(|(s, _)| room(s).map(|p| Choice::Existing { node: s.node.clone(), va: p.va.clone() }))
+        .filter_map(|s| room(s).map(|p| Choice::Existing { node: s.node.clone(), va: p.va.clone() }))
         .collect();
     let (best, busier) = with_room.split_at(with_room.len().min(1));
     out.extend_from_slice(best);
-    out.extend(ranked.iter().map(|(s, _)| Choice::StartNew { node: s.node.clone() }));
+    out.extend(ranked.iter().map(|s| Choice::StartNew { node: s.node.clone() }));
     out.extend_from_slice(busier);
     out.dedup();
     out
@@ -216,7 +233,7 @@ mod tests {
             min_free_memory_mb: 0,
             max_cpu_percent: 100.0,
             max_sessions_per_portion: 1000,
-            command: Vec::new(),
+            ..AppConfig::new("calculator-app")
         }
     }
 

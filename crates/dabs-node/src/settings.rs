@@ -3,6 +3,7 @@
 //! carry the settings version, and a node that hears a newer one fetches it (`SETTINGS`).
 
 use crate::config::{AppConfig, NodeConfig};
+use crate::policy::{Policy, UnknownPolicy};
 use crate::zones::Thresholds;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -63,6 +64,17 @@ pub struct AppSettings {
     pub min_free_memory_mb: u64,
     /// A server busier than this (percent) is not eligible.
     pub max_cpu_percent: f64,
+    /// The policy that picks its preferred server. Settings from a node that predates it
+    /// take the default.
+    #[serde(default)]
+    pub policy: Policy,
+    /// How often its status objects are read, ms.
+    #[serde(default = "default_collect")]
+    pub collect_interval_ms: u64,
+}
+
+fn default_collect() -> u64 {
+    crate::config::DEFAULT_COLLECT_INTERVAL.as_millis() as u64
 }
 
 /// A change: any subset of the fields.
@@ -108,6 +120,12 @@ pub struct AppPatch {
     /// New CPU ceiling.
     #[serde(default)]
     pub max_cpu_percent: Option<f64>,
+    /// New policy, by name (`least_loaded`, ..., `app_figure:FIGURE`).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// New collection interval of its status objects, ms.
+    #[serde(default)]
+    pub collect_interval_ms: Option<u64>,
 }
 
 /// A change that was refused: which field, and why.
@@ -160,6 +178,8 @@ impl Settings {
                             max_sessions_per_portion: a.max_sessions_per_portion,
                             min_free_memory_mb: a.min_free_memory_mb,
                             max_cpu_percent: a.max_cpu_percent,
+                            policy: a.policy.clone(),
+                            collect_interval_ms: a.collect_interval.as_millis() as u64,
                         },
                     )
                 })
@@ -210,6 +230,14 @@ impl Settings {
             }
             if let Some(v) = p.max_cpu_percent {
                 app.max_cpu_percent = v;
+            }
+            if let Some(v) = &p.policy {
+                app.policy = v
+                    .parse()
+                    .map_err(|e: UnknownPolicy| refuse(format!("apps.{name}.policy"), e.to_string()))?;
+            }
+            if let Some(v) = p.collect_interval_ms {
+                app.collect_interval_ms = v;
             }
         }
         next.validate()?;
@@ -277,6 +305,11 @@ impl Settings {
             if !(v > 0.0 && v <= 100.0) {
                 return Err(refuse(field("max_cpu_percent"), format!("{v} is out of range (0, 100]")));
             }
+            let (lo, hi) = crate::config::COLLECT_INTERVAL_RANGE_MS;
+            let v = app.collect_interval_ms;
+            if !(lo..=hi).contains(&v) {
+                return Err(refuse(field("collect_interval_ms"), format!("{v} is out of range {lo}..{hi}")));
+            }
         }
         Ok(())
     }
@@ -323,11 +356,13 @@ impl Settings {
         let shown = |a: Option<&AppSettings>, f: fn(&AppSettings) -> String| a.map_or("none".to_owned(), f);
         for app in apps {
             let (old, new) = (before.apps.get(app), self.apps.get(app));
-            let parts: [(&str, ShowApp); 4] = [
+            let parts: [(&str, ShowApp); 6] = [
                 ("subgroup", |a| format!("[{}]", a.subgroup.join(", "))),
                 ("max_sessions_per_portion", |a| a.max_sessions_per_portion.to_string()),
                 ("min_free_memory_mb", |a| a.min_free_memory_mb.to_string()),
                 ("max_cpu_percent", |a| a.max_cpu_percent.to_string()),
+                ("policy", |a| a.policy.to_string()),
+                ("collect_interval_ms", |a| a.collect_interval_ms.to_string()),
             ];
             for (key, show) in parts {
                 field(format!("apps.{app}.{key}"), shown(old, show), shown(new, show));
@@ -361,6 +396,8 @@ impl Settings {
             a.max_sessions_per_portion = s.max_sessions_per_portion;
             a.min_free_memory_mb = s.min_free_memory_mb;
             a.max_cpu_percent = s.max_cpu_percent;
+            a.policy = s.policy.clone();
+            a.collect_interval = std::time::Duration::from_millis(s.collect_interval_ms);
         }
         a
     }

@@ -11,6 +11,7 @@ mod auth;
 mod charts;
 mod client;
 mod openapi;
+mod policy;
 mod trace;
 
 pub use auth::{AUTH_FIELD, Access, Authorized, Refusal, require_token};
@@ -39,12 +40,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/assets/{file}"),
+    ("get", "/api/applications"),
+    ("get", "/api/applications/{app}/policy"),
+    ("put", "/api/applications/{app}/policy"),
 ];
 
 /// The routes that need the operator token whatever the address (the read-only views need it
 /// only where [`Access::reads_open`] is false), as (method, path).
-pub const PROTECTED: &[(&str, &str)] =
-    &[("put", "/api/settings"), ("get", "/api/trace"), ("delete", "/api/members/{name}")];
+pub const PROTECTED: &[(&str, &str)] = &[
+    ("put", "/api/settings"),
+    ("get", "/api/trace"),
+    ("delete", "/api/members/{name}"),
+    ("put", "/api/applications/{app}/policy"),
+];
 
 /// The routes' state: the node, and who may use it.
 #[derive(Clone)]
@@ -78,6 +86,8 @@ pub fn router(node: NodeHandle, access: Access) -> Router {
         .route("/api/history", get(charts::history))
         .route("/api/members/{name}", delete(charts::remove_member))
         .route("/api/settings", get(api::settings).put(api::put_settings))
+        .route("/api/applications", get(policy::applications))
+        .route("/api/applications/{app}/policy", get(policy::get_policy).put(policy::put_policy))
         .route("/api/trace", get(trace::handler))
         .route("/metrics", get(api::metrics))
         .route_layer(from_fn_with_state(access, auth::guard_reads))

@@ -33,10 +33,14 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::api::metrics,
         crate::api::openapi,
         crate::charts::asset,
+        crate::policy::applications,
+        crate::policy::get_policy,
+        crate::policy::put_policy,
     ),
     components(schemas(
         NodeView, AnnouncedPortion, Portion, Event, Settings, AppSettings, SettingsPatch, AppPatch,
-        Error, TraceLine, TraceLag, History, Columns, DownMember, Counters
+        Error, TraceLine, TraceLag, History, Columns, DownMember, Counters, PolicyView, RankedServer,
+        ExcludedServer, PolicyChange, PolicyError
     )),
     modifiers(&BearerScheme)
 )]
@@ -362,6 +366,61 @@ pub(crate) struct AppPatch {
     min_free_memory_mb: Option<u64>,
     /// New CPU ceiling, percent
     max_cpu_percent: Option<f64>,
+}
+
+/// An application's policy and the server it prefers (`GET /api/applications/{app}/policy`).
+#[derive(ToSchema)]
+pub(crate) struct PolicyView {
+    /// The application
+    app: String,
+    /// least_loaded, fastest_response, fewest_clients, fewest_pending, closest,
+    /// highest_throughput or app_figure:FIGURE
+    policy: String,
+    /// How often its portions' status objects are read, ms
+    collect_interval_ms: u64,
+    /// The server the policy prefers now (what DNS answers and where new clients go)
+    preferred: Option<String>,
+    /// Every eligible server, best first
+    ranked: Vec<RankedServer>,
+    /// Servers out of consideration
+    excluded: Vec<ExcludedServer>,
+}
+
+/// A ranked server.
+#[derive(ToSchema)]
+pub(crate) struct RankedServer {
+    /// The node
+    node: String,
+    /// The figure it was ranked on; lower is better (throughput is negated); null when it has
+    /// none yet
+    figure: Option<f64>,
+    /// Its sub-farm, if any
+    subfarm: Option<String>,
+    /// The figures the choice was made on, in words
+    why: String,
+}
+
+/// A server out of consideration.
+#[derive(ToSchema)]
+pub(crate) struct ExcludedServer {
+    /// The node
+    node: String,
+    /// Why (not accepting, a status object failed or fell silent, ...)
+    why: String,
+}
+
+/// A policy change.
+#[derive(ToSchema)]
+pub(crate) struct PolicyChange {
+    /// The new policy's name
+    policy: String,
+}
+
+/// A refused policy request, as interop.md fixes it.
+#[derive(ToSchema)]
+pub(crate) struct PolicyError {
+    /// What is wrong and what is expected
+    error: String,
 }
 
 /// A refusal.

@@ -225,7 +225,9 @@ async fn serve_one<P: ServerPortion>(
     // With several workers on the one queue, each request holds a W-th of the portion: at
     // saturation handler time ÷ W is exactly one over its throughput (Little's law).
     let started = tokio::time::Instant::now();
+    f.in_progress.fetch_add(1, Ordering::Relaxed);
     let handled = portion.handle(command, payload).await;
+    f.in_progress.fetch_sub(1, Ordering::Relaxed);
     let ended = tokio::time::Instant::now();
     f.record_service(ended - clock.origin, (ended - started) / clock.workers);
     match handled {
@@ -289,12 +291,21 @@ fn describe_alert(peer: &dabs_net::Addr, payload: &[u8]) -> String {
     }
 }
 
+/// A status figure computed from a portion's live figures (see [`PortionFactoryFn::with_status`]).
+pub type StatusFn = Arc<dyn Fn(&PortionFigures) -> Result<f64, String> + Send + Sync>;
+
 /// A [`PortionFactory`] from an application name and a constructor.
 pub struct PortionFactoryFn<P, F> {
     app: String,
     make: F,
     workers: usize,
+    status: Vec<(String, StatusFn)>,
     _portion: PhantomData<fn() -> P>,
+}
+
+/// The figures a portion has pending: requests queued plus those a handler is working on.
+pub fn pending_operations(f: &PortionFigures) -> Result<f64, String> {
+    Ok((f.queue_depth.load(Ordering::Relaxed) + f.in_progress.load(Ordering::Relaxed)) as f64)
 }
 
 impl<P, F> PortionFactoryFn<P, F>
@@ -304,7 +315,20 @@ where
 {
     /// Portions of `app` made by `make`.
     pub fn new(app: &str, make: F) -> Self {
-        Self { app: app.into(), make, workers: 1, _portion: PhantomData }
+        Self { app: app.into(), make, workers: 1, status: Vec::new(), _portion: PhantomData }
+    }
+
+    /// Every portion publishes a status object `name` (seed 003) whose figure `read` computes
+    /// from the portion's live figures or from the application's own state; the node's server
+    /// monitor reads it at the frequency the application's policy asks for. `name` must be 1
+    /// to 32 of a-z 0-9 _ - (checked when a portion starts: a bad one is reported as an error).
+    pub fn with_status(
+        mut self,
+        name: &str,
+        read: impl Fn(&PortionFigures) -> Result<f64, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.status.push((name.to_owned(), Arc::new(read)));
+        self
     }
 
     /// A vertical split: every portion runs one worker per CPU of the server.
@@ -330,6 +354,17 @@ where
     }
 
     fn spawn(&self, ctx: PortionContext) {
+        for (name, read) in &self.status {
+            let (figures, read) = (Arc::downgrade(&ctx.figures), read.clone());
+            // Weak: the object must not keep a retired portion's figures alive.
+            let object = move || match figures.upgrade() {
+                Some(f) => read(&f),
+                None => Err("the portion has stopped".to_owned()),
+            };
+            if let Err(e) = ctx.figures.status.publish(name, Arc::new(object)) {
+                let _ = ctx.reports.send((ctx.va.clone(), PortionReport::Error(e.to_string())));
+            }
+        }
         let portions = (0..self.workers).map(|_| (self.make)()).collect();
         tokio::spawn(run_workers(portions, ctx));
     }

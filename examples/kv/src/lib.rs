@@ -101,10 +101,16 @@ impl ServerPortion for KvServer {
     }
 }
 
-/// The factory a portion program serves: one store per portion.
+/// The factory a portion program serves: one store per portion, publishing how many keys it
+/// holds as the status object `keys` (an application figure, like a mail server's mailbox
+/// count: a policy `app_figure:keys` sends new clients to the emptiest store).
 pub fn factory() -> Arc<dyn PortionFactory> {
     let store = Store::default();
-    Arc::new(PortionFactoryFn::new(APP, move || KvServer { store: store.clone() }))
+    let counted = store.clone();
+    Arc::new(
+        PortionFactoryFn::new(APP, move || KvServer { store: store.clone() })
+            .with_status("keys", move |_| Ok(counted.map().len() as f64)),
+    )
 }
 
 #[cfg(test)]

@@ -266,6 +266,9 @@ fn blank_stats(i: usize) -> NodeStats {
             latency_ms: 0.0,
             timeouts: 0,
             service_ms: None,
+            rate: None,
+            figures: Vec::new(),
+            status_fault: None,
         }],
     }
 }

@@ -19,6 +19,11 @@ pub const DEFAULT_MAX_MESSAGE_LATENCY: Duration = Duration::from_millis(200);
 pub const DEFAULT_LOW_WATER: Duration = Duration::from_millis(100);
 /// Default largest CPU use at which a server is still eligible for an application.
 pub const DEFAULT_MAX_CPU_PERCENT: f64 = 100.0;
+/// Default interval at which the server monitor reads an application's status objects.
+pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_millis(250);
+/// `app.collect_interval_ms`: a status object silent for longer than 3 intervals counts as
+/// silent, so the shortest is a few announce intervals' worth of reads per second.
+pub const COLLECT_INTERVAL_RANGE_MS: (u64, u64) = (50, 10_000);
 /// Default number of sessions at which a portion stops being "available".
 pub const DEFAULT_MAX_SESSIONS_PER_PORTION: u64 = 1000;
 

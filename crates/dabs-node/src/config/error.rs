@@ -438,6 +438,16 @@ pub enum ConfigError {
         /// The applications built into the node.
         known: Vec<String>,
     },
+    /// A policy name, or a DNS zone name, that is not one of those allowed.
+    #[error("{at}: {key}: {message}")]
+    BadPolicy {
+        /// The value.
+        at: Location,
+        /// The key.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
     /// A `command` without a program.
     #[error("{at}: {key}: name the program to run, e.g. [\"python3\", \"portion.py\"]")]
     EmptyAppCommand {
@@ -463,6 +473,7 @@ impl ConfigError {
             | InvalidName { at, .. }
             | UnknownApplication { at, .. }
             | EmptyAppCommand { at, .. }
+            | BadPolicy { at, .. }
             | OutOfRange { at, .. }
             | MsOutOfRange { at, .. }
             | PercentOutOfRange { at, .. }

@@ -27,8 +27,30 @@ pub(crate) struct RawConfig {
     pub(crate) health: Option<RawHealth>,
     pub(crate) failover: Option<RawFailover>,
     pub(crate) operator: Option<RawOperator>,
+    pub(crate) dns: Option<RawDns>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) subfarm: Vec<Spanned<RawSubFarm>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) app: Vec<Spanned<RawApp>>,
+}
+
+/// `[dns]`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawDns {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) bind: Option<Spanned<String>>,
+    pub(crate) zone: Option<Spanned<String>>,
+    pub(crate) ttl_s: Option<Spanned<u64>>,
+}
+
+/// `[[subfarm]]`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawSubFarm {
+    pub(crate) name: Spanned<String>,
+    pub(crate) nodes: Vec<Spanned<String>>,
+    pub(crate) policy: Spanned<String>,
 }
 
 /// `[farm]`.
@@ -155,4 +177,6 @@ pub(crate) struct RawApp {
     /// A program (and its arguments) to run as the server portion, instead of a built-in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) command: Option<Spanned<Vec<String>>>,
+    pub(crate) policy: Option<Spanned<String>>,
+    pub(crate) collect_interval_ms: Option<Spanned<u64>>,
 }

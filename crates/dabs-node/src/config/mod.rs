@@ -18,8 +18,10 @@ mod secret;
 mod types;
 mod validate;
 mod validate_failover;
+mod validate_policy;
 mod write;
 
+pub use defaults::{COLLECT_INTERVAL_RANGE_MS, DEFAULT_COLLECT_INTERVAL};
 pub use defaults::{
     DEFAULT_ANNOUNCE_INTERVAL, DEFAULT_INTERFACE, DEFAULT_LEASE, DEFAULT_LOW_WATER, DEFAULT_MAX_CPU_PERCENT,
     DEFAULT_MAX_MESSAGE_LATENCY, DEFAULT_MAX_PORTIONS, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT,
@@ -27,7 +29,7 @@ pub use defaults::{
 };
 pub use error::{ConfigError, Location, SecretError, TokenError};
 pub use types::{
-    AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+    AppConfig, BalanceConfig, DnsConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
     OperatorToken,
 };
 

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::tests::{MINIMAL, parse};
 use super::{
-    AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+    AppConfig, BalanceConfig, DnsConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
     OperatorToken,
 };
 use crate::health::{Check, HealthConfig, Service};
+use crate::policy::{Policy, SubFarm};
 use crate::zones::{ClientClass, FailoverPolicy, Thresholds};
 
 /// A configuration in which every field differs from its default. The struct literals list
@@ -69,6 +70,8 @@ fn everything_set() -> NodeConfig {
                 max_cpu_percent: 12.345,
                 max_sessions_per_portion: 1_000_000,
                 command: Vec::new(),
+                policy: Policy::Closest,
+                collect_interval: ms(10_000),
             },
             AppConfig::new("bare"),
             AppConfig {
@@ -108,6 +111,20 @@ fn everything_set() -> NodeConfig {
             token: Some(OperatorToken::new("tok3n-with/odd+chars_\"'=").unwrap()),
             open_reads: Some(false),
         },
+        dns: DnsConfig {
+            enabled: false,
+            bind: Some("[::1]:5353".parse().unwrap()),
+            zone: "mail.example.".into(),
+            ttl_s: 3600,
+        },
+        subfarms: vec![
+            SubFarm { name: "east".into(), nodes: vec!["node-2".into()], policy: Policy::FewestPending },
+            SubFarm {
+                name: "west".into(),
+                nodes: vec!["node-3".into(), "node-4".into()],
+                policy: Policy::AppFigure("mailbox".into()),
+            },
+        ],
     }
 }
 
@@ -159,6 +176,9 @@ fn written_sections_keep_their_order() {
             "[[failover.class]]",
             "[[failover.class]]",
             "[operator]",
+            "[dns]",
+            "[[subfarm]]",
+            "[[subfarm]]",
             "[[app]]",
             "[[app]]",
             "[[app]]",

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::defaults::{
-    DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY,
+    DEFAULT_COLLECT_INTERVAL, DEFAULT_MAX_CPU_PERCENT, DEFAULT_MAX_SESSIONS_PER_PORTION, DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT_KEY,
 };
 use super::error::TokenError;
 use crate::health::HealthConfig;
@@ -36,6 +37,35 @@ pub struct NodeConfig {
     pub failover: FailoverPolicy,
     /// The `[operator]` section: who may use the operator interface (`node.operator`).
     pub operator: OperatorAccess,
+    /// The `[dns]` section: the node's authoritative DNS front.
+    pub dns: DnsConfig,
+    /// The `[[subfarm]]` records: named sets of nodes ranked by a policy of their own.
+    pub subfarms: Vec<crate::policy::SubFarm>,
+}
+
+/// The `[dns]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    /// Whether the node serves DNS at all (default true).
+    pub enabled: bool,
+    /// UDP and TCP address; `None`: the node's bind address with a free port.
+    pub bind: Option<SocketAddr>,
+    /// The zone, lower case with a trailing dot (default `FARM.dabs.`).
+    pub zone: String,
+    /// Time to live of every answer, seconds (1 ..= 3600, default 5).
+    pub ttl_s: u32,
+}
+
+impl DnsConfig {
+    /// The defaults for farm `farm`.
+    pub fn for_farm(farm: &str) -> Self {
+        DnsConfig {
+            enabled: true,
+            bind: None,
+            zone: format!("{}.dabs.", farm.to_ascii_lowercase()),
+            ttl_s: 5,
+        }
+    }
 }
 
 /// The `[operator]` section: the credentials of the operator interface.
@@ -178,6 +208,10 @@ pub struct AppConfig {
     /// The program (then its arguments) run as the server portion; empty for an application
     /// built into the node. A relative program path with a `/` is taken from the file's folder.
     pub command: Vec<String>,
+    /// The policy that picks its preferred server (`policy`, default `least_loaded`).
+    pub policy: crate::policy::Policy,
+    /// How often the server monitor reads its portions' status objects (`collect_interval_ms`).
+    pub collect_interval: Duration,
 }
 
 impl AppConfig {
@@ -191,6 +225,8 @@ impl AppConfig {
             max_cpu_percent: DEFAULT_MAX_CPU_PERCENT,
             max_sessions_per_portion: DEFAULT_MAX_SESSIONS_PER_PORTION,
             command: Vec::new(),
+            policy: crate::policy::Policy::LeastLoaded,
+            collect_interval: DEFAULT_COLLECT_INTERVAL,
         }
     }
 

@@ -59,7 +59,21 @@ impl Cx<'_> {
         let health = self.health(raw.health)?;
         let failover = self.failover(raw.failover)?;
         let operator = self.operator(raw.operator, &node, operator_at)?;
-        let config = NodeConfig { farm, node, timeouts, latency, apps, balance, health, failover, operator };
+        let dns = self.dns(raw.dns, &farm.name)?;
+        let subfarms = self.subfarms(raw.subfarm)?;
+        let config = NodeConfig {
+            farm,
+            node,
+            timeouts,
+            latency,
+            apps,
+            balance,
+            health,
+            failover,
+            operator,
+            dns,
+            subfarms,
+        };
         // Without a secret anyone who can reach the node could steer it: only on this host.
         if config.farm.secret.is_none() && !config.loopback_only() {
             return Err(ConfigError::SecretRequired { at: bind_at, bind: config.node.bind });
@@ -284,6 +298,7 @@ impl Cx<'_> {
             None => Vec::new(),
             Some(c) => self.command(c, &format!("app[{i}].command"))?,
         };
+        let (policy, collect_interval) = self.app_policy(&raw.policy, &raw.collect_interval_ms, i)?;
         if command.is_empty()
             && let Some(known) = self.known_apps
             && !known.contains(&name.as_str())
@@ -302,6 +317,8 @@ impl Cx<'_> {
             min_free_memory_mb: raw.min_free_memory_mb,
             max_cpu_percent,
             max_sessions_per_portion,
+            policy,
+            collect_interval,
         })
     }
 

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use super::defaults::{DEFAULT_TIMEOUT, DEFAULT_TIMEOUT_KEY};
 use super::file::{
-    RawApp, RawBalance, RawClass, RawConfig, RawFailover, RawFarm, RawHealth, RawLatency, RawNode,
-    RawOperator, RawService, unspanned,
+    RawApp, RawBalance, RawClass, RawConfig, RawDns, RawFailover, RawFarm, RawHealth, RawLatency, RawNode,
+    RawOperator, RawService, RawSubFarm, unspanned,
 };
 use super::secret::hex_encode;
 use super::types::{
-    AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+    AppConfig, BalanceConfig, DnsConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
 };
 use crate::health::{Check, HealthConfig};
 use crate::zones::{FailoverPolicy, Thresholds};
@@ -35,6 +35,8 @@ impl NodeConfig {
             health: Some(health(&self.health)),
             failover: Some(failover(&self.failover)),
             operator: operator(&self.operator),
+            dns: Some(dns(&self.dns)),
+            subfarm: self.subfarms.iter().map(|f| unspanned(subfarm(f))).collect(),
             app: self.apps.iter().map(|a| unspanned(app(a))).collect(),
         };
         // The layout holds only strings, integers, floats, booleans, arrays and tables, with
@@ -178,5 +180,24 @@ fn app(a: &AppConfig) -> RawApp {
         max_cpu_percent: Some(unspanned(a.max_cpu_percent)),
         max_sessions_per_portion: Some(unspanned(a.max_sessions_per_portion)),
         command: (!a.command.is_empty()).then(|| unspanned(a.command.clone())),
+        policy: Some(string(&a.policy)),
+        collect_interval_ms: Some(ms(a.collect_interval)),
+    }
+}
+
+fn dns(d: &DnsConfig) -> RawDns {
+    RawDns {
+        enabled: Some(d.enabled),
+        bind: d.bind.map(string),
+        zone: Some(string(&d.zone)),
+        ttl_s: Some(unspanned(u64::from(d.ttl_s))),
+    }
+}
+
+fn subfarm(f: &crate::policy::SubFarm) -> RawSubFarm {
+    RawSubFarm {
+        name: string(&f.name),
+        nodes: f.nodes.iter().map(string).collect(),
+        policy: string(&f.policy),
     }
 }

@@ -69,13 +69,17 @@ impl Inner {
             let s = self.settings_guard();
             (s.thresholds(), s.version)
         };
+        let intervals = self.collect_intervals();
         let mut st = self.state();
         st.members.seq += 1;
+        let now = Instant::now();
+        let monitor = self.monitor();
         let mut portions: Vec<PortionStats> = st
             .hosting
             .portions
             .iter()
-            .map(|(va, p)| PortionStats {
+            .map(|(va, p)| (va, p, monitor.view(va, intervals.get(&p.app).copied().unwrap_or_default(), now)))
+            .map(|(va, p, seen)| PortionStats {
                 app: p.app.clone(),
                 va: va.clone(),
                 queue: p.queue,
@@ -85,8 +89,12 @@ impl Inner {
                 // Recent ones only: a portion that starved once must not look busy forever.
                 timeouts: st.balancing.timeouts.iter().filter(|(.., v)| v == va).count() as u64,
                 service_ms: p.figures.service_ms().map(|ms| ms as f32),
+                rate: seen.rate,
+                figures: seen.figures,
+                status_fault: seen.fault,
             })
             .collect();
+        drop(monitor);
         // An announcement is one datagram: list the portions with the most room first.
         portions.sort_by_key(|p| p.sessions);
         portions.truncate(MAX_ANNOUNCED_PORTIONS);

@@ -2,7 +2,7 @@
 //! with the load signal and having it answer (`ASSIGN`); node-to-node calls.
 
 use super::{Inner, Lifecycle, RUNTIME_QUEUE};
-use crate::placement::{Choice, choose};
+use crate::placement::{Choice, choose_with};
 use crate::stats::NodeStats;
 use dabs_farm_proto::shapes::{Assign, OpenAsk, cbor, negotiate_security};
 use dabs_net::{Addr, IncomingOpen, OpenRequest, Session};
@@ -115,14 +115,21 @@ impl Inner {
             let text = format!("farm {} runs no application {app:?}", self.config.farm.name);
             return open.reject(NakCode::UnknownApplication, text);
         };
+        // The asking client's address, for the `closest` policy.
+        let client_ip = match &open.request.peer {
+            dabs_net::Addr::Udp(a) => Some(a.ip()),
+            _ => None,
+        };
         let mut choices = {
             let st = self.state();
             let fresh = st.members.membership.fresh(Instant::now(), self.fresh_window());
-            choose(
+            choose_with(
                 &app_cfg,
+                &self.config.subfarms,
                 fresh.filter(|s| security.is_none() || !s.no_encryption),
                 &st.deciding.pending,
                 va_hint,
+                client_ip,
             )
         };
         // A client whose portion's node is gone keeps its virtual address: the address moves,
@@ -175,7 +182,14 @@ impl Inner {
                 .filter(|s| !s.draining && !s.leaving && (security.is_none() || !s.no_encryption))
                 .map(|s| NodeStats { accepting: true, ..s.clone() })
                 .collect();
-            choices = choose(&app_cfg, open_to_all.iter(), &st.deciding.pending, va_hint);
+            choices = choose_with(
+                &app_cfg,
+                &self.config.subfarms,
+                open_to_all.iter(),
+                &st.deciding.pending,
+                va_hint,
+                client_ip,
+            );
         }
         for choice in choices.iter().take(4) {
             let node = choice.node().to_owned();

@@ -21,6 +21,7 @@ mod balancing;
 mod commands;
 mod deciding;
 mod failover;
+mod policy;
 mod portions;
 mod retire;
 mod seats;
@@ -94,7 +95,11 @@ struct Inner {
     /// Set by `stop`: every announcement from then on says the node is leaving, so a regular
     /// one sent before the tasks end cannot bring it back into the farm's views.
     stopping: std::sync::atomic::AtomicBool,
+    /// The server monitor's readings of the hosted portions' status objects.
+    monitor: Mutex<crate::policy::monitor::ServerMonitor>,
 }
+
+pub use policy::{ExcludedView, PolicyView, RankedView};
 
 /// A line of the node's recent history (spawns, moves, members, alerts).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -238,6 +243,11 @@ impl NodeHandle {
         Ok(next)
     }
 
+    /// Each application's policy, preferred server and ranking, as this node sees the farm.
+    pub fn policies(&self) -> Vec<PolicyView> {
+        self.0.policy_views(None)
+    }
+
     /// The node's metrics in the OpenMetrics text format ([`crate::metrics::CONTENT_TYPE`]).
     pub async fn metrics(&self) -> String {
         let mp = self.0.endpoint.stats().await.unwrap_or_default();
@@ -365,6 +375,7 @@ impl Node {
             operator: Mutex::new(None),
             fetching_settings: std::sync::atomic::AtomicBool::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            monitor: Mutex::default(),
         });
         inner.load_settings();
         // The configuration in force, kept for a restart and the operator; never the secret,
@@ -388,6 +399,7 @@ impl Node {
         tasks.push(tokio::spawn(inner.clone().report_loop(reports_rx)));
         tasks.push(tokio::spawn(inner.clone().health_loop()));
         tasks.push(tokio::spawn(inner.clone().closed_loop(closed)));
+        tasks.push(tokio::spawn(inner.clone().monitor_loop()));
         tracing::info!(node = %me, %mp, group = %inner.config.farm.group, "node started");
         Ok(Node { inner, tasks })
     }

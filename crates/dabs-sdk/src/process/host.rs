@@ -112,6 +112,48 @@ struct Running {
 /// requests of one client open one mirror.
 type Mirrors = Arc<Mutex<HashMap<SessionId, Arc<OnceCell<Session>>>>>;
 
+/// The program's status figures as its last [`Status`] gave them, and when.
+type ProgramFigures = Arc<Mutex<Option<(Instant, Vec<(String, f64)>, Vec<String>)>>>;
+
+/// Takes in the figures of a [`Status`] and publishes, in the node's record of the portion,
+/// a status object for each figure the program publishes, reading the latest one: the node's
+/// server monitor then reads a program's objects like any portion's. A program that stops
+/// answering makes them fail after three polls.
+fn mirror_figures(
+    figures: &Arc<PortionFigures>,
+    cache: &ProgramFigures,
+    values: Vec<(String, f64)>,
+    faults: Vec<String>,
+) {
+    let names: Vec<String> = values
+        .iter()
+        .map(|(n, _)| n.clone())
+        .chain(faults.iter().filter_map(|f| f.split_once(':').map(|(n, _)| n.to_owned())))
+        .collect();
+    *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), values, faults));
+    let published = figures.status.names();
+    for name in names.into_iter().filter(|n| !published.contains(n)) {
+        let (cache, key) = (cache.clone(), name.clone());
+        let object = move || {
+            let guard = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((at, values, faults)) = guard.as_ref() else { return Err("no status yet".to_owned()) };
+            if at.elapsed() > STATUS_EVERY * 3 {
+                return Err(format!("the program has not answered for {} ms", at.elapsed().as_millis()));
+            }
+            if let Some(f) = faults.iter().find(|f| f.split_once(':').is_some_and(|(n, _)| n == key)) {
+                return Err(f.split_once(':').map_or(f.as_str(), |(_, why)| why.trim()).to_owned());
+            }
+            values
+                .iter()
+                .find(|(n, _)| *n == key)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| "no longer published".to_owned())
+        };
+        // A name the program sent that is not a figure name is left out, not fatal.
+        let _ = figures.status.publish(&name, Arc::new(object));
+    }
+}
+
 /// What every request forwarded to the program needs.
 #[derive(Clone)]
 struct Forward {
@@ -163,6 +205,7 @@ async fn bridge(spec: Arc<Spec>, ctx: PortionContext) {
     let mut restarts: Vec<Instant> = Vec::new();
     let mut state = String::from("running");
     let (status_tx, mut status_rx) = mpsc::unbounded_channel();
+    let program_figures: ProgramFigures = Arc::default();
     let mut tick = tokio::time::interval(STATUS_EVERY);
     let mut missed = 0u32;
     loop {
@@ -192,8 +235,9 @@ async fn bridge(spec: Arc<Spec>, ctx: PortionContext) {
             },
             status = status_rx.recv() => {
                 match status {
-                    Some(Some(Status { state: s, timeouts, errors, .. })) => {
+                    Some(Some(Status { state: s, timeouts, errors, figures: f, figure_faults, .. })) => {
                         missed = 0;
+                        mirror_figures(&figures, &program_figures, f, figure_faults);
                         if s != state {
                             reporter.send(PortionReport::State(s.clone()));
                             state = s;

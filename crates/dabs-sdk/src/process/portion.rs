@@ -148,6 +148,7 @@ pub async fn serve(factory: Arc<dyn PortionFactory>) -> Result<(), ProcessError>
                     STATUS => {
                         status.clients = clients.len() as u64;
                         status.handled = figures.handled.load(Ordering::Relaxed);
+                        status.read_figures(&figures.status);
                         request.reply(contract::encode(&status));
                         status.timeouts.clear();
                         status.errors.clear();

@@ -1,0 +1,102 @@
+//! Validation of the `[dns]` and `[[subfarm]]` tables and of each application's `policy` and
+//! `collect_interval_ms` (seed 003).
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::defaults::{COLLECT_INTERVAL_RANGE_MS, DEFAULT_COLLECT_INTERVAL};
+use super::error::ConfigError;
+use super::file::{RawDns, RawSubFarm};
+use super::read::Cx;
+use super::types::DnsConfig;
+use crate::policy::{Policy, SubFarm};
+
+/// `dns.ttl_s`: never 0 (resolvers would ask for every lookup), at most an hour.
+const TTL_RANGE_S: (u64, u64) = (1, 3600);
+
+impl Cx<'_> {
+    /// A policy name at `key`.
+    pub(crate) fn policy(&self, value: &Spanned<String>, key: &str) -> Result<Policy, ConfigError> {
+        value.get_ref().parse().map_err(|e: crate::policy::UnknownPolicy| ConfigError::BadPolicy {
+            at: self.at(value),
+            key: key.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// An application's policy and collection interval.
+    pub(crate) fn app_policy(
+        &self,
+        policy: &Option<Spanned<String>>,
+        interval: &Option<Spanned<u64>>,
+        i: usize,
+    ) -> Result<(Policy, Duration), ConfigError> {
+        let policy = match policy {
+            Some(p) => self.policy(p, &format!("app[{i}].policy"))?,
+            None => Policy::LeastLoaded,
+        };
+        let interval = match interval {
+            Some(v) => self.ms_in(v, &format!("app[{i}].collect_interval_ms"), COLLECT_INTERVAL_RANGE_MS)?,
+            None => DEFAULT_COLLECT_INTERVAL,
+        };
+        Ok((policy, interval))
+    }
+
+    /// `[dns]` for farm `farm`.
+    pub(crate) fn dns(&self, raw: Option<RawDns>, farm: &str) -> Result<DnsConfig, ConfigError> {
+        let mut cfg = DnsConfig::for_farm(farm);
+        let Some(raw) = raw else { return Ok(cfg) };
+        cfg.enabled = raw.enabled.unwrap_or(true);
+        if let Some(b) = &raw.bind {
+            cfg.bind = Some(self.socket_addr(b, "dns.bind")?);
+        }
+        if let Some(z) = &raw.zone {
+            let zone = z.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            let label_ok = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
+            if zone.is_empty() || zone.len() > 250 || !zone.split('.').all(label_ok) {
+                return Err(ConfigError::BadPolicy {
+                    at: self.at(z),
+                    key: "dns.zone".into(),
+                    message: format!(
+                        "{:?} is not a DNS zone name (labels of 1 to 63 of a-z 0-9 - _, separated by dots)",
+                        z.get_ref()
+                    ),
+                });
+            }
+            cfg.zone = format!("{zone}.");
+        }
+        if let Some(t) = &raw.ttl_s {
+            cfg.ttl_s = self.int_in(t, "dns.ttl_s", TTL_RANGE_S)? as u32;
+        }
+        Ok(cfg)
+    }
+
+    /// The `[[subfarm]]` records: unique names, each node in one sub-farm at most.
+    pub(crate) fn subfarms(&self, raw: Vec<Spanned<RawSubFarm>>) -> Result<Vec<SubFarm>, ConfigError> {
+        let mut out: Vec<SubFarm> = Vec::with_capacity(raw.len());
+        for (i, s) in raw.into_iter().enumerate() {
+            let s = s.into_inner();
+            let name = self.name(&s.name, &format!("subfarm[{i}].name"))?;
+            if out.iter().any(|f| f.name == name) {
+                let key = format!("subfarm[{i}].name");
+                return Err(ConfigError::ListedTwice { at: self.at(&s.name), key, name });
+            }
+            let mut nodes = Vec::with_capacity(s.nodes.len());
+            for (j, n) in s.nodes.iter().enumerate() {
+                let key = format!("subfarm[{i}].nodes[{j}]");
+                let node = self.name(n, &key)?;
+                if nodes.contains(&node) || out.iter().any(|f| f.nodes.contains(&node)) {
+                    return Err(ConfigError::ListedTwice { at: self.at(n), key, name: node });
+                }
+                nodes.push(node);
+            }
+            let policy = self.policy(&s.policy, &format!("subfarm[{i}].policy"))?;
+            out.push(SubFarm { name, nodes, policy });
+        }
+        Ok(out)
+    }
+}
