@@ -11,6 +11,7 @@ mod farm;
 mod logging;
 mod mp_tools;
 mod out;
+mod policy;
 mod ramp;
 mod serve;
 mod status;
@@ -90,6 +91,24 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The operator token (`dabs farm up` prints it as `token …`); default: $DABS_TOKEN.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Application policies: list them, show one, or swap one live (`dabs policy --node URL
+    /// calc fewest_clients`): least_loaded, fastest_response, fewest_clients, fewest_pending,
+    /// closest, highest_throughput, app_figure:FIGURE.
+    Policy {
+        /// A node's operator URL (http://IP:PORT), as `dabs farm up` prints it.
+        #[arg(long)]
+        node: String,
+        /// The application (default: all of them).
+        app: Option<String>,
+        /// The new policy.
+        policy: Option<String>,
+        /// Print JSON (an array of the applications' views).
+        #[arg(long)]
+        json: bool,
+        /// The operator token, needed to change a policy; default: $DABS_TOKEN.
         #[arg(long)]
         token: Option<String>,
     },
@@ -278,6 +297,9 @@ fn main() -> ExitCode {
         Command::Node { config } => farm::run_node(&config),
         Command::Status { farm, interface, listen_ms, json } => status::run(farm, interface, listen_ms, json),
         Command::Drain { node, secret, undo } => drain::run(node, &secret, undo),
+        Command::Policy { node, app, policy, json, token } => {
+            policy::run(&node, app.as_deref(), policy.as_deref(), json, token.or_else(env_token).as_deref())
+        }
         Command::Trace { node, session, va, command, json, token } => {
             trace::run(&node, session, va.as_deref(), command, json, token.or_else(env_token).as_deref())
         }

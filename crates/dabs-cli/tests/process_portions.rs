@@ -188,6 +188,20 @@ fn the_kv_example_runs_as_a_rust_program_portion_under_farm_up() {
     let (code, out, err) = run(&["get", "colour"]);
     assert_eq!((code, out.as_str()), (Some(0), "blue"), "{err}");
     assert_eq!(run(&["keys"]).1, "colour\nsize");
+    // The program's status object `keys` reaches the farm through the node's STATUS polls.
+    eventually("the kv portion announcing keys = 2", PATIENCE, POLL, || {
+        let (_, p) = hosting(&urls, "kv");
+        let figures = dabs_testkit::http::json("GET", &urls[1], "/api/farm", None).1["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m["portions"].as_array().cloned().unwrap_or_default())
+            .find(|x| x["va"] == p["va"])
+            .map(|x| x["figures"].clone());
+        (figures.as_ref().map(|f| f["keys"].as_f64()) == Some(Some(2.0)))
+            .then_some(())
+            .ok_or(format!("{figures:?}"))
+    });
     assert_eq!(run(&["del", "colour"]).0, Some(0));
     assert_eq!(run(&["get", "colour"]).0, Some(1), "a missing key exits 1");
     let (code, _, err) = run(&["put", "", "x"]);

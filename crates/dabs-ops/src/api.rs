@@ -68,6 +68,9 @@ pub(crate) fn node_view(
             "latency_ms": p.latency_ms,
             "timeouts": p.timeouts,
             "service_ms": p.service_ms,
+            "rate": p.rate,
+            "figures": p.figures.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<String, Value>>(),
+            "status_fault": p.status_fault,
         })).collect::<Vec<_>>(),
     })
 }

@@ -9,8 +9,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends `GET path` to an operator interface at `base_url` (`http://HOST:PORT`), with the
 /// operator token when there is one. A refusal becomes `Err("FIELD: message")` from the node's
-/// `{"error": {"field", "message"}}` body, or the status and body when it has none.
+/// `{"error": {"field", "message"}}` body (or its `{"error": text}`), or the status and body.
 async fn get(base_url: &str, token: Option<&str>, path: &str) -> Result<reqwest::Response, String> {
+    send(base_url, token, reqwest::Method::GET, path, None).await
+}
+
+/// Sends `method path` with an optional JSON `body`; see [`get`] for refusals.
+async fn send(
+    base_url: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<reqwest::Response, String> {
     let base = base_url.trim_end_matches('/');
     if !base.starts_with("http://") {
         return Err(format!("{base_url}: only http:// URLs are supported"));
@@ -19,21 +30,37 @@ async fn get(base_url: &str, token: Option<&str>, path: &str) -> Result<reqwest:
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
-    let mut request = client.get(format!("{base}{path}"));
+    let mut request = client.request(method.clone(), format!("{base}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token.trim());
     }
-    let response = request.send().await.map_err(|e| format!("GET {base}{path} failed: {e}"))?;
+    if let Some(body) = body {
+        request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string());
+    }
+    let response = request.send().await.map_err(|e| format!("{method} {base}{path} failed: {e}"))?;
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let bytes = response.bytes().await.unwrap_or_default();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Err(match (v["error"]["field"].as_str(), v["error"]["message"].as_str()) {
-        (Some(f), Some(m)) => format!("{f}: {m}"),
+    Err(match (v["error"]["field"].as_str(), v["error"]["message"].as_str(), v["error"].as_str()) {
+        (Some(f), Some(m), _) => format!("{f}: {m}"),
+        (.., Some(text)) => format!("{status}: {text}"),
         _ => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
     })
+}
+
+/// Sends `PUT path` with JSON `body` and the operator `token`; the node's answer as JSON.
+pub async fn put_json(
+    base_url: &str,
+    token: Option<&str>,
+    path: &str,
+    body: &Value,
+) -> Result<Value, String> {
+    let response = send(base_url, token, reqwest::Method::PUT, path, Some(body)).await?;
+    let bytes = response.bytes().await.map_err(|e| format!("PUT {path}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("PUT {path}: not JSON: {e}"))
 }
 
 /// Fetches one JSON document from an operator interface (`http://IP:PORT`, path `/api/...`)

@@ -15,7 +15,7 @@ mod policy;
 mod trace;
 
 pub use auth::{AUTH_FIELD, Access, Authorized, Refusal, require_token};
-pub use client::{get_json, trace_client};
+pub use client::{get_json, put_json, trace_client};
 pub use openapi::document as openapi_document;
 pub use trace::{TapRecord, TraceFilter, trace_line};
 

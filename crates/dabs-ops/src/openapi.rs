@@ -263,6 +263,13 @@ pub(crate) struct AnnouncedPortion {
     /// Busy time per request handled, ms, time-weighted mean over about 30 s; null before the
     /// first request
     service_ms: Option<f64>,
+    /// Requests handled per second over the last collection interval; null before two reads
+    rate: Option<f64>,
+    /// Its status objects' figures as the server monitor last read them, by name
+    figures: BTreeMap<String, f64>,
+    /// Why its status objects take it out of its policy's consideration (failed, or silent);
+    /// null while they answer
+    status_fault: Option<String>,
 }
 
 /// A server portion running on this node
