@@ -62,7 +62,7 @@ pub fn run_node(config: &Path) -> ExitCode {
             },
             None => None,
         };
-        println!("{}", ReadyLine { name, mp: node.mp_addr(), group, operator });
+        println!("{}", ReadyLine { name, mp: node.mp_addr(), group, operator, dns: node.dns_addr() });
         use std::io::Write;
         let _ = std::io::stdout().flush();
         stop.wait().await;
@@ -152,6 +152,8 @@ pub struct FarmNode {
     pub mp: SocketAddr,
     /// Its operator interface, `http://IP:PORT`.
     pub operator: Option<String>,
+    /// Its DNS front (UDP and TCP).
+    pub dns: Option<SocketAddr>,
     /// Its process.
     pub child: Child,
 }
@@ -285,7 +287,10 @@ impl LocalFarm {
         let nodes: Vec<_> = self
             .nodes
             .iter()
-            .map(|n| json!({"name": n.name, "mp": n.mp.to_string(), "pid": n.child.id(), "operator": n.operator}))
+            .map(|n| {
+                json!({"name": n.name, "mp": n.mp.to_string(), "pid": n.child.id(), "operator": n.operator,
+                    "dns": n.dns.map(|a| a.to_string())})
+            })
             .collect();
         let path = self.dir.join("farm.json");
         let text = json!({
@@ -360,7 +365,7 @@ fn spawn_node(name: &str, config: &Path) -> Result<FarmNode, String> {
     let ready = ReadyLine::parse(&first).map_err(|e| {
         format!("{name} did not start ({e}); see its messages {}", crate::logging::where_logged())
     })?;
-    Ok(FarmNode { name: name.into(), mp: ready.mp, operator: ready.operator_url(), child })
+    Ok(FarmNode { name: name.into(), mp: ready.mp, operator: ready.operator_url(), dns: ready.dns, child })
 }
 
 /// A fresh farm secret: 32 random bytes from the operating system's generator, as hex.
@@ -421,7 +426,8 @@ pub fn farm_up(
         println!("farm key {key}");
     }
     for n in &farm.nodes {
-        println!("{} mp {} operator {}", n.name, n.mp, n.operator.as_deref().unwrap_or("-"));
+        let dns = n.dns.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        println!("{} mp {} operator {} dns {dns}", n.name, n.mp, n.operator.as_deref().unwrap_or("-"));
     }
     // The operator's: the interfaces ask for it to change settings or trace (docs/operator.md).
     println!("token {}", farm.token);

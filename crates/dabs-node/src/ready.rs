@@ -1,7 +1,7 @@
 //! The ready line: what `dabs node` prints on its standard output, as its first line, once it
 //! announces itself and serves its endpoint (and operator interface, when configured).
 //!
-//! `node NAME mp ADDR group GROUP[ operator http://ADDR]`
+//! `node NAME mp ADDR group GROUP[ operator http://ADDR][ dns ADDR]`
 //!
 //! `dabs farm up` reads it from each node it starts, and so do tests that start nodes. The
 //! format and its parser live here only, so the writer and the readers cannot drift apart.
@@ -20,13 +20,17 @@ pub struct ReadyLine {
     pub group: SocketAddrV4,
     /// Where its operator interface listens, if it serves one.
     pub operator: Option<SocketAddr>,
+    /// Where its DNS front listens (UDP and TCP), if it serves one.
+    pub dns: Option<SocketAddr>,
 }
 
 /// Why a line is not a ready line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadyLineError {
     /// The line does not have the ready line's words in their places.
-    #[error("not a ready line (expected `node NAME mp ADDR group GROUP [operator URL]`): {line:?}")]
+    #[error(
+        "not a ready line (expected `node NAME mp ADDR group GROUP [operator URL] [dns ADDR]`): {line:?}"
+    )]
     Shape {
         /// The line as read.
         line: String,
@@ -52,24 +56,29 @@ impl ReadyLine {
     /// Parses a ready line (surrounding white space ignored).
     pub fn parse(line: &str) -> Result<ReadyLine, ReadyLineError> {
         let shape = || ReadyLineError::Shape { line: line.to_owned() };
-        let words: Vec<&str> = line.split_whitespace().collect();
-        // The fixed tail: `mp A group G` and maybe `operator U`; the name is what lies between.
-        let tail = if words.len() >= 2 && words[words.len() - 2] == "operator" { 6 } else { 4 };
-        if words.len() < tail + 2 || words[0] != "node" {
-            return Err(shape());
-        }
-        let (name, rest) = words[1..].split_at(words.len() - 1 - tail);
-        if rest[0] != "mp" || rest[2] != "group" {
-            return Err(shape());
-        }
         let address = |field: &'static str, value: &str| ReadyLineError::Address {
             field,
             value: value.to_owned(),
             line: line.to_owned(),
         };
-        let mp = rest[1].parse().map_err(|_| address("mp", rest[1]))?;
-        let group = rest[3].parse().map_err(|_| address("group", rest[3]))?;
-        let operator = match rest.get(5) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // The optional tail, `operator U` and `dns D`, then the fixed `mp A group G`; the name
+        // is what lies between `node` and `mp`.
+        let (mut end, mut operator, mut dns) = (words.len(), None, None);
+        while end >= 2 {
+            match words[end - 2] {
+                "operator" if operator.is_none() => operator = Some(words[end - 1]),
+                "dns" if dns.is_none() => dns = Some(words[end - 1]),
+                _ => break,
+            }
+            end -= 2;
+        }
+        if end < 6 || words[0] != "node" || words[end - 4] != "mp" || words[end - 2] != "group" {
+            return Err(shape());
+        }
+        let mp = words[end - 3].parse().map_err(|_| address("mp", words[end - 3]))?;
+        let group = words[end - 1].parse().map_err(|_| address("group", words[end - 1]))?;
+        let operator = match operator {
             Some(url) => Some(
                 url.strip_prefix("http://")
                     .and_then(|a| a.trim_end_matches('/').parse().ok())
@@ -77,7 +86,11 @@ impl ReadyLine {
             ),
             None => None,
         };
-        Ok(ReadyLine { name: name.join(" "), mp, group, operator })
+        let dns = match dns {
+            Some(a) => Some(a.parse().map_err(|_| address("dns", a))?),
+            None => None,
+        };
+        Ok(ReadyLine { name: words[1..end - 4].join(" "), mp, group, operator, dns })
     }
 }
 
@@ -96,6 +109,9 @@ impl fmt::Display for ReadyLine {
         if let Some(url) = self.operator_url() {
             write!(f, " operator {url}")?;
         }
+        if let Some(dns) = self.dns {
+            write!(f, " dns {dns}")?;
+        }
         Ok(())
     }
 }
@@ -110,6 +126,7 @@ mod tests {
             mp: "127.0.0.1:40001".parse().unwrap(),
             group: "239.255.1.2:47000".parse().unwrap(),
             operator: operator.map(|o| o.parse().unwrap()),
+            dns: None,
         }
     }
 
@@ -124,7 +141,14 @@ mod tests {
             "node node-2 mp 127.0.0.1:40001 group 239.255.1.2:47000 operator http://127.0.0.1:8080"
         );
         assert_eq!(l.operator_url().as_deref(), Some("http://127.0.0.1:8080"));
-        assert_eq!(ReadyLine::parse(&format!("  {l}\n")), Ok(l));
+        assert_eq!(ReadyLine::parse(&format!("  {l}\n")), Ok(l.clone()));
+        let with_dns = ReadyLine { dns: Some("127.0.0.1:5353".parse().unwrap()), ..l };
+        assert!(with_dns.to_string().ends_with(" operator http://127.0.0.1:8080 dns 127.0.0.1:5353"));
+        assert_eq!(ReadyLine::parse(&with_dns.to_string()), Ok(with_dns));
+        let no_operator = ReadyLine { dns: Some("[::1]:53".parse().unwrap()), ..line("n", None) };
+        assert_eq!(ReadyLine::parse(&no_operator.to_string()), Ok(no_operator));
+        let e = ReadyLine::parse("node n mp 127.0.0.1:1 group 239.0.0.1:2 dns here").unwrap_err();
+        assert!(matches!(e, ReadyLineError::Address { field: "dns", .. }), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod http;
 pub mod membership;
 pub mod portion;

@@ -232,6 +232,7 @@ impl Inner {
                 self.peers.lock().await.remove(&node);
             }
             self.log_decider_change();
+            self.refresh_zone();
         }
     }
 

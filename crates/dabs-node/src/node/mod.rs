@@ -42,6 +42,14 @@ pub enum NodeError {
     /// The database could not be opened.
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    /// The DNS front could not start.
+    #[error("cannot serve DNS ([dns] bind = {addr}): {source}")]
+    Dns {
+        /// The address it was to serve.
+        addr: SocketAddr,
+        /// The cause.
+        source: dabs_dns::DnsError,
+    },
     /// The endpoint could not bind.
     #[error("cannot bind the MP endpoint at {addr} (group {group}): {source}")]
     Bind {
@@ -97,6 +105,12 @@ struct Inner {
     stopping: std::sync::atomic::AtomicBool,
     /// The server monitor's readings of the hosted portions' status objects.
     monitor: Mutex<crate::policy::monitor::ServerMonitor>,
+    /// Where the DNS front takes its zone from (`None`: no DNS front).
+    zone: Option<tokio::sync::watch::Sender<Arc<dabs_dns::ZoneData>>>,
+    /// What the zone was last made of, and its serial.
+    zone_key: Mutex<Option<(policy::ZoneKey, u32)>>,
+    /// The DNS front's address (UDP and TCP).
+    dns_addr: Option<SocketAddr>,
 }
 
 pub use policy::{ExcludedView, PolicyView, RankedView};
@@ -315,6 +329,7 @@ impl Lifecycle {
 pub struct Node {
     inner: Arc<Inner>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    dns: Option<dabs_dns::DnsFront>,
 }
 
 impl Node {
@@ -352,6 +367,20 @@ impl Node {
             .await
             .map_err(|source| NodeError::Bind { addr: config.node.bind, group: config.farm.group, source })?;
         let mp = endpoint.local_addrs().udp;
+        let (zone, dns) = if config.dns.enabled {
+            let addr = config.dns.bind.unwrap_or_else(|| SocketAddr::new(config.node.bind.ip(), 0));
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(dabs_dns::ZoneData::default()));
+            match dabs_dns::DnsFront::start(addr, rx).await {
+                Ok(front) => (Some(tx), Some(front)),
+                Err(source) => {
+                    endpoint.shutdown().await;
+                    return Err(NodeError::Dns { addr, source });
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let dns_addr = dns.as_ref().map(dabs_dns::DnsFront::local_addr);
         let (reports, reports_rx) = mpsc::unbounded_channel();
         let me = config.node.name.clone();
         let inner = Arc::new(Inner {
@@ -376,6 +405,9 @@ impl Node {
             fetching_settings: std::sync::atomic::AtomicBool::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
             monitor: Mutex::default(),
+            zone,
+            zone_key: Mutex::new(None),
+            dns_addr,
         });
         inner.load_settings();
         // The configuration in force, kept for a restart and the operator; never the secret,
@@ -400,13 +432,19 @@ impl Node {
         tasks.push(tokio::spawn(inner.clone().health_loop()));
         tasks.push(tokio::spawn(inner.clone().closed_loop(closed)));
         tasks.push(tokio::spawn(inner.clone().monitor_loop()));
-        tracing::info!(node = %me, %mp, group = %inner.config.farm.group, "node started");
-        Ok(Node { inner, tasks })
+        inner.refresh_zone();
+        tracing::info!(node = %me, %mp, group = %inner.config.farm.group, dns = ?dns_addr, "node started");
+        Ok(Node { inner, tasks, dns })
     }
 
     /// The node's MP address.
     pub fn mp_addr(&self) -> SocketAddr {
         self.inner.mp
+    }
+
+    /// Where its DNS front answers (UDP and TCP), if it runs one.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.inner.dns_addr
     }
 
     /// The operator's handle on this node.
@@ -456,6 +494,9 @@ impl Node {
         tokio::time::sleep(Duration::from_millis(50)).await;
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(dns) = self.dns {
+            dns.stop().await;
         }
         inner.endpoint.shutdown().await;
         // Aborted tasks let go of the runtime as they are dropped; waiting for that (briefly)

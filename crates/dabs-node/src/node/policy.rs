@@ -184,3 +184,45 @@ pub(super) struct ZoneKey {
     pub(super) apps: BTreeMap<String, Vec<String>>,
     pub(super) closest: std::collections::BTreeSet<String>,
 }
+
+impl Inner {
+    /// Gives the DNS front a new zone when what it answers has changed (members, addresses,
+    /// rankings): called on every announcement tick, so a new preference is served within
+    /// one announce interval of this node hearing of it.
+    pub(super) fn refresh_zone(&self) {
+        let Some(zone) = &self.zone else { return };
+        let key = self.zone_snapshot();
+        let serial = {
+            let mut last = self.zone_key.lock().unwrap_or_else(|e| e.into_inner());
+            if last.as_ref().is_some_and(|(k, _)| *k == key) {
+                return;
+            }
+            // Seconds since the epoch, or one more than the last: always increasing.
+            let now = (dabs_net::unix_ms() / 1000) as u32;
+            let serial = last.as_ref().map_or(now, |(_, s)| now.max(s.wrapping_add(1)));
+            *last = Some((key.clone(), serial));
+            serial
+        };
+        let nodes = key
+            .nodes
+            .into_iter()
+            .map(|(name, (ip, port))| {
+                let (v4, v6) = match ip {
+                    IpAddr::V4(a) => (Some(a), None),
+                    IpAddr::V6(a) => (a.to_ipv4_mapped(), Some(a)),
+                };
+                (name, dabs_dns::NodeAddr { v4, v6, mp_port: port })
+            })
+            .collect();
+        let data = dabs_dns::ZoneData {
+            origin: self.config.dns.zone.clone(),
+            ttl: self.config.dns.ttl_s,
+            serial,
+            ns_host: self.me.clone(),
+            nodes,
+            apps: key.apps,
+            closest: key.closest,
+        };
+        zone.send_replace(Arc::new(data));
+    }
+}
