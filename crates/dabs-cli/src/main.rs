@@ -2,6 +2,7 @@
 
 mod addr;
 mod bench;
+mod bench_dns;
 mod calc;
 mod codec_demo;
 mod demo;
@@ -213,6 +214,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The DNS front: time from a load change to the new answer, and with `--dnsperf S`
+    /// dnsperf's queries per second against it and NSD side by side (scripts/bench-dns).
+    Dns {
+        /// Rounds of placing a client and timing the answer's move.
+        #[arg(long, default_value_t = 40)]
+        rounds: usize,
+        /// Seconds per dnsperf run (0: no dnsperf runs).
+        #[arg(long, default_value_t = 0)]
+        dnsperf: u64,
+        /// The fixed query rate at which latency percentiles are taken.
+        #[arg(long, default_value_t = 5000)]
+        fixed_qps: u32,
+        /// Print one JSON object instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open-session latency through the farm group: portion running vs. to be started.
     Open {
         /// Opens measured per case.
@@ -305,6 +322,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Load { clients, seconds, json } } => {
             bench::farm_load(clients, seconds, json)
+        }
+        Command::Bench { command: BenchCommand::Dns { rounds, dnsperf, fixed_qps, json } } => {
+            bench_dns::run(rounds, dnsperf, fixed_qps, json)
         }
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)

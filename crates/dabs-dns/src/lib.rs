@@ -8,6 +8,8 @@
 mod answer;
 
 pub use answer::{Answer, answer, node_addr};
+/// hickory's DNS message types, for clients of the front (benchmarks, tests).
+pub use hickory_server::proto;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
