@@ -239,6 +239,16 @@ async function run(context) {
     }),
   );
 
+  await check('node-1 policies table shows calc, its policy, preferred server and why', () =>
+    until(PAGE_WAIT_MS, 'no calc row in the policies table', async () => {
+      const row = page1.locator('#policies tbody tr[data-app="calc"]');
+      const cells = (await row.count()) ? await row.locator('td').allTextContents() : [];
+      const ok = cells.length >= 4 && cells[1] === 'least_loaded' && /^node-\d$/.test(cells[2]) &&
+        /node-\d: load \d/.test(cells[3]);
+      return { ok, value: cells.slice(0, 4).join(' | '), state: cells };
+    }),
+  );
+
   await check('node-1 page shows its counters and the idle-retirement setting', () =>
     until(PAGE_WAIT_MS, 'no counters line or retirement setting', async () => {
       const counters = await spanText(page1, 'node-counters');
@@ -302,6 +312,15 @@ async function run(context) {
     const kept = await page1.evaluate(() => sessionStorage.getItem('dabs-operator-token'));
     if (kept !== token) throw new Error('the token is not kept for the tab (sessionStorage)');
     return { value: v ? Number(v[1]) : null, detail: `"${status}", token kept for the tab` };
+  });
+
+  await check('node-1 swaps calc to fewest_clients from its selector; node-2 has it', async () => {
+    await page1.locator('#policies tr[data-app="calc"] select').selectOption('fewest_clients');
+    return until(SPREAD_WAIT_MS, 'node-2 never reported calc on fewest_clients', async () => {
+      const v = await getJson(new URL('/api/applications/calc/policy', n2.operator));
+      const status = await spanText(page1, 'policies-status');
+      return { ok: v.policy === 'fewest_clients', value: `node-2: ${v.policy}; page: "${status}"`, state: v };
+    });
   });
 
   await check('node-1 API has the new value', async () => {
