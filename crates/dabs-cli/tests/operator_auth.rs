@@ -115,7 +115,8 @@ fn farm_up_makes_a_token_that_guards_its_nodes() {
         !std::fs::read_to_string(up.dir.join("node-1.toml")).unwrap().contains(&token),
         "not in the config"
     );
-    let url = up.printed("node-1").unwrap().split_whitespace().last().unwrap().to_owned();
+    let line = up.printed("node-1").unwrap();
+    let url = line.split(" operator ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
 
     let change = json!({"max_message_latency_ms": 345});
     let (status, v) = dabs_testkit::http::json("PUT", &url, "/api/settings", Some(&change));

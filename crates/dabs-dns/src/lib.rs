@@ -54,6 +54,36 @@ pub struct ZoneData {
     pub closest: BTreeSet<String>,
 }
 
+#[cfg(any(test, feature = "fixtures"))]
+impl ZoneData {
+    /// A zone for tests: `test.dabs.`, three nodes (node-3 IPv6 only), `calc` ranked node-1
+    /// then node-2, `six` on node-3, `idle` with no server.
+    pub fn example() -> ZoneData {
+        ZoneData {
+            origin: "Test.DABS".into(),
+            ttl: 5,
+            serial: 1,
+            ns_host: "node-1".into(),
+            nodes: [
+                ("node-1".to_string(), node_addr("10.9.0.1".parse().expect("literal"), 4001)),
+                ("node-2".to_string(), node_addr("10.1.2.7".parse().expect("literal"), 4002)),
+                (
+                    "node-3".to_string(),
+                    NodeAddr { v4: None, v6: Some("fd00::3".parse().expect("literal")), mp_port: 4003 },
+                ),
+            ]
+            .into(),
+            apps: [
+                ("calc".to_string(), vec!["node-1".to_string(), "node-2".to_string()]),
+                ("six".to_string(), vec!["node-3".to_string()]),
+                ("idle".to_string(), vec![]),
+            ]
+            .into(),
+            closest: Default::default(),
+        }
+    }
+}
+
 /// Why the DNS front could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {

@@ -1,33 +1,12 @@
 //! The DNS front asked by a client we did not write: Debian's `dig`, over UDP and TCP.
 
-use dabs_dns::{DnsFront, NodeAddr, ZoneData, node_addr};
+use dabs_dns::{DnsFront, ZoneData};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn zone() -> ZoneData {
-    ZoneData {
-        origin: "test.dabs.".into(),
-        ttl: 5,
-        serial: 1,
-        ns_host: "node-1".into(),
-        nodes: [
-            ("node-1".to_string(), node_addr("10.9.0.1".parse().unwrap(), 4001)),
-            ("node-2".to_string(), node_addr("10.1.2.7".parse().unwrap(), 4002)),
-            (
-                "node-3".to_string(),
-                NodeAddr { v4: None, v6: Some("fd00::3".parse().unwrap()), mp_port: 4003 },
-            ),
-        ]
-        .into(),
-        apps: [
-            ("calc".to_string(), vec!["node-1".to_string(), "node-2".to_string()]),
-            ("six".to_string(), vec!["node-3".to_string()]),
-            ("idle".to_string(), vec![]),
-        ]
-        .into(),
-        closest: Default::default(),
-    }
+    ZoneData::example()
 }
 
 async fn front() -> (DnsFront, tokio::sync::watch::Sender<Arc<ZoneData>>) {
