@@ -398,6 +398,14 @@ pub fn farm_up(
         eprintln!("dabs farm up: --nodes must be at least 1");
         return ExitCode::from(2);
     }
+    // Ctrl-C and SIGTERM are caught from here on: one that comes while the nodes start or
+    // just after farm.json appears must stop the farm, not kill this process and leave the
+    // nodes and the lock behind.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let stop = {
+        let _in_runtime = rt.enter();
+        crate::serve::StopSignals::install()
+    };
     let secret = secret.unwrap_or_else(generate_secret);
     let secret = Some(secret);
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("dabs-farm-{}", std::process::id())));
@@ -437,8 +445,7 @@ pub fn farm_up(
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let all_died = rt.block_on(watch_nodes(&mut farm));
+    let all_died = rt.block_on(watch_nodes(&mut farm, stop));
     farm.stop();
     println!("farm stopped");
     if all_died { ExitCode::FAILURE } else { ExitCode::SUCCESS }
@@ -491,9 +498,9 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, String> {
 /// Waits for Ctrl-C or SIGTERM, and says on stderr when a node process exits (which node, its
 /// pid and exit status) while the farm runs. Returns true when every node has died (and stops
 /// waiting then: there is no farm left).
-async fn watch_nodes(farm: &mut LocalFarm) -> bool {
+async fn watch_nodes(farm: &mut LocalFarm, stop: crate::serve::StopSignals) -> bool {
     use tokio::signal::unix::{SignalKind, signal};
-    let stop = crate::serve::wait_for_stop();
+    let stop = stop.wait();
     tokio::pin!(stop);
     // SIGCHLD says some child changed state; which one, `try_wait` tells.
     let mut children = match signal(SignalKind::child()) {
