@@ -339,6 +339,10 @@ pub(crate) struct AppSettings {
     min_free_memory_mb: u64,
     /// More CPU use (percent, 0 < x <= 100) makes a node ineligible
     max_cpu_percent: f64,
+    /// The policy that picks its preferred server (docs/policies.md)
+    policy: String,
+    /// How often its portions' status objects are read, ms (50..10000)
+    collect_interval_ms: u64,
 }
 
 /// Any subset of the settings; unknown keys are refused
@@ -373,6 +377,11 @@ pub(crate) struct AppPatch {
     min_free_memory_mb: Option<u64>,
     /// New CPU ceiling, percent
     max_cpu_percent: Option<f64>,
+    /// New policy: least_loaded, fastest_response, fewest_clients, fewest_pending, closest,
+    /// highest_throughput or app_figure:FIGURE
+    policy: Option<String>,
+    /// New collection interval of its status objects, ms
+    collect_interval_ms: Option<u64>,
 }
 
 /// An application's policy and the server it prefers (`GET /api/applications/{app}/policy`).

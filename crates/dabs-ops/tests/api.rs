@@ -280,7 +280,7 @@ async fn metrics_page_and_api_document() {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in /openapi.json");
         // Every documented route is served (the trace streams, so only its head is read).
         if *method == "get" && *path != "/api/trace" {
-            let path = path.replace("{file}", "uplot.min.js");
+            let path = path.replace("{file}", "uplot.min.js").replace("{app}", "calc");
             assert_eq!(s.get(&path).await.status, 200, "GET {path}");
         }
     }
@@ -409,8 +409,15 @@ async fn the_document_describes_what_the_handlers_serve() {
         (farm["members"].as_array().is_some_and(|m| !m.is_empty())).then_some(())
     })
     .await;
-    for path in ["/api/node", "/api/farm", "/api/events", "/api/settings"] {
-        let body = s.get_json(path).await;
+    for (path, served) in [
+        ("/api/node", "/api/node"),
+        ("/api/farm", "/api/farm"),
+        ("/api/events", "/api/events"),
+        ("/api/settings", "/api/settings"),
+        ("/api/applications", "/api/applications"),
+        ("/api/applications/{app}/policy", "/api/applications/calc/policy"),
+    ] {
+        let body = s.get_json(served).await;
         let schema = &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
         assert!(schema.is_object(), "{path}: no JSON response schema");
         check_keys(&doc, schema, &body, path);
