@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The quantile `p` of times in ms.
-fn pct(ms: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(ms: &[f64], p: f64) -> f64 {
     dabs_node::calls::Percentiles::of_ms(ms.iter().copied(), p)
 }
 

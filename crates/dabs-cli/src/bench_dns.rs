@@ -5,6 +5,7 @@
 //! queries per second and latency from Debian's dnsperf against node-1's front and, in the same
 //! run, against NSD serving the same zone statically (`scripts/bench-dns` installs both).
 
+use crate::bench::pct;
 use crate::farm::LocalFarm;
 use dabs_dns::proto::op::{Message, MessageType, OpCode, Query};
 use dabs_dns::proto::rr::{Name, RData, RecordType};
@@ -13,11 +14,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
-
-/// The quantile `p` of times in ms.
-fn pct(ms: &[f64], p: f64) -> f64 {
-    dabs_node::calls::Percentiles::of_ms(ms.iter().copied(), p)
-}
 
 /// The SRV target of `_calc._mp._udp.local.dabs.` at `dns`, by one UDP query.
 async fn srv_target(

@@ -39,8 +39,8 @@ fn normal(name: &str) -> String {
     if n.ends_with('.') { n } else { format!("{n}.") }
 }
 
-/// Bits two addresses share from the left (0 across families).
-fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
+/// Bits two addresses share from the left (0 across families): how `closest` measures nearness.
+pub fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
     match (a, b) {
         (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
         (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),

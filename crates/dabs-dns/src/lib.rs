@@ -7,7 +7,7 @@
 
 mod answer;
 
-pub use answer::{Answer, answer, node_addr};
+pub use answer::{Answer, answer, common_prefix, node_addr};
 /// hickory's DNS message types, for clients of the front (benchmarks, tests).
 pub use hickory_server::proto;
 

@@ -331,6 +331,11 @@ impl ServiceTimes {
         Self { by_app }
     }
 
+    /// The farm's median service time of application `app`, ms; `None` when nobody measured one.
+    pub fn median_ms(&self, app: &str) -> Option<f64> {
+        self.by_app.get(app).copied()
+    }
+
     /// How many clients of a median portion of its application one client of `p` is worth:
     /// its service time over the farm's median. A portion that has not measured one yet (or
     /// an application nobody has measured) counts as the median, 1: unknown speed is taken to be

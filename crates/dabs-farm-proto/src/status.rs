@@ -60,6 +60,11 @@ impl StatusObjects {
         self.lock().remove(name);
     }
 
+    /// Whether nothing is published.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The published figures' names.
     pub fn names(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()

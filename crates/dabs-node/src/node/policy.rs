@@ -109,7 +109,7 @@ impl Inner {
                 for (va, app, figures) in hosted {
                     let interval =
                         intervals.get(&app).copied().unwrap_or(crate::config::DEFAULT_COLLECT_INTERVAL);
-                    let publishes = !figures.status.names().is_empty();
+                    let publishes = !figures.status.is_empty();
                     if m.start_read(&va, publishes, interval, now) {
                         due.push((va, figures, interval));
                     }
@@ -131,26 +131,33 @@ impl Inner {
         s.apps.iter().map(|(name, a)| (name.clone(), Duration::from_millis(a.collect_interval_ms))).collect()
     }
 
-    /// The applications' rankings as this node's replica of the central monitor sees them now
-    /// (with the clients it sent as decider that announcements do not show yet). `client`
-    /// is the asking client's address, for `closest`.
-    pub(super) fn policy_views(&self, client: Option<IpAddr>) -> Vec<PolicyView> {
+    /// `each` applied to every application's ranking as this node's replica of the central
+    /// monitor sees it now (with the clients it sent as decider that announcements do not show
+    /// yet). `client` is the asking client's address, for `closest`.
+    fn with_rankings<R>(
+        &self,
+        client: Option<IpAddr>,
+        mut each: impl FnMut(&crate::config::AppConfig, &Ranking<'_>) -> R,
+    ) -> Vec<R> {
         let apps: Vec<_> = self.config.apps.iter().filter_map(|a| self.app_config(&a.name)).collect();
         let st = self.state();
         let members: Vec<&NodeStats> =
             st.members.membership.fresh(Instant::now(), self.fresh_window()).collect();
         apps.iter()
-            .map(|app| {
-                let r = rank(app, &self.config.subfarms, &members, &st.deciding.pending, client);
-                PolicyView::of(app, &r)
-            })
+            .map(|app| each(app, &rank(app, &self.config.subfarms, &members, &st.deciding.pending, client)))
             .collect()
     }
 
+    /// The applications' policies, rankings and reasons, for the operator.
+    pub(super) fn policy_views(&self, client: Option<IpAddr>) -> Vec<PolicyView> {
+        self.with_rankings(client, PolicyView::of)
+    }
+
     /// What the DNS front answers now: every fresh member's address and each application's
-    /// ranking. `None` when nothing changed since `last`.
+    /// ranking.
     pub(super) fn zone_snapshot(&self) -> ZoneKey {
-        let views = self.policy_views(None);
+        let ranked =
+            self.with_rankings(None, |app, r| (app.name.clone(), r.names(), app.policy == Policy::Closest));
         let st = self.state();
         let now = Instant::now();
         let nodes = st
@@ -167,12 +174,8 @@ impl Inner {
                 (s.node.clone(), (ip, s.mp.port()))
             })
             .collect();
-        let apps = views
-            .iter()
-            .map(|v| (v.app.clone(), v.ranked.iter().map(|r| r.node.clone()).collect()))
-            .collect();
-        let closest =
-            views.iter().filter(|v| v.policy == Policy::Closest.to_string()).map(|v| v.app.clone()).collect();
+        let closest = ranked.iter().filter(|(.., closest)| *closest).map(|(app, ..)| app.clone()).collect();
+        let apps = ranked.into_iter().map(|(app, names, _)| (app, names)).collect();
         ZoneKey { nodes, apps, closest }
     }
 }

@@ -8,6 +8,7 @@ use super::{Policy, SubFarm};
 use crate::config::AppConfig;
 use crate::placement::{Pending, eligible};
 use crate::stats::{NodeStats, PortionStats, ServiceTimes, load_score};
+pub use dabs_dns::common_prefix;
 use std::net::IpAddr;
 
 /// One server in a ranking.
@@ -68,7 +69,7 @@ fn figure(
             if ps.is_empty() {
                 return (None, "no portion yet: response time unknown".into());
             }
-            let median = farm_median(farm, ps[0]);
+            let median = farm.median_ms(app).unwrap_or(0.0);
             let sum: f64 =
                 ps.iter().map(|p| f64::from(p.latency_ms) + p.service_ms.map_or(median, f64::from)).sum();
             let ms = sum / ps.len() as f64;
@@ -109,23 +110,6 @@ fn figure(
             let v: f64 = vals.iter().sum();
             (Some(v), format!("{name} = {v}"))
         }
-    }
-}
-
-/// The farm's median service time of `p`'s application, ms (0 when nobody measured one).
-fn farm_median(farm: &ServiceTimes, p: &PortionStats) -> f64 {
-    // The weight of a portion with no figure is 1, i.e. the median itself.
-    let probe = PortionStats { service_ms: Some(1.0), ..p.clone() };
-    let w = farm.weight(&probe);
-    if (w - 1.0).abs() < f64::EPSILON { 0.0 } else { 1.0 / w }
-}
-
-/// Bits two addresses share from the left (0 across families).
-pub fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
-    match (a, b) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
-        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
-        _ => 0,
     }
 }
 
