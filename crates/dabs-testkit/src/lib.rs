@@ -13,6 +13,7 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod membership;
+pub mod netns;
 pub mod portion;
 pub mod process;
 pub mod wait;
