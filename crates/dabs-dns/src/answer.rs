@@ -6,7 +6,11 @@ use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+/// Each node's round trip to a client's network, microseconds.
+pub type RoundTripsUs = BTreeMap<String, u32>;
 
 /// The answer to one question.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -48,8 +52,26 @@ pub fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
     }
 }
 
-/// Answers `qtype` for `qname` from `zone`, for a client at `client`.
+/// A round trip as `closest` compares it: whole milliseconds, since differences below that are
+/// measurement noise, where the address prefix says more.
+pub fn rtt_class(us: u32) -> u32 {
+    us / 1000
+}
+
+/// Answers `qtype` for `qname` from `zone`, for a client at `client`, with nothing measured.
 pub fn answer(zone: &ZoneData, qname: &str, qtype: RecordType, client: IpAddr) -> Answer {
+    answer_near(zone, qname, qtype, client, &mut RoundTripsUs::new)
+}
+
+/// Answers `qtype` for `qname` from `zone`, for a client at `client`; `near` gives each node's
+/// measured round trip to the client's network, asked only for a `closest` application.
+pub fn answer_near(
+    zone: &ZoneData,
+    qname: &str,
+    qtype: RecordType,
+    client: IpAddr,
+    near: &mut dyn FnMut() -> RoundTripsUs,
+) -> Answer {
     let origin = normal(&zone.origin);
     let q = normal(qname);
     let ttl = zone.ttl.max(1);
@@ -99,22 +121,31 @@ pub fn answer(zone: &ZoneData, qname: &str, qtype: RecordType, client: IpAddr) -
         }
         return out;
     };
-    let preferred = |app: &str| -> Option<(&str, bool)> {
+    let mut preferred = |app: &str| -> Option<(&str, bool)> {
         let ranked = zone.apps.get(app)?;
+        let live = || ranked.iter().filter_map(|n| zone.nodes.get(n).map(|a| (n, a)));
         if zone.closest.contains(app) {
-            // Longest common prefix with the client, rank order among equals.
-            let best =
-                ranked.iter().filter_map(|n| zone.nodes.get(n).map(|a| (n, a))).max_by_key(|(n, a)| {
-                    let bits = [a.v4.map(IpAddr::V4), a.v6.map(IpAddr::V6)]
-                        .into_iter()
-                        .flatten()
-                        .map(|ip| common_prefix(ip, client))
-                        .max()
-                        .unwrap_or(0);
-                    let rank = ranked.iter().position(|r| r == *n).unwrap_or(usize::MAX);
-                    (bits, std::cmp::Reverse(rank))
-                })?;
-            return Some((best.0.as_str(), true));
+            let rank =
+                |n: &String| std::cmp::Reverse(ranked.iter().position(|r| r == n).unwrap_or(usize::MAX));
+            let bits = |a: &NodeAddr| {
+                [a.v4.map(IpAddr::V4), a.v6.map(IpAddr::V6)]
+                    .into_iter()
+                    .flatten()
+                    .map(|ip| common_prefix(ip, client))
+                    .max()
+                    .unwrap_or(0)
+            };
+            // The shortest measured round trip in whole milliseconds (finer is noise), then the
+            // longest common prefix, then rank order; before any is measured, prefix and rank.
+            let rtt = near();
+            let measured = live().filter_map(|(n, a)| rtt.get(n).map(|us| (n, a, *us)));
+            if let Some((n, ..)) =
+                measured.max_by_key(|(n, a, us)| (std::cmp::Reverse(rtt_class(*us)), bits(a), rank(n)))
+            {
+                return Some((n.as_str(), true));
+            }
+            let (best, _) = live().max_by_key(|(n, a)| (bits(a), rank(n)))?;
+            return Some((best.as_str(), true));
         }
         ranked.iter().find(|n| zone.nodes.contains_key(*n)).map(|n| (n.as_str(), false))
     };

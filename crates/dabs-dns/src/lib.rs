@@ -7,7 +7,7 @@
 
 mod answer;
 
-pub use answer::{Answer, answer, common_prefix, node_addr};
+pub use answer::{Answer, RoundTripsUs, answer, answer_near, common_prefix, node_addr, rtt_class};
 /// hickory's DNS message types, for clients of the front (benchmarks, tests).
 pub use hickory_server::proto;
 
@@ -17,7 +17,7 @@ use hickory_server::proto::op::{Edns, Metadata, ResponseCode};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -49,8 +49,9 @@ pub struct ZoneData {
     pub nodes: BTreeMap<String, NodeAddr>,
     /// Each application's servers by name, best first by its policy (possibly none).
     pub apps: BTreeMap<String, Vec<String>>,
-    /// Applications whose policy is `closest`: the answer is the ranked server sharing the
-    /// longest address prefix with the client's subnet (EDNS Client Subnet, else the resolver).
+    /// Applications whose policy is `closest`: the answer is the ranked server with the shortest
+    /// measured round trip to the client's network (EDNS Client Subnet, else the resolver's),
+    /// or, before any is measured, the one sharing the longest address prefix with it.
     pub closest: BTreeSet<String>,
 }
 
@@ -84,6 +85,14 @@ impl ZoneData {
     }
 }
 
+/// Where the `closest` policy's round trips come from: the node's measurements.
+pub trait RoundTrips: Send + Sync + 'static {
+    /// Each node's measured round trip (µs) to the network of `client`, whose EDNS client
+    /// subnet gave `prefix` bits (`None`: the resolver's own address). Asking may start a
+    /// measurement; until one ends the map is empty and the answer falls back to prefixes.
+    fn round_trips(&self, client: IpAddr, prefix: Option<u8>) -> RoundTripsUs;
+}
+
 /// Why the DNS front could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -111,12 +120,16 @@ pub struct DnsFront {
 
 impl DnsFront {
     /// Binds UDP and TCP on the same address and port (port 0: a free port, the same for both)
-    /// and serves `zone` until stopped.
-    pub async fn start(bind: SocketAddr, zone: watch::Receiver<Arc<ZoneData>>) -> Result<DnsFront, DnsError> {
+    /// and serves `zone` until stopped; `near` gives `closest` its round trips.
+    pub async fn start(
+        bind: SocketAddr,
+        zone: watch::Receiver<Arc<ZoneData>>,
+        near: Option<Arc<dyn RoundTrips>>,
+    ) -> Result<DnsFront, DnsError> {
         let (udp, tcp) = bind_pair(bind).await?;
         let addr = udp.local_addr().map_err(|source| DnsError::Bind { addr: bind, proto: "UDP", source })?;
         let queries = Arc::new(AtomicU64::new(0));
-        let mut server = Server::new(Handler { zone, queries: queries.clone() });
+        let mut server = Server::new(Handler { zone, queries: queries.clone(), near });
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, 64);
         tracing::info!(%addr, "DNS front listening (UDP and TCP)");
@@ -161,6 +174,7 @@ async fn bind_pair(bind: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::ne
 struct Handler {
     zone: watch::Receiver<Arc<ZoneData>>,
     queries: Arc<AtomicU64>,
+    near: Option<Arc<dyn RoundTrips>>,
 }
 
 #[async_trait::async_trait]
@@ -188,7 +202,9 @@ impl RequestHandler for Handler {
         };
         let subnet = answer::client_subnet(request.edns.as_ref());
         let client = subnet.map_or(request.src().ip(), |s| s.addr());
-        let a = answer(&zone, &query.name().to_string(), query.query_type(), client);
+        let prefix = subnet.map(|s| s.source_prefix());
+        let mut near = || self.near.as_ref().map(|n| n.round_trips(client, prefix)).unwrap_or_default();
+        let a = answer_near(&zone, &query.name().to_string(), query.query_type(), client, &mut near);
         metadata.authoritative = a.authoritative;
         metadata.response_code = a.code;
         if let (Some(e), Some(mut s)) = (edns.as_mut(), subnet) {

@@ -11,7 +11,7 @@ fn zone() -> ZoneData {
 
 async fn front() -> (DnsFront, tokio::sync::watch::Sender<Arc<ZoneData>>) {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(zone()));
-    (DnsFront::start("127.0.0.1:0".parse().unwrap(), rx).await.unwrap(), tx)
+    (DnsFront::start("127.0.0.1:0".parse().unwrap(), rx, None).await.unwrap(), tx)
 }
 
 /// `dig` at `at`: (status, answers, authority, flags).
@@ -103,7 +103,7 @@ async fn garbage_datagrams_do_not_stop_the_front() {
 async fn a_port_in_use_is_a_clear_error() {
     let (front, _tx) = front().await;
     let (_tx2, rx) = tokio::sync::watch::channel(Arc::new(zone()));
-    let e = DnsFront::start(front.local_addr(), rx).await.err().expect("the port is taken");
+    let e = DnsFront::start(front.local_addr(), rx, None).await.err().expect("the port is taken");
     let text = e.to_string();
     assert!(text.starts_with("cannot bind DNS over UDP at 127.0.0.1:"), "{text}");
     front.stop().await;

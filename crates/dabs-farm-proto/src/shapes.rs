@@ -405,6 +405,25 @@ pub struct Resolved {
     pub node: String,
 }
 
+/// `MEASURE` request: the address whose round trip the asked node measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measure {
+    /// The address probed (a resolver, or a host of a client's network).
+    pub target: std::net::IpAddr,
+}
+
+/// `MEASURE` answer: the round trip the node measured to the target, or why it has none (an
+/// answer, not a NAK: the probe failing is news about the target, not about the session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Measured {
+    /// The shortest of its probes' round trips, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u32>,
+    /// Why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
 /// Encodes any serializable value as CBOR.
 pub fn cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();

@@ -18,4 +18,6 @@ pub mod settings;
 pub mod stats;
 pub mod zones;
 
-pub use node::{EventRecord, Node, NodeError, NodeHandle, PortionView, RUNTIME_QUEUE};
+pub use node::{
+    EventRecord, NearnessView, Node, NodeError, NodeHandle, PortionView, RUNTIME_QUEUE, RoundTripView,
+};

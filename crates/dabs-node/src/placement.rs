@@ -4,7 +4,6 @@ use crate::config::AppConfig;
 use crate::policy::SubFarm;
 use crate::stats::NodeStats;
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 /// Where a client should go.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,14 +172,14 @@ pub fn choose<'a>(
 /// it (the unit of [`load_score`](crate::stats::load_score), weighted by the node's service time), so a burst of opens
 /// does not all land on one node; a `va_hint` (a client coming back to its portion) goes first
 /// if a live node hosts it. Ties go to the node that started first, the earliest ballot.
-/// `client` is the opening client's address (for the `closest` policy).
+/// `client` is the opening client with its measured round trips (for the `closest` policy).
 pub fn choose_with<'a>(
     app: &AppConfig,
     subfarms: &[SubFarm],
     members: impl Iterator<Item = &'a NodeStats>,
     pending: &Pending,
     va_hint: Option<&str>,
-    client: Option<IpAddr>,
+    client: Option<&crate::policy::Asker>,
 ) -> Vec<Choice> {
     let members: Vec<&NodeStats> = members.collect();
     let room = |s: &'a NodeStats| {

@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/applications"),
     ("get", "/api/applications/{app}/policy"),
     ("put", "/api/applications/{app}/policy"),
+    ("get", "/api/nearness"),
 ];
 
 /// The routes that need the operator token whatever the address (the read-only views need it
@@ -87,6 +88,7 @@ pub fn router(node: NodeHandle, access: Access) -> Router {
         .route("/api/members/{name}", delete(charts::remove_member))
         .route("/api/settings", get(api::settings).put(api::put_settings))
         .route("/api/applications", get(policy::applications))
+        .route("/api/nearness", get(policy::nearness))
         .route("/api/applications/{app}/policy", get(policy::get_policy).put(policy::put_policy))
         .route("/api/trace", get(trace::handler))
         .route("/metrics", get(api::metrics))

@@ -36,11 +36,12 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::policy::applications,
         crate::policy::get_policy,
         crate::policy::put_policy,
+        crate::policy::nearness,
     ),
     components(schemas(
         NodeView, AnnouncedPortion, Portion, Event, Settings, AppSettings, SettingsPatch, AppPatch,
         Error, TraceLine, TraceLag, History, Columns, DownMember, Counters, PolicyView, RankedServer,
-        ExcludedServer, PolicyChange, PolicyError
+        ExcludedServer, PolicyChange, PolicyError, NearnessView, RoundTrip
     )),
     modifiers(&BearerScheme)
 )]
@@ -540,4 +541,26 @@ pub(crate) enum Refusals {
     /// "authorization")
     #[response(status = 403)]
     Forbidden(Error),
+}
+
+/// A client network `closest` was asked about (`GET /api/nearness`).
+#[derive(ToSchema)]
+pub(crate) struct NearnessView {
+    /// The network, ADDR/LEN (a resolver's or client's /24 or /56, or a narrower client subnet)
+    network: String,
+    /// The address probed for it (the resolver itself, or the subnet's first host)
+    target: String,
+    /// Each node's figure
+    round_trips: Vec<RoundTrip>,
+}
+
+/// One node's round trip to a client network.
+#[derive(ToSchema)]
+pub(crate) struct RoundTrip {
+    /// The node
+    node: String,
+    /// The shortest of its probes' round trips, ms; null when it has none
+    rtt_ms: Option<f64>,
+    /// Why it has none
+    error: Option<String>,
 }

@@ -30,6 +30,14 @@ pub(crate) async fn applications(State(node): State<NodeHandle>) -> axum::Json<s
     axum::Json(json!(node.policies()))
 }
 
+/// The client networks the `closest` policy has been asked about and each node's measured
+/// round trip to them.
+#[utoipa::path(get, path = "/api/nearness", tag = "policies", operation_id = "getNearness", security((), ("bearer" = [])),
+    responses((status = 200, description = "One entry per client network", body = [doc::NearnessView])))]
+pub(crate) async fn nearness(State(node): State<NodeHandle>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!(node.nearness()))
+}
+
 /// One application's policy, preferred server and ranking.
 #[utoipa::path(get, path = "/api/applications/{app}/policy", tag = "policies", operation_id = "getPolicy", security((), ("bearer" = [])),
     params(("app" = String, Path, description = "The application")),

@@ -416,6 +416,7 @@ async fn the_document_describes_what_the_handlers_serve() {
         ("/api/settings", "/api/settings"),
         ("/api/applications", "/api/applications"),
         ("/api/applications/{app}/policy", "/api/applications/calc/policy"),
+        ("/api/nearness", "/api/nearness"),
     ] {
         let body = s.get_json(served).await;
         let schema = &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"];

@@ -177,11 +177,14 @@ pub enum SystemCommand {
     /// 23 (dabs): a client raises an alert with its server portion (e.g. a FAILOVER it could
     /// not verify), so the farm counts and shows it.
     Alert = 23,
+    /// 24 (dabs): a node asks another to measure its round trip to an address (the `closest`
+    /// policy's nearness), authenticated with the farm secret.
+    Measure = 24,
 }
 
 impl SystemCommand {
     /// All commands this implementation knows, in number order.
-    pub const ALL: [SystemCommand; 16] = [
+    pub const ALL: [SystemCommand; 17] = [
         SystemCommand::OpenSession,
         SystemCommand::CloseSession,
         SystemCommand::Shutdown,
@@ -198,6 +201,7 @@ impl SystemCommand {
         SystemCommand::Spawn,
         SystemCommand::Drain,
         SystemCommand::Alert,
+        SystemCommand::Measure,
     ];
 
     /// The number on the wire.
@@ -229,6 +233,7 @@ impl SystemCommand {
             SystemCommand::Spawn => "SPAWN",
             SystemCommand::Drain => "DRAIN",
             SystemCommand::Alert => "ALERT",
+            SystemCommand::Measure => "MEASURE",
         }
     }
 }

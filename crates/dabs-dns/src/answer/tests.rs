@@ -72,3 +72,34 @@ fn closest_answers_the_server_nearest_the_client() {
     // Equally far from both: rank order.
     assert_eq!(rdata(&answer(&z, "calc.test.dabs.", RecordType::A, ME)), ["calc.test.dabs. 10.9.0.1"]);
 }
+
+#[test]
+fn closest_follows_measured_round_trips_over_prefixes() {
+    let mut z = zone();
+    z.closest.insert("calc".into());
+    let client = "10.1.2.200".parse().unwrap();
+    let mut asked = 0;
+    // node-1 (10.9.0.1) shares fewer bits with the client but is nearer by measurement.
+    let mut near = || {
+        asked += 1;
+        RoundTripsUs::from([("node-1".to_string(), 3_000), ("node-2".to_string(), 40_000)])
+    };
+    let a = answer_near(&z, "calc.test.dabs.", RecordType::A, client, &mut near);
+    assert_eq!(rdata(&a), ["calc.test.dabs. 10.9.0.1"]);
+    assert!(a.used_subnet);
+    // A node measured but no longer ranked (or gone) is not answered.
+    let mut gone = || RoundTripsUs::from([("node-9".to_string(), 1), ("node-2".to_string(), 40_000)]);
+    let a = answer_near(&z, "calc.test.dabs.", RecordType::A, client, &mut gone);
+    assert_eq!(rdata(&a), ["calc.test.dabs. 10.1.2.7"]);
+    // Not a closest application: round trips are not even asked for.
+    z.closest.clear();
+    let a = answer_near(&z, "calc.test.dabs.", RecordType::A, client, &mut near);
+    assert_eq!(rdata(&a), ["calc.test.dabs. 10.9.0.1"]);
+    assert!(!a.used_subnet);
+    assert_eq!(asked, 1);
+    // Within the same millisecond: the longer prefix.
+    z.closest.insert("calc".into());
+    let mut close = || RoundTripsUs::from([("node-1".to_string(), 300), ("node-2".to_string(), 900)]);
+    let a = answer_near(&z, "calc.test.dabs.", RecordType::A, client, &mut close);
+    assert_eq!(rdata(&a), ["calc.test.dabs. 10.1.2.7"]);
+}

@@ -1,7 +1,7 @@
 //! The runtime's own queue: the system commands other nodes and tools send it (`GET_STATISTICS`,
-//! `DRAIN`, `SPAWN`, `SETTINGS`, `ASSIGN`, `RESOLVE_VA`). `SPAWN`, `SETTINGS` and `ASSIGN` are
-//! acted on only when authenticated (`auth.rs`); `GET_STATISTICS` and a client's `RESOLVE_VA`
-//! stay open, `DRAIN` carries its own seal.
+//! `DRAIN`, `SPAWN`, `SETTINGS`, `ASSIGN`, `RESOLVE_VA`, `MEASURE`). `SPAWN`, `SETTINGS`,
+//! `ASSIGN` and `MEASURE` are acted on only when authenticated (`auth.rs`); `GET_STATISTICS` and
+//! a client's `RESOLVE_VA` stay open, `DRAIN` carries its own seal.
 
 use super::{DRAIN_NONCE, Inner, Lifecycle};
 use crate::stats::NodeStats;
@@ -22,7 +22,12 @@ impl Inner {
             let command = req.request.command;
             let known = SystemCommand::from_number(command);
             let sealed = match known {
-                Some(SystemCommand::Spawn | SystemCommand::Settings | SystemCommand::Assign) => true,
+                Some(
+                    SystemCommand::Spawn
+                    | SystemCommand::Settings
+                    | SystemCommand::Assign
+                    | SystemCommand::Measure,
+                ) => true,
                 // A node's RESOLVE_VA is sealed and gets a sealed answer; a client's is not.
                 Some(SystemCommand::ResolveVa) => {
                     dabs_farm_proto::control::looks_sealed(&req.request.payload)
@@ -164,6 +169,7 @@ impl Inner {
                         }
                     }
                 }
+                Some(SystemCommand::Measure) => self.serve_measure(req, opened.clone(), &payload),
                 _ => req
                     .reject(NakCode::UnknownCommand, format!("the runtime does not serve command {command}")),
             }

@@ -115,9 +115,13 @@ impl Inner {
             let text = format!("farm {} runs no application {app:?}", self.config.farm.name);
             return open.reject(NakCode::UnknownApplication, text);
         };
-        // The asking client's address, for the `closest` policy.
-        let client_ip = match &open.request.peer {
-            dabs_net::Addr::Udp(a) => Some(a.ip()),
+        // The asking client and the round trips to its network, for the `closest` policy (only
+        // then: measuring every client's network for other policies would be wasted probes).
+        let closest = app_cfg.policy == crate::policy::Policy::Closest
+            || self.config.subfarms.iter().any(|s| s.policy == crate::policy::Policy::Closest);
+        let asker = match &open.request.peer {
+            dabs_net::Addr::Udp(a) if closest => Some(self.asker(a.ip())),
+            dabs_net::Addr::Udp(a) => Some(crate::policy::Asker::unmeasured(a.ip())),
             _ => None,
         };
         let mut choices = {
@@ -129,7 +133,7 @@ impl Inner {
                 fresh.filter(|s| security.is_none() || !s.no_encryption),
                 &st.deciding.pending,
                 va_hint,
-                client_ip,
+                asker.as_ref(),
             )
         };
         // A client whose portion's node is gone keeps its virtual address: the address moves,
@@ -188,7 +192,7 @@ impl Inner {
                 open_to_all.iter(),
                 &st.deciding.pending,
                 va_hint,
-                client_ip,
+                asker.as_ref(),
             );
         }
         for choice in choices.iter().take(4) {

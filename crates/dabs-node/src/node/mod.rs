@@ -21,6 +21,8 @@ mod balancing;
 mod commands;
 mod deciding;
 mod failover;
+mod nearness;
+pub use nearness::{NearnessView, RoundTripView};
 mod policy;
 mod portions;
 mod retire;
@@ -111,6 +113,10 @@ struct Inner {
     zone_key: Mutex<Option<(policy::ZoneKey, u32)>>,
     /// The DNS front's address (UDP and TCP).
     dns_addr: Option<SocketAddr>,
+    /// Round trips to client networks, for `closest` (shared with the DNS front).
+    nearness: nearness::NearnessShared,
+    /// Slots for the probes other members ask of this node.
+    probing: Arc<tokio::sync::Semaphore>,
 }
 
 pub use policy::{ExcludedView, PolicyView, RankedView};
@@ -262,6 +268,11 @@ impl NodeHandle {
         self.0.policy_views(None)
     }
 
+    /// The client networks `closest` has asked about and each node's round trip to them.
+    pub fn nearness(&self) -> Vec<NearnessView> {
+        self.0.nearness.view()
+    }
+
     /// The node's metrics in the OpenMetrics text format ([`crate::metrics::CONTENT_TYPE`]).
     pub async fn metrics(&self) -> String {
         let mp = self.0.endpoint.stats().await.unwrap_or_default();
@@ -367,10 +378,12 @@ impl Node {
             .await
             .map_err(|source| NodeError::Bind { addr: config.node.bind, group: config.farm.group, source })?;
         let mp = endpoint.local_addrs().udp;
+        let near = nearness::NearnessShared::default();
         let (zone, dns) = if config.dns.enabled {
             let addr = config.dns.bind.unwrap_or_else(|| SocketAddr::new(config.node.bind.ip(), 0));
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(dabs_dns::ZoneData::default()));
-            match dabs_dns::DnsFront::start(addr, rx).await {
+            let round_trips: Arc<dyn dabs_dns::RoundTrips> = Arc::new(near.clone());
+            match dabs_dns::DnsFront::start(addr, rx, Some(round_trips)).await {
                 Ok(front) => (Some(tx), Some(front)),
                 Err(source) => {
                     endpoint.shutdown().await;
@@ -408,6 +421,8 @@ impl Node {
             zone,
             zone_key: Mutex::new(None),
             dns_addr,
+            nearness: near,
+            probing: Arc::new(tokio::sync::Semaphore::new(nearness::MAX_PROBING)),
         });
         inner.load_settings();
         // The configuration in force, kept for a restart and the operator; never the secret,
@@ -432,6 +447,7 @@ impl Node {
         tasks.push(tokio::spawn(inner.clone().health_loop()));
         tasks.push(tokio::spawn(inner.clone().closed_loop(closed)));
         tasks.push(tokio::spawn(inner.clone().monitor_loop()));
+        tasks.push(tokio::spawn(inner.clone().nearness_loop()));
         inner.refresh_zone();
         tracing::info!(node = %me, %mp, group = %inner.config.farm.group, dns = ?dns_addr, "node started");
         Ok(Node { inner, tasks, dns })

@@ -133,10 +133,10 @@ impl Inner {
 
     /// `each` applied to every application's ranking as this node's replica of the central
     /// monitor sees it now (with the clients it sent as decider that announcements do not show
-    /// yet). `client` is the asking client's address, for `closest`.
+    /// yet). `client` is who asks, for `closest`.
     fn with_rankings<R>(
         &self,
-        client: Option<IpAddr>,
+        client: Option<&crate::policy::Asker>,
         mut each: impl FnMut(&crate::config::AppConfig, &Ranking<'_>) -> R,
     ) -> Vec<R> {
         let apps: Vec<_> = self.config.apps.iter().filter_map(|a| self.app_config(&a.name)).collect();
@@ -149,7 +149,7 @@ impl Inner {
     }
 
     /// The applications' policies, rankings and reasons, for the operator.
-    pub(super) fn policy_views(&self, client: Option<IpAddr>) -> Vec<PolicyView> {
+    pub(super) fn policy_views(&self, client: Option<&crate::policy::Asker>) -> Vec<PolicyView> {
         self.with_rankings(client, PolicyView::of)
     }
 

@@ -5,8 +5,10 @@
 //! new clients (`OPEN_SESSION`) and answers the DNS front.
 
 pub mod monitor;
+pub mod nearness;
 pub mod rank;
 
+pub use nearness::{Nearness, Network};
 pub use rank::{Ranked, Ranking, rank};
 
 use serde::{Deserialize, Serialize};
@@ -27,13 +29,33 @@ pub enum Policy {
     /// Fewest pending operations: the portions' `pending` status figure where published, else
     /// their queued requests.
     FewestPending,
-    /// Closest to the client: longest common address prefix with the client (or, for DNS, the
-    /// EDNS client subnet or the resolver), least loaded among equals.
+    /// Closest to the client: shortest round trip each server measured to the client's network
+    /// (for DNS, the EDNS client subnet, else the resolver); until measured, the longest common
+    /// address prefix; least loaded among equals.
     Closest,
     /// Most requests handled per second over the last collection interval.
     HighestThroughput,
     /// Lowest value of a figure the application publishes through a status object.
     AppFigure(String),
+}
+
+/// Who asks, for `closest`: the client's (or resolver's) address, its network and each node's
+/// measured round trip to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Asker {
+    /// The address asked from.
+    pub ip: std::net::IpAddr,
+    /// Its network, as measured.
+    pub network: Network,
+    /// Each node's round trip to the network, µs (nodes not measured yet are absent).
+    pub rtt_us: std::collections::BTreeMap<String, u32>,
+}
+
+impl Asker {
+    /// An asker nothing has been measured for.
+    pub fn unmeasured(ip: std::net::IpAddr) -> Asker {
+        Asker { ip, network: Network::of(ip, None), rtt_us: Default::default() }
+    }
 }
 
 /// A policy name that is not one of the known ones.

@@ -4,12 +4,15 @@
 //! losing any node, the decider included, loses no decision); the decider's copy places new
 //! clients, every node's copy answers the DNS front.
 
-use super::{Policy, SubFarm};
+use super::{Asker, Policy, SubFarm};
 use crate::config::AppConfig;
 use crate::placement::{Pending, eligible};
 use crate::stats::{NodeStats, PortionStats, ServiceTimes, load_score};
-pub use dabs_dns::common_prefix;
-use std::net::IpAddr;
+pub use dabs_dns::{common_prefix, rtt_class};
+
+/// Where `closest` puts servers whose round trip is not measured yet: after every measured one
+/// (round trips are ms, far below it).
+const UNMEASURED: f64 = 1e9;
 
 /// One server in a ranking.
 #[derive(Clone, Debug)]
@@ -58,7 +61,7 @@ fn figure(
     s: &NodeStats,
     farm: &ServiceTimes,
     pending: &Pending,
-    client: Option<IpAddr>,
+    client: Option<&Asker>,
 ) -> (Option<f64>, String) {
     let extra = pending.get(&s.node);
     let ps: Vec<&PortionStats> = healthy(s, app).collect();
@@ -84,13 +87,24 @@ fn figure(
             (Some(n + extra as f64), format!("{n} pending"))
         }
         Policy::Closest => match client {
-            Some(ip) => {
-                let bits = common_prefix(ip, s.mp.ip());
-                // Longer prefix first, then load: one figure that keeps both orders.
-                (
-                    Some(-f64::from(bits) * 1e6 + load),
-                    format!("{bits} bits in common with {ip}, load {load:.2}"),
-                )
+            Some(a) => {
+                let bits = common_prefix(a.ip, s.mp.ip());
+                match a.rtt_us.get(&s.node) {
+                    Some(&us) => {
+                        let ms = f64::from(us) / 1000.0;
+                        // Whole milliseconds first (finer is noise), then prefix, then load.
+                        let f = f64::from(rtt_class(us)) * 1e3 + f64::from(128 - bits) + load * 1e-6;
+                        (Some(f), format!("round trip {ms:.2} ms to {}, load {load:.2}", a.network))
+                    }
+                    // Unmeasured servers rank after measured ones: longer prefix first, then load.
+                    None => (
+                        Some(UNMEASURED + f64::from(128 - bits) * 1e3 + load),
+                        format!(
+                            "round trip to {} not measured yet: {bits} bits in common with {}, load {load:.2}",
+                            a.network, a.ip
+                        ),
+                    ),
+                }
             }
             None => (Some(load), format!("no client address: load {load:.2}")),
         },
@@ -132,7 +146,7 @@ pub fn rank<'a>(
     subfarms: &[SubFarm],
     members: &[&'a NodeStats],
     pending: &Pending,
-    client: Option<IpAddr>,
+    client: Option<&Asker>,
 ) -> Ranking<'a> {
     let farm = ServiceTimes::of(members.iter().copied());
     let mut out = Ranking::default();

@@ -131,7 +131,7 @@ fn two_sub_farms_rank_inside_by_their_policy_and_outside_as_one_entity() {
 }
 
 #[test]
-fn closest_prefers_the_longest_common_prefix_then_the_lighter_server() {
+fn closest_prefers_the_shortest_measured_round_trip_then_the_longest_common_prefix() {
     let mut near = stats("near", 30);
     near.mp = "10.1.2.7:4000".parse().unwrap();
     let mut far = stats("far", 1);
@@ -139,8 +139,20 @@ fn closest_prefers_the_longest_common_prefix_then_the_lighter_server() {
     let mut near2 = stats("near2", 10);
     near2.mp = "10.1.2.9:4000".parse().unwrap();
     let members = [&far, &near, &near2];
-    let client = Some("10.1.2.200".parse().unwrap());
-    let r = rank(&app("closest"), &[], &members, &Pending::new(), client);
+    // Nothing measured yet: the longest common prefix, then the lighter server.
+    let mut asker = crate::policy::Asker::unmeasured("10.1.2.200".parse().unwrap());
+    let r = rank(&app("closest"), &[], &members, &Pending::new(), Some(&asker));
+    assert_eq!(names(&r), ["near2", "near", "far"]);
+    assert!(r.ranked[0].why.contains("not measured yet"), "{}", r.ranked[0].why);
+    // Measured: the shortest round trip, whatever the addresses; unmeasured servers last.
+    asker.rtt_us = [("far".to_string(), 4_000), ("near".to_string(), 9_000)].into();
+    let r = rank(&app("closest"), &[], &members, &Pending::new(), Some(&asker));
+    assert_eq!(names(&r), ["far", "near", "near2"]);
+    assert!(r.ranked[0].why.starts_with("round trip 4.00 ms to 10.1.2.0/24, load "), "{}", r.ranked[0].why);
+    // Equal round trips (to the millisecond): the longer prefix, then the lighter server.
+    asker.rtt_us =
+        [("far".to_string(), 4_100), ("near".to_string(), 4_900), ("near2".to_string(), 4_000)].into();
+    let r = rank(&app("closest"), &[], &members, &Pending::new(), Some(&asker));
     assert_eq!(names(&r), ["near2", "near", "far"]);
     // Without a client address: least loaded.
     let r = rank(&app("closest"), &[], &members, &Pending::new(), None);
