@@ -3,7 +3,6 @@
 use dabs_node::stats::{NodeStats, ServiceTimes, load_score};
 use dabs_wire::{SystemCommand, decode};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -15,7 +14,8 @@ pub async fn collect(
     listen: Duration,
 ) -> Result<Vec<NodeStats>, String> {
     let socket = dabs_net::join_group(group, interface).map_err(|e| format!("cannot join {group}: {e}"))?;
-    let mut latest: BTreeMap<String, NodeStats> = BTreeMap::new();
+    // The nodes' own view of announcements: parts put together, leavers dropped.
+    let mut latest = dabs_node::membership::Membership::new(listen);
     let deadline = Instant::now() + listen;
     let mut buf = [0u8; 2048];
     while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline.into(), socket.recv_from(&mut buf)).await {
@@ -24,14 +24,10 @@ pub async fn collect(
             continue;
         }
         if let Ok(s) = NodeStats::from_cbor(d.payload) {
-            if s.leaving {
-                latest.remove(&s.node);
-            } else {
-                latest.insert(s.node.clone(), s);
-            }
+            latest.observe(s, Instant::now());
         }
     }
-    Ok(latest.into_values().collect())
+    Ok(latest.live().cloned().collect())
 }
 
 /// The decider among `members`: the earliest started (by name on a tie), as the farm picks it.

@@ -171,7 +171,11 @@ async fn a_member_cannot_spawn_beyond_the_cap_and_the_node_keeps_serving() {
         started.push(v["va"].clone());
         last_sealed = Some(sealed);
     }
-    assert_eq!(started.len(), 255, "the default cap is 256 portions, one of them started at initialisation");
+    assert_eq!(
+        started.len(),
+        255,
+        "the default cap is 256 portions, one of them started at initialisation: {refused:?}"
+    );
     let (code, why) = refused.expect("the SPAWN beyond the cap is refused");
     assert_eq!(code, NakCode::NotAccepting, "{why}");
     assert!(why.contains("max_portions"), "the refusal names the cap: {why}");

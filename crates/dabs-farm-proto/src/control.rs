@@ -334,22 +334,27 @@ pub fn open_reply(
 /// Bytes the authentication item of an announcement takes at most.
 const ANNOUNCE_TRAILER_MAX: usize = 1 + 2 + 9 + 4 + 2 + TAG_LEN;
 
-/// An announcement of `stats` from `sender`, issued at `issued_ms`: the statistics map (its
-/// busiest portions left out until the whole fits one datagram with a CRC) followed by its
-/// authentication item.
-pub fn seal_announcement(key: &[u8; 32], sender: SocketAddr, stats: &NodeStats, issued_ms: u64) -> Vec<u8> {
+/// The datagrams announcing `stats` from `sender`, issued at `issued_ms`: one, or a part per
+/// datagram when its portions need more ([`NodeStats::to_parts`]); each is the statistics map
+/// followed by its own authentication item.
+pub fn seal_announcements(
+    key: &[u8; 32],
+    sender: SocketAddr,
+    stats: &NodeStats,
+    issued_ms: u64,
+) -> Vec<Vec<u8>> {
     let capacity = dabs_wire::single_capacity(true, 0) - ANNOUNCE_TRAILER_MAX;
-    let mut s = stats.clone();
-    s.portions.sort_by_key(|p| p.sessions);
-    let mut body = s.to_cbor();
-    while body.len() > capacity && !s.portions.is_empty() {
-        s.portions.pop();
-        body = s.to_cbor();
-    }
-    let tag = announce_mac(key, sender, issued_ms, &body).finalize().into_bytes();
-    let trailer = Value::Map(vec![(text("t"), uint(issued_ms)), (text("mac"), Value::Bytes(tag.to_vec()))]);
-    body.extend_from_slice(&to_vec(&trailer));
-    body
+    stats
+        .to_parts(capacity)
+        .into_iter()
+        .map(|mut body| {
+            let tag = announce_mac(key, sender, issued_ms, &body).finalize().into_bytes();
+            let trailer =
+                Value::Map(vec![(text("t"), uint(issued_ms)), (text("mac"), Value::Bytes(tag.to_vec()))]);
+            body.extend_from_slice(&to_vec(&trailer));
+            body
+        })
+        .collect()
 }
 
 /// Checks an announcement heard from `from` (the datagram's source): its tag, that it names
@@ -459,30 +464,39 @@ impl ReplayGuard {
 }
 
 /// A receiver's replay state for announcements: the newest (start time, sequence) heard from
-/// each node, kept after the node lapses, so an old announcement cannot bring it back.
+/// each node and the parts of it taken, kept after the node lapses, so an old announcement
+/// cannot bring it back.
 #[derive(Clone, Debug, Default)]
 pub struct AnnounceFloor {
-    by_node: HashMap<String, (u64, u64)>,
+    by_node: HashMap<String, (u64, u64, u64)>,
 }
 
 impl AnnounceFloor {
-    /// Takes `stats` if its (start time, sequence) is above the floor for its node.
-    pub fn check(&mut self, stats: &NodeStats) -> Result<(), AuthError> {
+    /// Takes `stats` if its (start time, sequence) is above the floor for its node, or is the
+    /// floor's with a part not taken yet: `Ok(true)`. `Ok(false)` is a part already taken (the
+    /// same datagram by another path, group and unicast): harmless, ignored.
+    pub fn check(&mut self, stats: &NodeStats) -> Result<bool, AuthError> {
         let now = (stats.started_ms, stats.seq);
-        match self.by_node.get(&stats.node) {
-            Some(&(st, _)) if stats.started_ms < st => Err(AuthError::OldRun {
+        let bit = 1u64 << stats.part.map_or(0, |p| p.index.min(63));
+        match self.by_node.get_mut(&stats.node) {
+            Some(&mut (st, ..)) if stats.started_ms < st => Err(AuthError::OldRun {
                 node: stats.node.clone(),
                 started_ms: stats.started_ms,
                 known_ms: st,
             }),
-            Some(&floor) if now <= floor => Err(AuthError::Replayed {
+            Some((st, sq, taken)) if now == (*st, *sq) => {
+                let fresh = *taken & bit == 0;
+                *taken |= bit;
+                Ok(fresh)
+            }
+            Some(&mut (st, sq, _)) if now < (st, sq) => Err(AuthError::Replayed {
                 node: stats.node.clone(),
                 started_ms: stats.started_ms,
                 counter: stats.seq,
             }),
             _ => {
-                self.by_node.insert(stats.node.clone(), now);
-                Ok(())
+                self.by_node.insert(stats.node.clone(), (now.0, now.1, bit));
+                Ok(true)
             }
         }
     }
@@ -591,11 +605,11 @@ mod tests {
     }
 
     #[test]
-    fn an_announcement_fits_one_datagram_and_is_bound_to_its_sender() {
+    fn each_announcement_datagram_fits_and_is_bound_to_its_sender() {
         let key = [9u8; 32];
         let mut s = NodeStats::example("node-1234567", 100_000);
         s.mp = addr("127.0.0.1:4001");
-        let sealed = seal_announcement(&key, s.mp, &s, 10_000);
+        let sealed = seal_announcements(&key, s.mp, &s, 10_000).swap_remove(0);
         assert!(sealed.len() <= dabs_wire::single_capacity(true, 0), "{} bytes", sealed.len());
         let back = open_announcement(&key, s.mp, &sealed, 10_500).unwrap();
         assert_eq!((back.node.as_str(), back.mp), ("node-1234567", s.mp));
@@ -612,20 +626,23 @@ mod tests {
         forged.extend_from_slice(&sealed[NodeStats::from_cbor(&sealed).unwrap().to_cbor().len()..]);
         assert_eq!(open_announcement(&key, s.mp, &forged, 10_500), Err(AuthError::BadMac));
         // A member whose statistics name another address than it sends from.
-        let elsewhere = seal_announcement(&key, addr("127.0.0.1:4002"), &s, 10_000);
+        let elsewhere = seal_announcements(&key, addr("127.0.0.1:4002"), &s, 10_000).swap_remove(0);
         assert!(matches!(
             open_announcement(&key, addr("127.0.0.1:4002"), &elsewhere, 10_500),
             Err(AuthError::WrongSender { .. })
         ));
 
         let mut floor = AnnounceFloor::default();
-        assert_eq!(floor.check(&back), Ok(()));
-        assert!(matches!(floor.check(&back), Err(AuthError::Replayed { .. })));
+        assert_eq!(floor.check(&back), Ok(true));
+        assert_eq!(floor.check(&back), Ok(false), "the same part again: a duplicate");
+        let second = NodeStats { part: Some(crate::records::Part { index: 1, count: 2 }), ..back.clone() };
+        assert_eq!(floor.check(&second), Ok(true), "another part of the same announcement");
         let next = NodeStats { seq: back.seq + 1, ..back.clone() };
-        assert_eq!(floor.check(&next), Ok(()));
+        assert_eq!(floor.check(&next), Ok(true));
+        assert!(matches!(floor.check(&back), Err(AuthError::Replayed { .. })));
         let older_run = NodeStats { started_ms: back.started_ms - 1, seq: 1_000, ..back.clone() };
         assert!(matches!(floor.check(&older_run), Err(AuthError::OldRun { .. })));
         let restarted = NodeStats { started_ms: back.started_ms + 1, seq: 1, ..back };
-        assert_eq!(floor.check(&restarted), Ok(()));
+        assert_eq!(floor.check(&restarted), Ok(true));
     }
 }

@@ -238,10 +238,30 @@ pub struct NodeStats {
     /// `None` from nodes that predate it.
     #[serde(rename = "cl", default, skip_serializing_if = "Option::is_none")]
     pub calls: Option<CallFigures>,
-    /// Its portions (at most [`MAX_ANNOUNCED_PORTIONS`]).
+    /// Its portions (at most [`MAX_ANNOUNCED_PORTIONS`]); in one part of a multi-part
+    /// announcement, that part's share of them.
     #[serde(rename = "p")]
     pub portions: Vec<PortionStats>,
+    /// Which part of its announcement this is, when the portions take more than one datagram;
+    /// `None` for a whole one.
+    #[serde(rename = "pt", default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
 }
+
+/// One datagram of a multi-part announcement: every part carries the node's own figures and
+/// a share of its portions, under the same sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// This part, 0-based.
+    #[serde(rename = "i")]
+    pub index: u16,
+    /// How many parts the announcement has (at most [`MAX_ANNOUNCEMENT_PARTS`]).
+    #[serde(rename = "c")]
+    pub count: u16,
+}
+
+/// Parts one announcement takes at most (a receiver keeps one bit per part).
+pub const MAX_ANNOUNCEMENT_PARTS: u16 = 64;
 
 /// A node's calls: how many so far, and the latency of the recent ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -261,8 +281,9 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Portions listed in one announcement, which must fit a single datagram.
-pub const MAX_ANNOUNCED_PORTIONS: usize = 6;
+/// Portions one announcement lists at most, over all its parts; a node with more leaves its
+/// busiest out (they take no new clients anyway).
+pub const MAX_ANNOUNCED_PORTIONS: usize = 256;
 
 impl NodeStats {
     /// Sessions over all portions.
@@ -270,19 +291,56 @@ impl NodeStats {
         self.portions.iter().map(|p| p.sessions).sum()
     }
 
-    /// Encodes for an announcement: one datagram, so the busiest portions are left out
-    /// until it fits (the list is kept least-loaded first).
-    pub fn to_announcement(&self) -> Vec<u8> {
-        let capacity = dabs_wire::single_capacity(true, 0);
-        let mut s = self.clone();
-        s.portions.sort_by_key(|p| p.sessions);
-        loop {
-            let bytes = s.to_cbor();
-            if bytes.len() <= capacity || s.portions.is_empty() {
-                return bytes;
-            }
-            s.portions.pop();
+    /// Encodes for an announcement: one CBOR body per datagram of at most `capacity` bytes.
+    /// One body with every portion when they fit; else parts ([`Part`]), each with the node's
+    /// own figures and as many portions (least busy first) as fit. Beyond
+    /// [`MAX_ANNOUNCED_PORTIONS`] or [`MAX_ANNOUNCEMENT_PARTS`] the busiest are left out.
+    pub fn to_parts(&self, capacity: usize) -> Vec<Vec<u8>> {
+        let mut portions = self.portions.clone();
+        portions.sort_by_key(|p| p.sessions);
+        portions.truncate(MAX_ANNOUNCED_PORTIONS);
+        let whole = NodeStats { portions, part: None, ..self.clone() };
+        let bytes = whole.to_cbor();
+        if bytes.len() <= capacity {
+            return vec![bytes];
         }
+        // Sized with the widest part marker, so every part fits whatever its final numbers.
+        let widest = Some(Part { index: MAX_ANNOUNCEMENT_PARTS, count: MAX_ANNOUNCEMENT_PARTS });
+        let mut base = NodeStats { portions: Vec::new(), part: widest, ..whole.clone() };
+        let mut groups: Vec<Vec<PortionStats>> = Vec::new();
+        let mut current: Vec<PortionStats> = Vec::new();
+        for p in whole.portions {
+            if groups.len() == usize::from(MAX_ANNOUNCEMENT_PARTS) {
+                break;
+            }
+            current.push(p);
+            base.portions.clone_from(&current);
+            if base.to_cbor().len() > capacity {
+                let last = current.pop().expect("just pushed");
+                if !current.is_empty() {
+                    groups.push(std::mem::take(&mut current));
+                    base.portions = vec![last.clone()];
+                    // A portion too big for a part of its own (a huge figure list) is left out.
+                    if base.to_cbor().len() <= capacity {
+                        current.push(last);
+                    }
+                }
+            }
+        }
+        if !current.is_empty() && groups.len() < usize::from(MAX_ANNOUNCEMENT_PARTS) {
+            groups.push(current);
+        }
+        if groups.is_empty() {
+            groups.push(Vec::new());
+        }
+        let count = groups.len() as u16;
+        groups
+            .into_iter()
+            .enumerate()
+            .map(|(i, portions)| {
+                NodeStats { portions, part: Some(Part { index: i as u16, count }), ..base.clone() }.to_cbor()
+            })
+            .collect()
     }
 
     /// Encodes as CBOR.
@@ -418,7 +476,8 @@ impl NodeStats {
             calls: Some(CallFigures { total: 1_234_567_890, p50_ms: Some(1.5), p99_ms: Some(1234.5) }),
             starved: vec![],
             moved: vec![],
-            portions: (0..MAX_ANNOUNCED_PORTIONS)
+            part: None,
+            portions: (0..6)
                 .map(|i| PortionStats {
                     app: "calculator-app".into(),
                     va: format!("mp://demo-farm/calculator-app/dasp/{node}-{i}"),
@@ -442,15 +501,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn announcement_fits_one_datagram_and_round_trips() {
-        let s = NodeStats::example("node-1234567", 100_000);
+    fn an_announcement_too_big_for_one_datagram_is_sent_in_parts_that_carry_every_portion() {
+        let capacity = dabs_wire::single_capacity(true, 0);
+        let mut s = NodeStats::example("node-1234567", 100_000);
         assert_eq!(NodeStats::from_cbor(&s.to_cbor()).unwrap(), s);
-        let bytes = s.to_announcement();
-        assert!(bytes.len() <= dabs_wire::single_capacity(true, 0), "{} bytes", bytes.len());
-        let back = NodeStats::from_cbor(&bytes).unwrap();
-        assert!(!back.portions.is_empty() && back.portions.len() < s.portions.len());
-        assert_eq!(back.portions[..], s.portions[..back.portions.len()]);
-        assert!(NodeStats::from_cbor(&bytes[..10]).is_err());
+        assert!(NodeStats::from_cbor(&s.to_cbor()[..10]).is_err());
+        // Few portions: one whole datagram.
+        s.portions.truncate(2);
+        let one = s.to_parts(capacity);
+        assert_eq!(one.len(), 1);
+        assert_eq!(NodeStats::from_cbor(&one[0]).unwrap().part, None);
+        // Fifty: parts, each within the datagram, numbered, together every portion once.
+        let template = s.portions[0].clone();
+        s.portions = (0..50)
+            .map(|i| PortionStats {
+                va: format!("mp://demo-farm/calculator-app/dasp/p{i}"),
+                sessions: 50 - i,
+                ..template.clone()
+            })
+            .collect();
+        let parts = s.to_parts(capacity);
+        assert!(
+            parts.len() > 1 && parts.iter().all(|p| p.len() <= capacity),
+            "{:?}",
+            parts.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        println!("50 portions: {} parts, {} bytes", parts.len(), parts.iter().map(Vec::len).sum::<usize>());
+        let decoded: Vec<NodeStats> = parts.iter().map(|p| NodeStats::from_cbor(p).unwrap()).collect();
+        let mut seen: Vec<String> = Vec::new();
+        for (i, d) in decoded.iter().enumerate() {
+            assert_eq!(d.part, Some(Part { index: i as u16, count: parts.len() as u16 }));
+            assert_eq!((d.node.as_str(), d.seq), (s.node.as_str(), s.seq));
+            seen.extend(d.portions.iter().map(|p| p.va.clone()));
+        }
+        seen.sort();
+        let mut all: Vec<String> = s.portions.iter().map(|p| p.va.clone()).collect();
+        all.sort();
+        assert_eq!(seen, all);
+        // Least busy first.
+        assert_eq!(decoded[0].portions[0].sessions, 1);
     }
 
     #[test]

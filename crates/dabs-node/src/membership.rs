@@ -1,16 +1,26 @@
 //! Membership: who is in the farm, leased by their announcements.
 
-use crate::stats::NodeStats;
+use crate::stats::{NodeStats, PortionStats};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// A member and when it was last heard.
 #[derive(Clone, Debug)]
 pub struct Member {
-    /// Its latest statistics.
+    /// Its latest statistics (with every portion its last parts named).
     pub stats: NodeStats,
     /// When they arrived.
     pub last_seen: Instant,
+    /// The parts of its newest multi-part announcement heard so far.
+    assembly: Option<Assembly>,
+}
+
+/// A multi-part announcement being put together.
+#[derive(Clone, Debug)]
+struct Assembly {
+    seq: u64,
+    taken: u64,
+    portions: Vec<PortionStats>,
 }
 
 /// What an observation changed.
@@ -39,20 +49,56 @@ impl Membership {
         Self { lease, members: BTreeMap::new() }
     }
 
-    /// Takes in an announcement.
-    pub fn observe(&mut self, stats: NodeStats, now: Instant) -> Change {
+    /// Takes in an announcement, or one part of one. Any part renews the lease and the node's
+    /// own figures; a part's portions replace those of the same address at once; when every
+    /// part of a sequence number has come, the portions are exactly theirs (portions gone
+    /// from the node go from the view).
+    pub fn observe(&mut self, mut stats: NodeStats, now: Instant) -> Change {
         if stats.leaving {
             return if self.members.remove(&stats.node).is_some() { Change::Left } else { Change::Stale };
         }
+        let part = stats.part.take().filter(|p| p.count > 1);
         match self.members.get_mut(&stats.node) {
-            Some(m) if stats.started_ms == m.stats.started_ms && stats.seq <= m.stats.seq => Change::Stale,
+            Some(m)
+                if stats.started_ms == m.stats.started_ms
+                    && (stats.seq < m.stats.seq || (stats.seq == m.stats.seq && part.is_none())) =>
+            {
+                Change::Stale
+            }
             Some(m) => {
+                match part {
+                    None => m.assembly = None,
+                    Some(p) => {
+                        let same_run = stats.started_ms == m.stats.started_ms;
+                        let mut a = match m.assembly.take() {
+                            Some(a) if same_run && a.seq == stats.seq => a,
+                            _ => Assembly { seq: stats.seq, taken: 0, portions: Vec::new() },
+                        };
+                        a.taken |= 1u64 << p.index.min(63);
+                        a.portions.extend(stats.portions.iter().cloned());
+                        let complete = a.taken.count_ones() >= u32::from(p.count.min(64));
+                        let mut portions = std::mem::take(&mut m.stats.portions);
+                        if complete {
+                            portions = std::mem::take(&mut a.portions);
+                        } else {
+                            portions.retain(|old| !stats.portions.iter().any(|new| new.va == old.va));
+                            portions.extend(std::mem::take(&mut stats.portions));
+                            m.assembly = Some(a);
+                        }
+                        stats.portions = portions;
+                    }
+                }
                 m.stats = stats;
                 m.last_seen = now;
                 Change::Updated
             }
             None => {
-                self.members.insert(stats.node.clone(), Member { stats, last_seen: now });
+                let assembly = part.map(|p| Assembly {
+                    seq: stats.seq,
+                    taken: 1u64 << p.index.min(63),
+                    portions: stats.portions.clone(),
+                });
+                self.members.insert(stats.node.clone(), Member { stats, last_seen: now, assembly });
                 Change::Joined
             }
         }
@@ -139,5 +185,52 @@ mod tests {
         a.leaving = true;
         assert_eq!(m.observe(a, t0), Change::Left);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn parts_renew_the_member_and_together_give_exactly_its_portions() {
+        use dabs_farm_proto::records::Part;
+        let t0 = Instant::now();
+        let mut m = Membership::new(Duration::from_millis(1500));
+        let a = NodeStats { seq: 10, ..stats("a", 1) };
+        let template = a.portions[0].clone();
+        let portion = |va: &str| PortionStats { va: va.into(), ..template.clone() };
+        let part = |seq: u64, index: u16, vas: &[&str]| NodeStats {
+            seq,
+            part: Some(Part { index, count: 2 }),
+            portions: vas.iter().map(|v| portion(v)).collect(),
+            ..a.clone()
+        };
+        let vas = |m: &Membership| -> Vec<String> {
+            let mut v: Vec<String> =
+                m.get("a").unwrap().stats.portions.iter().map(|p| p.va.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(m.observe(part(10, 0, &["p1", "p2"]), t0), Change::Joined);
+        assert_eq!(
+            m.observe(part(10, 1, &["p3"]), t0),
+            Change::Updated,
+            "the second part of the same sequence"
+        );
+        assert_eq!(vas(&m), ["p1", "p2", "p3"]);
+        // Next round: p2 is gone from the node. Until both parts came, the view keeps it.
+        assert_eq!(m.observe(part(11, 1, &["p3"]), t0), Change::Updated);
+        assert_eq!(vas(&m), ["p1", "p2", "p3"]);
+        assert_eq!(m.observe(part(11, 0, &["p1"]), t0), Change::Updated);
+        assert_eq!(vas(&m), ["p1", "p3"]);
+        // A part lost for good: the next complete round still sets the list straight, and the
+        // lease was renewed by the part that came.
+        assert_eq!(m.observe(part(12, 0, &["p1", "p4"]), t0 + Duration::from_secs(1)), Change::Updated);
+        assert_eq!(vas(&m), ["p1", "p3", "p4"]);
+        assert!(m.expire(t0 + Duration::from_millis(1600)).is_empty(), "a part renews the lease");
+        assert_eq!(m.observe(part(13, 0, &["p1"]), t0), Change::Updated);
+        assert_eq!(m.observe(part(13, 1, &["p4"]), t0), Change::Updated);
+        assert_eq!(vas(&m), ["p1", "p4"]);
+        // An older sequence is stale; a whole announcement replaces everything.
+        assert_eq!(m.observe(part(12, 1, &["p9"]), t0), Change::Stale);
+        let whole = NodeStats { seq: 14, part: None, portions: vec![portion("p5")], ..a.clone() };
+        assert_eq!(m.observe(whole, t0), Change::Updated);
+        assert_eq!(vas(&m), ["p5"]);
     }
 }

@@ -7,7 +7,7 @@
 
 use dabs_farm_proto::control::{
     AUTH_WINDOW_MS, AnnounceFloor, ReplayGuard, Route, Stamp, open_announcement, open_request,
-    seal_announcement, seal_request,
+    seal_announcements, seal_request,
 };
 use dabs_farm_proto::keys::{FarmKeys, Purpose};
 use dabs_farm_proto::records::NodeStats;
@@ -228,8 +228,17 @@ impl ControlHarness {
         bytes: &[u8],
         fresh: bool,
     ) -> Result<(), ControlViolation> {
-        let taken = open_announcement(&self.announce_key, from, bytes, self.now_ms)
-            .and_then(|s| self.floor.check(&s).map(|()| s));
+        let taken = open_announcement(&self.announce_key, from, bytes, self.now_ms).and_then(|s| {
+            // A part already taken is dropped quietly, like a refusal.
+            match self.floor.check(&s)? {
+                true => Ok(s),
+                false => Err(dabs_farm_proto::control::AuthError::Replayed {
+                    node: s.node.clone(),
+                    started_ms: s.started_ms,
+                    counter: s.seq,
+                }),
+            }
+        });
         match taken {
             Ok(s) => {
                 let id = (s.started_ms, s.seq);
@@ -283,7 +292,10 @@ impl ControlHarness {
                 stats.started_ms = self.member_started_ms;
                 stats.seq = self.seq;
                 self.genuine_announcements.insert((stats.started_ms, stats.seq));
-                let bytes = seal_announcement(&self.announce_key, addr(MEMBER), &stats, self.now_ms);
+                // Two portions: one datagram, as the replay checks here assume.
+                stats.portions.truncate(2);
+                let bytes =
+                    seal_announcements(&self.announce_key, addr(MEMBER), &stats, self.now_ms).swap_remove(0);
                 self.keep(&bytes, true);
                 self.receive_announcement(addr(MEMBER), &bytes, true)
             }

@@ -95,7 +95,7 @@ impl Inner {
             })
             .collect();
         drop(monitor);
-        // An announcement is one datagram: list the portions with the most room first.
+        // Least busy first: the ones placement wants, and the ones kept past the limit.
         portions.sort_by_key(|p| p.sessions);
         portions.truncate(MAX_ANNOUNCED_PORTIONS);
         NodeStats {
@@ -138,6 +138,7 @@ impl Inner {
                 by.into_iter().collect()
             },
             portions,
+            part: None,
         }
     }
 
@@ -145,7 +146,7 @@ impl Inner {
     pub(super) fn announce(&self, leaving: bool) {
         let leaving = leaving || self.stopping.load(Ordering::Relaxed);
         let stats = self.own_stats(leaving);
-        let payload = dabs_farm_proto::control::seal_announcement(
+        let payloads = dabs_farm_proto::control::seal_announcements(
             self.auth.announce_key(),
             self.mp,
             &stats,
@@ -154,10 +155,12 @@ impl Inner {
         let header = Header { crc: true, ..Header::new(Kind::Request, SystemCommand::Announce.number()) };
         let group = std::iter::once(SocketAddr::V4(self.config.farm.group));
         for to in group.chain(self.config.farm.seeds.iter().copied()) {
-            if to != self.mp
-                && let Err(e) = self.endpoint.send_sessionless(Addr::Udp(to), header, payload.clone())
-            {
-                tracing::warn!(error = %e, "announcement not sent");
+            for payload in &payloads {
+                if to != self.mp
+                    && let Err(e) = self.endpoint.send_sessionless(Addr::Udp(to), header, payload.clone())
+                {
+                    tracing::warn!(error = %e, "announcement not sent");
+                }
             }
         }
         if !leaving {
@@ -251,7 +254,9 @@ impl Inner {
                 _ => {}
             }
             let stats = match self.check_announcement(&from, &payload) {
-                Ok(s) => s,
+                Ok(Some(s)) => s,
+                // A part already taken, heard again by another path.
+                Ok(None) => continue,
                 Err(e) => {
                     self.auth_failed("ANNOUNCE", &from, &e);
                     continue;
@@ -288,10 +293,13 @@ impl Inner {
                 }
                 let change = st.members.membership.observe(stats.clone(), Instant::now());
                 match change {
-                    // Its figures now include the clients it says it accepted.
+                    // Its figures now include the clients it says it accepted. Read back from
+                    // the view: a part alone names only some of the portions.
                     Change::Updated | Change::Joined => {
-                        st.deciding.pending.observe(&stats);
-                        Self::chart(&mut st, &stats);
+                        if let Some(merged) = st.members.membership.get(&node).map(|m| m.stats.clone()) {
+                            st.deciding.pending.observe(&merged);
+                            Self::chart(&mut st, &merged);
+                        }
                     }
                     Change::Left => {
                         st.deciding.pending.forget(&node);

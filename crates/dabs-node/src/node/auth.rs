@@ -227,17 +227,17 @@ impl Inner {
     }
 
     /// Checks an announcement heard from `from`: its tag, its sender, its time, and that it is
-    /// newer than any heard from that node.
+    /// newer than any heard from that node; `None` for a part already taken (a duplicate).
     pub(super) fn check_announcement(
         &self,
         from: &Addr,
         payload: &[u8],
-    ) -> Result<crate::stats::NodeStats, AuthError> {
+    ) -> Result<Option<crate::stats::NodeStats>, AuthError> {
         let Addr::Udp(sender) = from else {
             return Err(AuthError::Malformed("announcements come over UDP only".into()));
         };
         let stats = control::open_announcement(self.auth.announce_key(), *sender, payload, unix_ms())?;
-        self.auth.floor.lock().unwrap_or_else(|e| e.into_inner()).check(&stats)?;
-        Ok(stats)
+        let fresh = self.auth.floor.lock().unwrap_or_else(|e| e.into_inner()).check(&stats)?;
+        Ok(fresh.then_some(stats))
     }
 }
