@@ -263,6 +263,11 @@ enum FarmCommand {
         /// Repeatable.
         #[arg(long = "app", value_name = "NAME=COMMAND", value_parser = farm::parse_app_arg)]
         apps: Vec<farm::AppArg>,
+        /// Put each node on a host of its own: a network namespace on a bridge, address
+        /// 10.88.0.N, MP port 47000, operator port 8080 (needs root, iproute2). The farm meets
+        /// by multicast over the bridge and by seeds; the namespaces go when the farm stops.
+        #[arg(long)]
+        hosts: bool,
     },
 }
 
@@ -329,8 +334,8 @@ fn main() -> ExitCode {
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)
         }
-        Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token, apps } } => {
-            farm::farm_up(nodes, dir, secret, token.or_else(env_token), &apps)
+        Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token, apps, hosts } } => {
+            farm::farm_up(nodes, dir, secret, token.or_else(env_token), &apps, hosts)
         }
         Command::Calc { farm, fat, encrypt, farm_key, a, op, b } => {
             calc::run(farm, &a, &op, &b, fat, calc::Security { encrypt, secret: None, farm_key })

@@ -65,9 +65,10 @@ fn ask_from_resolver(far: &FarNetwork, front: SocketAddr, id: u16) -> Result<Vec
 
 #[test]
 fn closest_answers_the_server_with_the_shortest_measured_round_trip() {
-    let ns = Netns::create("near");
+    let ns = Netns::create("near").expect("a network namespace");
+    ns.loopback_multicast().expect("multicast on its loopback");
     for ip in NODES {
-        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]).expect("a node address");
     }
     ns.run_inside(|| {
         let far = FarNetwork::start(&format!("dnr{}", std::process::id() % 100_000), "10.77.0.0/16", delay);

@@ -242,6 +242,11 @@ pub struct NodeStats {
     /// announcement, that part's share of them.
     #[serde(rename = "p")]
     pub portions: Vec<PortionStats>,
+    /// MP addresses of other members it knows (a rotating share of them), so a farm that
+    /// meets through seeds rather than multicast spreads: a receiver that does not know one
+    /// announces itself to it. Only in the first part of a multi-part announcement.
+    #[serde(rename = "kn", default, skip_serializing_if = "Vec::is_empty")]
+    pub known: Vec<SocketAddr>,
     /// Which part of its announcement this is, when the portions take more than one datagram;
     /// `None` for a whole one.
     #[serde(rename = "pt", default, skip_serializing_if = "Option::is_none")]
@@ -304,7 +309,8 @@ impl NodeStats {
         if bytes.len() <= capacity {
             return vec![bytes];
         }
-        // Sized with the widest part marker, so every part fits whatever its final numbers.
+        // Sized with the widest part marker, so every part fits whatever its final numbers. The
+        // first part alone carries the known members.
         let widest = Some(Part { index: MAX_ANNOUNCEMENT_PARTS, count: MAX_ANNOUNCEMENT_PARTS });
         let mut base = NodeStats { portions: Vec::new(), part: widest, ..whole.clone() };
         let mut groups: Vec<Vec<PortionStats>> = Vec::new();
@@ -317,8 +323,9 @@ impl NodeStats {
             base.portions.clone_from(&current);
             if base.to_cbor().len() > capacity {
                 let last = current.pop().expect("just pushed");
-                if !current.is_empty() {
+                if !current.is_empty() || !base.known.is_empty() {
                     groups.push(std::mem::take(&mut current));
+                    base.known.clear();
                     base.portions = vec![last.clone()];
                     // A portion too big for a part of its own (a huge figure list) is left out.
                     if base.to_cbor().len() <= capacity {
@@ -338,7 +345,9 @@ impl NodeStats {
             .into_iter()
             .enumerate()
             .map(|(i, portions)| {
-                NodeStats { portions, part: Some(Part { index: i as u16, count }), ..base.clone() }.to_cbor()
+                let known = if i == 0 { whole.known.clone() } else { Vec::new() };
+                NodeStats { portions, known, part: Some(Part { index: i as u16, count }), ..base.clone() }
+                    .to_cbor()
             })
             .collect()
     }
@@ -476,6 +485,7 @@ impl NodeStats {
             calls: Some(CallFigures { total: 1_234_567_890, p50_ms: Some(1.5), p99_ms: Some(1234.5) }),
             starved: vec![],
             moved: vec![],
+            known: vec![],
             part: None,
             portions: (0..6)
                 .map(|i| PortionStats {

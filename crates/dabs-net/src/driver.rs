@@ -38,8 +38,11 @@ pub struct DriverOptions {
 /// Binds a UDP socket at `bind` and starts an endpoint on it.
 pub async fn spawn(bind: SocketAddr, options: DriverOptions) -> io::Result<EndpointHandle> {
     let socket = bind_udp(bind)?;
-    if let Some((_, interface)) = options.group {
-        set_group_interface(&socket, interface)?;
+    if let Some((group, interface)) = options.group
+        && let Err(e) = set_group_interface(&socket, interface)
+    {
+        // Sends to the group fail too, then; unicast (seeds, members) still works.
+        tracing::warn!(%group, %interface, error = %e, "cannot send to the farm's multicast group from this interface");
     }
     spawn_with_socket(BatchUdp::new(socket)?, options)
 }
@@ -54,12 +57,26 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         }
         None => None,
     };
-    let group = match options.group {
-        Some((group, interface)) => Some(BatchUdp::new(join_group(group, interface)?)?),
-        None => None,
+    // A group that cannot be joined (no multicast route, an interface without multicast, a
+    // network that filters it) leaves the endpoint on unicast alone: logged, not fatal.
+    let (group, group_error) = match options.group {
+        Some((group, interface)) => match join_group(group, interface).and_then(BatchUdp::new) {
+            Ok(g) => (Some(g), None),
+            Err(e) => {
+                let why = format!("cannot join the multicast group {group} on {interface}: {e}");
+                tracing::warn!("{why}; carrying on with unicast (seeds and known members) only");
+                (None, Some(why))
+            }
+        },
+        None => (None, None),
     };
     let (inproc_id, inproc_rx) = inproc::register();
-    let local = Arc::new(LocalAddrs { udp: udp_addr, unix: options.unix_path.clone(), inproc: inproc_id });
+    let local = Arc::new(LocalAddrs {
+        udp: udp_addr,
+        unix: options.unix_path.clone(),
+        inproc: inproc_id,
+        group_error,
+    });
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (tap, _) = tokio::sync::broadcast::channel(4096);
     let full = Arc::new(AtomicBool::new(false));

@@ -131,6 +131,9 @@ pub struct LocalAddrs {
     pub unix: Option<PathBuf>,
     /// Its id in this process's in-process registry.
     pub inproc: u64,
+    /// Why it could not join the farm's multicast group, when it could not: it then hears
+    /// only unicast (seeds and members that know it).
+    pub group_error: Option<String>,
 }
 
 /// One datagram seen by the endpoint's tap (for the trace tool).

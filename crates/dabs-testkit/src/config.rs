@@ -13,8 +13,10 @@ pub struct NodeConfigBuilder {
     group: SocketAddrV4,
     name: String,
     bind: String,
+    interface: String,
+    seeds: Vec<String>,
     data_dir: PathBuf,
-    operator: bool,
+    operator: Option<String>,
     secret: Option<String>,
     accept_encryption: Option<bool>,
     apps: String,
@@ -35,8 +37,10 @@ impl NodeConfigBuilder {
             group,
             name: name.into(),
             bind: "127.0.0.1:0".into(),
+            interface: "127.0.0.1".into(),
+            seeds: Vec::new(),
             data_dir: PathBuf::from(name),
-            operator: false,
+            operator: None,
             secret: None,
             accept_encryption: None,
             apps: String::new(),
@@ -50,6 +54,27 @@ impl NodeConfigBuilder {
         self
     }
 
+    /// Joins the group on `ip`'s interface (default loopback).
+    pub fn interface(mut self, ip: impl ToString) -> Self {
+        self.interface = ip.to_string();
+        self
+    }
+
+    /// Announces also to these seeds (`IP:PORT`), for networks without multicast.
+    pub fn seeds(mut self, seeds: &[std::net::SocketAddr]) -> Self {
+        self.seeds = seeds.iter().map(ToString::to_string).collect();
+        self
+    }
+
+    /// Serves the operator interface at `addr` (e.g. `10.88.0.2:0`), reads open without the
+    /// token (for tests outside loopback).
+    pub fn operator_at(mut self, addr: impl ToString) -> Self {
+        self.operator = Some(addr.to_string());
+        self.extra
+            .push_str("[operator]\nopen_reads = true\ntoken = \"hosts-test-operator-token-0123456789\"\n");
+        self
+    }
+
     /// Keeps the data in `dir` (relative to the configuration file's directory, or absolute).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = dir.into();
@@ -58,7 +83,7 @@ impl NodeConfigBuilder {
 
     /// Serves the operator interface on a free loopback port.
     pub fn operator(mut self) -> Self {
-        self.operator = true;
+        self.operator = Some("127.0.0.1:0".into());
         self
     }
 
@@ -111,10 +136,15 @@ impl NodeConfigBuilder {
     /// The configuration file's text.
     pub fn toml(&self) -> String {
         let mut out = format!(
-            "[farm]\nname = {}\ngroup = \"{}\"\ninterface = \"127.0.0.1\"\n",
+            "[farm]\nname = {}\ngroup = \"{}\"\ninterface = {}\n",
             quoted(&self.farm),
-            self.group
+            self.group,
+            quoted(&self.interface)
         );
+        if !self.seeds.is_empty() {
+            let seeds: Vec<String> = self.seeds.iter().map(|s| quoted(s)).collect();
+            out.push_str(&format!("seeds = [{}]\n", seeds.join(", ")));
+        }
         if let Some(secret) = &self.secret {
             out.push_str(&format!("secret = {}\n", quoted(secret)));
         }
@@ -124,8 +154,8 @@ impl NodeConfigBuilder {
             quoted(&self.bind),
             quoted(&self.data_dir.to_string_lossy())
         ));
-        if self.operator {
-            out.push_str("operator = \"127.0.0.1:0\"\n");
+        if let Some(at) = &self.operator {
+            out.push_str(&format!("operator = {}\n", quoted(at)));
         }
         if let Some(accept) = self.accept_encryption {
             out.push_str(&format!("accept_encryption = {accept}\n"));

@@ -1,6 +1,6 @@
-//! Network namespaces a test creates for itself (root only, as in CI), and a "far network"
-//! behind a TUN device inside one: addresses that exist only there, whose round trips the test
-//! sets. Everything is removed on drop, also when the test fails.
+//! Network namespaces a test creates for itself (root only, as in CI; `dabs-netns`), and a
+//! "far network" behind a TUN device inside one: addresses that exist only there, whose round
+//! trips the test sets. Everything is removed on drop, also when the test fails.
 //!
 //! The far network is a user-space stand-in for distance, since this kernel has no `netem`:
 //! the test process owns the TUN device, answers a TCP SYN to any far address with RST after
@@ -11,74 +11,21 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// A network namespace of the test's own, deleted on drop.
-pub struct Netns {
-    name: String,
-}
+pub use dabs_netns::{Hosts, Netns, OBSERVER, run_in};
 
+/// `ip ARGS...` in the calling thread's namespace; panics with its error output.
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("iproute2's ip must be installed");
+    let out = std::process::Command::new("ip").args(args).output().expect("iproute2's ip must be installed");
     assert!(
         out.status.success(),
         "ip {} failed: {}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
-}
-
-impl Netns {
-    /// Creates `dabs-TAG-PID` with its loopback up (and able to carry the farm's multicast).
-    /// Panics, saying so, when not run as root.
-    pub fn create(tag: &str) -> Netns {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "network namespace tests need root (CI runs them as root)");
-        let name = format!("dabs-{tag}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up", "multicast", "on"]);
-        ns.ip(&["route", "add", "224.0.0.0/4", "dev", "lo"]);
-        ns
-    }
-
-    /// Its name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `ip ARGS...` inside it.
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// Runs `f` on a thread of its own that has entered the namespace: its sockets, and the
-    /// processes it starts, live there. A panic in `f` comes back as this call's panic.
-    pub fn run_inside<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        let path = format!("/run/netns/{}", self.name);
-        let thread = std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
-            // SAFETY: a valid namespace descriptor; setns changes this thread's namespace only.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
-            f()
-        });
-        match thread.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
 }
 
 /// A UDP datagram that came back to a far address.

@@ -57,7 +57,20 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `dabs node --config CONFIG` (`dabs` the binary's path) and waits for its ready line.
     pub fn start(dabs: &str, config: &Path) -> Self {
-        let mut child = Command::new(dabs)
+        Self::start_with(Command::new(dabs), config)
+    }
+
+    /// Like [`NodeProc::start`], inside network namespace `netns` (`ip netns exec`, which
+    /// becomes the node: signals reach it).
+    pub fn start_in(netns: &str, dabs: &str, config: &Path) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns, dabs]);
+        Self::start_with(command, config)
+    }
+
+    fn start_with(mut command: Command, config: &Path) -> Self {
+        let dabs = format!("{:?}", command.get_program());
+        let mut child = command
             .arg("node")
             .arg("--config")
             .arg(config)

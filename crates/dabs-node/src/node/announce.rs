@@ -16,6 +16,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Member addresses one announcement names at most.
+const KNOWN_PER_ANNOUNCEMENT: usize = 16;
+/// How long an address a member named is announced to without answering.
+const HEARD_OF_FOR: Duration = Duration::from_secs(10);
+
 impl Inner {
     /// Settings stored by an earlier run win over the file's when they are newer.
     pub(super) fn load_settings(&self) {
@@ -138,12 +143,54 @@ impl Inner {
                 by.into_iter().collect()
             },
             portions,
+            known: if self.config.farm.seeds.is_empty() {
+                Vec::new()
+            } else {
+                // A rotating share, so every member is named within a few announcements.
+                let others: Vec<SocketAddr> =
+                    st.members.membership.live().filter(|m| m.node != self.me).map(|m| m.mp).collect();
+                let skip = if others.is_empty() {
+                    0
+                } else {
+                    (st.members.seq as usize * KNOWN_PER_ANNOUNCEMENT) % others.len()
+                };
+                others
+                    .iter()
+                    .cycle()
+                    .skip(skip)
+                    .take(others.len().min(KNOWN_PER_ANNOUNCEMENT))
+                    .copied()
+                    .collect()
+            },
             part: None,
         }
     }
 
-    /// Sends this node's statistics to the group and the seeds, and takes them in itself.
+    /// Sends this node's statistics to the group and the seeds and, on a farm with seeds, to
+    /// every member and every address a member named that is not one yet (so a farm without
+    /// multicast forms and heals from its seed lists); and takes them in itself.
     pub(super) fn announce(&self, leaving: bool) {
+        let mut to: Vec<SocketAddr> = self.config.farm.seeds.clone();
+        // A group the endpoint could not join is not sent to either (said once at start).
+        if self.endpoint.local_addrs().group_error.is_none() {
+            to.push(SocketAddr::V4(self.config.farm.group));
+        }
+        if !self.config.farm.seeds.is_empty() {
+            let now = Instant::now();
+            let mut heard_of = self.heard_of.lock().unwrap_or_else(|e| e.into_inner());
+            heard_of.retain(|_, since| now.saturating_duration_since(*since) < HEARD_OF_FOR);
+            to.extend(heard_of.keys().copied());
+            drop(heard_of);
+            to.extend(self.state().members.membership.live().map(|m| m.mp));
+        }
+        to.sort();
+        to.dedup();
+        to.retain(|a| *a != self.mp);
+        self.announce_to(leaving, &to);
+    }
+
+    /// Sends this node's statistics to `to`, and takes them in itself.
+    fn announce_to(&self, leaving: bool, to: &[SocketAddr]) {
         let leaving = leaving || self.stopping.load(Ordering::Relaxed);
         let stats = self.own_stats(leaving);
         let payloads = dabs_farm_proto::control::seal_announcements(
@@ -153,13 +200,10 @@ impl Inner {
             dabs_net::unix_ms(),
         );
         let header = Header { crc: true, ..Header::new(Kind::Request, SystemCommand::Announce.number()) };
-        let group = std::iter::once(SocketAddr::V4(self.config.farm.group));
-        for to in group.chain(self.config.farm.seeds.iter().copied()) {
+        for to in to {
             for payload in &payloads {
-                if to != self.mp
-                    && let Err(e) = self.endpoint.send_sessionless(Addr::Udp(to), header, payload.clone())
-                {
-                    tracing::warn!(error = %e, "announcement not sent");
+                if let Err(e) = self.endpoint.send_sessionless(Addr::Udp(*to), header, payload.clone()) {
+                    tracing::warn!(%to, error = %e, "announcement not sent");
                 }
             }
         }
@@ -168,6 +212,30 @@ impl Inner {
             st.deciding.pending.observe(&stats);
             st.members.membership.observe(stats.clone(), Instant::now());
             Self::chart(&mut st, &stats);
+        }
+    }
+
+    /// Takes note of the members `stats` names that this node does not know, and announces
+    /// itself to each at once: it joins their views within one hop of the gossip.
+    fn learn_known(&self, stats: &NodeStats) {
+        if self.config.farm.seeds.is_empty() || stats.known.is_empty() {
+            return;
+        }
+        let fresh: Vec<SocketAddr> = {
+            let st = self.state();
+            let members: Vec<SocketAddr> = st.members.membership.live().map(|m| m.mp).collect();
+            let mut heard_of = self.heard_of.lock().unwrap_or_else(|e| e.into_inner());
+            stats
+                .known
+                .iter()
+                .filter(|a| **a != self.mp && !members.contains(a) && !self.config.farm.seeds.contains(a))
+                .filter(|a| heard_of.insert(**a, Instant::now()).is_none())
+                .take(KNOWN_PER_ANNOUNCEMENT)
+                .copied()
+                .collect()
+        };
+        if !fresh.is_empty() {
+            self.announce_to(false, &fresh);
         }
     }
 
@@ -266,6 +334,7 @@ impl Inner {
             if stats.node == self.me {
                 continue;
             }
+            self.learn_known(&stats);
             let mine = self.settings_guard().version;
             // One fetch at a time: announcements keep coming while it is under way.
             // A version beyond the limit is not worth a fetch: it would be refused.

@@ -117,6 +117,8 @@ struct Inner {
     nearness: nearness::NearnessShared,
     /// Slots for the probes other members ask of this node.
     probing: Arc<tokio::sync::Semaphore>,
+    /// Addresses members named that are not members yet, and since when (seeds mode).
+    heard_of: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 pub use policy::{ExcludedView, PolicyView, RankedView};
@@ -423,7 +425,16 @@ impl Node {
             dns_addr,
             nearness: near,
             probing: Arc::new(tokio::sync::Semaphore::new(nearness::MAX_PROBING)),
+            heard_of: Mutex::new(HashMap::new()),
         });
+        if let Some(why) = &inner.endpoint.local_addrs().group_error {
+            let seeds = if inner.config.farm.seeds.is_empty() {
+                "no seeds configured"
+            } else {
+                "announcing to the seeds"
+            };
+            inner.note(format!("{why}: {seeds}"));
+        }
         inner.load_settings();
         // The configuration in force, kept for a restart and the operator; never the secret,
         // never the operator token.
