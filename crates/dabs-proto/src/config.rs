@@ -17,6 +17,11 @@ pub struct Config {
     pub max_retries: u32,
     /// How long an ACKed request may wait for its REPLY.
     pub reply_timeout: Duration,
+    /// Probes (one per `ack_timeout_max`) an ACKed request may go without a word from its
+    /// peer before its call fails as `PeerSilent` (outcome unknown): a peer that crashed after
+    /// its ACK is given up in about this many × `ack_timeout_max`, not `reply_timeout`. Long
+    /// enough to outlast the peer's own REPLY re-attempts under heavy loss.
+    pub silent_probes: u32,
     /// A request is ACKed this long after delivery unless its REPLY goes out first.
     pub ack_delay: Duration,
     /// NAK 4 (malformed) rounds of one message after which the session is re-opened (CRC
@@ -72,6 +77,7 @@ impl Default for Config {
             backoff: 1.6,
             jitter: 0.2,
             max_retries: 8,
+            silent_probes: 8,
             reply_timeout: Duration::from_secs(30),
             ack_delay: Duration::from_millis(5),
             naks_before_reopen: 3,

@@ -199,9 +199,61 @@ fn an_open_reply_reusing_a_held_number_leaves_no_stale_session_number() {
         "the server lost the first session too: {lost:?}"
     );
     assert_eq!(client.session_count(), 0);
-    // The client's ACK is lost and the server repeats its REPLY.
+    // The client's ACK is lost and the server repeats its REPLY: the client keeps no session
+    // for it, so it closes the server's (which would otherwise hold a seat for nobody).
     drain(&mut client);
     client.handle_datagram(t, addr(2), &reply[0].data);
     assert_eq!(client.session_count(), 0);
-    assert_eq!(client.stats().extra_open_replies, 1, "an unwanted REPLY is ACKed and counted");
+    assert_eq!(client.stats().extra_open_replies, 1, "an unwanted REPLY is counted");
+    let close = drain(&mut client);
+    assert_eq!(close.iter().filter_map(command).collect::<Vec<_>>(), [SystemCommand::CloseSession.number()]);
+    assert_eq!(
+        decode(&close[0].data).unwrap().header.session,
+        decode(&reply[0].data).unwrap().header.session
+    );
+}
+
+#[test]
+fn a_peer_that_dies_after_its_ack_fails_the_call_as_outcome_unknown_long_before_reply_timeout() {
+    // The server ACKs the request and dies: the client's probes meet silence. The call used to
+    // wait out reply_timeout (30 s); now it fails after `silent_probes` silent probes.
+    let (mut client, mut server, session, ack) = opened();
+    let mut t = Duration::from_millis(1);
+    server.handle_datagram(t, addr(1), &ack[0].data);
+    client.call(t, session, 300, vec![1]).unwrap();
+    for d in drain(&mut client) {
+        server.handle_datagram(t, addr(1), &d.data);
+    }
+    // The server ACKs (its ack delay), and nothing more comes from it.
+    while let Some(at) = server.next_deadline().filter(|at| *at < Duration::from_secs(1)) {
+        server.handle_timeout(at);
+        let out = drain(&mut server);
+        for d in &out {
+            client.handle_datagram(at, addr(2), &d.data);
+        }
+        if out.iter().any(|d| decode(&d.data).unwrap().header.kind == Kind::Ack) {
+            break;
+        }
+    }
+    drain(&mut client);
+    let config = Config::default();
+    let failed = loop {
+        let Some(at) = client.next_deadline() else {
+            panic!("the client stopped waiting without failing the call")
+        };
+        t = at;
+        assert!(t < config.reply_timeout, "still waiting at {t:?}");
+        client.handle_timeout(t);
+        drain(&mut client); // probes, into the void
+        if let Some(e) = events(&mut client).into_iter().find_map(|e| match e {
+            Event::Failed { error, .. } => Some(error),
+            _ => None,
+        }) {
+            break e;
+        }
+    };
+    assert!(matches!(failed, CallError::PeerSilent { .. }), "{failed:?}");
+    let bound = config.ack_timeout_max * (config.silent_probes + 2);
+    assert!(t <= bound, "failed at {t:?}, later than {bound:?}");
+    assert!(failed.to_string().contains("outcome unknown"), "{failed}");
 }

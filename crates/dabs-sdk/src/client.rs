@@ -158,23 +158,38 @@ impl FarmClient {
             listener,
         };
         // A farm that is full right now may have room a moment later: retry like a call does.
+        // A server gone before it took STARTED (a notification, safe to send again) is left
+        // for another one through the farm.
         let mut attempt = 0;
-        let session = loop {
-            match client.session().await {
-                Ok(s) => break s,
-                Err(e) if attempt < client.options.max_reopens && opening_worth_retrying(&e) => {
+        loop {
+            let outcome = match client.session().await {
+                Ok(s) => match client.started(&s).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        client.forget(&s).await;
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(e)
+                    if attempt < client.options.max_reopens
+                        && (opening_worth_retrying(&e) || server_gone(&e)) =>
+                {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                 }
                 Err(e) => return Err(e),
+                Ok(()) => unreachable!("the loop breaks on success"),
             }
-        };
-        client.started(&session).await?;
+        }
         *client.status.lock().unwrap_or_else(|e| e.into_inner()) = ClientStatus::Running;
         Ok(client)
     }
 
-    /// `STARTED`, sent until answered, each attempt after a longer, jittered pause.
+    /// `STARTED`, sent until answered, each attempt after a longer, jittered pause; a server
+    /// that went silent after its ACK is not asked again.
     async fn started(&self, session: &Session) -> Result<(), Error> {
         let mut pause = Duration::from_millis(50);
         let mut last = None;
@@ -222,9 +237,14 @@ impl FarmClient {
                 code,
                 NakCode::UnknownSession | NakCode::NotAccepting | NakCode::UnknownQueue | NakCode::Overloaded
             ),
-            Error::Call(CallError::GaveUp { .. } | CallError::SessionLost | CallError::ReplyTimeout(_)) => {
-                self.options.idempotent
-            }
+            // Our endpoint no longer has the session (closed idle, or lost): nothing was sent.
+            Error::Call(CallError::UnknownSession) => true,
+            Error::Call(
+                CallError::GaveUp { .. }
+                | CallError::SessionLost
+                | CallError::ReplyTimeout(_)
+                | CallError::PeerSilent { .. },
+            ) => self.options.idempotent,
             _ => false,
         }
     }
@@ -457,6 +477,20 @@ async fn open_session(
             Err(Error::NotEncrypted(why))
         }
     }
+}
+
+/// True when `STARTED` failed because its server has gone (it never answered, or went silent
+/// after its ACK): another server through the farm will do.
+fn server_gone(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Call(
+            CallError::GaveUp { .. }
+                | CallError::PeerSilent { .. }
+                | CallError::SessionLost
+                | CallError::ReplyTimeout(_)
+        )
+    )
 }
 
 fn opening_worth_retrying(e: &Error) -> bool {

@@ -58,6 +58,9 @@ impl Inner {
     ) -> Result<(String, u16), String> {
         let factory =
             self.factory(app).ok_or_else(|| format!("this node has no application {app:?}"))?.clone();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let figures = Arc::new(PortionFigures::default());
+        let started_ms = started_ms.unwrap_or_else(unix_ms);
         let (va, queue, next_id) = {
             let mut st = self.state();
             // A portion already running here under this address is the answer: starting
@@ -109,29 +112,32 @@ impl Inner {
                     found.ok_or("no free portion name")?
                 }
             };
+            // Taken under the same lock as the check above: two clients coming back to one
+            // address at once both used to start it, the second replacing the first and its
+            // seats (a client served by the first was then counted nowhere).
+            st.hosting.portions.insert(
+                va.clone(),
+                Portion {
+                    app: app.into(),
+                    queue,
+                    figures: figures.clone(),
+                    events: events_tx,
+                    started_ms,
+                    clients: Vec::new(),
+                },
+            );
             (va, queue, named.then_some(st.hosting.next_portion))
         };
         let requests = self.endpoint.register_queue(queue);
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let figures = Arc::new(PortionFigures::default());
-        let started_ms = started_ms.unwrap_or_else(unix_ms);
         let record = PortionRecord { va: va.clone(), app: app.into(), queue, started_ms };
-        match next_id {
+        if let Err(e) = match next_id {
             Some(next) => self.db.put_new_portion(&record, next),
             None => self.db.put_portion(&record),
+        } {
+            self.state().hosting.portions.remove(&va);
+            self.endpoint.unregister_queue(queue);
+            return Err(e.to_string());
         }
-        .map_err(|e| e.to_string())?;
-        self.state().hosting.portions.insert(
-            va.clone(),
-            Portion {
-                app: app.into(),
-                queue,
-                figures: figures.clone(),
-                events: events_tx,
-                started_ms,
-                clients: Vec::new(),
-            },
-        );
         factory.spawn(PortionContext {
             app: app.into(),
             va: va.clone(),

@@ -189,6 +189,27 @@ impl Endpoint {
         self.drop_session_calls(s, CloseReason::ClosedLocally, session);
     }
 
+    /// Sends `CLOSE_SESSION` in a session a server opened for this endpoint that it does not
+    /// keep (`reply` the server's open REPLY).
+    fn close_unkept(&mut self, now: Time, to: &Addr, reply: &Header) {
+        let quiet = self.io.config.ack_timeout_max;
+        self.unkept.retain(|_, at| now.saturating_sub(*at) < quiet);
+        if self.unkept.contains_key(&(to.clone(), reply.session)) {
+            return;
+        }
+        self.unkept.insert((to.clone(), reply.session), now);
+        let header = Header {
+            session: reply.session,
+            transaction: 1,
+            sent: self.io.stamp(now),
+            crc: reply.crc,
+            dst: reply.src,
+            src: reply.dst,
+            ..Header::new(Kind::Request, SystemCommand::CloseSession.number())
+        };
+        self.io.send_message(to, &header, &[], None);
+    }
+
     pub(super) fn drop_session_calls(&mut self, s: Session, reason: CloseReason, sid: SessionId) {
         let peer = s.peer().clone();
         if let Some(p) = self.sessions.peer_mut(&peer) {
@@ -217,9 +238,15 @@ impl Endpoint {
             return self.on_open_reply(now, from, d);
         }
         let Some(sid) = self.session_of(&from, h.session) else {
-            if h.command == SystemCommand::OpenSession.number() && h.session != 0 && !reliable {
-                // Another endpoint answered first, or our ACK was lost: stop its retransmits.
+            if h.session != 0 && h.command == SystemCommand::OpenSession.number() {
+                // Another endpoint answered this open too (the farm's decider changing over),
+                // or it answers an open since closed here: this client keeps no such session,
+                // so the server must not either, or it holds a seat for nobody. Closed, not
+                // ACKed: a lost CLOSE_SESSION brings the REPLY again, and with it another.
                 self.io.stats.extra_open_replies += 1;
+                self.close_unkept(now, &from, &h);
+            } else if h.session != 0 && h.command == SystemCommand::CloseSession.number() && !reliable {
+                // That close's answer: ACKed, so its sender stops.
                 self.io.ack(&from, Answer::to(&h), h.sent, None);
             }
             return;

@@ -318,6 +318,7 @@ impl Io {
             reply: None,
             parked: false,
             rounds: 0,
+            silent_probes: 0,
             pace: None,
         }
     }

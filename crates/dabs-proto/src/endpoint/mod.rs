@@ -53,6 +53,10 @@ pub struct Endpoint {
     relief_not_before: Time,
     /// Where encrypted datagrams are opened, reused from one to the next.
     plain: Vec<u8>,
+    /// Sessions servers opened for us that we do not keep, and when we last closed each: one
+    /// `CLOSE_SESSION` per REPLY round, not one per copy (a second copy's close could land after
+    /// the server gave the number to our next open, and close that).
+    unkept: HashMap<(Addr, u8), Time>,
 }
 
 impl Endpoint {
@@ -79,6 +83,7 @@ impl Endpoint {
             sweep_armed: false,
             from_group: false,
             relief_not_before: Time::ZERO,
+            unkept: HashMap::new(),
         }
     }
 

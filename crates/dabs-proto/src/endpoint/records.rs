@@ -74,6 +74,8 @@ pub(super) struct Out {
     pub(super) parked: bool,
     /// Times it was put on the wire, re-attempts and probes alike (see [`round_order`](super::io::round_order)).
     pub(super) rounds: u32,
+    /// Probes in a row the peer let pass without a word (see `Config::silent_probes`).
+    pub(super) silent_probes: u32,
     /// The round still going out in groups, if any (see [`Io::put_out`](super::io::Io::put_out)).
     pub(super) pace: Option<Pace>,
 }

@@ -17,7 +17,6 @@ pub(super) enum TimerKey {
     Kick(SessionId),
     Sweep,
 }
-
 impl Endpoint {
     pub(super) fn timer_live(&self, at: Time, key: TimerKey) -> bool {
         match key {
@@ -92,8 +91,19 @@ impl Endpoint {
                             self.out_failed(now, sid, out, error);
                         }
                     }
-                    OutState::AwaitReply { .. } => {
-                        // Probe: the receiver answers a repeat with its REPLY or an ACK.
+                    OutState::AwaitReply { since } => {
+                        // Probe: the receiver answers a repeat with its REPLY or an ACK. A peer
+                        // that answers none of several has gone (a crash after its ACK): the
+                        // call fails now, its outcome unknown, rather than at reply_timeout.
+                        let heard = s.last_active >= out.last_sent;
+                        out.silent_probes = if heard { 0 } else { out.silent_probes + 1 };
+                        if out.silent_probes >= self.io.config.silent_probes.max(1) {
+                            let silent_for = now.saturating_sub(s.last_active.max(since));
+                            if let Some(out) = s.out.remove(&tx) {
+                                self.out_failed(now, sid, out, CallError::PeerSilent { silent_for });
+                            }
+                            return;
+                        }
                         self.io.resend(now, out, key, s.crypto.sealer());
                         let at = now + self.io.config.ack_timeout_max;
                         out.deadline = Some(at);

@@ -185,6 +185,13 @@ pub enum CallError {
     /// ACKed but no REPLY in time.
     #[error("no reply within {0:?}")]
     ReplyTimeout(Duration),
+    /// ACKed, then the peer stopped answering probes (it crashed, or the path to it broke):
+    /// the request may or may not have run.
+    #[error("the peer acknowledged the request, then answered nothing for {silent_for:?}: outcome unknown")]
+    PeerSilent {
+        /// How long it has been silent.
+        silent_for: Duration,
+    },
     /// Larger than the largest message.
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge {
