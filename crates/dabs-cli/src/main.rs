@@ -2,6 +2,7 @@
 
 mod addr;
 mod bench;
+mod bench_decider;
 mod bench_dns;
 mod calc;
 mod codec_demo;
@@ -230,6 +231,16 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Decider failover on a 3-node local farm: the decider killed or stopped, time until a
+    /// new open through the group is answered.
+    Decider {
+        /// Rounds per case (each starts a fresh farm).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Print one JSON array of the cases instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open-session latency through the farm group: portion running vs. to be started.
     Open {
         /// Opens measured per case.
@@ -330,6 +341,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Dns { rounds, dnsperf, fixed_qps, json } } => {
             bench_dns::run(rounds, dnsperf, fixed_qps, json)
+        }
+        Command::Bench { command: BenchCommand::Decider { rounds, json } } => {
+            bench_decider::run(rounds, json)
         }
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)

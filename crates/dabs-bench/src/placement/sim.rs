@@ -252,6 +252,8 @@ fn blank_stats(i: usize) -> NodeStats {
         leaving: false,
         starved: Vec::new(),
         moved: Vec::new(),
+        known: Vec::new(),
+        part: None,
         settings_version: 1,
         no_encryption: false,
         accepted: None,
