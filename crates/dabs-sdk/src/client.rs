@@ -271,6 +271,12 @@ impl FarmClient {
                     self.reopens.fetch_add(1, Ordering::Relaxed);
                     self.forget(&session).await;
                 }
+                Err(e) if server_gone(&e) => {
+                    // Not sent again (its outcome is unknown and the application did not say
+                    // it may run twice), but the next call goes to a live server.
+                    self.forget(&session).await;
+                    return Err(e);
+                }
                 other => return other,
             }
         }

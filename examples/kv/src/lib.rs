@@ -40,11 +40,72 @@ dabs_sdk::partition! {
 #[derive(Clone, Default)]
 pub struct Store {
     map: Arc<Mutex<BTreeMap<String, String>>>,
+    options: Options,
+}
+
+/// How a portion program runs (`kv-portion [--journal FILE] [--work-ms N]`).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Every `put` and `del` executed is appended here as a line `OP KEY PID`, before its
+    /// reply goes out: a record that outlives a crash, of what ran.
+    pub journal: Option<std::path::PathBuf>,
+    /// Time each write spends after it has run and before its reply goes out, as real work
+    /// would: a crash in that window leaves a write executed and unanswered.
+    pub work: std::time::Duration,
+}
+
+impl Options {
+    /// Reads `--journal FILE` and `--work-ms N` from the program's arguments.
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+        let mut out = Options::default();
+        let mut args = args.into_iter();
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--journal" => out.journal = Some(args.next().ok_or("--journal needs a file")?.into()),
+                "--work-ms" => {
+                    let n = args.next().ok_or("--work-ms needs a number")?;
+                    let ms = n.parse().map_err(|_| format!("--work-ms {n:?} is not a number of ms"))?;
+                    out.work = std::time::Duration::from_millis(ms);
+                }
+                other => {
+                    return Err(format!("unknown argument {other:?} (expected --journal FILE, --work-ms N)"));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Store {
+    /// A store that runs with `options`.
+    pub fn with(options: Options) -> Store {
+        Store { map: Arc::default(), options }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Journals a write that has run, then spends the configured work time.
+    async fn ran(&self, op: &str, key: &str) -> Result<(), PartitionError> {
+        if let Some(path) = &self.options.journal {
+            use std::io::Write;
+            // One write(2) of one short line to a file opened for appending: lines from
+            // several portions never interleave.
+            let line = format!("{op} {key} {}\n", std::process::id());
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .map_err(|e| {
+                    PartitionError::op("journal", format!("cannot journal to {}: {e}", path.display()))
+                })?;
+        }
+        if !self.options.work.is_zero() {
+            tokio::time::sleep(self.options.work).await;
+        }
+        Ok(())
     }
 }
 
@@ -71,11 +132,15 @@ impl KvOps for Store {
                 format!("a value has at most {MAX_VALUE} bytes, this one {}", value.len()),
             ));
         }
-        Ok(self.map().insert(key, value))
+        let before = self.map().insert(key.clone(), value);
+        self.ran("put", &key).await?;
+        Ok(before)
     }
     async fn del(&self, key: String) -> Result<Option<String>, PartitionError> {
         check_key(&key)?;
-        Ok(self.map().remove(&key))
+        let before = self.map().remove(&key);
+        self.ran("del", &key).await?;
+        Ok(before)
     }
     async fn keys(&self) -> Result<Vec<String>, PartitionError> {
         Ok(self.map().keys().cloned().collect())
@@ -105,7 +170,12 @@ impl ServerPortion for KvServer {
 /// holds as the status object `keys` (an application figure, like a mail server's mailbox
 /// count: a policy `app_figure:keys` sends new clients to the emptiest store).
 pub fn factory() -> Arc<dyn PortionFactory> {
-    let store = Store::default();
+    factory_with(Options::default())
+}
+
+/// [`factory`] with `options` (a journal, simulated work).
+pub fn factory_with(options: Options) -> Arc<dyn PortionFactory> {
+    let store = Store::with(options);
     let counted = store.clone();
     Arc::new(
         PortionFactoryFn::new(APP, move || KvServer { store: store.clone() })
@@ -126,6 +196,23 @@ mod tests {
         assert_eq!(s.keys().await.unwrap(), vec!["a".to_string(), "b".into()]);
         assert_eq!(s.del("a".into()).await.unwrap(), Some("2".into()));
         assert_eq!(s.get("a".into()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn writes_that_ran_are_journaled_one_line_each() {
+        let path = std::env::temp_dir().join(format!("kv-journal-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let args = ["--journal".to_string(), path.display().to_string(), "--work-ms".into(), "1".into()];
+        let s = Store::with(Options::from_args(args).unwrap());
+        s.put("a".into(), "1".into()).await.unwrap();
+        s.del("a".into()).await.unwrap();
+        assert!(s.put(String::new(), "x".into()).await.is_err(), "refused before it ran: not journaled");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let pid = std::process::id();
+        assert_eq!(text, format!("put a {pid}\ndel a {pid}\n"));
+        let _ = std::fs::remove_file(&path);
+        assert!(Options::from_args(["--work-ms".to_string(), "soon".into()]).is_err());
+        assert!(Options::from_args(["--bogus".to_string()]).is_err());
     }
 
     #[tokio::test]
