@@ -124,6 +124,16 @@ impl Membership {
             .map(|m| m.stats.node.as_str())
     }
 
+    /// The leader among the members heard within `window`: the farm's decider. A leader that
+    /// has missed a few announcements hands over then, well before its lease lapses.
+    pub fn leader_within(&self, now: Instant, window: Duration) -> Option<&str> {
+        self.members
+            .values()
+            .filter(|m| now.saturating_duration_since(m.last_seen) <= window)
+            .min_by_key(|m| (m.stats.started_ms, m.stats.node.clone()))
+            .map(|m| m.stats.node.as_str())
+    }
+
     /// A member by name.
     pub fn get(&self, name: &str) -> Option<&Member> {
         self.members.get(name)
@@ -174,9 +184,12 @@ mod tests {
         assert_eq!(m.observe(a.clone(), t0), Change::Joined);
         assert_eq!(m.observe(b.clone(), t0), Change::Joined);
         assert_eq!(m.leader(), Some("b"));
+        // b falls silent: still leader by lease, no longer among the freshly heard.
+        assert_eq!(m.leader_within(t0 + Duration::from_millis(700), Duration::from_millis(750)), Some("b"));
         assert_eq!(m.observe(a.clone(), t0), Change::Stale);
         a.seq += 1;
         assert_eq!(m.observe(a.clone(), t0 + Duration::from_secs(1)), Change::Updated);
+        assert_eq!(m.leader_within(t0 + Duration::from_secs(1), Duration::from_millis(750)), Some("a"));
         // b stops renewing: gone after its lease; a renewed and stays.
         let gone: Vec<String> =
             m.expire(t0 + Duration::from_millis(1600)).into_iter().map(|m| m.stats.node).collect();

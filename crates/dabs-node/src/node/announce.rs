@@ -242,9 +242,10 @@ impl Inner {
     /// Logs the decider when it is another member than last time (the oldest live one; a
     /// member joining, leaving or lapsing can change it).
     fn log_decider_change(&self) {
+        let decider = self.decider();
         let change = {
             let mut st = self.state();
-            let now = st.members.membership.leader().map(str::to_owned);
+            let now = decider;
             (now != st.members.decider)
                 .then(|| std::mem::replace(&mut st.members.decider, now.clone()))
                 .map(|was| (was, now))

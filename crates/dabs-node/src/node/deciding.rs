@@ -22,7 +22,16 @@ impl Inner {
     /// long enough to have heard everyone older than itself.
     pub(super) fn is_decider(&self) -> bool {
         self.started.elapsed() >= self.config.node.lease
-            && self.state().members.membership.leader() == Some(self.me.as_str())
+            && self.decider().as_deref() == Some(self.me.as_str())
+    }
+
+    /// The farm's decider as this node sees it: the oldest member heard within three
+    /// announcement intervals. A decider that stops announcing (killed) hands over after
+    /// those, not after its whole lease; if it was only late, both decide for a moment and
+    /// clients close the second answer (docs/farm.md).
+    pub(super) fn decider(&self) -> Option<String> {
+        let window = self.fresh_window();
+        self.state().members.membership.leader_within(Instant::now(), window).map(str::to_owned)
     }
 
     pub(super) async fn open_loop(self: Arc<Self>, mut opens: mpsc::UnboundedReceiver<IncomingOpen>) {

@@ -190,8 +190,9 @@ impl NodeHandle {
 
     /// The farm as it sees it (itself included), and the current decider.
     pub fn members(&self) -> (Vec<NodeStats>, Option<String>) {
+        let decider = self.0.decider();
         let st = self.0.state();
-        (st.members.membership.live().cloned().collect(), st.members.membership.leader().map(str::to_owned))
+        (st.members.membership.live().cloned().collect(), decider)
     }
 
     /// Its portions.
