@@ -34,12 +34,19 @@ fn filter() -> EnvFilter {
         if text.trim().is_empty() {
             continue;
         }
-        return EnvFilter::try_new(&text).unwrap_or_else(|e| {
+        return EnvFilter::try_new(quiet_dns_requests(&text)).unwrap_or_else(|e| {
             eprintln!("dabs: {var}={text:?} is not a log filter ({e}); logging at {DEFAULT_FILTER}");
             EnvFilter::new(DEFAULT_FILTER)
         });
     }
     EnvFilter::new(DEFAULT_FILTER)
+}
+
+/// `filter` with hickory-server held at warnings unless it names hickory itself: the DNS
+/// front's library logs every query at info, so `RUST_LOG=info` would write a line per DNS
+/// query and bury the node's own lines.
+fn quiet_dns_requests(filter: &str) -> String {
+    if filter.contains("hickory") { filter.to_owned() } else { format!("{filter},hickory_server=warn") }
 }
 
 /// Colour codes only where a person reads them: a terminal, and `NO_COLOR` not set.
@@ -110,5 +117,18 @@ pub fn child_stderr() -> Stdio {
     match SETUP.get() {
         Some((_, Some(path))) => append(path).map_or_else(|_| Stdio::inherit(), Stdio::from),
         _ => Stdio::inherit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dns_library_is_held_at_warnings_unless_named() {
+        assert_eq!(quiet_dns_requests("info"), "info,hickory_server=warn");
+        assert_eq!(quiet_dns_requests("dabs_node=debug"), "dabs_node=debug,hickory_server=warn");
+        assert_eq!(quiet_dns_requests("info,hickory_server=debug"), "info,hickory_server=debug");
+        assert!(EnvFilter::try_new(quiet_dns_requests("info")).is_ok());
     }
 }
