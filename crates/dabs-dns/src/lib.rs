@@ -108,6 +108,9 @@ pub enum DnsError {
     },
 }
 
+/// The UDP receive buffer asked for (the kernel caps it at `net.core.rmem_max`).
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
 /// How long a TCP connection may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -161,6 +164,9 @@ async fn bind_pair(bind: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::ne
     let mut last = None;
     for _ in 0..if bind.port() == 0 { 8 } else { 1 } {
         let udp = tokio::net::UdpSocket::bind(bind).await.map_err(udp_err)?;
+        // Room for bursts: at the default buffer a saturating dnsperf overflowed it and lost
+        // queries while the answers were being built (docs/benchmarks.md "DNS front").
+        let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(UDP_RECV_BUFFER);
         let at = udp.local_addr().map_err(udp_err)?;
         match tokio::net::TcpListener::bind(at).await {
             Ok(tcp) => return Ok((udp, tcp)),
