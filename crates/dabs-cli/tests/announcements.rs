@@ -4,7 +4,7 @@
 //! (through the group, with its virtual address) to that portion.
 
 use dabs_farm_proto::shapes::{OpenAsk, Resolved, cbor};
-use dabs_net::{Addr, Config, DriverOptions, EndpointHandle};
+use dabs_net::Addr;
 use dabs_sdk::{FarmClient, FarmClientOptions};
 use dabs_testkit::{NodeConfigBuilder, NodeProc, POLL, eventually_async, random_group, temp_dir};
 use dabs_wire::SystemCommand;
@@ -14,13 +14,6 @@ use std::time::Duration;
 
 const DABS: &str = env!("CARGO_BIN_EXE_dabs");
 const PORTIONS: usize = 50;
-
-async fn endpoint() -> EndpointHandle {
-    let config = Config { ack_timeout: Duration::from_millis(100), max_retries: 10, ..Config::default() };
-    dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions { config, ..Default::default() })
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_fifty_portions_is_seen_whole_by_the_farm() {
@@ -37,7 +30,7 @@ async fn a_node_with_fifty_portions_is_seen_whole_by_the_farm() {
     let urls = [a.url().to_owned(), b.url().to_owned()];
     tokio::task::spawn_blocking(move || dabs_testkit::membership::wait_for_decider_at(&urls)).await.unwrap();
 
-    let ep = endpoint().await;
+    let ep = dabs_testkit::client::endpoint(10).await;
     let mut clients = Vec::new();
     for i in 0..PORTIONS {
         let options =
@@ -68,7 +61,7 @@ async fn a_node_with_fifty_portions_is_seen_whole_by_the_farm() {
     .await;
 
     // node-b's RESOLVE_VA resolves each to node-a.
-    let observer = endpoint().await;
+    let observer = dabs_testkit::client::endpoint(10).await;
     let ask = OpenAsk { node: Some("test".into()), ..Default::default() }.to_cbor();
     let s = observer.open(Addr::Udp(b.mp), 0, ask).await.expect("a tool's session with node-b");
     for va in &vas {
@@ -83,7 +76,7 @@ async fn a_node_with_fifty_portions_is_seen_whole_by_the_farm() {
     // Placement: clients coming back through the group with their address go to their own
     // portion on node-a, whichever part of the announcement listed it.
     let group_addr = SocketAddr::V4(a.ready.group);
-    let back = endpoint().await;
+    let back = dabs_testkit::client::endpoint(10).await;
     for va in vas.iter().step_by(7) {
         let ask = OpenAsk { app: Some(dabs_calc::APP.into()), va: Some(va.clone()), ..Default::default() };
         let session =

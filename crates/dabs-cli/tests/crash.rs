@@ -4,7 +4,7 @@
 //! example's portion program appends each write that ran, before replying) counts executions
 //! across the dead node and the survivors.
 
-use dabs_net::{Config, DriverOptions, EndpointHandle};
+use dabs_net::Config;
 use dabs_sdk::{FarmClient, FarmClientOptions};
 use dabs_testkit::{NodeConfigBuilder, NodeProc, eventually_async, random_group, temp_dir};
 use kv::{KvClientPart, KvOps};
@@ -26,13 +26,6 @@ fn sibling(name: &str) -> PathBuf {
     let path = Path::new(DABS).with_file_name(name);
     assert!(path.exists(), "{} is missing: run `cargo build -p dabs-example-kv` first", path.display());
     path
-}
-
-async fn endpoint() -> EndpointHandle {
-    let config = Config { ack_timeout: Duration::from_millis(100), ..Config::default() };
-    dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions { config, ..Default::default() })
-        .await
-        .unwrap()
 }
 
 /// How one call ended.
@@ -78,7 +71,14 @@ async fn a_node_killed_mid_calls_leaves_each_call_answered_once_or_reported_unkn
         let done = done.clone();
         runs.push(tokio::spawn(async move {
             let options = FarmClientOptions { idempotent, ..FarmClientOptions::new(farm, kv::APP) };
-            let client = Arc::new(FarmClient::start(endpoint().await, options).await.expect("a session"));
+            let client = Arc::new(
+                FarmClient::start(
+                    dabs_testkit::client::endpoint(Config::default().max_retries).await,
+                    options,
+                )
+                .await
+                .expect("a session"),
+            );
             let store = KvClientPart::new(client.clone());
             let mut outcomes = BTreeMap::new();
             let started = Instant::now();

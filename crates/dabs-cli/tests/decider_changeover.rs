@@ -7,7 +7,7 @@
 //! keep.
 
 use dabs_calc::{CalcClient, Operands, Profile, Value};
-use dabs_net::{Config, DriverOptions, EndpointHandle};
+use dabs_net::Config;
 use dabs_sdk::{FarmClient, FarmClientOptions};
 use dabs_testkit::http::try_get_json;
 use dabs_testkit::{NodeConfigBuilder, NodeProc, POLL, eventually, eventually_async, random_group, temp_dir};
@@ -23,13 +23,6 @@ const ENDPOINTS: usize = 10;
 /// Room for every client in one portion: a portion near full reclaims seats idle for 10 s,
 /// which would make seats and clients differ for a reason other than the one under test.
 const SEATS: &str = "start_at_init = true\nmax_sessions_per_portion = 1000\n";
-
-async fn endpoint() -> EndpointHandle {
-    let config = Config { ack_timeout: Duration::from_millis(100), ..Config::default() };
-    dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions { config, ..Default::default() })
-        .await
-        .unwrap()
-}
 
 /// Seats (sessions on its calculator portions) the node at `url` reports.
 fn seats(url: &str) -> Result<u64, String> {
@@ -63,7 +56,7 @@ async fn changeover(signal: i32, tag: &str) {
 
     let mut endpoints = Vec::new();
     for _ in 0..ENDPOINTS {
-        endpoints.push(endpoint().await);
+        endpoints.push(dabs_testkit::client::endpoint(Config::default().max_retries).await);
     }
     let opened = Arc::new(AtomicUsize::new(0));
     let opens: Vec<_> = (0..CLIENTS)

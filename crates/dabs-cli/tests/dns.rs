@@ -4,7 +4,6 @@
 //! and when the policy is swapped; a node leaving never makes the zone fail; `dabs farm up`
 //! prints each node's `dns IP:PORT`.
 
-use dabs_net::{Config, DriverOptions};
 use dabs_sdk::{FarmClient, FarmClientOptions};
 use dabs_testkit::dns::{Dug, dig, dig_async};
 use dabs_testkit::http::json_as;
@@ -88,14 +87,7 @@ fn the_farm_answers_its_preferred_server_and_the_answer_follows_load_and_policy(
     let group = SocketAddr::V4(nodes[0].ready.group);
     let open = || {
         rt.block_on(async {
-            let config =
-                Config { ack_timeout: Duration::from_millis(100), max_retries: 10, ..Config::default() };
-            let ep = dabs_net::spawn(
-                "127.0.0.1:0".parse().unwrap(),
-                DriverOptions { config, ..Default::default() },
-            )
-            .await
-            .unwrap();
+            let ep = dabs_testkit::client::endpoint(10).await;
             let c = FarmClient::start(ep, FarmClientOptions::new(group, dabs_calc::APP))
                 .await
                 .expect("the farm takes the client");

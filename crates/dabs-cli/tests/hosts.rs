@@ -48,13 +48,7 @@ fn config(
 
 /// The member names in the view at `url`.
 fn view(url: &str) -> Result<BTreeSet<String>, String> {
-    let farm = try_get_json(url, "/api/farm")?;
-    Ok(farm["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["name"].as_str().map(str::to_owned))
-        .collect())
+    Ok(dabs_testkit::MemberView::of_operator(url)?.members.into_keys().collect())
 }
 
 /// Reads every view in `urls` until each satisfies `done`, for at most `limit` past `since`;

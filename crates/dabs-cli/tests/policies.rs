@@ -4,7 +4,7 @@
 //! status objects reach the farm's announcements.
 
 use dabs_calc::{CalcClient, Operands, Profile, Value};
-use dabs_net::{Config, DriverOptions, EndpointHandle};
+
 use dabs_sdk::{FarmClient, FarmClientOptions};
 use dabs_testkit::http::{json, json_as};
 use dabs_testkit::{Farm, PATIENCE, POLL, eventually};
@@ -28,16 +28,13 @@ const POLICIES: [&str; 7] = [
     "least_loaded",
 ];
 
-async fn endpoint() -> EndpointHandle {
-    let config = Config { ack_timeout: Duration::from_millis(100), max_retries: 10, ..Config::default() };
-    dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions { config, ..Default::default() })
-        .await
-        .unwrap()
-}
-
 async fn calc_client(farm: SocketAddr) -> Result<(CalcClient, Arc<FarmClient>), String> {
     let options = FarmClientOptions::new(farm, dabs_calc::APP);
-    let client = Arc::new(FarmClient::start(endpoint().await, options).await.map_err(|e| e.to_string())?);
+    let client = Arc::new(
+        FarmClient::start(dabs_testkit::client::endpoint(10).await, options)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     Ok((CalcClient::new(client.clone(), Profile::Thin), client))
 }
 

@@ -4,7 +4,6 @@
 //! Clients placed on chosen nodes move both the order inside a sub-farm and the order of the
 //! sub-farms; every node's ranking and its DNS answer follow.
 
-use dabs_net::{Config, DriverOptions};
 use dabs_sdk::{FarmClient, FarmClientOptions};
 use dabs_testkit::dns::dig;
 use dabs_testkit::http::json;
@@ -96,14 +95,7 @@ fn two_subfarms_rank_inside_by_their_own_policy_and_stand_as_one_to_the_global_o
     // Clients opened straight at one node stay there (a direct open is answered by that node).
     let open_at = |at: SocketAddr| {
         rt.block_on(async {
-            let config =
-                Config { ack_timeout: Duration::from_millis(100), max_retries: 10, ..Config::default() };
-            let ep = dabs_net::spawn(
-                "127.0.0.1:0".parse().unwrap(),
-                DriverOptions { config, ..Default::default() },
-            )
-            .await
-            .unwrap();
+            let ep = dabs_testkit::client::endpoint(10).await;
             let c =
                 FarmClient::start(ep, FarmClientOptions::new(at, dabs_calc::APP)).await.expect("a session");
             assert_eq!(

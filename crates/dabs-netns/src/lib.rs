@@ -47,6 +47,11 @@ fn run(program: &str, args: &[&str]) -> Result<(), NetnsError> {
     })
 }
 
+/// `ip ARGS...` in the calling thread's namespace (inside [`Netns::run_inside`], that one).
+pub fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    run("ip", args)
+}
+
 /// A network namespace of this process's own, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -77,7 +82,7 @@ impl Netns {
     pub fn ip(&self, args: &[&str]) -> Result<(), NetnsError> {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);
-        run("ip", &all)
+        ip(&all)
     }
 
     /// Runs `program ARGS...` inside it.

@@ -22,3 +22,16 @@ pub async fn drain_and_follow(dabs: &str, client: &FarmClient, secret: &str) -> 
     .await;
     home
 }
+
+/// A client endpoint on a free loopback port whose first ACK time-out is 100 ms (a loss on
+/// loopback is noticed quickly), giving up after `max_retries` re-attempts.
+pub async fn endpoint(max_retries: u32) -> dabs_net::EndpointHandle {
+    let config =
+        dabs_net::Config { ack_timeout: Duration::from_millis(100), max_retries, ..Default::default() };
+    dabs_net::spawn(
+        "127.0.0.1:0".parse().expect("literal"),
+        dabs_net::DriverOptions { config, ..Default::default() },
+    )
+    .await
+    .expect("a loopback endpoint")
+}

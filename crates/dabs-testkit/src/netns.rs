@@ -17,17 +17,6 @@ use std::time::{Duration, Instant};
 
 pub use dabs_netns::{Hosts, Netns, OBSERVER, run_in};
 
-/// `ip ARGS...` in the calling thread's namespace; panics with its error output.
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip").args(args).output().expect("iproute2's ip must be installed");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
 /// A UDP datagram that came back to a far address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Datagram {
@@ -72,8 +61,8 @@ impl FarNetwork {
         // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifreq` is large enough for.
         let rc = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, ifreq.as_mut_ptr()) };
         assert_eq!(rc, 0, "TUNSETIFF {ifname}: {}", std::io::Error::last_os_error());
-        ip(&["link", "set", ifname, "up"]);
-        ip(&["route", "add", route, "dev", ifname]);
+        dabs_netns::ip(&["link", "set", ifname, "up"]).expect("the TUN device up");
+        dabs_netns::ip(&["route", "add", route, "dev", ifname]).expect("a route through the TUN device");
         let tun = Arc::new(tun);
         let stop = Arc::new(AtomicBool::new(false));
         let probes = Arc::new(AtomicU64::new(0));

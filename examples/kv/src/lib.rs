@@ -40,46 +40,52 @@ dabs_sdk::partition! {
 #[derive(Clone, Default)]
 pub struct Store {
     map: Arc<Mutex<BTreeMap<String, String>>>,
-    options: Options,
+    /// The journal, opened once for appending.
+    journal: Option<Arc<std::fs::File>>,
+    work: std::time::Duration,
 }
 
 /// How a portion program runs (`kv-portion [--journal FILE] [--work-ms N]`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, clap::Parser)]
+#[command(name = "kv-portion", about = "The kv example's server portion, started by `dabs node`")]
 pub struct Options {
     /// Every `put` and `del` executed is appended here as a line `OP KEY PID`, before its
     /// reply goes out: a record that outlives a crash, of what ran.
+    #[arg(long, value_name = "FILE")]
     pub journal: Option<std::path::PathBuf>,
     /// Time each write spends after it has run and before its reply goes out, as real work
     /// would: a crash in that window leaves a write executed and unanswered.
+    #[arg(long = "work-ms", value_name = "N", value_parser = parse_ms, default_value = "0")]
     pub work: std::time::Duration,
 }
 
+fn parse_ms(text: &str) -> Result<std::time::Duration, String> {
+    text.parse().map(std::time::Duration::from_millis).map_err(|_| format!("{text:?} is not a number of ms"))
+}
+
 impl Options {
-    /// Reads `--journal FILE` and `--work-ms N` from the program's arguments.
+    /// Reads `--journal FILE` and `--work-ms N` from `args` (the program's name left out).
     pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
-        let mut out = Options::default();
-        let mut args = args.into_iter();
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "--journal" => out.journal = Some(args.next().ok_or("--journal needs a file")?.into()),
-                "--work-ms" => {
-                    let n = args.next().ok_or("--work-ms needs a number")?;
-                    let ms = n.parse().map_err(|_| format!("--work-ms {n:?} is not a number of ms"))?;
-                    out.work = std::time::Duration::from_millis(ms);
-                }
-                other => {
-                    return Err(format!("unknown argument {other:?} (expected --journal FILE, --work-ms N)"));
-                }
-            }
-        }
-        Ok(out)
+        use clap::Parser;
+        Options::try_parse_from(std::iter::once("kv-portion".to_owned()).chain(args))
+            .map_err(|e| e.to_string())
     }
 }
 
 impl Store {
-    /// A store that runs with `options`.
-    pub fn with(options: Options) -> Store {
-        Store { map: Arc::default(), options }
+    /// A store that runs with `options`; fails when the journal cannot be opened.
+    pub fn with(options: Options) -> Result<Store, String> {
+        let journal = match &options.journal {
+            Some(path) => Some(Arc::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot open the journal {}: {e}", path.display()))?,
+            )),
+            None => None,
+        };
+        Ok(Store { map: Arc::default(), journal, work: options.work })
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
@@ -88,22 +94,17 @@ impl Store {
 
     /// Journals a write that has run, then spends the configured work time.
     async fn ran(&self, op: &str, key: &str) -> Result<(), PartitionError> {
-        if let Some(path) = &self.options.journal {
+        if let Some(journal) = &self.journal {
             use std::io::Write;
             // One write(2) of one short line to a file opened for appending: lines from
             // several portions never interleave.
             let line = format!("{op} {key} {}\n", std::process::id());
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| f.write_all(line.as_bytes()))
-                .map_err(|e| {
-                    PartitionError::op("journal", format!("cannot journal to {}: {e}", path.display()))
-                })?;
+            (&**journal)
+                .write_all(line.as_bytes())
+                .map_err(|e| PartitionError::op("journal", format!("cannot journal: {e}")))?;
         }
-        if !self.options.work.is_zero() {
-            tokio::time::sleep(self.options.work).await;
+        if !self.work.is_zero() {
+            tokio::time::sleep(self.work).await;
         }
         Ok(())
     }
@@ -170,12 +171,16 @@ impl ServerPortion for KvServer {
 /// holds as the status object `keys` (an application figure, like a mail server's mailbox
 /// count: a policy `app_figure:keys` sends new clients to the emptiest store).
 pub fn factory() -> Arc<dyn PortionFactory> {
-    factory_with(Options::default())
+    factory_of(Store::default())
 }
 
-/// [`factory`] with `options` (a journal, simulated work).
-pub fn factory_with(options: Options) -> Arc<dyn PortionFactory> {
-    let store = Store::with(options);
+/// [`factory`] with `options` (a journal, simulated work); fails when the journal cannot be
+/// opened.
+pub fn factory_with(options: Options) -> Result<Arc<dyn PortionFactory>, String> {
+    Ok(factory_of(Store::with(options)?))
+}
+
+fn factory_of(store: Store) -> Arc<dyn PortionFactory> {
     let counted = store.clone();
     Arc::new(
         PortionFactoryFn::new(APP, move || KvServer { store: store.clone() })
@@ -203,7 +208,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("kv-journal-test-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let args = ["--journal".to_string(), path.display().to_string(), "--work-ms".into(), "1".into()];
-        let s = Store::with(Options::from_args(args).unwrap());
+        let s = Store::with(Options::from_args(args).unwrap()).unwrap();
         s.put("a".into(), "1".into()).await.unwrap();
         s.del("a".into()).await.unwrap();
         assert!(s.put(String::new(), "x".into()).await.is_err(), "refused before it ran: not journaled");

@@ -62,10 +62,12 @@ impl NearnessShared {
     }
 
     /// Who asks from `client` (subnet `prefix` bits, if from an EDNS client subnet), with the
-    /// round trips measured so far; a network with none wakes the measuring loop.
+    /// round trips measured so far; a new network wakes the measuring loop.
     pub(super) fn asker(&self, client: IpAddr, prefix: Option<u8>) -> Asker {
-        let (network, rtt_us) = self.table().ask(client, prefix, Instant::now());
-        if rtt_us.is_empty() {
+        let (network, rtt_us, new) = self.table().ask(client, prefix, Instant::now());
+        // Only a network not seen before rings: the loop's own check covers the rest, so a
+        // network that cannot be measured does not wake it on every query.
+        if new {
             self.wake.notify_one();
         }
         Asker { ip: client, network, rtt_us }

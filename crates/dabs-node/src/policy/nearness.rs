@@ -108,16 +108,18 @@ pub struct Nearness {
 }
 
 impl Nearness {
-    /// Each node's measured round trip (µs) to `client`'s network (see [`Network::of`]); the
-    /// network is remembered, so the next [`Nearness::due`] measures it if it needs it.
+    /// `client`'s network (see [`Network::of`]), each node's measured round trip to it (µs), and
+    /// whether it was new; the network is remembered, so the next [`Nearness::due`] measures
+    /// it if it needs it.
     pub fn ask(
         &mut self,
         client: IpAddr,
         prefix: Option<u8>,
         now: Instant,
-    ) -> (Network, BTreeMap<String, u32>) {
+    ) -> (Network, BTreeMap<String, u32>, bool) {
         let network = Network::of(client, prefix);
-        if !self.entries.contains_key(&network) && self.entries.len() >= MAX_NETWORKS {
+        let new = !self.entries.contains_key(&network);
+        if new && self.entries.len() >= MAX_NETWORKS {
             let oldest = self.entries.iter().min_by_key(|(_, e)| e.last_asked).map(|(n, _)| *n);
             if let Some(n) = oldest {
                 self.entries.remove(&n);
@@ -132,7 +134,7 @@ impl Nearness {
         });
         e.last_asked = now;
         let rtt = e.rtt.iter().filter_map(|(n, r)| r.as_ref().ok().map(|us| (n.clone(), *us))).collect();
-        (network, rtt)
+        (network, rtt, new)
     }
 
     /// The rounds to start now, given the live `members`: a network never measured, measured
@@ -215,7 +217,7 @@ mod tests {
         let mut n = Nearness::default();
         let t0 = Instant::now();
         let members = vec!["a".to_string(), "b".to_string()];
-        let (net, rtt) = n.ask(ip("203.0.113.5"), None, t0);
+        let (net, rtt, _) = n.ask(ip("203.0.113.5"), None, t0);
         assert!(rtt.is_empty());
         let rounds = n.due(&members, t0);
         assert_eq!(rounds, vec![Round { network: net, target: ip("203.0.113.5"), nodes: members.clone() }]);
@@ -225,7 +227,7 @@ mod tests {
         n.record(net, "a", Ok(5_000));
         n.record(net, "b", Err("no answer".into()));
         n.finish(net, t0);
-        let (_, rtt) = n.ask(ip("203.0.113.200"), None, t0 + Duration::from_secs(1));
+        let (_, rtt, _) = n.ask(ip("203.0.113.200"), None, t0 + Duration::from_secs(1));
         assert_eq!(rtt, BTreeMap::from([("a".to_string(), 5_000)]));
         // Complete and fresh: nothing to do; a new member is measured alone; later, all again.
         assert!(n.due(&members, t0 + Duration::from_secs(1)).is_empty());

@@ -2,8 +2,9 @@
 //! of the application's record) and talks to it over a local socket.
 
 fn main() -> std::process::ExitCode {
-    match kv::Options::from_args(std::env::args().skip(1)) {
-        Ok(options) => dabs_sdk::process::main(kv::factory_with(options)),
+    use clap::Parser;
+    match kv::factory_with(kv::Options::parse()) {
+        Ok(factory) => dabs_sdk::process::main(factory),
         Err(e) => {
             eprintln!("kv-portion: {e}");
             std::process::ExitCode::from(2)
