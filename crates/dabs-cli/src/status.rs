@@ -30,9 +30,11 @@ pub async fn collect(
     Ok(latest.live().cloned().collect())
 }
 
-/// The decider among `members`: the earliest started (by name on a tie), as the farm picks it.
+/// The decider among `members`: the one that says it decides (under etcd, the election's
+/// leader), else the earliest started (by name on a tie), as a multicast farm picks it.
 fn leader(members: &[NodeStats]) -> Option<String> {
-    members.iter().min_by_key(|m| (m.started_ms, m.node.clone())).map(|m| m.node.clone())
+    let said = members.iter().filter(|m| m.decider).max_by_key(|m| m.started_ms);
+    said.or_else(|| members.iter().min_by_key(|m| (m.started_ms, m.node.clone()))).map(|m| m.node.clone())
 }
 
 /// The members as one JSON object, with the table's columns under readable names (`--json`).

@@ -266,6 +266,7 @@ async fn a_stranger_in_a_node_session_cannot_spawn_or_assign() {
         group: None,
         security: false,
         pinned: false,
+        fence: None,
     };
     let r = s.call(SystemCommand::Assign.number(), cbor(&assign)).await;
     assert!(r.is_err(), "ASSIGN from a stranger was served: {r:?}");

@@ -95,6 +95,11 @@ impl Member {
 }
 
 fn node_config(dir: &std::path::Path) -> std::path::PathBuf {
+    node_config_with(dir, "")
+}
+
+/// [`node_config`] with more `[farm]` lines.
+fn node_config_with(dir: &std::path::Path, farm: &str) -> std::path::PathBuf {
     let group = format!(
         "239.255.{}.{}:{}",
         rand::random_range(1..=254),
@@ -105,7 +110,7 @@ fn node_config(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[farm]\nname = \"limits\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n\n\
+            "[farm]\nname = \"limits\"\ngroup = \"{group}\"\ninterface = \"127.0.0.1\"\nsecret = \"{SECRET}\"\n{farm}\n\
              [node]\nname = \"node-1\"\nbind = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n\
              [[app]]\nname = \"calc\"\nstart_at_init = true\n"
         ),
@@ -208,5 +213,91 @@ async fn a_member_cannot_spawn_beyond_the_cap_and_the_node_keeps_serving() {
     let v: BTreeMap<String, i64> = ciborium::from_reader(&reply[..]).unwrap();
     assert_eq!(v["ok"], 42);
     drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under the etcd registry an ASSIGN carries its decider's fencing token, and a node refuses
+/// one from a decider older than the newest it has seen, even sealed by a member: without a
+/// token, with a token below the node's own election, and, once a newer decider's token was
+/// taken, with the node's own earlier one. A decision with the newest token is carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_an_assign_from_an_older_decider_is_refused() {
+    let dir = dabs_testkit::temp_dir("limits-fence");
+    let etcd = dabs_testkit::etcd::EtcdServer::start(&dir);
+    let farm = format!("registry = \"etcd\"\netcd = [\"{}\"]", etcd.url);
+    let node = NodeProc::start(DABS, &node_config_with(&dir, &farm));
+    let ep = endpoint().await;
+    let tool = ep
+        .open(
+            Addr::Udp(node.mp),
+            0,
+            OpenAsk { node: Some("observer".into()), ..Default::default() }.to_cbor(),
+        )
+        .await
+        .unwrap();
+    // Alone in its farm, the node wins the election: its announcement says it decides.
+    let mut me = None;
+    for _ in 0..100 {
+        let stats = tool.call(SystemCommand::GetStatistics.number(), vec![]).await.unwrap();
+        let (s, _): (NodeStats, Vec<NodeStats>) = ciborium::from_reader(&stats[..]).unwrap();
+        if s.decider {
+            me = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let me = me.expect("the node alone in etcd is elected within 5 s");
+    let mut member = Member {
+        key: *FarmKeys::derive(&secret()).key(Purpose::Control),
+        name: "tester".into(),
+        addr: ep.local_addrs().udp,
+        started_ms: dabs_net::unix_ms(),
+        counter: 0,
+    };
+    let (proof, _) = member.seal(node.mp, me.started_ms, SystemCommand::OpenSession.number(), &[]);
+    let open = Value::Map(vec![(text("node"), text("tester")), (text("auth"), proof)]);
+    let session = ep.open(Addr::Udp(node.mp), 0, to_vec(&open)).await.expect("a member opens a node session");
+    let victim = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let assign_cmd = SystemCommand::Assign.number();
+    let mut assign = |fence: Option<u64>, tx: u8| {
+        let body = cbor(&dabs_farm_proto::shapes::Assign {
+            client: victim.local_addr().unwrap(),
+            tx,
+            stamp: 1234,
+            src: 1,
+            crc: false,
+            app: "calc".into(),
+            va: None,
+            start_new: false,
+            overflow: false,
+            class: None,
+            group: None,
+            security: false,
+            pinned: false,
+            fence,
+        });
+        to_vec(&member.seal(node.mp, me.started_ms, assign_cmd, &body).0)
+    };
+    let unfenced = session.call(assign_cmd, assign(None, 1)).await;
+    let (code, why) = nak(&unfenced).expect("an ASSIGN without a token is refused");
+    assert_eq!(code, NakCode::NotAccepting);
+    assert!(why.contains("without a fencing token"), "{why}");
+    // Revision 1 is older than any election key: the node's own was created after its
+    // member key.
+    let stale = session.call(assign_cmd, assign(Some(1), 2)).await;
+    let (_, why) = nak(&stale).expect("an ASSIGN from an older decider is refused");
+    assert!(why.contains("older than the newest decider"), "{why}");
+    // A newer decider's decision is carried out: the client hears the REPLY.
+    let newer = 1 << 40;
+    session.call(assign_cmd, assign(Some(newer), 3)).await.expect("the newest decider's ASSIGN is taken");
+    let mut buf = [0u8; 2048];
+    let heard = tokio::time::timeout(Duration::from_secs(5), victim.recv_from(&mut buf)).await;
+    assert!(heard.is_ok(), "the assigned client got no REPLY");
+    // From then on a token below it is stale, however recent it was before.
+    let old = session.call(assign_cmd, assign(Some(newer - 1), 4)).await;
+    let (_, why) = nak(&old).expect("the older token is refused once a newer one was seen");
+    assert!(why.contains(&format!("({newer})")), "{why}");
+    drop(node);
+    drop(etcd);
     let _ = std::fs::remove_dir_all(&dir);
 }

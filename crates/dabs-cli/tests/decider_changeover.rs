@@ -4,7 +4,8 @@
 //! node move on), every client holds exactly one session, and every surviving node's seat
 //! count equals the clients it serves: an open answered twice (the old decider's choice and
 //! the new one's) leaves no seat behind, because the client closes the session it does not
-//! keep.
+//! keep. The same on both registries: announcements over multicast, and etcd (its election
+//! names the decider, whose fencing token every ASSIGN carries).
 
 use dabs_calc::{CalcClient, Operands, Profile, Value};
 use dabs_net::Config;
@@ -36,15 +37,26 @@ fn seats(url: &str) -> Result<u64, String> {
         .sum())
 }
 
-async fn changeover(signal: i32, tag: &str) {
+/// The registry the farm runs on.
+#[derive(Clone, Copy, PartialEq)]
+enum Registry {
+    Multicast,
+    Etcd,
+}
+
+async fn changeover(signal: i32, tag: &str, registry: Registry) {
     let dir = temp_dir(tag);
     let group = random_group();
+    // Outlives the nodes (dropped last): their registry.
+    let etcd = (registry == Registry::Etcd).then(|| dabs_testkit::etcd::EtcdServer::start(&dir));
     let mut nodes: Vec<NodeProc> = (1..=3)
         .map(|i| {
-            let config = NodeConfigBuilder::new(tag, group, &format!("node-{i}"))
-                .operator()
-                .app_with("calc", SEATS)
-                .write(&dir);
+            let mut builder =
+                NodeConfigBuilder::new(tag, group, &format!("node-{i}")).operator().app_with("calc", SEATS);
+            if let Some(etcd) = &etcd {
+                builder = builder.etcd(&etcd.url);
+            }
+            let config = builder.write(&dir);
             NodeProc::start(DABS, &config)
         })
         .collect();
@@ -187,14 +199,26 @@ async fn changeover(signal: i32, tag: &str) {
     .await
     .unwrap();
     drop(clients);
+    drop(nodes);
+    drop(etcd);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decider_killed_mid_opens_leaves_every_client_exactly_one_session() {
-    changeover(libc::SIGKILL, "changeover-kill").await;
+    changeover(libc::SIGKILL, "changeover-kill", Registry::Multicast).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decider_stopped_mid_opens_leaves_every_client_exactly_one_session() {
-    changeover(libc::SIGTERM, "changeover-stop").await;
+    changeover(libc::SIGTERM, "changeover-stop", Registry::Multicast).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_the_decider_killed_mid_opens_leaves_every_client_exactly_one_session() {
+    changeover(libc::SIGKILL, "changeover-etcd-kill", Registry::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_the_decider_stopped_mid_opens_leaves_every_client_exactly_one_session() {
+    changeover(libc::SIGTERM, "changeover-etcd-stop", Registry::Etcd).await;
 }

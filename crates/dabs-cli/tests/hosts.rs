@@ -3,10 +3,11 @@
 //! multicast dropped at the bridge by nftables (the farm then meets through its seed lists and
 //! spreads by unicast announcements), a join is seen by every node within 1 s and a death or
 //! a clean stop within 3 s, each timed in every node's own view. A node that cannot join the
-//! multicast group at all says so and carries on with its seeds.
+//! multicast group at all says so and carries on with its seeds. With etcd as the registry
+//! (run in the switch's namespace, multicast dropped, no seeds), the same limits hold.
 
 use dabs_testkit::http::try_get_json;
-use dabs_testkit::netns::{Hosts, run_in};
+use dabs_testkit::netns::{Hosts, OBSERVER, run_in};
 use dabs_testkit::{NodeConfigBuilder, NodeProc, PATIENCE, POLL, eventually, random_group, temp_dir};
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,14 +25,27 @@ fn seed(i: usize) -> SocketAddr {
     SocketAddr::new(Hosts::addr(i).into(), PORT)
 }
 
+/// How the farm's nodes find each other.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    /// Multicast across the bridge.
+    Multicast,
+    /// Multicast dropped; seed lists and unicast announcements.
+    Seeds,
+    /// Multicast dropped; leased keys in etcd.
+    Etcd,
+}
+
 /// Node `i`'s configuration: on host `i`; with `seeds`, node-1 seeds from node-2 and every
-/// other node from node-1; `interface` overrides where it joins the group.
+/// other node from node-1; `interface` overrides where it joins the group; `etcd` makes it
+/// the registry.
 fn config(
     dir: &std::path::Path,
     group: std::net::SocketAddrV4,
     i: usize,
     seeds: bool,
     interface: Option<Ipv4Addr>,
+    etcd: Option<&str>,
 ) -> PathBuf {
     let me = Hosts::addr(i);
     let mut b = NodeConfigBuilder::new("hosts", group, &format!("node-{i}"))
@@ -42,6 +56,9 @@ fn config(
         .app_with("calc", "start_at_init = true\n");
     if seeds {
         b = b.seeds(&[if i == 1 { seed(2) } else { seed(1) }]);
+    }
+    if let Some(url) = etcd {
+        b = b.etcd(url);
     }
     b.write(dir)
 }
@@ -86,22 +103,27 @@ fn assert_within(what: &str, limit: Duration, timed: &[(String, Duration)]) {
     }
 }
 
-fn membership_across_hosts(seeds_only: bool) {
+fn membership_across_hosts(mode: Mode) {
     let hosts = Hosts::create(4).expect("four hosts on a bridge");
-    if seeds_only {
+    let seeds_only = mode == Mode::Seeds;
+    if mode != Mode::Multicast {
         hosts.block_multicast().expect("nftables dropping multicast at the bridge");
     }
-    let dir = temp_dir(if seeds_only { "hosts-seeds" } else { "hosts-multicast" });
+    let dir = temp_dir(&format!("hosts-{mode:?}"));
     let group = random_group();
+    // etcd on the switch's address, in its namespace: every host reaches it over the bridge.
+    let etcd = (mode == Mode::Etcd).then(|| {
+        let dir = dir.clone();
+        run_in(hosts.switch().name(), move || dabs_testkit::etcd::EtcdServer::start_on(&dir, OBSERVER))
+    });
     // In seeds mode node-4 is also given an interface it cannot join the group on.
     let configs: Vec<PathBuf> = (1..=4)
         .map(|i| {
             let bad = (seeds_only && i == 4).then_some(Ipv4Addr::new(10, 88, 0, 200));
-            config(&dir, group, i, seeds_only, bad)
+            config(&dir, group, i, seeds_only, bad, etcd.as_ref().map(|e| e.url.as_str()))
         })
         .collect();
     let names: Vec<String> = (1..=4).map(|i| hosts.host(i).name().to_owned()).collect();
-    let mode = if seeds_only { "seeds only" } else { "multicast" };
     run_in(hosts.switch().name(), move || {
         let mut nodes: Vec<NodeProc> =
             (0..3).map(|i| NodeProc::start_in(&names[i], DABS, &configs[i])).collect();
@@ -125,7 +147,7 @@ fn membership_across_hosts(seeds_only: bool) {
         nodes.push(node4);
         let all: BTreeSet<String> = (1..=4).map(|i| format!("node-{i}")).collect();
         let timed = time_views(&urls(&nodes), joined, Duration::from_secs(1), |v| v.is_superset(&all));
-        assert_within(&format!("{mode}: node-4 joined"), Duration::from_secs(1), &timed);
+        assert_within(&format!("{mode:?}: node-4 joined"), Duration::from_secs(1), &timed);
         if seeds_only {
             let events = try_get_json(nodes[3].url(), "/api/events").expect("node-4's events");
             assert!(
@@ -139,7 +161,7 @@ fn membership_across_hosts(seeds_only: bool) {
         node3.signal(libc::SIGKILL);
         let killed = Instant::now();
         let timed = time_views(&urls(&nodes), killed, Duration::from_secs(3), |v| !v.contains("node-3"));
-        assert_within(&format!("{mode}: node-3 killed"), Duration::from_secs(3), &timed);
+        assert_within(&format!("{mode:?}: node-3 killed"), Duration::from_secs(3), &timed);
         node3.wait_exit();
 
         // node-2 stops cleanly: gone from every survivor's view within 3 s.
@@ -147,22 +169,28 @@ fn membership_across_hosts(seeds_only: bool) {
         node2.signal(libc::SIGTERM);
         let stopped = Instant::now();
         let timed = time_views(&urls(&nodes), stopped, Duration::from_secs(3), |v| !v.contains("node-2"));
-        assert_within(&format!("{mode}: node-2 stopped"), Duration::from_secs(3), &timed);
+        assert_within(&format!("{mode:?}: node-2 stopped"), Duration::from_secs(3), &timed);
         assert!(node2.wait_exit().success());
     });
-    if seeds_only {
+    if mode != Mode::Multicast {
         assert!(hosts.multicast_dropped() > 0, "the bridge dropped no multicast: the test proved nothing");
     }
+    drop(etcd);
 }
 
 #[test]
 fn a_farm_across_hosts_meets_by_multicast_over_the_bridge() {
-    membership_across_hosts(false);
+    membership_across_hosts(Mode::Multicast);
 }
 
 #[test]
 fn a_farm_across_hosts_meets_by_its_seed_lists_when_multicast_is_dropped() {
-    membership_across_hosts(true);
+    membership_across_hosts(Mode::Seeds);
+}
+
+#[test]
+fn a_farm_across_hosts_meets_through_etcd_when_multicast_is_dropped() {
+    membership_across_hosts(Mode::Etcd);
 }
 
 /// `dabs farm up --hosts`: each node on a host of its own, the farm whole in every view (read

@@ -251,6 +251,10 @@ pub struct NodeStats {
     /// `None` for a whole one.
     #[serde(rename = "pt", default, skip_serializing_if = "Option::is_none")]
     pub part: Option<Part>,
+    /// The node decides the group's opens now, as it sees the farm (so `dabs status` can
+    /// mark the decider whatever the registry).
+    #[serde(rename = "dc", default, skip_serializing_if = "std::ops::Not::not")]
+    pub decider: bool,
 }
 
 /// One datagram of a multi-part announcement: every part carries the node's own figures and
@@ -487,6 +491,7 @@ impl NodeStats {
             moved: vec![],
             known: vec![],
             part: None,
+            decider: false,
             portions: (0..6)
                 .map(|i| PortionStats {
                     app: "calculator-app".into(),

@@ -390,6 +390,11 @@ pub struct Assign {
     /// NK and the REPLY names that specification. Absent from an older decider: NN.
     #[serde(default)]
     pub pinned: bool,
+    /// The deciding node's fencing token (the creation revision of its key in etcd's
+    /// election); under the etcd registry a node refuses an `ASSIGN` whose token is older
+    /// than the newest it has seen. Absent under multicast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 /// `RESOLVE_VA` answer.

@@ -44,6 +44,8 @@ pub enum DownReason {
     LeaseLapsed,
     /// It announced it was stopping (a clean stop).
     Left,
+    /// Its key in the etcd registry went: its lease ran out or it revoked it on stopping.
+    Deregistered,
 }
 
 impl DownReason {
@@ -54,6 +56,9 @@ impl DownReason {
                 "lease lapsed: no announcement within the lease (killed, crashed or cut off)"
             }
             DownReason::Left => "left cleanly (it announced it was stopping)",
+            DownReason::Deregistered => {
+                "its etcd registration went (its lease ran out, or it revoked it on stopping)"
+            }
         }
     }
 }

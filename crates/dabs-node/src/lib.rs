@@ -14,6 +14,7 @@ pub mod node;
 pub mod placement;
 pub mod policy;
 pub mod ready;
+pub mod registry;
 pub mod settings;
 pub mod stats;
 pub mod zones;

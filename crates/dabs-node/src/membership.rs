@@ -104,6 +104,20 @@ impl Membership {
         }
     }
 
+    /// Takes in a node the registry says joined: a member from now on, with the figures it
+    /// registered, unless its announcements already made it one.
+    pub fn admit(&mut self, stats: NodeStats, now: Instant) -> Change {
+        if self.members.get(&stats.node).is_some_and(|m| m.stats.started_ms == stats.started_ms) {
+            return Change::Stale;
+        }
+        self.observe(stats, now)
+    }
+
+    /// Drops a member the registry says is gone; returns it as last heard.
+    pub fn remove(&mut self, name: &str) -> Option<Member> {
+        self.members.remove(name)
+    }
+
     /// Drops members whose lease ran out; returns them as last heard.
     pub fn expire(&mut self, now: Instant) -> Vec<Member> {
         let lease = self.lease;
@@ -198,6 +212,19 @@ mod tests {
         a.leaving = true;
         assert_eq!(m.observe(a, t0), Change::Left);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn the_registry_admits_a_node_once_and_removes_it() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(Duration::from_millis(1500));
+        let a = stats("a", 0);
+        assert_eq!(m.admit(a.clone(), t0), Change::Joined);
+        assert_eq!(m.admit(a.clone(), t0), Change::Stale, "already a member");
+        let restarted = NodeStats { started_ms: a.started_ms + 5, seq: 0, ..a.clone() };
+        assert_eq!(m.admit(restarted, t0), Change::Updated, "a new run of the same node");
+        assert!(m.remove("a").is_some());
+        assert!(m.remove("a").is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub struct NodeConfigBuilder {
     bind: String,
     interface: String,
     seeds: Vec<String>,
+    etcd: Option<String>,
     data_dir: PathBuf,
     operator: Option<String>,
     secret: Option<String>,
@@ -39,6 +40,7 @@ impl NodeConfigBuilder {
             bind: "127.0.0.1:0".into(),
             interface: "127.0.0.1".into(),
             seeds: Vec::new(),
+            etcd: None,
             data_dir: PathBuf::from(name),
             operator: None,
             secret: None,
@@ -63,6 +65,12 @@ impl NodeConfigBuilder {
     /// Announces also to these seeds (`IP:PORT`), for networks without multicast.
     pub fn seeds(mut self, seeds: &[std::net::SocketAddr]) -> Self {
         self.seeds = seeds.iter().map(ToString::to_string).collect();
+        self
+    }
+
+    /// Keeps membership and the decider in the etcd at `url` (`registry = "etcd"`).
+    pub fn etcd(mut self, url: &str) -> Self {
+        self.etcd = Some(url.to_owned());
         self
     }
 
@@ -144,6 +152,9 @@ impl NodeConfigBuilder {
         if !self.seeds.is_empty() {
             let seeds: Vec<String> = self.seeds.iter().map(|s| quoted(s)).collect();
             out.push_str(&format!("seeds = [{}]\n", seeds.join(", ")));
+        }
+        if let Some(url) = &self.etcd {
+            out.push_str(&format!("registry = \"etcd\"\netcd = [{}]\n", quoted(url)));
         }
         if let Some(secret) = &self.secret {
             out.push_str(&format!("secret = {}\n", quoted(secret)));

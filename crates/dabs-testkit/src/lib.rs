@@ -11,6 +11,7 @@
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod etcd;
 pub mod http;
 pub mod membership;
 pub mod netns;

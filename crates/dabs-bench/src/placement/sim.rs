@@ -254,6 +254,7 @@ fn blank_stats(i: usize) -> NodeStats {
         moved: Vec::new(),
         known: Vec::new(),
         part: None,
+        decider: false,
         settings_version: 1,
         no_encryption: false,
         accepted: None,

@@ -243,6 +243,50 @@ pub enum ConfigError {
         /// The address as parsed.
         addr: SocketAddr,
     },
+    /// `farm.registry` is neither `multicast` nor `etcd`.
+    #[error("{at}: farm.registry: {value:?} is not a registry (expected \"multicast\" or \"etcd\")")]
+    BadRegistry {
+        /// The value.
+        at: Location,
+        /// The value as written.
+        value: String,
+    },
+    /// `farm.registry = "etcd"` without any `farm.etcd` endpoint.
+    #[error(
+        "{at}: farm.etcd: the etcd registry needs the cluster's client URLs \
+         (expected e.g. etcd = [\"http://10.0.0.5:2379\"])"
+    )]
+    EtcdEndpointsMissing {
+        /// Where `registry` is set.
+        at: Location,
+    },
+    /// A `farm.etcd` entry that is not `http://HOST:PORT`.
+    #[error("{at}: farm.etcd[{index}]: {value:?} is not an etcd client URL (expected \"http://HOST:PORT\")")]
+    BadEtcdEndpoint {
+        /// The value.
+        at: Location,
+        /// Its index.
+        index: usize,
+        /// The value as written.
+        value: String,
+    },
+    /// `farm.etcd` is set while the registry is multicast.
+    #[error(
+        "{at}: farm.etcd: endpoints are set but farm.registry is not \"etcd\" (expected registry = \"etcd\")"
+    )]
+    EtcdWithoutRegistry {
+        /// The first endpoint.
+        at: Location,
+    },
+    /// This build has no etcd client.
+    #[error(
+        "{at}: farm.registry: this dabs was built without the etcd registry \
+         (build it with `cargo build --features etcd`, which needs Debian's protobuf-compiler)"
+    )]
+    EtcdNotBuilt {
+        /// Where `registry` is set.
+        at: Location,
+    },
     /// A `failover.first` entry that is neither `IP` nor `IP:PORT`.
     #[error(
         "{at}: failover.first[{index}]: {value:?} is not a client address (expected \"IP\" or \"IP:PORT\")"
@@ -485,6 +529,11 @@ impl ConfigError {
             | NotIpv4 { at, .. }
             | NotSocketAddr { at, .. }
             | NotNodeAddr { at, .. }
+            | BadRegistry { at, .. }
+            | EtcdEndpointsMissing { at, .. }
+            | BadEtcdEndpoint { at, .. }
+            | EtcdWithoutRegistry { at, .. }
+            | EtcdNotBuilt { at, .. }
             | NotClientAddr { at, .. }
             | SecretTwice { at }
             | SecretRequired { at, .. }

@@ -64,6 +64,9 @@ pub(crate) struct RawFarm {
     pub(crate) seeds: Vec<Spanned<String>>,
     pub(crate) secret: Option<Spanned<String>>,
     pub(crate) secret_file: Option<Spanned<String>>,
+    pub(crate) registry: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) etcd: Vec<Spanned<String>>,
 }
 
 /// `[node]`.

@@ -109,6 +109,18 @@ fn addresses() {
     assert!(matches!(&e, E::NotSocketAddr { key, .. } if key == "node.bind"), "{e:?}");
     let e = err(&with("[farm]", "seeds = [\"224.0.0.1:5\"]"), 3);
     assert!(matches!(&e, E::NotNodeAddr { key, .. } if key == "farm.seeds[0]"), "{e:?}");
+    let e = err(&with("[farm]", "registry = \"zookeeper\""), 3);
+    assert!(matches!(&e, E::BadRegistry { value, .. } if value == "zookeeper"), "{e:?}");
+    let e = err(&with("[farm]", "etcd = [\"http://127.0.0.1:2379\"]"), 3);
+    assert!(matches!(&e, E::EtcdWithoutRegistry { .. }), "{e:?}");
+    let e = err(&with("[farm]", "registry = \"etcd\""), 3);
+    if cfg!(feature = "etcd") {
+        assert!(matches!(&e, E::EtcdEndpointsMissing { .. }), "{e:?}");
+        let e = err(&with("[farm]", "registry = \"etcd\"\netcd = [\"http://127.0.0.1:2379/v3\"]"), 4);
+        assert!(matches!(&e, E::BadEtcdEndpoint { index: 0, .. }), "{e:?}");
+    } else {
+        assert!(e.to_string().contains("--features etcd"), "{e}");
+    }
     let e = err(&with("[failover]", "first = [\"10.0.0.1\", \"x\"]"), 12);
     assert!(matches!(&e, E::NotClientAddr { index: 1, value, .. } if value == "x"), "{e:?}");
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Registry;
 use super::tests::{MINIMAL, parse};
 use super::{
     AppConfig, BalanceConfig, DnsConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
@@ -44,6 +45,12 @@ fn everything_set() -> NodeConfig {
             interface: "10.1.2.3".parse().unwrap(),
             seeds: vec!["10.0.0.2:47101".parse().unwrap(), "[::1]:47102".parse().unwrap()],
             secret: Some((0u8..32).collect()),
+            // etcd only in a build that has it: the round trip must hold in both.
+            registry: if cfg!(feature = "etcd") {
+                Registry::Etcd { endpoints: vec!["http://10.0.0.5:2379".into(), "http://[::1]:2379".into()] }
+            } else {
+                Registry::Multicast
+            },
         },
         node: NodeSection {
             name: "node-9".into(),

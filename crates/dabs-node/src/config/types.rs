@@ -145,6 +145,31 @@ pub struct FarmConfig {
     pub seeds: Vec<SocketAddr>,
     /// Shared farm secret (decoded bytes, at least 16), from `secret` or `secret_file`.
     pub secret: Option<Vec<u8>>,
+    /// Where membership and the decider live: announcements (the default) or etcd.
+    pub registry: Registry,
+}
+
+/// The engine that keeps the farm's membership and chooses its decider.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Registry {
+    /// Announcements over the multicast group and the seeds; the oldest member decides.
+    #[default]
+    Multicast,
+    /// Leased keys in etcd and its election API (farms beyond one network).
+    Etcd {
+        /// Client URLs of the etcd cluster, `http://HOST:PORT`.
+        endpoints: Vec<String>,
+    },
+}
+
+impl Registry {
+    /// The etcd endpoints, when etcd is the registry.
+    pub fn etcd(&self) -> Option<&[String]> {
+        match self {
+            Registry::Multicast => None,
+            Registry::Etcd { endpoints } => Some(endpoints),
+        }
+    }
 }
 
 /// The `[node]` section.

@@ -21,7 +21,7 @@ use super::read::{Cx, toml_key};
 use super::secret::parse_secret;
 use super::types::{
     AppConfig, BalanceConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
-    OperatorToken,
+    OperatorToken, Registry,
 };
 
 impl Cx<'_> {
@@ -175,7 +175,51 @@ impl Cx<'_> {
             }
             (None, None) => None,
         };
-        Ok(FarmConfig { name, group, interface, seeds, secret })
+        let registry = self.registry(&raw.registry, &raw.etcd)?;
+        Ok(FarmConfig { name, group, interface, seeds, secret, registry })
+    }
+
+    /// `farm.registry` and `farm.etcd`: endpoints only with etcd, and etcd only in a build
+    /// that has it.
+    fn registry(
+        &self,
+        registry: &Option<Spanned<String>>,
+        etcd: &[Spanned<String>],
+    ) -> Result<Registry, ConfigError> {
+        let kind = registry.as_ref().map(|r| r.get_ref().as_str()).unwrap_or("multicast");
+        match kind {
+            "multicast" => match etcd.first() {
+                Some(first) => Err(ConfigError::EtcdWithoutRegistry { at: self.at(first) }),
+                None => Ok(Registry::Multicast),
+            },
+            "etcd" => {
+                let at = registry.as_ref().map(|r| self.at(r)).unwrap_or_else(|| self.location(None));
+                if !cfg!(feature = "etcd") {
+                    return Err(ConfigError::EtcdNotBuilt { at });
+                }
+                if etcd.is_empty() {
+                    return Err(ConfigError::EtcdEndpointsMissing { at });
+                }
+                let mut endpoints = Vec::with_capacity(etcd.len());
+                for (index, e) in etcd.iter().enumerate() {
+                    let url = e.get_ref();
+                    let host_port = url.strip_prefix("http://").unwrap_or(url);
+                    if host_port.is_empty() || host_port.contains('/') || !host_port.contains(':') {
+                        return Err(ConfigError::BadEtcdEndpoint {
+                            at: self.at(e),
+                            index,
+                            value: url.clone(),
+                        });
+                    }
+                    endpoints.push(format!("http://{host_port}"));
+                }
+                Ok(Registry::Etcd { endpoints })
+            }
+            other => Err(ConfigError::BadRegistry {
+                at: registry.as_ref().map(|r| self.at(r)).unwrap_or_else(|| self.location(None)),
+                value: other.to_owned(),
+            }),
+        }
     }
 
     fn node(&self, raw: RawNode) -> Result<NodeSection, ConfigError> {

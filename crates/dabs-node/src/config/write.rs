@@ -11,6 +11,7 @@ use super::file::{
 use super::secret::hex_encode;
 use super::types::{
     AppConfig, BalanceConfig, DnsConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
+    Registry,
 };
 use crate::health::{Check, HealthConfig};
 use crate::zones::{FailoverPolicy, Thresholds};
@@ -62,6 +63,11 @@ fn farm(f: &FarmConfig) -> RawFarm {
         seeds: f.seeds.iter().map(string).collect(),
         secret: f.secret.as_deref().map(|s| string(hex_encode(s))),
         secret_file: None,
+        registry: Some(string(match f.registry {
+            Registry::Multicast => "multicast",
+            Registry::Etcd { .. } => "etcd",
+        })),
+        etcd: f.registry.etcd().unwrap_or_default().iter().map(string).collect(),
     }
 }
 

@@ -75,6 +75,7 @@ impl Inner {
             (s.thresholds(), s.version)
         };
         let intervals = self.collect_intervals();
+        let decider = self.is_decider();
         let mut st = self.state();
         st.members.seq += 1;
         let now = Instant::now();
@@ -163,6 +164,7 @@ impl Inner {
                     .collect()
             },
             part: None,
+            decider,
         }
     }
 
@@ -172,6 +174,10 @@ impl Inner {
     pub(super) fn announce(&self, leaving: bool) {
         let mut to: Vec<SocketAddr> = self.config.farm.seeds.clone();
         // A group the endpoint could not join is not sent to either (said once at start).
+        // Under etcd the members are known by their keys: announced to one by one.
+        // Under etcd the members are known by their keys and announced to one by one; the
+        // group still hears the node (for `dabs status`), but takes only registered ones in.
+        to.extend(self.registered_addrs());
         if self.endpoint.local_addrs().group_error.is_none() {
             to.push(SocketAddr::V4(self.config.farm.group));
         }
@@ -332,7 +338,7 @@ impl Inner {
                 }
             };
             self.state().members.heard_at = Some(Instant::now());
-            if stats.node == self.me {
+            if stats.node == self.me || !(stats.leaving || self.registered(&stats.node)) {
                 continue;
             }
             self.learn_known(&stats);

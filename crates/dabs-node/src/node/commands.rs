@@ -116,6 +116,10 @@ impl Inner {
                     answer(req, cbor(&s));
                 }
                 Some(SystemCommand::Assign) => match from_cbor::<Assign>(&payload, "ASSIGN") {
+                    Ok(a) if let Err(why) = self.check_fence(a.fence) => {
+                        tracing::info!(error = %why, "ASSIGN refused");
+                        req.reject(NakCode::NotAccepting, why.to_string());
+                    }
                     Ok(a) => {
                         let open = OpenRequest {
                             peer: Addr::Udp(a.client),

@@ -21,6 +21,9 @@ impl Inner {
     /// True when this node decides group opens: it is the oldest live member and has been up
     /// long enough to have heard everyone older than itself.
     pub(super) fn is_decider(&self) -> bool {
+        if self.on_etcd() {
+            return self.registry_view().leads();
+        }
         self.started.elapsed() >= self.config.node.lease
             && self.decider().as_deref() == Some(self.me.as_str())
     }
@@ -30,6 +33,9 @@ impl Inner {
     /// those, not after its whole lease; if it was only late, both decide for a moment and
     /// clients close the second answer (docs/farm.md).
     pub(super) fn decider(&self) -> Option<String> {
+        if self.on_etcd() {
+            return self.registry_view().decider(&self.me);
+        }
         let window = self.fresh_window();
         self.state().members.membership.leader_within(Instant::now(), window).map(str::to_owned)
     }
@@ -212,6 +218,11 @@ impl Inner {
                 Choice::StartNew { .. } => (va_hint.map(str::to_owned), true),
             };
             let result = if node == self.me {
+                // Fenced like an ASSIGN: a decider that lost its lease while choosing does
+                // not answer for the farm.
+                if !self.is_decider() {
+                    return open.pass();
+                }
                 let local =
                     self.accept_local(&open.request, ask, va.as_deref(), start_new, overflow, security);
                 if local.is_ok() {
@@ -263,6 +274,7 @@ impl Inner {
             group: ask.group.clone(),
             security: security.is_some(),
             pinned: security == Some(SECURITY_SPEC_NK),
+            fence: self.fence(),
         };
         let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
         match tokio::time::timeout(ASSIGN_WAIT, call).await {

@@ -25,6 +25,7 @@ mod nearness;
 pub use nearness::{NearnessView, RoundTripView};
 mod policy;
 mod portions;
+mod registry;
 mod retire;
 mod seats;
 mod state;
@@ -61,6 +62,14 @@ pub enum NodeError {
         group: std::net::SocketAddrV4,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The etcd registry could not be reached or written.
+    #[error("cannot register with etcd at {endpoints} (farm.registry = \"etcd\"): {why}")]
+    Registry {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What failed.
+        why: String,
     },
     /// No farm secret, and the node would be reachable from beyond this host.
     #[error(
@@ -119,6 +128,10 @@ struct Inner {
     probing: Arc<tokio::sync::Semaphore>,
     /// Addresses members named that are not members yet, and since when (seeds mode).
     heard_of: Mutex<HashMap<SocketAddr, Instant>>,
+    /// The etcd registry's driver, under `registry = "etcd"`.
+    etcd: std::sync::OnceLock<crate::registry::EtcdRegistry>,
+    /// What the etcd registry says (empty under multicast).
+    registry_view: Arc<Mutex<crate::registry::RegistryView>>,
 }
 
 pub use policy::{ExcludedView, PolicyView, RankedView};
@@ -427,6 +440,8 @@ impl Node {
             nearness: near,
             probing: Arc::new(tokio::sync::Semaphore::new(nearness::MAX_PROBING)),
             heard_of: Mutex::new(HashMap::new()),
+            etcd: std::sync::OnceLock::new(),
+            registry_view: Arc::default(),
         });
         if let Some(why) = &inner.endpoint.local_addrs().group_error {
             let seeds = if inner.config.farm.seeds.is_empty() {
@@ -447,6 +462,31 @@ impl Node {
         inner.start_initial_portions();
 
         let mut tasks = Vec::new();
+        if let Some(endpoints) = inner.config.farm.registry.etcd() {
+            let (events, events_rx) = mpsc::unbounded_channel();
+            let started = crate::registry::EtcdRegistry::start(
+                endpoints,
+                &inner.config.farm.name,
+                &inner.own_stats(false),
+                inner.config.node.lease,
+                inner.registry_view.clone(),
+                events,
+            )
+            .await;
+            match started {
+                Ok(etcd) => {
+                    let _ = inner.etcd.set(etcd);
+                    tasks.push(tokio::spawn(inner.clone().registry_loop(events_rx)));
+                }
+                Err(why) => {
+                    if let Some(dns) = dns {
+                        dns.stop().await;
+                    }
+                    endpoint.shutdown().await;
+                    return Err(NodeError::Registry { endpoints: endpoints.join(", "), why });
+                }
+            }
+        }
         let opens = endpoint.open_requests();
         let requests = endpoint.register_queue(RUNTIME_QUEUE);
         let farm_traffic = endpoint.sessionless();
@@ -508,6 +548,10 @@ impl Node {
         let inner = self.inner.clone();
         inner.stopping.store(true, Ordering::Relaxed);
         inner.state.lock().unwrap_or_else(|e| e.into_inner()).hosting.accepting = false;
+        // First out of the registry: the next decider is named while this one winds down.
+        if let Some(etcd) = inner.etcd.get() {
+            etcd.stop().await;
+        }
         for _ in 0..2 {
             inner.announce(true);
             tokio::time::sleep(Duration::from_millis(20)).await;
