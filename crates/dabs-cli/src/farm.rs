@@ -208,6 +208,16 @@ fn pick_group() -> SocketAddrV4 {
     SocketAddrV4::new(std::net::Ipv4Addr::new(239, 255, a, b), rand::random_range(40_000..60_000))
 }
 
+/// A farm whose membership and decider live in etcd (`--etcd`).
+#[derive(Clone, Debug)]
+pub struct EtcdFarm {
+    /// The etcd client URL, `http://HOST:PORT`.
+    pub url: String,
+    /// The farm's name: its keys' prefix in etcd (`/dabs/NAME/`), so farms sharing an etcd
+    /// stay apart.
+    pub farm: String,
+}
+
 /// The MP port of every node on a host of its own (`--hosts`): what the seed lists name.
 pub const HOST_MP_PORT: u16 = 47000;
 
@@ -222,8 +232,12 @@ fn node_config_text(
     secret: Option<&str>,
     app_extra: &str,
     on_host: bool,
+    etcd: Option<&EtcdFarm>,
 ) -> String {
-    let secret = secret.map(|s| format!("secret = \"{s}\"\n")).unwrap_or_default();
+    let mut secret = secret.map(|s| format!("secret = \"{s}\"\n")).unwrap_or_default();
+    if let Some(e) = etcd {
+        secret.push_str(&format!("registry = \"etcd\"\netcd = [\"{}\"]\n", e.url));
+    }
     let (ip, port, operator, seeds) = if on_host {
         let seed = dabs_netns::Hosts::addr(if i == 1 { 2 } else { 1 });
         let me = dabs_netns::Hosts::addr(i);
@@ -268,10 +282,11 @@ impl LocalFarm {
         token: Option<&str>,
         extra: impl Fn(usize) -> String,
     ) -> Result<Self, String> {
-        Self::start_on(n, dir, secret, token, extra, None)
+        Self::start_on(n, dir, secret, token, extra, None, None)
     }
 
-    /// Like [`LocalFarm::start_guarded`], with node `i` on host `i` when `hosts` are given.
+    /// Like [`LocalFarm::start_guarded`], with node `i` on host `i` when `hosts` are given,
+    /// and the registry in etcd when `etcd` is.
     pub fn start_on(
         n: usize,
         dir: &Path,
@@ -279,6 +294,7 @@ impl LocalFarm {
         token: Option<&str>,
         extra: impl Fn(usize) -> String,
         hosts: Option<dabs_netns::Hosts>,
+        etcd: Option<&EtcdFarm>,
     ) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let token = match token {
@@ -302,7 +318,15 @@ impl LocalFarm {
             let config = dir.join(format!("node-{i}.toml"));
             let text = format!(
                 "{}\n[operator]\ntoken_file = \"{TOKEN_FILE}\"\n",
-                node_config_text("local", group, i, secret, &extra(i), farm.hosts.is_some())
+                node_config_text(
+                    etcd.map_or("local", |e| e.farm.as_str()),
+                    group,
+                    i,
+                    secret,
+                    &extra(i),
+                    farm.hosts.is_some(),
+                    etcd
+                )
             );
             std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
             let netns = farm.hosts.as_ref().map(|h| h.host(i).name().to_owned());
@@ -437,6 +461,7 @@ pub fn farm_up(
     token: Option<String>,
     apps: &[AppArg],
     on_hosts: bool,
+    etcd: Option<String>,
 ) -> ExitCode {
     if nodes == 0 {
         eprintln!("dabs farm up: --nodes must be at least 1");
@@ -469,14 +494,23 @@ pub fn farm_up(
             return ExitCode::FAILURE;
         }
     };
-    let mut farm =
-        match LocalFarm::start_on(nodes, &dir, secret.as_deref(), token.as_deref(), |_| app.clone(), hosts) {
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("dabs farm up: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    let etcd = etcd.map(|url| EtcdFarm { url, farm: "local".into() });
+    let started = LocalFarm::start_on(
+        nodes,
+        &dir,
+        secret.as_deref(),
+        token.as_deref(),
+        |_| app.clone(),
+        hosts,
+        etcd.as_ref(),
+    );
+    let mut farm = match started {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("dabs farm up: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("farm group {}", farm.group);
     // Every node's configuration holds it too; `dabs drain` needs it.
     println!("farm secret {}", secret.as_deref().unwrap_or_default());

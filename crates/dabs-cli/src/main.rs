@@ -237,6 +237,10 @@ enum BenchCommand {
         /// Rounds per case (each starts a fresh farm).
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+        /// Also run every case with the registry in the etcd at URL (`http://HOST:PORT`;
+        /// `scripts/bench-decider-etcd` starts one), beside multicast.
+        #[arg(long, value_name = "URL")]
+        etcd: Option<String>,
         /// Print one JSON array of the cases instead of the table.
         #[arg(long)]
         json: bool,
@@ -279,6 +283,10 @@ enum FarmCommand {
         /// by multicast over the bridge and by seeds; the namespaces go when the farm stops.
         #[arg(long)]
         hosts: bool,
+        /// Keep membership and the decider in the etcd at URL (`http://HOST:PORT`) instead of
+        /// multicast announcements; needs a dabs built with `--features etcd`.
+        #[arg(long, value_name = "URL")]
+        etcd: Option<String>,
     },
 }
 
@@ -342,14 +350,14 @@ fn main() -> ExitCode {
         Command::Bench { command: BenchCommand::Dns { rounds, dnsperf, fixed_qps, json } } => {
             bench_dns::run(rounds, dnsperf, fixed_qps, json)
         }
-        Command::Bench { command: BenchCommand::Decider { rounds, json } } => {
-            bench_decider::run(rounds, json)
+        Command::Bench { command: BenchCommand::Decider { rounds, etcd, json } } => {
+            bench_decider::run(rounds, etcd, json)
         }
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)
         }
-        Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token, apps, hosts } } => {
-            farm::farm_up(nodes, dir, secret, token.or_else(env_token), &apps, hosts)
+        Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token, apps, hosts, etcd } } => {
+            farm::farm_up(nodes, dir, secret, token.or_else(env_token), &apps, hosts, etcd)
         }
         Command::Calc { farm, fat, encrypt, farm_key, a, op, b } => {
             calc::run(farm, &a, &op, &b, fat, calc::Security { encrypt, secret: None, farm_key })
