@@ -255,6 +255,16 @@ pub struct NodeStats {
     /// mark the decider whatever the registry).
     #[serde(rename = "dc", default, skip_serializing_if = "std::ops::Not::not")]
     pub decider: bool,
+    /// As the decider: the node it names to hold the farm's service address.
+    #[serde(rename = "sh", default, skip_serializing_if = "Option::is_none")]
+    pub service_holder: Option<String>,
+    /// The node holds the farm's service address now.
+    #[serde(rename = "ha", default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_service: bool,
+    /// The node tried to take the service address and could not (no privilege, no such
+    /// interface): the decider names another.
+    #[serde(rename = "nh", default, skip_serializing_if = "std::ops::Not::not")]
+    pub cannot_hold: bool,
 }
 
 /// One datagram of a multi-part announcement: every part carries the node's own figures and
@@ -492,6 +502,9 @@ impl NodeStats {
             known: vec![],
             part: None,
             decider: false,
+            service_holder: None,
+            holds_service: false,
+            cannot_hold: false,
             portions: (0..6)
                 .map(|i| PortionStats {
                     app: "calculator-app".into(),

@@ -8,7 +8,7 @@ use crate::socket::{BatchUdp, DatagramSocket, RecvBatch, bind_udp, join_group, s
 use crate::unix_ms;
 use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
 use dabs_wire::{Header, NakCode};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -111,6 +111,8 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         open_sink: None,
         sessionless_sink: None,
         closed_sink: None,
+        service: None,
+        via_service: HashSet::new(),
     };
     drop(cmd_tx);
     tokio::spawn(driver.run(socket, unix, group, inproc_rx, cmd_rx));
@@ -132,13 +134,22 @@ struct Driver {
     open_sink: Option<mpsc::UnboundedSender<IncomingOpen>>,
     sessionless_sink: Option<mpsc::UnboundedSender<(Addr, Header, Vec<u8>)>>,
     closed_sink: Option<mpsc::UnboundedSender<dabs_proto::SessionId>>,
+    /// The service address also served, and its socket.
+    service: Option<(SocketAddr, BatchUdp)>,
+    /// Peers last heard at the service address: answered from it.
+    via_service: HashSet<SocketAddr>,
 }
+
+/// Peers remembered as heard at the service address, at most: beyond, the set starts again
+/// (a peer forgotten is answered from the endpoint's own address until it is heard again).
+const MAX_VIA_SERVICE: usize = 1 << 16;
 
 enum Wake {
     Command(Option<Command>),
     Udp(io::Result<()>),
     Unix(io::Result<(usize, Option<PathBuf>)>),
     Group(io::Result<()>),
+    Service(io::Result<()>),
     Inproc(Option<(u64, Vec<u8>)>),
     Timer,
 }
@@ -182,7 +193,14 @@ impl Driver {
         let sleep = tokio::time::sleep_until(self.start);
         tokio::pin!(sleep);
         let mut armed = None;
+        // Sized for the service socket when one is set (`None`: make one).
+        let mut service_batch: Option<(SocketAddr, RecvBatch)> = None;
         'serve: loop {
+            if let Some((addr, s)) = &self.service
+                && service_batch.as_ref().is_none_or(|(a, _)| a != addr)
+            {
+                service_batch = Some((*addr, s.recv_buffers()));
+            }
             self.flush(&udp, &mut segments).await;
             self.dispatch();
             let deadline = self.ep.next_deadline().map(|d| self.start + d);
@@ -207,6 +225,12 @@ impl Driver {
                         None => std::future::pending().await,
                     }
                 } => Wake::Group(r),
+                r = async {
+                    match (&self.service, service_batch.as_mut()) {
+                        (Some((_, s)), Some((_, batch))) => s.recv_batch(batch).await,
+                        _ => std::future::pending().await,
+                    }
+                } => Wake::Service(r),
                 m = inproc_rx.recv() => Wake::Inproc(m),
                 _ = &mut sleep, if armed.is_some() => Wake::Timer,
             };
@@ -237,6 +261,9 @@ impl Driver {
                 // and REPLYs it calls for go out together, on the next flush.
                 Wake::Udp(Ok(())) => {
                     for (from, data) in udp_batch.datagrams() {
+                        if !self.via_service.is_empty() {
+                            self.via_service.remove(&from);
+                        }
                         let from = Addr::Udp(from);
                         self.record(false, &from, data);
                         self.ep.handle_datagram(now, from, data);
@@ -259,6 +286,20 @@ impl Driver {
                     }
                 }
                 Wake::Group(Err(e)) => tracing::debug!(error = %e, "group receive error"),
+                Wake::Service(Ok(())) => {
+                    if let Some((_, batch)) = &service_batch {
+                        for (from, data) in batch.datagrams() {
+                            if self.via_service.len() >= MAX_VIA_SERVICE {
+                                self.via_service.clear();
+                            }
+                            self.via_service.insert(from);
+                            let from = Addr::Udp(from);
+                            self.record(false, &from, data);
+                            self.ep.handle_datagram(now, from, data);
+                        }
+                    }
+                }
+                Wake::Service(Err(e)) => tracing::debug!(error = %e, "service address receive error"),
                 Wake::Inproc(Some((from, data))) => {
                     let from = Addr::InProc(from);
                     self.record(false, &from, &data);
@@ -302,7 +343,10 @@ impl Driver {
                         if to == a && n < max && len <= size && segments.len() == n * size);
                     if !joins {
                         if let Some((to, size, _)) = run.take() {
-                            send_run(udp, segments, size, to).await;
+                            match from_service(&self.service, &self.via_service, to) {
+                                Some(service) => send_run(service, segments, size, to).await,
+                                None => send_run(udp, segments, size, to).await,
+                            }
                         }
                         segments.clear();
                     }
@@ -327,8 +371,22 @@ impl Driver {
             }
         }
         if let Some((to, size, _)) = run {
-            send_run(udp, segments, size, to).await;
+            match from_service(&self.service, &self.via_service, to) {
+                Some(service) => send_run(service, segments, size, to).await,
+                None => send_run(udp, segments, size, to).await,
+            }
         }
+    }
+
+    /// Starts or stops serving at a service address (a new one replaces the old).
+    fn serve_at(&mut self, addr: Option<SocketAddr>) -> io::Result<()> {
+        self.service = None;
+        self.via_service.clear();
+        if let Some(addr) = addr {
+            let socket = bind_udp(addr)?;
+            self.service = Some((addr, BatchUdp::new(socket)?));
+        }
+        Ok(())
     }
 
     fn command(&mut self, now: Time, c: Command) {
@@ -397,6 +455,9 @@ impl Driver {
             Command::OpenSink { sink } => self.open_sink = Some(sink),
             Command::SessionlessSink { sink } => self.sessionless_sink = Some(sink),
             Command::ClosedSink { sink } => self.closed_sink = Some(sink),
+            Command::ServiceAddress { addr, done } => {
+                let _ = done.send(self.serve_at(addr));
+            }
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -423,6 +484,10 @@ impl Driver {
                     }
                 }
                 Event::Open { request, payload, latency, via_group } => {
+                    let arrived_at = match (&request.peer, &self.service) {
+                        (Addr::Udp(peer), Some((addr, _))) if self.via_service.contains(peer) => Some(*addr),
+                        _ => None,
+                    };
                     let delivered = match (&self.open_sink, self.handle()) {
                         (Some(sink), Some(handle)) => sink
                             .send(IncomingOpen {
@@ -430,6 +495,7 @@ impl Driver {
                                 payload,
                                 latency,
                                 via_group,
+                                arrived_at,
                                 handle,
                             })
                             .is_ok(),
@@ -487,6 +553,15 @@ impl Driver {
             }
         }
     }
+}
+
+/// The service address's socket when `to` was last heard there: answered from it.
+fn from_service<'a>(
+    service: &'a Option<(SocketAddr, BatchUdp)>,
+    via: &HashSet<SocketAddr>,
+    to: SocketAddr,
+) -> Option<&'a BatchUdp> {
+    service.as_ref().filter(|_| via.contains(&to)).map(|(_, s)| s)
 }
 
 /// Sends a gathered run of datagrams of `size` bytes (the last may be shorter) to `to`.

@@ -101,6 +101,10 @@ pub(crate) enum Command {
     Stats {
         done: oneshot::Sender<Stats>,
     },
+    ServiceAddress {
+        addr: Option<SocketAddr>,
+        done: oneshot::Sender<std::io::Result<()>>,
+    },
     RegisterQueue {
         queue: u16,
         sink: mpsc::UnboundedSender<IncomingRequest>,
@@ -342,6 +346,16 @@ impl EndpointHandle {
         rx.await.map_err(|_| Error::Closed)
     }
 
+    /// Also receives at `addr`, a service address this host now holds (the port is the
+    /// endpoint's own, typically), and answers every peer heard there from that address, so
+    /// its sessions follow the address to whichever host holds it next. `None` stops.
+    pub async fn serve_at(&self, addr: Option<SocketAddr>) -> std::io::Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::ServiceAddress { addr, done })
+            .map_err(|_| std::io::Error::other("endpoint closed"))?;
+        rx.await.map_err(|_| std::io::Error::other("endpoint closed"))?
+    }
+
     /// Stops the driver (pending calls fail with [`Error::Closed`]).
     pub async fn shutdown(&self) {
         let (done, rx) = oneshot::channel();
@@ -441,6 +455,9 @@ pub struct IncomingOpen {
     pub latency: Latency,
     /// It came to the farm's group address, not this endpoint's own.
     pub via_group: bool,
+    /// It came to the service address this endpoint also serves ([`EndpointHandle::serve_at`]):
+    /// the address to name in the REPLY.
+    pub arrived_at: Option<SocketAddr>,
     pub(crate) handle: EndpointHandle,
 }
 

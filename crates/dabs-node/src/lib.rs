@@ -15,6 +15,7 @@ pub mod placement;
 pub mod policy;
 pub mod ready;
 pub mod registry;
+pub mod service_address;
 pub mod settings;
 pub mod stats;
 pub mod zones;

@@ -243,6 +243,16 @@ pub enum ConfigError {
         /// The address as parsed.
         addr: SocketAddr,
     },
+    /// A `[service]` key that is not usable.
+    #[error("{at}: {key}: {message}")]
+    BadService {
+        /// The value.
+        at: Location,
+        /// The key.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
     /// `farm.registry` is neither `multicast` nor `etcd`.
     #[error("{at}: farm.registry: {value:?} is not a registry (expected \"multicast\" or \"etcd\")")]
     BadRegistry {
@@ -530,6 +540,7 @@ impl ConfigError {
             | NotSocketAddr { at, .. }
             | NotNodeAddr { at, .. }
             | BadRegistry { at, .. }
+            | BadService { at, .. }
             | EtcdEndpointsMissing { at, .. }
             | BadEtcdEndpoint { at, .. }
             | EtcdWithoutRegistry { at, .. }

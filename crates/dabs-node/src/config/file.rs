@@ -28,6 +28,7 @@ pub(crate) struct RawConfig {
     pub(crate) failover: Option<RawFailover>,
     pub(crate) operator: Option<RawOperator>,
     pub(crate) dns: Option<RawDns>,
+    pub(crate) service: Option<RawServiceAddress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) subfarm: Vec<Spanned<RawSubFarm>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -42,6 +43,14 @@ pub(crate) struct RawDns {
     pub(crate) bind: Option<Spanned<String>>,
     pub(crate) zone: Option<Spanned<String>>,
     pub(crate) ttl_s: Option<Spanned<u64>>,
+}
+
+/// `[service]`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawServiceAddress {
+    pub(crate) address: Spanned<String>,
+    pub(crate) interface: Spanned<String>,
 }
 
 /// `[[subfarm]]`.

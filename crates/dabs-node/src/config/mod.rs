@@ -30,7 +30,7 @@ pub use defaults::{
 pub use error::{ConfigError, Location, SecretError, TokenError};
 pub use types::{
     AppConfig, BalanceConfig, DnsConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
-    OperatorToken, Registry,
+    OperatorToken, Registry, ServiceAddress,
 };
 
 #[cfg(test)]

@@ -109,6 +109,20 @@ fn addresses() {
     assert!(matches!(&e, E::NotSocketAddr { key, .. } if key == "node.bind"), "{e:?}");
     let e = err(&with("[farm]", "seeds = [\"224.0.0.1:5\"]"), 3);
     assert!(matches!(&e, E::NotNodeAddr { key, .. } if key == "farm.seeds[0]"), "{e:?}");
+    let service = |bind: &str, body: &str| {
+        let text = format!("{}\n[service]\n{body}\n", MINIMAL.replace("127.0.0.1:47101", bind));
+        super::tests::parse(&text).expect_err("a bad [service] is refused")
+    };
+    for (bind, body, needle) in [
+        ("127.0.0.1:47101", "address = \"10.0.0.100\"\ninterface = \"eth0\"", "service.address"),
+        ("127.0.0.1:47101", "address = \"10.0.0.100/33\"\ninterface = \"eth0\"", "with a prefix"),
+        ("127.0.0.1:47101", "address = \"10.0.0.100/24\"\ninterface = \"\"", "service.interface"),
+        ("127.0.0.1:0", "address = \"10.0.0.100/24\"\ninterface = \"eth0\"", "fixed port"),
+    ] {
+        let e = service(bind, body);
+        assert!(matches!(&e, E::BadService { .. }) && e.to_string().contains(needle), "{body}: {e}");
+        assert!(e.location().line.is_some(), "{e}");
+    }
     let e = err(&with("[farm]", "registry = \"zookeeper\""), 3);
     assert!(matches!(&e, E::BadRegistry { value, .. } if value == "zookeeper"), "{e:?}");
     let e = err(&with("[farm]", "etcd = [\"http://127.0.0.1:2379\"]"), 3);

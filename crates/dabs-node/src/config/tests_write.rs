@@ -39,6 +39,11 @@ fn everything_set() -> NodeConfig {
         services,
     };
     NodeConfig {
+        service: Some(super::ServiceAddress {
+            ip: "10.1.2.100".parse().unwrap(),
+            prefix: 24,
+            interface: "eth1".into(),
+        }),
         farm: FarmConfig {
             name: "farm_2".into(),
             group: "239.1.2.3:4000".parse().unwrap(),
@@ -54,7 +59,7 @@ fn everything_set() -> NodeConfig {
         },
         node: NodeSection {
             name: "node-9".into(),
-            bind: "[::]:0".parse().unwrap(),
+            bind: "[::]:47000".parse().unwrap(),
             data_dir: PathBuf::from("/srv/dabs \"quoted\" \\ dir/ünï"),
             operator: Some("127.0.0.1:8101".parse().unwrap()),
             announce_interval: ms(100),
@@ -184,6 +189,7 @@ fn written_sections_keep_their_order() {
             "[[failover.class]]",
             "[operator]",
             "[dns]",
+            "[service]",
             "[[subfarm]]",
             "[[subfarm]]",
             "[[app]]",

@@ -41,6 +41,20 @@ pub struct NodeConfig {
     pub dns: DnsConfig,
     /// The `[[subfarm]]` records: named sets of nodes ranked by a policy of their own.
     pub subfarms: Vec<crate::policy::SubFarm>,
+    /// The `[service]` section: the farm's floating service address, if it has one.
+    pub service: Option<ServiceAddress>,
+}
+
+/// The `[service]` section: an address one healthy node of the farm holds at a time
+/// (docs/farm.md, "The service address").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAddress {
+    /// The address, IPv4.
+    pub ip: std::net::Ipv4Addr,
+    /// Its prefix length on the interface (1 ..= 32).
+    pub prefix: u8,
+    /// The interface the holder adds it to (and sends gratuitous ARP on).
+    pub interface: String,
 }
 
 /// The `[dns]` section.

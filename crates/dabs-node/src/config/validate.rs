@@ -61,6 +61,7 @@ impl Cx<'_> {
         let operator = self.operator(raw.operator, &node, operator_at)?;
         let dns = self.dns(raw.dns, &farm.name)?;
         let subfarms = self.subfarms(raw.subfarm)?;
+        let service = raw.service.map(|s| self.service(s, &node)).transpose()?;
         let config = NodeConfig {
             farm,
             node,
@@ -73,6 +74,7 @@ impl Cx<'_> {
             operator,
             dns,
             subfarms,
+            service,
         };
         // Without a secret anyone who can reach the node could steer it: only on this host.
         if config.farm.secret.is_none() && !config.loopback_only() {

@@ -75,6 +75,46 @@ impl Cx<'_> {
         Ok(cfg)
     }
 
+    /// The `[service]` section: `IPv4/PREFIX` on a named interface, served at the node's MP
+    /// port, which must then be fixed (the same on every node).
+    pub(crate) fn service(
+        &self,
+        raw: super::file::RawServiceAddress,
+        node: &super::types::NodeSection,
+    ) -> Result<super::types::ServiceAddress, ConfigError> {
+        let bad = |at: &Spanned<String>, key: &str, message: String| ConfigError::BadService {
+            at: self.at(at),
+            key: key.into(),
+            message,
+        };
+        let text = raw.address.get_ref();
+        let parsed = text.split_once('/').and_then(|(ip, prefix)| {
+            Some((
+                ip.parse::<std::net::Ipv4Addr>().ok()?,
+                prefix.parse::<u8>().ok().filter(|p| (1..=32).contains(p))?,
+            ))
+        });
+        let Some((ip, prefix)) = parsed.filter(|(ip, _)| !ip.is_unspecified() && !ip.is_multicast()) else {
+            return Err(bad(
+                &raw.address,
+                "service.address",
+                format!("{text:?} is not an IPv4 address with a prefix (expected e.g. \"10.0.0.100/24\")"),
+            ));
+        };
+        let interface = raw.interface.get_ref().trim();
+        if interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']) {
+            return Err(bad(
+                &raw.interface,
+                "service.interface",
+                format!("{interface:?} is not an interface name (expected e.g. \"eth0\")"),
+            ));
+        }
+        if node.bind.port() == 0 {
+            return Err(bad(&raw.address, "service.address", "clients reach the service address at the node's MP port, so node.bind needs a fixed port (the same on every node), not 0".into()));
+        }
+        Ok(super::types::ServiceAddress { ip, prefix, interface: interface.to_owned() })
+    }
+
     /// The `[[subfarm]]` records: unique names, each node in one sub-farm at most.
     pub(crate) fn subfarms(&self, raw: Vec<Spanned<RawSubFarm>>) -> Result<Vec<SubFarm>, ConfigError> {
         let mut out: Vec<SubFarm> = Vec::with_capacity(raw.len());

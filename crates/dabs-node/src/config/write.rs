@@ -37,6 +37,10 @@ impl NodeConfig {
             failover: Some(failover(&self.failover)),
             operator: operator(&self.operator),
             dns: Some(dns(&self.dns)),
+            service: self.service.as_ref().map(|s| super::file::RawServiceAddress {
+                address: string(format!("{}/{}", s.ip, s.prefix)),
+                interface: string(&s.interface),
+            }),
             subfarm: self.subfarms.iter().map(|f| unspanned(subfarm(f))).collect(),
             app: self.apps.iter().map(|a| unspanned(app(a))).collect(),
         };

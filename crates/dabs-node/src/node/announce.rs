@@ -76,6 +76,7 @@ impl Inner {
         };
         let intervals = self.collect_intervals();
         let decider = self.is_decider();
+        let (service_holder, holds_service, cannot_hold) = self.service_figures();
         let mut st = self.state();
         st.members.seq += 1;
         let now = Instant::now();
@@ -165,6 +166,9 @@ impl Inner {
             },
             part: None,
             decider,
+            service_holder,
+            holds_service,
+            cannot_hold,
         }
     }
 
@@ -310,6 +314,7 @@ impl Inner {
                 self.peers.lock().await.remove(&node);
             }
             self.log_decider_change();
+            self.service_tick();
             self.refresh_zone();
         }
     }
@@ -386,6 +391,12 @@ impl Inner {
                 }
                 change
             };
+            // A member that came or went, or the decider's word: the service address may move.
+            if change != Change::Stale
+                && (change != Change::Updated || self.decider().as_deref() == Some(node.as_str()))
+            {
+                self.service_tick();
+            }
             match change {
                 Change::Joined => {
                     self.lifecycle(Lifecycle::Joined, format!("member {node} joined at {}", stats.mp))

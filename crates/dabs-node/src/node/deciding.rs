@@ -48,6 +48,9 @@ impl Inner {
     }
 
     pub(super) async fn handle_open(self: Arc<Self>, open: IncomingOpen) {
+        if open.arrived_at.is_some() {
+            self.came_to_service(&open.request.peer);
+        }
         let ask = match OpenAsk::parse(&open.payload) {
             Ok(a) => a,
             Err(e) => {

@@ -28,6 +28,7 @@ mod portions;
 mod registry;
 mod retire;
 mod seats;
+mod service;
 mod state;
 
 use state::State;
@@ -132,6 +133,8 @@ struct Inner {
     etcd: std::sync::OnceLock<crate::registry::EtcdRegistry>,
     /// What the etcd registry says (empty under multicast).
     registry_view: Arc<Mutex<crate::registry::RegistryView>>,
+    /// This node's part in holding the farm's service address.
+    service: Mutex<service::ServiceState>,
 }
 
 pub use policy::{ExcludedView, PolicyView, RankedView};
@@ -337,6 +340,10 @@ enum Lifecycle {
     Moved,
     /// A portion here ended.
     Retired,
+    /// This node took the farm's service address.
+    ServiceTaken,
+    /// This node gave the farm's service address back.
+    ServiceGiven,
 }
 
 impl Lifecycle {
@@ -348,6 +355,8 @@ impl Lifecycle {
             Lifecycle::Spawned => "spawned",
             Lifecycle::Moved => "moved",
             Lifecycle::Retired => "retired",
+            Lifecycle::ServiceTaken => "service_taken",
+            Lifecycle::ServiceGiven => "service_given",
         }
     }
 }
@@ -442,6 +451,7 @@ impl Node {
             heard_of: Mutex::new(HashMap::new()),
             etcd: std::sync::OnceLock::new(),
             registry_view: Arc::default(),
+            service: Mutex::default(),
         });
         if let Some(why) = &inner.endpoint.local_addrs().group_error {
             let seeds = if inner.config.farm.seeds.is_empty() {
@@ -551,6 +561,11 @@ impl Node {
         // First out of the registry: the next decider is named while this one winds down.
         if let Some(etcd) = inner.etcd.get() {
             etcd.stop().await;
+        }
+        // Given back before the farm hears this node leave, so the next holder's address is
+        // not on two hosts at once.
+        if inner.holds_service() {
+            inner.give_back_service(None).await;
         }
         for _ in 0..2 {
             inner.announce(true);

@@ -239,7 +239,7 @@ impl Inner {
                 started
             }
         };
-        let payload = open_reply_secured(&va, self.mp, queue, security.as_ref());
+        let payload = open_reply_secured(&va, self.reply_addr(&req.peer), queue, security.as_ref());
         let endpoint = self.endpoint.clone();
         let req = req.clone();
         let (figures, events) = {

@@ -65,6 +65,7 @@ impl Inner {
                         self.lifecycle(Lifecycle::Joined, format!("member {node} joined at {mp} (etcd)"));
                         // Announce to it now: its figures and ours flow from the first moment.
                         self.announce(false);
+                        self.service_tick();
                     }
                 }
                 RegistryEvent::Left(node) => {
@@ -87,6 +88,7 @@ impl Inner {
                             format!("member {node} down: {}", DownReason::Deregistered.describe()),
                         );
                         self.peers.lock().await.remove(&node);
+                        self.service_tick();
                     }
                 }
             }

@@ -1,0 +1,240 @@
+//! The farm's service address (R-POL-4, R-POL-5): the decider names one fit node to hold it
+//! (keeping the holder while it stays fit), says so in its announcements, and every node
+//! follows the decider it recognises: the one named takes the address (and answers at it),
+//! any other holding it gives it back. Under etcd only the elected decider is followed.
+
+use super::{Inner, Lifecycle};
+use crate::stats::NodeStats;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+/// Clients remembered as having opened at the service address, at most (beyond, the set
+/// starts again: a forgotten one is named the node's own address in its next REPLY).
+const MAX_SERVICE_CLIENTS: usize = 1 << 16;
+
+/// This node's part in holding the service address.
+#[derive(Debug, Default)]
+pub(super) struct ServiceState {
+    /// It holds the address now.
+    holding: bool,
+    /// A take or give-back is under way.
+    busy: bool,
+    /// Why it could not take the address, once it tried and failed.
+    refused: Option<String>,
+    /// As the decider: the holder it names.
+    named: Option<String>,
+    /// Clients whose open came to the service address: their REPLY names it.
+    clients: HashSet<SocketAddr>,
+    /// When the address's lifetime was last renewed.
+    renewed: Option<Instant>,
+}
+
+impl Inner {
+    fn service_state(&self) -> MutexGuard<'_, ServiceState> {
+        self.service.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What this node's announcements say about the service address: (the holder it names
+    /// as decider, whether it holds it, whether it could not).
+    pub(super) fn service_figures(&self) -> (Option<String>, bool, bool) {
+        let s = self.service_state();
+        (s.named.clone(), s.holding, s.refused.is_some())
+    }
+
+    /// The address to name in the REPLY to `peer`: the service address when its open came
+    /// there (so clients that follow `addr` stay on it), else the node's own.
+    pub(super) fn reply_addr(&self, peer: &dabs_net::Addr) -> SocketAddr {
+        match (peer, &self.config.service) {
+            (dabs_net::Addr::Udp(p), Some(service)) if self.service_state().clients.contains(p) => {
+                SocketAddr::new(service.ip.into(), self.config.node.bind.port())
+            }
+            _ => self.mp,
+        }
+    }
+
+    /// Notes a client whose open came to the service address.
+    pub(super) fn came_to_service(&self, peer: &dabs_net::Addr) {
+        if let dabs_net::Addr::Udp(p) = peer {
+            let mut s = self.service_state();
+            if s.clients.len() >= MAX_SERVICE_CLIENTS {
+                s.clients.clear();
+            }
+            s.clients.insert(*p);
+        }
+    }
+
+    /// As the decider, names the holder: the current one while it stays fit (fresh, not
+    /// draining or leaving, above the failover threshold, able to hold it), else the fittest
+    /// (highest health, then name). Returns whether the name changed.
+    pub(super) fn name_service_holder(&self) -> bool {
+        if self.config.service.is_none() {
+            return false;
+        }
+        if !self.is_decider() {
+            self.service_state().named = None;
+            return false;
+        }
+        let failover = self.settings_guard().thresholds().failover;
+        let (fit, holding): (Vec<(u8, String)>, Vec<String>) = {
+            let st = self.state();
+            let fresh: Vec<&NodeStats> =
+                st.members.membership.fresh(Instant::now(), self.fresh_window()).collect();
+            let ok = |s: &&&NodeStats| !s.draining && !s.leaving && !s.cannot_hold && s.health > failover;
+            (
+                fresh.iter().filter(ok).map(|s| (s.health, s.node.clone())).collect(),
+                fresh.iter().filter(ok).filter(|s| s.holds_service).map(|s| s.node.clone()).collect(),
+            )
+        };
+        let mut s = self.service_state();
+        let current = s.named.clone().filter(|n| fit.iter().any(|(_, f)| f == n));
+        let choice = current.or_else(|| holding.first().cloned()).or_else(|| {
+            fit.iter().max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1))).map(|(_, n)| n.clone())
+        });
+        let changed = choice != s.named;
+        if changed {
+            s.named = choice.clone();
+            drop(s);
+            let name = choice.unwrap_or_else(|| "no node (none is fit)".into());
+            self.note(format!("service address: {name} is to hold it"));
+        }
+        changed
+    }
+
+    /// Follows the decider's naming: takes the address when named, gives it back when
+    /// another is. Without word from a decider, changes nothing.
+    pub(super) fn follow_service_holder(self: &Arc<Self>) {
+        if self.config.service.is_none() {
+            return;
+        }
+        let named = if self.is_decider() {
+            self.service_state().named.clone()
+        } else {
+            let Some(decider) = self.decider() else { return };
+            let st = self.state();
+            match st.members.membership.get(&decider) {
+                Some(m) => m.stats.service_holder.clone(),
+                None => return,
+            }
+        };
+        let stopping = self.stopping.load(std::sync::atomic::Ordering::Relaxed);
+        let want = !stopping && named.as_deref() == Some(self.me.as_str());
+        {
+            let mut s = self.service_state();
+            if s.busy || (want && s.refused.is_some()) {
+                return;
+            }
+            if s.holding == want {
+                if s.holding && s.renewed.is_none_or(|t| t.elapsed() >= self.service_lifetime() / 4) {
+                    s.renewed = Some(Instant::now());
+                    drop(s);
+                    self.renew_service();
+                }
+                return;
+            }
+            s.busy = true;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if want {
+                this.take_service().await;
+            } else {
+                this.give_back_service(named.as_deref()).await;
+            }
+            this.service_state().busy = false;
+            // The farm learns of it at once: the decider stops naming a node that cannot.
+            this.announce(false);
+        });
+    }
+
+    /// The decider's part and every node's, in one step (on each tick, and when a member
+    /// joins, leaves or the decider's word arrives).
+    pub(super) fn service_tick(self: &Arc<Self>) {
+        if self.name_service_holder() {
+            self.announce(false);
+        }
+        self.follow_service_holder();
+    }
+
+    /// How long the address stays on the interface unless renewed: the node's lease, in
+    /// whole seconds. A holder killed outright loses it then, on its own host too.
+    fn service_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.config.node.lease.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    fn renew_service(&self) {
+        let Some(addr) = self.config.service.clone() else { return };
+        let lifetime = self.service_lifetime();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::service_address::renew(&addr, lifetime) {
+                tracing::warn!(error = %e, "service address lifetime not renewed");
+            }
+        });
+    }
+
+    async fn take_service(&self) {
+        let Some(addr) = self.config.service.clone() else { return };
+        let at = SocketAddr::new(addr.ip.into(), self.config.node.bind.port());
+        let taken = {
+            let addr = addr.clone();
+            let lifetime = self.service_lifetime();
+            tokio::task::spawn_blocking(move || crate::service_address::take(&addr, lifetime)).await
+        };
+        let taken = match taken {
+            Ok(Ok(())) => {
+                self.endpoint.serve_at(Some(at)).await.map_err(|e| format!("cannot answer at {at}: {e}"))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match taken {
+            Ok(()) => {
+                {
+                    let mut s = self.service_state();
+                    s.holding = true;
+                    s.renewed = Some(Instant::now());
+                }
+                self.lifecycle(
+                    Lifecycle::ServiceTaken,
+                    format!("holds the service address {at} on {} (gratuitous ARP sent)", addr.interface),
+                );
+            }
+            Err(why) => {
+                let _ = crate::service_address::give_back(&addr);
+                self.service_state().refused = Some(why.clone());
+                self.note(format!("cannot hold the service address {}/{}: {why}", addr.ip, addr.prefix));
+            }
+        }
+    }
+
+    /// Stops answering at the address and removes it (a clean stop, or another is named).
+    pub(super) async fn give_back_service(&self, to: Option<&str>) {
+        let Some(addr) = self.config.service.clone() else { return };
+        if let Err(e) = self.endpoint.serve_at(None).await {
+            tracing::debug!(error = %e, "service address socket not closed");
+        }
+        let given = tokio::task::spawn_blocking({
+            let addr = addr.clone();
+            move || crate::service_address::give_back(&addr)
+        })
+        .await;
+        if let Ok(Err(e)) = given {
+            self.note(format!("service address {} not removed: {e}", addr.ip));
+        }
+        {
+            let mut s = self.service_state();
+            s.holding = false;
+            s.clients.clear();
+        }
+        self.lifecycle(
+            Lifecycle::ServiceGiven,
+            format!("gave the service address {} back ({} is to hold it)", addr.ip, to.unwrap_or("no node")),
+        );
+    }
+
+    /// Whether it holds the address now (for a clean stop).
+    pub(super) fn holds_service(&self) -> bool {
+        self.service_state().holding
+    }
+}
