@@ -4,6 +4,7 @@ mod addr;
 mod bench;
 mod bench_decider;
 mod bench_dns;
+mod bench_service;
 mod calc;
 mod codec_demo;
 mod demo;
@@ -245,6 +246,20 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Outage of the farm's service address when its holder's host fails, against keepalived
+    /// (VRRP) in the same network namespaces (needs root; `scripts/bench-service` installs
+    /// keepalived).
+    Service {
+        /// Rounds per holder (each makes fresh hosts).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Measure the farm alone.
+        #[arg(long)]
+        no_keepalived: bool,
+        /// Print one JSON array of the cases instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open-session latency through the farm group: portion running vs. to be started.
     Open {
         /// Opens measured per case.
@@ -352,6 +367,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Decider { rounds, etcd, json } } => {
             bench_decider::run(rounds, etcd, json)
+        }
+        Command::Bench { command: BenchCommand::Service { rounds, no_keepalived, json } } => {
+            bench_service::run(rounds, no_keepalived, json)
         }
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)
