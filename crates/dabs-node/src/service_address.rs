@@ -64,10 +64,19 @@ pub fn take(addr: &ServiceAddress, lifetime: Duration) -> Result<(), HoldError> 
 
 /// Adds the address, or renews its lifetime (whole seconds, at least 1).
 pub fn renew(addr: &ServiceAddress, lifetime: Duration) -> Result<(), HoldError> {
-    let cidr = format!("{}/{}", addr.ip, addr.prefix);
     let secs = lifetime.as_secs_f64().ceil().max(1.0).to_string();
-    let args =
-        ["-4", "addr", "replace", &cidr, "dev", &addr.interface, "valid_lft", &secs, "preferred_lft", &secs];
+    put(addr, &["valid_lft", &secs, "preferred_lft", &secs])
+}
+
+/// Adds the address for good (a host's VIPA; already there is fine).
+pub fn add(addr: &ServiceAddress) -> Result<(), HoldError> {
+    put(addr, &[])
+}
+
+fn put(addr: &ServiceAddress, lifetime: &[&str]) -> Result<(), HoldError> {
+    let cidr = format!("{}/{}", addr.ip, addr.prefix);
+    let mut args = vec!["-4", "addr", "replace", &cidr, "dev", &addr.interface];
+    args.extend_from_slice(lifetime);
     ip(&args, "")
 }
 

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
     pub(crate) operator: Option<RawOperator>,
     pub(crate) dns: Option<RawDns>,
     pub(crate) service: Option<RawServiceAddress>,
+    pub(crate) vipa: Option<RawVipa>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) subfarm: Vec<Spanned<RawSubFarm>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -51,6 +52,14 @@ pub(crate) struct RawDns {
 pub(crate) struct RawServiceAddress {
     pub(crate) address: Spanned<String>,
     pub(crate) interface: Spanned<String>,
+}
+
+/// `[vipa]`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawVipa {
+    pub(crate) address: Spanned<String>,
+    pub(crate) interface: Option<Spanned<String>>,
 }
 
 /// `[[subfarm]]`.

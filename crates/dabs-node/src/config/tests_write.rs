@@ -39,6 +39,7 @@ fn everything_set() -> NodeConfig {
         services,
     };
     NodeConfig {
+        vipa: None,
         service: Some(super::ServiceAddress {
             ip: "10.1.2.100".parse().unwrap(),
             prefix: 24,

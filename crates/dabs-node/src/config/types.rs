@@ -43,10 +43,14 @@ pub struct NodeConfig {
     pub subfarms: Vec<crate::policy::SubFarm>,
     /// The `[service]` section: the farm's floating service address, if it has one.
     pub service: Option<ServiceAddress>,
+    /// The `[vipa]` section: this host's virtual interface address, which the node binds to
+    /// and sends from, reachable through any of the host's links.
+    pub vipa: Option<ServiceAddress>,
 }
 
-/// The `[service]` section: an address one healthy node of the farm holds at a time
-/// (docs/farm.md, "The service address").
+/// An address on an interface: the `[service]` section (one healthy node of the farm holds
+/// it at a time, docs/farm.md "The service address") or the `[vipa]` section (this host's
+/// virtual interface address).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceAddress {
     /// The address, IPv4.

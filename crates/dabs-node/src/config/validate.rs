@@ -62,6 +62,7 @@ impl Cx<'_> {
         let dns = self.dns(raw.dns, &farm.name)?;
         let subfarms = self.subfarms(raw.subfarm)?;
         let service = raw.service.map(|s| self.service(s, &node)).transpose()?;
+        let vipa = raw.vipa.map(|v| self.vipa(v, &node)).transpose()?;
         let config = NodeConfig {
             farm,
             node,
@@ -75,6 +76,7 @@ impl Cx<'_> {
             dns,
             subfarms,
             service,
+            vipa,
         };
         // Without a secret anyone who can reach the node could steer it: only on this host.
         if config.farm.secret.is_none() && !config.loopback_only() {

@@ -115,6 +115,29 @@ impl Cx<'_> {
         Ok(super::types::ServiceAddress { ip, prefix, interface: interface.to_owned() })
     }
 
+    /// The `[vipa]` section: `IPv4/PREFIX` on an always-up interface (default `lo`); the node
+    /// binds to it, so `node.bind` must name it.
+    pub(crate) fn vipa(
+        &self,
+        raw: super::file::RawVipa,
+        node: &super::types::NodeSection,
+    ) -> Result<super::types::ServiceAddress, ConfigError> {
+        let interface = raw.interface.unwrap_or_else(|| super::file::unspanned("lo".to_owned()));
+        let address = raw.address.clone();
+        let v = self.service(super::file::RawServiceAddress { address: raw.address, interface }, node)?;
+        if node.bind.ip() != std::net::IpAddr::V4(v.ip) {
+            return Err(ConfigError::BadService {
+                at: self.at(&address),
+                key: "vipa.address".into(),
+                message: format!(
+                    "the node sends from its VIPA, so node.bind must be {}:PORT (it is {})",
+                    v.ip, node.bind
+                ),
+            });
+        }
+        Ok(v)
+    }
+
     /// The `[[subfarm]]` records: unique names, each node in one sub-farm at most.
     pub(crate) fn subfarms(&self, raw: Vec<Spanned<RawSubFarm>>) -> Result<Vec<SubFarm>, ConfigError> {
         let mut out: Vec<SubFarm> = Vec::with_capacity(raw.len());

@@ -41,6 +41,10 @@ impl NodeConfig {
                 address: string(format!("{}/{}", s.ip, s.prefix)),
                 interface: string(&s.interface),
             }),
+            vipa: self.vipa.as_ref().map(|s| super::file::RawVipa {
+                address: string(format!("{}/{}", s.ip, s.prefix)),
+                interface: Some(string(&s.interface)),
+            }),
             subfarm: self.subfarms.iter().map(|f| unspanned(subfarm(f))).collect(),
             app: self.apps.iter().map(|a| unspanned(app(a))).collect(),
         };

@@ -72,6 +72,9 @@ pub enum NodeError {
         /// What failed.
         why: String,
     },
+    /// The host's VIPA could not be added.
+    #[error("cannot add the VIPA ([vipa]): {0}")]
+    Vipa(crate::service_address::HoldError),
     /// No farm secret, and the node would be reachable from beyond this host.
     #[error(
         "farm {farm} has no secret, so node {node} may only run on loopback (node.bind {bind}, \
@@ -381,6 +384,10 @@ impl Node {
                 node: config.node.name.clone(),
                 bind: config.node.bind,
             });
+        }
+        // The VIPA first: the endpoint binds to it.
+        if let Some(vipa) = &config.vipa {
+            crate::service_address::add(vipa).map_err(NodeError::Vipa)?;
         }
         let db = Db::open(&config.node.data_dir)?;
         let next_portion = db.next_portion_id()?;
