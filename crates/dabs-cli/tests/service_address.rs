@@ -10,7 +10,7 @@
 use dabs_calc::{CalcClient, Operands, Profile, Value};
 use dabs_net::{Config, DriverOptions};
 use dabs_sdk::{FarmClient, FarmClientOptions};
-use dabs_testkit::netns::{Hosts, run_in};
+use dabs_testkit::netns::{Hosts, OBSERVER, run_in};
 use dabs_testkit::{NodeConfigBuilder, NodeProc, PATIENCE, POLL, eventually, random_group, temp_dir};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,9 +24,9 @@ const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
 /// Calls made at most (every 10 ms: about a minute), so the loop ends however the farm fares.
 const MAX_CALLS: usize = 6000;
 
-/// Which of hosts 1..=3 have the service address on their interface now.
-fn holders(hosts: &Hosts) -> Vec<usize> {
-    (1..=3)
+/// Which of hosts 1..=`n` have the service address on their interface now.
+fn holders(hosts: &Hosts, n: usize) -> Vec<usize> {
+    (1..=n)
         .filter(|&i| {
             let out = hosts.host(i).command("ip").args(["-4", "addr", "show", "dev", "eth0"]).output();
             out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("inet {SERVICE}/")))
@@ -35,9 +35,9 @@ fn holders(hosts: &Hosts) -> Vec<usize> {
 }
 
 /// The first host other than `not` to hold the address, waited for.
-fn new_holder(hosts: &Hosts, not: &[usize], what: &str) -> usize {
+fn new_holder(hosts: &Hosts, n: usize, not: &[usize], what: &str) -> usize {
     eventually(what, PATIENCE, Duration::from_millis(10), || {
-        let now = holders(hosts);
+        let now = holders(hosts, n);
         now.iter().copied().find(|h| !not.contains(h)).ok_or(format!("holders now {now:?}"))
     })
 }
@@ -45,7 +45,7 @@ fn new_holder(hosts: &Hosts, not: &[usize], what: &str) -> usize {
 /// Waits until `holder` alone has the address: a holder killed outright keeps it on its
 /// host only until its lifetime (the node's lease, 2 s) runs out.
 fn alone(hosts: &Hosts, holder: usize) {
-    eventually("the address on one host only", PATIENCE, POLL, || match holders(hosts)[..] {
+    eventually("the address on one host only", PATIENCE, POLL, || match holders(hosts, 3)[..] {
         [one] if one == holder => Ok(()),
         ref other => Err(format!("holders now {other:?}")),
     })
@@ -59,27 +59,51 @@ struct Outcomes {
     longest_gap: Duration,
 }
 
+/// Node `i`'s configuration on host `i`, with the service address (and etcd when given).
+fn config(
+    dir: &std::path::Path,
+    group: std::net::SocketAddrV4,
+    i: usize,
+    etcd: Option<&str>,
+) -> std::path::PathBuf {
+    let me = Hosts::addr(i);
+    let mut b = NodeConfigBuilder::new("svc", group, &format!("node-{i}"))
+        .bind(format!("{me}:{PORT}"))
+        .interface(me)
+        .secret(SECRET)
+        .operator_at(format!("{me}:0"))
+        .app_with("calc", "start_at_init = true\n")
+        .extra(&format!("[service]\naddress = \"{SERVICE}/24\"\ninterface = \"eth0\"\n"));
+    if let Some(url) = etcd {
+        b = b.etcd(url);
+    }
+    b.write(dir)
+}
+
 #[test]
 fn the_service_address_moves_to_a_survivor_and_the_client_carries_on() {
+    service_address_changeover(false);
+}
+
+/// Under etcd the holder is named by the elected decider only.
+#[test]
+fn on_etcd_the_service_address_moves_to_a_survivor_and_the_client_carries_on() {
+    service_address_changeover(true);
+}
+
+fn service_address_changeover(on_etcd: bool) {
     let hosts = Arc::new(Hosts::create(4).expect("four hosts on a bridge"));
-    let dir = temp_dir("service-address");
+    let dir = temp_dir(if on_etcd { "service-address-etcd" } else { "service-address" });
     let group = random_group();
-    let configs: Vec<_> = (1..=3)
-        .map(|i| {
-            let me = Hosts::addr(i);
-            NodeConfigBuilder::new("svc", group, &format!("node-{i}"))
-                .bind(format!("{me}:{PORT}"))
-                .interface(me)
-                .secret(SECRET)
-                .operator_at(format!("{me}:0"))
-                .app_with("calc", "start_at_init = true\n")
-                .extra(&format!("[service]\naddress = \"{SERVICE}/24\"\ninterface = \"eth0\"\n"))
-                .write(&dir)
-        })
-        .collect();
+    let etcd = on_etcd.then(|| {
+        let dir = dir.clone();
+        run_in(hosts.switch().name(), move || dabs_testkit::etcd::EtcdServer::start_on(&dir, OBSERVER))
+    });
+    let configs: Vec<_> =
+        (1..=3).map(|i| config(&dir, group, i, etcd.as_ref().map(|e| e.url.as_str()))).collect();
     let mut nodes: Vec<Option<NodeProc>> =
         (0..3).map(|i| Some(NodeProc::start_in(hosts.host(i + 1).name(), DABS, &configs[i]))).collect();
-    let first = new_holder(&hosts, &[], "one node holding the service address");
+    let first = new_holder(&hosts, 3, &[], "one node holding the service address");
     alone(&hosts, first);
 
     // The client, on host 4, knows the farm only as SERVICE:PORT.
@@ -144,7 +168,7 @@ fn the_service_address_moves_to_a_survivor_and_the_client_carries_on() {
     // The holder is killed: a survivor takes the address.
     nodes[first - 1].take().unwrap().signal(libc::SIGKILL);
     let killed = Instant::now();
-    let second = new_holder(&hosts, &[first], "a survivor holding the service address after the kill");
+    let second = new_holder(&hosts, 3, &[first], "a survivor holding the service address after the kill");
     println!(
         "node-{first} killed: node-{second} holds the address after {} ms",
         killed.elapsed().as_millis()
@@ -157,7 +181,8 @@ fn the_service_address_moves_to_a_survivor_and_the_client_carries_on() {
     let mut stopping = nodes[second - 1].take().unwrap();
     stopping.signal(libc::SIGTERM);
     let stopped = Instant::now();
-    let third = new_holder(&hosts, &[first, second], "the last node holding the address after a clean stop");
+    let third =
+        new_holder(&hosts, 3, &[first, second], "the last node holding the address after a clean stop");
     alone(&hosts, third);
     println!(
         "node-{second} stopped: node-{third} holds the address after {} ms",
@@ -181,4 +206,32 @@ fn the_service_address_moves_to_a_survivor_and_the_client_carries_on() {
     assert_eq!(out.answered + out.failed.len(), total, "every call ended, answered or failed");
     assert!(out.longest_gap < Duration::from_secs(3), "longest gap {:?}", out.longest_gap);
     drop(nodes);
+    drop(etcd);
+}
+
+/// A node that may not add addresses (its bounding set without CAP_NET_ADMIN and
+/// CAP_NET_RAW) says why when it is named, and the decider names another node.
+#[test]
+fn a_node_without_the_privilege_says_so_and_another_holds_the_address() {
+    let hosts = Hosts::create(2).expect("two hosts on a bridge");
+    let dir = temp_dir("service-address-unprivileged");
+    let group = random_group();
+    let unprivileged = ["setpriv", "--bounding-set", "-net_admin,-net_raw"];
+    let node1 =
+        NodeProc::start_in_wrapped(hosts.host(1).name(), &unprivileged, DABS, &config(&dir, group, 1, None));
+    // Alone, node-1 is named, cannot take the address, and says why.
+    let url = node1.url().to_owned();
+    run_in(hosts.switch().name(), move || {
+        eventually("node-1 saying why it cannot hold the address", PATIENCE, POLL, || {
+            let events = dabs_testkit::http::try_get_json(&url, "/api/events")?.to_string();
+            (events.contains("cannot hold the service address") && events.contains("CAP_NET_ADMIN"))
+                .then_some(())
+                .ok_or(events)
+        })
+    });
+    assert!(holders(&hosts, 2).is_empty(), "the address was added without the privilege");
+    let node2 = NodeProc::start_in(hosts.host(2).name(), DABS, &config(&dir, group, 2, None));
+    let holder = new_holder(&hosts, 2, &[], "node-2 holding the address");
+    assert_eq!(holder, 2);
+    drop((node1, node2));
 }

@@ -68,6 +68,14 @@ impl NodeProc {
         Self::start_with(command, config)
     }
 
+    /// Like [`NodeProc::start_in`], with `wrapper` (a program and its arguments, e.g.
+    /// `setpriv` dropping capabilities) running the node.
+    pub fn start_in_wrapped(netns: &str, wrapper: &[&str], dabs: &str, config: &Path) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).args(wrapper).arg(dabs);
+        Self::start_with(command, config)
+    }
+
     fn start_with(mut command: Command, config: &Path) -> Self {
         let dabs = format!("{:?}", command.get_program());
         let mut child = command

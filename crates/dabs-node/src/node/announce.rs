@@ -314,7 +314,6 @@ impl Inner {
                 self.peers.lock().await.remove(&node);
             }
             self.log_decider_change();
-            self.service_tick();
             self.refresh_zone();
         }
     }

@@ -517,6 +517,9 @@ impl Node {
         tasks.push(tokio::spawn(inner.clone().closed_loop(closed)));
         tasks.push(tokio::spawn(inner.clone().monitor_loop()));
         tasks.push(tokio::spawn(inner.clone().nearness_loop()));
+        if inner.config.service.is_some() {
+            tasks.push(tokio::spawn(inner.clone().service_loop()));
+        }
         inner.refresh_zone();
         tracing::info!(node = %me, %mp, group = %inner.config.farm.group, dns = ?dns_addr, "node started");
         Ok(Node { inner, tasks, dns })

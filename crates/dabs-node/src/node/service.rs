@@ -14,6 +14,9 @@ use std::time::Instant;
 /// starts again: a forgotten one is named the node's own address in its next REPLY).
 const MAX_SERVICE_CLIENTS: usize = 1 << 16;
 
+/// How often the holder's freshness is checked.
+const SERVICE_WATCH: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// This node's part in holding the service address.
 #[derive(Debug, Default)]
 pub(super) struct ServiceState {
@@ -67,7 +70,7 @@ impl Inner {
 
     /// As the decider, names the holder: the current one while it stays fit (fresh, not
     /// draining or leaving, above the failover threshold, able to hold it), else the fittest
-    /// (highest health, then name). Returns whether the name changed.
+    /// (highest health, then name), itself last. Returns whether the name changed.
     pub(super) fn name_service_holder(&self) -> bool {
         if self.config.service.is_none() {
             return false;
@@ -89,8 +92,12 @@ impl Inner {
         };
         let mut s = self.service_state();
         let current = s.named.clone().filter(|n| fit.iter().any(|(_, f)| f == n));
+        // Another node than the decider when there is one: a decider that dies holding the
+        // address would make the farm wait for a new decider before it could name a holder.
+        let others: Vec<&(u8, String)> = fit.iter().filter(|(_, n)| *n != self.me).collect();
+        let pool = if others.is_empty() { fit.iter().collect() } else { others };
         let choice = current.or_else(|| holding.first().cloned()).or_else(|| {
-            fit.iter().max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1))).map(|(_, n)| n.clone())
+            pool.into_iter().max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1))).map(|(_, n)| n.clone())
         });
         let changed = choice != s.named;
         if changed {
@@ -171,6 +178,17 @@ impl Inner {
                 tracing::warn!(error = %e, "service address lifetime not renewed");
             }
         });
+    }
+
+    /// Watches the holder more often than announcements go out: a holder that falls silent
+    /// is replaced once it has missed three announcements, not up to a tick later.
+    pub(super) async fn service_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SERVICE_WATCH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.service_tick();
+        }
     }
 
     async fn take_service(&self) {
