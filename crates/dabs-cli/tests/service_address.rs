@@ -20,6 +20,24 @@ use std::time::{Duration, Instant};
 const DABS: &str = env!("CARGO_BIN_EXE_dabs");
 const SECRET: &str = "736572766963652d616464726573732d746573742d7365637265742d30313233";
 const PORT: u16 = 47000;
+/// Every node's DNS port: the holder answers DNS at the service address on it too.
+const DNS_PORT: u16 = 5353;
+
+/// Asks the DNS front at the service address, from host 4, for the calculator's address,
+/// until it answers (the holder starts its front there just after it takes the address).
+fn dig_service(hosts: &Hosts) -> Vec<String> {
+    let ns = hosts.host(4).name().to_owned();
+    eventually("an answer from DNS at the service address", PATIENCE, POLL, move || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "dig", &format!("@{SERVICE}"), "-p", &DNS_PORT.to_string()])
+            .args(["calc.svc.dabs.", "A", "+short", "+time=1", "+tries=1"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let answers: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        let found = out.status.success() && answers.iter().any(|a| a.parse::<Ipv4Addr>().is_ok());
+        found.then_some(answers.clone()).ok_or(format!("dig: {answers:?}"))
+    })
+}
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
 /// Calls made at most (every 10 ms: about a minute), so the loop ends however the farm fares.
 const MAX_CALLS: usize = 6000;
@@ -57,6 +75,8 @@ struct Outcomes {
     answered: usize,
     failed: Vec<String>,
     longest_gap: Duration,
+    /// The client's virtual address at the end is the one it started with.
+    va_kept: bool,
 }
 
 /// Node `i`'s configuration on host `i`, with the service address (and etcd when given).
@@ -73,7 +93,9 @@ fn config(
         .secret(SECRET)
         .operator_at(format!("{me}:0"))
         .app_with("calc", "start_at_init = true\n")
-        .extra(&format!("[service]\naddress = \"{SERVICE}/24\"\ninterface = \"eth0\"\n"));
+        .extra(&format!(
+            "[service]\naddress = \"{SERVICE}/24\"\ninterface = \"eth0\"\n\n[dns]\nbind = \"{me}:{DNS_PORT}\"\n"
+        ));
     if let Some(url) = etcd {
         b = b.etcd(url);
     }
@@ -103,8 +125,24 @@ fn service_address_changeover(on_etcd: bool) {
         (1..=3).map(|i| config(&dir, group, i, etcd.as_ref().map(|e| e.url.as_str()))).collect();
     let mut nodes: Vec<Option<NodeProc>> =
         (0..3).map(|i| Some(NodeProc::start_in(hosts.host(i + 1).name(), DABS, &configs[i]))).collect();
-    let first = new_holder(&hosts, 3, &[], "one node holding the service address");
-    alone(&hosts, first);
+    // Settled: one host has held it for 1.5 s (under etcd the first decider hands it on to
+    // another node as soon as one is fit).
+    let mut since: Option<(usize, Instant)> = None;
+    let first = eventually("one node holding the service address for 1.5 s", PATIENCE, POLL, || {
+        match (&holders(&hosts, 3)[..], since) {
+            ([one], Some((h, t))) if *one == h && t.elapsed() >= Duration::from_millis(1500) => Ok(h),
+            ([one], Some((h, _))) if *one == h => Err(format!("node-{h} holds it")),
+            ([one], _) => {
+                since = Some((*one, Instant::now()));
+                Err(format!("node-{one} took it"))
+            }
+            (other, _) => {
+                since = None;
+                Err(format!("holders now {other:?}"))
+            }
+        }
+    });
+    println!("DNS at the service address: {:?}", dig_service(&hosts));
 
     // The client, on host 4, knows the farm only as SERVICE:PORT.
     let calls = Arc::new(AtomicUsize::new(0));
@@ -132,7 +170,9 @@ fn service_address_changeover(on_etcd: bool) {
                 let fc = FarmClient::start(ep, FarmClientOptions::new(farm, dabs_calc::APP))
                     .await
                     .expect("the client opens through the service address");
-                let calc = CalcClient::new(Arc::new(fc), Profile::Thin);
+                let fc = Arc::new(fc);
+                let va = fc.va();
+                let calc = CalcClient::new(fc.clone(), Profile::Thin);
                 let mut out = Outcomes::default();
                 let mut last_answer = Instant::now();
                 let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -152,6 +192,7 @@ fn service_address_changeover(on_etcd: bool) {
                         Err(e) => out.failed.push(format!("call {i}: {e}")),
                     }
                 }
+                out.va_kept = fc.va() == va;
                 out
             })
         })
@@ -174,6 +215,7 @@ fn service_address_changeover(on_etcd: bool) {
         killed.elapsed().as_millis()
     );
     alone(&hosts, second);
+    println!("DNS at the service address after the kill: {:?}", dig_service(&hosts));
     println!("node-{first}'s host let the address go {} ms after the kill", killed.elapsed().as_millis());
     wait_calls(100, "100 calls after the kill");
 
@@ -228,6 +270,7 @@ fn service_address_changeover(on_etcd: bool) {
     }
     assert_eq!(out.answered + out.failed.len(), total, "every call ended, answered or failed");
     assert!(out.longest_gap < Duration::from_secs(3), "longest gap {:?}", out.longest_gap);
+    assert!(out.va_kept, "the client's virtual address changed on the way");
     drop(nodes);
     drop(etcd);
 }

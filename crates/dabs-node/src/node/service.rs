@@ -18,7 +18,7 @@ const MAX_SERVICE_CLIENTS: usize = 1 << 16;
 const SERVICE_WATCH: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// This node's part in holding the service address.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct ServiceState {
     /// It holds the address now.
     holding: bool,
@@ -32,6 +32,8 @@ pub(super) struct ServiceState {
     clients: HashSet<SocketAddr>,
     /// When the address's lifetime was last renewed.
     renewed: Option<Instant>,
+    /// The DNS front answering at the address while this node holds it.
+    dns: Option<dabs_dns::DnsFront>,
 }
 
 impl Inner {
@@ -91,11 +93,18 @@ impl Inner {
             )
         };
         let mut s = self.service_state();
-        let current = s.named.clone().filter(|n| fit.iter().any(|(_, f)| f == n));
+        // Under etcd a decider that dies is replaced only when its lease lapses (2 s), so it
+        // hands the address on as soon as another node is fit; under multicast the next
+        // decider names a holder as quickly as a live one would.
+        let on_me_needlessly =
+            |n: &String| self.on_etcd() && *n == self.me && fit.iter().any(|(_, f)| *f != self.me);
+        let current =
+            s.named.clone().filter(|n| fit.iter().any(|(_, f)| f == n)).filter(|n| !on_me_needlessly(n));
         // Another node than the decider when there is one: a decider that dies holding the
         // address would make the farm wait for a new decider before it could name a holder.
         let others: Vec<&(u8, String)> = fit.iter().filter(|(_, n)| *n != self.me).collect();
         let pool = if others.is_empty() { fit.iter().collect() } else { others };
+        let holding: Vec<String> = holding.into_iter().filter(|n| !on_me_needlessly(n)).collect();
         let choice = current.or_else(|| holding.first().cloned()).or_else(|| {
             pool.into_iter().max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1))).map(|(_, n)| n.clone())
         });
@@ -208,10 +217,12 @@ impl Inner {
         };
         match taken {
             Ok(()) => {
+                let dns = self.dns_at_service(addr.ip).await;
                 {
                     let mut s = self.service_state();
                     s.holding = true;
                     s.renewed = Some(Instant::now());
+                    s.dns = dns;
                 }
                 self.lifecycle(
                     Lifecycle::ServiceTaken,
@@ -226,9 +237,29 @@ impl Inner {
         }
     }
 
+    /// A DNS front at the service address, on the port `[dns] bind` fixes (none when the DNS
+    /// front is off or its port is left to the system: no client could know it).
+    async fn dns_at_service(&self, ip: std::net::Ipv4Addr) -> Option<dabs_dns::DnsFront> {
+        let zone = self.zone.as_ref()?;
+        let port = self.config.dns.bind.map(|b| b.port()).filter(|p| *p != 0)?;
+        let at = SocketAddr::new(ip.into(), port);
+        let near: Arc<dyn dabs_dns::RoundTrips> = Arc::new(self.nearness.clone());
+        match dabs_dns::DnsFront::start(at, zone.subscribe(), Some(near)).await {
+            Ok(front) => Some(front),
+            Err(e) => {
+                self.note(format!("no DNS at the service address {at}: {e}"));
+                None
+            }
+        }
+    }
+
     /// Stops answering at the address and removes it (a clean stop, or another is named).
     pub(super) async fn give_back_service(&self, to: Option<&str>) {
         let Some(addr) = self.config.service.clone() else { return };
+        let dns = self.service_state().dns.take();
+        if let Some(dns) = dns {
+            dns.stop().await;
+        }
         if let Err(e) = self.endpoint.serve_at(None).await {
             tracing::debug!(error = %e, "service address socket not closed");
         }
