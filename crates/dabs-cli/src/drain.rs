@@ -22,14 +22,20 @@ pub fn run(node: SocketAddr, secret_hex: &str, undo: bool) -> ExitCode {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let ep =
-            match dabs_net::spawn("127.0.0.1:0".parse().expect("literal"), DriverOptions::default()).await {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("dabs drain: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        // Any local address of the node's family: a node on another host must be reachable
+        // (bound to loopback, this tool could only drain nodes on its own host).
+        let any: std::net::IpAddr = if node.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        let ep = match dabs_net::spawn(SocketAddr::new(any, 0), DriverOptions::default()).await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("dabs drain: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let ask = OpenAsk { node: Some("operator".into()), ..Default::default() };
         let session = match ep.open(Addr::Udp(node), 0, ask.to_cbor()).await {
             Ok(s) => s,

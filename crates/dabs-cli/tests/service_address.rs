@@ -1,8 +1,8 @@
 //! The farm's floating service address (issue 15 item 1, R-POL-4/5): three nodes on three
 //! hosts (network namespaces on one bridge) and a client on a fourth that knows the farm only
 //! by the service address. One node holds it at a time; the client calls the calculator
-//! through it every 10 ms while the holder is killed (SIGKILL), the next one's link is pulled
-//! (and comes back), and the holder then is stopped cleanly (SIGTERM). Every call must end answered (correctly) or with a typed error, the
+//! through it every 10 ms while the holder is killed (SIGKILL), the next one drained, the
+//! next one's link pulled (and brought back), and the holder then stopped cleanly (SIGTERM). Every call must end answered (correctly) or with a typed error, the
 //! address must move to a survivor each time (seen in the hosts' own `ip addr`), and the
 //! longest gap between answers is printed and held under 3 s here (the outage figures with
 //! their goal are measured in docs/benchmarks.md).
@@ -219,21 +219,54 @@ fn service_address_changeover(on_etcd: bool) {
     println!("node-{first}'s host let the address go {} ms after the kill", killed.elapsed().as_millis());
     wait_calls(100, "100 calls after the kill");
 
-    // The next holder's link is pulled: cut off, it keeps the address on its own host, but
-    // the farm names the last node, which takes it over for the client.
-    hosts.host(second).ip(&["link", "set", "eth0", "down"]).unwrap();
-    let pulled = Instant::now();
-    let third =
-        new_holder(&hosts, 3, &[first, second], "the last node holding the address after a link pull");
+    // The holder is drained (the operator's `dabs drain`): the decider names the other
+    // survivor, which takes the address; the drain is then undone.
+    let third = 6 - first - second;
+    let drain = |node: usize, undo: bool| {
+        let mut args = vec!["netns".to_owned(), "exec".into(), hosts.switch().name().into(), DABS.into()];
+        args.extend([
+            "drain".into(),
+            format!("{}:{PORT}", Hosts::addr(node)),
+            "--secret".into(),
+            SECRET.into(),
+        ]);
+        if undo {
+            args.push("--undo".into());
+        }
+        let out = std::process::Command::new("ip").args(&args).output().unwrap();
+        assert!(out.status.success(), "dabs drain: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    drain(second, false);
+    let drained = Instant::now();
+    assert_eq!(
+        new_holder(&hosts, 3, &[first, second], "the other survivor holding the address after a drain"),
+        third
+    );
+    alone(&hosts, third);
     println!(
-        "node-{second}'s link pulled: node-{third} holds the address after {} ms",
+        "node-{second} drained: node-{third} holds the address after {} ms",
+        drained.elapsed().as_millis()
+    );
+    wait_calls(100, "100 calls after the drain");
+    drain(second, true);
+
+    // The holder's link is pulled: cut off, it keeps the address on its own host, but the
+    // farm names the other node, which takes it over for the client.
+    hosts.host(third).ip(&["link", "set", "eth0", "down"]).unwrap();
+    let pulled = Instant::now();
+    assert_eq!(
+        new_holder(&hosts, 3, &[first, third], "the other node holding the address after a link pull"),
+        second
+    );
+    println!(
+        "node-{third}'s link pulled: node-{second} holds the address after {} ms",
         pulled.elapsed().as_millis()
     );
     wait_calls(100, "100 calls after the link pull");
     // The link comes back: the farm is whole again and exactly one of the two keeps the
     // address (whichever the decider of the merged farm names).
-    hosts.host(second).ip(&["link", "set", "eth0", "up"]).unwrap();
-    hosts.host(second).ip(&["route", "replace", "224.0.0.0/4", "dev", "eth0"]).unwrap();
+    hosts.host(third).ip(&["link", "set", "eth0", "up"]).unwrap();
+    hosts.host(third).ip(&["route", "replace", "224.0.0.0/4", "dev", "eth0"]).unwrap();
     let kept =
         eventually("one of the two keeping the address after the link came back", PATIENCE, POLL, || {
             match holders(&hosts, 3)[..] {
@@ -241,7 +274,7 @@ fn service_address_changeover(on_etcd: bool) {
                 ref other => Err(format!("holders now {other:?}")),
             }
         });
-    println!("node-{second}'s link back: node-{kept} alone holds the address");
+    println!("node-{third}'s link back: node-{kept} alone holds the address");
     wait_calls(100, "100 calls after the link came back");
 
     // The holder stops cleanly: it gives the address back and the other takes it.

@@ -179,12 +179,18 @@ impl Inner {
         std::time::Duration::from_secs(self.config.node.lease.as_secs_f64().ceil().max(1.0) as u64)
     }
 
+    /// Renews the address's lifetime and repeats the gratuitous ARP: after a partition heals,
+    /// neighbours may still point at the node that held the address on the other side (and
+    /// has given it back); the repeat puts them right within a renewal.
     fn renew_service(&self) {
         let Some(addr) = self.config.service.clone() else { return };
         let lifetime = self.service_lifetime();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::service_address::renew(&addr, lifetime) {
                 tracing::warn!(error = %e, "service address lifetime not renewed");
+            }
+            if let Err(e) = crate::service_address::gratuitous_arp(&addr.interface, addr.ip) {
+                tracing::debug!(error = %e, "repeated gratuitous ARP not sent");
             }
         });
     }
