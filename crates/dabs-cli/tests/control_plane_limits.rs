@@ -119,6 +119,32 @@ fn node_config_with(dir: &std::path::Path, farm: &str) -> std::path::PathBuf {
     config
 }
 
+/// The node's own statistics, asked for in a tool's session (no proof needed for them).
+async fn stats_of(ep: &EndpointHandle, node: SocketAddr) -> NodeStats {
+    let ask = OpenAsk { node: Some("observer".into()), ..Default::default() }.to_cbor();
+    let tool = ep.open(Addr::Udp(node), 0, ask).await.unwrap();
+    let stats = tool.call(SystemCommand::GetStatistics.number(), vec![]).await.unwrap();
+    let (me, _): (NodeStats, Vec<NodeStats>) = ciborium::from_reader(&stats[..]).unwrap();
+    tool.close();
+    me
+}
+
+/// Joins the node at `node` (started at `started_ms`) as member "tester": a node session
+/// opened with a proof of the control key.
+async fn as_member(ep: &EndpointHandle, node: SocketAddr, started_ms: u64) -> (Member, dabs_net::Session) {
+    let mut member = Member {
+        key: *FarmKeys::derive(&secret()).key(Purpose::Control),
+        name: "tester".into(),
+        addr: ep.local_addrs().udp,
+        started_ms: dabs_net::unix_ms(),
+        counter: 0,
+    };
+    let (proof, _) = member.seal(node, started_ms, SystemCommand::OpenSession.number(), &[]);
+    let open = Value::Map(vec![(text("node"), text("tester")), (text("auth"), proof)]);
+    let session = ep.open(Addr::Udp(node), 0, to_vec(&open)).await.expect("a member opens a node session");
+    (member, session)
+}
+
 fn nak(r: &Result<Vec<u8>, Error>) -> Option<(NakCode, String)> {
     match r {
         Err(Error::Call(CallError::Nak { code, text })) => Some((*code, text.clone())),
@@ -135,27 +161,8 @@ async fn a_member_cannot_spawn_beyond_the_cap_and_the_node_keeps_serving() {
     let dir = dabs_testkit::temp_dir("limits-cap");
     let node = NodeProc::start(DABS, &node_config(&dir));
     let ep = endpoint().await;
-    let tool = ep
-        .open(
-            Addr::Udp(node.mp),
-            0,
-            OpenAsk { node: Some("observer".into()), ..Default::default() }.to_cbor(),
-        )
-        .await
-        .unwrap();
-    let stats = tool.call(SystemCommand::GetStatistics.number(), vec![]).await.unwrap();
-    let (me, _): (NodeStats, Vec<NodeStats>) = ciborium::from_reader(&stats[..]).unwrap();
-
-    let mut member = Member {
-        key: *FarmKeys::derive(&secret()).key(Purpose::Control),
-        name: "tester".into(),
-        addr: ep.local_addrs().udp,
-        started_ms: dabs_net::unix_ms(),
-        counter: 0,
-    };
-    let (proof, _) = member.seal(node.mp, me.started_ms, SystemCommand::OpenSession.number(), &[]);
-    let open = Value::Map(vec![(text("node"), text("tester")), (text("auth"), proof)]);
-    let session = ep.open(Addr::Udp(node.mp), 0, to_vec(&open)).await.expect("a member opens a node session");
+    let me = stats_of(&ep, node.mp).await;
+    let (mut member, session) = as_member(&ep, node.mp, me.started_ms).await;
 
     let spawn_cmd = SystemCommand::Spawn.number();
     let body = cbor(&BTreeMap::from([("app", "calc"), ("cause", "test")]));
@@ -227,19 +234,10 @@ async fn on_etcd_an_assign_from_an_older_decider_is_refused() {
     let farm = format!("registry = \"etcd\"\netcd = [\"{}\"]", etcd.url);
     let node = NodeProc::start(DABS, &node_config_with(&dir, &farm));
     let ep = endpoint().await;
-    let tool = ep
-        .open(
-            Addr::Udp(node.mp),
-            0,
-            OpenAsk { node: Some("observer".into()), ..Default::default() }.to_cbor(),
-        )
-        .await
-        .unwrap();
     // Alone in its farm, the node wins the election: its announcement says it decides.
     let mut me = None;
     for _ in 0..100 {
-        let stats = tool.call(SystemCommand::GetStatistics.number(), vec![]).await.unwrap();
-        let (s, _): (NodeStats, Vec<NodeStats>) = ciborium::from_reader(&stats[..]).unwrap();
+        let s = stats_of(&ep, node.mp).await;
         if s.decider {
             me = Some(s);
             break;
@@ -247,16 +245,7 @@ async fn on_etcd_an_assign_from_an_older_decider_is_refused() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let me = me.expect("the node alone in etcd is elected within 5 s");
-    let mut member = Member {
-        key: *FarmKeys::derive(&secret()).key(Purpose::Control),
-        name: "tester".into(),
-        addr: ep.local_addrs().udp,
-        started_ms: dabs_net::unix_ms(),
-        counter: 0,
-    };
-    let (proof, _) = member.seal(node.mp, me.started_ms, SystemCommand::OpenSession.number(), &[]);
-    let open = Value::Map(vec![(text("node"), text("tester")), (text("auth"), proof)]);
-    let session = ep.open(Addr::Udp(node.mp), 0, to_vec(&open)).await.expect("a member opens a node session");
+    let (mut member, session) = as_member(&ep, node.mp, me.started_ms).await;
     let victim = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let assign_cmd = SystemCommand::Assign.number();
     let mut assign = |fence: Option<u64>, tx: u8| {

@@ -7,14 +7,11 @@
 //! longest gap between answers is printed and held under 3 s here (the outage figures with
 //! their goal are measured in docs/benchmarks.md).
 
-use dabs_calc::{CalcClient, Operands, Profile, Value};
-use dabs_net::{Config, DriverOptions};
-use dabs_sdk::{FarmClient, FarmClientOptions};
 use dabs_testkit::netns::{Hosts, OBSERVER, run_in};
+use dabs_testkit::steady::SteadyCaller;
 use dabs_testkit::{NodeConfigBuilder, NodeProc, PATIENCE, POLL, eventually, random_group, temp_dir};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const DABS: &str = env!("CARGO_BIN_EXE_dabs");
@@ -39,8 +36,6 @@ fn dig_service(hosts: &Hosts) -> Vec<String> {
     })
 }
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
-/// Calls made at most (every 10 ms: about a minute), so the loop ends however the farm fares.
-const MAX_CALLS: usize = 6000;
 
 /// Which of hosts 1..=`n` have the service address on their interface now.
 fn holders(hosts: &Hosts, n: usize) -> Vec<usize> {
@@ -67,16 +62,6 @@ fn alone(hosts: &Hosts, holder: usize) {
         [one] if one == holder => Ok(()),
         ref other => Err(format!("holders now {other:?}")),
     })
-}
-
-/// What the client saw.
-#[derive(Default)]
-struct Outcomes {
-    answered: usize,
-    failed: Vec<String>,
-    longest_gap: Duration,
-    /// The client's virtual address at the end is the one it started with.
-    va_kept: bool,
 }
 
 /// Node `i`'s configuration on host `i`, with the service address (and etcd when given).
@@ -145,66 +130,8 @@ fn service_address_changeover(on_etcd: bool) {
     println!("DNS at the service address: {:?}", dig_service(&hosts));
 
     // The client, on host 4, knows the farm only as SERVICE:PORT.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let client_ns = hosts.host(4).name().to_owned();
-    let (c, d) = (calls.clone(), done.clone());
-    let client = std::thread::spawn(move || {
-        run_in(&client_ns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                // Re-sent every 50 ms: the gap measured is the farm's takeover, not back-off.
-                let config = Config {
-                    ack_timeout: Duration::from_millis(50),
-                    ack_timeout_max: Duration::from_millis(50),
-                    max_retries: 60,
-                    ..Config::default()
-                };
-                let ep = dabs_net::spawn(
-                    "0.0.0.0:0".parse().unwrap(),
-                    DriverOptions { config, ..Default::default() },
-                )
-                .await
-                .unwrap();
-                let farm = SocketAddr::new(SERVICE.into(), PORT);
-                let fc = FarmClient::start(ep, FarmClientOptions::new(farm, dabs_calc::APP))
-                    .await
-                    .expect("the client opens through the service address");
-                let fc = Arc::new(fc);
-                let va = fc.va();
-                let calc = CalcClient::new(fc.clone(), Profile::Thin);
-                let mut out = Outcomes::default();
-                let mut last_answer = Instant::now();
-                let mut tick = tokio::time::interval(Duration::from_millis(10));
-                for i in 0..MAX_CALLS {
-                    if d.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    tick.tick().await;
-                    c.store(i + 1, Ordering::Relaxed);
-                    match calc.compute("+", Operands::Int(i as i64, 1)).await {
-                        Ok(Value::Int(n)) if n == i as i64 + 1 => {
-                            out.longest_gap = out.longest_gap.max(last_answer.elapsed());
-                            last_answer = Instant::now();
-                            out.answered += 1;
-                        }
-                        Ok(v) => panic!("call {i} answered wrongly: {v:?}"),
-                        Err(e) => out.failed.push(format!("call {i}: {e}")),
-                    }
-                }
-                out.va_kept = fc.va() == va;
-                out
-            })
-        })
-    });
-    let wait_calls = |n: usize, what: &str| {
-        let start = calls.load(Ordering::Relaxed);
-        eventually(what, PATIENCE, POLL, || {
-            let now = calls.load(Ordering::Relaxed);
-            (now >= start + n).then_some(()).ok_or(format!("{} calls so far", now - start))
-        })
-    };
-    wait_calls(100, "100 calls through the service address");
+    let client = SteadyCaller::start(hosts.host(4).name(), SocketAddr::new(SERVICE.into(), PORT));
+    client.wait_calls(100, "100 calls through the service address");
 
     // The holder is killed: a survivor takes the address.
     nodes[first - 1].take().unwrap().signal(libc::SIGKILL);
@@ -217,7 +144,7 @@ fn service_address_changeover(on_etcd: bool) {
     alone(&hosts, second);
     println!("DNS at the service address after the kill: {:?}", dig_service(&hosts));
     println!("node-{first}'s host let the address go {} ms after the kill", killed.elapsed().as_millis());
-    wait_calls(100, "100 calls after the kill");
+    client.wait_calls(100, "100 calls after the kill");
 
     // The holder is drained (the operator's `dabs drain`): the decider names the other
     // survivor, which takes the address; the drain is then undone.
@@ -247,7 +174,7 @@ fn service_address_changeover(on_etcd: bool) {
         "node-{second} drained: node-{third} holds the address after {} ms",
         drained.elapsed().as_millis()
     );
-    wait_calls(100, "100 calls after the drain");
+    client.wait_calls(100, "100 calls after the drain");
     drain(second, true);
 
     // The holder's link is pulled: cut off, it keeps the address on its own host, but the
@@ -262,7 +189,7 @@ fn service_address_changeover(on_etcd: bool) {
         "node-{third}'s link pulled: node-{second} holds the address after {} ms",
         pulled.elapsed().as_millis()
     );
-    wait_calls(100, "100 calls after the link pull");
+    client.wait_calls(100, "100 calls after the link pull");
     // The link comes back: the farm is whole again and exactly one of the two keeps the
     // address (whichever the decider of the merged farm names).
     hosts.host(third).ip(&["link", "set", "eth0", "up"]).unwrap();
@@ -275,7 +202,7 @@ fn service_address_changeover(on_etcd: bool) {
             }
         });
     println!("node-{third}'s link back: node-{kept} alone holds the address");
-    wait_calls(100, "100 calls after the link came back");
+    client.wait_calls(100, "100 calls after the link came back");
 
     // The holder stops cleanly: it gives the address back and the other takes it.
     let other = if kept == second { third } else { second };
@@ -287,21 +214,14 @@ fn service_address_changeover(on_etcd: bool) {
     alone(&hosts, last);
     println!("node-{kept} stopped: node-{last} holds the address after {} ms", stopped.elapsed().as_millis());
     assert!(stopping.wait_exit().success());
-    wait_calls(100, "100 calls after the clean stop");
+    client.wait_calls(100, "100 calls after the clean stop");
 
-    done.store(true, Ordering::Relaxed);
-    let out = client.join().unwrap();
-    let total = calls.load(Ordering::Relaxed);
-    println!(
-        "{total} calls: {} answered, {} failed, longest gap between answers {} ms",
-        out.answered,
-        out.failed.len(),
-        out.longest_gap.as_millis()
-    );
+    let out = client.finish();
+    println!("{out}");
     for f in &out.failed {
         println!("  {f}");
     }
-    assert_eq!(out.answered + out.failed.len(), total, "every call ended, answered or failed");
+    assert_eq!(out.answered + out.failed.len(), out.calls, "every call ended, answered or failed");
     assert!(out.longest_gap < Duration::from_secs(3), "longest gap {:?}", out.longest_gap);
     assert!(out.va_kept, "the client's virtual address changed on the way");
     drop(nodes);

@@ -17,6 +17,7 @@ pub mod membership;
 pub mod netns;
 pub mod portion;
 pub mod process;
+pub mod steady;
 pub mod wait;
 
 pub use config::NodeConfigBuilder;
