@@ -11,6 +11,7 @@ mod demo;
 mod drain;
 mod failover_demo;
 mod farm;
+mod job;
 mod logging;
 mod mp_tools;
 mod out;
@@ -161,6 +162,21 @@ enum Command {
         /// Second operand.
         #[arg(allow_hyphen_values = true)]
         b: String,
+    },
+    /// Jobs (seed 002): submit a WebAssembly module with its inputs, follow it, fetch results.
+    Job {
+        /// A node's operator URL (http://IP:PORT), as `dabs farm up` prints it; default:
+        /// $DABS_NODE.
+        #[arg(long, global = true)]
+        node: Option<String>,
+        /// The operator token, where the farm requires one; default: $DABS_TOKEN.
+        #[arg(long, global = true)]
+        token: Option<String>,
+        /// Print the node's JSON answers.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: job::JobCommand,
     },
     /// MP protocol tools.
     Mp {
@@ -355,6 +371,17 @@ fn main() -> ExitCode {
         Command::Drain { node, secret, undo } => drain::run(node, &secret, undo),
         Command::Policy { node, app, policy, json, token } => {
             policy::run(&node, app.as_deref(), policy.as_deref(), json, token.or_else(env_token).as_deref())
+        }
+        Command::Job { node, token, json, command } => {
+            match node.or_else(|| std::env::var("DABS_NODE").ok().filter(|n| !n.is_empty())) {
+                Some(node) => job::run(&node, token.or_else(env_token).as_deref(), json, command),
+                None => {
+                    eprintln!(
+                        "dabs job: which node? --node http://IP:PORT (as `dabs farm up` prints it) or $DABS_NODE"
+                    );
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Trace { node, session, va, command, json, token } => {
             trace::run(&node, session, va.as_deref(), command, json, token.or_else(env_token).as_deref())

@@ -14,8 +14,10 @@
 //!   commands and their answers, and replay state.
 //! - [`status`]: status objects, figures a portion publishes for its application's policy.
 //! - [`timeouts`]: time-outs both sides must read alike.
+//! - [`jobs`]: the job-execution service between nodes, and the compute servers' figures.
 
 pub mod control;
+pub mod jobs;
 pub mod keys;
 pub mod portion;
 pub mod process;

@@ -265,6 +265,12 @@ pub struct NodeStats {
     /// interface): the decider names another.
     #[serde(rename = "nh", default, skip_serializing_if = "std::ops::Not::not")]
     pub cannot_hold: bool,
+    /// Its registration as a compute server (seed 002) and its figures; `None`: it runs no jobs.
+    #[serde(rename = "jc", default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<crate::jobs::ComputeStats>,
+    /// Its registration as the farm's job balancer.
+    #[serde(rename = "jb", default, skip_serializing_if = "std::ops::Not::not")]
+    pub balancer: bool,
 }
 
 /// One datagram of a multi-part announcement: every part carries the node's own figures and
@@ -505,6 +511,8 @@ impl NodeStats {
             service_holder: None,
             holds_service: false,
             cannot_hold: false,
+            compute: None,
+            balancer: false,
             portions: (0..6)
                 .map(|i| PortionStats {
                     app: "calculator-app".into(),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod health;
 pub mod history;
+pub mod jobs;
 pub mod membership;
 pub mod metrics;
 pub mod node;
@@ -21,5 +22,6 @@ pub mod stats;
 pub mod zones;
 
 pub use node::{
-    EventRecord, NearnessView, Node, NodeError, NodeHandle, PortionView, RUNTIME_QUEUE, RoundTripView,
+    Accepted, EventRecord, NearnessView, Node, NodeError, NodeHandle, PortionView, RUNTIME_QUEUE,
+    RoundTripView, Submission, result_json,
 };

@@ -39,6 +39,16 @@ pub struct NodeCounters {
     pub client_alerts: AtomicU64,
     /// Portions stopped for having no clients (`retire_idle_after_ms`).
     pub portions_retired: AtomicU64,
+    /// Jobs this node accepted (it owns them).
+    pub jobs_accepted: AtomicU64,
+    /// Task results this node committed first, as a job's owner.
+    pub job_results_committed: AtomicU64,
+    /// Task results that arrived for a task already committed (a task run twice).
+    pub job_results_repeated: AtomicU64,
+    /// Tasks placed again because their compute server's registration lapsed.
+    pub job_tasks_replaced: AtomicU64,
+    /// Jobs this node took over as their replica when the owner was gone.
+    pub jobs_taken_over: AtomicU64,
 }
 
 /// Request latency buckets: 0.1 ms to about 3 s.
@@ -111,6 +121,8 @@ pub struct Gauges {
     pub decider: bool,
     /// Per application (every configured one, even without a portion here).
     pub apps: BTreeMap<String, AppGauges>,
+    /// Its figures as a compute server, if it is one.
+    pub compute: Option<dabs_farm_proto::jobs::ComputeStats>,
 }
 
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
@@ -233,6 +245,53 @@ pub fn render(
         "Alerts raised by clients of this node's portions (e.g. a FAILOVER they could not verify)",
         node.client_alerts.load(Ordering::Relaxed),
     );
+    for (name, help, counted) in [
+        ("jobs_accepted", "Jobs accepted here (this node owns them)", &node.jobs_accepted),
+        (
+            "job_results_committed",
+            "Task results committed here first, as the job's owner",
+            &node.job_results_committed,
+        ),
+        (
+            "job_results_repeated",
+            "Task results that arrived for a task already committed (tasks run twice)",
+            &node.job_results_repeated,
+        ),
+        (
+            "job_tasks_replaced",
+            "Tasks placed again because their compute server's registration lapsed",
+            &node.job_tasks_replaced,
+        ),
+        (
+            "jobs_taken_over",
+            "Jobs taken over as their replica when the owner was gone",
+            &node.jobs_taken_over,
+        ),
+    ] {
+        counter(&mut r, name, help, counted.load(Ordering::Relaxed));
+    }
+    if let Some(c) = &gauges.compute {
+        counter(
+            &mut r,
+            "job_tasks_completed",
+            "Tasks this compute server ran to an end (output or error)",
+            c.completed,
+        );
+        counter(&mut r, "job_tasks_failed", "Tasks this compute server ran that ended in an error", c.failed);
+        counter(&mut r, "job_busy_milliseconds", "Time this compute server spent running tasks", c.busy_ms);
+        gauge(
+            &mut r,
+            "job_tasks_queued",
+            "Tasks queued or running on this compute server",
+            i64::from(c.queued),
+        );
+        gauge(
+            &mut r,
+            "job_last_done_ms",
+            "When this compute server last completed a task, Unix ms",
+            c.last_done_ms as i64,
+        );
+    }
     r.register(
         "request_latency_seconds",
         "One-way latency of requests delivered to portions, per application (its count: the calls)",
@@ -278,6 +337,13 @@ mod tests {
                 ("calc".to_owned(), AppGauges { portions: 1, sessions: 4 }),
                 ("idle".to_owned(), AppGauges::default()),
             ]),
+            compute: Some(dabs_farm_proto::jobs::ComputeStats {
+                threads: 2,
+                queued: 5,
+                completed: 40,
+                failed: 2,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let text = render(&mp, &gauges, &counters, &latencies);
@@ -298,6 +364,10 @@ mod tests {
             "dabs_failovers_total 10",
             "dabs_client_alerts_total 11",
             "dabs_portions_retired_total 12",
+            "dabs_job_results_committed_total 0",
+            "dabs_job_tasks_completed_total 40",
+            "dabs_job_tasks_failed_total 2",
+            "dabs_job_tasks_queued 5",
             "dabs_mp_sessions_reclaimed_total 13",
             "dabs_request_latency_seconds_count{app=\"calc\"} 1",
             "dabs_health_score 87",

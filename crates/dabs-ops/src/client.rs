@@ -63,10 +63,64 @@ pub async fn put_json(
     serde_json::from_slice(&bytes).map_err(|e| format!("PUT {path}: not JSON: {e}"))
 }
 
+/// Sends `POST path` with JSON `body` (and the operator `token`, if any); the answer as JSON.
+pub async fn post_json(
+    base_url: &str,
+    token: Option<&str>,
+    path: &str,
+    body: &Value,
+) -> Result<Value, String> {
+    let response = send(base_url, token, reqwest::Method::POST, path, Some(body)).await?;
+    let bytes = response.bytes().await.map_err(|e| format!("POST {path}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("POST {path}: not JSON: {e}"))
+}
+
+/// Follows a server-sent event stream at `path`, calling `on_event(event, data)` for each
+/// event until it returns `false` or the node closes the stream.
+pub async fn follow_events(
+    base_url: &str,
+    token: Option<&str>,
+    path: &str,
+    mut on_event: impl FnMut(&str, &str) -> bool,
+) -> Result<(), String> {
+    let mut response = get(base_url, token, path).await?;
+    let mut pending = Vec::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("event stream broken: {e}"))? {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if !data.is_empty() || !event.is_empty() {
+                    let kind = if event.is_empty() { "message" } else { event.as_str() };
+                    if !on_event(kind, data.trim_end_matches('\n')) {
+                        return Ok(());
+                    }
+                }
+                event.clear();
+                data.clear();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim_start().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                data.push('\n');
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Fetches one JSON document from an operator interface (`http://IP:PORT`, path `/api/...`)
 /// whose read-only views are open (on loopback, by default).
 pub async fn get_json(base_url: &str, path: &str) -> Result<Value, String> {
-    let bytes = get(base_url, None, path).await?.bytes().await.map_err(|e| format!("GET {path}: {e}"))?;
+    get_json_with(base_url, None, path).await
+}
+
+/// [`get_json`] with the operator token, for views guarded off loopback.
+pub async fn get_json_with(base_url: &str, token: Option<&str>, path: &str) -> Result<Value, String> {
+    let bytes = get(base_url, token, path).await?.bytes().await.map_err(|e| format!("GET {path}: {e}"))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("GET {path}: not JSON: {e}"))
 }
 

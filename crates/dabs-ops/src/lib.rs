@@ -10,19 +10,21 @@ mod api;
 mod auth;
 mod charts;
 mod client;
+mod jobs;
 mod openapi;
 mod policy;
 mod trace;
 
 pub use auth::{AUTH_FIELD, Access, Authorized, Refusal, require_token};
-pub use client::{get_json, put_json, trace_client};
+pub use client::{follow_events, get_json, get_json_with, post_json, put_json, trace_client};
 pub use openapi::document as openapi_document;
 pub use trace::{TapRecord, TraceFilter, trace_line};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::FromRef;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use dabs_node::NodeHandle;
 use std::net::SocketAddr;
 
@@ -44,6 +46,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/applications/{app}/policy"),
     ("put", "/api/applications/{app}/policy"),
     ("get", "/api/nearness"),
+    ("post", "/api/jobs"),
+    ("get", "/api/jobs/{id}"),
+    ("get", "/api/jobs/{id}/result"),
+    ("get", "/api/jobs/{id}/events"),
 ];
 
 /// The routes that need the operator token whatever the address (the read-only views need it
@@ -91,6 +97,10 @@ pub fn router(node: NodeHandle, access: Access) -> Router {
         .route("/api/nearness", get(policy::nearness))
         .route("/api/applications/{app}/policy", get(policy::get_policy).put(policy::put_policy))
         .route("/api/trace", get(trace::handler))
+        .route("/api/jobs", post(jobs::submit).layer(DefaultBodyLimit::max(jobs::MAX_BODY)))
+        .route("/api/jobs/{id}", get(jobs::status))
+        .route("/api/jobs/{id}/result", get(jobs::result))
+        .route("/api/jobs/{id}/events", get(jobs::events))
         .route("/metrics", get(api::metrics))
         .route_layer(from_fn_with_state(access, auth::guard_reads))
         .route("/", get(api::page))

@@ -37,11 +37,17 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::policy::get_policy,
         crate::policy::put_policy,
         crate::policy::nearness,
+        crate::jobs::submit,
+        crate::jobs::status,
+        crate::jobs::result,
+        crate::jobs::events,
     ),
     components(schemas(
         NodeView, AnnouncedPortion, Portion, Event, Settings, AppSettings, SettingsPatch, AppPatch,
         Error, TraceLine, TraceLag, History, Columns, DownMember, Counters, PolicyView, RankedServer,
-        ExcludedServer, PolicyChange, PolicyError, NearnessView, RoundTrip
+        ExcludedServer, PolicyChange, PolicyError, NearnessView, RoundTrip,
+        crate::jobs::doc::JobSubmission, crate::jobs::doc::JobAccepted, crate::jobs::doc::JobState,
+        crate::jobs::doc::TaskResult, crate::jobs::doc::JobResult, crate::jobs::doc::JobError
     )),
     modifiers(&BearerScheme)
 )]

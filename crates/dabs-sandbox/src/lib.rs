@@ -101,6 +101,7 @@ impl Module {
         if let Some(i) = module.imports().next() {
             return Err(TaskError::Import { module: i.module().to_owned(), name: i.name().to_owned() });
         }
+        check_abi(&module)?;
         Ok(Module { engine, module })
     }
 
@@ -146,6 +147,26 @@ impl Module {
         memory.read(&store, out_ptr as usize, &mut out).map_err(|e| TaskError::Trap(e.to_string()))?;
         Ok(out)
     }
+}
+
+/// The ABI's exports, with their types: a module without them is refused before any task runs.
+fn check_abi(module: &wasmi::Module) -> Result<(), TaskError> {
+    use wasmi::{ExternType, ValType};
+    let export = |name: &str| module.exports().find(|e| e.name() == name).map(|e| e.ty().clone());
+    if !matches!(export("memory"), Some(ExternType::Memory(_))) {
+        return Err(TaskError::MissingExport("memory"));
+    }
+    let func = |name: &str, params: &[ValType], results: &[ValType]| match export(name) {
+        Some(ExternType::Func(f)) => f.params() == params && f.results() == results,
+        _ => false,
+    };
+    if !func("alloc", &[ValType::I32], &[ValType::I32]) {
+        return Err(TaskError::MissingExport("alloc(i32) -> i32"));
+    }
+    if !func("run", &[ValType::I32, ValType::I32], &[ValType::I64]) {
+        return Err(TaskError::MissingExport("run(i32, i32) -> i64"));
+    }
+    Ok(())
 }
 
 /// A wasmi error as the task's error.

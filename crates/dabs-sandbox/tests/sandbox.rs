@@ -74,12 +74,26 @@ fn modules_that_cannot_be_run_are_refused_saying_why() {
     assert!(e.to_string().starts_with("the module does not validate: "), "{e}");
     let e = Module::new(&wat::parse_str(r#"(module (import "env" "clock" (func)))"#).unwrap()).unwrap_err();
     assert_eq!(e.to_string(), "the module imports env.clock; a job module may import nothing");
-    let no_run = module(
-        r#"(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0))"#,
+    // The ABI is checked when the module is read, before any task runs.
+    let no_run = Module::new(
+        &wat::parse_str(
+            r#"(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0))"#,
+        )
+        .unwrap(),
     );
-    assert_eq!(no_run.run(b"x", &Limits::default()), Err(TaskError::MissingExport("run(i32, i32) -> i64")));
-    let no_memory = module(r#"(module (func (export "alloc") (param i32) (result i32) i32.const 0))"#);
-    assert_eq!(no_memory.run(b"x", &Limits::default()), Err(TaskError::MissingExport("memory")));
+    assert_eq!(no_run.unwrap_err(), TaskError::MissingExport("run(i32, i32) -> i64"));
+    let no_memory = Module::new(
+        &wat::parse_str(r#"(module (func (export "alloc") (param i32) (result i32) i32.const 0))"#).unwrap(),
+    );
+    assert_eq!(no_memory.unwrap_err(), TaskError::MissingExport("memory"));
+    let wrong_type = Module::new(
+        &wat::parse_str(
+            r#"(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0)
+                (func (export "run") (param i32 i32) (result i32) i32.const 0))"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!(wrong_type.unwrap_err(), TaskError::MissingExport("run(i32, i32) -> i64"));
 }
 
 #[test]

@@ -180,11 +180,17 @@ pub enum SystemCommand {
     /// 24 (dabs): a node asks another to measure its round trip to an address (the `closest`
     /// policy's nearness), authenticated with the farm secret.
     Measure = 24,
+    /// 25 (dabs): the job-execution service between nodes (placing, running, committing and
+    /// replicating jobs), authenticated with the farm secret.
+    Jobs = 25,
+    /// 26 (dabs): a node tells an MP client that a job it submitted is done (its `notify`
+    /// address was `mp://HOST:PORT/QUEUE`).
+    JobDone = 26,
 }
 
 impl SystemCommand {
     /// All commands this implementation knows, in number order.
-    pub const ALL: [SystemCommand; 17] = [
+    pub const ALL: [SystemCommand; 19] = [
         SystemCommand::OpenSession,
         SystemCommand::CloseSession,
         SystemCommand::Shutdown,
@@ -202,6 +208,8 @@ impl SystemCommand {
         SystemCommand::Drain,
         SystemCommand::Alert,
         SystemCommand::Measure,
+        SystemCommand::Jobs,
+        SystemCommand::JobDone,
     ];
 
     /// The number on the wire.
@@ -234,6 +242,8 @@ impl SystemCommand {
             SystemCommand::Drain => "DRAIN",
             SystemCommand::Alert => "ALERT",
             SystemCommand::Measure => "MEASURE",
+            SystemCommand::Jobs => "JOBS",
+            SystemCommand::JobDone => "JOB_DONE",
         }
     }
 }

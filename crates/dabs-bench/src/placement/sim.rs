@@ -258,6 +258,8 @@ fn blank_stats(i: usize) -> NodeStats {
         service_holder: None,
         holds_service: false,
         cannot_hold: false,
+        compute: None,
+        balancer: false,
         settings_version: 1,
         no_encryption: false,
         accepted: None,

@@ -30,6 +30,7 @@ pub(crate) struct RawConfig {
     pub(crate) dns: Option<RawDns>,
     pub(crate) service: Option<RawServiceAddress>,
     pub(crate) vipa: Option<RawVipa>,
+    pub(crate) jobs: Option<RawJobs>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) subfarm: Vec<Spanned<RawSubFarm>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -44,6 +45,18 @@ pub(crate) struct RawDns {
     pub(crate) bind: Option<Spanned<String>>,
     pub(crate) zone: Option<Spanned<String>>,
     pub(crate) ttl_s: Option<Spanned<u64>>,
+}
+
+/// `[jobs]`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub(crate) struct RawJobs {
+    pub(crate) compute: Option<bool>,
+    pub(crate) threads: Option<Spanned<u64>>,
+    pub(crate) balancer: Option<bool>,
+    pub(crate) criterion: Option<Spanned<String>>,
+    pub(crate) max_fuel: Option<Spanned<u64>>,
+    pub(crate) memory_mb: Option<Spanned<u64>>,
 }
 
 /// `[service]`.

@@ -29,8 +29,8 @@ pub use defaults::{
 };
 pub use error::{ConfigError, Location, SecretError, TokenError};
 pub use types::{
-    AppConfig, BalanceConfig, DnsConfig, FarmConfig, LatencyLimits, NodeConfig, NodeSection, OperatorAccess,
-    OperatorToken, Registry, ServiceAddress,
+    AppConfig, BalanceConfig, DnsConfig, FarmConfig, JobsConfig, LatencyLimits, NodeConfig, NodeSection,
+    OperatorAccess, OperatorToken, Registry, ServiceAddress,
 };
 
 #[cfg(test)]

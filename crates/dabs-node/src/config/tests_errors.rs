@@ -174,3 +174,22 @@ fn records() {
     let e = err(&classes, 14);
     assert!(matches!(&e, E::DuplicateClass { index: 1, name, .. } if name == "a"), "{e:?}");
 }
+
+#[test]
+fn jobs_section() {
+    let lines = MINIMAL.lines().count();
+    let jobs = |body: &str| format!("{MINIMAL}\n[jobs]\n{body}\n");
+    let e = err(&jobs("criterion = \"quickest\""), lines + 3);
+    assert!(
+        matches!(&e, E::BadPolicy { key, message, .. } if key == "jobs.criterion" && message.contains("least_busy")),
+        "{e:?}"
+    );
+    let e = err(&jobs("threads = 0"), lines + 3);
+    assert!(matches!(&e, E::OutOfRange { key, min: 1, .. } if key == "jobs.threads"), "{e:?}");
+    let e = err(&jobs("memory_mb = 5000"), lines + 3);
+    assert!(matches!(&e, E::OutOfRange { key, max: 4096, .. } if key == "jobs.memory_mb"), "{e:?}");
+    let e = err(&jobs("workers = 2"), lines + 3);
+    assert!(matches!(&e, E::UnknownKey { key, .. } if key == "jobs.workers"), "{e:?}");
+    let ok = parse(&jobs("compute = false\ncriterion = \"fastest\"")).unwrap();
+    assert!(!ok.jobs.compute && ok.jobs.criterion == crate::jobs::Criterion::Fastest && ok.jobs.balancer);
+}

@@ -40,6 +40,14 @@ fn everything_set() -> NodeConfig {
     };
     NodeConfig {
         vipa: None,
+        jobs: super::JobsConfig {
+            compute: false,
+            threads: 3,
+            balancer: false,
+            criterion: crate::jobs::Criterion::Fastest,
+            max_fuel: 5_000,
+            memory_mb: 16,
+        },
         service: Some(super::ServiceAddress {
             ip: "10.1.2.100".parse().unwrap(),
             prefix: 24,
@@ -149,6 +157,7 @@ fn every_field_round_trips() {
     assert_ne!(full.balance, BalanceConfig::default());
     assert_ne!(full.latency, LatencyLimits::default());
     assert_ne!(full.failover, FailoverPolicy::default());
+    assert_ne!(full.jobs, super::JobsConfig::default());
     let text = full.to_toml();
     let back =
         NodeConfig::parse(&text, Path::new("/elsewhere/gen.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -191,6 +200,7 @@ fn written_sections_keep_their_order() {
             "[operator]",
             "[dns]",
             "[service]",
+            "[jobs]",
             "[[subfarm]]",
             "[[subfarm]]",
             "[[app]]",

@@ -46,6 +46,41 @@ pub struct NodeConfig {
     /// The `[vipa]` section: this host's virtual interface address, which the node binds to
     /// and sends from, reachable through any of the host's links.
     pub vipa: Option<ServiceAddress>,
+    /// The `[jobs]` section: this node's part in the job-execution service (seed 002).
+    pub jobs: JobsConfig,
+}
+
+/// The `[jobs]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsConfig {
+    /// The node runs tasks (registers as a compute server).
+    pub compute: bool,
+    /// Worker threads running tasks.
+    pub threads: u16,
+    /// The node runs the farm's balancer when it is the decider.
+    pub balancer: bool,
+    /// What the balancer chooses compute servers by.
+    pub criterion: crate::jobs::Criterion,
+    /// Most fuel a job may give each task (and the fuel of a job that names none).
+    pub max_fuel: u64,
+    /// Memory cap per task, MiB.
+    pub memory_mb: u64,
+}
+
+impl Default for JobsConfig {
+    /// A compute server with a thread per CPU (at most 8), and a balancer when deciding, by
+    /// least total busy time; 1 G fuel and 64 MiB per task.
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u16;
+        JobsConfig {
+            compute: true,
+            threads: cpus,
+            balancer: true,
+            criterion: crate::jobs::Criterion::LeastBusy,
+            max_fuel: 1_000_000_000,
+            memory_mb: 64,
+        }
+    }
 }
 
 /// An address on an interface: the `[service]` section (one healthy node of the farm holds

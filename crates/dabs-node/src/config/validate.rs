@@ -63,6 +63,7 @@ impl Cx<'_> {
         let subfarms = self.subfarms(raw.subfarm)?;
         let service = raw.service.map(|s| self.service(s, &node)).transpose()?;
         let vipa = raw.vipa.map(|v| self.vipa(v, &node)).transpose()?;
+        let jobs = self.jobs(raw.jobs)?;
         let config = NodeConfig {
             farm,
             node,
@@ -77,6 +78,7 @@ impl Cx<'_> {
             subfarms,
             service,
             vipa,
+            jobs,
         };
         // Without a secret anyone who can reach the node could steer it: only on this host.
         if config.farm.secret.is_none() && !config.loopback_only() {

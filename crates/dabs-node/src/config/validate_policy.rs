@@ -1,4 +1,4 @@
-//! Validation of the `[dns]` and `[[subfarm]]` tables and of each application's `policy` and
+//! Validation of the `[dns]`, `[jobs]` and `[[subfarm]]` tables and of each application's `policy` and
 //! `collect_interval_ms` (seed 003).
 
 use std::time::Duration;
@@ -7,9 +7,9 @@ use toml::Spanned;
 
 use super::defaults::{COLLECT_INTERVAL_RANGE_MS, DEFAULT_COLLECT_INTERVAL};
 use super::error::ConfigError;
-use super::file::{RawDns, RawSubFarm};
+use super::file::{RawDns, RawJobs, RawSubFarm};
 use super::read::Cx;
-use super::types::DnsConfig;
+use super::types::{DnsConfig, JobsConfig};
 use crate::policy::{Policy, SubFarm};
 
 /// `dns.ttl_s`: never 0 (resolvers would ask for every lookup), at most an hour.
@@ -41,6 +41,31 @@ impl Cx<'_> {
             None => DEFAULT_COLLECT_INTERVAL,
         };
         Ok((policy, interval))
+    }
+
+    /// `[jobs]`.
+    pub(crate) fn jobs(&self, raw: Option<RawJobs>) -> Result<JobsConfig, ConfigError> {
+        let mut cfg = JobsConfig::default();
+        let Some(raw) = raw else { return Ok(cfg) };
+        cfg.compute = raw.compute.unwrap_or(cfg.compute);
+        cfg.balancer = raw.balancer.unwrap_or(cfg.balancer);
+        if let Some(t) = &raw.threads {
+            cfg.threads = self.int_in(t, "jobs.threads", (1, 256))? as u16;
+        }
+        if let Some(c) = &raw.criterion {
+            cfg.criterion = c.get_ref().parse().map_err(|message| ConfigError::BadPolicy {
+                at: self.at(c),
+                key: "jobs.criterion".into(),
+                message,
+            })?;
+        }
+        if let Some(f) = &raw.max_fuel {
+            cfg.max_fuel = self.int_in(f, "jobs.max_fuel", (1_000, 1 << 50))?;
+        }
+        if let Some(m) = &raw.memory_mb {
+            cfg.memory_mb = self.int_in(m, "jobs.memory_mb", (1, 4096))?;
+        }
+        Ok(cfg)
     }
 
     /// `[dns]` for farm `farm`.

@@ -45,6 +45,14 @@ impl NodeConfig {
                 address: string(format!("{}/{}", s.ip, s.prefix)),
                 interface: Some(string(&s.interface)),
             }),
+            jobs: Some(super::file::RawJobs {
+                compute: Some(self.jobs.compute),
+                threads: Some(unspanned(u64::from(self.jobs.threads))),
+                balancer: Some(self.jobs.balancer),
+                criterion: Some(string(self.jobs.criterion.name())),
+                max_fuel: Some(unspanned(self.jobs.max_fuel)),
+                memory_mb: Some(unspanned(self.jobs.memory_mb)),
+            }),
             subfarm: self.subfarms.iter().map(|f| unspanned(subfarm(f))).collect(),
             app: self.apps.iter().map(|a| unspanned(app(a))).collect(),
         };

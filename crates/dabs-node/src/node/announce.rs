@@ -169,6 +169,8 @@ impl Inner {
             service_holder,
             holds_service,
             cannot_hold,
+            compute: self.compute_stats(),
+            balancer: self.config.jobs.balancer && decider,
         }
     }
 

@@ -26,7 +26,8 @@ impl Inner {
                     SystemCommand::Spawn
                     | SystemCommand::Settings
                     | SystemCommand::Assign
-                    | SystemCommand::Measure,
+                    | SystemCommand::Measure
+                    | SystemCommand::Jobs,
                 ) => true,
                 // A node's RESOLVE_VA is sealed and gets a sealed answer; a client's is not.
                 Some(SystemCommand::ResolveVa) => {
@@ -174,6 +175,19 @@ impl Inner {
                     }
                 }
                 Some(SystemCommand::Measure) => self.serve_measure(req, opened.clone(), &payload),
+                // Off this loop: a PROGRESS waits, a RUN may fetch its module.
+                Some(SystemCommand::Jobs) => {
+                    let (this, opened) = (self.clone(), opened.clone());
+                    tokio::spawn(async move {
+                        let body = match from_cbor::<dabs_farm_proto::jobs::JobCall>(&payload, "JOBS") {
+                            Ok(call) => cbor(&this.serve_job_call(&call).await),
+                            Err(e) => cbor(&dabs_farm_proto::jobs::JobAnswer::No(e.to_string())),
+                        };
+                        if let Some(o) = &opened {
+                            this.answer(req, o, &body);
+                        }
+                    });
+                }
                 _ => req
                     .reject(NakCode::UnknownCommand, format!("the runtime does not serve command {command}")),
             }

@@ -21,6 +21,8 @@ mod balancing;
 mod commands;
 mod deciding;
 mod failover;
+mod jobs;
+pub use jobs::{Accepted, Submission, result_json};
 mod nearness;
 pub use nearness::{NearnessView, RoundTripView};
 mod policy;
@@ -138,6 +140,8 @@ struct Inner {
     registry_view: Arc<Mutex<crate::registry::RegistryView>>,
     /// This node's part in holding the farm's service address.
     service: Mutex<service::ServiceState>,
+    /// The job-execution service: archive, workers, the jobs held here.
+    jobs: jobs::JobsShared,
 }
 
 pub use policy::{ExcludedView, PolicyView, RankedView};
@@ -323,6 +327,7 @@ impl NodeHandle {
             draining: me.draining,
             decider,
             apps,
+            compute: self.0.compute_stats(),
         };
         crate::metrics::render(&mp, &gauges, &self.0.counters, &self.0.latency)
     }
@@ -390,6 +395,7 @@ impl Node {
             crate::service_address::add(vipa).map_err(NodeError::Vipa)?;
         }
         let db = Db::open(&config.node.data_dir)?;
+        let jobs = jobs::JobsShared::open(&config.node.data_dir, &config.jobs, &config.node.name)?;
         let next_portion = db.next_portion_id()?;
         // The last DRAIN nonce taken survives a restart: a captured DRAIN must not be
         // replayable just because the node came back within its 30 s window.
@@ -459,6 +465,7 @@ impl Node {
             etcd: std::sync::OnceLock::new(),
             registry_view: Arc::default(),
             service: Mutex::default(),
+            jobs,
         });
         if let Some(why) = &inner.endpoint.local_addrs().group_error {
             let seeds = if inner.config.farm.seeds.is_empty() {
@@ -520,6 +527,8 @@ impl Node {
         if inner.config.service.is_some() {
             tasks.push(tokio::spawn(inner.clone().service_loop()));
         }
+        tasks.push(tokio::spawn(inner.clone().jobs_loop()));
+        tasks.push(tokio::spawn(inner.clone().report_jobs_loop()));
         inner.refresh_zone();
         tracing::info!(node = %me, %mp, group = %inner.config.farm.group, dns = ?dns_addr, "node started");
         Ok(Node { inner, tasks, dns })
@@ -591,6 +600,9 @@ impl Node {
         tokio::time::sleep(Duration::from_millis(50)).await;
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(pool) = &inner.jobs.pool {
+            pool.stop();
         }
         if let Some(dns) = self.dns {
             dns.stop().await;
