@@ -12,6 +12,7 @@ mod drain;
 mod failover_demo;
 mod farm;
 mod job;
+mod jobs;
 mod logging;
 mod mp_tools;
 mod out;
@@ -207,6 +208,16 @@ enum DemoCommand {
         #[arg(long)]
         no_client_moves: bool,
     },
+    /// Jobs (seed 002): one job of many tasks on a 3-node farm; a compute server is killed
+    /// half-way; the summary counts tasks lost and run twice.
+    Jobs {
+        /// Also print the summary as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+        /// Tasks in the job.
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+    },
     /// A server whose mandatory service stops pushes its clients away, then calls them back.
     Failover {
         /// Also print the summary as one JSON object on the last line.
@@ -273,6 +284,20 @@ enum BenchCommand {
         #[arg(long)]
         no_keepalived: bool,
         /// Print one JSON array of the cases instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The job service's tasks per second and submit-to-start latency, empty and 1 ms tasks,
+    /// 1 and 8 submitters, beside Ray's and Dask's local clusters (`scripts/bench-jobs-peers`
+    /// installs them in a venv of its own on first use).
+    Jobs {
+        /// Tasks per case with empty tasks (1 ms cases run a quarter of them).
+        #[arg(long, default_value_t = 2000)]
+        tasks: usize,
+        /// Measure dabs alone.
+        #[arg(long)]
+        no_peers: bool,
+        /// Also print one JSON array of the rows.
         #[arg(long)]
         json: bool,
     },
@@ -362,6 +387,7 @@ fn main() -> ExitCode {
         Command::Demo { which: Some(DemoCommand::Ramp { json, no_client_moves }), .. } => {
             ramp::run(json, !no_client_moves)
         }
+        Command::Demo { which: Some(DemoCommand::Jobs { json, tasks }), .. } => jobs::demo::run(json, tasks),
         Command::Demo { which: Some(DemoCommand::Failover { json, clients }), .. } => {
             failover_demo::run(json, clients)
         }
@@ -397,6 +423,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Service { rounds, no_keepalived, json } } => {
             bench_service::run(rounds, no_keepalived, json)
+        }
+        Command::Bench { command: BenchCommand::Jobs { tasks, no_peers, json } } => {
+            jobs::bench::run(tasks, !no_peers, json)
         }
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)

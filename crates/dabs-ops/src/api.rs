@@ -72,6 +72,16 @@ pub(crate) fn node_view(
             "figures": p.figures.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<String, Value>>(),
             "status_fault": p.status_fault,
         })).collect::<Vec<_>>(),
+        "compute": s.compute.map(|c| json!({
+            "threads": c.threads,
+            "queued": c.queued,
+            "busy_ms": c.busy_ms,
+            "completed": c.completed,
+            "failed": c.failed,
+            "last_done_ms": c.last_done_ms,
+            "recent_us": c.recent_us,
+        })),
+        "balancer": s.balancer,
     })
 }
 

@@ -118,6 +118,11 @@ pub async fn get_json(base_url: &str, path: &str) -> Result<Value, String> {
     get_json_with(base_url, None, path).await
 }
 
+/// Fetches a text document (e.g. `/metrics`) from an operator interface whose reads are open.
+pub async fn get_text(base_url: &str, path: &str) -> Result<String, String> {
+    get(base_url, None, path).await?.text().await.map_err(|e| format!("GET {path}: {e}"))
+}
+
 /// [`get_json`] with the operator token, for views guarded off loopback.
 pub async fn get_json_with(base_url: &str, token: Option<&str>, path: &str) -> Result<Value, String> {
     let bytes = get(base_url, token, path).await?.bytes().await.map_err(|e| format!("GET {path}: {e}"))?;

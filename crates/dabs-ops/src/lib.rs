@@ -16,7 +16,7 @@ mod policy;
 mod trace;
 
 pub use auth::{AUTH_FIELD, Access, Authorized, Refusal, require_token};
-pub use client::{follow_events, get_json, get_json_with, post_json, put_json, trace_client};
+pub use client::{follow_events, get_json, get_json_with, get_text, post_json, put_json, trace_client};
 pub use openapi::document as openapi_document;
 pub use trace::{TapRecord, TraceFilter, trace_line};
 

@@ -45,7 +45,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     components(schemas(
         NodeView, AnnouncedPortion, Portion, Event, Settings, AppSettings, SettingsPatch, AppPatch,
         Error, TraceLine, TraceLag, History, Columns, DownMember, Counters, PolicyView, RankedServer,
-        ExcludedServer, PolicyChange, PolicyError, NearnessView, RoundTrip,
+        ExcludedServer, PolicyChange, PolicyError, NearnessView, RoundTrip, ComputeFigures,
         crate::jobs::doc::JobSubmission, crate::jobs::doc::JobAccepted, crate::jobs::doc::JobState,
         crate::jobs::doc::TaskResult, crate::jobs::doc::JobResult, crate::jobs::doc::JobError
     )),
@@ -248,6 +248,29 @@ pub(crate) struct NodeView {
     load: f64,
     /// Its announced portions (at most 6, least loaded first)
     portions: Vec<AnnouncedPortion>,
+    /// Its figures as a compute server (jobs); null when it runs no tasks
+    compute: Option<ComputeFigures>,
+    /// It runs the farm's job balancer
+    balancer: bool,
+}
+
+/// A compute server's own statistics (docs/jobs.md).
+#[derive(ToSchema)]
+pub(crate) struct ComputeFigures {
+    /// Worker threads
+    threads: u16,
+    /// Tasks queued or running
+    queued: u32,
+    /// Time spent running tasks since it started, ms
+    busy_ms: u64,
+    /// Tasks run to an end (output or error)
+    completed: u64,
+    /// Of those, the ones that failed
+    failed: u64,
+    /// When it last completed one, Unix ms (0: never)
+    last_done_ms: u64,
+    /// Recent mean time per task, µs
+    recent_us: u32,
 }
 
 /// A portion as its node announces it.
