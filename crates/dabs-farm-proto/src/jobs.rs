@@ -227,11 +227,12 @@ pub enum JobAnswer {
     Shares(Vec<(String, u32)>),
     /// `FetchModule`.
     Module(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// `Done`: how many of the results were committed before (tasks run twice).
+    /// `Done`: how many results were new, and how many came from a second run of a task that
+    /// had one (kept: the first).
     Committed {
         /// Results new to the archive.
         new: u32,
-        /// Results it already had.
+        /// Results of tasks run twice.
         duplicates: u32,
     },
     /// `Where`: this node holds it, as its owner (`true`) or replica.

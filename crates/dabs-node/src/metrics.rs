@@ -43,7 +43,8 @@ pub struct NodeCounters {
     pub jobs_accepted: AtomicU64,
     /// Task results this node committed first, as a job's owner.
     pub job_results_committed: AtomicU64,
-    /// Task results that arrived for a task already committed (a task run twice).
+    /// Results of a second run of a task already committed (a task run twice; the first is
+    /// kept). The same result delivered again is not counted.
     pub job_results_repeated: AtomicU64,
     /// Tasks placed again because their compute server's registration lapsed.
     pub job_tasks_replaced: AtomicU64,
@@ -254,7 +255,7 @@ pub fn render(
         ),
         (
             "job_results_repeated",
-            "Task results that arrived for a task already committed (tasks run twice)",
+            "Results of a second run of a task already committed (tasks run twice; the first result is kept)",
             &node.job_results_repeated,
         ),
         (

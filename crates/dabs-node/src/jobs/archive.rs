@@ -26,6 +26,17 @@ pub struct Stored {
     pub finished: bool,
 }
 
+/// What committing one result did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// The task had no result: this one is kept.
+    New,
+    /// The same result again (the same run, delivered twice): nothing changes.
+    Again,
+    /// Another run of a task that has a result (it ran twice): the first is kept.
+    RanTwice,
+}
+
 /// The archive.
 pub struct Archive {
     db: Database,
@@ -95,21 +106,25 @@ impl Archive {
         })
     }
 
-    /// Commits `results` of job `id` in one durable transaction; for each, whether it was new
-    /// (a task that has a result keeps it).
-    pub fn commit(&self, id: &str, results: &[TaskResult]) -> Result<Vec<bool>, DbError> {
+    /// Commits `results` of job `id` in one durable transaction; for each, what it did (a task
+    /// that has a result keeps it).
+    pub fn commit(&self, id: &str, results: &[TaskResult]) -> Result<Vec<Committed>, DbError> {
         let encoded: Vec<(u32, Vec<u8>)> = results.iter().map(|r| (r.task, cbor(r))).collect();
         self.write(|tx| {
             let mut t = tx.open_table(RESULTS)?;
-            let mut fresh = Vec::with_capacity(encoded.len());
+            let mut done = Vec::with_capacity(encoded.len());
             for (task, r) in &encoded {
-                let new = t.get((id, *task))?.is_none();
-                if new {
-                    t.insert((id, *task), r.as_slice())?;
-                }
-                fresh.push(new);
+                let before = t.get((id, *task))?.map(|v| v.value().to_vec());
+                done.push(match before {
+                    None => {
+                        t.insert((id, *task), r.as_slice())?;
+                        Committed::New
+                    }
+                    Some(b) if b == *r => Committed::Again,
+                    Some(_) => Committed::RanTwice,
+                });
             }
-            Ok(fresh)
+            Ok(done)
         })
     }
 
@@ -176,8 +191,14 @@ mod tests {
             let a = Archive::open(dir.path()).unwrap();
             a.put_module(&[1; 32], b"wasm").unwrap();
             a.put_job(&job("j"), &[result(0, 10, "x")]).unwrap();
-            assert_eq!(a.commit("j", &[result(0, 99, "y"), result(2, 12, "y")]).unwrap(), vec![false, true]);
-            assert_eq!(a.commit("j", &[result(2, 77, "z")]).unwrap(), vec![false]);
+            assert_eq!(
+                a.commit("j", &[result(0, 99, "y"), result(2, 12, "y")]).unwrap(),
+                vec![Committed::RanTwice, Committed::New]
+            );
+            assert_eq!(
+                a.commit("j", &[result(2, 77, "z"), result(2, 12, "y")]).unwrap(),
+                vec![Committed::RanTwice, Committed::Again]
+            );
             a.put_job(&job("other"), &[]).unwrap();
             a.finish("j", 9).unwrap();
         }

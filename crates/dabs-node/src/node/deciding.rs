@@ -349,14 +349,15 @@ impl Inner {
         addr: std::net::SocketAddr,
         started_ms: u64,
     ) -> Result<(Session, bool), String> {
-        let mut peers = self.peers.lock().await;
-        if let Some(s) = peers.get(node).filter(|s| s.peer == Addr::Udp(addr)) {
+        let slot = self.peers.lock().await.entry(node.to_owned()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| s.peer == Addr::Udp(addr)) {
             return Ok((s.clone(), false));
         }
         let payload = self.node_open_payload(addr, started_ms);
         let s =
             self.endpoint.open(Addr::Udp(addr), RUNTIME_QUEUE, payload).await.map_err(|e| e.to_string())?;
-        peers.insert(node.to_owned(), s.clone());
+        *slot = Some(s.clone());
         Ok((s, true))
     }
 }

@@ -104,7 +104,9 @@ struct Inner {
     state: Mutex<State>,
     /// Recent history for the operator, oldest first (its own lock: written from everywhere).
     events: Mutex<VecDeque<EventRecord>>,
-    peers: tokio::sync::Mutex<HashMap<String, Session>>,
+    /// Sessions to other members, one slot per member: opening one to a member that died
+    /// (seconds of retries) holds only that member's slot, not every call to the others.
+    peers: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Session>>>>>,
     reports: mpsc::UnboundedSender<(String, PortionReport)>,
     settings: Mutex<Settings>,
     counters: NodeCounters,

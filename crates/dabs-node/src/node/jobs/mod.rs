@@ -41,7 +41,7 @@ pub(super) struct JobsShared {
     /// announcement's sequence number then, and the count).
     placed: Mutex<HashMap<String, (u64, u32)>>,
     /// Jobs being copied to a new replica now.
-    copying: Mutex<std::collections::HashSet<String>>,
+    pub(super) copying: Mutex<std::collections::HashSet<String>>,
 }
 
 impl JobsShared {
@@ -157,9 +157,15 @@ impl Inner {
     }
 
     /// Where job `id` is held: this node, or the member that owns (else keeps) it.
-    async fn locate(&self, id: &str) -> Option<String> {
-        if self.jobs.held().contains_key(id) {
-            return Some(self.me.clone());
+    pub(super) async fn locate(&self, id: &str) -> Option<String> {
+        let here = self.jobs.held().get(id).map(|j| (j.owned, j.record.owner.clone()));
+        match here {
+            Some((true, _)) => return Some(self.me.clone()),
+            // A replica may lag its owner by the results in flight: the owner answers while
+            // it lives.
+            Some((false, owner)) if self.member_alive(&owner) => return Some(owner),
+            Some((false, _)) => return Some(self.me.clone()),
+            None => {}
         }
         let cached = self.jobs.located.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
         if let Some(node) = cached.filter(|n| self.member_alive(n)) {

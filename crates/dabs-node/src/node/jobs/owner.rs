@@ -3,6 +3,7 @@
 //! owner is gone takes the job over; the submitter is told when it is done.
 
 use super::super::Inner;
+use crate::jobs::archive::Committed;
 use dabs_farm_proto::jobs::{JobAnswer, JobCall, TaskResult};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,7 +51,9 @@ impl Inner {
                     }
                     continue;
                 }
-                if !finished {
+                // Not while it is being copied: its tasks go out naming the replica that has it.
+                let copying = self.jobs.copying.lock().unwrap_or_else(|e| e.into_inner()).contains(&id);
+                if !finished && !copying {
                     self.dispatch(&id).await;
                 }
                 if settled
@@ -118,18 +121,30 @@ impl Inner {
             }
         };
         let mut tasks = pending.into_iter();
-        let mut placed = Vec::new();
-        for (node, n) in shares {
-            let mine: Vec<u32> = tasks.by_ref().take(n as usize).collect();
-            {
-                // Marked before they leave: a result may come back before the RUN's answer.
-                let mut held = self.jobs.held();
-                let Some(j) = held.get_mut(id) else { return };
-                for t in &mine {
+        let shares: Vec<(String, Vec<u32>)> =
+            shares.into_iter().map(|(node, n)| (node, tasks.by_ref().take(n as usize).collect())).collect();
+        {
+            // Marked before they leave: a result may come back before the RUN's answer.
+            let mut held = self.jobs.held();
+            let Some(j) = held.get_mut(id) else { return };
+            for (node, mine) in &shares {
+                for t in mine {
                     j.assigned.insert(*t, node.clone());
                 }
             }
-            placed.extend(mine.iter().map(|t| (*t, node.clone())));
+        }
+        // The replica learns where the tasks run before they run: if this owner dies, the
+        // replica waits for their results instead of running them again.
+        if let Some(replica) = &record.replica {
+            let placed =
+                shares.iter().flat_map(|(node, mine)| mine.iter().map(move |t| (*t, node.clone()))).collect();
+            let commit =
+                JobCall::Commit { job: id.to_owned(), results: vec![], assigned: placed, finished: false };
+            if let Err(e) = self.jobs_call(replica, &commit).await {
+                tracing::info!(job = %id, %replica, error = %e, "placements not copied to the replica");
+            }
+        }
+        for (node, mine) in shares {
             for chunk in runs(&record, &mine) {
                 let (this, node, id) = (self.clone(), node.clone(), id.to_owned());
                 let run = JobCall::Run {
@@ -155,14 +170,6 @@ impl Inner {
                 });
             }
         }
-        if let Some(replica) = record.replica {
-            let this = self.clone();
-            let commit =
-                JobCall::Commit { job: id.to_owned(), results: vec![], assigned: placed, finished: false };
-            tokio::spawn(async move {
-                let _ = this.jobs_call(&replica, &commit).await;
-            });
-        }
     }
 
     async fn send_run(&self, node: &str, run: &JobCall) -> Result<(), String> {
@@ -180,20 +187,19 @@ impl Inner {
         id: &str,
         results: Vec<TaskResult>,
     ) -> Result<(u32, u32), String> {
-        let (replica, owned) = {
-            let held = self.jobs.held();
-            let j = held.get(id).ok_or(super::UNKNOWN_JOB)?;
-            (j.record.replica.clone(), j.owned)
-        };
-        let fresh = self.jobs.archive.commit(id, &results).map_err(|e| e.to_string())?;
+        let owned = self.jobs.held().get(id).ok_or(super::UNKNOWN_JOB)?.owned;
+        let done = self.jobs.archive.commit(id, &results).map_err(|e| e.to_string())?;
         let new: Vec<TaskResult> =
-            results.into_iter().zip(&fresh).filter(|(_, f)| **f).map(|(r, _)| r).collect();
-        let repeated = fresh.iter().filter(|f| !**f).count() as u32;
-        let complete = {
+            results.into_iter().zip(&done).filter(|(_, d)| **d == Committed::New).map(|(r, _)| r).collect();
+        // A result delivered again (its owner died before answering) is not a task run twice.
+        let repeated = done.iter().filter(|d| **d == Committed::RanTwice).count() as u32;
+        // The replica is read under the same lock the results are added under: a replica named
+        // after this point gets these results in the copy's last step (`replicate`).
+        let (complete, replica) = {
             let mut held = self.jobs.held();
             let Some(j) = held.get_mut(id) else { return Err(super::UNKNOWN_JOB.into()) };
             j.add(&new);
-            j.complete() && !j.finished
+            (j.complete() && !j.finished, j.record.replica.clone())
         };
         self.counters.job_results_committed.fetch_add(new.len() as u64, Ordering::Relaxed);
         self.counters.job_results_repeated.fetch_add(u64::from(repeated), Ordering::Relaxed);
@@ -212,7 +218,8 @@ impl Inner {
                 tracing::info!(job = %id, %replica, error = %e, "results not copied to the replica yet");
             }
         }
-        if complete && owned {
+        // Room freed on a server: the dispatcher places more (or finishes the job).
+        if owned && (complete || !new.is_empty()) {
             self.jobs.wake.notify_one();
         }
         Ok((new.len() as u32, repeated))

@@ -110,7 +110,9 @@ impl Inner {
             return JobAnswer::No(format!("{} is not the farm's balancer", self.me));
         }
         let servers = self.compute_servers();
-        let shares = balancer::place(tasks, &servers, self.config.jobs.criterion);
+        // Work ahead for two announcement intervals: the servers' figures are that stale at most.
+        let ahead = self.config.node.announce_interval * 2;
+        let shares = balancer::place(tasks, &servers, self.config.jobs.criterion, ahead);
         let mut placed = self.jobs.placed.lock().unwrap_or_else(|e| e.into_inner());
         let st = self.state();
         for (node, n) in &shares {
@@ -201,7 +203,15 @@ impl Inner {
         let until = tokio::time::Instant::now() + REPORT_FOR;
         let mut pause = Duration::from_millis(20);
         while tokio::time::Instant::now() < until {
-            for to in std::iter::once(owner.as_str()).chain(replica.as_deref()) {
+            // The owner, else the replica, else whoever holds the job now (a replica named
+            // after these tasks left, or one that took it over).
+            let mut targets: Vec<String> = std::iter::once(owner.clone()).chain(replica.clone()).collect();
+            if targets.iter().all(|t| !self.member_alive(t))
+                && let Some(holder) = self.locate(&job).await
+            {
+                targets.push(holder);
+            }
+            for to in targets.iter().map(String::as_str) {
                 if !self.member_alive(to) {
                     continue;
                 }

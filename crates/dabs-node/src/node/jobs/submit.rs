@@ -98,10 +98,13 @@ impl Inner {
         archive(self.jobs.archive.put_module(&hash, &job.module))?;
         archive(self.jobs.archive.put_job(&record, &[]))?;
         let id = record.id.clone();
+        // Marked as being copied before the dispatcher can see it.
+        self.jobs.copying.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
         self.jobs.held().insert(id.clone(), JobState::new(record, true, Vec::new(), false));
         // The copy before the answer: a job whose owner dies right after accepting it is
         // still run, from its replica.
         let replica = self.replicate(&id).await;
+        self.jobs.copying.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         self.counters.jobs_accepted.fetch_add(1, Ordering::Relaxed);
         self.jobs.wake.notify_one();
         tracing::info!(node = %self.me, job = %id, ?replica, "job accepted");
@@ -143,13 +146,23 @@ impl Inner {
             if !whole {
                 continue;
             }
-            let finished = {
+            // Named the replica, then sent what was committed while the copy was made: from
+            // here on every commit is sent to it as it happens.
+            let copied: std::collections::HashSet<u32> = results.iter().map(|r| r.task).collect();
+            let (finished, since) = {
                 let mut held = self.jobs.held();
                 let j = held.get_mut(id)?;
                 j.record.replica = Some(candidate.clone());
                 let _ = self.jobs.archive.put_job(&j.record, &[]);
-                j.finished
+                let since: Vec<_> =
+                    j.results.values().filter(|r| !copied.contains(&r.task)).cloned().collect();
+                (j.finished, since)
             };
+            for page in pages_of(&since, 512 << 10) {
+                let commit =
+                    JobCall::Commit { job: id.to_owned(), results: page, assigned: vec![], finished: false };
+                let _ = self.jobs_call(&candidate, &commit).await;
+            }
             if finished {
                 let done =
                     JobCall::Commit { job: id.to_owned(), results: vec![], assigned: vec![], finished: true };
