@@ -182,6 +182,15 @@ async function run(context) {
     }),
   );
 
+  await check('node-1 members table shows each compute server and the job balancer', () =>
+    until(PAGE_WAIT_MS, 'no jobs cells', async () => {
+      const cells = await page1.locator('#members tbody tr[data-state="up"] td.jobs').allTextContents();
+      const ok = cells.length === NODES.length && cells.every((c) => /\d+ done, \d+ queued, [\d.]+ s busy/.test(c)) &&
+        cells.filter((c) => / B$/.test(c)).length === 1;
+      return { ok, value: cells.join(' | '), state: cells };
+    }),
+  );
+
   await check(`node-1 draws ${CHARTS.length} charts with ${MIN_POINTS}+ seconds of every member and calls in them`, () =>
     until(CHART_WAIT_MS, 'the charts have no data yet', async () => {
       const s = await page1.evaluate(({ charts, nodes }) => {

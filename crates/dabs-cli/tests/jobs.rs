@@ -264,8 +264,10 @@ fn kill_during_jobs(name: &str, etcd: Option<&str>) {
     let mut nodes: BTreeMap<String, NodeProc> = (1..=5)
         .map(|i| (format!("node-{i}"), start_on(&dir, group, &format!("node-{i}"), "", etcd)))
         .collect();
-    let first = nodes["node-1"].url().to_owned();
-    wait_for_service(&first, 5);
+    // Every node, since any may be a job's owner.
+    for n in nodes.values() {
+        wait_for_service(n.url(), 5);
+    }
     let module = wat::parse_str(BUSY).unwrap();
     const TASKS: u32 = 300;
     for fault in [Fault::Compute, Fault::Balancer, Fault::Owner] {

@@ -37,41 +37,78 @@ pub struct DbError {
     pub message: String,
 }
 
-/// The node's database.
-pub struct Db {
+/// A redb file, with the path its errors name: what the node's database and the jobs
+/// archive stand on.
+pub(crate) struct RedbFile {
     db: Database,
     path: PathBuf,
+}
+
+impl RedbFile {
+    /// Opens (or creates) `DIR/FILE` and runs `create` in its first transaction, to create the
+    /// tables so reads never meet a missing one.
+    pub(crate) fn open(
+        dir: &Path,
+        file: &str,
+        create: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<RedbFile, DbError> {
+        let path = dir.join(file);
+        let err = |m: String| DbError { path: path.clone(), message: m };
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
+        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        let this = RedbFile { db, path };
+        this.write(create)?;
+        Ok(this)
+    }
+
+    /// A failure, naming the file.
+    pub(crate) fn err(&self, e: impl std::fmt::Display) -> DbError {
+        DbError { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// Runs `f` in a write transaction and commits it (durably) when it succeeds.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, DbError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let out = f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    /// A read transaction.
+    pub(crate) fn read(&self) -> Result<redb::ReadTransaction, DbError> {
+        self.db.begin_read().map_err(|e| self.err(e))
+    }
+}
+
+/// The node's database.
+pub struct Db {
+    file: RedbFile,
 }
 
 impl Db {
     /// Opens (or creates) `DIR/node.redb`.
     pub fn open(dir: &Path) -> Result<Self, DbError> {
-        let path = dir.join("node.redb");
-        let err = |m: String| DbError { path: path.clone(), message: m };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
-        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
-        let this = Self { db, path };
-        // Create the tables so reads never meet a missing one.
-        this.write(|tx| {
+        let file = RedbFile::open(dir, "node.redb", |tx| {
             tx.open_table(PORTIONS)?;
             tx.open_table(SETTINGS)?;
             tx.open_table(FARM)?;
             Ok(())
         })?;
-        Ok(this)
+        Ok(Db { file })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> DbError {
-        DbError { path: self.path.clone(), message: e.to_string() }
+        self.file.err(e)
     }
 
     fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), DbError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        f(&tx).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+        self.file.write(f)
     }
 
     fn put(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &[u8]) -> Result<(), DbError> {
@@ -82,7 +119,7 @@ impl Db {
     }
 
     fn all(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.file.read()?;
         let t = tx.open_table(table).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in t.iter().map_err(|e| self.err(e))? {

@@ -3,11 +3,11 @@
 //! acknowledged. A task's result is inserted only if the task has none: the first result to
 //! arrive is the one committed, whatever runs later.
 
-use crate::db::DbError;
+use crate::db::{DbError, RedbFile};
 use dabs_farm_proto::jobs::{JobRecord, ModuleHash, TaskResult};
 use dabs_farm_proto::shapes::{cbor, from_cbor};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::{Path, PathBuf};
+use redb::{ReadableTable, TableDefinition};
+use std::path::Path;
 
 const MODULES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("modules");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -39,40 +39,31 @@ pub enum Committed {
 
 /// The archive.
 pub struct Archive {
-    db: Database,
-    path: PathBuf,
+    file: RedbFile,
 }
 
 impl Archive {
     /// Opens (or creates) `DIR/jobs.redb`.
     pub fn open(dir: &Path) -> Result<Archive, DbError> {
-        let path = dir.join("jobs.redb");
-        let err = |m: String| DbError { path: path.clone(), message: m };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
-        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
-        let this = Archive { db, path };
-        this.write(|tx| {
+        let file = RedbFile::open(dir, "jobs.redb", |tx| {
             tx.open_table(MODULES)?;
             tx.open_table(JOBS)?;
             tx.open_table(RESULTS)?;
             tx.open_table(FINISHED)?;
             Ok(())
         })?;
-        Ok(this)
+        Ok(Archive { file })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> DbError {
-        DbError { path: self.path.clone(), message: e.to_string() }
+        self.file.err(e)
     }
 
     fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, DbError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        let out = f(&tx).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(out)
+        self.file.write(f)
     }
 
     /// Keeps a module's bytes under its hash.
@@ -85,7 +76,7 @@ impl Archive {
 
     /// A module's bytes, if kept here.
     pub fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, DbError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.file.read()?;
         let t = tx.open_table(MODULES).map_err(|e| self.err(e))?;
         Ok(t.get(hash.as_slice()).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
     }
@@ -139,7 +130,7 @@ impl Archive {
     /// Every job kept here, with its results: what a restarted node serves and resumes. A
     /// record that does not decode is an error naming the job.
     pub fn jobs(&self) -> Result<Vec<Stored>, DbError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.file.read()?;
         let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
         let results = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
         let finished = tx.open_table(FINISHED).map_err(|e| self.err(e))?;

@@ -110,6 +110,17 @@ impl Inner {
         st.members.membership.get(node).is_some_and(|m| !m.stats.leaving) && self.registered(node)
     }
 
+    /// The other live members that are not leaving, by name.
+    pub(super) fn other_members(&self) -> Vec<String> {
+        let st = self.state();
+        st.members
+            .membership
+            .live()
+            .filter(|m| m.node != self.me && !m.leaving)
+            .map(|m| m.node.clone())
+            .collect()
+    }
+
     /// The compute servers registered now, as the balancer sees them.
     pub(super) fn compute_servers(&self) -> Vec<balancer::Server> {
         let placed = self.jobs.placed.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -171,14 +182,7 @@ impl Inner {
         if let Some(node) = cached.filter(|n| self.member_alive(n)) {
             return Some(node);
         }
-        let others: Vec<String> = self
-            .state()
-            .members
-            .membership
-            .live()
-            .filter(|m| m.node != self.me && !m.leaving)
-            .map(|m| m.node.clone())
-            .collect();
+        let others = self.other_members();
         let call = JobCall::Where { job: id.to_owned() };
         let asks = others.iter().map(|n| self.jobs_call(n, &call));
         let answers = futures_util::future::join_all(asks).await;

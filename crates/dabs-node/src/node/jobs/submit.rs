@@ -124,7 +124,7 @@ impl Inner {
             )
         };
         let module = self.jobs.archive.module(&record.module).ok().flatten()?;
-        for candidate in self.replica_candidates(id) {
+        for candidate in self.replica_candidates() {
             record.replica = Some(candidate.clone());
             let store = JobCall::StoreModule { hash: record.module, bytes: module.clone() };
             if !matches!(self.jobs_call(&candidate, &store).await, Ok(JobAnswer::Ok)) {
@@ -173,18 +173,11 @@ impl Inner {
         None
     }
 
-    /// Members that could keep job `id`'s replica, the next ones after this node by name
+    /// Members that could keep a job's replica, the next ones after this node by name
     /// first (so replicas spread over the farm).
-    fn replica_candidates(&self, _id: &str) -> Vec<String> {
-        let mut others: Vec<String> = self
-            .state()
-            .members
-            .membership
-            .live()
-            .filter(|m| m.node != self.me && !m.leaving)
-            .map(|m| m.node.clone())
-            .filter(|n| self.registered(n))
-            .collect();
+    fn replica_candidates(&self) -> Vec<String> {
+        let mut others: Vec<String> =
+            self.other_members().into_iter().filter(|n| self.registered(n)).collect();
         others.sort();
         let split = others.iter().position(|n| n.as_str() > self.me.as_str()).unwrap_or(0);
         others.rotate_left(split);
