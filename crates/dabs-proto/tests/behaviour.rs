@@ -679,6 +679,54 @@ fn a_confirmed_close_nobody_answers_is_given_up_and_the_session_removed() {
     );
 }
 
+/// An open's REPLY that its client never acknowledges (it kept another server's answer, or
+/// is gone) closes the server's half-open session once the re-attempts are spent: the
+/// application learns of it (and frees the seat) instead of holding it until the idle
+/// time-out. A session whose client did acknowledge stays.
+#[test]
+fn an_open_reply_never_acknowledged_closes_the_half_open_session() {
+    let mut server = Endpoint::new(Config::default(), 2, 0);
+    let mut silent = Endpoint::new(Config::default(), 10, 0);
+    let mut kept = Endpoint::new(Config::default(), 11, 0);
+    let t = Duration::ZERO;
+    let mut ids = Vec::new();
+    for (port, client) in [(10u16, &mut silent), (11, &mut kept)] {
+        client.open(t, addr(2), 1, vec![]).unwrap();
+        deliver(&mut server, port, t, &drain(client));
+        let Some(Event::Open { request, .. }) = events(&mut server).pop() else { panic!("no open") };
+        ids.push(server.accept_open(t, &request, 7, vec![]).unwrap());
+    }
+    let replies = drain(&mut server);
+    assert_eq!(replies.len(), 2);
+    // Only the second client gets its REPLY (and ACKs it); the first hears nothing.
+    let to_kept: Vec<Transmit> = replies.into_iter().filter(|d| d.to == addr(11)).collect();
+    deliver(&mut kept, 2, t, &to_kept);
+    deliver(&mut server, 11, t, &drain(&mut kept));
+    let _ = events(&mut server);
+    let mut now = t;
+    for _ in 0..100 {
+        let Some(deadline) = server.next_deadline() else { break };
+        if deadline > Duration::from_secs(60) || server.session_count() == 1 {
+            break;
+        }
+        now = deadline;
+        server.handle_timeout(now);
+        let _ = drain(&mut server);
+    }
+    assert_eq!(server.session_count(), 1, "the unacknowledged open is closed, by {now:?}");
+    assert!(now < Duration::from_secs(60), "well before the idle time-out: {now:?}");
+    let got = events(&mut server);
+    assert!(
+        got.iter().any(|e| matches!(e, Event::SessionClosed { session, reason: dabs_proto::CloseReason::Unacknowledged, .. } if *session == ids[0])),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::SessionClosed { session, .. } if *session == ids[1])),
+        "{got:?}"
+    );
+    assert_eq!(server.stats().replies_undelivered, 1);
+}
+
 /// `reclaim_idle` closes only the named server sessions idle past `reclaim_idle_after`,
 /// longest idle first and no more than asked, as if they had expired.
 #[test]

@@ -115,6 +115,7 @@ impl Endpoint {
                 let Some(s) = self.sessions.get_mut(sid) else {
                     return;
                 };
+                let half_open = s.is_half_open();
                 let Some(out) = s.replies.get_mut(&tx) else {
                     return;
                 };
@@ -130,6 +131,15 @@ impl Endpoint {
                     } else {
                         out.deadline = Some(until);
                         self.io.schedule(until, key);
+                    }
+                } else if out.attempts > max_retries && half_open {
+                    // An open's REPLY never acknowledged: the client does not hold this
+                    // session (it kept another answer and closed this one, or it is gone), so
+                    // neither does the server, nor a seat for it.
+                    self.io.stats.replies_undelivered += 1;
+                    self.io.events.push_back(Event::ReplyUndelivered { session: sid, transaction: tx });
+                    if let Some(s) = self.sessions.remove(sid) {
+                        self.drop_session_calls(s, CloseReason::Unacknowledged, sid);
                     }
                 } else if out.attempts > max_retries {
                     // Stop pushing, but keep the REPLY: its request ran, so a repeat of the

@@ -159,6 +159,9 @@ pub enum CloseReason {
     ClosedLocally,
     /// Lost and could not be re-opened.
     Lost,
+    /// Server: the client never acknowledged the open's REPLY (it kept another server's
+    /// answer, or it is gone), so it holds no such session.
+    Unacknowledged,
 }
 
 /// Why a call failed.
