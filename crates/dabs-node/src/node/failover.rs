@@ -349,11 +349,13 @@ impl Inner {
                 let mut st = this.state();
                 st.failover.deferred.retain(|d| d.client.session != client.session);
                 client.retry_after = Some(Instant::now() + Duration::from_secs(1));
-                if let Some(p) = st.hosting.portions.get_mut(&va) {
+                // Unless its session ended meanwhile (then it is nobody's client).
+                let session = client.session;
+                if st.hosting.left_sessions.remove(&session).is_some()
+                    && let Some(p) = st.hosting.portions.get_mut(&va)
+                {
                     p.figures.sessions.fetch_add(1, Ordering::Relaxed);
-                    let session = client.session;
                     p.clients.push(client);
-                    st.hosting.left_sessions.remove(&session);
                     st.hosting.open_sessions.insert(session, va);
                 }
             }

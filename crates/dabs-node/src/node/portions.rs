@@ -254,6 +254,12 @@ impl Inner {
             match endpoint.accept_open(req.clone(), queue, payload).await {
                 Ok(session) => {
                     let mut st = this.state();
+                    // Closed already (the client kept another node's answer and closed this
+                    // one before this task ran): no client, the seat goes back.
+                    if st.hosting.ended_before_counted(session) {
+                        figures.sessions.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
                     // Accepting the same open again gives the same session: count it once
                     // (the seat taken for this repeat goes back).
                     if st.hosting.open_sessions.insert(session, portion_va.clone()).is_some() {
@@ -305,8 +311,12 @@ impl Inner {
                 }
                 continue;
             }
-            // Sessions this node opened to its peers are not in the map.
-            let Some(va) = st.hosting.open_sessions.remove(&session) else { continue };
+            // Sessions this node opened to its peers are not in the map; nor, for a moment, one
+            // being accepted: its accepting task learns it ended.
+            let Some(va) = st.hosting.open_sessions.remove(&session) else {
+                st.hosting.note_closed_uncounted(session);
+                continue;
+            };
             if let Some(p) = st.hosting.portions.get_mut(&va) {
                 let _ = p
                     .figures

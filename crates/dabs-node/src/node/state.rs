@@ -75,7 +75,17 @@ pub(super) struct Hosting {
     /// Sessions of clients sent away from a portion (still open, for a call back), so their
     /// end still reaches the portion.
     pub(super) left_sessions: HashMap<SessionId, String>,
+    /// Sessions that ended before the task accepting them had counted them (a client that
+    /// closes an open's extra answer at once), with when: that task gives the seat back
+    /// instead of counting a client nobody has. Entries older than a few seconds are
+    /// sessions this node opened itself, dropped as new ones come.
+    pub(super) closed_early: HashMap<SessionId, Instant>,
 }
+
+/// How long an early close is remembered: far longer than an accept takes to be counted.
+const CLOSED_EARLY_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+/// Early closes remembered at most (sessions the node opened itself end here too).
+const CLOSED_EARLY_MAX: usize = 4096;
 
 /// The balancing process's memory: host figures, latency marks, starvation, spawns and moves.
 pub(super) struct Balancing {
@@ -136,6 +146,22 @@ impl Hosting {
             .map(|i| FIRST_PORTION_QUEUE + ((start + i) % span) as u16)
             .find(|q| !taken.contains(q))
     }
+
+    /// Whether `session` ended before it was counted (and forgets it).
+    pub(super) fn ended_before_counted(&mut self, session: SessionId) -> bool {
+        self.closed_early.remove(&session).is_some()
+    }
+
+    /// Remembers that `session` ended while not (or not yet) counted on a portion.
+    pub(super) fn note_closed_uncounted(&mut self, session: SessionId) {
+        let now = Instant::now();
+        if self.closed_early.len() >= CLOSED_EARLY_MAX {
+            self.closed_early.retain(|_, at| now.duration_since(*at) < CLOSED_EARLY_KEEP);
+        }
+        if self.closed_early.len() < CLOSED_EARLY_MAX {
+            self.closed_early.insert(session, now);
+        }
+    }
 }
 
 impl State {
@@ -157,6 +183,7 @@ impl State {
                 next_portion,
                 open_sessions: HashMap::new(),
                 left_sessions: HashMap::new(),
+                closed_early: HashMap::new(),
             },
             balancing: Balancing {
                 host: Default::default(),
@@ -209,7 +236,22 @@ mod tests {
             next_portion: 0,
             open_sessions: HashMap::new(),
             left_sessions: HashMap::new(),
+            closed_early: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_session_closed_before_it_was_counted_is_told_once() {
+        let mut h = hosting_with([], FIRST_PORTION_QUEUE);
+        let s = SessionId(7);
+        assert!(!h.ended_before_counted(s), "nothing closed yet");
+        h.note_closed_uncounted(s);
+        assert!(h.ended_before_counted(s), "the accepting task learns it ended");
+        assert!(!h.ended_before_counted(s), "and only once");
+        for n in 0..(CLOSED_EARLY_MAX as u64 + 10) {
+            h.note_closed_uncounted(SessionId(1000 + n));
+        }
+        assert!(h.closed_early.len() <= CLOSED_EARLY_MAX, "bounded: {}", h.closed_early.len());
     }
 
     #[test]
