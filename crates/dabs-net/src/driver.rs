@@ -4,7 +4,7 @@ use crate::handle::{
     Command, Done, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session, TapRecord,
 };
 use crate::inproc;
-use crate::socket::{BatchUdp, DatagramSocket, RecvBatch, bind_udp, join_group, set_group_interface};
+use crate::socket::{BatchUdp, DatagramSocket, RecvBatch, Run, bind_udp, join_group, set_group_interface};
 use crate::unix_ms;
 use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
 use dabs_wire::{Header, NakCode};
@@ -186,8 +186,8 @@ impl Driver {
         let mut udp_batch = udp.recv_buffers();
         let mut unix_buf = vec![0u8; 2048];
         let mut group_batch = group.as_ref().map_or_else(|| RecvBatch::new(1, 1), |g| g.recv_buffers());
-        // Where a run of datagrams to one address is gathered for one GSO send.
-        let mut segments = Vec::with_capacity(udp.max_segments().max(1) * dabs_wire::MAX_DATAGRAM);
+        // Where a flush gathers its datagrams, in runs for GSO and sendmmsg.
+        let mut out = Outgoing::default();
         let mut shutdown_ack = None;
         // One timer for the endpoint's next deadline, moved only when the deadline moves.
         let sleep = tokio::time::sleep_until(self.start);
@@ -201,8 +201,11 @@ impl Driver {
             {
                 service_batch = Some((*addr, s.recv_buffers()));
             }
-            self.flush(&udp, &mut segments).await;
+            // Events first: a REPLY reaches its caller before the ACK it calls for is sent,
+            // which keeps that system call (and, on loopback, the peer's receive work the
+            // kernel does inline) out of the caller's round trip.
             self.dispatch();
+            self.flush(&udp, &mut out).await;
             let deadline = self.ep.next_deadline().map(|d| self.start + d);
             if deadline != armed {
                 if let Some(d) = deadline {
@@ -255,7 +258,20 @@ impl Driver {
                     shutdown_ack = Some(done);
                     break;
                 }
-                Wake::Command(Some(c)) => self.command(now, c),
+                Wake::Command(Some(c)) => {
+                    self.command(now, c);
+                    // Replies the portions gave meanwhile leave in the same flush.
+                    for _ in 0..COMMANDS_PER_WAKE {
+                        match cmd_rx.try_recv() {
+                            Ok(Command::Shutdown { done }) => {
+                                shutdown_ack = Some(done);
+                                break 'serve;
+                            }
+                            Ok(c) => self.command(now, c),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 // Oversized datagrams arrive truncated to the buffer and are refused by the codec.
                 // Everything the batch brought is handled before anything is sent: the ACKs
                 // and REPLYs it calls for go out together, on the next flush.
@@ -327,35 +343,23 @@ impl Driver {
 
     /// Sends every datagram the endpoint has queued. Consecutive datagrams to one address of
     /// one size (the last of a run may be shorter: a message's last buffer, an ACK behind a
-    /// REPLY) go out as one GSO send of up to the socket's `max_segments`, gathered in
-    /// `segments`; sent buffers go back to the endpoint for reuse.
-    async fn flush<S: DatagramSocket>(&mut self, udp: &S, segments: &mut Vec<u8>) {
+    /// REPLY) make one run, sent as one GSO message of up to the socket's `max_segments`; the
+    /// runs to all addresses leave together ([`DatagramSocket::send_runs`]); sent buffers go
+    /// back to the endpoint for reuse.
+    async fn flush<S: DatagramSocket>(&mut self, udp: &S, out: &mut Outgoing) {
         self.full.store(self.ep.is_full(), Ordering::Relaxed);
         let max = udp.max_segments().max(1);
-        // The run being gathered: destination, segment size, datagrams in it.
-        let mut run: Option<(SocketAddr, usize, usize)> = None;
+        out.clear();
         while let Some(t) = self.ep.poll_transmit() {
             self.record(true, &t.to, &t.data);
             match t.to {
                 Addr::Udp(a) => {
-                    let len = t.data.len();
-                    let joins = matches!(run, Some((to, size, n))
-                        if to == a && n < max && len <= size && segments.len() == n * size);
-                    if !joins {
-                        if let Some((to, size, _)) = run.take() {
-                            match from_service(&self.service, &self.via_service, to) {
-                                Some(service) => send_run(service, segments, size, to).await,
-                                None => send_run(udp, segments, size, to).await,
-                            }
-                        }
-                        segments.clear();
-                    }
-                    segments.extend_from_slice(&t.data);
-                    run = Some(match run {
-                        Some((to, size, n)) => (to, size, n + 1),
-                        None => (a, len, 1),
-                    });
+                    let service = from_service(&self.service, &self.via_service, a).is_some();
+                    out.push(a, &t.data, max, service);
                     self.ep.recycle(t.data);
+                    if out.bytes.len() >= Outgoing::SEND_AT {
+                        out.send(udp, self.service.as_ref().map(|(_, s)| s)).await;
+                    }
                 }
                 Addr::Local(path) => match &self.unix_out {
                     Some(tx) => {
@@ -370,12 +374,7 @@ impl Driver {
                 }
             }
         }
-        if let Some((to, size, _)) = run {
-            match from_service(&self.service, &self.via_service, to) {
-                Some(service) => send_run(service, segments, size, to).await,
-                None => send_run(udp, segments, size, to).await,
-            }
-        }
+        out.send(udp, self.service.as_ref().map(|(_, s)| s)).await;
     }
 
     /// Starts or stops serving at a service address (a new one replaces the old).
@@ -564,9 +563,94 @@ fn from_service<'a>(
     service.as_ref().filter(|_| via.contains(&to)).map(|(_, s)| s)
 }
 
-/// Sends a gathered run of datagrams of `size` bytes (the last may be shorter) to `to`.
-async fn send_run<S: DatagramSocket>(udp: &S, run: &[u8], size: usize, to: SocketAddr) {
-    if let Err(e) = udp.send_segments(run, size, to).await {
-        tracing::debug!(%to, error = %e, "udp send failed");
+/// Commands handled after the one that woke the driver, before it flushes: enough to gather
+/// a burst of replies, few enough that datagrams waiting on the socket are not starved.
+const COMMANDS_PER_WAKE: usize = 64;
+
+/// A flush's datagrams: their bytes, and the runs over them to send from the endpoint's own
+/// socket and from the service address's.
+#[derive(Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    runs: Vec<Run>,
+    service_runs: Vec<Run>,
+    /// Which list the run at the end of `bytes` is in (`true`: the service list).
+    last: Option<bool>,
+}
+
+impl Outgoing {
+    /// Bytes gathered before they are sent without waiting for the end of the flush.
+    const SEND_AT: usize = 256 * 1024;
+
+    /// Sends what has been gathered, from `udp` or from the service address's socket, and
+    /// empties it.
+    async fn send<S: DatagramSocket>(&mut self, udp: &S, service: Option<&BatchUdp>) {
+        if !self.runs.is_empty() {
+            udp.send_runs(&self.bytes, &self.runs).await;
+        }
+        if let Some(service) = service
+            && !self.service_runs.is_empty()
+        {
+            service.send_runs(&self.bytes, &self.service_runs).await;
+        }
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.runs.clear();
+        self.service_runs.clear();
+        self.last = None;
+    }
+
+    /// Adds a datagram to `to`: to the run at the end when it is to the same address, has
+    /// room (`max` datagrams) and its datagrams are no shorter; else as a new run.
+    fn push(&mut self, to: SocketAddr, data: &[u8], max: usize, service: bool) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        let list = if service { &mut self.service_runs } else { &mut self.runs };
+        if self.last == Some(service)
+            && let Some(r) = list.last_mut()
+            && r.to == to
+            && r.len == r.datagrams() * r.segment_size
+            && r.datagrams() < max
+            && data.len() <= r.segment_size
+        {
+            r.len += data.len();
+            return;
+        }
+        list.push(Run { to, start, len: data.len(), segment_size: data.len() });
+        self.last = Some(service);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_gathers_runs_per_address_and_size() {
+        let (a, b): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:1".parse().expect("a"), "127.0.0.1:2".parse().expect("b"));
+        let mut out = Outgoing::default();
+        for _ in 0..3 {
+            out.push(a, &[1; 512], 4, false);
+        }
+        out.push(a, &[2; 17], 4, false); // a shorter last buffer ends the run
+        out.push(a, &[3; 17], 4, false); // full: four in the run already
+        out.push(b, &[4; 17], 4, false);
+        out.push(b, &[5; 512], 4, false); // longer than the run's datagrams
+        out.push(b, &[6; 9], 4, true); // the service address's socket
+        let runs: Vec<(SocketAddr, usize, usize, usize)> =
+            out.runs.iter().map(|r| (r.to, r.start, r.len, r.segment_size)).collect();
+        assert_eq!(
+            runs,
+            vec![(a, 0, 3 * 512 + 17, 512), (a, 1553, 17, 17), (b, 1570, 17, 17), (b, 1587, 512, 512)]
+        );
+        assert_eq!(out.service_runs, vec![Run { to: b, start: 2099, len: 9, segment_size: 9 }]);
+        assert_eq!(out.bytes.len(), 2108);
+        // After a short datagram closes a run, the next of the same size starts a new one.
+        out.push(b, &[6; 9], 4, false);
+        assert_eq!(out.runs.len(), 5, "the service run in between ends the socket's run");
     }
 }

@@ -18,7 +18,7 @@ pub use handle::{
 };
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{
-    BatchUdp, DatagramSocket, RECV_SLOT, Received, RecvBatch, bind_udp, join_group, set_group_interface,
+    BatchUdp, DatagramSocket, RECV_SLOT, Received, RecvBatch, Run, bind_udp, join_group, set_group_interface,
 };
 
 pub use dabs_proto::{

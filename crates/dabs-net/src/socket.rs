@@ -40,6 +40,19 @@ pub trait DatagramSocket: Send + Sync + 'static {
         }
     }
 
+    /// Sends every run in `runs`, each a slice of `bytes`, failures logged per run (a send
+    /// that fails is a datagram lost on the way: the protocol's retransmission covers it).
+    /// One run at a time unless the socket can do better.
+    fn send_runs(&self, bytes: &[u8], runs: &[Run]) -> impl Future<Output = ()> + Send {
+        async move {
+            for r in runs {
+                if let Err(e) = self.send_segments(r.of(bytes), r.segment_size, r.to).await {
+                    tracing::debug!(to = %r.to, error = %e, "udp send failed");
+                }
+            }
+        }
+    }
+
     /// How many datagrams one [`DatagramSocket::send_segments`] may carry.
     fn max_segments(&self) -> usize {
         1
@@ -64,17 +77,62 @@ pub struct Received {
     pub stride: usize,
 }
 
+/// Datagrams to one address gathered for one send: `len` bytes from `start` of a flush's
+/// buffer, in datagrams of `segment_size` bytes (the last may be shorter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The destination.
+    pub to: SocketAddr,
+    /// Where the run begins in the buffer.
+    pub start: usize,
+    /// Bytes in the run.
+    pub len: usize,
+    /// Bytes per datagram.
+    pub segment_size: usize,
+}
+
+impl Run {
+    /// The run's bytes in `bytes`.
+    pub fn of<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        &bytes[self.start..self.start + self.len]
+    }
+
+    /// Datagrams in the run.
+    pub fn datagrams(&self) -> usize {
+        self.len.div_ceil(self.segment_size.max(1))
+    }
+}
+
 /// Receive buffers for one batch: `slots` slots of `slot` bytes, allocated once per socket.
 pub struct RecvBatch {
     data: Vec<u8>,
     slot: usize,
     received: Vec<Received>,
+    /// Slots offered to the next receive: doubled while batches fill them, halved while
+    /// they stay under half full, so a quiet socket does not prepare 32 headers per datagram.
+    width: usize,
 }
 
 impl RecvBatch {
     /// Buffers for `slots` receives of up to `slot` bytes each.
     pub fn new(slots: usize, slot: usize) -> Self {
-        Self { data: vec![0; slots.max(1) * slot], slot, received: Vec::with_capacity(slots.max(1)) }
+        let slots = slots.max(1);
+        Self { data: vec![0; slots * slot], slot, received: Vec::with_capacity(slots), width: slots.min(2) }
+    }
+
+    /// Slots the next receive offers.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Adapts the width to a receive that filled `got` slots.
+    fn adapt(&mut self, got: usize) {
+        let slots = self.data.len() / self.slot.max(1);
+        if got >= self.width {
+            self.width = (self.width * 2).min(slots);
+        } else if got * 2 < self.width {
+            self.width = (self.width / 2).max(2).min(slots);
+        }
     }
 
     /// Every datagram of the last batch, with its sender, in arrival order.
@@ -135,7 +193,8 @@ impl DatagramSocket for BatchUdp {
                 let mut chunks = batch.data.chunks_mut(slot);
                 let mut bufs: [std::io::IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                     std::array::from_fn(|_| std::io::IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
-                self.state.recv(s.get_ref().into(), &mut bufs, &mut meta)
+                let width = batch.width.clamp(1, quinn_udp::BATCH_SIZE);
+                self.state.recv(s.get_ref().into(), &mut bufs[..width], &mut meta)
             });
             // Err: the readiness was stale (would block); wait for the next.
             let Ok(got) = got else { continue };
@@ -146,6 +205,7 @@ impl DatagramSocket for BatchUdp {
                 len: m.len,
                 stride: m.stride,
             }));
+            batch.adapt(n);
             return Ok(());
         }
     }
@@ -173,6 +233,41 @@ impl DatagramSocket for BatchUdp {
         }
     }
 
+    /// Linux: the runs leave by `sendmmsg`, up to [`MMSG_BATCH`] per system call, each run
+    /// one message (GSO for a run of several datagrams): the ACKs and REPLYs a batch of
+    /// datagrams from many peers calls for go out together. `quinn-udp` sends to one
+    /// destination per call, hence this one call of our own.
+    #[cfg(target_os = "linux")]
+    async fn send_runs(&self, bytes: &[u8], runs: &[Run]) {
+        if let [r] = runs {
+            if let Err(e) = self.send_segments(r.of(bytes), r.segment_size, r.to).await {
+                tracing::debug!(to = %r.to, error = %e, "udp send failed");
+            }
+            return;
+        }
+        let mut next = 0;
+        while next < runs.len() {
+            let chunk = &runs[next..runs.len().min(next + MMSG_BATCH)];
+            match self.io.async_io(tokio::io::Interest::WRITABLE, |s| mmsg::send(s, bytes, chunk)).await {
+                Ok(sent) => next += sent.max(1),
+                Err(e) => {
+                    // The first message of the chunk failed. A GSO run the device refuses goes
+                    // again through quinn-udp, which falls back to single datagrams.
+                    let r = chunk[0];
+                    let again = if r.datagrams() > 1 {
+                        self.send_segments(r.of(bytes), r.segment_size, r.to).await
+                    } else {
+                        Err(e)
+                    };
+                    if let Err(e) = again {
+                        tracing::debug!(to = %r.to, error = %e, "udp send failed");
+                    }
+                    next += 1;
+                }
+            }
+        }
+    }
+
     fn max_segments(&self) -> usize {
         self.state.max_gso_segments()
     }
@@ -184,6 +279,73 @@ impl DatagramSocket for BatchUdp {
             quinn_udp::BATCH_SIZE,
             RECV_SLOT.max(self.state.gro_segments() * dabs_wire::MAX_DATAGRAM),
         )
+    }
+}
+
+/// Messages one `sendmmsg` carries at most.
+pub(crate) const MMSG_BATCH: usize = 64;
+
+#[cfg(target_os = "linux")]
+mod mmsg {
+    use super::{MMSG_BATCH, Run};
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    /// Room for one `UDP_SEGMENT` control message (a u16), 8-byte aligned as `cmsghdr` wants.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(8))]
+    struct Control([u8; 32]);
+
+    /// One `sendmmsg` of up to [`MMSG_BATCH`] runs; how many the kernel took. A run of
+    /// several datagrams carries `UDP_SEGMENT` (GSO).
+    pub(super) fn send(socket: &std::net::UdpSocket, bytes: &[u8], runs: &[Run]) -> io::Result<usize> {
+        let n = runs.len().min(MMSG_BATCH);
+        let names: [Option<socket2::SockAddr>; MMSG_BATCH] =
+            std::array::from_fn(|i| runs.get(i).filter(|_| i < n).map(|r| socket2::SockAddr::from(r.to)));
+        let mut iovs: [libc::iovec; MMSG_BATCH] =
+            [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MMSG_BATCH];
+        let mut controls = [Control([0; 32]); MMSG_BATCH];
+        // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+        let mut hdrs: [libc::mmsghdr; MMSG_BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            let (r, name) = (&runs[i], names[i].as_ref().expect("a name per run below n"));
+            let data = r.of(bytes);
+            iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+            let h = &mut hdrs[i].msg_hdr;
+            h.msg_name = name.as_ptr() as *mut libc::c_void;
+            h.msg_namelen = name.len();
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            if r.datagrams() > 1 {
+                let segment = u16::try_from(r.segment_size).unwrap_or(u16::MAX);
+                // SAFETY: CMSG_SPACE of a u16 (24 bytes on 64-bit targets) fits in Control's 32
+                // bytes; CMSG_FIRSTHDR returns a pointer into that buffer, aligned for cmsghdr
+                // by Control's alignment, and CMSG_DATA points inside it.
+                unsafe {
+                    let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+                    debug_assert!(space <= std::mem::size_of::<Control>());
+                    h.msg_control = controls[i].0.as_mut_ptr() as *mut libc::c_void;
+                    h.msg_controllen = space;
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, segment);
+                }
+            }
+        }
+        loop {
+            // SAFETY: hdrs[..n] point at names, iovecs, controls and bytes that all outlive the
+            // call; the kernel only reads them (and writes msg_len).
+            let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as u32, 0) };
+            if sent >= 0 {
+                return Ok(sent as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 }
 
@@ -247,4 +409,71 @@ pub fn set_group_interface(socket: &tokio::net::UdpSocket, interface: Ipv4Addr) 
     s.set_multicast_if_v4(&interface)?;
     s.set_multicast_ttl_v4(if interface.is_loopback() { 0 } else { 1 })?;
     s.set_multicast_loop_v4(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn receiver() -> BatchUdp {
+        BatchUdp::new(bind_udp("127.0.0.1:0".parse().expect("literal")).expect("bind")).expect("batch socket")
+    }
+
+    /// Every datagram `socket` gets until `n` have come, or fails after 5 s.
+    async fn receive(socket: &BatchUdp, n: usize) -> Vec<Vec<u8>> {
+        let mut batch = socket.recv_buffers();
+        let mut got = Vec::new();
+        while got.len() < n {
+            tokio::time::timeout(Duration::from_secs(5), socket.recv_batch(&mut batch))
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} datagrams arrived", got.len()))
+                .expect("receive");
+            got.extend(batch.datagrams().map(|(_, d)| d.to_vec()));
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn runs_to_several_addresses_arrive_whole_and_in_order() {
+        let (a, b) = (receiver().await, receiver().await);
+        let sender = receiver().await;
+        let mut bytes = Vec::new();
+        let mut runs = Vec::new();
+        let mut push = |to: SocketAddr, datagrams: &[Vec<u8>]| {
+            let start = bytes.len();
+            for d in datagrams {
+                bytes.extend_from_slice(d);
+            }
+            runs.push(Run { to, start, len: bytes.len() - start, segment_size: datagrams[0].len() });
+        };
+        let to_a: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; if i == 4 { 100 } else { 512 }]).collect();
+        let to_b = vec![vec![9u8; 30]];
+        let more_a = vec![vec![7u8; 20]];
+        push(a.local_addr().expect("addr"), &to_a);
+        push(b.local_addr().expect("addr"), &to_b);
+        push(a.local_addr().expect("addr"), &more_a);
+        sender.send_runs(&bytes, &runs).await;
+        let got_a = receive(&a, 6).await;
+        let want_a: Vec<Vec<u8>> = to_a.iter().chain(&more_a).cloned().collect();
+        assert_eq!(got_a, want_a, "a run of five (GSO where the kernel has it) and then a single datagram");
+        assert_eq!(receive(&b, 1).await, to_b);
+    }
+
+    #[test]
+    fn the_receive_width_follows_what_batches_bring() {
+        let mut batch = RecvBatch::new(32, 64);
+        assert_eq!(batch.width(), 2);
+        for _ in 0..5 {
+            let w = batch.width();
+            batch.adapt(w);
+        }
+        assert_eq!(batch.width(), 32, "full batches double it up to the slots");
+        batch.adapt(32);
+        assert_eq!(batch.width(), 32);
+        for _ in 0..10 {
+            batch.adapt(1);
+        }
+        assert_eq!(batch.width(), 2, "batches of one halve it, but not below two");
+    }
 }
