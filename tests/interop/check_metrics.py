@@ -36,10 +36,13 @@ COUNTERS = [
     "mp_sessions_encrypted", "mp_auth_failures", "mp_replays_dropped", "mp_naks_sent",
     "mp_naks_received", "mp_sessions_reclaimed", "spawns", "moves", "failovers",
     "portions_retired", "auth_failures", "client_alerts",
+    # Jobs (seed 002): the owner's counters, and a compute server's own statistics.
+    "jobs_accepted", "job_results_committed", "job_results_repeated", "job_tasks_replaced",
+    "jobs_taken_over", "job_tasks_completed", "job_tasks_failed", "job_busy_milliseconds",
 ]
 GAUGES = [
     "sessions", "portions", "farm_members", "health_score", "load_score", "accepting",
-    "draining", "decider", "app_portions", "app_sessions",
+    "draining", "decider", "app_portions", "app_sessions", "job_tasks_queued", "job_last_done_ms",
 ]
 KINDS = {f"dabs_{n}": "counter" for n in COUNTERS}
 KINDS.update({f"dabs_{n}": "gauge" for n in GAUGES})
