@@ -5,6 +5,7 @@ use crate::handle::{
 };
 use crate::inproc;
 use crate::socket::{BatchUdp, DatagramSocket, RecvBatch, Run, bind_udp, join_group, set_group_interface};
+use crate::stream::{StreamIn, Streams};
 use crate::unix_ms;
 use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
 use dabs_wire::{Header, NakCode};
@@ -33,6 +34,9 @@ pub struct DriverOptions {
     /// clock is behind (negative) makes its receivers measure that much more latency. For
     /// tests and fault injection; 0 in production.
     pub clock_offset_ms: i64,
+    /// Also accept MP over TCP (interop.md, "MP over a stream") on the UDP socket's address
+    /// and port. Sending to an `Addr::Tcp` peer works either way.
+    pub tcp: bool,
 }
 
 /// Binds a UDP socket at `bind` and starts an endpoint on it.
@@ -70,9 +74,21 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         },
         None => (None, None),
     };
+    let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+    let streams = Streams::new(stream_tx, udp_addr, !options.tcp);
+    let tcp = if options.tcp {
+        let listener = std::net::TcpListener::bind(udp_addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        streams.listen(tokio::net::TcpListener::from_std(listener)?);
+        Some(addr)
+    } else {
+        None
+    };
     let (inproc_id, inproc_rx) = inproc::register();
     let local = Arc::new(LocalAddrs {
         udp: udp_addr,
+        tcp,
         unix: options.unix_path.clone(),
         inproc: inproc_id,
         group_error,
@@ -113,9 +129,10 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
         closed_sink: None,
         service: None,
         via_service: HashSet::new(),
+        streams,
     };
     drop(cmd_tx);
-    tokio::spawn(driver.run(socket, unix, group, inproc_rx, cmd_rx));
+    tokio::spawn(driver.run(socket, unix, group, inproc_rx, stream_rx, cmd_rx));
     Ok(handle)
 }
 
@@ -138,6 +155,8 @@ struct Driver {
     service: Option<(SocketAddr, BatchUdp)>,
     /// Peers last heard at the service address: answered from it.
     via_service: HashSet<SocketAddr>,
+    /// MP over TCP: the connections, by peer.
+    streams: Streams,
 }
 
 /// Peers remembered as heard at the service address, at most: beyond, the set starts again
@@ -151,6 +170,7 @@ enum Wake {
     Group(io::Result<()>),
     Service(io::Result<()>),
     Inproc(Option<(u64, Vec<u8>)>),
+    Stream(Option<StreamIn>),
     Timer,
 }
 
@@ -181,6 +201,7 @@ impl Driver {
         unix: Option<Arc<UnixDatagram>>,
         group: Option<BatchUdp>,
         mut inproc_rx: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+        mut stream_rx: mpsc::UnboundedReceiver<StreamIn>,
         mut cmd_rx: mpsc::UnboundedReceiver<Command>,
     ) {
         let mut udp_batch = udp.recv_buffers();
@@ -235,6 +256,7 @@ impl Driver {
                     }
                 } => Wake::Service(r),
                 m = inproc_rx.recv() => Wake::Inproc(m),
+                m = stream_rx.recv() => Wake::Stream(m),
                 _ = &mut sleep, if armed.is_some() => Wake::Timer,
             };
             let now = self.now();
@@ -322,6 +344,14 @@ impl Driver {
                     self.ep.handle_datagram(now, from, &data);
                 }
                 Wake::Inproc(None) => {}
+                Wake::Stream(Some(event)) => {
+                    if let Some((peer, data)) = self.streams.on_event(event) {
+                        let from = Addr::Tcp(peer);
+                        self.record(false, &from, &data);
+                        self.ep.handle_datagram(now, from, &data);
+                    }
+                }
+                Wake::Stream(None) => {}
                 Wake::Timer => {}
             }
             self.ep.handle_timeout(self.now());
@@ -372,6 +402,7 @@ impl Driver {
                         tracing::debug!(to = id, "in-process endpoint is gone");
                     }
                 }
+                Addr::Tcp(a) => self.streams.send(a, t.data),
             }
         }
         out.send(udp, self.service.as_ref().map(|(_, s)| s)).await;

@@ -131,6 +131,8 @@ pub(crate) enum Command {
 pub struct LocalAddrs {
     /// Its UDP address.
     pub udp: SocketAddr,
+    /// Where it accepts MP over TCP, if it does ([`crate::DriverOptions::tcp`]).
+    pub tcp: Option<SocketAddr>,
     /// Its Unix datagram socket, if it has one.
     pub unix: Option<PathBuf>,
     /// Its id in this process's in-process registry.

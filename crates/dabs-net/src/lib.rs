@@ -10,6 +10,7 @@ mod handle;
 mod inproc;
 mod proximity;
 mod socket;
+mod stream;
 
 pub use driver::{DriverOptions, spawn, spawn_with_socket};
 pub use handle::{

@@ -13,13 +13,17 @@ pub enum Addr {
     Local(Arc<str>),
     /// An endpoint in this process, by its registry id: reliable, no ACK/NAK.
     InProc(u64),
+    /// MP over a TCP connection to or from this address (interop.md, "MP over a stream"):
+    /// ACKed and retransmitted as over UDP, since a connection can break with datagrams in
+    /// flight and the next one must not lose or repeat a message.
+    Tcp(SocketAddr),
 }
 
 impl Addr {
     /// True when the link itself neither loses nor corrupts datagrams, so ACKs and
     /// retransmissions are left out (replies are still timed).
     pub fn is_reliable_link(&self) -> bool {
-        !matches!(self, Addr::Udp(_))
+        !matches!(self, Addr::Udp(_) | Addr::Tcp(_))
     }
 }
 
@@ -29,6 +33,7 @@ impl fmt::Display for Addr {
             Addr::Udp(a) => write!(f, "{a}"),
             Addr::Local(p) => write!(f, "unix:{p}"),
             Addr::InProc(id) => write!(f, "inproc:{id}"),
+            Addr::Tcp(a) => write!(f, "tcp:{a}"),
         }
     }
 }
