@@ -33,9 +33,12 @@ pub async fn connect_app(
     connect_with(farm, profile, app, Security::default()).await
 }
 
-/// How a calculator client protects its session.
+/// How a calculator client reaches the farm and protects its session.
 #[derive(Clone, Debug, Default)]
 pub struct Security {
+    /// Reach the farm by MP over TCP (`farm` is then a node's MP address), for networks that
+    /// block UDP.
+    pub tcp: bool,
     /// Encrypt the session (Noise NN unless `farm_key` pins the farm).
     pub encrypt: bool,
     /// The farm secret, to verify `FAILOVER` notices.
@@ -51,9 +54,13 @@ pub async fn connect_with(
     app: &str,
     security: Security,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
-    let Security { encrypt, secret, farm_key } = security;
+    let Security { tcp, encrypt, secret, farm_key } = security;
+    // A farm on loopback (or its group, joined on loopback) is reached from it; a node
+    // elsewhere from the interface that routes to it.
+    let ip = farm.ip();
+    let bind = if ip.is_loopback() || ip.is_multicast() { "127.0.0.1:0" } else { "0.0.0.0:0" };
     let endpoint = dabs_net::spawn(
-        "127.0.0.1:0".parse().expect("literal"),
+        bind.parse().expect("literal"),
         DriverOptions { config: client_config(), ..Default::default() },
     )
     .await
@@ -63,6 +70,7 @@ pub async fn connect_with(
         encrypt,
         secret,
         farm_key,
+        tcp,
         ..FarmClientOptions::new(farm, app)
     };
     let client = Arc::new(

@@ -155,6 +155,9 @@ enum Command {
         /// Noise NK against it and refuse any server that cannot prove it holds the farm's key.
         #[arg(long, value_parser = parse_farm_key)]
         farm_key: Option<[u8; 32]>,
+        /// Speak MP over TCP to the node at --farm (its MP port), where UDP is blocked.
+        #[arg(long)]
+        tcp: bool,
         /// First operand.
         #[arg(allow_hyphen_values = true)]
         a: String,
@@ -433,8 +436,8 @@ fn main() -> ExitCode {
         Command::Farm { command: FarmCommand::Up { nodes, dir, secret, token, apps, hosts, etcd } } => {
             farm::farm_up(nodes, dir, secret, token.or_else(env_token), &apps, hosts, etcd)
         }
-        Command::Calc { farm, fat, encrypt, farm_key, a, op, b } => {
-            calc::run(farm, &a, &op, &b, fat, calc::Security { encrypt, secret: None, farm_key })
+        Command::Calc { farm, fat, encrypt, farm_key, tcp, a, op, b } => {
+            calc::run(farm, &a, &op, &b, fat, calc::Security { tcp, encrypt, secret: None, farm_key })
         }
         Command::Mp { command: MpCommand::Demo } => codec_demo::codec_demo(),
         Command::Mp { command: MpCommand::Decode } => mp_tools::decode_stdin(),

@@ -309,13 +309,48 @@ pub fn open_reply_secured(
     queue: u16,
     security: Option<&SecuritySpec>,
 ) -> Vec<u8> {
+    open_reply_with_channels(va, addr, queue, security, &[])
+}
+
+/// The REPLY payload of `OPEN_SESSION` naming, under `channels`, the server's address for
+/// each channel it accepts beside UDP (interop.md: `"udp"`, `"tcp"`, `"ws"` to `"IP:port"` or
+/// a URL); left out when `channels` is empty.
+pub fn open_reply_with_channels(
+    va: &str,
+    addr: SocketAddr,
+    queue: u16,
+    security: Option<&SecuritySpec>,
+    channels: &[(&str, String)],
+) -> Vec<u8> {
     let security = security.map_or(Value::Null, |s| SecurityOffer::of(s).to_value());
-    cbor(&Value::Map(vec![
+    let mut entries = vec![
         (Value::Text("va".into()), Value::Text(va.into())),
         (Value::Text("addr".into()), Value::Text(addr.to_string())),
         (Value::Text("queue".into()), Value::Integer(queue.into())),
         (Value::Text("security".into()), security),
-    ]))
+    ];
+    if !channels.is_empty() {
+        let map = channels.iter().map(|(k, v)| (Value::Text((*k).into()), Value::Text(v.clone()))).collect();
+        entries.push((Value::Text("channels".into()), Value::Map(map)));
+    }
+    cbor(&Value::Map(entries))
+}
+
+/// The `channels` of an `OPEN_SESSION` REPLY: each channel's name and address (empty when
+/// the server names none; entries that are not text are skipped).
+pub fn parse_open_channels(payload: &[u8]) -> Result<Vec<(String, String)>, ShapeError> {
+    let Value::Map(entries) = read_cbor(payload, OPEN_REPLY)? else {
+        return Err(ShapeError::NotAMap { what: OPEN_REPLY.into() });
+    };
+    let Some(Value::Map(channels)) =
+        entries.into_iter().find(|(k, _)| k.as_text() == Some("channels")).map(|(_, v)| v)
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(channels
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.as_text()?.to_owned(), v.as_text()?.to_owned())))
+        .collect())
 }
 
 const OPEN_REPLY: &str = "OPEN_SESSION reply";
@@ -522,6 +557,21 @@ mod tests {
         let no_size = SecurityOffer { key_size: None, ..ours };
         assert!(negotiate_security(Some(&[no_size]), true).is_err());
         assert!(negotiate_security(Some(&[]), true).is_err(), "an empty offer names nothing");
+    }
+
+    #[test]
+    fn the_reply_names_its_channels_only_when_it_has_some() {
+        let addr: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let plain = open_reply("mp://f/calc/dasp/1", addr, 16);
+        assert!(parse_open_channels(&plain).unwrap().is_empty());
+        let both = [("udp", "127.0.0.1:5".to_owned()), ("tcp", "127.0.0.1:5".to_owned())];
+        let reply = open_reply_with_channels("mp://f/calc/dasp/1", addr, 16, None, &both);
+        assert_eq!(parse_open_reply(&reply).unwrap(), ("mp://f/calc/dasp/1".into(), addr, 16));
+        assert_eq!(
+            parse_open_channels(&reply).unwrap(),
+            vec![("udp".to_owned(), "127.0.0.1:5".to_owned()), ("tcp".to_owned(), "127.0.0.1:5".to_owned())]
+        );
+        assert!(matches!(parse_open_channels(b"\x01"), Err(ShapeError::NotAMap { .. })));
     }
 
     #[test]

@@ -39,20 +39,59 @@ pub struct DriverOptions {
     pub tcp: bool,
 }
 
-/// Binds a UDP socket at `bind` and starts an endpoint on it.
+/// Binds a UDP socket at `bind` and starts an endpoint on it (and a TCP listener on the same
+/// port number with [`DriverOptions::tcp`]).
 pub async fn spawn(bind: SocketAddr, options: DriverOptions) -> io::Result<EndpointHandle> {
-    let socket = bind_udp(bind)?;
-    if let Some((group, interface)) = options.group
-        && let Err(e) = set_group_interface(&socket, interface)
-    {
-        // Sends to the group fail too, then; unicast (seeds, members) still works.
-        tracing::warn!(%group, %interface, error = %e, "cannot send to the farm's multicast group from this interface");
+    // An ephemeral UDP port's number may be taken for TCP: then another port is tried.
+    let attempts = if options.tcp && bind.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let socket = bind_udp(bind)?;
+        let listener = if options.tcp {
+            match tcp_listener(socket.local_addr()?) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if let Some((group, interface)) = options.group
+            && let Err(e) = set_group_interface(&socket, interface)
+        {
+            // Sends to the group fail too, then; unicast (seeds, members) still works.
+            tracing::warn!(%group, %interface, error = %e, "cannot send to the farm's multicast group from this interface");
+        }
+        return start(BatchUdp::new(socket)?, options, listener);
     }
-    spawn_with_socket(BatchUdp::new(socket)?, options)
+    let e = last.unwrap_or_else(|| io::Error::other("no attempt made"));
+    Err(io::Error::new(e.kind(), format!("cannot listen for MP over TCP on the MP port ({bind}): {e}")))
+}
+
+/// A TCP listener at `addr` (the endpoint's UDP address: the same port number).
+fn tcp_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    // A restarted node takes its port again while old connections are still closing.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 /// Starts an endpoint on an already bound datagram socket (tokio's, or a simulated one).
 pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -> io::Result<EndpointHandle> {
+    let listener = if options.tcp { Some(tcp_listener(socket.local_addr()?)?) } else { None };
+    start(socket, options, listener)
+}
+
+fn start<S: DatagramSocket>(
+    socket: S,
+    options: DriverOptions,
+    listener: Option<tokio::net::TcpListener>,
+) -> io::Result<EndpointHandle> {
     let udp_addr = socket.local_addr()?;
     let unix = match &options.unix_path {
         Some(path) => {
@@ -76,14 +115,13 @@ pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -
     };
     let (stream_tx, stream_rx) = mpsc::unbounded_channel();
     let streams = Streams::new(stream_tx, udp_addr, !options.tcp);
-    let tcp = if options.tcp {
-        let listener = std::net::TcpListener::bind(udp_addr)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        streams.listen(tokio::net::TcpListener::from_std(listener)?);
-        Some(addr)
-    } else {
-        None
+    let tcp = match listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            streams.listen(listener);
+            Some(addr)
+        }
+        None => None,
     };
     let (inproc_id, inproc_rx) = inproc::register();
     let local = Arc::new(LocalAddrs {

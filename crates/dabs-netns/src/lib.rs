@@ -203,7 +203,12 @@ impl Hosts {
     pub fn block_multicast(&self) -> Result<(), NetnsError> {
         let rules = "table bridge dabs {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  \
                      ip daddr 224.0.0.0/4 counter drop\n }\n}\n";
-        let path = std::env::temp_dir().join(format!("{}.nft", self.switch.name()));
+        self.nft(rules, "multicast")
+    }
+
+    /// Loads nftables `rules` into the switch's namespace (through a file named for `what`).
+    fn nft(&self, rules: &str, what: &str) -> Result<(), NetnsError> {
+        let path = std::env::temp_dir().join(format!("{}-{what}.nft", self.switch.name()));
         std::fs::write(&path, rules).map_err(|e| NetnsError::Failed {
             command: format!("write {}", path.display()),
             stderr: e.to_string(),
@@ -213,16 +218,41 @@ impl Hosts {
         done
     }
 
+    /// Drops UDP to host `i`'s `port` at the bridge (nftables), as a network that lets only TCP
+    /// through would; TCP to it still crosses.
+    pub fn block_udp_to(&self, i: usize, port: u16) -> Result<(), NetnsError> {
+        let rules = format!(
+            "table bridge dabs_udp {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  \
+             ip daddr {} udp dport {port} counter drop\n }}\n}}\n",
+            Hosts::addr(i)
+        );
+        self.nft(&rules, "udp")
+    }
+
+    /// UDP packets [`Hosts::block_udp_to`] dropped so far.
+    pub fn udp_dropped(&self) -> u64 {
+        let Ok(out) = self.switch.command("nft").args(["list", "table", "bridge", "dabs_udp"]).output()
+        else {
+            return 0;
+        };
+        packets_of(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// Multicast packets the bridge dropped so far ([`Hosts::block_multicast`]'s counter).
     pub fn multicast_dropped(&self) -> u64 {
         let Ok(out) = self.switch.command("nft").args(["list", "table", "bridge", "dabs"]).output() else {
             return 0;
         };
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split("packets ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        packets_of(&String::from_utf8_lossy(&out.stdout))
     }
+}
+
+/// The packet count of the first `counter` in an `nft list` output.
+fn packets_of(listing: &str) -> u64 {
+    listing
+        .split("packets ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

@@ -48,9 +48,18 @@ pub struct FarmClientOptions {
     /// closed: a server that cannot prove the key fails the open (NAK 9 or 13), never falls
     /// back to NN or clear. Implies `encrypt`.
     pub farm_key: Option<[u8; 32]>,
+    /// Speak MP over TCP (interop.md, "MP over a stream"), for networks that block UDP:
+    /// `farm` is then a node's MP address, whose TCP port is the same number (a multicast
+    /// group cannot be reached over TCP), and moves go to the alternates' TCP ports too.
+    pub tcp: bool,
 }
 
 impl FarmClientOptions {
+    /// The peer address of `addr` on this client's channel.
+    pub fn peer(&self, addr: SocketAddr) -> Addr {
+        if self.tcp { Addr::Tcp(addr) } else { Addr::Udp(addr) }
+    }
+
     /// Options for `app` on the farm at `farm`.
     pub fn new(farm: SocketAddr, app: &str) -> Self {
         Self {
@@ -66,6 +75,7 @@ impl FarmClientOptions {
             device_group: None,
             encrypt: false,
             farm_key: None,
+            tcp: false,
         }
     }
 }
@@ -213,7 +223,8 @@ impl FarmClient {
         if let Some(s) = current.as_ref() {
             return Ok(s.clone());
         }
-        let s = open_session(&self.endpoint, &self.options, Addr::Udp(self.options.farm), self.va()).await?;
+        let s = open_session(&self.endpoint, &self.options, self.options.peer(self.options.farm), self.va())
+            .await?;
         if let Ok((va, _, _)) = parse_open_reply(&s.reply) {
             *self.va.lock().unwrap_or_else(|e| e.into_inner()) = Some(va);
         }
@@ -337,14 +348,15 @@ async fn listen(
     let mut last_alert: Option<tokio::time::Instant> = None;
     while let Some(req) = requests.recv().await {
         let command = req.request.command;
-        let Addr::Udp(server) = req.request.peer.clone() else {
+        let peer = req.request.peer.clone();
+        let (Addr::Udp(server) | Addr::Tcp(server)) = peer else {
             req.reject(NakCode::UnknownCommand, "only network servers send client commands");
             continue;
         };
         if command == SystemCommand::Shutdown.number() {
             req.reply(Vec::new());
             let mut cur = current.lock().await;
-            if cur.as_ref().is_some_and(|s| s.peer == Addr::Udp(server)) {
+            if cur.as_ref().is_some_and(|s| s.peer == peer) {
                 *cur = None;
             }
             continue;
@@ -379,7 +391,7 @@ async fn listen(
         // Answered once the move is made: a refusal tells the server we are still its client.
         let mut moved = false;
         for alt in &notice.alternates {
-            match open_session(&endpoint, &options, Addr::Udp(alt.addr), Some(alt.va.clone())).await {
+            match open_session(&endpoint, &options, options.peer(alt.addr), Some(alt.va.clone())).await {
                 Ok(s) => {
                     if let Ok((new_va, _, _)) = parse_open_reply(&s.reply) {
                         *va.lock().unwrap_or_else(|e| e.into_inner()) = Some(new_va);
@@ -389,7 +401,7 @@ async fn listen(
                     // A session with another server than the sender (we are called back) is
                     // done with once its calls have had time to finish; the sender's stays
                     // open so it can call us back.
-                    if let Some(old) = left.filter(|o| o.peer != Addr::Udp(server)) {
+                    if let Some(old) = left.filter(|o| o.peer != peer) {
                         tokio::spawn(async move {
                             tokio::time::sleep(LEFT_SESSION_GRACE).await;
                             old.close();

@@ -20,6 +20,7 @@ pub struct NodeConfigBuilder {
     operator: Option<String>,
     secret: Option<String>,
     accept_encryption: Option<bool>,
+    tcp: Option<bool>,
     apps: String,
     extra: String,
 }
@@ -45,6 +46,7 @@ impl NodeConfigBuilder {
             operator: None,
             secret: None,
             accept_encryption: None,
+            tcp: None,
             apps: String::new(),
             extra: String::new(),
         }
@@ -104,6 +106,12 @@ impl NodeConfigBuilder {
     /// Sets `node.accept_encryption`.
     pub fn accept_encryption(mut self, accept: bool) -> Self {
         self.accept_encryption = Some(accept);
+        self
+    }
+
+    /// Sets `node.tcp`: clients may reach the node by MP over TCP.
+    pub fn tcp(mut self, on: bool) -> Self {
+        self.tcp = Some(on);
         self
     }
 
@@ -170,6 +178,9 @@ impl NodeConfigBuilder {
         }
         if let Some(accept) = self.accept_encryption {
             out.push_str(&format!("accept_encryption = {accept}\n"));
+        }
+        if let Some(on) = self.tcp {
+            out.push_str(&format!("tcp = {on}\n"));
         }
         out.push_str(&self.extra);
         out.push_str(&self.apps);

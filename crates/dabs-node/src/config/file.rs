@@ -111,6 +111,7 @@ pub(crate) struct RawNode {
     pub(crate) announce_interval_ms: Option<Spanned<u64>>,
     pub(crate) lease_ms: Option<Spanned<u64>>,
     pub(crate) accept_encryption: Option<bool>,
+    pub(crate) tcp: Option<bool>,
     pub(crate) max_portions: Option<Spanned<u64>>,
 }
 

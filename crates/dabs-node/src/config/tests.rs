@@ -112,6 +112,7 @@ fn defaults_fill_in() {
     assert_eq!(c.node.announce_interval, Duration::from_millis(250));
     assert_eq!(c.node.lease, Duration::from_millis(1500));
     assert!(c.node.accept_encryption, "encryption is accepted unless turned off");
+    assert!(!c.node.tcp, "MP over TCP is off unless turned on");
     assert_eq!(c.timeouts, BTreeMap::from([("default".to_string(), Duration::from_millis(100))]));
     assert_eq!(c.timeout_for("db"), Duration::from_millis(100));
     assert_eq!(c.latency.max_message_latency, Duration::from_millis(200));
@@ -320,6 +321,8 @@ fn bad_configs_point_at_the_line() {
     refused(&format!("app = 5\n{MINIMAL}"), Some(1), &["app", "sequence"]);
     refused("farm = 5\n", Some(1), &["farm", "a table"]);
     refused(&with("[node]", "accept_encryption = \"no\""), Some(7), &["node.accept_encryption", "bool"]);
+    refused(&with("[node]", "tcp = \"yes\""), Some(7), &["node.tcp", "bool"]);
+    assert!(parse(&with("[node]", "tcp = true")).unwrap().node.tcp);
     refused(
         &with("[farm]", "accept_encryption = false"),
         Some(3),

@@ -75,6 +75,7 @@ fn everything_set() -> NodeConfig {
             lease: ms(60_000),
             max_portions: 9,
             accept_encryption: false,
+            tcp: true,
         },
         timeouts: BTreeMap::from([
             ("default".to_string(), ms(1)),

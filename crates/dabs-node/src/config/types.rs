@@ -243,6 +243,9 @@ pub struct NodeSection {
     /// Whether clients may open encrypted sessions here (R-MP-5); with `false` a client that
     /// offers security is refused with NAK 13. Default true.
     pub accept_encryption: bool,
+    /// Whether clients may reach this node by MP over TCP (interop.md, "MP over a stream")
+    /// on its MP port number, for networks that block UDP. Default false.
+    pub tcp: bool,
     /// Portions this node runs at most, every application together (1 ..= 65 520, default
     /// 256): a start beyond it — spawned, assigned, restored — is refused.
     pub max_portions: u32,

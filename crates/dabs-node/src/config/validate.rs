@@ -256,6 +256,7 @@ impl Cx<'_> {
             });
         }
         let accept_encryption = raw.accept_encryption.unwrap_or(DEFAULT_ACCEPT_ENCRYPTION);
+        let tcp = raw.tcp.unwrap_or(false);
         let max_portions = match &raw.max_portions {
             Some(v) => self.int_in(v, "node.max_portions", MAX_PORTIONS_RANGE)? as u32,
             None => DEFAULT_MAX_PORTIONS,
@@ -268,6 +269,7 @@ impl Cx<'_> {
             announce_interval,
             lease,
             accept_encryption,
+            tcp,
             max_portions,
         })
     }

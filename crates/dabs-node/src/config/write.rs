@@ -96,6 +96,7 @@ fn node(n: &NodeSection) -> RawNode {
         announce_interval_ms: Some(ms(n.announce_interval)),
         lease_ms: Some(ms(n.lease)),
         accept_encryption: Some(n.accept_encryption),
+        tcp: Some(n.tcp),
         max_portions: Some(unspanned(u64::from(n.max_portions))),
     }
 }

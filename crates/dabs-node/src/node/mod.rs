@@ -409,6 +409,7 @@ impl Node {
             DriverOptions { group: Some((config.farm.group, config.farm.interface)), ..Default::default() };
         // The endpoint refuses the key exchange too: no session is keyed here against the setting.
         options.config.accept_encryption = config.node.accept_encryption;
+        options.tcp = config.node.tcp;
         // Clients that pin the farm's key (Noise_NK) need the static key derived from the secret.
         options.config.static_key = config.farm.secret.as_deref().map(|s| {
             use dabs_farm_proto::keys::{FarmKeys, Purpose};

@@ -6,7 +6,7 @@ use super::{Inner, Lifecycle, failover::ClientEntry};
 use crate::db::PortionRecord;
 use crate::stats::PortionFigures;
 use dabs_farm_proto::portion::{PortionContext, PortionReport, RuntimeEvent};
-use dabs_farm_proto::shapes::{OpenAsk, open_reply_secured};
+use dabs_farm_proto::shapes::{OpenAsk, open_reply_with_channels};
 use dabs_net::{Addr, OpenRequest, unix_ms};
 use dabs_wire::NakCode;
 use std::sync::Arc;
@@ -239,7 +239,18 @@ impl Inner {
                 started
             }
         };
-        let payload = open_reply_secured(&va, self.reply_addr(&req.peer), queue, security.as_ref());
+        let reply_addr = self.reply_addr(&req.peer);
+        // A node that takes MP over TCP names both channels (interop.md), the same port number.
+        let channels: Vec<(&str, String)> = match self.endpoint.local_addrs().tcp {
+            Some(tcp) => {
+                vec![
+                    ("udp", reply_addr.to_string()),
+                    ("tcp", std::net::SocketAddr::new(reply_addr.ip(), tcp.port()).to_string()),
+                ]
+            }
+            None => Vec::new(),
+        };
+        let payload = open_reply_with_channels(&va, reply_addr, queue, security.as_ref(), &channels);
         let endpoint = self.endpoint.clone();
         let req = req.clone();
         let (figures, events) = {
