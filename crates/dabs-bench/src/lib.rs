@@ -9,7 +9,8 @@
 //!   bidirectional stream per request or one long-lived stream with
 //!   length-prefixed frames (see [`quic::QuicMode`]);
 //! * [`mp::MpEcho`] — MP, the project's own protocol, through `dabs-net`'s
-//!   tokio driver, with and without the CRC byte, in clear and encrypted.
+//!   tokio driver, with and without the CRC byte, in clear and encrypted, and over TCP
+//!   (interop.md's length-prefixed frames, `mp/tcp`).
 //!
 //! Another transport plugs in as one more implementation of [`Transport`] +
 //! [`Client`]; see `README.md` for the recipe.
@@ -147,6 +148,7 @@ pub fn default_transports() -> anyhow::Result<Vec<Arc<dyn Transport>>> {
         Arc::new(mp::MpEcho::new(true)),
         Arc::new(mp::MpEcho::encrypted(false)),
         Arc::new(mp::MpEcho::encrypted(true)),
+        Arc::new(mp::MpEcho::over_tcp()),
     ])
 }
 

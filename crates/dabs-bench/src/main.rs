@@ -121,7 +121,13 @@ fn main() -> anyhow::Result<()> {
         }));
     let mut opens = Vec::new();
     if args.opens > 0 {
-        let mp = [MpEcho::new(false), MpEcho::new(true), MpEcho::encrypted(false), MpEcho::encrypted(true)];
+        let mp = [
+            MpEcho::new(false),
+            MpEcho::new(true),
+            MpEcho::encrypted(false),
+            MpEcho::encrypted(true),
+            MpEcho::over_tcp(),
+        ];
         for t in mp.iter().filter(|t| args.only.is_empty() || args.only.iter().any(|o| *o == t.name())) {
             // A tenth as many unmeasured opens first, to warm caches and the allocator.
             let o = runtime.block_on(t.open_cost(args.opens / 10, args.opens))?;

@@ -35,6 +35,8 @@ const VA: &str = "mp://bench/echo/dasp/1";
 pub struct MpEcho {
     crc: bool,
     encrypt: bool,
+    /// Over TCP (the server listens on its MP port number) instead of UDP.
+    tcp: bool,
 }
 
 /// How long opening a session takes, one open at a time from one client.
@@ -56,16 +58,26 @@ impl MpEcho {
     /// `crc`: whether the datagrams each endpoint originates carry the CRC-8 byte
     /// (the session then uses CRCs both ways).
     pub fn new(crc: bool) -> Self {
-        Self { crc, encrypt: false }
+        Self { crc, encrypt: false, tcp: false }
     }
 
     /// Like [`MpEcho::new`], with every session encrypted (Noise NN, ChaCha20-Poly1305).
     pub fn encrypted(crc: bool) -> Self {
-        Self { crc, encrypt: true }
+        Self { crc, encrypt: true, tcp: false }
     }
 
-    fn options(&self) -> DriverOptions {
-        DriverOptions { config: Config { crc: self.crc, ..Config::default() }, ..DriverOptions::default() }
+    /// MP in clear, CRC off, over TCP (interop.md, "MP over a stream").
+    pub fn over_tcp() -> Self {
+        Self { crc: false, encrypt: false, tcp: true }
+    }
+
+    /// The server's options listen on TCP too when measuring TCP (clients need no listener).
+    fn options(&self, server: bool) -> DriverOptions {
+        DriverOptions {
+            config: Config { crc: self.crc, ..Config::default() },
+            tcp: self.tcp && server,
+            ..DriverOptions::default()
+        }
     }
 
     /// The `OPEN_SESSION` payload: the application, and the security offer when encrypting.
@@ -76,7 +88,12 @@ impl MpEcho {
 
     async fn open(&self, ep: &EndpointHandle, server: SocketAddr) -> anyhow::Result<Session> {
         let session = ep
-            .open_with(Addr::Udp(server), QUEUE, self.ask(), self.encrypt)
+            .open_with(
+                if self.tcp { Addr::Tcp(server) } else { Addr::Udp(server) },
+                QUEUE,
+                self.ask(),
+                self.encrypt,
+            )
             .await
             .context("MP OPEN_SESSION")?;
         anyhow::ensure!(session.encrypted == self.encrypt, "session encrypted: {}", session.encrypted);
@@ -90,7 +107,7 @@ impl MpEcho {
     pub async fn open_cost(&self, warmup: usize, samples: usize) -> anyhow::Result<OpenCost> {
         anyhow::ensure!(samples > 0, "need at least one open");
         let server = self.start_server().await?;
-        let ep = dabs_net::spawn(loopback_any(), self.options()).await.context("bind MP client")?;
+        let ep = dabs_net::spawn(loopback_any(), self.options(false)).await.context("bind MP client")?;
         let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
         for i in 0..warmup + samples {
             let t0 = Instant::now();
@@ -117,6 +134,9 @@ impl MpEcho {
 #[async_trait]
 impl Transport for MpEcho {
     fn name(&self) -> String {
+        if self.tcp {
+            return "mp/tcp".into();
+        }
         match (self.crc, self.encrypt) {
             (false, false) => "mp",
             (true, false) => "mp+crc",
@@ -128,10 +148,11 @@ impl Transport for MpEcho {
 
     fn description(&self) -> String {
         format!(
-            "MP over UDP (dabs-net driver), CRC {}, one endpoint + one session per client, \
+            "MP over {} (dabs-net driver), CRC {}, one endpoint + one session per client, \
              system command ECHO answered by the server's endpoint core; REQUEST + REPLY + ACK \
              per round trip, 512-byte datagrams (512 B = 2 buffers, 4 KiB = 9 buffers each way); \
              default timers (ACK time-out 200 ms){}",
+            if self.tcp { "TCP (2-byte length before each datagram, TCP_NODELAY)" } else { "UDP" },
             if self.crc { "on" } else { "off" },
             if self.encrypt {
                 "; encrypted: Noise_NN_25519_ChaChaPoly_BLAKE2s key exchange at open (not in the \
@@ -144,7 +165,7 @@ impl Transport for MpEcho {
     }
 
     async fn start_server(&self) -> anyhow::Result<ServerHandle> {
-        let ep = dabs_net::spawn(loopback_any(), self.options()).await.context("bind MP echo server")?;
+        let ep = dabs_net::spawn(loopback_any(), self.options(true)).await.context("bind MP echo server")?;
         let addr = ep.local_addrs().udp;
         let mut opens = ep.open_requests();
         // A round trip through the driver's command queue: the open sink above is in place
@@ -167,7 +188,7 @@ impl Transport for MpEcho {
     }
 
     async fn connect(&self, server: SocketAddr) -> anyhow::Result<Box<dyn Client>> {
-        let ep = dabs_net::spawn(loopback_any(), self.options()).await.context("bind MP client")?;
+        let ep = dabs_net::spawn(loopback_any(), self.options(false)).await.context("bind MP client")?;
         let session = self.open(&ep, server).await?;
         Ok(Box::new(MpClient { ep, session }))
     }
