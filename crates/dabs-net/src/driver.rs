@@ -5,7 +5,7 @@ use crate::handle::{
 };
 use crate::inproc;
 use crate::socket::{BatchUdp, DatagramSocket, RecvBatch, Run, bind_udp, join_group, set_group_interface};
-use crate::stream::{StreamIn, Streams};
+use crate::stream::{self, StreamIn, Streams};
 use crate::unix_ms;
 use dabs_proto::{Addr, CallId, Config, Endpoint, Event, Time};
 use dabs_wire::{Header, NakCode};
@@ -48,7 +48,7 @@ pub async fn spawn(bind: SocketAddr, options: DriverOptions) -> io::Result<Endpo
     for _ in 0..attempts {
         let socket = bind_udp(bind)?;
         let listener = if options.tcp {
-            match tcp_listener(socket.local_addr()?) {
+            match stream::listener(socket.local_addr()?) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     last = Some(e);
@@ -70,20 +70,9 @@ pub async fn spawn(bind: SocketAddr, options: DriverOptions) -> io::Result<Endpo
     Err(io::Error::new(e.kind(), format!("cannot listen for MP over TCP on the MP port ({bind}): {e}")))
 }
 
-/// A TCP listener at `addr` (the endpoint's UDP address: the same port number).
-fn tcp_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-    // A restarted node takes its port again while old connections are still closing.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    socket.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(socket.into())
-}
-
 /// Starts an endpoint on an already bound datagram socket (tokio's, or a simulated one).
 pub fn spawn_with_socket<S: DatagramSocket>(socket: S, options: DriverOptions) -> io::Result<EndpointHandle> {
-    let listener = if options.tcp { Some(tcp_listener(socket.local_addr()?)?) } else { None };
+    let listener = if options.tcp { Some(stream::listener(socket.local_addr()?)?) } else { None };
     start(socket, options, listener)
 }
 
@@ -643,8 +632,6 @@ struct Outgoing {
     bytes: Vec<u8>,
     runs: Vec<Run>,
     service_runs: Vec<Run>,
-    /// Which list the run at the end of `bytes` is in (`true`: the service list).
-    last: Option<bool>,
 }
 
 impl Outgoing {
@@ -669,17 +656,17 @@ impl Outgoing {
         self.bytes.clear();
         self.runs.clear();
         self.service_runs.clear();
-        self.last = None;
     }
 
-    /// Adds a datagram to `to`: to the run at the end when it is to the same address, has
-    /// room (`max` datagrams) and its datagrams are no shorter; else as a new run.
+    /// Adds a datagram to `to`: to the run that ends where it begins (the last one gathered)
+    /// when that run is to the same address, has room (`max` datagrams) and its datagrams are
+    /// no shorter; else as a new run.
     fn push(&mut self, to: SocketAddr, data: &[u8], max: usize, service: bool) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
         let list = if service { &mut self.service_runs } else { &mut self.runs };
-        if self.last == Some(service)
-            && let Some(r) = list.last_mut()
+        if let Some(r) = list.last_mut()
+            && r.start + r.len == start
             && r.to == to
             && r.len == r.datagrams() * r.segment_size
             && r.datagrams() < max
@@ -689,7 +676,6 @@ impl Outgoing {
             return;
         }
         list.push(Run { to, start, len: data.len(), segment_size: data.len() });
-        self.last = Some(service);
     }
 }
 

@@ -46,9 +46,7 @@ pub trait DatagramSocket: Send + Sync + 'static {
     fn send_runs(&self, bytes: &[u8], runs: &[Run]) -> impl Future<Output = ()> + Send {
         async move {
             for r in runs {
-                if let Err(e) = self.send_segments(r.of(bytes), r.segment_size, r.to).await {
-                    tracing::debug!(to = %r.to, error = %e, "udp send failed");
-                }
+                send_run(self, bytes, r).await;
             }
         }
     }
@@ -240,10 +238,7 @@ impl DatagramSocket for BatchUdp {
     #[cfg(target_os = "linux")]
     async fn send_runs(&self, bytes: &[u8], runs: &[Run]) {
         if let [r] = runs {
-            if let Err(e) = self.send_segments(r.of(bytes), r.segment_size, r.to).await {
-                tracing::debug!(to = %r.to, error = %e, "udp send failed");
-            }
-            return;
+            return send_run(self, bytes, r).await;
         }
         let mut next = 0;
         while next < runs.len() {
@@ -253,13 +248,10 @@ impl DatagramSocket for BatchUdp {
                 Err(e) => {
                     // The first message of the chunk failed. A GSO run the device refuses goes
                     // again through quinn-udp, which falls back to single datagrams.
-                    let r = chunk[0];
-                    let again = if r.datagrams() > 1 {
-                        self.send_segments(r.of(bytes), r.segment_size, r.to).await
+                    let r = &chunk[0];
+                    if r.datagrams() > 1 {
+                        send_run(self, bytes, r).await;
                     } else {
-                        Err(e)
-                    };
-                    if let Err(e) = again {
                         tracing::debug!(to = %r.to, error = %e, "udp send failed");
                     }
                     next += 1;
@@ -282,6 +274,14 @@ impl DatagramSocket for BatchUdp {
     }
 }
 
+/// Sends one run (GSO where the socket can), a failure logged: a datagram lost on the way,
+/// which the protocol's retransmission covers.
+async fn send_run<S: DatagramSocket + ?Sized>(socket: &S, bytes: &[u8], r: &Run) {
+    if let Err(e) = socket.send_segments(r.of(bytes), r.segment_size, r.to).await {
+        tracing::debug!(to = %r.to, error = %e, "udp send failed");
+    }
+}
+
 /// Messages one `sendmmsg` carries at most.
 pub(crate) const MMSG_BATCH: usize = 64;
 
@@ -301,7 +301,7 @@ mod mmsg {
     pub(super) fn send(socket: &std::net::UdpSocket, bytes: &[u8], runs: &[Run]) -> io::Result<usize> {
         let n = runs.len().min(MMSG_BATCH);
         let names: [Option<socket2::SockAddr>; MMSG_BATCH] =
-            std::array::from_fn(|i| runs.get(i).filter(|_| i < n).map(|r| socket2::SockAddr::from(r.to)));
+            std::array::from_fn(|i| runs.get(i).map(|r| socket2::SockAddr::from(r.to)));
         let mut iovs: [libc::iovec; MMSG_BATCH] =
             [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MMSG_BATCH];
         let mut controls = [Control([0; 32]); MMSG_BATCH];

@@ -161,12 +161,21 @@ impl Streams {
     }
 }
 
-/// Binds a TCP socket to `local`, shareable by this endpoint's own connections.
+/// A TCP socket bound to `local` with `SO_REUSEADDR`: shareable by this endpoint's own
+/// connections, and a listener's port taken again while old connections are still closing.
 fn reserve_port(local: SocketAddr) -> io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(local), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&local.into())?;
     Ok(socket)
+}
+
+/// A TCP listener at `addr` (the endpoint's UDP address: the same port number).
+pub(crate) fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = reserve_port(addr)?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Connects to `to` from `local`'s port (any port if that cannot be bound: a listener on it,

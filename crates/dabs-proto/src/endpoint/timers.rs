@@ -132,25 +132,25 @@ impl Endpoint {
                         out.deadline = Some(until);
                         self.io.schedule(until, key);
                     }
-                } else if out.attempts > max_retries && half_open {
-                    // An open's REPLY never acknowledged: the client does not hold this
-                    // session (it kept another answer and closed this one, or it is gone), so
-                    // neither does the server, nor a seat for it.
-                    self.io.stats.replies_undelivered += 1;
-                    self.io.events.push_back(Event::ReplyUndelivered { session: sid, transaction: tx });
-                    if let Some(s) = self.sessions.remove(sid) {
-                        self.drop_session_calls(s, CloseReason::Unacknowledged, sid);
-                    }
                 } else if out.attempts > max_retries {
-                    // Stop pushing, but keep the REPLY: its request ran, so a repeat of the
-                    // request (the client's next re-attempt or probe) can only be answered
-                    // with it. Dropping it left the client to time out.
-                    out.parked = true;
-                    let until = out.last_sent.max(now) + hold;
-                    out.deadline = Some(until);
-                    self.io.schedule(until, key);
                     self.io.stats.replies_undelivered += 1;
                     self.io.events.push_back(Event::ReplyUndelivered { session: sid, transaction: tx });
+                    if half_open {
+                        // An open's REPLY never acknowledged: the client does not hold this
+                        // session (it kept another answer and closed this one, or it is
+                        // gone), so neither does the server, nor a seat for it.
+                        if let Some(s) = self.sessions.remove(sid) {
+                            self.drop_session_calls(s, CloseReason::Unacknowledged, sid);
+                        }
+                    } else {
+                        // Stop pushing, but keep the REPLY: its request ran, so a repeat of
+                        // the request (the client's next re-attempt or probe) can only be
+                        // answered with it. Dropping it left the client to time out.
+                        out.parked = true;
+                        let until = out.last_sent.max(now) + hold;
+                        out.deadline = Some(until);
+                        self.io.schedule(until, key);
+                    }
                 } else {
                     self.io.transmit_out(now, out, key, s.crypto.sealer());
                 }
