@@ -123,8 +123,13 @@ fn start<S: DatagramSocket>(
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (tap, _) = tokio::sync::broadcast::channel(4096);
     let full = Arc::new(AtomicBool::new(false));
-    let handle =
-        EndpointHandle { cmd: cmd_tx.clone(), local: local.clone(), tap: tap.clone(), full: full.clone() };
+    let handle = EndpointHandle {
+        cmd: cmd_tx.clone(),
+        local: local.clone(),
+        tap: tap.clone(),
+        full: full.clone(),
+        streams: streams.acceptor(),
+    };
     let wall_epoch_ms = unix_ms().saturating_add_signed(options.clock_offset_ms);
     let seed = options.seed.unwrap_or_else(rand::random);
     let endpoint = Endpoint::new(options.config, seed, wall_epoch_ms);
@@ -212,6 +217,7 @@ impl Driver {
             local: self.local.clone(),
             tap: self.tap.clone(),
             full: self.full.clone(),
+            streams: self.streams.acceptor(),
         })
     }
 
@@ -372,8 +378,7 @@ impl Driver {
                 }
                 Wake::Inproc(None) => {}
                 Wake::Stream(Some(event)) => {
-                    if let Some((peer, data)) = self.streams.on_event(event) {
-                        let from = Addr::Tcp(peer);
+                    if let Some((from, data)) = self.streams.on_event(event) {
                         self.record(false, &from, &data);
                         self.ep.handle_datagram(now, from, &data);
                     }
@@ -429,7 +434,7 @@ impl Driver {
                         tracing::debug!(to = id, "in-process endpoint is gone");
                     }
                 }
-                Addr::Tcp(a) => self.streams.send(a, t.data),
+                Addr::Tcp(_) | Addr::Ws(_) => self.streams.send(t.to, t.data),
             }
         }
         out.send(udp, self.service.as_ref().map(|(_, s)| s)).await;

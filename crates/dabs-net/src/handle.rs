@@ -162,11 +162,42 @@ pub struct EndpointHandle {
     pub(crate) local: Arc<LocalAddrs>,
     pub(crate) tap: tokio::sync::broadcast::Sender<TapRecord>,
     pub(crate) full: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) streams: Arc<crate::stream::Acceptor>,
+}
+
+/// The `Sec-WebSocket-Accept` answer to a client's `Sec-WebSocket-Key` (RFC 6455).
+pub fn websocket_accept_key(key: &[u8]) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
 }
 
 impl EndpointHandle {
     pub(crate) fn send(&self, c: Command) -> Result<(), Error> {
         self.cmd.send(c).map_err(|_| Error::Closed)
+    }
+
+    /// Serves MP over a WebSocket whose HTTP upgrade has been answered (101, with
+    /// [`websocket_accept_key`]): `io` is the upgraded connection from `peer`. Its datagrams
+    /// are `Addr::Ws(peer)`'s; the task ends with the connection. False when the endpoint
+    /// cannot take another connection (it is then dropped).
+    pub fn attach_websocket<S>(&self, peer: SocketAddr, io: S) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = Addr::Ws(peer);
+        let Some((id, rx)) = self.streams.accept(peer.clone()) else {
+            return false;
+        };
+        let tx = self.streams.tx.clone();
+        tokio::spawn(async move {
+            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                io,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                Some(crate::stream::ws::config()),
+            )
+            .await;
+            crate::stream::ws::serve(socket, peer, id, rx, tx).await;
+        });
+        true
     }
 
     /// Every datagram the endpoint sends or receives from now on, as long as the receiver

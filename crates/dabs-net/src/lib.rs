@@ -15,12 +15,13 @@ mod stream;
 pub use driver::{DriverOptions, spawn, spawn_with_socket};
 pub use handle::{
     CallFuture, CallResult, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session,
-    TapRecord,
+    TapRecord, websocket_accept_key,
 };
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{
     BatchUdp, DatagramSocket, RECV_SLOT, Received, RecvBatch, Run, bind_udp, join_group, set_group_interface,
 };
+pub use stream::ws::PATH as WEBSOCKET_PATH;
 
 pub use dabs_proto::{
     Addr, CallError, Config, Incoming, KEY_EXCHANGE, OpenRequest, SECURITY_SPEC, SECURITY_SPEC_NK,

@@ -17,13 +17,16 @@ pub enum Addr {
     /// ACKed and retransmitted as over UDP, since a connection can break with datagrams in
     /// flight and the next one must not lose or repeat a message.
     Tcp(SocketAddr),
+    /// MP over a WebSocket (interop.md, "MP over a stream"): to a node's operator port
+    /// (`ws://ADDR/mp`), or from a client's connection there. ACKed like `Tcp`.
+    Ws(SocketAddr),
 }
 
 impl Addr {
     /// True when the link itself neither loses nor corrupts datagrams, so ACKs and
     /// retransmissions are left out (replies are still timed).
     pub fn is_reliable_link(&self) -> bool {
-        !matches!(self, Addr::Udp(_) | Addr::Tcp(_))
+        !matches!(self, Addr::Udp(_) | Addr::Tcp(_) | Addr::Ws(_))
     }
 }
 
@@ -34,6 +37,17 @@ impl fmt::Display for Addr {
             Addr::Local(p) => write!(f, "unix:{p}"),
             Addr::InProc(id) => write!(f, "inproc:{id}"),
             Addr::Tcp(a) => write!(f, "tcp:{a}"),
+            Addr::Ws(a) => write!(f, "ws:{a}"),
+        }
+    }
+}
+
+impl Addr {
+    /// The network address of a UDP, TCP or WebSocket peer.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Addr::Udp(a) | Addr::Tcp(a) | Addr::Ws(a) => Some(*a),
+            Addr::Local(_) | Addr::InProc(_) => None,
         }
     }
 }

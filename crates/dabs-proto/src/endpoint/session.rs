@@ -176,11 +176,11 @@ pub(super) struct Peer {
 
 /// Where datagrams come from, for the caps and budgets per source: a UDP peer's IPv4 address,
 /// or the /64 prefix of its IPv6 address (one host usually holds a whole /64), with port 0;
-/// a TCP peer counts as the same host's UDP source. A local or in-process peer is its own
+/// a TCP or WebSocket peer counts as the same host's UDP source. A local or in-process peer is its own
 /// source.
 pub(super) fn source_of(addr: &Addr) -> Addr {
     match addr {
-        Addr::Udp(sa) | Addr::Tcp(sa) => {
+        Addr::Udp(sa) | Addr::Tcp(sa) | Addr::Ws(sa) => {
             let ip = match sa.ip() {
                 IpAddr::V4(v4) => IpAddr::V4(v4),
                 IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),

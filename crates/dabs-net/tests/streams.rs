@@ -1,7 +1,7 @@
-//! MP over TCP (interop.md, "MP over a stream"): the same sessions and calls as over UDP, and
-//! connections cut under the calls (by the kernel, `ss -K`, at seeded moments) lose and repeat
-//! nothing: the client connects again from its own port, the server finds the same sessions,
-//! and each request runs once.
+//! MP over TCP and over a WebSocket (interop.md, "MP over a stream"): the same sessions and
+//! calls as over UDP, and connections cut under the calls (by the kernel, `ss -K`, at seeded
+//! moments) lose and repeat nothing: the client connects again from its own port, the server
+//! finds the same sessions, and each request runs once.
 
 use dabs_net::{Addr, DriverOptions, EndpointHandle};
 use rand::{Rng, SeedableRng};
@@ -17,6 +17,8 @@ const UPPER: u16 = 300;
 /// executions and records the peers of the opens it accepted.
 struct Server {
     ep: EndpointHandle,
+    /// Where the WebSocket front (what a node's operator port does for `/mp`) listens.
+    ws: SocketAddr,
     runs: Arc<Mutex<HashMap<Vec<u8>, u32>>>,
     peers: Arc<Mutex<Vec<Addr>>>,
 }
@@ -44,7 +46,56 @@ async fn server() -> Server {
             req.reply(reply);
         }
     });
-    Server { ep, runs, peers }
+    let ws = websocket_front(ep.clone()).await;
+    Server { ep, ws, runs, peers }
+}
+
+/// A minimal HTTP front that answers a WebSocket upgrade on `/mp` (101 with the accept key)
+/// and hands the connection to `ep`, as the operator interface does; anything else gets 400.
+async fn websocket_front(ep: EndpointHandle) -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("ws front");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let ep = ep.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let (mut key, mut path) = (None, String::new());
+                let mut line = String::new();
+                while reader.read_line(&mut line).await.unwrap_or(0) > 2 {
+                    if let Some(rest) = line.strip_prefix("GET ") {
+                        path = rest.split(' ').next().unwrap_or("").to_owned();
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("sec-websocket-key")
+                    {
+                        key = Some(value.trim().to_owned());
+                    }
+                    line.clear();
+                }
+                // Nothing the client sent beyond its headers is lost: it waits for the 101.
+                assert!(reader.buffer().is_empty(), "the client spoke before the upgrade");
+                let mut stream = reader.into_inner();
+                match key.filter(|_| path == dabs_net::WEBSOCKET_PATH) {
+                    Some(key) => {
+                        let accept = dabs_net::websocket_accept_key(key.as_bytes());
+                        let head = format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                        );
+                        if stream.write_all(head.as_bytes()).await.is_ok() {
+                            ep.attach_websocket(peer, stream);
+                        }
+                    }
+                    None => {
+                        let _ =
+                            stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 fn tcp_of(s: &Server) -> SocketAddr {
@@ -57,27 +108,42 @@ async fn client() -> EndpointHandle {
         .expect("client endpoint")
 }
 
+/// The server's address on `channel` ("tcp" or "ws").
+fn peer_of(s: &Server, channel: &str) -> Addr {
+    if channel == "ws" { Addr::Ws(s.ws) } else { Addr::Tcp(tcp_of(s)) }
+}
+
 #[tokio::test]
 async fn calls_plain_and_encrypted_and_long_messages_over_tcp() {
+    calls_over("tcp").await;
+}
+
+#[tokio::test]
+async fn calls_plain_and_encrypted_and_long_messages_over_a_websocket() {
+    calls_over("ws").await;
+}
+
+async fn calls_over(channel: &str) {
     let srv = server().await;
     assert_eq!(tcp_of(&srv).port(), srv.ep.local_addrs().udp.port(), "TCP on the MP port");
     let cli = client().await;
-    let s = cli.open(Addr::Tcp(tcp_of(&srv)), 7, b"{}".to_vec()).await.expect("open over TCP");
+    let s = cli.open(peer_of(&srv, channel), 7, b"{}".to_vec()).await.expect("open over the stream");
     assert_eq!(s.reply, b"ok");
     assert_eq!(s.call(UPPER, b"abc".to_vec()).await.expect("call"), b"ABC");
     let big: Vec<u8> = (0..65_536u32).map(|i| b'a' + (i % 26) as u8).collect();
     assert_eq!(s.call(UPPER, big.clone()).await.expect("64 KiB call"), big.to_ascii_uppercase());
     let e = cli
-        .open_encrypted(Addr::Tcp(tcp_of(&srv)), 8, b"{}".to_vec())
+        .open_encrypted(peer_of(&srv, channel), 8, b"{}".to_vec())
         .await
-        .expect("encrypted open over TCP");
+        .expect("encrypted open over the stream");
     assert_eq!(e.call(UPPER, b"sealed".to_vec()).await.expect("encrypted call"), b"SEALED");
     let peers = srv.peers.lock().unwrap().clone();
     let client_port = cli.local_addrs().udp.port();
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert!(
-        peers.iter().all(|p| matches!(p, Addr::Tcp(a) if a.port() == client_port)),
-        "both opens came over TCP from the client's own port: {peers:?}"
+        peers.iter().all(|p| p.socket_addr().is_some_and(|a| a.port() == client_port)
+            && p.to_string().starts_with(channel)),
+        "both opens came over {channel} from the client's own port: {peers:?}"
     );
     let stats = cli.stats().await.expect("stats");
     assert_eq!(stats.calls_failed, 0);
@@ -116,15 +182,47 @@ fn cut(port: u16) -> bool {
         })
 }
 
+#[tokio::test]
+async fn a_websocket_that_does_not_speak_mp_is_closed_and_the_server_carries_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let srv = server().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/mp", srv.ws)).await.expect("upgrade");
+    ws.send(Message::text("hello")).await.expect("send text");
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the server closes a WebSocket that sends text");
+    let cli = client().await;
+    let s = cli.open(Addr::Ws(srv.ws), 7, b"{}".to_vec()).await.expect("open after the junk");
+    assert_eq!(s.call(UPPER, b"still".to_vec()).await.expect("call"), b"STILL");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_under_calls_lose_and_repeat_nothing() {
+    cut_under_calls("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_cut_under_calls_lose_and_repeat_nothing() {
+    cut_under_calls("ws").await;
+}
+
+async fn cut_under_calls(channel: &str) {
     assert!(is_root(), "this test cuts TCP connections with `ss -K`: run it as root (CI does)");
     let seed: u64 = std::env::var("DABS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed {seed} (DABS_SEED={seed} replays the cuts' timing)");
+    println!("seed {seed} (DABS_SEED={seed} replays the cuts' timing), over {channel}");
     let srv = server().await;
-    let port = tcp_of(&srv).port();
+    let to = peer_of(&srv, channel);
+    let port = to.socket_addr().expect("a network address").port();
     let cli = client().await;
-    let s = Arc::new(cli.open(Addr::Tcp(tcp_of(&srv)), 7, b"{}".to_vec()).await.expect("open over TCP"));
+    let s = Arc::new(cli.open(to, 7, b"{}".to_vec()).await.expect("open over the stream"));
     // Calls go on until this many cuts have hit them (or the bounds below).
     const CUTS: u32 = 15;
     const MAX_CALLS: usize = 50_000;
