@@ -7,6 +7,8 @@
 //! - [`CalcServer`] is the server portion (`CALC_ServerPart` + `CALC_Server`).
 //! - [`CalcClient`] is the client portion (`CALC_Client`).
 
+pub mod modules;
+
 use dabs_farm_proto::portion::PortionFactory;
 use dabs_sdk::{FarmClient, Handled, PartitionError, Placed, PortionFactoryFn, ServerPortion};
 use dabs_wire::NakCode;
@@ -140,7 +142,8 @@ pub fn factory() -> Arc<dyn PortionFactory> {
     Arc::new(
         PortionFactoryFn::new(APP, CalcServer::default)
             .vertical_split()
-            .with_status("pending", dabs_sdk::server::pending_operations),
+            .with_status("pending", dabs_sdk::server::pending_operations)
+            .with_modules(modules::package()),
     )
 }
 

@@ -267,6 +267,7 @@ async fn a_stranger_in_a_node_session_cannot_spawn_or_assign() {
         security: false,
         pinned: false,
         fence: None,
+        device: None,
     };
     let r = s.call(SystemCommand::Assign.number(), cbor(&assign)).await;
     assert!(r.is_err(), "ASSIGN from a stranger was served: {r:?}");

@@ -264,6 +264,7 @@ async fn on_etcd_an_assign_from_an_older_decider_is_refused() {
             security: false,
             pinned: false,
             fence,
+            device: None,
         });
         to_vec(&member.seal(node.mp, me.started_ms, assign_cmd, &body).0)
     };

@@ -19,6 +19,8 @@ pub enum Purpose {
     Control,
     /// The farm's static Noise private key, which clients pin to authenticate the farm.
     NoiseStatic,
+    /// The seed of the farm's Ed25519 publishing key, which signs client modules.
+    Publishing,
 }
 
 impl Purpose {
@@ -28,6 +30,7 @@ impl Purpose {
             Purpose::Announce => b"dabs announce mac v1",
             Purpose::Control => b"dabs control mac v1",
             Purpose::NoiseStatic => b"dabs noise static key v1",
+            Purpose::Publishing => b"dabs module publishing key v1",
         }
     }
 }
@@ -38,6 +41,7 @@ pub struct FarmKeys {
     announce: [u8; 32],
     control: [u8; 32],
     noise_static: [u8; 32],
+    publishing: [u8; 32],
 }
 
 impl std::fmt::Debug for FarmKeys {
@@ -60,6 +64,7 @@ impl FarmKeys {
             announce: expand(Purpose::Announce),
             control: expand(Purpose::Control),
             noise_static: expand(Purpose::NoiseStatic),
+            publishing: expand(Purpose::Publishing),
         }
     }
 
@@ -69,6 +74,7 @@ impl FarmKeys {
             Purpose::Announce => &self.announce,
             Purpose::Control => &self.control,
             Purpose::NoiseStatic => &self.noise_static,
+            Purpose::Publishing => &self.publishing,
         }
     }
 }
@@ -80,8 +86,11 @@ mod tests {
     #[test]
     fn each_purpose_has_its_own_key_and_the_derivation_is_the_documented_one() {
         let keys = FarmKeys::derive(b"0123456789abcdef0123456789abcdef");
-        let all = [Purpose::Announce, Purpose::Control, Purpose::NoiseStatic].map(|p| *keys.key(p));
-        assert!(all[0] != all[1] && all[1] != all[2] && all[0] != all[2]);
+        let all = [Purpose::Announce, Purpose::Control, Purpose::NoiseStatic, Purpose::Publishing]
+            .map(|p| *keys.key(p));
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| a != b), "purpose {i} shares its key");
+        }
         assert_eq!(*FarmKeys::derive(b"0123456789abcdef0123456789abcdef").key(Purpose::Control), all[1]);
         assert_ne!(*FarmKeys::derive(b"another secret, also 32 bytes!!!").key(Purpose::Control), all[1]);
         // RFC 5869 by hand: PRK = HMAC(salt, secret); OKM = HMAC(PRK, info || 0x01).

@@ -15,10 +15,13 @@
 //! - [`status`]: status objects, figures a portion publishes for its application's policy.
 //! - [`timeouts`]: time-outs both sides must read alike.
 //! - [`jobs`]: the job-execution service between nodes, and the compute servers' figures.
+//! - [`modules`]: client modules: the published package, signatures, device profiles and
+//!   where a mutable module runs.
 
 pub mod control;
 pub mod jobs;
 pub mod keys;
+pub mod modules;
 pub mod portion;
 pub mod process;
 pub mod records;

@@ -80,6 +80,10 @@ pub trait PortionFactory: Send + Sync + 'static {
     fn app(&self) -> &str;
     /// Starts one portion; it must run its loop on its own task.
     fn spawn(&self, ctx: PortionContext);
+    /// The client modules the application publishes (R-CL): none unless it says so.
+    fn modules(&self) -> Vec<crate::modules::ModuleSource> {
+        Vec::new()
+    }
 }
 
 /// Receives each request's one-way latency, for the host's metrics. The host decides what

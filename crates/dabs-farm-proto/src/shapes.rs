@@ -97,6 +97,8 @@ pub struct OpenAsk {
     /// The client's security offer (`security`): the encryption specifications it accepts,
     /// best first. `None`: no offer, the session stays in clear.
     pub security: Option<Vec<SecurityOffer>>,
+    /// What the client's device offers (`device`), for placing mutable modules (R-CL-2).
+    pub device: Option<crate::modules::Device>,
 }
 
 /// One encryption specification as a CBOR map with the keys of [`SecuritySpec`]: offered by
@@ -238,6 +240,7 @@ impl OpenAsk {
                         expected: "text",
                     });
                 }
+                (Some("device"), v) => ask.device = Some(crate::modules::Device::from_value(v)?),
                 (Some("security"), Value::Null) => ask.security = None,
                 (Some("security"), v @ Value::Map(_)) => {
                     ask.security = Some(vec![SecurityOffer::from_value(v, "OPEN_SESSION security offer")?]);
@@ -283,6 +286,9 @@ impl OpenAsk {
                 m.push((Value::Text(k.into()), Value::Text(v.clone())));
             }
         }
+        if let Some(d) = &self.device {
+            m.push((Value::Text("device".into()), d.to_value()));
+        }
         // One specification goes as a map, several as a list, best first.
         match self.security.as_deref() {
             None => {}
@@ -309,18 +315,21 @@ pub fn open_reply_secured(
     queue: u16,
     security: Option<&SecuritySpec>,
 ) -> Vec<u8> {
-    open_reply_with_channels(va, addr, queue, security, &[])
+    open_reply_with_channels(va, addr, queue, security, &[], &[])
 }
 
 /// The REPLY payload of `OPEN_SESSION` naming, under `channels`, the server's address for
 /// each channel it accepts beside UDP (interop.md: `"udp"`, `"tcp"`, `"ws"` to `"IP:port"` or
-/// a URL); left out when `channels` is empty.
+/// a URL); left out when `channels` is empty. `placement` says where each of the
+/// application's mutable modules runs for this client (`"placement"`: name to `"client"` or
+/// `"server"`); left out when empty.
 pub fn open_reply_with_channels(
     va: &str,
     addr: SocketAddr,
     queue: u16,
     security: Option<&SecuritySpec>,
     channels: &[(&str, String)],
+    placement: &[(String, crate::modules::Placement)],
 ) -> Vec<u8> {
     let security = security.map_or(Value::Null, |s| SecurityOffer::of(s).to_value());
     let mut entries = vec![
@@ -333,24 +342,49 @@ pub fn open_reply_with_channels(
         let map = channels.iter().map(|(k, v)| (Value::Text((*k).into()), Value::Text(v.clone()))).collect();
         entries.push((Value::Text("channels".into()), Value::Map(map)));
     }
+    if !placement.is_empty() {
+        let map =
+            placement.iter().map(|(k, p)| (Value::Text(k.clone()), Value::Text(p.as_str().into()))).collect();
+        entries.push((Value::Text("placement".into()), Value::Map(map)));
+    }
     cbor(&Value::Map(entries))
+}
+
+/// The `placement` of an `OPEN_SESSION` REPLY: where each mutable module runs (empty when the
+/// server names none; a value other than `"client"` means the server).
+pub fn parse_open_placement(payload: &[u8]) -> Result<Vec<(String, crate::modules::Placement)>, ShapeError> {
+    Ok(text_map(payload, "placement")?
+        .into_iter()
+        .map(|(k, v)| {
+            let p = if v == "client" {
+                crate::modules::Placement::Client
+            } else {
+                crate::modules::Placement::Server
+            };
+            (k, p)
+        })
+        .collect())
+}
+
+/// A map of text to text under `key` in an `OPEN_SESSION` REPLY (empty when missing).
+fn text_map(payload: &[u8], key: &str) -> Result<Vec<(String, String)>, ShapeError> {
+    let Value::Map(entries) = read_cbor(payload, OPEN_REPLY)? else {
+        return Err(ShapeError::NotAMap { what: OPEN_REPLY.into() });
+    };
+    let Some(Value::Map(map)) = entries.into_iter().find(|(k, _)| k.as_text() == Some(key)).map(|(_, v)| v)
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(map
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.as_text()?.to_owned(), v.as_text()?.to_owned())))
+        .collect())
 }
 
 /// The `channels` of an `OPEN_SESSION` REPLY: each channel's name and address (empty when
 /// the server names none; entries that are not text are skipped).
 pub fn parse_open_channels(payload: &[u8]) -> Result<Vec<(String, String)>, ShapeError> {
-    let Value::Map(entries) = read_cbor(payload, OPEN_REPLY)? else {
-        return Err(ShapeError::NotAMap { what: OPEN_REPLY.into() });
-    };
-    let Some(Value::Map(channels)) =
-        entries.into_iter().find(|(k, _)| k.as_text() == Some("channels")).map(|(_, v)| v)
-    else {
-        return Ok(Vec::new());
-    };
-    Ok(channels
-        .into_iter()
-        .filter_map(|(k, v)| Some((k.as_text()?.to_owned(), v.as_text()?.to_owned())))
-        .collect())
+    text_map(payload, "channels")
 }
 
 const OPEN_REPLY: &str = "OPEN_SESSION reply";
@@ -430,6 +464,9 @@ pub struct Assign {
     /// than the newest it has seen. Absent under multicast.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<u64>,
+    /// What the client's device offers, for placing mutable modules.
+    #[serde(default)]
+    pub device: Option<crate::modules::Device>,
 }
 
 /// `RESOLVE_VA` answer.
@@ -565,7 +602,7 @@ mod tests {
         let plain = open_reply("mp://f/calc/dasp/1", addr, 16);
         assert!(parse_open_channels(&plain).unwrap().is_empty());
         let both = [("udp", "127.0.0.1:5".to_owned()), ("tcp", "127.0.0.1:5".to_owned())];
-        let reply = open_reply_with_channels("mp://f/calc/dasp/1", addr, 16, None, &both);
+        let reply = open_reply_with_channels("mp://f/calc/dasp/1", addr, 16, None, &both, &[]);
         assert_eq!(parse_open_reply(&reply).unwrap(), ("mp://f/calc/dasp/1".into(), addr, 16));
         assert_eq!(
             parse_open_channels(&reply).unwrap(),

@@ -22,6 +22,6 @@ pub mod stats;
 pub mod zones;
 
 pub use node::{
-    Accepted, EventRecord, NearnessView, Node, NodeError, NodeHandle, PortionView, RUNTIME_QUEUE,
-    RoundTripView, Submission, result_json,
+    Accepted, EventRecord, ListingError, NearnessView, Node, NodeError, NodeHandle, PortionView,
+    RUNTIME_QUEUE, RoundTripView, Submission, result_json,
 };

@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod charts;
 mod client;
+mod delivery;
 mod jobs;
 mod openapi;
 mod policy;
@@ -50,6 +51,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/jobs/{id}"),
     ("get", "/api/jobs/{id}/result"),
     ("get", "/api/jobs/{id}/events"),
+    ("get", "/api/applications/{app}/modules"),
+    ("get", "/api/applications/{app}/modules/{name}"),
+    ("get", "/api/farm/publishing-key"),
+    ("get", "/mp"),
 ];
 
 /// The routes that need the operator token whatever the address (the read-only views need it
@@ -106,6 +111,11 @@ pub fn router(node: NodeHandle, access: Access) -> Router {
         .route("/", get(api::page))
         .route("/openapi.json", get(api::openapi))
         .route("/assets/{file}", get(charts::asset))
+        // What clients fetch and speak: open, like the page (a client has no token).
+        .route("/api/applications/{app}/modules", get(delivery::listing))
+        .route("/api/applications/{app}/modules/{name}", get(delivery::module))
+        .route("/api/farm/publishing-key", get(delivery::publishing_key))
+        .route("/mp", get(delivery::websocket))
         .fallback(api::not_found)
         .with_state(state)
 }
@@ -130,7 +140,8 @@ pub async fn serve(
     node.set_operator(bound);
     let app = router(node.clone(), access);
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // The peer's address names a WebSocket client's MP connection.
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!(error = %e, "operator interface stopped");
         }
     });

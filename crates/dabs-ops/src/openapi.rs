@@ -41,13 +41,18 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::jobs::status,
         crate::jobs::result,
         crate::jobs::events,
+        crate::delivery::listing,
+        crate::delivery::module,
+        crate::delivery::publishing_key,
+        crate::delivery::websocket,
     ),
     components(schemas(
         NodeView, AnnouncedPortion, Portion, Event, Settings, AppSettings, SettingsPatch, AppPatch,
         Error, TraceLine, TraceLag, History, Columns, DownMember, Counters, PolicyView, RankedServer,
         ExcludedServer, PolicyChange, PolicyError, NearnessView, RoundTrip, ComputeFigures,
         crate::jobs::doc::JobSubmission, crate::jobs::doc::JobAccepted, crate::jobs::doc::JobState,
-        crate::jobs::doc::TaskResult, crate::jobs::doc::JobResult, crate::jobs::doc::JobError
+        crate::jobs::doc::TaskResult, crate::jobs::doc::JobResult, crate::jobs::doc::JobError,
+        ModuleEntry, PublishingKey
     )),
     modifiers(&BearerScheme)
 )]
@@ -592,4 +597,28 @@ pub(crate) struct RoundTrip {
     rtt_ms: Option<f64>,
     /// Why it has none
     error: Option<String>,
+}
+
+/// One client module in a listing (interop.md, "Client modules").
+#[derive(ToSchema)]
+pub(crate) struct ModuleEntry {
+    /// Its name
+    name: String,
+    /// first, addon or mutable
+    kind: String,
+    /// The return channel a channel module adds (udp, tcp, ws)
+    channel: Option<String>,
+    /// SHA-256 of its bytes, hex
+    sha256: String,
+    /// Where its bytes are fetched
+    url: String,
+    /// Ed25519 over "dabs-module-v1" || name || 0x00 || sha256, base64
+    signature: String,
+}
+
+/// The farm's publishing key.
+#[derive(ToSchema)]
+pub(crate) struct PublishingKey {
+    /// The 32-byte Ed25519 public key, base64
+    ed25519: String,
 }

@@ -300,6 +300,7 @@ pub struct PortionFactoryFn<P, F> {
     make: F,
     workers: usize,
     status: Vec<(String, StatusFn)>,
+    modules: Vec<dabs_farm_proto::modules::ModuleSource>,
     _portion: PhantomData<fn() -> P>,
 }
 
@@ -315,7 +316,14 @@ where
 {
     /// Portions of `app` made by `make`.
     pub fn new(app: &str, make: F) -> Self {
-        Self { app: app.into(), make, workers: 1, status: Vec::new(), _portion: PhantomData }
+        Self {
+            app: app.into(),
+            make,
+            workers: 1,
+            status: Vec::new(),
+            modules: Vec::new(),
+            _portion: PhantomData,
+        }
     }
 
     /// Every portion publishes a status object `name` (seed 003) whose figure `read` computes
@@ -328,6 +336,12 @@ where
         read: impl Fn(&PortionFigures) -> Result<f64, String> + Send + Sync + 'static,
     ) -> Self {
         self.status.push((name.to_owned(), Arc::new(read)));
+        self
+    }
+
+    /// The client modules the application publishes (R-CL): the farm signs and serves them.
+    pub fn with_modules(mut self, modules: Vec<dabs_farm_proto::modules::ModuleSource>) -> Self {
+        self.modules = modules;
         self
     }
 
@@ -351,6 +365,10 @@ where
 {
     fn app(&self) -> &str {
         &self.app
+    }
+
+    fn modules(&self) -> Vec<dabs_farm_proto::modules::ModuleSource> {
+        self.modules.clone()
     }
 
     fn spawn(&self, ctx: PortionContext) {

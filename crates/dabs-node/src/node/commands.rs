@@ -133,6 +133,7 @@ impl Inner {
                             app: Some(a.app.clone()),
                             class: a.class.clone(),
                             group: a.group.clone(),
+                            device: a.device,
                             ..Default::default()
                         };
                         match self.accept_local(

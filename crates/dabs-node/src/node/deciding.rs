@@ -278,6 +278,7 @@ impl Inner {
             security: security.is_some(),
             pinned: security == Some(SECURITY_SPEC_NK),
             fence: self.fence(),
+            device: ask.device,
         };
         let call = self.call_node(node, SystemCommand::Assign.number(), cbor(&assign));
         match tokio::time::timeout(ASSIGN_WAIT, call).await {

@@ -22,7 +22,9 @@ mod commands;
 mod deciding;
 mod failover;
 mod jobs;
+mod modules;
 pub use jobs::{Accepted, Submission, result_json};
+pub use modules::ListingError;
 mod nearness;
 pub use nearness::{NearnessView, RoundTripView};
 mod policy;
@@ -101,6 +103,8 @@ struct Inner {
     endpoint: EndpointHandle,
     db: Db,
     factories: Vec<Arc<dyn PortionFactory>>,
+    /// The applications' client modules, signed.
+    packages: modules::Packages,
     state: Mutex<State>,
     /// Recent history for the operator, oldest first (its own lock: written from everywhere).
     events: Mutex<VecDeque<EventRecord>>,
@@ -201,6 +205,25 @@ impl NodeHandle {
     /// Its endpoint (for the traffic tap).
     pub fn endpoint(&self) -> &EndpointHandle {
         &self.0.endpoint
+    }
+
+    /// The client modules of `app` a client of `class` is entitled to (R-CL).
+    pub fn module_listing(
+        &self,
+        app: &str,
+        class: &str,
+    ) -> Result<Vec<dabs_farm_proto::modules::ModuleEntry>, ListingError> {
+        self.0.packages.listing(app, class)
+    }
+
+    /// A module's bytes (never a peer-locked one's).
+    pub fn module_bytes(&self, app: &str, name: &str) -> Option<Arc<[u8]>> {
+        self.0.packages.bytes(app, name)
+    }
+
+    /// The farm's Ed25519 publishing key, which signs client modules.
+    pub fn publishing_key(&self) -> [u8; 32] {
+        self.0.packages.public_key()
     }
 
     /// Records where its operator interface listens, so the farm can link to it.
@@ -444,6 +467,7 @@ impl Node {
             mp,
             endpoint: endpoint.clone(),
             db,
+            packages: modules::Packages::build(&factories, config.farm.secret.as_deref()),
             factories,
             state: Mutex::new(State::new(&config, next_portion, drain_nonce)),
             events: Mutex::new(VecDeque::new()),

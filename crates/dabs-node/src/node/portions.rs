@@ -160,6 +160,25 @@ impl Inner {
     /// if this node has it, else one with room unless `start_new`, else a new one (under
     /// `va` when the client is coming back to an address whose node is gone). With `security`
     /// the session is to be encrypted: the REPLY names the specification.
+    /// The channels a REPLY names (interop.md): this node's UDP address, its TCP one when it
+    /// takes MP over TCP (the same port number), and the WebSocket on its operator port when
+    /// it has one. None when UDP is all there is.
+    fn channels(&self, udp: std::net::SocketAddr) -> Vec<(&'static str, String)> {
+        let mut channels = Vec::new();
+        if let Some(tcp) = self.endpoint.local_addrs().tcp {
+            channels.push(("tcp", std::net::SocketAddr::new(udp.ip(), tcp.port()).to_string()));
+        }
+        if let Some(op) = *self.operator.lock().unwrap_or_else(|e| e.into_inner()) {
+            let ip = if op.ip().is_unspecified() { udp.ip() } else { op.ip() };
+            let at = std::net::SocketAddr::new(ip, op.port());
+            channels.push(("ws", format!("ws://{at}{}", dabs_net::WEBSOCKET_PATH)));
+        }
+        if !channels.is_empty() {
+            channels.insert(0, ("udp", udp.to_string()));
+        }
+        channels
+    }
+
     pub(super) fn accept_local(
         self: &Arc<Self>,
         req: &OpenRequest,
@@ -240,17 +259,10 @@ impl Inner {
             }
         };
         let reply_addr = self.reply_addr(&req.peer);
-        // A node that takes MP over TCP names both channels (interop.md), the same port number.
-        let channels: Vec<(&str, String)> = match self.endpoint.local_addrs().tcp {
-            Some(tcp) => {
-                vec![
-                    ("udp", reply_addr.to_string()),
-                    ("tcp", std::net::SocketAddr::new(reply_addr.ip(), tcp.port()).to_string()),
-                ]
-            }
-            None => Vec::new(),
-        };
-        let payload = open_reply_with_channels(&va, reply_addr, queue, security.as_ref(), &channels);
+        let channels = self.channels(reply_addr);
+        let placement = self.packages.placement(app, ask.device.as_ref());
+        let payload =
+            open_reply_with_channels(&va, reply_addr, queue, security.as_ref(), &channels, &placement);
         let endpoint = self.endpoint.clone();
         let req = req.clone();
         let (figures, events) = {
