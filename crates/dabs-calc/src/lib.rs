@@ -156,10 +156,53 @@ pub enum Profile {
     Thin,
 }
 
+/// `IntegerOps` run in the client: natively, or from the farm's verified module in the
+/// client's sandbox.
+#[derive(Clone, Debug)]
+pub enum IntsHere {
+    /// Compiled into the client.
+    Native(LocalIntegerOps),
+    /// The downloaded `integer-ops` module, in the sandbox.
+    Sandboxed(modules::WasmIntegerOps),
+}
+
+impl IntegerOps for IntsHere {
+    async fn add(&self, a: i64, b: i64) -> Result<i64, PartitionError> {
+        match self {
+            IntsHere::Native(n) => n.add(a, b).await,
+            IntsHere::Sandboxed(w) => w.add(a, b).await,
+        }
+    }
+    async fn sub(&self, a: i64, b: i64) -> Result<i64, PartitionError> {
+        match self {
+            IntsHere::Native(n) => n.sub(a, b).await,
+            IntsHere::Sandboxed(w) => w.sub(a, b).await,
+        }
+    }
+    async fn mul(&self, a: i64, b: i64) -> Result<i64, PartitionError> {
+        match self {
+            IntsHere::Native(n) => n.mul(a, b).await,
+            IntsHere::Sandboxed(w) => w.mul(a, b).await,
+        }
+    }
+    async fn div(&self, a: i64, b: i64) -> Result<i64, PartitionError> {
+        match self {
+            IntsHere::Native(n) => n.div(a, b).await,
+            IntsHere::Sandboxed(w) => w.div(a, b).await,
+        }
+    }
+    async fn rem(&self, a: i64, b: i64) -> Result<i64, PartitionError> {
+        match self {
+            IntsHere::Native(n) => n.rem(a, b).await,
+            IntsHere::Sandboxed(w) => w.rem(a, b).await,
+        }
+    }
+}
+
 /// The client portion: decides integer vs floating point and calls the right partition.
 pub struct CalcClient {
     /// Integer operations, local or remote by profile.
-    pub ints: Placed<LocalIntegerOps, IntClientPart>,
+    pub ints: Placed<IntsHere, IntClientPart>,
     /// Floating-point operations, always remote.
     pub floats: FltPtClientPart,
 }
@@ -208,8 +251,18 @@ impl CalcClient {
     /// A client over `farm` with the integer module placed by `profile`.
     pub fn new(farm: Arc<FarmClient>, profile: Profile) -> Self {
         let ints = match profile {
-            Profile::Fat => Placed::Local(LocalIntegerOps),
+            Profile::Fat => Placed::Local(IntsHere::Native(LocalIntegerOps)),
             Profile::Thin => Placed::Network(IntClientPart::new(farm.clone())),
+        };
+        Self { ints, floats: FltPtClientPart::new(farm) }
+    }
+
+    /// A client whose integer operations the farm placed (R-CL-2): in the sandbox when it
+    /// sent `module` (placed here, verified), over the network otherwise.
+    pub fn placed(farm: Arc<FarmClient>, module: Option<modules::WasmIntegerOps>) -> Self {
+        let ints = match module {
+            Some(m) => Placed::Local(IntsHere::Sandboxed(m)),
+            None => Placed::Network(IntClientPart::new(farm.clone())),
         };
         Self { ints, floats: FltPtClientPart::new(farm) }
     }

@@ -70,7 +70,7 @@ pub async fn connect_with(
         encrypt,
         secret,
         farm_key,
-        tcp,
+        transport: if tcp { dabs_sdk::Transport::Tcp } else { dabs_sdk::Transport::Udp },
         ..FarmClientOptions::new(farm, app)
     };
     let client = Arc::new(

@@ -62,3 +62,89 @@ fn the_calculator_answers_over_tcp_when_udp_is_blocked() {
     drop(node);
     drop(hosts);
 }
+
+/// `dabs client calc` on host 2 against the node on host 1: its exit status and output.
+fn client(hosts: &Hosts, ops: &str, extra: &[&str]) -> (bool, String) {
+    let farm = format!("{}:{PORT}", Hosts::addr(1));
+    let started = Instant::now();
+    let out = hosts
+        .host(2)
+        .command(DABS)
+        .args(["client", "calc", "--farm", &farm, "--ops", ops, "--calls", "40"])
+        .args(extra)
+        .output()
+        .expect("dabs client runs");
+    let text = format!(
+        "{}{} (after {:?})",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        started.elapsed()
+    );
+    (out.status.success(), text)
+}
+
+/// Issue 17 items 1-3 and 5: a client delivered in parts fetches only what it needs, falls back
+/// UDP → TCP → WebSocket as the bridge blocks each (nftables), and runs `IntegerOps` where the
+/// farm places it for its device; every call is answered, correctly, on every channel.
+#[test]
+fn a_client_delivered_in_parts_falls_back_through_tcp_to_the_websocket() {
+    let hosts = Hosts::create(2).expect("two hosts on a bridge (root, ip, nft)");
+    let dir = temp_dir("delivery");
+    let me = Hosts::addr(1);
+    let config = NodeConfigBuilder::new("delivery", random_group(), "node-1")
+        .bind(format!("{me}:{PORT}"))
+        .interface(me)
+        .secret("5eed5eed5eed5eed5eed5eed5eed5eed")
+        .operator_at(format!("{me}:0"))
+        .tcp(true)
+        .app_with("calc", "start_at_init = true\n")
+        .write(&dir);
+    let node = NodeProc::start_in(hosts.host(1).name(), DABS, &config);
+    let ops = node.url().to_owned();
+    let answered = "40 of 40 calls answered correctly, 0 wrong";
+
+    // Nothing blocked: the first set (the UDP channel's module) is enough; no add-on fetched.
+    let (ok, text) = client(&hosts, &ops, &["6", "x", "7"]);
+    assert!(ok && text.contains("settled on udp") && text.contains(answered), "over UDP: {text}");
+    assert!(text.contains("fetched channel-udp") && !text.contains("fetched channel-tcp"), "{text}");
+    assert!(text.contains("integer-ops runs in this client's sandbox"), "the host runs it: {text}");
+    assert!(text.contains("\n42\n"), "{text}");
+
+    // UDP blocked: the TCP add-on is fetched only now, and the calculator runs over TCP.
+    hosts.block_to(1, "udp", PORT).expect("nftables dropping UDP to the MP port");
+    let (ok, text) = client(&hosts, &ops, &["6", "x", "7"]);
+    assert!(ok && text.contains("settled on tcp") && text.contains(answered), "over TCP: {text}");
+    assert!(text.contains("channel udp: not established"), "{text}");
+    assert!(text.contains("fetched channel-tcp") && !text.contains("fetched channel-ws"), "{text}");
+    assert!(hosts.dropped("udp") > 0, "the bridge dropped the UDP attempts");
+
+    // TCP to the MP port blocked too: the WebSocket on the operator port.
+    hosts.block_to(1, "tcp", PORT).expect("nftables dropping TCP to the MP port");
+    let (ok, text) = client(&hosts, &ops, &["6", "x", "7"]);
+    assert!(ok && text.contains("settled on ws") && text.contains(answered), "over the WebSocket: {text}");
+    assert!(text.contains("channel tcp: not established") && text.contains("fetched channel-ws"), "{text}");
+    assert!(hosts.dropped("tcp") > 0, "the bridge dropped the TCP attempts");
+
+    // A constrained device (no WebAssembly, 16 MiB): the farm keeps IntegerOps on the server.
+    let (ok, text) = client(&hosts, &ops, &["--profile", "constrained", "6", "x", "7"]);
+    assert!(ok && text.contains("integer-ops runs in the server") && text.contains(answered), "{text}");
+    assert!(!text.contains("fetched integer-ops"), "a module the device does not run is not fetched: {text}");
+    // A ceiling below the module's needs does the same on a capable host.
+    let (ok, text) = client(&hosts, &ops, &["--max-memory-mb", "32"]);
+    assert!(ok && text.contains("integer-ops runs in the server"), "{text}");
+
+    // A device that cannot use WebSockets drops that add-on, and with UDP and TCP blocked it
+    // says clearly that no channel worked.
+    let (ok, text) = client(&hosts, &ops, &["--channels", "udp,tcp"]);
+    assert!(
+        !ok && text.contains("dropped channel-ws") && text.contains("no channel reached the farm"),
+        "{text}"
+    );
+
+    // A pinned key that is not the farm's: nothing fetched runs.
+    let (ok, text) =
+        client(&hosts, &ops, &["--publishing-key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]);
+    assert!(!ok && text.contains("not the pinned one"), "{text}");
+    drop(node);
+    drop(hosts);
+}

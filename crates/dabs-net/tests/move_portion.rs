@@ -228,6 +228,7 @@ async fn calls_follow_a_moving_portion() {
             dabs_net::Addr::InProc(_) => "inproc",
             dabs_net::Addr::Udp(_) => "udp",
             dabs_net::Addr::Tcp(_) => "tcp",
+            dabs_net::Addr::Ws(_) => "ws",
         })
         .collect();
     let mut dedup = kinds.clone();

@@ -221,18 +221,29 @@ impl Hosts {
     /// Drops UDP to host `i`'s `port` at the bridge (nftables), as a network that lets only TCP
     /// through would; TCP to it still crosses.
     pub fn block_udp_to(&self, i: usize, port: u16) -> Result<(), NetnsError> {
+        self.block_to(i, "udp", port)
+    }
+
+    /// Drops `protocol` (`udp` or `tcp`) to host `i`'s `port` at the bridge (nftables), each
+    /// protocol in a table of its own (`dabs_udp`, `dabs_tcp`) with its own counter.
+    pub fn block_to(&self, i: usize, protocol: &str, port: u16) -> Result<(), NetnsError> {
         let rules = format!(
-            "table bridge dabs_udp {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  \
-             ip daddr {} udp dport {port} counter drop\n }}\n}}\n",
+            "table bridge dabs_{protocol} {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  \
+             ip daddr {} {protocol} dport {port} counter drop\n }}\n}}\n",
             Hosts::addr(i)
         );
-        self.nft(&rules, "udp")
+        self.nft(&rules, protocol)
     }
 
     /// UDP packets [`Hosts::block_udp_to`] dropped so far.
     pub fn udp_dropped(&self) -> u64 {
-        let Ok(out) = self.switch.command("nft").args(["list", "table", "bridge", "dabs_udp"]).output()
-        else {
+        self.dropped("udp")
+    }
+
+    /// Packets of `protocol` that [`Hosts::block_to`] dropped so far.
+    pub fn dropped(&self, protocol: &str) -> u64 {
+        let table = format!("dabs_{protocol}");
+        let Ok(out) = self.switch.command("nft").args(["list", "table", "bridge", &table]).output() else {
             return 0;
         };
         packets_of(&String::from_utf8_lossy(&out.stdout))

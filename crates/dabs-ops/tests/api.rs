@@ -82,7 +82,8 @@ async fn request(
     s.write_all(body.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await.unwrap().unwrap();
-    let text = String::from_utf8(raw).unwrap();
+    // Lossy: a module's bytes (application/wasm) are not text; their headers are.
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let (headers, body) = text.split_once("\r\n\r\n").unwrap();
     let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
     let headers = headers.to_ascii_lowercase();
@@ -280,7 +281,36 @@ async fn metrics_page_and_api_document() {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} is not in /openapi.json");
         // Every documented route is served (the trace streams, so only its head is read).
         if *method == "get" && *path != "/api/trace" {
-            let path = path.replace("{file}", "uplot.min.js").replace("{app}", "calc");
+            let path = path
+                .replace("{file}", "uplot.min.js")
+                .replace("{app}", "calc")
+                .replace("{name}", "integer-ops")
+                .replace("/modules", "/modules?class=native")
+                .replace("?class=native/", "/");
+            if path.contains("/modules/") {
+                let r = s.get(&path).await;
+                assert_eq!(r.status, 200, "GET {path}");
+                assert!(r.headers.contains("content-type: application/wasm"), "{}", r.headers);
+                assert!(r.body.starts_with("\0asm"), "a WebAssembly module");
+                // A peer-locked module is never served, nor listed (R-CL-4).
+                let locked = s.get("/api/applications/calc/modules/floating-point-ops").await;
+                assert_eq!(locked.status, 404, "{}", locked.body);
+                let listed = s.get("/api/applications/calc/modules?class=native").await;
+                assert!(!listed.body.contains("floating-point-ops"), "{}", listed.body);
+                assert!(listed.body.contains("\"signature\""), "{}", listed.body);
+                let unclassed = s.get("/api/applications/calc/modules").await;
+                assert_eq!(unclassed.status, 400, "{}", unclassed.body);
+                let unknown = s.get("/api/applications/calc/modules?class=phone").await;
+                assert!(unknown.status == 404 && unknown.body.contains("native"), "{}", unknown.body);
+                continue;
+            }
+            if path == "/mp" {
+                // Only a WebSocket upgrade is taken there (tests/delivery.rs speaks MP over it).
+                let r = s.get(&path).await;
+                assert_eq!(r.status, 400, "GET /mp without an upgrade: {}", r.body);
+                assert!(r.body.contains("WebSocket"), "{}", r.body);
+                continue;
+            }
             if path.contains("{id}") {
                 // A job id this node never issued: a clear 404, on each of the job's routes.
                 let r = s.get(&path.replace("{id}", "nosuchjob")).await;

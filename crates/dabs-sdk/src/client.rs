@@ -48,16 +48,55 @@ pub struct FarmClientOptions {
     /// closed: a server that cannot prove the key fails the open (NAK 9 or 13), never falls
     /// back to NN or clear. Implies `encrypt`.
     pub farm_key: Option<[u8; 32]>,
-    /// Speak MP over TCP (interop.md, "MP over a stream"), for networks that block UDP:
-    /// `farm` is then a node's MP address, whose TCP port is the same number (a multicast
-    /// group cannot be reached over TCP), and moves go to the alternates' TCP ports too.
-    pub tcp: bool,
+    /// The channel MP runs over (interop.md, "MP over a stream"). Over TCP, `farm` is a
+    /// node's MP address, whose TCP port is the same number (a multicast group cannot be
+    /// reached over a stream), and moves go to the alternates' TCP ports too; over a
+    /// WebSocket, `farm` is a node's operator address (`ws://farm/mp`).
+    pub transport: Transport,
+    /// What this client's device offers, sent in `OPEN_SESSION` so the farm can place the
+    /// application's mutable modules (R-CL-2); `None` says nothing (they run on the server).
+    pub device: Option<dabs_farm_proto::modules::Device>,
+}
+
+/// The channel a client speaks MP over (R-MP-7), in the order a client tries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Transport {
+    /// Datagrams: the protocol's own channel.
+    #[default]
+    Udp,
+    /// A TCP connection to the node's MP port.
+    Tcp,
+    /// A WebSocket on the node's operator port.
+    WebSocket,
+}
+
+impl Transport {
+    /// Every channel, in the preferred order.
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::WebSocket];
+
+    /// The name interop.md gives it (`"udp"`, `"tcp"`, `"ws"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::WebSocket => "ws",
+        }
+    }
+
+    /// The channel named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 impl FarmClientOptions {
     /// The peer address of `addr` on this client's channel.
     pub fn peer(&self, addr: SocketAddr) -> Addr {
-        if self.tcp { Addr::Tcp(addr) } else { Addr::Udp(addr) }
+        match self.transport {
+            Transport::Udp => Addr::Udp(addr),
+            Transport::Tcp => Addr::Tcp(addr),
+            Transport::WebSocket => Addr::Ws(addr),
+        }
     }
 
     /// Options for `app` on the farm at `farm`.
@@ -75,7 +114,8 @@ impl FarmClientOptions {
             device_group: None,
             encrypt: false,
             farm_key: None,
-            tcp: false,
+            transport: Transport::Udp,
+            device: None,
         }
     }
 }
@@ -293,6 +333,16 @@ impl FarmClient {
         }
     }
 
+    /// Where the farm placed the application's mutable modules for this client, from its
+    /// current session's REPLY (empty before one is open or when the farm names none).
+    pub async fn placement(&self) -> Vec<(String, dabs_farm_proto::modules::Placement)> {
+        let current = self.current.lock().await;
+        current
+            .as_ref()
+            .and_then(|s| dabs_farm_proto::shapes::parse_open_placement(&s.reply).ok())
+            .unwrap_or_default()
+    }
+
     /// The server portion's virtual address.
     pub fn va(&self) -> Option<String> {
         self.va.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -349,7 +399,7 @@ async fn listen(
     while let Some(req) = requests.recv().await {
         let command = req.request.command;
         let peer = req.request.peer.clone();
-        let (Addr::Udp(server) | Addr::Tcp(server)) = peer else {
+        let (Addr::Udp(server) | Addr::Tcp(server) | Addr::Ws(server)) = peer else {
             req.reject(NakCode::UnknownCommand, "only network servers send client commands");
             continue;
         };
@@ -450,6 +500,7 @@ fn ask_for(options: &FarmClientOptions) -> OpenAsk {
         app: Some(options.app.clone()),
         class: options.class.clone(),
         group: options.device_group.clone(),
+        device: options.device,
         ..Default::default()
     }
 }

@@ -1,0 +1,210 @@
+//! `dabs client calc --farm ADDR:PORT --ops http://IP:PORT [6 x 7]`: a client portion delivered
+//! in parts (R-CL-1…3, R-MP-7): its modules fetched and verified, its channel found by falling
+//! back through UDP, TCP and the WebSocket, its integer operations placed by the farm from the
+//! device it reports. Prints what it fetched, dropped and settled on, then calculates.
+
+use crate::calc::client_config;
+use dabs_calc::modules::{INTEGER_OPS, WasmIntegerOps};
+use dabs_calc::{CalcClient, Operands};
+use dabs_farm_proto::modules::Placement;
+use dabs_net::DriverOptions;
+use dabs_sdk::Transport;
+use dabs_sdk::delivery::{Bootstrap, Delivered, DeviceProfile, deliver};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+/// What `dabs client` was asked to do.
+#[derive(Clone, Debug)]
+pub struct ClientArgs {
+    /// The application (only `calc` is a client this command knows how to run).
+    pub app: String,
+    /// The farm's MP address.
+    pub farm: SocketAddr,
+    /// A node's operator interface.
+    pub ops: String,
+    /// The client's class.
+    pub class: String,
+    /// The device profile's name.
+    pub profile: String,
+    /// Ceiling on the CPUs offered.
+    pub max_cpus: Option<u32>,
+    /// Ceiling on the memory offered, MiB.
+    pub max_memory_mb: Option<u64>,
+    /// The channels the device can use (all when empty).
+    pub channels: Vec<String>,
+    /// The pinned publishing key.
+    pub publishing_key: Option<[u8; 32]>,
+    /// `A OP B` to compute, if given.
+    pub expr: Vec<String>,
+    /// Integer and float calls with known answers to make after the expression.
+    pub calls: u32,
+}
+
+/// Runs the command.
+pub fn run(args: ClientArgs) -> ExitCode {
+    if args.app != dabs_calc::APP {
+        eprintln!(
+            "dabs client: this command runs the calculator's client portion only (app \"calc\"), not {:?}",
+            args.app
+        );
+        return ExitCode::from(2);
+    }
+    if !args.expr.is_empty() && args.expr.len() != 3 {
+        eprintln!("dabs client: an expression is three words, A OP B (for example 6 x 7)");
+        return ExitCode::from(2);
+    }
+    let Some(mut device) = DeviceProfile::named(&args.profile) else {
+        eprintln!("dabs client: unknown device profile {:?}: host or constrained", args.profile);
+        return ExitCode::from(2);
+    };
+    if !args.channels.is_empty() {
+        let mut usable = Vec::new();
+        for name in &args.channels {
+            match Transport::from_name(name) {
+                Some(t) => usable.push(t),
+                None => {
+                    eprintln!("dabs client: unknown channel {name:?}: udp, tcp or ws");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        device.channels = usable;
+    }
+    let device = device.capped(args.max_cpus, args.max_memory_mb);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dabs client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let ip = args.farm.ip();
+        let bind = if ip.is_loopback() || ip.is_multicast() { "127.0.0.1:0" } else { "0.0.0.0:0" };
+        let endpoint = match dabs_net::spawn(
+            bind.parse().expect("literal"),
+            DriverOptions { config: client_config(), ..Default::default() },
+        )
+        .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("dabs client: cannot open a local endpoint: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let boot = Bootstrap {
+            ops: args.ops.clone(),
+            farm: args.farm,
+            app: args.app.clone(),
+            class: args.class.clone(),
+            device,
+            publishing_key: args.publishing_key,
+            options: None,
+        };
+        let delivered = match deliver(endpoint, boot).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("dabs client: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        report(&delivered);
+        let module = match delivered.mutable.get(INTEGER_OPS) {
+            Some(v) => match WasmIntegerOps::new(&v.bytes) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    eprintln!("dabs client: {INTEGER_OPS} does not run: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        let calc = CalcClient::placed(delivered.client.clone(), module);
+        let status = calculate(&calc, &args).await;
+        delivered.client.stop().await;
+        status
+    })
+}
+
+fn report(d: &Delivered) {
+    if d.key_from_node {
+        println!("publishing key taken from the node (pin it with --publishing-key)");
+    }
+    for (name, kind, len) in &d.fetched {
+        println!("fetched {name} ({kind:?}, {len} bytes): hash and signature verified");
+    }
+    for name in &d.dropped {
+        println!("dropped {name}: this device cannot use its channel");
+    }
+    for a in &d.attempts {
+        match &a.outcome {
+            Ok(()) => println!("channel {}: established in {:?}", a.transport.name(), a.took),
+            Err(why) => {
+                println!("channel {}: not established after {:?} ({why})", a.transport.name(), a.took)
+            }
+        }
+    }
+    for (name, place) in &d.placement {
+        let at = if *place == Placement::Client { "this client's sandbox" } else { "the server" };
+        println!("{name} runs in {at}");
+    }
+    println!(
+        "settled on {} (first set in {:?}, delivered in {:?})",
+        d.transport.name(),
+        d.first_set,
+        d.total
+    );
+}
+
+async fn calculate(calc: &CalcClient, args: &ClientArgs) -> ExitCode {
+    if let [a, op, b] = args.expr.as_slice() {
+        let operands = match Operands::parse(a, b) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("dabs client: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match calc.compute(op, operands).await {
+            Ok(v) => println!("{v}"),
+            Err(e) => {
+                eprintln!("dabs client: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if args.calls > 0 {
+        let (answered, wrong) = known_answers(calc, args.calls).await;
+        println!("{answered} of {} calls answered correctly, {wrong} wrong or failed", args.calls);
+        if wrong > 0 {
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `n` calls alternating integer and float operations whose answers are known here.
+async fn known_answers(calc: &CalcClient, n: u32) -> (u32, u32) {
+    let (mut answered, mut wrong) = (0, 0);
+    for i in 0..n {
+        let a = i64::from(i);
+        let ok = if i % 2 == 0 {
+            calc.compute("x", Operands::Int(a, 3)).await.is_ok_and(|v| v == dabs_calc::Value::Int(a * 3))
+        } else {
+            let x = f64::from(i) + 0.5;
+            calc.compute("+", Operands::Float(x, 0.25))
+                .await
+                .is_ok_and(|v| v == dabs_calc::Value::Float(x + 0.25))
+        };
+        if ok { answered += 1 } else { wrong += 1 }
+    }
+    (answered, wrong)
+}
+
+/// The publishing key from base64 (as `GET /api/farm/publishing-key` gives it).
+pub fn parse_publishing_key(s: &str) -> Result<[u8; 32], String> {
+    dabs_farm_proto::modules::base64_decode(s)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| "the publishing key is 32 bytes in base64 (GET /api/farm/publishing-key)".into())
+}
