@@ -46,6 +46,13 @@ pub enum PortionReport {
     },
     /// One of its clients raised an alert (what it said, decoded for a person).
     ClientAlert(String),
+    /// Its requests kept waiting for a worker past the `workers` time-out, so it added one
+    /// (R-LB-7): it now runs this many. Until it reaches its ceiling, such waits are not
+    /// reported as [`PortionReport::Timeout`]s and the farm spawns nothing for them.
+    Grew {
+        /// Workers now running.
+        workers: u32,
+    },
     /// It has exited.
     Exited,
 }

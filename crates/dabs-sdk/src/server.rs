@@ -44,20 +44,51 @@ pub async fn run<P: ServerPortion>(portion: P, ctx: PortionContext) {
 /// all take requests from the portion's one queue, so a worker stuck in a slow critical
 /// section does not hold up the others. Runtime events are handled here, beside the workers.
 pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext) {
+    run_growing(portions, ctx, None).await
+}
+
+/// How a portion grows its pool of workers (R-LB-7).
+pub struct Growth<P> {
+    /// Makes one more worker.
+    pub make: Arc<dyn Fn() -> P + Send + Sync>,
+    /// Workers it may reach: its CPUs, or fewer when configured so.
+    pub ceiling: usize,
+}
+
+/// Like [`run_workers`], and with `growth` the pool grows (R-LB-7): a request that waited for
+/// a worker longer than the portion's `workers` time-out (from its stamp until a worker took
+/// it) adds a worker, at most one per time-out so the last one can take effect, until the
+/// ceiling; only then are such waits reported as [`PortionReport::Timeout`] on `workers`, and
+/// the farm spawns another portion.
+pub async fn run_growing<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext, growth: Option<Growth<P>>) {
+    let wait_limit = ctx
+        .timeouts
+        .get(WORKERS_RESOURCE)
+        .or_else(|| ctx.timeouts.get(dabs_farm_proto::timeouts::DEFAULT_TIMEOUT_KEY))
+        .copied()
+        .unwrap_or(dabs_farm_proto::timeouts::DEFAULT_TIMEOUT);
     let PortionContext { requests, mut events, reports, va, figures, endpoint, latency, .. } = ctx;
     let reporter = Reporter { va, reports };
     let report = |r| reporter.send(r);
     report(PortionReport::Started);
     let queue = Arc::new(tokio::sync::Mutex::new(requests));
-    let portions: Vec<Arc<tokio::sync::Mutex<P>>> =
+    let mut portions: Vec<Arc<tokio::sync::Mutex<P>>> =
         portions.into_iter().map(|p| Arc::new(tokio::sync::Mutex::new(p))).collect();
     // None: keep serving; Some(emergency): stop (after draining the queue unless emergency).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<bool>);
-    let clock = Clock { origin: tokio::time::Instant::now(), workers: portions.len().max(1) as u32 };
+    let clock = Clock {
+        origin: tokio::time::Instant::now(),
+        workers: Arc::new(std::sync::atomic::AtomicU32::new(portions.len().max(1) as u32)),
+    };
+    // Waits past the limit, from the workers to this loop (only when the pool may grow).
+    let (waited_tx, mut waited_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let waited = growth.as_ref().map(|_| (waited_tx, wait_limit));
+    let mut last_growth: Option<tokio::time::Instant> = None;
     let mut workers = tokio::task::JoinSet::new();
-    for portion in &portions {
+    let spawn_worker = |workers: &mut tokio::task::JoinSet<()>, portion: &Arc<tokio::sync::Mutex<P>>| {
         let (portion, queue, mut stop) = (portion.clone(), queue.clone(), stop_rx.clone());
         let (figures, histogram, reporter) = (figures.clone(), latency.clone(), reporter.clone());
+        let (clock, waited) = (clock.clone(), waited.clone());
         workers.spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -72,8 +103,18 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                 };
                 match next {
                     Some((Some(req), depth)) => {
-                        let served =
-                            Served { figures: &figures, histogram: &*histogram, reporter: &reporter, clock };
+                        if let Some((tx, limit)) = &waited {
+                            let wait = dabs_wire::latency(req.request.id.sent, dabs_net::unix_ms());
+                            if !wait.clock_skew && u128::from(wait.millis) > limit.as_millis() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        let served = Served {
+                            figures: &figures,
+                            histogram: &*histogram,
+                            reporter: &reporter,
+                            clock: clock.clone(),
+                        };
                         serve_one(&mut *portion.lock().await, served, req, depth).await;
                     }
                     Some((None, _)) => return,
@@ -84,7 +125,7 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                                     figures: &figures,
                                     histogram: &*histogram,
                                     reporter: &reporter,
-                                    clock,
+                                    clock: clock.clone(),
                                 };
                                 serve_one(&mut *portion.lock().await, served, req, 0).await;
                             }
@@ -94,11 +135,33 @@ pub async fn run_workers<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                 }
             }
         });
+    };
+    for portion in &portions {
+        spawn_worker(&mut workers, portion);
     }
     let mut clients: Vec<SessionId> = Vec::new();
     let mut events_open = true;
     loop {
         tokio::select! {
+            Some(()) = waited_rx.recv() => {
+                let Some(g) = &growth else { continue };
+                let settled = last_growth.is_none_or(|t| t.elapsed() >= wait_limit);
+                if portions.len() < g.ceiling {
+                    // One worker per time-out: the waits already queued were measured before
+                    // the last one could help.
+                    if settled {
+                        let portion = Arc::new(tokio::sync::Mutex::new((g.make)()));
+                        spawn_worker(&mut workers, &portion);
+                        portions.push(portion);
+                        clock.workers.store(portions.len() as u32, Ordering::Relaxed);
+                        last_growth = Some(tokio::time::Instant::now());
+                        report(PortionReport::Grew { workers: portions.len() as u32 });
+                    }
+                } else {
+                    // At the ceiling: the farm's to solve (another portion elsewhere).
+                    report(PortionReport::Timeout { resource: WORKERS_RESOURCE.into() });
+                }
+            }
             event = events.recv(), if events_open => {
                 let Some(event) = event else {
                     events_open = false;
@@ -193,7 +256,6 @@ impl Reporter {
 }
 
 /// What a worker serves a request with.
-#[derive(Clone, Copy)]
 struct Served<'a> {
     figures: &'a PortionFigures,
     histogram: &'a dyn LatencyObserver,
@@ -201,13 +263,16 @@ struct Served<'a> {
     clock: Clock,
 }
 
+/// The resource a portion's pool of workers is reported as when requests wait for a worker.
+pub const WORKERS_RESOURCE: &str = "workers";
+
 /// What the workers of one portion time their handlers with.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Clock {
     /// The portion's start: service times are recorded against time since then.
     origin: tokio::time::Instant,
-    /// Workers taking requests from the portion's one queue.
-    workers: u32,
+    /// Workers taking requests from the portion's one queue (grows with the pool).
+    workers: Arc<std::sync::atomic::AtomicU32>,
 }
 
 async fn serve_one<P: ServerPortion>(
@@ -229,7 +294,7 @@ async fn serve_one<P: ServerPortion>(
     let handled = portion.handle(command, payload).await;
     f.in_progress.fetch_sub(1, Ordering::Relaxed);
     let ended = tokio::time::Instant::now();
-    f.record_service(ended - clock.origin, (ended - started) / clock.workers);
+    f.record_service(ended - clock.origin, (ended - started) / clock.workers.load(Ordering::Relaxed).max(1));
     match handled {
         Handled::Reply(r) => req.reply(r),
         Handled::Reject(code, text) => req.reject(code, text),
@@ -297,7 +362,9 @@ pub type StatusFn = Arc<dyn Fn(&PortionFigures) -> Result<f64, String> + Send + 
 /// A [`PortionFactory`] from an application name and a constructor.
 pub struct PortionFactoryFn<P, F> {
     app: String,
-    make: F,
+    make: Arc<F>,
+    /// Ceiling of a growing pool (R-LB-7); `None`: a fixed pool.
+    grow_to: Option<usize>,
     workers: usize,
     status: Vec<(String, StatusFn)>,
     modules: Vec<dabs_farm_proto::modules::ModuleSource>,
@@ -318,7 +385,8 @@ where
     pub fn new(app: &str, make: F) -> Self {
         Self {
             app: app.into(),
-            make,
+            make: Arc::new(make),
+            grow_to: None,
             workers: 1,
             status: Vec::new(),
             modules: Vec::new(),
@@ -348,6 +416,14 @@ where
     /// A vertical split: every portion runs one worker per CPU of the server.
     pub fn vertical_split(mut self) -> Self {
         self.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self
+    }
+
+    /// Every portion starts with its workers and grows its pool, one worker each time its
+    /// requests keep waiting past the `workers` time-out, up to `ceiling` workers and never
+    /// more than the server's CPUs (R-LB-7); only then does the farm hear of the waits.
+    pub fn growing(mut self, ceiling: usize) -> Self {
+        self.grow_to = Some(ceiling.max(1));
         self
     }
 
@@ -384,6 +460,14 @@ where
             }
         }
         let portions = (0..self.workers).map(|_| (self.make)()).collect();
-        tokio::spawn(run_workers(portions, ctx));
+        let growth = self.grow_to.map(|ceiling| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let make = self.make.clone();
+            Growth {
+                make: Arc::new(move || make()) as Arc<dyn Fn() -> P + Send + Sync>,
+                ceiling: ceiling.min(cpus),
+            }
+        });
+        tokio::spawn(run_growing(portions, ctx, growth));
     }
 }

@@ -27,6 +27,16 @@ pub async fn host<P: ServerPortion>(
     make: impl Fn() -> P + Send + Sync + 'static,
     workers: usize,
 ) -> Hosted {
+    host_factory(app, PortionFactoryFn::new(app, make).with_workers(workers), Default::default()).await
+}
+
+/// Hosts a portion that `factory` starts, with the node's time-outs per resource `timeouts`,
+/// on queue 16 of a fresh endpoint, and opens a session to it from another.
+pub async fn host_factory(
+    app: &str,
+    factory: impl PortionFactory,
+    timeouts: std::collections::BTreeMap<String, std::time::Duration>,
+) -> Hosted {
     let server = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
@@ -41,9 +51,9 @@ pub async fn host<P: ServerPortion>(
         figures: figures.clone(),
         endpoint: server.clone(),
         latency: std::sync::Arc::new(dabs_farm_proto::portion::DiscardLatency),
-        timeouts: Default::default(),
+        timeouts,
     };
-    PortionFactoryFn::new(app, make).with_workers(workers).spawn(ctx);
+    factory.spawn(ctx);
     let mut opens = server.open_requests();
     tokio::spawn(async move {
         while let Some(o) = opens.recv().await {

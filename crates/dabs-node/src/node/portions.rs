@@ -391,6 +391,11 @@ impl Inner {
                     }
                     self.spawn_for(&app, &resource, format!("portion {va} starved on {resource}"));
                 }
+                PortionReport::Grew { workers } => {
+                    self.note(format!(
+                        "portion {va} grew to {workers} workers (its requests waited for one)"
+                    ));
+                }
                 PortionReport::ClientAlert(what) => {
                     self.counters.client_alerts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%va, alert = %what, "client alert");

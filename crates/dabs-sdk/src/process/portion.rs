@@ -203,6 +203,7 @@ fn fold(status: &mut Status, report: PortionReport) {
         PortionReport::Error(e) => status.errors.push(e),
         // The node answers ALERT itself, before a request reaches the program.
         PortionReport::ClientAlert(what) => status.errors.push(format!("client alert: {what}")),
+        PortionReport::Grew { workers } => status.state = format!("running, grew to {workers} workers"),
         PortionReport::Exited => status.state = "stopped".into(),
     }
 }
