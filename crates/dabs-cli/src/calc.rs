@@ -19,6 +19,37 @@ pub fn client_config() -> Config {
     }
 }
 
+/// Starts a calculator client whose device is `device`: the farm places its integer
+/// operations (R-CL-2), in the sandbox from `module` (the farm's verified `integer-ops`) when
+/// placed here, over the network otherwise. Also says whether they were placed here.
+pub async fn connect_device(
+    farm: SocketAddr,
+    device: dabs_farm_proto::modules::Device,
+    module: &dabs_calc::modules::WasmIntegerOps,
+) -> Result<(CalcClient, Arc<FarmClient>, bool), String> {
+    let endpoint = dabs_net::spawn(
+        "127.0.0.1:0".parse().expect("literal"),
+        DriverOptions { config: client_config(), ..Default::default() },
+    )
+    .await
+    .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
+    let options = FarmClientOptions {
+        idempotent: true,
+        device: Some(device),
+        ..FarmClientOptions::new(farm, dabs_calc::APP)
+    };
+    let client = Arc::new(
+        FarmClient::start(endpoint, options)
+            .await
+            .map_err(|e| format!("cannot reach the farm at {farm}: {e}"))?,
+    );
+    let here = client.placement().await.iter().any(|(name, place)| {
+        name == dabs_calc::modules::INTEGER_OPS && *place == dabs_farm_proto::modules::Placement::Client
+    });
+    let calc = CalcClient::placed(client.clone(), here.then(|| module.clone()));
+    Ok((calc, client, here))
+}
+
 /// Starts a calculator client on a fresh endpoint.
 pub async fn connect(farm: SocketAddr, profile: Profile) -> Result<(CalcClient, Arc<FarmClient>), String> {
     connect_app(farm, profile, dabs_calc::APP).await

@@ -1,7 +1,7 @@
 //! `dabs demo`: the main job. A 3-node farm of real processes, a crowd of calculator clients
 //! (thin and fat), one node killed half-way, and a summary that accounts for every call.
 
-use crate::calc::connect;
+use crate::calc::connect_device;
 use crate::farm::LocalFarm;
 use dabs_calc::{
     FloatingPointOps, IntegerOps, LocalFloatingPointOps, LocalIntegerOps, Operands, Profile, Value,
@@ -131,18 +131,41 @@ async fn drive(
     // Let the members hear each other and a decider settle (one lease).
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let group = std::net::SocketAddr::V4(farm.group);
+    // The integer module, fetched once from a node and verified against the farm's key: the
+    // clients the farm places it on run it in their sandbox.
+    let ops = farm
+        .nodes
+        .first()
+        .and_then(|n| n.operator.clone())
+        .ok_or("the farm's nodes have no operator port")?;
+    let fetcher = dabs_sdk::delivery::Fetcher::new(&ops, None).await.map_err(|e| e.to_string())?;
+    let listing = fetcher.listing(dabs_calc::APP, "native").await.map_err(|e| e.to_string())?;
+    let entry = listing
+        .iter()
+        .find(|e| e.name == dabs_calc::modules::INTEGER_OPS)
+        .ok_or("the calculator lists no integer-ops module")?;
+    let verified = fetcher.module(entry).await.map_err(|e| e.to_string())?;
+    let module = dabs_calc::modules::WasmIntegerOps::new(&verified.bytes).map_err(|e| e.to_string())?;
+    // Thin and fat are the farm's placement for two kinds of device: this host, measured,
+    // and a constrained one (no WebAssembly, 16 MiB).
     let mut set = tokio::task::JoinSet::new();
     for i in 0..clients {
-        let profile = if i % 2 == 0 { Profile::Fat } else { Profile::Thin };
-        set.spawn(async move { (profile, connect(group, profile).await) });
+        let device = if i % 2 == 0 {
+            dabs_sdk::delivery::DeviceProfile::host()
+        } else {
+            dabs_sdk::delivery::DeviceProfile::constrained()
+        };
+        let module = module.clone();
+        set.spawn(async move { connect_device(group, device.offer, &module).await });
     }
     let mut started = Vec::new();
     while let Some(r) = set.join_next().await {
-        let (profile, c) = r.map_err(|e| e.to_string())?;
-        started.push((profile, c?));
+        let (calc, client, here) = r.map_err(|e| e.to_string())??;
+        let profile = if here { Profile::Fat } else { Profile::Thin };
+        started.push((profile, (calc, client)));
     }
     println!(
-        "{} clients connected ({} thin, {} fat)",
+        "{} clients connected ({} thin, {} fat: placed by the farm from their devices)",
         started.len(),
         started.iter().filter(|c| c.0 == Profile::Thin).count(),
         started.iter().filter(|c| c.0 == Profile::Fat).count()
