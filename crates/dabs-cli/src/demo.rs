@@ -171,6 +171,7 @@ async fn drive(
         started.iter().filter(|c| c.0 == Profile::Fat).count()
     );
 
+    let fat_clients = started.iter().filter(|c| c.0 == Profile::Fat).count();
     let vas_before: Vec<Option<String>> = started.iter().map(|(_, (_, c))| c.va()).collect();
     let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + duration;
@@ -294,6 +295,7 @@ async fn drive(
     let failed = tally.failed.load(Ordering::Relaxed);
     Ok(json!({
         "clients": farm_clients.len(),
+        "fat_clients": fat_clients,
         "calls": calls,
         "answered": answered,
         "failed": failed,

@@ -78,6 +78,10 @@ fn killing_a_node_loses_no_calls() {
     assert_eq!(summary["wrong"], 0, "{summary}");
     assert_eq!(summary["failed"], 0, "{summary}");
     assert!(summary["calls"].as_u64().unwrap() > 100, "{summary}");
+    // Half the clients report this host's device, half a constrained one: the farm places
+    // IntegerOps in the sandbox of the first kind only.
+    assert_eq!(summary["fat_clients"], 20, "{summary}");
+    assert!(summary["local_calls"].as_u64().unwrap() > 0, "{summary}");
     let nodes = summary["per_node"].as_array().unwrap();
     let killed: Vec<_> = nodes.iter().filter(|n| n["killed"] == true).collect();
     assert_eq!(killed.len(), 1, "{summary}");
