@@ -3,6 +3,7 @@
 mod addr;
 mod bench;
 mod bench_decider;
+mod bench_delivery;
 mod bench_dns;
 mod bench_service;
 mod calc;
@@ -274,6 +275,22 @@ enum DemoCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// A client delivered in parts (R-CL): bootstrap time, one IntegerOps call natively, in the
+    /// client's sandbox and over the network, and (as root) the fallback time per channel.
+    Delivery {
+        /// Deliveries timed (fallback runs at most 10 per case).
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
+        /// IntegerOps calls timed per placement.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        /// Skip the fallback cases (they need root and network namespaces).
+        #[arg(long)]
+        no_fallback: bool,
+        /// Print one JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The load a 3-node local farm sustains: thin calculator clients calling back to back.
     Load {
         /// Concurrent clients (each its own endpoint and session).
@@ -469,6 +486,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Jobs { tasks, no_peers, json } } => {
             jobs::bench::run(tasks, !no_peers, json)
+        }
+        Command::Bench { command: BenchCommand::Delivery { rounds, calls, no_fallback, json } } => {
+            bench_delivery::run(rounds, calls, no_fallback, json)
         }
         Command::Bench { command: BenchCommand::Open { samples, json } } => {
             bench::open_latency(samples, json)
