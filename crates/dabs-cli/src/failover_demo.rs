@@ -379,10 +379,8 @@ async fn inject_forged(endpoints: &[EndpointHandle], n: usize) -> Result<u64, St
             .open(dabs_net::Addr::Udp(target), 1, ask)
             .await
             .map_err(|e| format!("attacker could not open a session: {e}"))?;
-        let decoy = dabs_farm_proto::seal::Alternate {
-            addr: attacker.local_addrs().udp,
-            va: "mp://local/calc/dasp/666".into(),
-        };
+        let decoy =
+            dabs_farm_proto::seal::Alternate::at(attacker.local_addrs().udp, "mp://local/calc/dasp/666");
         let notice = dabs_farm_proto::seal::Failover {
             alternates: vec![decoy],
             nonce: dabs_net::unix_ms() * 1000,

@@ -257,10 +257,10 @@ async fn a_forged_failover_is_raised_with_the_clients_node() {
     let s = attacker.open(Addr::Udp(target), 1, ask).await.expect("the client endpoint takes sessions");
     for nonce in 1..=3 {
         let notice = dabs_farm_proto::seal::Failover {
-            alternates: vec![dabs_farm_proto::seal::Alternate {
-                addr: attacker.local_addrs().udp,
-                va: "mp://zones/calc/dasp/evil-1".into(),
-            }],
+            alternates: vec![dabs_farm_proto::seal::Alternate::at(
+                attacker.local_addrs().udp,
+                "mp://zones/calc/dasp/evil-1",
+            )],
             nonce,
             issued: dabs_net::unix_ms(),
         };

@@ -26,6 +26,16 @@ pub struct Alternate {
     pub addr: SocketAddr,
     /// Its portion's virtual address.
     pub va: String,
+    /// Its MP WebSocket's address (its operator port, `"ws": "ws://IP:PORT/mp"`), for clients
+    /// on that channel; `None` when it has no operator interface.
+    pub ws: Option<SocketAddr>,
+}
+
+impl Alternate {
+    /// An alternate at `addr` (MP over UDP, and TCP on the same port) with no WebSocket.
+    pub fn at(addr: SocketAddr, va: impl Into<String>) -> Self {
+        Self { addr, va: va.into(), ws: None }
+    }
 }
 
 /// A verified (or to be sent) failover notice.
@@ -91,7 +101,13 @@ impl Failover {
         let alternates = self
             .alternates
             .iter()
-            .map(|a| Value::Map(vec![(text("addr"), text(&a.addr.to_string())), (text("va"), text(&a.va))]))
+            .map(|a| {
+                let mut m = vec![(text("addr"), text(&a.addr.to_string())), (text("va"), text(&a.va))];
+                if let Some(ws) = a.ws {
+                    m.push((text("ws"), text(&format!("ws://{ws}/mp"))));
+                }
+                Value::Map(m)
+            })
             .collect();
         let body = Value::Map(vec![
             (text("alternates"), Value::Array(alternates)),
@@ -148,7 +164,13 @@ impl Failover {
                 .and_then(Value::as_text)
                 .ok_or_else(|| bad("an alternate has no \"va\""))?
                 .to_owned();
-            alternates.push(Alternate { addr, va });
+            // An optional WebSocket that cannot be read is left out, not a reason to refuse.
+            let ws = get(a, "ws")
+                .and_then(Value::as_text)
+                .and_then(|t| t.strip_prefix("ws://"))
+                .and_then(|t| t.strip_suffix("/mp"))
+                .and_then(|t| t.parse().ok());
+            alternates.push(Alternate { addr, va, ws });
         }
         Ok(Failover { alternates, nonce, issued })
     }
@@ -300,10 +322,14 @@ mod tests {
 
     fn notice(nonce: u64, issued: u64) -> Failover {
         Failover {
-            alternates: vec![Alternate {
-                addr: addr("127.0.0.1:47102"),
-                va: "mp://demo/calc/dasp/node-2-1".into(),
-            }],
+            alternates: vec![
+                Alternate::at(addr("127.0.0.1:47102"), "mp://demo/calc/dasp/node-2-1"),
+                Alternate {
+                    addr: addr("127.0.0.1:47103"),
+                    va: "mp://demo/calc/dasp/node-3-1".into(),
+                    ws: Some(addr("127.0.0.1:8103")),
+                },
+            ],
             nonce,
             issued,
         }

@@ -441,7 +441,13 @@ async fn listen(
         // Answered once the move is made: a refusal tells the server we are still its client.
         let mut moved = false;
         for alt in &notice.alternates {
-            match open_session(&endpoint, &options, options.peer(alt.addr), Some(alt.va.clone())).await {
+            // Over a WebSocket an alternate is reached at its own (its operator port).
+            let to = match (options.transport, alt.ws) {
+                (Transport::WebSocket, Some(ws)) => Addr::Ws(ws),
+                (Transport::WebSocket, None) => continue,
+                _ => options.peer(alt.addr),
+            };
+            match open_session(&endpoint, &options, to, Some(alt.va.clone())).await {
                 Ok(s) => {
                     if let Ok((new_va, _, _)) = parse_open_reply(&s.reply) {
                         *va.lock().unwrap_or_else(|e| e.into_inner()) = Some(new_va);

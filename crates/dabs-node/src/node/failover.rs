@@ -7,7 +7,7 @@ use crate::health::{Check, Reading, assess};
 use crate::stats::NodeStats;
 use crate::zones::{ClientInfo, Zone};
 use dabs_farm_proto::seal::{Alternate, Failover};
-use dabs_net::{Addr, OpenRequest};
+use dabs_net::OpenRequest;
 use dabs_wire::{NakCode, SystemCommand};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +29,9 @@ pub(super) struct ClientEntry {
     pub retry_after: Option<Instant>,
     /// Its session is encrypted: it moves only to members that accept encryption.
     pub encrypted: bool,
+    /// It speaks MP over a WebSocket to this node's operator port: a FAILOVER to it is sealed
+    /// as sent from there.
+    pub websocket: bool,
 }
 
 /// A client sent away, to be called back when this node is healthy again.
@@ -88,7 +91,7 @@ impl Inner {
             .into_iter()
             .filter_map(|s| {
                 let p = s.portions.iter().filter(|p| p.app == app).min_by_key(|p| p.sessions)?;
-                Some(dabs_farm_proto::seal::Alternate { addr: s.mp, va: p.va.clone() })
+                Some(dabs_farm_proto::seal::Alternate { addr: s.mp, va: p.va.clone(), ws: websocket_of(s) })
             })
             .take(3)
             .collect()
@@ -98,7 +101,7 @@ impl Inner {
     /// the node is better than the client's return threshold and the return gate has room
     /// (R-FO-4), else refused so it stays where it is. `Ok(false)`: not a deferred client.
     pub(super) fn admit_deferred(&self, req: &OpenRequest) -> Result<bool, (NakCode, String)> {
-        let Addr::Udp(addr) = req.peer else { return Ok(false) };
+        let Some(addr) = req.peer.socket_addr() else { return Ok(false) };
         let mut st = self.state();
         let Some(i) =
             st.failover.deferred.iter().position(|d| d.client.addr == addr && d.client.queue == req.src)
@@ -335,7 +338,9 @@ impl Inner {
             st.failover.last_nonce
         };
         let notice = Failover { alternates, nonce, issued: unix_ms() };
-        let payload = notice.seal(secret, self.mp, client.addr);
+        // Sealed with the address the client hears it from (interop.md, FAILOVER).
+        let from = if client.websocket { self.own_websocket().unwrap_or(self.mp) } else { self.mp };
+        let payload = notice.seal(secret, from, client.addr);
         let call = self.endpoint.call_async(client.session, SystemCommand::Failover.number(), payload);
         let Some(va) = home else {
             drop(call);
@@ -412,7 +417,8 @@ impl Inner {
             self.note(format!("calling back {} deferred clients", calls.len()));
         }
         for (client, va) in calls {
-            self.send_failover(&client, vec![Alternate { addr: self.mp, va }], None);
+            let ws = self.own_websocket();
+            self.send_failover(&client, vec![Alternate { addr: self.mp, va, ws }], None);
         }
     }
 }
@@ -460,12 +466,15 @@ impl Inner {
                 }
                 let Some(p) = st.hosting.portions.get(va) else { continue };
                 let (app, mine) = (p.app.clone(), p.clients.len() as u64);
+                let own_ws = self.own_websocket();
                 let mut homes: Vec<(Alternate, u64)> = st
                     .hosting
                     .portions
                     .iter()
                     .filter(|(v, q)| q.app == app && !starving.contains(v))
-                    .map(|(v, q)| (Alternate { addr: self.mp, va: v.clone() }, q.clients.len() as u64))
+                    .map(|(v, q)| {
+                        (Alternate { addr: self.mp, va: v.clone(), ws: own_ws }, q.clients.len() as u64)
+                    })
                     .collect();
                 // Members that refuse encryption only if none of these clients is encrypted.
                 let any_encrypted = p.clients.iter().any(|c| c.encrypted);
@@ -474,7 +483,10 @@ impl Inner {
                     fresh.filter(|m| m.node != self.me && m.accepting && !(any_encrypted && m.no_encryption))
                 {
                     for q in m.portions.iter().filter(|q| q.app == app) {
-                        homes.push((Alternate { addr: m.mp, va: q.va.clone() }, q.sessions));
+                        homes.push((
+                            Alternate { addr: m.mp, va: q.va.clone(), ws: websocket_of(m) },
+                            q.sessions,
+                        ));
                     }
                 }
                 homes.sort_by_key(|(_, n)| *n);
@@ -515,6 +527,20 @@ impl Inner {
 
 /// Takes client `session` off portion `va`: no longer an active client there (its session
 /// stays open, for a call back), remembered so the session's end still reaches the portion.
+/// A member's MP WebSocket: its announced operator address (on its MP address's IP when it
+/// listens on every interface).
+fn websocket_of(s: &NodeStats) -> Option<SocketAddr> {
+    s.operator.map(|op| if op.ip().is_unspecified() { SocketAddr::new(s.mp.ip(), op.port()) } else { op })
+}
+
+impl Inner {
+    /// This node's MP WebSocket (its operator interface), where it has one.
+    pub(super) fn own_websocket(&self) -> Option<SocketAddr> {
+        let op = (*self.operator.lock().unwrap_or_else(|e| e.into_inner())).or(self.config.node.operator)?;
+        Some(if op.ip().is_unspecified() { SocketAddr::new(self.mp.ip(), op.port()) } else { op })
+    }
+}
+
 fn take_client(st: &mut super::State, va: &str, session: dabs_net::SessionId) -> Option<ClientEntry> {
     let p = st.hosting.portions.get_mut(va)?;
     let i = p.clients.iter().position(|c| c.session == session)?;

@@ -289,7 +289,8 @@ impl Inner {
                         figures.sessions.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
-                    if let Addr::Udp(addr) = req.peer
+                    // Network clients on any channel (a stream client is moved over its own).
+                    if let Some(addr) = req.peer.socket_addr()
                         && let Some(p) = st.hosting.portions.get_mut(&portion_va)
                     {
                         p.clients.push(ClientEntry {
@@ -301,6 +302,7 @@ impl Inner {
                             serve_once,
                             retry_after: None,
                             encrypted: security.is_some(),
+                            websocket: matches!(req.peer, Addr::Ws(_)),
                         });
                     }
                     drop(st);
