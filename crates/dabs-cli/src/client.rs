@@ -13,31 +13,45 @@ use dabs_sdk::delivery::{Bootstrap, Delivered, DeviceProfile, deliver};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-/// What `dabs client` was asked to do.
-#[derive(Clone, Debug)]
+/// A client portion delivered in parts (R-CL): fetch and verify its modules, fall back
+/// through UDP, TCP and the WebSocket until a channel works, run `IntegerOps` where the farm
+/// places it for this device: `dabs client calc --farm IP:PORT --ops http://IP:PORT 6 x 7`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The application (only `calc` is a client this command knows how to run).
+    /// The application (the calculator, `calc`).
     pub app: String,
-    /// The farm's MP address.
+    /// The farm's MP address: its group, or one node's (over TCP it must be a node's).
+    #[arg(long, value_parser = crate::addr::parse_socket_addr)]
     pub farm: SocketAddr,
-    /// A node's operator interface.
+    /// A node's operator interface, http://IP:PORT: modules come from here, and the
+    /// WebSocket channel is here.
+    #[arg(long)]
     pub ops: String,
-    /// The client's class.
+    /// The client class: which modules it is entitled to (native, embedded).
+    #[arg(long, default_value = "native")]
     pub class: String,
-    /// The device profile's name.
+    /// The device: `host` (measured here) or `constrained` (1 CPU, 16 MiB, no WebAssembly).
+    #[arg(long, default_value = "host")]
     pub profile: String,
-    /// Ceiling on the CPUs offered.
+    /// Offer the farm at most this many CPUs.
+    #[arg(long)]
     pub max_cpus: Option<u32>,
-    /// Ceiling on the memory offered, MiB.
+    /// Offer the farm at most this much memory, MiB.
+    #[arg(long)]
     pub max_memory_mb: Option<u64>,
-    /// The channels the device can use (all when empty).
+    /// The channels this device can use, comma-separated (udp,tcp,ws); add-ons for the
+    /// others are dropped.
+    #[arg(long, value_delimiter = ',')]
     pub channels: Vec<String>,
-    /// The pinned publishing key.
+    /// The farm's publishing key (base64), pinned: modules signed by any other are refused.
+    #[arg(long, value_parser = parse_publishing_key)]
     pub publishing_key: Option<[u8; 32]>,
-    /// `A OP B` to compute, if given.
-    pub expr: Vec<String>,
-    /// Integer and float calls with known answers to make after the expression.
+    /// Then make this many calls with known answers, and say how many were answered.
+    #[arg(long, default_value_t = 0)]
     pub calls: u32,
+    /// A OP B to compute (for example 6 x 7).
+    #[arg(allow_hyphen_values = true, num_args = 0..=3)]
+    pub expr: Vec<String>,
 }
 
 /// Runs the command.

@@ -172,42 +172,7 @@ enum Command {
     /// A client portion delivered in parts (R-CL): fetch and verify its modules, fall back
     /// through UDP, TCP and the WebSocket until a channel works, run `IntegerOps` where the
     /// farm places it for this device: `dabs client calc --farm IP:PORT --ops http://IP:PORT 6 x 7`.
-    Client {
-        /// The application (the calculator, `calc`).
-        app: String,
-        /// The farm's MP address: its group, or one node's (over TCP it must be a node's).
-        #[arg(long, value_parser = addr::parse_socket_addr)]
-        farm: std::net::SocketAddr,
-        /// A node's operator interface, http://IP:PORT: modules come from here, and the
-        /// WebSocket channel is here.
-        #[arg(long)]
-        ops: String,
-        /// The client class: which modules it is entitled to (native, embedded).
-        #[arg(long, default_value = "native")]
-        class: String,
-        /// The device: `host` (measured here) or `constrained` (1 CPU, 16 MiB, no WebAssembly).
-        #[arg(long, default_value = "host")]
-        profile: String,
-        /// Offer the farm at most this many CPUs.
-        #[arg(long)]
-        max_cpus: Option<u32>,
-        /// Offer the farm at most this much memory, MiB.
-        #[arg(long)]
-        max_memory_mb: Option<u64>,
-        /// The channels this device can use, comma-separated (udp,tcp,ws); add-ons for the
-        /// others are dropped.
-        #[arg(long, value_delimiter = ',')]
-        channels: Vec<String>,
-        /// The farm's publishing key (base64), pinned: modules signed by any other are refused.
-        #[arg(long, value_parser = client::parse_publishing_key)]
-        publishing_key: Option<[u8; 32]>,
-        /// Then make this many calls with known answers, and say how many were answered.
-        #[arg(long, default_value_t = 0)]
-        calls: u32,
-        /// A OP B to compute (for example 6 x 7).
-        #[arg(allow_hyphen_values = true, num_args = 0..=3)]
-        expr: Vec<String>,
-    },
+    Client(client::ClientArgs),
     /// Jobs (seed 002): submit a WebAssembly module with its inputs, follow it, fetch results.
     Job {
         /// A node's operator URL (http://IP:PORT), as `dabs farm up` prints it; default:
@@ -499,31 +464,7 @@ fn main() -> ExitCode {
         Command::Calc { farm, fat, encrypt, farm_key, tcp, a, op, b } => {
             calc::run(farm, &a, &op, &b, fat, calc::Security { tcp, encrypt, secret: None, farm_key })
         }
-        Command::Client {
-            app,
-            farm,
-            ops,
-            class,
-            profile,
-            max_cpus,
-            max_memory_mb,
-            channels,
-            publishing_key,
-            calls,
-            expr,
-        } => client::run(client::ClientArgs {
-            app,
-            farm,
-            ops,
-            class,
-            profile,
-            max_cpus,
-            max_memory_mb,
-            channels,
-            publishing_key,
-            expr,
-            calls,
-        }),
+        Command::Client(args) => client::run(args),
         Command::Mp { command: MpCommand::Demo } => codec_demo::codec_demo(),
         Command::Mp { command: MpCommand::Decode } => mp_tools::decode_stdin(),
         Command::Mp { command: MpCommand::Encode } => mp_tools::encode_stdin(),

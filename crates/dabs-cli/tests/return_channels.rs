@@ -13,13 +13,18 @@ const PORT: u16 = 47000;
 /// `dabs calc` on `host` against the node on host 1; its exit status and output.
 fn calc(hosts: &Hosts, host: usize, tcp: bool, expr: [&str; 3]) -> (bool, String) {
     let farm = format!("{}:{PORT}", Hosts::addr(1));
-    let mut cmd = hosts.host(host).command(DABS);
-    cmd.args(["calc", "--farm", &farm]);
+    let mut args = vec!["calc", "--farm", &farm];
     if tcp {
-        cmd.arg("--tcp");
+        args.push("--tcp");
     }
+    args.extend(expr);
+    dabs_on(hosts, host, &args)
+}
+
+/// `dabs ARGS` on `host`: its exit status, and its output with how long it took.
+fn dabs_on(hosts: &Hosts, host: usize, args: &[&str]) -> (bool, String) {
     let started = Instant::now();
-    let out = cmd.args(expr).output().expect("dabs calc runs");
+    let out = hosts.host(host).command(DABS).args(args).output().expect("dabs runs");
     let text = format!(
         "{}{} (after {:?})",
         String::from_utf8_lossy(&out.stdout),
@@ -66,21 +71,9 @@ fn the_calculator_answers_over_tcp_when_udp_is_blocked() {
 /// `dabs client calc` on host 2 against the node on host 1: its exit status and output.
 fn client(hosts: &Hosts, ops: &str, extra: &[&str]) -> (bool, String) {
     let farm = format!("{}:{PORT}", Hosts::addr(1));
-    let started = Instant::now();
-    let out = hosts
-        .host(2)
-        .command(DABS)
-        .args(["client", "calc", "--farm", &farm, "--ops", ops, "--calls", "40"])
-        .args(extra)
-        .output()
-        .expect("dabs client runs");
-    let text = format!(
-        "{}{} (after {:?})",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        started.elapsed()
-    );
-    (out.status.success(), text)
+    let mut args = vec!["client", "calc", "--farm", &farm, "--ops", ops, "--calls", "40"];
+    args.extend(extra);
+    dabs_on(hosts, 2, &args)
 }
 
 /// Issue 17 items 1-3 and 5: a client delivered in parts fetches only what it needs, falls back
