@@ -34,12 +34,13 @@ fn dabs_on(hosts: &Hosts, host: usize, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn the_calculator_answers_over_tcp_when_udp_is_blocked() {
+/// Two hosts on a bridge, and a node on host 1 taking MP over UDP and TCP on `PORT` and over
+/// the WebSocket on its operator port, running the calculator.
+fn node_on_host_1(farm: &str) -> (Hosts, NodeProc) {
     let hosts = Hosts::create(2).expect("two hosts on a bridge (root, ip, nft)");
-    let dir = temp_dir("channels");
+    let dir = temp_dir(farm);
     let me = Hosts::addr(1);
-    let config = NodeConfigBuilder::new("channels", random_group(), "node-1")
+    let config = NodeConfigBuilder::new(farm, random_group(), "node-1")
         .bind(format!("{me}:{PORT}"))
         .interface(me)
         // Off loopback a farm needs its secret (the calculator client needs none).
@@ -49,6 +50,12 @@ fn the_calculator_answers_over_tcp_when_udp_is_blocked() {
         .app_with("calc", "start_at_init = true\n")
         .write(&dir);
     let node = NodeProc::start_in(hosts.host(1).name(), DABS, &config);
+    (hosts, node)
+}
+
+#[test]
+fn the_calculator_answers_over_tcp_when_udp_is_blocked() {
+    let (hosts, node) = node_on_host_1("channels");
     // Reachable over UDP before the block: the same command, the same farm.
     let (ok, text) = calc(&hosts, 2, false, ["6", "x", "7"]);
     assert!(ok && text.starts_with("42"), "over UDP, before the block: {text}");
@@ -81,18 +88,7 @@ fn client(hosts: &Hosts, ops: &str, extra: &[&str]) -> (bool, String) {
 /// farm places it for its device; every call is answered, correctly, on every channel.
 #[test]
 fn a_client_delivered_in_parts_falls_back_through_tcp_to_the_websocket() {
-    let hosts = Hosts::create(2).expect("two hosts on a bridge (root, ip, nft)");
-    let dir = temp_dir("delivery");
-    let me = Hosts::addr(1);
-    let config = NodeConfigBuilder::new("delivery", random_group(), "node-1")
-        .bind(format!("{me}:{PORT}"))
-        .interface(me)
-        .secret("5eed5eed5eed5eed5eed5eed5eed5eed")
-        .operator_at(format!("{me}:0"))
-        .tcp(true)
-        .app_with("calc", "start_at_init = true\n")
-        .write(&dir);
-    let node = NodeProc::start_in(hosts.host(1).name(), DABS, &config);
+    let (hosts, node) = node_on_host_1("delivery");
     let ops = node.url().to_owned();
     let answered = "40 of 40 calls answered correctly, 0 wrong";
 
