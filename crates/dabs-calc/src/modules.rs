@@ -8,6 +8,7 @@
 //! | `channel-tcp` | add-on (channel tcp) | native, embedded |
 //! | `channel-ws` | add-on (channel ws) | native |
 //! | `integer-ops` | mutable: 1 CPU, 64 MiB, no floating point | native, embedded |
+//! | `grouping` | feature add-on: results with digits grouped in threes | native, embedded |
 //! | `floating-point-ops` | peer-locked: never sent | — |
 
 use crate::IntegerOps;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 
 /// The mutable module's name.
 pub const INTEGER_OPS: &str = "integer-ops";
+/// The feature add-on that groups a result's digits.
+pub const GROUPING: &str = "grouping";
 
 const ALLOC: &str = include_str!("../modules/alloc.wat.part");
 
@@ -66,6 +69,14 @@ pub fn package() -> Vec<ModuleSource> {
             wasm: assemble(include_str!("../modules/integer_ops.wat")),
         },
         ModuleSource {
+            name: GROUPING.into(),
+            kind: ModuleKind::Addon,
+            channel: None,
+            classes: vec!["native".into(), "embedded".into()],
+            needs: Needs::default(),
+            wasm: assemble(include_str!("../modules/grouping.wat")),
+        },
+        ModuleSource {
             name: "floating-point-ops".into(),
             kind: ModuleKind::PeerLocked,
             channel: None,
@@ -74,6 +85,13 @@ pub fn package() -> Vec<ModuleSource> {
             wasm: assemble(include_str!("../modules/floating_point_ops.wat")),
         },
     ]
+}
+
+/// `n` written by the `grouping` feature add-on (`module`, verified), in the sandbox.
+pub fn group_digits(module: &dabs_sandbox::Module, n: i64) -> Result<String, String> {
+    let limits = dabs_sandbox::Limits { fuel: 100_000, memory_bytes: 1 << 20, output_bytes: 64 };
+    let out = module.run(&n.to_le_bytes(), &limits).map_err(|e| format!("{GROUPING} module: {e}"))?;
+    String::from_utf8(out).map_err(|_| format!("{GROUPING} module answered bytes that are not text"))
 }
 
 /// `IntegerOps` run by its module in the client's sandbox: each call a fresh instance under
@@ -185,6 +203,27 @@ mod tests {
             let (w, l) = run(both(op, a, b));
             prop_assert_eq!(w, l);
         }
+    }
+
+    #[test]
+    fn the_grouping_add_on_groups_every_integer_as_rust_would() {
+        let m = package().into_iter().find(|m| m.name == GROUPING).expect("published");
+        let module = dabs_sandbox::Module::new(&m.wasm).expect("valid");
+        let rust = |n: i64| {
+            let digits = n.unsigned_abs().to_string();
+            let mut out = String::new();
+            for (i, c) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i) % 3 == 0 {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            if n < 0 { format!("-{out}") } else { out }
+        };
+        for n in [0, 7, -7, 999, 1000, -1000, 1_234_567, i64::MAX, i64::MIN, -999_999] {
+            assert_eq!(group_digits(&module, n), Ok(rust(n)), "{n}");
+        }
+        assert_eq!(group_digits(&module, 42_000), Ok("42,000".into()));
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn boot(ops: &str, farm: SocketAddr) -> Bootstrap {
         device: DeviceProfile::host(),
         publishing_key: None,
         options: None,
+        features: Vec::new(),
     }
 }
 

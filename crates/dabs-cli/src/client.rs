@@ -46,6 +46,10 @@ pub struct ClientArgs {
     /// The farm's publishing key (base64), pinned: modules signed by any other are refused.
     #[arg(long, value_parser = parse_publishing_key)]
     pub publishing_key: Option<[u8; 32]>,
+    /// Feature add-ons to fetch and use (the calculator's: `grouping`, results with their
+    /// digits grouped in threes).
+    #[arg(long = "feature")]
+    pub features: Vec<String>,
     /// Then make this many calls with known answers, and say how many were answered.
     #[arg(long, default_value_t = 0)]
     pub calls: u32,
@@ -115,6 +119,7 @@ pub fn run(args: ClientArgs) -> ExitCode {
             device,
             publishing_key: args.publishing_key,
             options: None,
+            features: args.features.clone(),
         };
         let delivered = match deliver(endpoint, boot).await {
             Ok(d) => d,
@@ -135,7 +140,8 @@ pub fn run(args: ClientArgs) -> ExitCode {
             None => None,
         };
         let calc = CalcClient::placed(delivered.client.clone(), module);
-        let status = calculate(&calc, &args).await;
+        let grouping = delivered.features.get(dabs_calc::modules::GROUPING).map(|v| v.module.clone());
+        let status = calculate(&calc, &args, grouping.as_ref()).await;
         delivered.client.stop().await;
         status
     })
@@ -171,7 +177,11 @@ fn report(d: &Delivered) {
     );
 }
 
-async fn calculate(calc: &CalcClient, args: &ClientArgs) -> ExitCode {
+async fn calculate(
+    calc: &CalcClient,
+    args: &ClientArgs,
+    grouping: Option<&dabs_sandbox::Module>,
+) -> ExitCode {
     if let [a, op, b] = args.expr.as_slice() {
         let operands = match Operands::parse(a, b) {
             Ok(o) => o,
@@ -181,6 +191,15 @@ async fn calculate(calc: &CalcClient, args: &ClientArgs) -> ExitCode {
             }
         };
         match calc.compute(op, operands).await {
+            Ok(dabs_calc::Value::Int(n)) if grouping.is_some() => {
+                match dabs_calc::modules::group_digits(grouping.expect("checked"), n) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("dabs client: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             Ok(v) => println!("{v}"),
             Err(e) => {
                 eprintln!("dabs client: {e}");

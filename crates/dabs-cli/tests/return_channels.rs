@@ -98,6 +98,12 @@ fn a_client_delivered_in_parts_falls_back_through_tcp_to_the_websocket() {
     assert!(text.contains("fetched channel-udp") && !text.contains("fetched channel-tcp"), "{text}");
     assert!(text.contains("integer-ops runs in this client's sandbox"), "the host runs it: {text}");
     assert!(text.contains("\n42\n"), "{text}");
+    assert!(!text.contains("fetched grouping"), "a feature add-on only when asked for: {text}");
+    // A feature add-on, asked for: fetched, verified, and the result written by it.
+    let (ok, text) = client(&hosts, &ops, &["--feature", "grouping", "1234", "x", "1000"]);
+    assert!(ok && text.contains("fetched grouping") && text.contains("\n1,234,000\n"), "{text}");
+    let (ok, text) = client(&hosts, &ops, &["--feature", "sparkles"]);
+    assert!(!ok && text.contains("no feature add-on \"sparkles\""), "{text}");
 
     // UDP blocked: the TCP add-on is fetched only now, and the calculator runs over TCP.
     hosts.block_to(1, "udp", PORT).expect("nftables dropping UDP to the MP port");

@@ -39,6 +39,8 @@ pub struct Bootstrap {
     pub publishing_key: Option<[u8; 32]>,
     /// Options for the farm client (app, farm, transport and device are set here).
     pub options: Option<FarmClientOptions>,
+    /// Feature add-ons to fetch (by name): only these, and only when asked.
+    pub features: Vec<String>,
 }
 
 /// Why a client could not be delivered. Each says what to do.
@@ -113,6 +115,8 @@ pub struct Delivered {
     pub placement: Vec<(String, Placement)>,
     /// The verified bytes of the mutable modules placed on this client.
     pub mutable: HashMap<String, Verified>,
+    /// The feature add-ons asked for, verified.
+    pub features: HashMap<String, Verified>,
     /// The publishing key was taken from the node rather than pinned.
     pub key_from_node: bool,
     /// Time to the first set fetched, verified and instantiated.
@@ -228,8 +232,24 @@ pub async fn deliver(endpoint: EndpointHandle, b: Bootstrap) -> Result<Delivered
         take(&v, &mut fetched);
         mutable.insert(name.clone(), v);
     }
+    let mut features = HashMap::new();
+    for name in &b.features {
+        let entry = listing
+            .iter()
+            .find(|e| &e.name == name && e.kind == ModuleKind::Addon && e.channel.is_none())
+            .ok_or_else(|| {
+                DeliveryError::Package(format!(
+                    "application {} publishes no feature add-on {name:?} for class {}",
+                    b.app, b.class
+                ))
+            })?;
+        let v = fetcher.module(entry).await?;
+        take(&v, &mut fetched);
+        features.insert(name.clone(), v);
+    }
     Ok(Delivered {
         client,
+        features,
         transport,
         attempts,
         dropped,
