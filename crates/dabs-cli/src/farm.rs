@@ -11,6 +11,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+/// Raises the soft limit on open files to the hard one: a node keeps up to 4,096 MP stream
+/// connections beside its database and HTTP clients, past the usual soft limit of 1,024.
+fn raise_open_files() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid resource and a pointer to a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("cannot raise the open-file limit to {}", lim.rlim_max);
+            }
+        }
+    }
+}
+
 /// Runs `dabs node --config FILE` until SIGTERM or Ctrl-C.
 pub fn run_node(config: &Path) -> ExitCode {
     let config = match NodeConfig::load_for(config, Some(&BUILT_IN_APPS)) {
@@ -20,6 +35,7 @@ pub fn run_node(config: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_open_files();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -240,6 +240,7 @@ impl OpenAsk {
                         expected: "text",
                     });
                 }
+                (Some("device"), Value::Null) => ask.device = None,
                 (Some("device"), v) => ask.device = Some(crate::modules::Device::from_value(v)?),
                 (Some("security"), Value::Null) => ask.security = None,
                 (Some("security"), v @ Value::Map(_)) => {

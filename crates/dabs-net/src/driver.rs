@@ -532,7 +532,9 @@ impl Driver {
                     let id = request.id;
                     let dst = request.dst;
                     let delivered = match (self.queues.get(&dst), self.handle()) {
-                        (Some(sink), Some(handle)) => sink.send(IncomingRequest { request, handle }).is_ok(),
+                        (Some(sink), Some(handle)) => sink
+                            .send(IncomingRequest { request, queued_at: std::time::Instant::now(), handle })
+                            .is_ok(),
                         _ => false,
                     };
                     if !delivered {

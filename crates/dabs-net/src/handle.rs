@@ -184,11 +184,12 @@ impl EndpointHandle {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = Addr::Ws(peer);
-        let Some((id, rx)) = self.streams.accept(peer.clone()) else {
+        let Some((id, rx, slot)) = self.streams.accept(peer.clone()) else {
             return false;
         };
         let tx = self.streams.tx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
                 io,
                 tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -198,6 +199,12 @@ impl EndpointHandle {
             crate::stream::ws::serve(socket, peer, id, rx, tx).await;
         });
         true
+    }
+
+    /// True while the endpoint would take one more MP stream connection from `ip` (checked
+    /// before answering a WebSocket upgrade, so a full endpoint can say 503 instead).
+    pub fn stream_room(&self, ip: std::net::IpAddr) -> bool {
+        self.streams.has_room(ip)
     }
 
     /// Every datagram the endpoint sends or receives from now on, as long as the receiver
@@ -458,6 +465,9 @@ impl Session {
 pub struct IncomingRequest {
     /// The request.
     pub request: Incoming,
+    /// When the endpoint handed it to its queue (this host's monotonic clock): how long it
+    /// then waited for its portion is measured from here, whatever the sender's clock says.
+    pub queued_at: std::time::Instant,
     pub(crate) handle: EndpointHandle,
 }
 

@@ -76,6 +76,7 @@ pub(crate) async fn publishing_key(State(node): State<NodeHandle>) -> axum::Json
     responses(
         (status = 101, description = "Upgraded: MP datagrams, one per binary message"),
         (status = 400, description = "Not a WebSocket upgrade", body = crate::openapi::Error),
+        (status = 503, description = "No room for another MP stream connection", body = crate::openapi::Error),
     ))]
 pub(crate) async fn websocket(
     State(node): State<NodeHandle>,
@@ -89,8 +90,15 @@ pub(crate) async fn websocket(
             "MP here is a WebSocket: send GET with Upgrade: websocket, Sec-WebSocket-Version: 13 and a key",
         );
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let endpoint = node.endpoint().clone();
+    if !endpoint.stream_room(peer.ip()) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upgrade",
+            "this node takes no more MP stream connections (from this address) now; try another node",
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

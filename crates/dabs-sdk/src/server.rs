@@ -56,10 +56,11 @@ pub struct Growth<P> {
 }
 
 /// Like [`run_workers`], and with `growth` the pool grows (R-LB-7): a request that waited for
-/// a worker longer than the portion's `workers` time-out (from its stamp until a worker took
-/// it) adds a worker, at most one per time-out so the last one can take effect, until the
-/// ceiling; only then are such waits reported as [`PortionReport::Timeout`] on `workers`, and
-/// the farm spawns another portion.
+/// a worker longer than the portion's `workers` time-out (from when the endpoint queued it
+/// until a worker took it) adds a worker, at most one per time-out so the last one can take
+/// effect, until the ceiling; only then are such waits reported as [`PortionReport::Timeout`]
+/// on `workers` (at most one per time-out), and the farm spawns another portion. Workers added
+/// later have not seen the runtime events before them (clients added, for instance).
 pub async fn run_growing<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext, growth: Option<Growth<P>>) {
     let wait_limit = ctx
         .timeouts
@@ -84,6 +85,7 @@ pub async fn run_growing<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
     let (waited_tx, mut waited_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let waited = growth.as_ref().map(|_| (waited_tx, wait_limit));
     let mut last_growth: Option<tokio::time::Instant> = None;
+    let mut last_timeout: Option<tokio::time::Instant> = None;
     let mut workers = tokio::task::JoinSet::new();
     let spawn_worker = |workers: &mut tokio::task::JoinSet<()>, portion: &Arc<tokio::sync::Mutex<P>>| {
         let (portion, queue, mut stop) = (portion.clone(), queue.clone(), stop_rx.clone());
@@ -103,11 +105,12 @@ pub async fn run_growing<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                 };
                 match next {
                     Some((Some(req), depth)) => {
-                        if let Some((tx, limit)) = &waited {
-                            let wait = dabs_wire::latency(req.request.id.sent, dabs_net::unix_ms());
-                            if !wait.clock_skew && u128::from(wait.millis) > limit.as_millis() {
-                                let _ = tx.send(());
-                            }
+                        // The wait for a worker, on this host's clock (the sender's stamp would
+                        // count its clock, the network and retransmissions too).
+                        if let Some((tx, limit)) = &waited
+                            && req.queued_at.elapsed() > *limit
+                        {
+                            let _ = tx.send(());
                         }
                         let served = Served {
                             figures: &figures,
@@ -157,8 +160,10 @@ pub async fn run_growing<P: ServerPortion>(portions: Vec<P>, ctx: PortionContext
                         last_growth = Some(tokio::time::Instant::now());
                         report(PortionReport::Grew { workers: portions.len() as u32 });
                     }
-                } else {
-                    // At the ceiling: the farm's to solve (another portion elsewhere).
+                } else if last_timeout.is_none_or(|t| t.elapsed() >= wait_limit) {
+                    // At the ceiling: the farm's to solve (another portion elsewhere), told
+                    // once per time-out however many requests waited.
+                    last_timeout = Some(tokio::time::Instant::now());
                     report(PortionReport::Timeout { resource: WORKERS_RESOURCE.into() });
                 }
             }

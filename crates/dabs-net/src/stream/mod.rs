@@ -12,10 +12,10 @@ pub(crate) mod ws;
 
 use dabs_proto::Addr;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub(crate) use tcp::listener;
@@ -26,6 +26,11 @@ pub(crate) const MAX_FRAME: usize = 2048;
 /// Connections an endpoint keeps at most (accepted and opened together); one more accepted is
 /// closed at once.
 pub(crate) const MAX_STREAMS: usize = 4096;
+/// Connections from (or to) one IP address at most: one host cannot take every slot.
+pub(crate) const MAX_STREAMS_PER_IP: usize = 256;
+/// A connection (and, over a WebSocket, its upgrade) not made within this is given up; the
+/// protocol's retransmission tries again on a new one.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection that brings nothing this long is closed (its sessions expire sooner).
 pub(crate) const IDLE: Duration = Duration::from_secs(300);
 /// Bytes gathered for one write while more datagrams are queued.
@@ -43,34 +48,84 @@ pub(crate) enum StreamIn {
 }
 
 /// What code outside the driver (the listener, the operator interface's WebSocket route)
-/// needs to hand it a connection.
+/// needs to hand it a connection, and the count of live connections they and the driver share.
 #[derive(Debug)]
 pub(crate) struct Acceptor {
     pub(crate) tx: mpsc::UnboundedSender<StreamIn>,
-    /// Open connections, accepted and opened together.
-    pub(crate) open: AtomicUsize,
+    /// Live connection tasks, accepted and opened together.
+    open: AtomicUsize,
+    /// Live connections per IP address.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Ids of accepted connections count down from the top, apart from those opened here.
     next_id: AtomicU64,
 }
 
+/// One connection's place among the endpoint's: given back when the connection's task ends.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    acceptor: Arc<Acceptor>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.acceptor.open.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.acceptor.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl Acceptor {
-    /// Registers an accepted connection from `peer`; `None` when the endpoint is at
-    /// [`MAX_STREAMS`] or gone (the caller closes the connection).
-    pub(crate) fn accept(&self, peer: Addr) -> Option<(u64, mpsc::UnboundedReceiver<Vec<u8>>)> {
-        if self.open.load(Ordering::Relaxed) >= MAX_STREAMS {
-            tracing::debug!(%peer, "too many MP stream connections: closed");
+    /// A place for one more connection with `ip`, if the endpoint and that address have room.
+    pub(crate) fn reserve(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        // Under the lock, so two reservations cannot both take the last place.
+        if mine >= MAX_STREAMS_PER_IP || self.open.load(Ordering::Relaxed) >= MAX_STREAMS {
             return None;
         }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        per_ip.insert(ip, mine + 1);
+        Some(Slot { acceptor: self.clone(), ip })
+    }
+
+    /// True while one more connection with `ip` would be taken.
+    pub(crate) fn has_room(&self, ip: IpAddr) -> bool {
+        let per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        per_ip.get(&ip).copied().unwrap_or(0) < MAX_STREAMS_PER_IP
+            && self.open.load(Ordering::Relaxed) < MAX_STREAMS
+    }
+
+    /// Registers an accepted connection from `peer`; `None` when the endpoint (or the
+    /// peer's address) has no room, or is gone: the caller closes the connection.
+    pub(crate) fn accept(
+        self: &Arc<Self>,
+        peer: Addr,
+    ) -> Option<(u64, mpsc::UnboundedReceiver<Vec<u8>>, Slot)> {
+        let ip = peer.socket_addr()?.ip();
+        let Some(slot) = self.reserve(ip) else {
+            tracing::debug!(%peer, "too many MP stream connections: closed");
+            return None;
+        };
         let id = self.next_id.fetch_sub(1, Ordering::Relaxed);
         let (w, rx) = mpsc::unbounded_channel();
         self.tx.send(StreamIn::Accepted(peer, id, w)).ok()?;
-        Some((id, rx))
+        Some((id, rx, slot))
     }
 }
 
 /// The endpoint's connections by peer, and the channel their tasks report on.
 pub(crate) struct Streams {
     writers: HashMap<Addr, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    /// Peers whose connection this endpoint accepted, and when: they are not listening, so
+    /// a datagram for one whose connection has gone is dropped (it connects again), never
+    /// used to dial it.
+    accepted: HashMap<Addr, Instant>,
     acceptor: Arc<Acceptor>,
     next_id: u64,
     /// The endpoint's UDP address: connections leave from its port where they can, so a
@@ -93,18 +148,25 @@ impl Streams {
             )
             .ok()
         });
-        let acceptor =
-            Arc::new(Acceptor { tx, open: AtomicUsize::new(0), next_id: AtomicU64::new(u64::MAX) });
-        Self { writers: HashMap::new(), acceptor, next_id: 1, local, _reserved: reserved }
+        let acceptor = Arc::new(Acceptor {
+            tx,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+            next_id: AtomicU64::new(u64::MAX),
+        });
+        Self {
+            writers: HashMap::new(),
+            accepted: HashMap::new(),
+            acceptor,
+            next_id: 1,
+            local,
+            _reserved: reserved,
+        }
     }
 
     /// What hands this endpoint accepted connections.
     pub(crate) fn acceptor(&self) -> Arc<Acceptor> {
         self.acceptor.clone()
-    }
-
-    fn counted(&mut self) {
-        self.acceptor.open.store(self.writers.len(), Ordering::Relaxed);
     }
 
     /// Queues `datagram` for `to` (`Tcp` or `Ws`), connecting first when no connection to it
@@ -118,38 +180,40 @@ impl Streams {
                 Err(back) => datagram = back.0,
             }
         }
-        if self.writers.len() >= MAX_STREAMS {
-            tracing::debug!(%to, "too many MP stream connections: datagram dropped");
+        if self.accepted.contains_key(&to) {
+            tracing::debug!(%to, "its connection to us has gone: datagram dropped until it connects again");
             return;
         }
+        let Some(addr) = to.socket_addr() else { return };
+        let Some(slot) = self.acceptor.reserve(addr.ip()) else {
+            tracing::debug!(%to, "too many MP stream connections: datagram dropped");
+            return;
+        };
         let (w, rx) = mpsc::unbounded_channel();
         let _ = w.send(datagram);
         self.next_id += 1;
         let id = self.next_id;
         self.writers.insert(to.clone(), (id, w));
-        self.counted();
         let (tx, local) = (self.acceptor.tx.clone(), self.local);
         tokio::spawn(async move {
-            let result = match &to {
-                Addr::Ws(addr) => match ws::connect(local, *addr).await {
-                    Ok(socket) => {
-                        ws::serve(socket, to.clone(), id, rx, tx.clone()).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-                Addr::Tcp(addr) => match tcp::connect(local, *addr).await {
-                    Ok(stream) => {
-                        tcp::serve(stream, to.clone(), id, rx, tx.clone()).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
-                other => Err(std::io::Error::other(format!("{other} is not a stream peer"))),
+            let _slot = slot;
+            let ws = matches!(to, Addr::Ws(_));
+            let made = if ws {
+                tokio::time::timeout(CONNECT_TIMEOUT, ws::connect(local, addr)).await.map(|r| r.map(Ok))
+            } else {
+                tokio::time::timeout(CONNECT_TIMEOUT, tcp::connect(local, addr)).await.map(|r| r.map(Err))
             };
-            if let Err(e) = result {
-                tracing::debug!(%to, error = %e, "MP over a stream: cannot connect");
-                let _ = tx.send(StreamIn::Closed(to, id));
+            match made {
+                Ok(Ok(Ok(socket))) => ws::serve(socket, to.clone(), id, rx, tx.clone()).await,
+                Ok(Ok(Err(stream))) => tcp::serve(stream, to.clone(), id, rx, tx.clone()).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%to, error = %e, "MP over a stream: cannot connect");
+                    let _ = tx.send(StreamIn::Closed(to, id));
+                }
+                Err(_) => {
+                    tracing::debug!(%to, "MP over a stream: not connected within {CONNECT_TIMEOUT:?}");
+                    let _ = tx.send(StreamIn::Closed(to, id));
+                }
             }
         });
     }
@@ -159,15 +223,17 @@ impl Streams {
         match event {
             StreamIn::Accepted(peer, id, w) => {
                 // A peer reconnecting replaces its old connection.
+                if self.accepted.len() >= 2 * MAX_STREAMS {
+                    self.accepted.retain(|_, at| at.elapsed() < IDLE);
+                }
+                self.accepted.insert(peer.clone(), Instant::now());
                 self.writers.insert(peer, (id, w));
-                self.counted();
                 None
             }
             StreamIn::Frame(peer, data) => Some((peer, data)),
             StreamIn::Closed(peer, id) => {
                 if self.writers.get(&peer).is_some_and(|(i, _)| *i == id) {
                     self.writers.remove(&peer);
-                    self.counted();
                 }
                 None
             }
@@ -194,8 +260,12 @@ impl Streams {
                     }
                 };
                 let peer = Addr::Tcp(peer);
-                if let Some((id, rx)) = acceptor.accept(peer.clone()) {
-                    tokio::spawn(tcp::serve(stream, peer, id, rx, acceptor.tx.clone()));
+                if let Some((id, rx, slot)) = acceptor.accept(peer.clone()) {
+                    let tx = acceptor.tx.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        tcp::serve(stream, peer, id, rx, tx).await;
+                    });
                 }
             }
         });

@@ -48,8 +48,10 @@ pub(crate) async fn serve<S>(
 {
     let (mut writer, mut reader) = socket.split();
     let read = async {
+        // Idle counts from the last MP datagram: pings alone do not keep a connection.
+        let mut idle_at = tokio::time::Instant::now() + IDLE;
         loop {
-            let message = match tokio::time::timeout(IDLE, reader.next()).await {
+            let message = match tokio::time::timeout_at(idle_at, reader.next()).await {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
                     if !matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)
@@ -62,6 +64,7 @@ pub(crate) async fn serve<S>(
             };
             match message {
                 Message::Binary(data) if !data.is_empty() && data.len() <= MAX_FRAME => {
+                    idle_at = tokio::time::Instant::now() + IDLE;
                     if tx.send(StreamIn::Frame(peer.clone(), data.to_vec())).is_err() {
                         return;
                     }

@@ -97,14 +97,25 @@ impl Packages {
             .map(|m| m.source.wasm.clone())
     }
 
-    /// Where each of `app`'s mutable modules runs for a client whose device is `device`.
-    pub(super) fn placement(&self, app: &str, device: Option<&Device>) -> Vec<(String, Placement)> {
+    /// Where each of `app`'s mutable modules runs for a client of `class` whose device is
+    /// `device`: never on a client whose class is not entitled to the module (it could not
+    /// fetch it); a client that names no class is placed by its device alone.
+    pub(super) fn placement(
+        &self,
+        app: &str,
+        class: Option<&str>,
+        device: Option<&Device>,
+    ) -> Vec<(String, Placement)> {
         self.app(app)
             .map(|modules| {
                 modules
                     .iter()
                     .filter(|m| m.source.kind == ModuleKind::Mutable)
-                    .map(|m| (m.source.name.clone(), place(&m.source.needs, device)))
+                    .map(|m| {
+                        let entitled = class.is_none_or(|c| m.source.classes.iter().any(|k| k == c));
+                        let at = if entitled { place(&m.source.needs, device) } else { Placement::Server };
+                        (m.source.name.clone(), at)
+                    })
                     .collect()
             })
             .unwrap_or_default()

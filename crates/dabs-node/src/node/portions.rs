@@ -170,8 +170,11 @@ impl Inner {
         }
         if let Some(op) = *self.operator.lock().unwrap_or_else(|e| e.into_inner()) {
             let ip = if op.ip().is_unspecified() { udp.ip() } else { op.ip() };
-            let at = std::net::SocketAddr::new(ip, op.port());
-            channels.push(("ws", format!("ws://{at}{}", dabs_net::WEBSOCKET_PATH)));
+            // An interface on loopback is named only to clients reached through loopback.
+            if !ip.is_loopback() || udp.ip().is_loopback() {
+                let at = std::net::SocketAddr::new(ip, op.port());
+                channels.push(("ws", format!("ws://{at}{}", dabs_net::WEBSOCKET_PATH)));
+            }
         }
         if !channels.is_empty() {
             channels.insert(0, ("udp", udp.to_string()));
@@ -260,7 +263,7 @@ impl Inner {
         };
         let reply_addr = self.reply_addr(&req.peer);
         let channels = self.channels(reply_addr);
-        let placement = self.packages.placement(app, ask.device.as_ref());
+        let placement = self.packages.placement(app, ask.class.as_deref(), ask.device.as_ref());
         let payload =
             open_reply_with_channels(&va, reply_addr, queue, security.as_ref(), &channels, &placement);
         let endpoint = self.endpoint.clone();

@@ -6,6 +6,9 @@ use dabs_farm_proto::modules::{self, ModuleEntry};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The most a listing or a module may be.
+pub const MAX_BODY: usize = 4 << 20;
+
 /// A module that passed its hash and signature checks and validates in the sandbox.
 #[derive(Clone, Debug)]
 pub struct Verified {
@@ -85,13 +88,24 @@ impl Fetcher {
     async fn get(&self, path: &str) -> Result<Vec<u8>, DeliveryError> {
         let url = format!("{}{path}", self.base);
         let fail = |why: String| DeliveryError::Fetch { url: url.clone(), why };
-        let resp = self.http.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
+        let mut resp = self.http.get(&url).send().await.map_err(|e| fail(e.to_string()))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+        // Read no more than a module may be: nothing is verified before it is all here.
+        let too_big = || fail(format!("more than {MAX_BODY} bytes: refused"));
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(fail(format!("{status}: {}", String::from_utf8_lossy(&body))));
         }
-        Ok(body.to_vec())
+        Ok(body)
     }
 
     /// The modules a client of `class` is entitled to.

@@ -9,7 +9,7 @@ mod device;
 mod fetch;
 
 pub use device::{DeviceProfile, measure};
-pub use fetch::{Fetcher, Verified};
+pub use fetch::{Fetcher, MAX_BODY, Verified};
 
 use crate::client::{FarmClient, FarmClientOptions, Transport};
 use dabs_farm_proto::modules::{self, ModuleKind, Placement};
@@ -80,8 +80,10 @@ pub enum DeliveryError {
 }
 
 /// A channel module's policy, as its `run` answers it.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct ChannelPolicy {
+    /// The channel it is the policy of (`udp`, `tcp`, `ws`).
+    pub channel: String,
     /// How long to try opening a session on this channel before the next one.
     pub open_timeout_ms: u64,
     /// Opens attempted within that time.
@@ -164,16 +166,25 @@ pub async fn deliver(endpoint: EndpointHandle, b: Bootstrap) -> Result<Delivered
         }
         let tried = Instant::now();
         let policy = match policies.get(transport.name()) {
-            Some(p) => *p,
+            Some(p) => p.clone(),
             None => {
                 // The add-on is fetched only now that the channels before it failed.
                 let v = fetcher.module(module).await?;
                 take(&v, &mut fetched);
                 let p = v.policy()?;
-                policies.insert(transport.name().into(), p);
+                policies.insert(transport.name().into(), p.clone());
                 p
             }
         };
+        // The listing's `channel` is not signed; the module's own answer is.
+        if policy.channel != transport.name() {
+            return Err(DeliveryError::Package(format!(
+                "module {} is listed for channel {} but is the policy of channel {}",
+                module.name,
+                transport.name(),
+                policy.channel
+            )));
+        }
         let farm = match transport {
             Transport::WebSocket => fetcher.addr(),
             _ => b.farm,
@@ -219,15 +230,19 @@ pub async fn deliver(endpoint: EndpointHandle, b: Bootstrap) -> Result<Delivered
         }
         return Err(DeliveryError::NoChannel(why.join("; ")));
     };
-    let placement = client.placement().await;
+    let mut placement = client.placement().await;
     let mut mutable = HashMap::new();
-    for (name, place) in &placement {
+    for (name, place) in placement.iter_mut() {
         if *place != Placement::Client {
             continue;
         }
-        let entry = listing.iter().find(|e| &e.name == name).ok_or_else(|| {
-            DeliveryError::Package(format!("the farm placed {name} here but does not list it for this class"))
-        })?;
+        // A module placed here that this class may not fetch runs where the server does
+        // anything the client does not: on the server (its portion serves every operation).
+        let Some(entry) = listing.iter().find(|e| &e.name == name && e.kind == ModuleKind::Mutable) else {
+            tracing::warn!(module = %name, "placed here but not listed for this class: left to the server");
+            *place = Placement::Server;
+            continue;
+        };
         let v = fetcher.module(entry).await?;
         take(&v, &mut fetched);
         mutable.insert(name.clone(), v);
