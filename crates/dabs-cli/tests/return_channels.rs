@@ -83,6 +83,17 @@ fn client(hosts: &Hosts, ops: &str, extra: &[&str]) -> (bool, String) {
     dabs_on(hosts, 2, &args)
 }
 
+/// Requests the node has delivered to its portions so far (its `/metrics`, read from the
+/// switch's namespace).
+fn delivered(hosts: &Hosts, ops: &str) -> u64 {
+    let ops = ops.to_owned();
+    let text =
+        dabs_netns::run_in(hosts.switch().name(), move || dabs_testkit::http::get_text(&ops, "/metrics"));
+    text.lines()
+        .find_map(|l| l.strip_prefix("dabs_mp_requests_delivered_total ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dabs_mp_requests_delivered_total in\n{text}"))
+}
+
 /// Issue 17 items 1-3 and 5: a client delivered in parts fetches only what it needs, falls back
 /// UDP → TCP → WebSocket as the bridge blocks each (nftables), and runs `IntegerOps` where the
 /// farm places it for its device; every call is answered, correctly, on every channel.
@@ -106,8 +117,12 @@ fn a_client_delivered_in_parts_falls_back_through_tcp_to_the_websocket() {
     assert!(!ok && text.contains("no feature add-on \"sparkles\""), "{text}");
 
     // UDP blocked: the TCP add-on is fetched only now, and the calculator runs over TCP.
+    // Each request reaches the node once: STARTED, the 20 floating-point calls (the integer
+    // ones, 6 x 7 among them, run in the client's sandbox) and CLOSE_SESSION.
     hosts.block_to(1, "udp", PORT).expect("nftables dropping UDP to the MP port");
+    let before = delivered(&hosts, &ops);
     let (ok, text) = client(&hosts, &ops, &["6", "x", "7"]);
+    assert_eq!(delivered(&hosts, &ops) - before, 22, "each request delivered once over TCP: {text}");
     assert!(ok && text.contains("settled on tcp") && text.contains(answered), "over TCP: {text}");
     assert!(text.contains("channel udp: not established"), "{text}");
     assert!(text.contains("fetched channel-tcp") && !text.contains("fetched channel-ws"), "{text}");
@@ -115,13 +130,22 @@ fn a_client_delivered_in_parts_falls_back_through_tcp_to_the_websocket() {
 
     // TCP to the MP port blocked too: the WebSocket on the operator port.
     hosts.block_to(1, "tcp", PORT).expect("nftables dropping TCP to the MP port");
+    let before = delivered(&hosts, &ops);
     let (ok, text) = client(&hosts, &ops, &["6", "x", "7"]);
+    assert_eq!(
+        delivered(&hosts, &ops) - before,
+        22,
+        "each request delivered once over the WebSocket: {text}"
+    );
     assert!(ok && text.contains("settled on ws") && text.contains(answered), "over the WebSocket: {text}");
     assert!(text.contains("channel tcp: not established") && text.contains("fetched channel-ws"), "{text}");
     assert!(hosts.dropped("tcp") > 0, "the bridge dropped the TCP attempts");
 
-    // A constrained device (no WebAssembly, 16 MiB): the farm keeps IntegerOps on the server.
+    // A constrained device (no WebAssembly, 16 MiB): the farm keeps IntegerOps on the server,
+    // so all 40 calls, 6 x 7, STARTED and CLOSE_SESSION reach it, once each.
+    let before = delivered(&hosts, &ops);
     let (ok, text) = client(&hosts, &ops, &["--profile", "constrained", "6", "x", "7"]);
+    assert_eq!(delivered(&hosts, &ops) - before, 43, "each request delivered once: {text}");
     assert!(ok && text.contains("integer-ops runs in the server") && text.contains(answered), "{text}");
     assert!(!text.contains("fetched integer-ops"), "a module the device does not run is not fetched: {text}");
     // A ceiling below the module's needs does the same on a capable host.
