@@ -196,7 +196,7 @@ impl EndpointHandle {
                 Some(crate::stream::ws::config()),
             )
             .await;
-            crate::stream::ws::serve(socket, peer, id, rx, tx).await;
+            crate::stream::ws::serve(socket, peer, id, Some(crate::stream::IDLE), rx, tx).await;
         });
         true
     }

@@ -31,7 +31,10 @@ pub(crate) const MAX_STREAMS_PER_IP: usize = 256;
 /// A connection (and, over a WebSocket, its upgrade) not made within this is given up; the
 /// protocol's retransmission tries again on a new one.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A connection that brings nothing this long is closed (its sessions expire sooner).
+/// An accepted connection that brings nothing this long is closed (its sessions expire
+/// sooner). Only the accepting side closes an idle connection: the side that closes first
+/// keeps the address pair in TIME_WAIT, and a client that did could not connect again from
+/// its own port (and its sessions would have to be opened again).
 pub(crate) const IDLE: Duration = Duration::from_secs(300);
 /// Bytes gathered for one write while more datagrams are queued.
 pub(crate) const WRITE_BATCH: usize = 64 * 1024;
@@ -204,8 +207,8 @@ impl Streams {
                 tokio::time::timeout(CONNECT_TIMEOUT, tcp::connect(local, addr)).await.map(|r| r.map(Err))
             };
             match made {
-                Ok(Ok(Ok(socket))) => ws::serve(socket, to.clone(), id, rx, tx.clone()).await,
-                Ok(Ok(Err(stream))) => tcp::serve(stream, to.clone(), id, rx, tx.clone()).await,
+                Ok(Ok(Ok(socket))) => ws::serve(socket, to.clone(), id, None, rx, tx.clone()).await,
+                Ok(Ok(Err(stream))) => tcp::serve(stream, to.clone(), id, None, rx, tx.clone()).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%to, error = %e, "MP over a stream: cannot connect");
                     let _ = tx.send(StreamIn::Closed(to, id));
@@ -264,7 +267,7 @@ impl Streams {
                     let tx = acceptor.tx.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
-                        tcp::serve(stream, peer, id, rx, tx).await;
+                        tcp::serve(stream, peer, id, Some(IDLE), rx, tx).await;
                     });
                 }
             }

@@ -1,10 +1,11 @@
 //! MP over TCP: each MP datagram on the connection preceded by its length as a big-endian
 //! u16. Connections leave from the endpoint's own UDP port number where they can.
 
-use super::{IDLE, MAX_FRAME, StreamIn, WRITE_BATCH};
+use super::{MAX_FRAME, StreamIn, WRITE_BATCH};
 use dabs_proto::Addr;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -53,11 +54,12 @@ pub(crate) async fn connect(local: SocketAddr, to: SocketAddr) -> io::Result<Tcp
 
 /// Runs one connection: frames read become [`StreamIn::Frame`]s, datagrams queued in `rx`
 /// are written; when either side ends (or the driver is gone) it reports
-/// [`StreamIn::Closed`].
+/// [`StreamIn::Closed`]. With `idle`, a connection that brings no frame that long is closed.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: Addr,
     id: u64,
+    idle: Option<Duration>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     tx: mpsc::UnboundedSender<StreamIn>,
 ) {
@@ -65,7 +67,11 @@ pub(crate) async fn serve(
     let (mut reader, mut writer) = stream.into_split();
     let read = async {
         loop {
-            match tokio::time::timeout(IDLE, read_frame(&mut reader)).await {
+            let next = match idle {
+                Some(d) => tokio::time::timeout(d, read_frame(&mut reader)).await,
+                None => Ok(read_frame(&mut reader).await),
+            };
+            match next {
                 Ok(Ok(frame)) => {
                     if tx.send(StreamIn::Frame(peer.clone(), frame)).is_err() {
                         return;

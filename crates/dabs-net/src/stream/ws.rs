@@ -2,11 +2,12 @@
 //! path [`PATH`]. The client side connects from the endpoint's own port number (as over TCP);
 //! the server side is a connection the operator interface upgraded and hands over.
 
-use super::{IDLE, MAX_FRAME, StreamIn};
+use super::{MAX_FRAME, StreamIn};
 use dabs_proto::Addr;
 use futures_util::{SinkExt, StreamExt};
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -36,11 +37,13 @@ pub(crate) async fn connect(local: SocketAddr, to: SocketAddr) -> io::Result<Web
 
 /// Runs one WebSocket: binary messages read become [`StreamIn::Frame`]s, datagrams queued in
 /// `rx` are written one message each; when either side ends (or the driver is gone) it reports
-/// [`StreamIn::Closed`]. A text message, an empty one or one over [`MAX_FRAME`] ends it.
+/// [`StreamIn::Closed`]. A text message, an empty one or one over [`MAX_FRAME`] ends it; with
+/// `idle`, so does a time that long without an MP datagram.
 pub(crate) async fn serve<S>(
     socket: WebSocketStream<S>,
     peer: Addr,
     id: u64,
+    idle: Option<Duration>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     tx: mpsc::UnboundedSender<StreamIn>,
 ) where
@@ -49,9 +52,13 @@ pub(crate) async fn serve<S>(
     let (mut writer, mut reader) = socket.split();
     let read = async {
         // Idle counts from the last MP datagram: pings alone do not keep a connection.
-        let mut idle_at = tokio::time::Instant::now() + IDLE;
+        let mut idle_at = idle.map(|d| tokio::time::Instant::now() + d);
         loop {
-            let message = match tokio::time::timeout_at(idle_at, reader.next()).await {
+            let next = match idle_at {
+                Some(at) => tokio::time::timeout_at(at, reader.next()).await,
+                None => Ok(reader.next().await),
+            };
+            let message = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
                     if !matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)
@@ -64,7 +71,7 @@ pub(crate) async fn serve<S>(
             };
             match message {
                 Message::Binary(data) if !data.is_empty() && data.len() <= MAX_FRAME => {
-                    idle_at = tokio::time::Instant::now() + IDLE;
+                    idle_at = idle.map(|d| tokio::time::Instant::now() + d);
                     if tx.send(StreamIn::Frame(peer.clone(), data.to_vec())).is_err() {
                         return;
                     }
