@@ -79,6 +79,9 @@ pub struct PortionContext {
     pub latency: Arc<dyn LatencyObserver>,
     /// Time-outs per resource type from the node's configuration (always has `default`).
     pub timeouts: std::collections::BTreeMap<String, std::time::Duration>,
+    /// The operator's ceiling on the workers a portion of this application may grow to
+    /// (`[[app]] max_workers`, R-LB-7); `None`: the application's own and the CPUs.
+    pub max_workers: Option<usize>,
 }
 
 /// Starts portions of one application.

@@ -425,8 +425,9 @@ where
     }
 
     /// Every portion starts with its workers and grows its pool, one worker each time its
-    /// requests keep waiting past the `workers` time-out, up to `ceiling` workers and never
-    /// more than the server's CPUs (R-LB-7); only then does the farm hear of the waits.
+    /// requests keep waiting past the `workers` time-out, up to `ceiling` workers, never more
+    /// than the server's CPUs nor the operator's `[[app]] max_workers` (R-LB-7); only then
+    /// does the farm hear of the waits.
     pub fn growing(mut self, ceiling: usize) -> Self {
         self.grow_to = Some(ceiling.max(1));
         self
@@ -467,6 +468,7 @@ where
         let portions = (0..self.workers).map(|_| (self.make)()).collect();
         let growth = self.grow_to.map(|ceiling| {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let ceiling = ctx.max_workers.map_or(ceiling, |configured| ceiling.min(configured.max(1)));
             let make = self.make.clone();
             Growth {
                 make: Arc::new(move || make()) as Arc<dyn Fn() -> P + Send + Sync>,

@@ -214,6 +214,7 @@ fn start_portion<P: ServerPortion>(
         endpoint: endpoint.clone(),
         latency: std::sync::Arc::new(dabs_farm_proto::portion::DiscardLatency),
         timeouts: Default::default(),
+        max_workers: None,
     };
     PortionFactoryFn::new(APP, make).spawn(ctx);
     Portion { events: events_tx, reports, figures }

@@ -1,5 +1,5 @@
 //! R-LB-7: a portion whose requests keep waiting for a worker grows its own pool (bounded by
-//! its ceiling and the server's CPUs) before the farm hears of the waits: every `Grew` report
+//! the operator's ceiling and the server's CPUs) before the farm hears of the waits: every `Grew` report
 //! comes before the first `Timeout` on `workers`, the pool never passes its ceiling, and every
 //! call is answered once.
 
@@ -21,11 +21,12 @@ impl ServerPortion for Busy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_grows_to_its_ceiling_before_the_farm_hears_of_the_waits() {
+    // The application would grow to 8; the operator's max_workers (3) and the CPUs bound it.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let ceiling = cpus.clamp(2, 4);
-    let factory = PortionFactoryFn::new("busy", || Busy).growing(ceiling);
+    let ceiling = cpus.min(3);
+    let factory = PortionFactoryFn::new("busy", || Busy).growing(8);
     let timeouts = [("workers".to_owned(), Duration::from_millis(40))].into_iter().collect();
-    let mut hosted = dabs_testkit::portion::host_factory("busy", factory, timeouts).await;
+    let mut hosted = dabs_testkit::portion::host_factory("busy", factory, timeouts, Some(3)).await;
     // Waves of concurrent calls, bounded in count and time, until the farm has heard of the
     // waits (the pool at its ceiling) or the bounds are reached.
     const WAVES: usize = 20;

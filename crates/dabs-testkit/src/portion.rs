@@ -27,15 +27,17 @@ pub async fn host<P: ServerPortion>(
     make: impl Fn() -> P + Send + Sync + 'static,
     workers: usize,
 ) -> Hosted {
-    host_factory(app, PortionFactoryFn::new(app, make).with_workers(workers), Default::default()).await
+    host_factory(app, PortionFactoryFn::new(app, make).with_workers(workers), Default::default(), None).await
 }
 
-/// Hosts a portion that `factory` starts, with the node's time-outs per resource `timeouts`,
-/// on queue 16 of a fresh endpoint, and opens a session to it from another.
+/// Hosts a portion that `factory` starts, with the node's time-outs per resource `timeouts`
+/// and its ceiling on workers `max_workers`, on queue 16 of a fresh endpoint, and opens a
+/// session to it from another.
 pub async fn host_factory(
     app: &str,
     factory: impl PortionFactory,
     timeouts: std::collections::BTreeMap<String, std::time::Duration>,
+    max_workers: Option<usize>,
 ) -> Hosted {
     let server = dabs_net::spawn("127.0.0.1:0".parse().unwrap(), DriverOptions::default()).await.unwrap();
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
@@ -52,6 +54,7 @@ pub async fn host_factory(
         endpoint: server.clone(),
         latency: std::sync::Arc::new(dabs_farm_proto::portion::DiscardLatency),
         timeouts,
+        max_workers,
     };
     factory.spawn(ctx);
     let mut opens = server.open_requests();

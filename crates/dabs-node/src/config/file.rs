@@ -209,6 +209,8 @@ pub(crate) struct RawApp {
     pub(crate) min_free_memory_mb: u64,
     pub(crate) max_cpu_percent: Option<Spanned<f64>>,
     pub(crate) max_sessions_per_portion: Option<Spanned<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_workers: Option<Spanned<u64>>,
     /// A program (and its arguments) to run as the server portion, instead of a built-in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) command: Option<Spanned<Vec<String>>>,

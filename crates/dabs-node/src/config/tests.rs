@@ -316,6 +316,15 @@ fn bad_configs_point_at_the_line() {
         Some(13),
         &["max_sessions_per_portion"],
     );
+    refused(
+        &with("[[app]]", "name = \"calc\"\nmax_workers = 0"),
+        Some(13),
+        &["app[0].max_workers", "1..=1024"],
+    );
+    assert_eq!(
+        parse(&with("[[app]]", "name = \"calc\"\nmax_workers = 6")).unwrap().apps[0].max_workers,
+        Some(6)
+    );
     refused(&with("[[app]]", "start_at_init = true"), Some(11), &["app[0].name", "missing"]);
     refused(&format!("{MINIMAL}app = 5\n"), Some(10), &["node.app"]);
     refused(&format!("app = 5\n{MINIMAL}"), Some(1), &["app", "sequence"]);

@@ -91,6 +91,7 @@ fn everything_set() -> NodeConfig {
                 min_free_memory_mb: i64::MAX as u64,
                 max_cpu_percent: 12.345,
                 max_sessions_per_portion: 1_000_000,
+                max_workers: Some(3),
                 command: Vec::new(),
                 policy: Policy::Closest,
                 collect_interval: ms(10_000),

@@ -286,6 +286,9 @@ pub struct AppConfig {
     pub max_cpu_percent: f64,
     /// A portion with this many sessions is not "available" (1 ..= 1 000 000).
     pub max_sessions_per_portion: u64,
+    /// A growing portion adds workers up to this many at most (1 ..= 1024; R-LB-7); `None`:
+    /// the application's own ceiling and the server's CPUs.
+    pub max_workers: Option<u32>,
     /// The program (then its arguments) run as the server portion; empty for an application
     /// built into the node. A relative program path with a `/` is taken from the file's folder.
     pub command: Vec<String>,
@@ -305,6 +308,7 @@ impl AppConfig {
             min_free_memory_mb: 0,
             max_cpu_percent: DEFAULT_MAX_CPU_PERCENT,
             max_sessions_per_portion: DEFAULT_MAX_SESSIONS_PER_PORTION,
+            max_workers: None,
             command: Vec::new(),
             policy: crate::policy::Policy::LeastLoaded,
             collect_interval: DEFAULT_COLLECT_INTERVAL,

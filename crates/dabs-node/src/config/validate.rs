@@ -346,6 +346,10 @@ impl Cx<'_> {
             None => DEFAULT_MAX_SESSIONS_PER_PORTION,
             Some(v) => self.int_in(v, &format!("app[{i}].max_sessions_per_portion"), sessions_range)?,
         };
+        let max_workers = match &raw.max_workers {
+            None => None,
+            Some(v) => Some(self.int_in(v, &format!("app[{i}].max_workers"), (1, 1024))? as u32),
+        };
         let command = match &raw.command {
             None => Vec::new(),
             Some(c) => self.command(c, &format!("app[{i}].command"))?,
@@ -369,6 +373,7 @@ impl Cx<'_> {
             min_free_memory_mb: raw.min_free_memory_mb,
             max_cpu_percent,
             max_sessions_per_portion,
+            max_workers,
             policy,
             collect_interval,
         })

@@ -202,6 +202,7 @@ fn app(a: &AppConfig) -> RawApp {
         min_free_memory_mb: a.min_free_memory_mb,
         max_cpu_percent: Some(unspanned(a.max_cpu_percent)),
         max_sessions_per_portion: Some(unspanned(a.max_sessions_per_portion)),
+        max_workers: a.max_workers.map(|n| unspanned(u64::from(n))),
         command: (!a.command.is_empty()).then(|| unspanned(a.command.clone())),
         policy: Some(string(&a.policy)),
         collect_interval_ms: Some(ms(a.collect_interval)),

@@ -152,6 +152,7 @@ impl Inner {
                 calls: self.calls.clone(),
             }),
             timeouts: self.config.timeouts.clone(),
+            max_workers: self.app_config(app).and_then(|a| a.max_workers).map(|n| n as usize),
         });
         Ok((va, queue))
     }

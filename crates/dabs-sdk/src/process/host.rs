@@ -177,6 +177,8 @@ async fn bridge(spec: Arc<Spec>, ctx: PortionContext) {
         endpoint,
         latency,
         timeouts,
+        // A program's workers are its own; the ceiling is not passed to it.
+        max_workers: _,
     } = ctx;
     let reporter = Reporter { va: va.clone(), reports };
     let sockets = Sockets::new(&spec.run_dir, queue);

@@ -94,6 +94,7 @@ pub async fn serve(factory: Arc<dyn PortionFactory>) -> Result<(), ProcessError>
         endpoint: endpoint.clone(),
         latency: Arc::new(DiscardLatency),
         timeouts: env.timeouts.clone(),
+        max_workers: None,
     });
     let mut clients: HashSet<SessionId> = HashSet::new();
     let mut control_session = None;
