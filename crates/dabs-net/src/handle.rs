@@ -165,6 +165,10 @@ pub struct EndpointHandle {
     pub(crate) streams: Arc<crate::stream::Acceptor>,
 }
 
+/// A place among an endpoint's MP stream connections ([`EndpointHandle::stream_permit`]).
+#[derive(Debug)]
+pub struct StreamPermit(#[allow(dead_code)] crate::stream::Slot);
+
 /// The `Sec-WebSocket-Accept` answer to a client's `Sec-WebSocket-Key` (RFC 6455).
 pub fn websocket_accept_key(key: &[u8]) -> String {
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
@@ -175,21 +179,28 @@ impl EndpointHandle {
         self.cmd.send(c).map_err(|_| Error::Closed)
     }
 
+    /// A place for one more MP stream connection from `ip`, taken now (so a WebSocket upgrade
+    /// is answered 101 only when the connection will be kept); `None` when the endpoint or
+    /// that source has no room. Given back when dropped unused.
+    pub fn stream_permit(&self, ip: std::net::IpAddr) -> Option<StreamPermit> {
+        self.streams.reserve(ip).map(StreamPermit)
+    }
+
     /// Serves MP over a WebSocket whose HTTP upgrade has been answered (101, with
-    /// [`websocket_accept_key`]): `io` is the upgraded connection from `peer`. Its datagrams
-    /// are `Addr::Ws(peer)`'s; the task ends with the connection. False when the endpoint
-    /// cannot take another connection (it is then dropped).
-    pub fn attach_websocket<S>(&self, peer: SocketAddr, io: S) -> bool
+    /// [`websocket_accept_key`]): `io` is the upgraded connection from `peer`, in the place
+    /// `permit` holds. Its datagrams are `Addr::Ws(peer)`'s; the task ends with the connection.
+    /// False when the endpoint is gone.
+    pub fn attach_websocket<S>(&self, peer: SocketAddr, io: S, permit: StreamPermit) -> bool
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let peer = Addr::Ws(peer);
-        let Some((id, rx, slot)) = self.streams.accept(peer.clone()) else {
+        let Some((id, rx)) = self.streams.register(peer.clone()) else {
             return false;
         };
         let tx = self.streams.tx.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = permit;
             let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
                 io,
                 tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -199,12 +210,6 @@ impl EndpointHandle {
             crate::stream::ws::serve(socket, peer, id, Some(crate::stream::IDLE), rx, tx).await;
         });
         true
-    }
-
-    /// True while the endpoint would take one more MP stream connection from `ip` (checked
-    /// before answering a WebSocket upgrade, so a full endpoint can say 503 instead).
-    pub fn stream_room(&self, ip: std::net::IpAddr) -> bool {
-        self.streams.has_room(ip)
     }
 
     /// Every datagram the endpoint sends or receives from now on, as long as the receiver

@@ -15,7 +15,7 @@ mod stream;
 pub use driver::{DriverOptions, spawn, spawn_with_socket};
 pub use handle::{
     CallFuture, CallResult, EndpointHandle, Error, IncomingOpen, IncomingRequest, LocalAddrs, Session,
-    TapRecord, websocket_accept_key,
+    StreamPermit, TapRecord, websocket_accept_key,
 };
 pub use proximity::{AddressObject, Channel, Resolver, StaticResolver, host_id};
 pub use socket::{

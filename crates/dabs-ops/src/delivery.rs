@@ -84,26 +84,27 @@ pub(crate) async fn websocket(
     mut req: Request,
 ) -> Response {
     let Some(key) = upgrade_key(req.headers()) else {
-        return error(
+        return closing(error(
             StatusCode::BAD_REQUEST,
             "upgrade",
             "MP here is a WebSocket: send GET with Upgrade: websocket, Sec-WebSocket-Version: 13 and a key",
-        );
+        ));
     };
     let endpoint = node.endpoint().clone();
-    if !endpoint.stream_room(peer.ip()) {
-        return error(
+    // The place is taken before the 101: a client told yes keeps its connection.
+    let Some(permit) = endpoint.stream_permit(peer.ip()) else {
+        return closing(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "upgrade",
             "this node takes no more MP stream connections (from this address) now; try another node",
-        );
-    }
+        ));
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                if !endpoint.attach_websocket(peer, hyper_util::rt::TokioIo::new(upgraded)) {
-                    tracing::debug!(%peer, "MP over WebSocket refused: too many connections");
+                if !endpoint.attach_websocket(peer, hyper_util::rt::TokioIo::new(upgraded), permit) {
+                    tracing::debug!(%peer, "MP over WebSocket: the node's endpoint is gone");
                 }
             }
             Err(e) => tracing::debug!(%peer, error = %e, "MP over WebSocket: the upgrade failed"),
@@ -116,6 +117,14 @@ pub(crate) async fn websocket(
     if let Ok(accept) = HeaderValue::from_str(&dabs_net::websocket_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
+    response
+}
+
+/// A refusal that closes the connection from this side, so the address pair's TIME_WAIT is
+/// the node's: the client, which connects from its own MP port number, can connect again
+/// from it at once.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

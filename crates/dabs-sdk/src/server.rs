@@ -465,7 +465,6 @@ where
                 let _ = ctx.reports.send((ctx.va.clone(), PortionReport::Error(e.to_string())));
             }
         }
-        let portions = (0..self.workers).map(|_| (self.make)()).collect();
         let growth = self.grow_to.map(|ceiling| {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let ceiling = ctx.max_workers.map_or(ceiling, |configured| ceiling.min(configured.max(1)));
@@ -475,6 +474,9 @@ where
                 ceiling: ceiling.min(cpus),
             }
         });
+        // A growing pool starts within its ceiling.
+        let start = growth.as_ref().map_or(self.workers, |g| self.workers.min(g.ceiling));
+        let portions = (0..start).map(|_| (self.make)()).collect();
         tokio::spawn(run_growing(portions, ctx, growth));
     }
 }

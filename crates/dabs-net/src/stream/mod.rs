@@ -32,10 +32,17 @@ pub(crate) const MAX_STREAMS_PER_IP: usize = 256;
 /// protocol's retransmission tries again on a new one.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An accepted connection that brings nothing this long is closed (its sessions expire
-/// sooner). Only the accepting side closes an idle connection: the side that closes first
-/// keeps the address pair in TIME_WAIT, and a client that did could not connect again from
-/// its own port (and its sessions would have to be opened again).
+/// sooner). The accepting side closes an idle connection first ([`DIALLED_IDLE`] is longer):
+/// the side that closes first keeps the address pair in TIME_WAIT, and a client that did
+/// could not connect again from its own port (and its sessions would have to be opened again).
 pub(crate) const IDLE: Duration = Duration::from_secs(300);
+/// The side that connected gives up on a connection this long without a datagram: later
+/// than the accepting side, so that one normally closes first, but a dead server or a NAT that
+/// forgot the connection is still noticed (besides TCP keepalive, [`tcp::tune`]).
+pub(crate) const DIALLED_IDLE: Duration = Duration::from_secs(360);
+/// A peer whose accepted connection closed is not dialled for this long (its sessions here
+/// expire sooner); then it is forgotten.
+const ACCEPTED_FOR: Duration = Duration::from_secs(300);
 /// Bytes gathered for one write while more datagrams are queued.
 pub(crate) const WRITE_BATCH: usize = 64 * 1024;
 
@@ -67,41 +74,50 @@ pub(crate) struct Acceptor {
 #[derive(Debug)]
 pub(crate) struct Slot {
     acceptor: Arc<Acceptor>,
-    ip: IpAddr,
+    /// The source it counts against ([`source_key`]); `None` for loopback.
+    key: Option<IpAddr>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.acceptor.open.fetch_sub(1, Ordering::Relaxed);
+        let Some(key) = self.key else { return };
         let mut per_ip = self.acceptor.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        if let Some(n) = per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&key);
             }
         }
     }
 }
 
+/// What one source's share is counted by: an IPv4 address, an IPv6 /64 (one host usually holds
+/// a whole /64). Loopback is this host's own clients and benchmarks: it shares only the
+/// endpoint's limit.
+fn source_key(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        ip if ip.is_loopback() => None,
+        IpAddr::V4(v4) => Some(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => Some(IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX)))),
+    }
+}
+
 impl Acceptor {
-    /// A place for one more connection with `ip`, if the endpoint and that address have room.
+    /// A place for one more connection with `ip`, if the endpoint and that source have room.
     pub(crate) fn reserve(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let key = source_key(ip);
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = per_ip.get(&ip).copied().unwrap_or(0);
+        let mine = key.and_then(|k| per_ip.get(&k).copied()).unwrap_or(0);
         // Under the lock, so two reservations cannot both take the last place.
         if mine >= MAX_STREAMS_PER_IP || self.open.load(Ordering::Relaxed) >= MAX_STREAMS {
             return None;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
-        per_ip.insert(ip, mine + 1);
-        Some(Slot { acceptor: self.clone(), ip })
-    }
-
-    /// True while one more connection with `ip` would be taken.
-    pub(crate) fn has_room(&self, ip: IpAddr) -> bool {
-        let per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        per_ip.get(&ip).copied().unwrap_or(0) < MAX_STREAMS_PER_IP
-            && self.open.load(Ordering::Relaxed) < MAX_STREAMS
+        if let Some(k) = key {
+            per_ip.insert(k, mine + 1);
+        }
+        Some(Slot { acceptor: self.clone(), key })
     }
 
     /// Registers an accepted connection from `peer`; `None` when the endpoint (or the
@@ -115,20 +131,28 @@ impl Acceptor {
             tracing::debug!(%peer, "too many MP stream connections: closed");
             return None;
         };
+        let (id, rx) = self.register(peer)?;
+        Some((id, rx, slot))
+    }
+
+    /// Tells the driver of an accepted connection from `peer` whose place is already taken.
+    pub(crate) fn register(&self, peer: Addr) -> Option<(u64, mpsc::UnboundedReceiver<Vec<u8>>)> {
         let id = self.next_id.fetch_sub(1, Ordering::Relaxed);
         let (w, rx) = mpsc::unbounded_channel();
         self.tx.send(StreamIn::Accepted(peer, id, w)).ok()?;
-        Some((id, rx, slot))
+        Some((id, rx))
     }
 }
 
 /// The endpoint's connections by peer, and the channel their tasks report on.
 pub(crate) struct Streams {
     writers: HashMap<Addr, (u64, mpsc::UnboundedSender<Vec<u8>>)>,
-    /// Peers whose connection this endpoint accepted, and when: they are not listening, so
-    /// a datagram for one whose connection has gone is dropped (it connects again), never
-    /// used to dial it.
-    accepted: HashMap<Addr, Instant>,
+    /// Peers whose connection this endpoint accepted: they are not listening, so a datagram
+    /// for one whose connection has gone is dropped (it connects again), never used to dial
+    /// it. `None` while connected, else when the connection closed; forgotten
+    /// [`ACCEPTED_FOR`] after that, oldest first from `closed`.
+    accepted: HashMap<Addr, Option<Instant>>,
+    closed: std::collections::VecDeque<(Instant, Addr)>,
     acceptor: Arc<Acceptor>,
     next_id: u64,
     /// The endpoint's UDP address: connections leave from its port where they can, so a
@@ -160,6 +184,7 @@ impl Streams {
         Self {
             writers: HashMap::new(),
             accepted: HashMap::new(),
+            closed: std::collections::VecDeque::new(),
             acceptor,
             next_id: 1,
             local,
@@ -207,8 +232,12 @@ impl Streams {
                 tokio::time::timeout(CONNECT_TIMEOUT, tcp::connect(local, addr)).await.map(|r| r.map(Err))
             };
             match made {
-                Ok(Ok(Ok(socket))) => ws::serve(socket, to.clone(), id, None, rx, tx.clone()).await,
-                Ok(Ok(Err(stream))) => tcp::serve(stream, to.clone(), id, None, rx, tx.clone()).await,
+                Ok(Ok(Ok(socket))) => {
+                    ws::serve(socket, to.clone(), id, Some(DIALLED_IDLE), rx, tx.clone()).await
+                }
+                Ok(Ok(Err(stream))) => {
+                    tcp::serve(stream, to.clone(), id, Some(DIALLED_IDLE), rx, tx.clone()).await
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(%to, error = %e, "MP over a stream: cannot connect");
                     let _ = tx.send(StreamIn::Closed(to, id));
@@ -226,10 +255,7 @@ impl Streams {
         match event {
             StreamIn::Accepted(peer, id, w) => {
                 // A peer reconnecting replaces its old connection.
-                if self.accepted.len() >= 2 * MAX_STREAMS {
-                    self.accepted.retain(|_, at| at.elapsed() < IDLE);
-                }
-                self.accepted.insert(peer.clone(), Instant::now());
+                self.accepted.insert(peer.clone(), None);
                 self.writers.insert(peer, (id, w));
                 None
             }
@@ -237,8 +263,27 @@ impl Streams {
             StreamIn::Closed(peer, id) => {
                 if self.writers.get(&peer).is_some_and(|(i, _)| *i == id) {
                     self.writers.remove(&peer);
+                    if let Some(at) = self.accepted.get_mut(&peer) {
+                        let now = Instant::now();
+                        *at = Some(now);
+                        self.closed.push_back((now, peer));
+                    }
                 }
+                self.forget_closed();
                 None
+            }
+        }
+    }
+
+    /// Forgets accepted peers closed longer than [`ACCEPTED_FOR`] ago (unless they connected
+    /// again meanwhile): the oldest are at the front, so this stops at the first young one.
+    fn forget_closed(&mut self) {
+        while let Some((at, _)) = self.closed.front()
+            && at.elapsed() >= ACCEPTED_FOR
+        {
+            let Some((at, peer)) = self.closed.pop_front() else { break };
+            if self.accepted.get(&peer).is_some_and(|closed| *closed == Some(at)) {
+                self.accepted.remove(&peer);
             }
         }
     }
@@ -272,5 +317,49 @@ impl Streams {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acceptor() -> Arc<Acceptor> {
+        let (tx, _) = mpsc::unbounded_channel();
+        Arc::new(Acceptor {
+            tx,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+            next_id: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// Shares of the slots, counted without any traffic (documentation addresses as keys).
+    #[test]
+    fn one_source_gets_its_share_and_slots_come_back() {
+        let a = acceptor();
+        let host: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut held: Vec<Slot> =
+            (0..MAX_STREAMS_PER_IP).map(|_| a.reserve(host).expect("within the share")).collect();
+        assert!(a.reserve(host).is_none(), "one more from the same address is refused");
+        assert!(a.reserve("192.0.2.8".parse().unwrap()).is_some(), "another address still has room");
+        held.pop();
+        assert!(a.reserve(host).is_some(), "a slot given back is taken again");
+        // One IPv6 host is its /64.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut six: Vec<Slot> = (0..MAX_STREAMS_PER_IP)
+            .map(|i| a.reserve(v6(&format!("2001:db8::{:x}", i + 1))).unwrap())
+            .collect();
+        assert!(a.reserve(v6("2001:db8::ffff:1")).is_none(), "the same /64");
+        assert!(a.reserve(v6("2001:db8:0:1::1")).is_some(), "another /64");
+        six.clear();
+        // Loopback counts against the endpoint's limit only.
+        let lo: Vec<Slot> =
+            (0..MAX_STREAMS_PER_IP + 10).map(|_| a.reserve(IpAddr::from([127, 0, 0, 1])).unwrap()).collect();
+        assert_eq!(lo.len(), MAX_STREAMS_PER_IP + 10);
+        drop(lo);
+        drop(held);
+        assert_eq!(a.open.load(Ordering::Relaxed), 0, "every slot came back");
+        assert!(a.per_ip.lock().unwrap().is_empty(), "and no source is left counted");
     }
 }

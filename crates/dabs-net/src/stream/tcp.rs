@@ -63,7 +63,7 @@ pub(crate) async fn serve(
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     tx: mpsc::UnboundedSender<StreamIn>,
 ) {
-    let _ = stream.set_nodelay(true);
+    tune(&stream);
     let (mut reader, mut writer) = stream.into_split();
     let read = async {
         loop {
@@ -109,6 +109,21 @@ pub(crate) async fn serve(
         _ = tx.closed() => {}
     }
     let _ = tx.send(StreamIn::Closed(peer, id));
+}
+
+/// No Nagle delay, and a dead peer noticed within about a minute even when nothing is sent
+/// (keepalive) and when sent data goes unacknowledged (`TCP_USER_TIMEOUT`): the connection
+/// then ends, and the protocol's retransmission goes out on a new one.
+pub(crate) fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    #[cfg(target_os = "linux")]
+    let _ = sock.set_tcp_user_timeout(Some(std::time::Duration::from_secs(30)));
 }
 
 /// Appends one frame: the datagram's length (big-endian u16), then the datagram.

@@ -27,7 +27,7 @@ pub(crate) fn config() -> WebSocketConfig {
 /// Connects to `ws://to/mp` from `local`'s port number (another if that cannot be had).
 pub(crate) async fn connect(local: SocketAddr, to: SocketAddr) -> io::Result<WebSocketStream<TcpStream>> {
     let stream = super::tcp::connect(local, to).await?;
-    let _ = stream.set_nodelay(true);
+    super::tcp::tune(&stream);
     let url = format!("ws://{to}{PATH}");
     let (socket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config()))
         .await

@@ -93,7 +93,8 @@ impl Inner {
                 let p = s.portions.iter().filter(|p| p.app == app).min_by_key(|p| p.sessions)?;
                 Some(dabs_farm_proto::seal::Alternate { addr: s.mp, va: p.va.clone(), ws: websocket_of(s) })
             })
-            .take(3)
+            // More than are sent: a WebSocket client can use only those with one.
+            .take(8)
             .collect()
     }
 
@@ -306,8 +307,17 @@ impl Inner {
             let Some(key) = st.hosting.portions.get(&va).map(|p| (p.app.clone(), encrypted)) else {
                 continue;
             };
-            let Some(alts) = alternates.get(&key).filter(|a| !a.is_empty()) else { continue };
-            let mut alts = alts.clone();
+            let Some(alts) = alternates.get(&key) else { continue };
+            let websocket = st
+                .hosting
+                .portions
+                .get(&va)
+                .is_some_and(|p| p.clients.iter().any(|c| c.session == session && c.websocket));
+            let mut alts: Vec<Alternate> =
+                alts.iter().filter(|a| !websocket || a.ws.is_some()).take(3).cloned().collect();
+            if alts.is_empty() {
+                continue;
+            }
             // Found again by session: the lists may have changed while the lock was free.
             let Some(client) = take_client(&mut st, &va, session) else { continue };
             // Spread the batch over the alternates: each client's first choice differs.
@@ -525,8 +535,6 @@ impl Inner {
     }
 }
 
-/// Takes client `session` off portion `va`: no longer an active client there (its session
-/// stays open, for a call back), remembered so the session's end still reaches the portion.
 /// A member's MP WebSocket: its announced operator address (on its MP address's IP when it
 /// listens on every interface).
 fn websocket_of(s: &NodeStats) -> Option<SocketAddr> {
@@ -541,6 +549,8 @@ impl Inner {
     }
 }
 
+/// Takes client `session` off portion `va`: no longer an active client there (its session
+/// stays open, for a call back), remembered so the session's end still reaches the portion.
 fn take_client(st: &mut super::State, va: &str, session: dabs_net::SessionId) -> Option<ClientEntry> {
     let p = st.hosting.portions.get_mut(va)?;
     let i = p.clients.iter().position(|c| c.session == session)?;
