@@ -10,11 +10,10 @@
 //!   with UDP to the farm blocked (nftables), then with TCP blocked too.
 
 use crate::bench::pct;
-use crate::calc::client_config;
+use crate::calc::client_endpoint;
 use crate::farm::LocalFarm;
 use dabs_calc::modules::{INTEGER_OPS, WasmIntegerOps};
 use dabs_calc::{IntClientPart, IntegerOps, LocalIntegerOps};
-use dabs_net::DriverOptions;
 use dabs_sdk::delivery::{Bootstrap, DeviceProfile, deliver};
 use dabs_sdk::{FarmClient, FarmClientOptions, Transport};
 use serde_json::json;
@@ -22,15 +21,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
-
-async fn endpoint(bind: &str) -> Result<dabs_net::EndpointHandle, String> {
-    dabs_net::spawn(
-        bind.parse().expect("literal"),
-        DriverOptions { config: client_config(), ..Default::default() },
-    )
-    .await
-    .map_err(|e| e.to_string())
-}
 
 fn boot(ops: &str, farm: SocketAddr) -> Bootstrap {
     Bootstrap {
@@ -83,8 +73,7 @@ async fn loopback(rounds: usize, calls: usize) -> Result<Vec<serde_json::Value>,
         let (mut first, mut total) = (Vec::new(), Vec::new());
         let mut module = None;
         for _ in 0..rounds {
-            let d =
-                deliver(endpoint("127.0.0.1:0").await?, boot(&ops, mp)).await.map_err(|e| e.to_string())?;
+            let d = deliver(client_endpoint(mp).await?, boot(&ops, mp)).await.map_err(|e| e.to_string())?;
             first.push(d.first_set.as_secs_f64() * 1000.0);
             total.push(d.total.as_secs_f64() * 1000.0);
             module = d.mutable.get(INTEGER_OPS).map(|v| v.bytes.clone());
@@ -105,9 +94,7 @@ async fn loopback(rounds: usize, calls: usize) -> Result<Vec<serde_json::Value>,
             let options =
                 FarmClientOptions { transport, ..FarmClientOptions::new(farm_addr, dabs_calc::APP) };
             let client = Arc::new(
-                FarmClient::start(endpoint("127.0.0.1:0").await?, options)
-                    .await
-                    .map_err(|e| e.to_string())?,
+                FarmClient::start(client_endpoint(mp).await?, options).await.map_err(|e| e.to_string())?,
             );
             let net = IntClientPart::new(client.clone());
             let us = time_calls(&net, calls).await?;
@@ -152,7 +139,7 @@ fn fallback(rounds: usize) -> Result<Vec<serde_json::Value>, String> {
                 rt.block_on(async {
                     let mut out = Vec::new();
                     for _ in 0..rounds {
-                        let d = deliver(endpoint("0.0.0.0:0").await?, boot(&ops, mp))
+                        let d = deliver(client_endpoint(mp).await?, boot(&ops, mp))
                             .await
                             .map_err(|e| e.to_string())?;
                         out.push((d.total.as_secs_f64() * 1000.0, d.transport.name().to_owned()));

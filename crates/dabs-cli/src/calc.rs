@@ -19,6 +19,19 @@ pub fn client_config() -> Config {
     }
 }
 
+/// A client endpoint for a farm at `farm` with [`client_config`]: on loopback for a farm on
+/// loopback (or its group, joined on loopback), else on the interface that routes to it.
+pub async fn client_endpoint(farm: SocketAddr) -> Result<dabs_net::EndpointHandle, String> {
+    let ip = farm.ip();
+    let bind = if ip.is_loopback() || ip.is_multicast() { "127.0.0.1:0" } else { "0.0.0.0:0" };
+    dabs_net::spawn(
+        bind.parse().expect("literal"),
+        DriverOptions { config: client_config(), ..Default::default() },
+    )
+    .await
+    .map_err(|e| format!("cannot open a local endpoint: {e}"))
+}
+
 /// Starts a calculator client whose device is `device`: the farm places its integer
 /// operations (R-CL-2), in the sandbox from `module` (the farm's verified `integer-ops`) when
 /// placed here, over the network otherwise. Also says whether they were placed here.
@@ -27,12 +40,7 @@ pub async fn connect_device(
     device: dabs_farm_proto::modules::Device,
     module: &dabs_calc::modules::WasmIntegerOps,
 ) -> Result<(CalcClient, Arc<FarmClient>, bool), String> {
-    let endpoint = dabs_net::spawn(
-        "127.0.0.1:0".parse().expect("literal"),
-        DriverOptions { config: client_config(), ..Default::default() },
-    )
-    .await
-    .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
+    let endpoint = client_endpoint(farm).await?;
     let options = FarmClientOptions {
         idempotent: true,
         device: Some(device),
@@ -86,16 +94,7 @@ pub async fn connect_with(
     security: Security,
 ) -> Result<(CalcClient, Arc<FarmClient>), String> {
     let Security { tcp, encrypt, secret, farm_key } = security;
-    // A farm on loopback (or its group, joined on loopback) is reached from it; a node
-    // elsewhere from the interface that routes to it.
-    let ip = farm.ip();
-    let bind = if ip.is_loopback() || ip.is_multicast() { "127.0.0.1:0" } else { "0.0.0.0:0" };
-    let endpoint = dabs_net::spawn(
-        bind.parse().expect("literal"),
-        DriverOptions { config: client_config(), ..Default::default() },
-    )
-    .await
-    .map_err(|e| format!("cannot open a local endpoint: {e}"))?;
+    let endpoint = client_endpoint(farm).await?;
     let options = FarmClientOptions {
         idempotent: true,
         encrypt,

@@ -3,11 +3,10 @@
 //! back through UDP, TCP and the WebSocket, its integer operations placed by the farm from the
 //! device it reports. Prints what it fetched, dropped and settled on, then calculates.
 
-use crate::calc::client_config;
+use crate::calc::client_endpoint;
 use dabs_calc::modules::{INTEGER_OPS, WasmIntegerOps};
 use dabs_calc::{CalcClient, Operands};
 use dabs_farm_proto::modules::Placement;
-use dabs_net::DriverOptions;
 use dabs_sdk::Transport;
 use dabs_sdk::delivery::{Bootstrap, Delivered, DeviceProfile, deliver};
 use std::net::SocketAddr;
@@ -97,17 +96,10 @@ pub fn run(args: ClientArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let ip = args.farm.ip();
-        let bind = if ip.is_loopback() || ip.is_multicast() { "127.0.0.1:0" } else { "0.0.0.0:0" };
-        let endpoint = match dabs_net::spawn(
-            bind.parse().expect("literal"),
-            DriverOptions { config: client_config(), ..Default::default() },
-        )
-        .await
-        {
+        let endpoint = match client_endpoint(args.farm).await {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("dabs client: cannot open a local endpoint: {e}");
+                eprintln!("dabs client: {e}");
                 return ExitCode::FAILURE;
             }
         };

@@ -57,6 +57,15 @@ pub(crate) enum StreamIn {
     Closed(Addr, u64),
 }
 
+/// `f`, or `Err` when `idle` (no limit when `None`) passes first: how both streams time out a
+/// connection that brings nothing.
+pub(crate) async fn within<F: std::future::Future>(idle: Option<Duration>, f: F) -> Result<F::Output, ()> {
+    match idle {
+        Some(d) => tokio::time::timeout(d, f).await.map_err(|_| ()),
+        None => Ok(f.await),
+    }
+}
+
 /// What code outside the driver (the listener, the operator interface's WebSocket route)
 /// needs to hand it a connection, and the count of live connections they and the driver share.
 #[derive(Debug)]

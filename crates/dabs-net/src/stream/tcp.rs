@@ -67,11 +67,7 @@ pub(crate) async fn serve(
     let (mut reader, mut writer) = stream.into_split();
     let read = async {
         loop {
-            let next = match idle {
-                Some(d) => tokio::time::timeout(d, read_frame(&mut reader)).await,
-                None => Ok(read_frame(&mut reader).await),
-            };
-            match next {
+            match super::within(idle, read_frame(&mut reader)).await {
                 Ok(Ok(frame)) => {
                     if tx.send(StreamIn::Frame(peer.clone(), frame)).is_err() {
                         return;

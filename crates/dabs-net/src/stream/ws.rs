@@ -54,11 +54,8 @@ pub(crate) async fn serve<S>(
         // Idle counts from the last MP datagram: pings alone do not keep a connection.
         let mut idle_at = idle.map(|d| tokio::time::Instant::now() + d);
         loop {
-            let next = match idle_at {
-                Some(at) => tokio::time::timeout_at(at, reader.next()).await,
-                None => Ok(reader.next().await),
-            };
-            let message = match next {
+            let left = idle_at.map(|at| at.saturating_duration_since(tokio::time::Instant::now()));
+            let message = match super::within(left, reader.next()).await {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
                     if !matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)

@@ -535,17 +535,22 @@ impl Inner {
     }
 }
 
-/// A member's MP WebSocket: its announced operator address (on its MP address's IP when it
-/// listens on every interface).
+/// Where a node's operator interface (its MP WebSocket) is reached: its own address, or on
+/// the node's MP address's IP when it listens on every interface.
+pub(super) fn operator_at(operator: SocketAddr, mp: SocketAddr) -> SocketAddr {
+    if operator.ip().is_unspecified() { SocketAddr::new(mp.ip(), operator.port()) } else { operator }
+}
+
+/// A member's MP WebSocket, from its announced operator address.
 fn websocket_of(s: &NodeStats) -> Option<SocketAddr> {
-    s.operator.map(|op| if op.ip().is_unspecified() { SocketAddr::new(s.mp.ip(), op.port()) } else { op })
+    s.operator.map(|op| operator_at(op, s.mp))
 }
 
 impl Inner {
     /// This node's MP WebSocket (its operator interface), where it has one.
     pub(super) fn own_websocket(&self) -> Option<SocketAddr> {
         let op = (*self.operator.lock().unwrap_or_else(|e| e.into_inner())).or(self.config.node.operator)?;
-        Some(if op.ip().is_unspecified() { SocketAddr::new(self.mp.ip(), op.port()) } else { op })
+        Some(operator_at(op, self.mp))
     }
 }
 

@@ -157,10 +157,6 @@ impl Inner {
         Ok((va, queue))
     }
 
-    /// Gives the client a session on one of this node's portions of `app`: the one at `va`
-    /// if this node has it, else one with room unless `start_new`, else a new one (under
-    /// `va` when the client is coming back to an address whose node is gone). With `security`
-    /// the session is to be encrypted: the REPLY names the specification.
     /// The channels a REPLY names (interop.md): this node's UDP address, its TCP one when it
     /// takes MP over TCP (the same port number), and the WebSocket on its operator port when
     /// it has one. None when UDP is all there is.
@@ -170,10 +166,9 @@ impl Inner {
             channels.push(("tcp", std::net::SocketAddr::new(udp.ip(), tcp.port()).to_string()));
         }
         if let Some(op) = *self.operator.lock().unwrap_or_else(|e| e.into_inner()) {
-            let ip = if op.ip().is_unspecified() { udp.ip() } else { op.ip() };
+            let at = super::failover::operator_at(op, udp);
             // An interface on loopback is named only to clients reached through loopback.
-            if !ip.is_loopback() || udp.ip().is_loopback() {
-                let at = std::net::SocketAddr::new(ip, op.port());
+            if !at.ip().is_loopback() || udp.ip().is_loopback() {
                 channels.push(("ws", format!("ws://{at}{}", dabs_net::WEBSOCKET_PATH)));
             }
         }
@@ -183,6 +178,10 @@ impl Inner {
         channels
     }
 
+    /// Gives the client a session on one of this node's portions of `app`: the one at `va`
+    /// if this node has it, else one with room unless `start_new`, else a new one (under
+    /// `va` when the client is coming back to an address whose node is gone). With `security`
+    /// the session is to be encrypted: the REPLY names the specification.
     pub(super) fn accept_local(
         self: &Arc<Self>,
         req: &OpenRequest,
