@@ -1,4 +1,4 @@
-//! `dabs client calc --farm ADDR:PORT --ops http://IP:PORT [6 x 7]`: a client portion delivered
+//! `dabs client calc --farm ADDR:PORT [--ops http://IP:PORT] [6 x 7]`: a client portion delivered
 //! in parts (R-CL-1…3, R-MP-7): its modules fetched and verified, its channel found by falling
 //! back through UDP, TCP and the WebSocket, its integer operations placed by the farm from the
 //! device it reports. Prints what it fetched, dropped and settled on, then calculates.
@@ -23,9 +23,10 @@ pub struct ClientArgs {
     #[arg(long, value_parser = crate::addr::parse_socket_addr)]
     pub farm: SocketAddr,
     /// A node's operator interface, http://IP:PORT: modules come from here, and the
-    /// WebSocket channel is here.
+    /// WebSocket channel is here. Default: the one the farm names when asked over UDP (where
+    /// UDP to the farm is blocked, this must be given).
     #[arg(long)]
-    pub ops: String,
+    pub ops: Option<String>,
     /// The client class: which modules it is entitled to (native, embedded).
     #[arg(long, default_value = "native")]
     pub class: String,
@@ -103,8 +104,21 @@ pub fn run(args: ClientArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let ops = match &args.ops {
+            Some(ops) => ops.clone(),
+            None => match discover_ops(&endpoint, &args).await {
+                Ok(ops) => {
+                    println!("modules from {ops} (the operator interface the farm named)");
+                    ops
+                }
+                Err(e) => {
+                    eprintln!("dabs client: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         let boot = Bootstrap {
-            ops: args.ops.clone(),
+            ops,
             farm: args.farm,
             app: args.app.clone(),
             class: args.class.clone(),
@@ -137,6 +151,38 @@ pub fn run(args: ClientArgs) -> ExitCode {
         delivered.client.stop().await;
         status
     })
+}
+
+/// The operator interface of the node that answers an `OPEN_SESSION` for the application at
+/// `--farm` over UDP: the REPLY's WebSocket channel (`ws://IP:PORT/mp`) is on it. The session
+/// is closed at once; the delivered client opens its own.
+async fn discover_ops(endpoint: &dabs_net::EndpointHandle, args: &ClientArgs) -> Result<String, String> {
+    let ask = dabs_farm_proto::shapes::OpenAsk { app: Some(args.app.clone()), ..Default::default() };
+    let wait = std::time::Duration::from_secs(3);
+    let open = endpoint.open(dabs_net::Addr::Udp(args.farm), 1, ask.to_cbor());
+    let session = match tokio::time::timeout(wait, open).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "cannot ask the farm at {} where its modules are: {e}; give --ops",
+                args.farm
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "the farm at {} did not answer over UDP within {wait:?}; give --ops http://IP:PORT",
+                args.farm
+            ));
+        }
+    };
+    let channels = dabs_farm_proto::shapes::parse_open_channels(&session.reply).unwrap_or_default();
+    session.close_confirmed(dabs_sdk::client::CLOSE_WAIT).await;
+    channels
+        .iter()
+        .find(|(name, _)| name == "ws")
+        .and_then(|(_, url)| url.strip_prefix("ws://")?.strip_suffix(dabs_net::WEBSOCKET_PATH))
+        .map(|at| format!("http://{at}"))
+        .ok_or_else(|| format!("the farm at {} names no operator interface; give --ops", args.farm))
 }
 
 fn report(d: &Delivered) {
